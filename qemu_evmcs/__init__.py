@@ -1,0 +1,15 @@
+"""qemu-evmcs: simulate the QEMU side of Hyper-V Enlightened VMCS (eVMCS) negotiation with KVM.
+
+Layers (each a module with one concern):
+
+- :mod:`.registry` / ``data/registry.yaml`` -- every VMX MSR, feature word and named bit;
+- :mod:`.kernel` / ``data/eras.yaml`` -- kernel releases and the eVMCS era of each;
+- :mod:`.evmcs_filter` -- the filter of each era as a pure function;
+- :mod:`.profile` -- host profiles (YAML) and their validation;
+- :mod:`.simkvm` -- a simulated KVM with the eVMCS ABI of the profile's kernel;
+- :mod:`.launch` -- QMP layer and the ``qemu-evmcs-launch`` wrapper;
+- :mod:`.simqemu` -- a simulated QEMU (QMP server) on a simulated KVM host;
+- :mod:`.cli` -- the thin ``qemu-evmcs`` command line.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Sub-commands of ``qemu-evmcs``; each module exposes ``register(subparsers)``."""

@@ -1,0 +1,122 @@
+"""The one root error of qemu-evmcs and its documented subclasses.
+
+Every failure the tools can report derives from :class:`EvmcsError`, in the
+style of ``qemu.qmp.error.QMPError``: the error carries structured fields
+(file, key, line, host, MSR, bit, layer) so that callers can act on it, and
+``str()`` renders the one line the CLI prints after ``error:``.
+
+Tree::
+
+    EvmcsError                      root; never raised directly
+     +-- InputError                 bad input or usage          -> exit 2
+     +-- KvmError                   a simulated (or real) ioctl failed with errno
+     +-- ProbeError                 the live host cannot answer -> exit 1
+     +-- LaunchError                starting / talking to an emulator failed -> exit 1
+     +-- NegativeAnswer             a check whose answer is "no"  -> exit 1
+
+Exit codes used by every command: 0 success, 1 negative answer, 2 bad input
+or usage. ``BaseException`` subclasses (``KeyboardInterrupt``,
+``asyncio.CancelledError``) are deliberately never wrapped.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+EXIT_OK = 0
+EXIT_NEGATIVE = 1
+EXIT_BAD_INPUT = 2
+
+
+class EvmcsError(Exception):
+    """Ancestor of every exception raised by this package.
+
+    :param message: what went wrong, in one line, without the location.
+    :param file: the input file involved, if any.
+    :param key: the key (dotted path) in that file, if any.
+    :param line: the 1-based line in that file, if known.
+    :param host: the host profile name involved, if any.
+    :param msr: the MSR name involved, if any.
+    :param bit: the bit involved, if any.
+    :param layer: the layer responsible (cpu, kvm, evmcs-filter, perf-cpuid-gate, model, qemu).
+    """
+
+    exit_code: int = EXIT_BAD_INPUT
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: Optional[str] = None,
+        key: Optional[str] = None,
+        line: Optional[int] = None,
+        host: Optional[str] = None,
+        msr: Optional[str] = None,
+        bit: Optional[int] = None,
+        layer: Optional[str] = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.file = file
+        self.key = key
+        self.line = line
+        self.host = host
+        self.msr = msr
+        self.bit = bit
+        self.layer = layer
+
+    def location(self) -> str:
+        """``file:line: key`` (the parts that are known), or ``""``."""
+        parts = []
+        if self.file is not None:
+            loc = self.file
+            if self.line is not None:
+                loc += f":{self.line}"
+            parts.append(loc)
+        if self.key is not None:
+            parts.append(self.key)
+        return ": ".join(parts)
+
+    def __str__(self) -> str:
+        loc = self.location()
+        text = f"{loc}: {self.message}" if loc else self.message
+        # One line, always: the CLI contract is a single ``error:`` line.
+        return " ".join(text.split("\n"))
+
+
+class InputError(EvmcsError):
+    """Bad input: a file, a key, a value or a command-line argument (exit 2)."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class KvmError(EvmcsError):
+    """An ioctl of the (simulated) KVM failed; ``errno`` is the negative errno KVM returns.
+
+    :param errno_name: symbolic name such as ``EINVAL``, ``EBUSY``, ``ENOTTY``.
+    """
+
+    exit_code = EXIT_NEGATIVE
+
+    def __init__(self, message: str, *, errno_name: str, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.errno_name = errno_name
+
+
+class ProbeError(EvmcsError):
+    """The running machine cannot answer (no /dev/kvm, no Intel VMX, nested off): exit 1."""
+
+    exit_code = EXIT_NEGATIVE
+
+
+class LaunchError(EvmcsError):
+    """Starting or talking to an emulator failed: exit 1."""
+
+    exit_code = EXIT_NEGATIVE
+
+
+class NegativeAnswer(EvmcsError):
+    """A check ran and its answer is "no" (for example ``--check`` refuses): exit 1."""
+
+    exit_code = EXIT_NEGATIVE

@@ -1,0 +1,490 @@
+"""Start an emulator with a private QMP socket and talk to it with :class:`qemu.qmp.QMPClient`.
+
+Why this module exists: every caller (the ``qemu-evmcs-launch`` wrapper, the
+tests, the benchmark) needs the same life cycle, and each step has a failure
+mode that is easy to get wrong:
+
+- the QMP socket lives in a **private** directory (mode 0700) so that no other
+  local user can connect to the monitor and drive the VM;
+- the greeting is awaited with a **bounded** retry loop, and if the emulator
+  dies first the caller gets a :class:`~qemu_evmcs.errors.LaunchError` naming
+  QEMU's own last stderr line (``unable to find CPU model 'x'``) instead of a
+  bare timeout;
+- a command issued while the emulator dies (``kill -9``) must fail promptly
+  rather than hang on a socket nobody will answer;
+- the child is **always** reaped and the socket and directory removed: on
+  success, on any exception and on cancellation (``asyncio.CancelledError``
+  propagates unwrapped, like ``qemu.qmp`` itself does).
+
+The QMP protocol itself is never hand-rolled: :class:`qemu.qmp.QMPClient` does
+the greeting, negotiation, command ids and events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import stat
+import sys
+import tempfile
+import time
+from types import TracebackType
+from typing import IO, Dict, List, Mapping, Optional, Sequence, Type
+
+from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
+
+from ..errors import InputError, LaunchError
+
+
+logger = logging.getLogger(__name__)
+
+#: Longest path ``sun_path`` accepts on Linux (108 bytes including the NUL).
+UNIX_PATH_MAX = 107
+
+#: Name of the socket inside the private runtime directory.
+SOCKET_NAME = "qmp.sock"
+
+
+def describe_status(returncode: int) -> str:
+    """``exited with status N`` or ``was killed by signal N (SIGNAME)`` for an asyncio return code."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "?"
+        return f"was killed by signal {-returncode} ({name})"
+    return f"exited with status {returncode}"
+
+
+def shell_status(returncode: int) -> int:
+    """The exit status a shell would report: the code itself, or 128+signal if killed by a signal."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def check_runtime_parent(path: str) -> None:
+    """Refuse a user-given runtime directory that another user could tamper with.
+
+    The socket is created inside a fresh ``mkdtemp`` child (mode 0700), but if
+    the parent is group/world-writable (without being a sticky ``/tmp``-like
+    directory) or owned by someone else, another user could swap the child
+    between creation and use.
+
+    :raise InputError: the directory is missing, not a directory, owned by
+        another user, or group/world-writable.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise InputError(f"runtime directory {path}: {err.strerror}") from err
+    if not stat.S_ISDIR(st.st_mode):
+        raise InputError(f"runtime directory {path}: not a directory")
+    if st.st_uid != os.geteuid():
+        raise InputError(f"runtime directory {path}: owned by uid {st.st_uid}, not by uid {os.geteuid()}")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise InputError(f"runtime directory {path}: group- or world-writable (mode {stat.S_IMODE(st.st_mode):04o})")
+
+
+def default_runtime_parent() -> str:
+    """``$XDG_RUNTIME_DIR`` when it is usable and ours, else the system temp dir (``/tmp``)."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        try:
+            check_runtime_parent(xdg)
+            return xdg
+        except InputError:
+            pass
+    return tempfile.gettempdir()
+
+
+def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGKILL the emulator if the launching thread dies (e.g. the wrapper is SIGKILLed).
+
+    Without it a ``kill -9`` of the wrapper would leave a running, unmanaged QEMU.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
+class EmulatorSession:
+    """One emulator process plus one QMP connection, as an async context manager.
+
+    Usage::
+
+        async with EmulatorSession(["qemu-system-x86_64", "-accel", "tcg", "-S"]) as s:
+            cpus = await s.execute("query-cpus-fast")
+
+    The session appends ``-qmp unix:<dir>/qmp.sock,server=on,wait=off`` to the
+    argv (other monitors the caller gave are left alone), starts the process
+    without a shell, and connects once the socket appears.
+
+    :param argv: the emulator command line, program first; never passed to a shell.
+    :param qmp_timeout: seconds allowed from spawn to a negotiated QMP session,
+        and for each command.
+    :param runtime_dir: parent of the private directory; default
+        ``$XDG_RUNTIME_DIR`` or ``/tmp``. A user-given one is checked by
+        :func:`check_runtime_parent`.
+    :param stderr_echo: a binary stream to copy the emulator's stderr to as it
+        arrives (the wrapper passes ``sys.stderr.buffer``); ``None`` keeps it only in memory.
+    :param quit_timeout: seconds to wait for the process after ``quit``.
+    :param term_timeout: seconds to wait after SIGTERM before SIGKILL.
+    :param name: the QMPClient name used in its log messages.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        qmp_timeout: float = 10.0,
+        runtime_dir: Optional[str] = None,
+        stderr_echo: Optional[IO[bytes]] = None,
+        quit_timeout: float = 5.0,
+        term_timeout: float = 3.0,
+        name: str = "qemu-evmcs",
+    ) -> None:
+        if not argv:
+            raise InputError("empty emulator command line")
+        if qmp_timeout <= 0:
+            raise InputError(f"QMP timeout must be positive, not {qmp_timeout}")
+        self.argv: List[str] = list(argv)
+        self.qmp_timeout = qmp_timeout
+        self.quit_timeout = quit_timeout
+        self.term_timeout = term_timeout
+        self.name = name
+        self._runtime_parent = runtime_dir
+        self._stderr_echo = stderr_echo
+        self._stderr = bytearray()
+        self._proc: Optional[asyncio.subprocess.Process] = None
+        self._wait_task: Optional[asyncio.Task[int]] = None
+        self._stderr_task: Optional[asyncio.Task[None]] = None
+        self._close_task: Optional[asyncio.Task[None]] = None
+        self.client: Optional[QMPClient] = None
+        #: The private directory holding the socket (None before start / after close).
+        self.runtime_dir: Optional[str] = None
+        #: Full path of the QMP socket.
+        self.socket_path: Optional[str] = None
+        #: Seconds from spawn to a negotiated QMP session.
+        self.ready_seconds: Optional[float] = None
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The emulator's process id once spawned."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def returncode(self) -> Optional[int]:
+        """asyncio's return code once the emulator is reaped (negative = killed by that signal)."""
+        return self._proc.returncode if self._proc is not None else None
+
+    @property
+    def stderr_text(self) -> str:
+        """Everything the emulator wrote on stderr so far (decoded leniently)."""
+        return self._stderr.decode("utf-8", "replace")
+
+    @property
+    def stderr_lines(self) -> List[str]:
+        """stderr split in lines, without empty ones."""
+        return [line for line in self.stderr_text.splitlines() if line.strip()]
+
+    def last_stderr_line(self) -> str:
+        """The last non-empty stderr line: QEMU puts its fatal error there."""
+        lines = self.stderr_lines
+        return lines[-1].strip() if lines else ""
+
+    @property
+    def exited(self) -> bool:
+        """Whether the emulator has been reaped."""
+        return self._wait_task is not None and self._wait_task.done()
+
+    # ------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> "EmulatorSession":
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        await self.close()
+
+    def _make_runtime_dir(self) -> str:
+        """Create the private 0700 directory; :func:`tempfile.mkdtemp` guarantees the mode and uniqueness."""
+        if self._runtime_parent is not None:
+            check_runtime_parent(self._runtime_parent)
+            parent = self._runtime_parent
+        else:
+            parent = default_runtime_parent()
+        sock_len = len(os.path.join(parent, "qemu-evmcs-XXXXXXXX", SOCKET_NAME).encode())
+        if sock_len > UNIX_PATH_MAX:
+            raise InputError(f"runtime directory {parent}: too long for a unix socket path ({sock_len} > {UNIX_PATH_MAX})")
+        try:
+            path = tempfile.mkdtemp(prefix="qemu-evmcs-", dir=parent)
+        except OSError as err:
+            raise InputError(f"runtime directory {parent}: {err.strerror}") from err
+        os.chmod(path, 0o700)
+        return path
+
+    async def spawn(self) -> None:
+        """Create the runtime directory and start the emulator (not yet connected).
+
+        :raise InputError: bad runtime directory.
+        :raise LaunchError: the program cannot be executed.
+        """
+        if self._proc is not None:
+            raise LaunchError("emulator session already started", layer="qemu")
+        self.runtime_dir = self._make_runtime_dir()
+        self.socket_path = os.path.join(self.runtime_dir, SOCKET_NAME)
+        argv = self.argv + ["-qmp", f"unix:{self.socket_path},server=on,wait=off"]
+        self._t0 = time.monotonic()
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=None,
+                stdout=None,
+                stderr=asyncio.subprocess.PIPE,
+                preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None,
+            )
+        except OSError as err:
+            raise LaunchError(f"cannot run {self.argv[0]}: {err.strerror}", layer="qemu") from err
+        assert self._proc.stderr is not None
+        self._stderr_task = asyncio.create_task(self._pump_stderr(self._proc.stderr), name="emulator-stderr")
+        self._wait_task = asyncio.create_task(self._proc.wait(), name="emulator-wait")
+
+    async def _pump_stderr(self, stream: asyncio.StreamReader) -> None:
+        """Keep the whole stderr (for parsing) and echo it live (so the user sees QEMU's words verbatim)."""
+        while True:
+            chunk = await stream.read(65536)
+            if not chunk:
+                return
+            self._stderr += chunk
+            if self._stderr_echo is not None:
+                try:
+                    self._stderr_echo.write(chunk)
+                    self._stderr_echo.flush()
+                except (OSError, ValueError):
+                    self._stderr_echo = None  # our stderr went away; keep capturing
+
+    async def _drain_stderr(self, timeout: float = 1.0) -> None:
+        """Wait (bounded) until the stderr pipe hits EOF so error messages are complete."""
+        if self._stderr_task is not None and not self._stderr_task.done():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._stderr_task), timeout)
+
+    async def _exit_error(self, when: str) -> LaunchError:
+        """A LaunchError for an emulator that died ``when``, ending with QEMU's own last stderr line."""
+        await self._drain_stderr()
+        assert self._proc is not None and self._proc.returncode is not None
+        msg = f"{os.path.basename(self.argv[0])} {describe_status(self._proc.returncode)} {when}"
+        last = self.last_stderr_line()
+        if last:
+            msg += f": {last}"
+        return LaunchError(msg, layer="qemu")
+
+    async def connect(self) -> None:
+        """Connect to the QMP socket, retrying until the greeting arrives, bounded by ``qmp_timeout``.
+
+        :raise LaunchError: the emulator exited first (with its last stderr
+            line), or no greeting within the timeout.
+        """
+        assert self._wait_task is not None and self.socket_path is not None
+        deadline = self._t0 + self.qmp_timeout
+        delay = 0.005
+        last_err: Optional[BaseException] = None
+        while True:
+            if self._wait_task.done():
+                raise await self._exit_error("before QMP was ready")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                detail = f" (last connect error: {last_err})" if last_err is not None else " (socket never appeared)"
+                raise LaunchError(
+                    f"no QMP greeting from {os.path.basename(self.argv[0])} within {self.qmp_timeout:g} s{detail}",
+                    layer="qemu",
+                )
+            if os.path.exists(self.socket_path):
+                client = QMPClient(self.name)
+                connect = asyncio.ensure_future(client.connect(self.socket_path))
+                done, _ = await asyncio.wait({connect, self._wait_task}, timeout=remaining,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if connect in done and connect.exception() is None:
+                    self.client = client
+                    self.ready_seconds = time.monotonic() - self._t0
+                    return
+                if connect in done:
+                    last_err = connect.exception()
+                else:
+                    connect.cancel()
+                    with contextlib.suppress(BaseException):
+                        await connect
+                    with contextlib.suppress(QMPError, OSError):
+                        await client.disconnect()
+                    continue  # loop re-checks exit / deadline
+            # Poll: QEMU creates the socket early in start-up; back off gently.
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.05)
+
+    async def start(self) -> None:
+        """:meth:`spawn` then :meth:`connect`."""
+        await self.spawn()
+        await self.connect()
+
+    # --------------------------------------------------------------- commands
+
+    async def execute(self, cmd: str, arguments: Optional[Mapping[str, object]] = None,
+                      timeout: Optional[float] = None) -> object:
+        """Run one QMP command and return its ``return`` value.
+
+        The command is raced against the emulator's exit so that a crash or a
+        ``kill -9`` turns into a prompt LaunchError, never a hang.
+
+        :raise LaunchError: not connected, emulator died, timeout, or QEMU
+            answered with an error (QEMU's ``desc`` is in the message).
+        """
+        if self.client is None or self._wait_task is None:
+            raise LaunchError(f"QMP command {cmd}: not connected", layer="qemu")
+        if self._wait_task.done():
+            raise await self._exit_error(f"before QMP command {cmd}")
+        limit = self.qmp_timeout if timeout is None else timeout
+        task = asyncio.ensure_future(self.client.execute(cmd, arguments))
+        try:
+            done, _ = await asyncio.wait({task, self._wait_task}, timeout=limit,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel()
+            raise
+        if task not in done:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            if self._wait_task.done():
+                raise await self._exit_error(f"during QMP command {cmd}")
+            raise LaunchError(f"QMP command {cmd}: no answer within {limit:g} s", layer="qemu")
+        try:
+            return task.result()
+        except ExecuteError as err:
+            raise LaunchError(f"QMP command {cmd} failed: {err}", layer="qemu") from err
+        except (QMPError, OSError, EOFError) as err:
+            if self._wait_task.done() or await self._exited_soon():
+                raise await self._exit_error(f"during QMP command {cmd}") from err
+            raise LaunchError(f"QMP command {cmd}: {err}", layer="qemu") from err
+
+    async def _exited_soon(self, grace: float = 0.5) -> bool:
+        """After a broken connection, give the reaper a moment: the socket usually closes just before the exit."""
+        assert self._wait_task is not None
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._wait_task), grace)
+        return self._wait_task.done()
+
+    def listener(self, names: Optional[Sequence[str]] = None) -> EventListener:
+        """A registered :class:`qemu.qmp.EventListener` for ``names`` (all events if None).
+
+        Remove it with ``session.client.remove_listener(l)`` or just close the session.
+        """
+        if self.client is None:
+            raise LaunchError("QMP events: not connected", layer="qemu")
+        lst = EventListener(names)
+        self.client.register_listener(lst)
+        return lst
+
+    async def disconnect(self) -> None:
+        """Drop the QMP connection but leave the emulator running (the wrapper does this after verifying)."""
+        client, self.client = self.client, None
+        if client is not None:
+            with contextlib.suppress(QMPError, OSError, EOFError):
+                await asyncio.wait_for(client.disconnect(), self.quit_timeout)
+
+    # --------------------------------------------------------------- shutdown
+
+    async def wait(self) -> int:
+        """Wait (unbounded) for the emulator to exit; returns asyncio's return code."""
+        if self._wait_task is None:
+            raise LaunchError("emulator not started", layer="qemu")
+        return await asyncio.shield(self._wait_task)
+
+    async def _wait_bounded(self, timeout: float) -> bool:
+        assert self._wait_task is not None
+        if not self._wait_task.done():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._wait_task), timeout)
+        return self._wait_task.done()
+
+    def send_signal(self, sig: int) -> None:
+        """Signal the emulator if it still runs (ignores a process that is already gone)."""
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(sig)
+
+    async def shutdown(self, *, graceful: bool = True) -> Optional[int]:
+        """Stop the emulator: ``quit`` (if connected and ``graceful``), then SIGTERM, then SIGKILL, each bounded.
+
+        :return: asyncio's return code, or None if never started.
+        """
+        if self._proc is None or self._wait_task is None:
+            return None
+        if graceful and self.client is not None and not self._wait_task.done():
+            with contextlib.suppress(LaunchError):
+                await self.execute("quit", timeout=self.quit_timeout)
+        await self.disconnect()
+        if not await self._wait_bounded(self.quit_timeout if graceful else 0.0):
+            self.send_signal(signal.SIGTERM)
+            if not await self._wait_bounded(self.term_timeout):
+                self.send_signal(signal.SIGKILL)
+                await self._wait_bounded(30.0)
+        return self._proc.returncode
+
+    async def _close(self) -> None:
+        try:
+            await self.shutdown()
+        finally:
+            await self._drain_stderr()
+            for task in (self._stderr_task, self._wait_task):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+            if self.runtime_dir is not None:
+                shutil.rmtree(self.runtime_dir, ignore_errors=True)
+                self.runtime_dir = None
+
+    async def close(self) -> None:
+        """Shut down, reap the child, and remove socket and directory; idempotent.
+
+        Cleanup runs in its own task and is awaited to completion even if the
+        caller is cancelled meanwhile (every step is bounded); the cancellation
+        is then re-raised so that ``asyncio.CancelledError`` propagates unwrapped.
+        """
+        if self._close_task is None:
+            self._close_task = asyncio.create_task(self._close(), name="emulator-close")
+        cancelled = False
+        while not self._close_task.done():
+            try:
+                await asyncio.shield(self._close_task)
+            except asyncio.CancelledError:
+                if self._close_task.done():
+                    break
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError()
+        exc = self._close_task.exception()
+        if exc is not None:
+            raise exc
+
+
+def _env_summary() -> Dict[str, str]:  # pragma: no cover - debugging aid
+    """The environment variables that change where the socket goes."""
+    return {k: v for k, v in os.environ.items() if k in ("XDG_RUNTIME_DIR", "TMPDIR")}
