@@ -33,13 +33,13 @@ import stat
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import IO, Dict, List, Mapping, Optional, Sequence, Type
+from typing import IO, Self
 
 from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
 
 from ..errors import InputError, LaunchError
-
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +143,8 @@ class EmulatorSession:
         argv: Sequence[str],
         *,
         qmp_timeout: float = 10.0,
-        runtime_dir: Optional[str] = None,
-        stderr_echo: Optional[IO[bytes]] = None,
+        runtime_dir: str | None = None,
+        stderr_echo: IO[bytes] | None = None,
         quit_timeout: float = 5.0,
         term_timeout: float = 3.0,
         name: str = "qemu-evmcs",
@@ -153,35 +153,36 @@ class EmulatorSession:
             raise InputError("empty emulator command line")
         if qmp_timeout <= 0:
             raise InputError(f"QMP timeout must be positive, not {qmp_timeout}")
-        self.argv: List[str] = list(argv)
+        self.argv: list[str] = list(argv)
         self.qmp_timeout = qmp_timeout
         self.quit_timeout = quit_timeout
         self.term_timeout = term_timeout
         self.name = name
         self._runtime_parent = runtime_dir
+        self._t0 = 0.0
         self._stderr_echo = stderr_echo
         self._stderr = bytearray()
-        self._proc: Optional[asyncio.subprocess.Process] = None
-        self._wait_task: Optional[asyncio.Task[int]] = None
-        self._stderr_task: Optional[asyncio.Task[None]] = None
-        self._close_task: Optional[asyncio.Task[None]] = None
-        self.client: Optional[QMPClient] = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._wait_task: asyncio.Task[int] | None = None
+        self._stderr_task: asyncio.Task[None] | None = None
+        self._close_task: asyncio.Task[None] | None = None
+        self.client: QMPClient | None = None
         #: The private directory holding the socket (None before start / after close).
-        self.runtime_dir: Optional[str] = None
+        self.runtime_dir: str | None = None
         #: Full path of the QMP socket.
-        self.socket_path: Optional[str] = None
+        self.socket_path: str | None = None
         #: Seconds from spawn to a negotiated QMP session.
-        self.ready_seconds: Optional[float] = None
+        self.ready_seconds: float | None = None
 
     # ------------------------------------------------------------------ state
 
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         """The emulator's process id once spawned."""
         return self._proc.pid if self._proc is not None else None
 
     @property
-    def returncode(self) -> Optional[int]:
+    def returncode(self) -> int | None:
         """asyncio's return code once the emulator is reaped (negative = killed by that signal)."""
         return self._proc.returncode if self._proc is not None else None
 
@@ -191,7 +192,7 @@ class EmulatorSession:
         return self._stderr.decode("utf-8", "replace")
 
     @property
-    def stderr_lines(self) -> List[str]:
+    def stderr_lines(self) -> list[str]:
         """stderr split in lines, without empty ones."""
         return [line for line in self.stderr_text.splitlines() if line.strip()]
 
@@ -207,7 +208,7 @@ class EmulatorSession:
 
     # ------------------------------------------------------------- lifecycle
 
-    async def __aenter__(self) -> "EmulatorSession":
+    async def __aenter__(self) -> Self:
         try:
             await self.start()
         except BaseException:
@@ -217,9 +218,9 @@ class EmulatorSession:
 
     async def __aexit__(
         self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.close()
 
@@ -305,7 +306,7 @@ class EmulatorSession:
         assert self._wait_task is not None and self.socket_path is not None
         deadline = self._t0 + self.qmp_timeout
         delay = 0.005
-        last_err: Optional[BaseException] = None
+        last_err: BaseException | None = None
         while True:
             if self._wait_task.done():
                 raise await self._exit_error("before QMP was ready")
@@ -345,8 +346,8 @@ class EmulatorSession:
 
     # --------------------------------------------------------------- commands
 
-    async def execute(self, cmd: str, arguments: Optional[Mapping[str, object]] = None,
-                      timeout: Optional[float] = None) -> object:
+    async def execute(self, cmd: str, arguments: Mapping[str, object] | None = None,
+                      timeout: float | None = None) -> object:
         """Run one QMP command and return its ``return`` value.
 
         The command is raced against the emulator's exit so that a crash or a
@@ -390,7 +391,7 @@ class EmulatorSession:
             await asyncio.wait_for(asyncio.shield(self._wait_task), grace)
         return self._wait_task.done()
 
-    def listener(self, names: Optional[Sequence[str]] = None) -> EventListener:
+    def listener(self, names: Sequence[str] | None = None) -> EventListener:
         """A registered :class:`qemu.qmp.EventListener` for ``names`` (all events if None).
 
         Remove it with ``session.client.remove_listener(l)`` or just close the session.
@@ -429,7 +430,7 @@ class EmulatorSession:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.send_signal(sig)
 
-    async def shutdown(self, *, graceful: bool = True) -> Optional[int]:
+    async def shutdown(self, *, graceful: bool = True) -> int | None:
         """Stop the emulator: ``quit`` (if connected and ``graceful``), then SIGTERM, then SIGKILL, each bounded.
 
         :return: asyncio's return code, or None if never started.
@@ -484,7 +485,3 @@ class EmulatorSession:
         if exc is not None:
             raise exc
 
-
-def _env_summary() -> Dict[str, str]:  # pragma: no cover - debugging aid
-    """The environment variables that change where the socket goes."""
-    return {k: v for k, v in os.environ.items() if k in ("XDG_RUNTIME_DIR", "TMPDIR")}

@@ -1,0 +1,9 @@
+"""``python -m qemu_evmcs.launch``: same as the ``qemu-evmcs-launch`` console script."""
+
+from __future__ import annotations
+
+import sys
+
+from .wrapper import main
+
+sys.exit(main())

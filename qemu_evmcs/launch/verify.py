@@ -1,0 +1,346 @@
+"""Check what QEMU actually applied of the ``-cpu`` the user asked for.
+
+Why: QEMU silently (or with a warning nobody reads) drops requested vmx-*
+features the host or accelerator cannot provide, and accepts hv-* flags that
+have no effect without KVM. After start-up we ask QEMU itself over QMP:
+
+- ``query-cpus-fast`` for the CPU's ``qom-path`` (not hard-coded: it is not
+  always ``/machine/unattached/device[0]``);
+- ``query-cpu-model-expansion`` type ``full`` of the requested model and
+  props: what the model *would* have, before accelerator filtering;
+- ``qom-get`` of ``unavailable-features`` and of each requested boolean
+  feature on that path: what the running CPU *does* have;
+- ``query-kvm``: hv-* enlightenments only mean something under KVM;
+
+then join that with the parsed stderr warnings (:mod:`.warnings`) to say, per
+requested ``vmx``/``vmx-*``/``hv-*`` option, whether it took effect and, when
+QEMU said so, why not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+from ..errors import InputError, LaunchError
+from .qmp import EmulatorSession
+from .warnings import FeatureWarning, parse_warnings, warnings_by_feature
+
+#: Values QEMU's string visitor accepts for a boolean property.
+_TRUE = frozenset({"on", "yes", "true", "y"})
+_FALSE = frozenset({"off", "no", "false", "n"})
+
+#: ``-cpu`` model names that ask QEMU for a listing instead of a CPU.
+PROBE_MODELS = frozenset({"help", "?"})
+
+STATUS_APPLIED = "applied"
+STATUS_DROPPED = "dropped"
+STATUS_INEFFECTIVE = "ineffective"
+STATUS_NOT_REMOVED = "not-removed"
+STATUS_UNKNOWN = "unknown"
+
+
+def feat2prop(name: str) -> str:
+    """QEMU's ``feat2prop``: ``vmx_posted_intr`` -> ``vmx-posted-intr``."""
+    return name.replace("_", "-")
+
+
+def is_tracked(name: str) -> bool:
+    """The options this tool reports on: ``vmx``, ``vmx-*`` and ``hv-*``."""
+    return name == "vmx" or name.startswith(("vmx-", "hv-"))
+
+
+@dataclass
+class CpuSpec:
+    """A parsed ``-cpu`` argument.
+
+    :ivar raw: the argument verbatim.
+    :ivar model: the model name (``Skylake-Server-v5``, ``host``, ``max``...).
+    :ivar features: requested booleans with QEMU's precedence applied:
+        ``feat=on|off`` / bare ``feat`` first, then every ``+feat``, then every
+        ``-feat`` (QEMU applies the legacy +/- lists after the properties, and
+        minus after plus).
+    :ivar props: non-boolean ``key=value`` properties (``hv-spinlocks=0x1fff``).
+    """
+
+    raw: str
+    model: str
+    features: dict[str, bool] = field(default_factory=dict)
+    props: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_probe(self) -> bool:
+        """``-cpu help`` / ``-cpu ?``: a listing, nothing to verify."""
+        return self.model in PROBE_MODELS
+
+    def tracked(self) -> dict[str, bool]:
+        """The requested ``vmx``/``vmx-*``/``hv-*`` booleans."""
+        return {k: v for k, v in self.features.items() if is_tracked(k)}
+
+
+def parse_cpu_arg(arg: str) -> CpuSpec:
+    """Parse ``MODEL[,feat=on|off,+feat,-feat,feat,key=value...]`` like QEMU's ``x86_cpu_parse_featurestr``.
+
+    Empty items (``a,,b``) are skipped as ``strtok`` does; underscores become
+    dashes; ``tsc-freq`` is QEMU's alias of ``tsc-frequency``.
+
+    :raise InputError: empty model or empty feature name.
+    """
+    model, _, rest = arg.partition(",")
+    model = model.strip()
+    if not model:
+        raise InputError(f"-cpu {arg!r}: empty CPU model name")
+    props: dict[str, str] = {}
+    keyed: dict[str, bool] = {}
+    plus: list[str] = []
+    minus: list[str] = []
+    for item in rest.split(","):
+        if not item:
+            continue
+        if item[0] in "+-":
+            name = feat2prop(item[1:])
+            if not name:
+                raise InputError(f"-cpu {arg!r}: empty feature name in {item!r}")
+            (plus if item[0] == "+" else minus).append(name)
+            continue
+        key, eq, value = item.partition("=")
+        key = feat2prop(key)
+        if not key:
+            raise InputError(f"-cpu {arg!r}: empty property name in {item!r}")
+        if key == "tsc-freq":
+            key = "tsc-frequency"
+        if not eq:
+            value = "on"
+        low = value.lower()
+        if low in _TRUE:
+            keyed[key] = True
+        elif low in _FALSE:
+            keyed[key] = False
+        else:
+            props[key] = value
+    features = dict(keyed)
+    for name in plus:
+        features[name] = True
+    for name in minus:
+        features[name] = False
+    return CpuSpec(raw=arg, model=model, features=features, props=props)
+
+
+def find_cpu_arg(argv: Sequence[str]) -> str | None:
+    """The value of the last ``-cpu``/``--cpu`` option (QEMU keeps the last one), or None."""
+    found: str | None = None
+    i = 0
+    while i < len(argv):
+        if argv[i] in ("-cpu", "--cpu") and i + 1 < len(argv):
+            found = argv[i + 1]
+            i += 2
+            continue
+        i += 1
+    return found
+
+
+@dataclass
+class FeatureOutcome:
+    """What became of one requested option.
+
+    :ivar status: ``applied``, ``dropped`` (asked on, is off), ``not-removed``
+        (asked off, is on), ``ineffective`` (hv-* set but no KVM), ``unknown``.
+    :ivar reason: QEMU's warning text when it gave one, else our best evidence.
+    """
+
+    name: str
+    requested: bool
+    effective: bool | None
+    expanded: bool | None
+    status: str
+    reason: str | None = None
+    warning: FeatureWarning | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        d: dict[str, object] = {k: v for k, v in asdict(self).items() if k != "warning"}
+        d["warning"] = self.warning.to_dict() if self.warning is not None else None
+        return d
+
+
+@dataclass
+class LaunchReport:
+    """JSON-serialisable result of :func:`verify_cpu` (see :meth:`to_dict`)."""
+
+    cpu_arg: str
+    model: str
+    qom_path: str
+    kvm_enabled: bool | None
+    kvm_present: bool | None
+    features: list[FeatureOutcome] = field(default_factory=list)
+    #: vmx-*/hv-* names QEMU filtered that came from the model, not from the user.
+    implied_dropped: list[str] = field(default_factory=list)
+    unavailable_features: list[str] = field(default_factory=list)
+    warnings: list[FeatureWarning] = field(default_factory=list)
+    expansion_error: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def applied(self) -> list[str]:
+        return [f.name for f in self.features if f.status == STATUS_APPLIED]
+
+    @property
+    def dropped(self) -> list[str]:
+        return [f.name for f in self.features if f.status not in (STATUS_APPLIED, STATUS_UNKNOWN)]
+
+    @property
+    def ok(self) -> bool:
+        """True when every requested tracked option took effect."""
+        return all(f.status == STATUS_APPLIED for f in self.features)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "cpu_arg": self.cpu_arg,
+            "model": self.model,
+            "qom_path": self.qom_path,
+            "kvm": {"enabled": self.kvm_enabled, "present": self.kvm_present},
+            "ok": self.ok,
+            "applied": self.applied,
+            "dropped": self.dropped,
+            "features": [f.to_dict() for f in self.features],
+            "implied_dropped": list(self.implied_dropped),
+            "unavailable_features": list(self.unavailable_features),
+            "warnings": [w.to_dict() for w in self.warnings],
+            "expansion_error": self.expansion_error,
+            "errors": list(self.errors),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    def summary_lines(self) -> list[str]:
+        """A short human report (the wrapper prefixes each line with its name)."""
+        accel = "kvm" if self.kvm_enabled else "non-kvm"
+        n = len(self.features)
+        lines = [f"cpu {self.model} ({accel}): {len(self.applied)} of {n} requested vmx/hv options applied"]
+        for f in self.features:
+            if f.status != STATUS_APPLIED:
+                lines.append(f"  {f.status} {f.name}: {f.reason or 'no reason given by QEMU'}")
+        if self.implied_dropped:
+            shown = ", ".join(self.implied_dropped[:8])
+            more = f" (+{len(self.implied_dropped) - 8} more)" if len(self.implied_dropped) > 8 else ""
+            lines.append(f"  model features dropped by QEMU: {shown}{more}")
+        if self.expansion_error:
+            lines.append(f"  model expansion failed: {self.expansion_error}")
+        for e in self.errors:
+            lines.append(f"  verification error: {e}")
+        return lines
+
+
+def _classify(name: str, requested: bool, effective: bool | None, expanded: bool | None,
+              warning: FeatureWarning | None, unavailable: Sequence[str],
+              kvm_enabled: bool | None) -> FeatureOutcome:
+    """Turn the evidence for one option into a status and a reason (QEMU's own words first)."""
+    out = FeatureOutcome(name=name, requested=requested, effective=effective, expanded=expanded,
+                         status=STATUS_UNKNOWN, warning=warning)
+    if effective is None:
+        out.reason = "QEMU did not report the property"
+    elif effective == requested:
+        if requested and name.startswith("hv-") and kvm_enabled is False:
+            out.status = STATUS_INEFFECTIVE
+            out.reason = "Hyper-V enlightenments only take effect under KVM (query-kvm: enabled=false)"
+        else:
+            out.status = STATUS_APPLIED
+    elif requested:
+        out.status = STATUS_DROPPED
+        if warning is not None:
+            out.reason = warning.message
+        elif name in unavailable:
+            out.reason = "listed in the CPU's unavailable-features"
+        elif expanded is False:
+            out.reason = "dropped by model expansion (a feature it depends on is off)"
+        else:
+            out.reason = "not applied (QEMU gave no warning)"
+    else:
+        out.status = STATUS_NOT_REMOVED
+        out.reason = "still enabled after being turned off"
+    return out
+
+
+async def verify_cpu(session: EmulatorSession, spec: CpuSpec) -> LaunchReport:
+    """Query the running emulator and build a :class:`LaunchReport` for ``spec``.
+
+    Command failures other than losing the emulator are recorded in the
+    report (``errors``/``expansion_error``) rather than raised: a verification
+    gap must not kill a VM that started fine.
+
+    :raise LaunchError: the emulator died or QMP stopped answering.
+    """
+    cpus = await session.execute("query-cpus-fast")
+    if not isinstance(cpus, list) or not cpus or not isinstance(cpus[0], dict):
+        raise LaunchError(f"query-cpus-fast returned no CPU: {cpus!r}", layer="qemu")
+    first = min(cpus, key=lambda c: int(c.get("cpu-index", 0)) if isinstance(c, dict) else 0)
+    qom_path = str(first["qom-path"])
+    report = LaunchReport(cpu_arg=spec.raw, model=spec.model, qom_path=qom_path,
+                          kvm_enabled=None, kvm_present=None)
+
+    bool_props: dict[str, object] = dict(spec.features)
+    expanded: Mapping[str, object] = {}
+    try:
+        exp = await session.execute("query-cpu-model-expansion",
+                                    {"type": "full", "model": {"name": spec.model, "props": bool_props}})
+        if isinstance(exp, dict) and isinstance(exp.get("model"), dict):
+            props = exp["model"].get("props", {})
+            expanded = props if isinstance(props, dict) else {}
+    except LaunchError as err:
+        if session.exited:
+            raise
+        report.expansion_error = err.message
+
+    unavailable: list[str] = []
+    try:
+        got = await session.execute("qom-get", {"path": qom_path, "property": "unavailable-features"})
+        unavailable = [str(x) for x in got] if isinstance(got, list) else []
+    except LaunchError as err:
+        if session.exited:
+            raise
+        report.errors.append(err.message)
+    report.unavailable_features = unavailable
+
+    try:
+        kvm = await session.execute("query-kvm")
+        if isinstance(kvm, dict):
+            report.kvm_enabled = bool(kvm.get("enabled"))
+            report.kvm_present = bool(kvm.get("present"))
+    except LaunchError as err:
+        if session.exited:
+            raise
+        report.errors.append(err.message)
+
+    effective: dict[str, bool | None] = {}
+    for name in spec.tracked():
+        try:
+            val = await session.execute("qom-get", {"path": qom_path, "property": name})
+            effective[name] = bool(val) if isinstance(val, bool) else None
+        except LaunchError as err:
+            if session.exited:
+                raise
+            effective[name] = None
+            report.errors.append(err.message)
+
+    # The warnings were written before QEMU's main loop served QMP; give the
+    # stderr pump a couple of loop turns to have read them from the pipe.
+    for _ in range(3):
+        await asyncio.sleep(0)
+    report.warnings = parse_warnings(session.stderr_text)
+    by_name = warnings_by_feature(report.warnings)
+
+    for name, requested in spec.tracked().items():
+        exp_val = expanded.get(name)
+        report.features.append(_classify(
+            name, requested, effective.get(name),
+            exp_val if isinstance(exp_val, bool) else None,
+            by_name.get(name), unavailable, report.kvm_enabled))
+    requested_names = set(spec.features)
+    seen: list[str] = []
+    for name in unavailable:
+        if is_tracked(name) and name not in requested_names and name not in seen:
+            seen.append(name)
+    report.implied_dropped = seen
+    return report

@@ -1,0 +1,318 @@
+"""``qemu-evmcs-launch``: a drop-in for ``qemu-system-x86_64`` that verifies the CPU it got.
+
+Why a wrapper: libvirt (``<emulator>``) and scripts run QEMU directly and
+never look at what QEMU did with ``-cpu ...,vmx-posted-intr=on,hv-evmcs=on``.
+This wrapper runs the real emulator with the same arguments plus one private
+QMP monitor, asks QEMU over QMP what it applied (:mod:`.verify`), prints a
+short report on stderr, and otherwise stays out of the way: stdin/stdout are
+inherited, stderr is relayed verbatim as it arrives, and the exit status is the
+emulator's.
+
+Command line::
+
+    qemu-evmcs-launch [--emulator PATH] [--simulate PROFILE] [--host PROFILE]
+                      [--check] [--report-json FILE] [--qmp-timeout SECONDS]
+                      [--] QEMU-ARGS...
+
+The wrapper's own options come first; the first argument that is not one of
+them (or everything after ``--``) is passed to the emulator verbatim.
+
+- ``--emulator PATH``: default ``$QEMU_EVMCS_EMULATOR``, else ``qemu-system-x86_64`` on PATH.
+- ``--simulate PROFILE``: run ``python -m qemu_evmcs.simqemu --host PROFILE QEMU-ARGS`` instead.
+- ``--check``: before starting anything, refuse a configuration that would
+  abort or silently lose requested vmx features (prediction by
+  ``qemu_evmcs.simqemu.startup.predict``); needs ``--simulate`` or ``--host``.
+- ``--host PROFILE``: the host profile ``--check`` uses for a real emulator.
+- ``--report-json FILE``: also write the verification report as JSON.
+- ``--qmp-timeout SECONDS``: spawn-to-QMP-greeting limit, and per command (default 10).
+
+Without ``-cpu`` (or with ``-cpu help``: libvirt-style probes such as
+``-help``, ``-version``, ``-machine none``) the wrapper just ``exec``s the
+emulator: nothing to verify.
+
+Exit status:
+
+- the emulator's exit status, or 128+N if it was killed by signal N;
+- 128+N if the wrapper gets SIGINT/SIGTERM (forwarded to the emulator, which
+  is then reaped and its runtime directory removed);
+- 1 with ``error: ...``: the emulator could not be started or never answered
+  QMP, or ``--check`` refused (if the emulator itself exited non-zero before
+  QMP was ready, its status is used instead);
+- 2 with ``error: ...``: bad wrapper usage or input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..errors import EXIT_BAD_INPUT, EXIT_NEGATIVE, EvmcsError, InputError, LaunchError, NegativeAnswer
+from .qmp import EmulatorSession, describe_status, shell_status
+from .verify import CpuSpec, LaunchReport, find_cpu_arg, parse_cpu_arg, verify_cpu
+
+PROG = "qemu-evmcs-launch"
+ENV_EMULATOR = "QEMU_EVMCS_EMULATOR"
+DEFAULT_EMULATOR = "qemu-system-x86_64"
+DEFAULT_QMP_TIMEOUT = 10.0
+
+USAGE = (
+    f"usage: {PROG} [--emulator PATH] [--simulate PROFILE] [--host PROFILE] [--check]\n"
+    f"       {' ' * len(PROG)} [--report-json FILE] [--qmp-timeout SECONDS] [--] QEMU-ARGS...\n"
+)
+
+_VALUE_OPTS = ("--emulator", "--simulate", "--host", "--report-json", "--qmp-timeout")
+_FLAG_OPTS = ("--check", "--wrapper-help")
+
+
+@dataclass
+class WrapperOptions:
+    """The wrapper's own options plus the untouched emulator arguments."""
+
+    emulator: str | None = None
+    simulate: str | None = None
+    host: str | None = None
+    check: bool = False
+    report_json: str | None = None
+    qmp_timeout: float = DEFAULT_QMP_TIMEOUT
+    help: bool = False
+    qemu_args: list[str] = field(default_factory=list)
+
+
+def parse_wrapper_args(argv: Sequence[str]) -> WrapperOptions:
+    """Split ``argv`` into the wrapper's leading options and the emulator's arguments.
+
+    Only leading options are ours, so any QEMU option (even one spelled like
+    ours later on the line) passes through verbatim.
+
+    :raise InputError: missing or bad option value.
+    """
+    opts = WrapperOptions()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            i += 1
+            break
+        name, eq, inline = arg.partition("=")
+        if name in _FLAG_OPTS and not eq:
+            if name == "--check":
+                opts.check = True
+            else:
+                opts.help = True
+            i += 1
+            continue
+        if name not in _VALUE_OPTS:
+            break
+        if eq:
+            value = inline
+            i += 1
+        else:
+            if i + 1 >= len(argv):
+                raise InputError(f"{name} needs a value")
+            value = argv[i + 1]
+            i += 2
+        if not value:
+            raise InputError(f"{name} needs a non-empty value")
+        if name == "--emulator":
+            opts.emulator = value
+        elif name == "--simulate":
+            opts.simulate = value
+        elif name == "--host":
+            opts.host = value
+        elif name == "--report-json":
+            opts.report_json = value
+        else:
+            try:
+                opts.qmp_timeout = float(value)
+            except ValueError:
+                raise InputError(f"--qmp-timeout {value!r}: not a number") from None
+            if not 0 < opts.qmp_timeout < 86400:
+                raise InputError(f"--qmp-timeout {value!r}: must be a positive number of seconds")
+    opts.qemu_args = list(argv[i:])
+    if opts.simulate is not None and opts.emulator is not None:
+        raise InputError("--simulate and --emulator are mutually exclusive")
+    return opts
+
+
+def emulator_argv(opts: WrapperOptions) -> list[str]:
+    """The command line to run: the simulator or the real emulator, then the user's arguments.
+
+    :raise InputError: the emulator cannot be found.
+    """
+    if opts.simulate is not None:
+        return [sys.executable, "-m", "qemu_evmcs.simqemu", "--host", opts.simulate, *opts.qemu_args]
+    prog = opts.emulator or os.environ.get(ENV_EMULATOR) or DEFAULT_EMULATOR
+    path = shutil.which(prog)
+    if path is None:
+        raise InputError(f"emulator {prog}: not found or not executable")
+    return [path, *opts.qemu_args]
+
+
+def run_check(opts: WrapperOptions) -> None:
+    """``--check``: ask the simulator's predictor whether this configuration is safe.
+
+    ``predict`` is imported lazily: it belongs to the simulator package and
+    must not slow down (or break) plain launches.
+
+    :raise InputError: neither ``--simulate`` nor ``--host`` given.
+    :raise LaunchError: the predictor is not available.
+    :raise NegativeAnswer: the configuration would abort or lose vmx features.
+    """
+    profile = opts.simulate if opts.simulate is not None else opts.host
+    if profile is None:
+        raise InputError("--check needs --simulate PROFILE or --host PROFILE")
+    try:
+        from ..simqemu.startup import predict  # type: ignore[import-not-found, unused-ignore]
+    except ImportError as err:
+        raise LaunchError(f"--check: the start-up predictor is not available ({err})", layer="qemu") from err
+    pred = predict(profile, list(opts.qemu_args))
+    ok = bool(getattr(pred, "ok", False))
+    reason = str(getattr(pred, "reason", "") or "")
+    lost = [str(x) for x in (getattr(pred, "lost", None) or [])]
+    if not ok:
+        raise NegativeAnswer(f"--check: {reason or 'the emulator would refuse this configuration'}", host=profile)
+    if lost:
+        why = f" ({reason})" if reason else ""
+        raise NegativeAnswer(f"--check: requested vmx features would be lost: {', '.join(lost)}{why}", host=profile)
+
+
+def _say(line: str) -> None:
+    """One prefixed report line on stderr (never raises: stderr may be gone)."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"{PROG}: {line}\n")
+        sys.stderr.flush()
+
+
+def _error(err: EvmcsError) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"error: {err}\n")
+        sys.stderr.flush()
+
+
+def write_report(path: str, report: LaunchReport) -> None:
+    """Write the JSON report atomically-enough (temp file + rename) so readers never see half a file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(report.to_json() + "\n")
+    os.replace(tmp, path)
+
+
+async def _supervise(session: EmulatorSession, spec: CpuSpec, opts: WrapperOptions) -> int:
+    """Start, verify, report, then wait for the emulator; returns the wrapper's exit status."""
+    try:
+        await session.start()
+    except LaunchError as err:
+        _error(err)
+        rc = session.returncode
+        return shell_status(rc) if rc is not None and rc != 0 else EXIT_NEGATIVE
+    try:
+        report = await verify_cpu(session, spec)
+    except LaunchError as err:
+        if session.exited:
+            _say(f"verification stopped: {err}")
+            return shell_status(await session.wait())
+        _say(f"warning: verification failed: {err}")
+    else:
+        for line in report.summary_lines():
+            _say(line)
+        if opts.report_json is not None:
+            try:
+                write_report(opts.report_json, report)
+            except OSError as err:
+                _say(f"warning: cannot write {opts.report_json}: {err.strerror}")
+    # Stay out of the way from here on: no QMP client buffering events for the VM's lifetime.
+    await session.disconnect()
+    rc = await session.wait()
+    if rc < 0:
+        _say(f"emulator {describe_status(rc)}")
+    return shell_status(rc)
+
+
+async def run_async(argv: list[str], spec: CpuSpec, opts: WrapperOptions) -> int:
+    """Run the emulator under supervision; SIGINT/SIGTERM are forwarded and turn into 128+sig."""
+    loop = asyncio.get_running_loop()
+    got_signal: asyncio.Future[int] = loop.create_future()
+
+    def on_signal(sig: int) -> None:
+        if not got_signal.done():
+            got_signal.set_result(sig)
+
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    for sig in sigs:
+        loop.add_signal_handler(sig, on_signal, sig)
+    session = EmulatorSession(argv, qmp_timeout=opts.qmp_timeout, stderr_echo=sys.stderr.buffer, name=PROG)
+    main = asyncio.create_task(_supervise(session, spec, opts), name="supervise")
+    try:
+        await asyncio.wait({main, got_signal}, return_when=asyncio.FIRST_COMPLETED)
+        if got_signal.done() and not main.done():
+            signum = got_signal.result()
+            main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await main
+            # Forward the same signal: QEMU shuts down cleanly on SIGINT/SIGTERM.
+            session.send_signal(signum)
+            await session.close()
+            return 128 + signum
+        return main.result()
+    finally:
+        if not main.done():
+            main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await main
+        await session.close()
+        for sig in sigs:
+            loop.remove_signal_handler(sig)
+
+
+def _exec(argv: list[str]) -> int:
+    """Replace this process with the emulator (probe invocations: fully transparent)."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    try:
+        os.execv(argv[0], argv)
+    except OSError as err:
+        raise LaunchError(f"cannot run {argv[0]}: {err.strerror}", layer="qemu") from err
+    return 0  # pragma: no cover - execv does not return
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``qemu-evmcs-launch``; returns the exit status (see the module docstring)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    # qemu.qmp logs connection retries; without a handler Python would print them on stderr.
+    logging.getLogger("qemu.qmp").addHandler(logging.NullHandler())
+    try:
+        opts = parse_wrapper_args(args)
+        if opts.help:
+            sys.stdout.write(USAGE + (__doc__ or ""))
+            return 0
+        if opts.check:
+            run_check(opts)
+        run_argv = emulator_argv(opts)
+        cpu_arg = find_cpu_arg(opts.qemu_args)
+        spec = parse_cpu_arg(cpu_arg) if cpu_arg is not None else None
+        if spec is None or spec.is_probe:
+            return _exec(run_argv)
+        if opts.report_json is not None:
+            parent = os.path.dirname(os.path.abspath(opts.report_json))
+            if not os.path.isdir(parent):
+                raise InputError(f"--report-json {opts.report_json}: directory {parent} does not exist")
+        return asyncio.run(run_async(run_argv, spec, opts))
+    except EvmcsError as err:
+        _error(err)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except BrokenPipeError:
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
