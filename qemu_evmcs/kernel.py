@@ -43,7 +43,7 @@ def parse_release(text: object, *, file: Optional[str] = None, key: Optional[str
     if isinstance(text, bool) or not isinstance(text, (str, int, float)):
         raise InputError(f"kernel release must be a string such as \"6.1.55\", got {type(text).__name__}",
                          file=file, key=key)
-    s = str(text)
+    s = str(getattr(text, "raw", text))  # a YAML float keeps its text: 5.10 is not 5.1
     m = _RELEASE.match(s)
     if not m:
         raise InputError(f"unparsable kernel release {s!r} (expected e.g. \"5.15\", \"6.1.55\", "

@@ -156,7 +156,8 @@ def parse_msr_value(raw: object, *, file: Optional[str], key: str, line: Optiona
         raise InputError(f"MSR value must be an integer or hex string, got {type(raw).__name__}",
                          file=file, key=key, line=line)
     if value < 0 or value > MASK64:
-        raise InputError(f"MSR value {raw!r} does not fit in 64 bits", file=file, key=key, line=line)
+        shown = (f"{value:#x}" if value >= 0 else f"-{-value:#x}") if isinstance(raw, int) else repr(raw)
+        raise InputError(f"MSR value {shown} does not fit in 64 bits", file=file, key=key, line=line)
     return value
 
 
@@ -232,8 +233,12 @@ def profile_from_mapping(data: object, *, file: Optional[str] = None,
     if vendor not in VENDORS:
         raise InputError(f"unknown vendor {vendor!r} (known: {', '.join(VENDORS)})",
                          file=file, key="vendor", line=lines.get("vendor"))
-    kernel = str(data["kernel"])
-    version = parse_release(data["kernel"], file=file, key="kernel")
+    kernel = str(getattr(data["kernel"], "raw", data["kernel"]))
+    try:
+        version = parse_release(data["kernel"], file=file, key="kernel")
+    except InputError as err:
+        err.line = lines.get("kernel")
+        raise
     msrs = _parse_msrs(data["msrs"], "msrs", file, lines, reg)
     cpu_msrs = None
     if data.get("cpu_msrs") is not None:
@@ -266,6 +271,25 @@ def _yaml_error(err: yaml.YAMLError, path: str) -> InputError:
     return InputError(f"invalid YAML: {problem}", file=path, line=(mark.line + 1) if mark is not None else None)
 
 
+class _RawFloat(float):
+    """A YAML float that remembers how it was written: ``kernel: 5.10`` must not become release 5.1."""
+
+    raw: str
+
+
+class _ProfileLoader(yaml.SafeLoader):
+    """The safe loader, except that floats keep their source text (see :class:`_RawFloat`)."""
+
+
+def _construct_raw_float(loader: yaml.SafeLoader, node: yaml.Node) -> float:
+    value = _RawFloat(loader.construct_yaml_float(node))  # type: ignore[arg-type]
+    value.raw = str(node.value)
+    return value
+
+
+_ProfileLoader.add_constructor("tag:yaml.org,2002:float", _construct_raw_float)
+
+
 def iter_documents(text: str, path: str) -> Iterator[Tuple[object, Dict[str, int]]]:
     """Each YAML document of ``text`` with its key->line map (safe loader only)."""
     try:
@@ -273,7 +297,7 @@ def iter_documents(text: str, path: str) -> Iterator[Tuple[object, Dict[str, int
             if node is None:
                 continue
             lines = _line_map(node)
-            loader = yaml.SafeLoader("")
+            loader = _ProfileLoader("")
             try:
                 data = loader.construct_document(node)
             finally:
