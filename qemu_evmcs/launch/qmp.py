@@ -284,8 +284,8 @@ class EmulatorSession:
     async def _drain_stderr(self, timeout: float = 1.0) -> None:
         """Wait (bounded) until the stderr pipe hits EOF so error messages are complete."""
         if self._stderr_task is not None and not self._stderr_task.done():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._stderr_task), timeout)
+            # asyncio.wait, not wait_for: 3.11's wait_for can swallow a cancellation.
+            await asyncio.wait({self._stderr_task}, timeout=timeout)
 
     async def _exit_error(self, when: str) -> LaunchError:
         """A LaunchError for an emulator that died ``when``, ending with QEMU's own last stderr line."""
@@ -387,8 +387,7 @@ class EmulatorSession:
     async def _exited_soon(self, grace: float = 0.5) -> bool:
         """After a broken connection, give the reaper a moment: the socket usually closes just before the exit."""
         assert self._wait_task is not None
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._wait_task), grace)
+        await asyncio.wait({self._wait_task}, timeout=grace)
         return self._wait_task.done()
 
     def listener(self, names: Sequence[str] | None = None) -> EventListener:
@@ -405,9 +404,19 @@ class EmulatorSession:
     async def disconnect(self) -> None:
         """Drop the QMP connection but leave the emulator running (the wrapper does this after verifying)."""
         client, self.client = self.client, None
-        if client is not None:
-            with contextlib.suppress(QMPError, OSError, EOFError):
-                await asyncio.wait_for(client.disconnect(), self.quit_timeout)
+        if client is None:
+            return
+        task = asyncio.ensure_future(client.disconnect())
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self.quit_timeout)
+        except BaseException:
+            task.cancel()
+            raise
+        if task in done:
+            # disconnect() re-raises whatever ended the session (EOF after quit/kill): expected here.
+            task.exception()
+        else:
+            task.cancel()
 
     # --------------------------------------------------------------- shutdown
 
@@ -420,8 +429,7 @@ class EmulatorSession:
     async def _wait_bounded(self, timeout: float) -> bool:
         assert self._wait_task is not None
         if not self._wait_task.done():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._wait_task), timeout)
+            await asyncio.wait({self._wait_task}, timeout=timeout)
         return self._wait_task.done()
 
     def send_signal(self, sig: int) -> None:
@@ -437,11 +445,14 @@ class EmulatorSession:
         """
         if self._proc is None or self._wait_task is None:
             return None
+        asked = False
         if graceful and self.client is not None and not self._wait_task.done():
             with contextlib.suppress(LaunchError):
                 await self.execute("quit", timeout=self.quit_timeout)
+                asked = True
         await self.disconnect()
-        if not await self._wait_bounded(self.quit_timeout if graceful else 0.0):
+        # Only wait for a voluntary exit if QEMU accepted ``quit``; otherwise go straight to SIGTERM.
+        if not await self._wait_bounded(self.quit_timeout if asked else 0.0):
             self.send_signal(signal.SIGTERM)
             if not await self._wait_bounded(self.term_timeout):
                 self.send_signal(signal.SIGKILL)

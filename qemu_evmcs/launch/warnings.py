@@ -98,12 +98,19 @@ def parse_warning(line: str) -> FeatureWarning | None:
 
 
 def parse_warnings(text: str | Iterable[str]) -> list[FeatureWarning]:
-    """All feature warnings in a stderr text (or iterable of lines), in order."""
+    """All feature warnings in a stderr text (or iterable of lines), in order, without repeats."""
     lines = text.splitlines() if isinstance(text, str) else text
     out: list[FeatureWarning] = []
+    seen: set[tuple[str, str, str | None, int]] = set()
     for line in lines:
         w = parse_warning(line)
-        if w is not None:
+        if w is None:
+            continue
+        # QEMU repeats a warning (without the program prefix) when a QMP
+        # command such as query-cpu-model-expansion re-expands the model.
+        key = (w.kind, w.register, w.feature, w.bit)
+        if key not in seen:
+            seen.add(key)
             out.append(w)
     return out
 

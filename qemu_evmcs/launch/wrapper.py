@@ -253,20 +253,22 @@ async def run_async(argv: list[str], spec: CpuSpec, opts: WrapperOptions) -> int
         await asyncio.wait({main, got_signal}, return_when=asyncio.FIRST_COMPLETED)
         if got_signal.done() and not main.done():
             signum = got_signal.result()
-            main.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await main
-            # Forward the same signal: QEMU shuts down cleanly on SIGINT/SIGTERM.
+            # Forward the same signal first (QEMU shuts down cleanly on SIGINT/SIGTERM):
+            # even if the cancellation below is lost (Python 3.11's wait_for can
+            # swallow one), the supervisor then returns because the emulator exited.
             session.send_signal(signum)
+            main.cancel()
+            await asyncio.wait({main}, timeout=session.quit_timeout + session.term_timeout)
             await session.close()
             return 128 + signum
         return main.result()
     finally:
         if not main.done():
             main.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await main
+            await asyncio.wait({main}, timeout=session.quit_timeout + session.term_timeout)
         await session.close()
+        if main.done() and not main.cancelled():
+            main.exception()  # retrieved: never "exception was never retrieved" noise
         for sig in sigs:
             loop.remove_signal_handler(sig)
 
