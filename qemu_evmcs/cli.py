@@ -26,6 +26,8 @@ COMMAND_MODULES: List[str] = [
     "host",
     "guest_msrs",
     "explain",
+    "validate",
+    "baseline",
 ]
 
 
