@@ -28,6 +28,10 @@ COMMAND_MODULES: List[str] = [
     "explain",
     "validate",
     "baseline",
+    "negotiate",
+    "migrate_check",
+    "admit",
+    "compare_designs",
 ]
 
 

@@ -1,0 +1,30 @@
+"""``qemu-evmcs compare-designs``: migration verdicts of the three 2022 designs (and no design) side by side."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..designs import compare_designs, comparison_text
+from ..errors import EXIT_OK
+from ..jsonout import print_json
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``compare-designs`` parser."""
+    p = subparsers.add_parser("compare-designs", help="migration verdicts per design for every host pair")
+    p.add_argument("--hosts", nargs="+", required=True, metavar="PROFILE|DIR")
+    p.add_argument("--model", nargs="+", default=[], metavar="NAME", help="model definitions (default: max)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Always exit 0 (a report, not a check)."""
+    cmp = compare_designs(args.hosts, args.model)
+    if args.json:
+        print_json(cmp.to_json())
+    else:
+        sys.stdout.write(comparison_text(cmp))
+    return EXIT_OK

@@ -1,0 +1,62 @@
+"""``qemu-evmcs migrate-check``: fine, blocked or unsafe for one eVMCS guest migration."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from ..errors import EXIT_NEGATIVE, EXIT_OK, InputError, LaunchError
+from ..jsonout import print_json
+from ..migrate import DESIGNS, migrate_check, source_config, verdict_from_view
+from ..negotiate import load_guest_model, load_hosts
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``migrate-check`` parser."""
+    p = subparsers.add_parser("migrate-check", help="would an eVMCS guest migrate fine, be blocked, or break?",
+                              description="Simulate the destination QEMU's VMX MSR writes and eVMCS enable, and "
+                                          "compare the L1 guest's VMX MSRs before and after.")
+    p.add_argument("--model", required=True, help="CPU model definition (name or file), or 'max'")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from", dest="source", metavar="PROFILE", help="source host profile")
+    src.add_argument("--from-running", metavar="SOCKET",
+                     help="QMP socket of a running simulated QEMU (x-evmcs-query-guest-vmx-msrs)")
+    p.add_argument("--source-profile", metavar="PROFILE",
+                   help="with --from-running: the source host profile (for the guest configuration)")
+    p.add_argument("--to", dest="dest", required=True, metavar="PROFILE", help="destination host profile")
+    p.add_argument("--design", choices=DESIGNS, default="shipped",
+                   help="how the guest was configured for the source (default: shipped = what Linux merged)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit 0 for fine, 1 for blocked or unsafe (verdict on stdout, reason in one ``error:`` line)."""
+    model = load_guest_model(args.model)
+    dest = load_hosts([args.dest])[0]
+    if args.source:
+        source = load_hosts([args.source])[0]
+        v = migrate_check(model, source, dest, args.design)
+    else:
+        if not args.source_profile:
+            raise InputError("--from-running needs --source-profile PROFILE (the host it runs on)")
+        from ..migrate import query_running
+
+        source = load_hosts([args.source_profile])[0]
+        from qemu.qmp import QMPError
+
+        try:
+            msrs = asyncio.run(query_running(args.from_running))
+        except (OSError, QMPError) as err:
+            raise LaunchError(f"QMP {args.from_running}: {err}") from None
+        v = verdict_from_view(source_config(model, source, args.design), msrs, source.name, dest)
+    if args.json:
+        print_json(v.to_json())
+    else:
+        print(f"{v.verdict}: {v.source} -> {v.destination} ({v.design}): {v.reason}")
+    if v.verdict != "fine":
+        print(f"error: {v.verdict}: {v.reason}", file=sys.stderr)
+        return EXIT_NEGATIVE
+    return EXIT_OK

@@ -1,0 +1,67 @@
+"""``qemu-evmcs negotiate``: one eVMCS guest configuration for a pool of hosts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..errors import EXIT_NEGATIVE, EXIT_OK
+from ..jsonout import print_json
+from ..negotiate import STRATEGIES, load_guest_model, load_hosts, negotiate
+from ..outputs import compare_strategies, cpu_string, libvirt_xml, negotiation_json, negotiation_text
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``negotiate`` parser."""
+    p = subparsers.add_parser("negotiate", help="negotiate eVMCS, the PV CPUID bit and vmx-*/hv-* flags for a pool",
+                              description="Decide the eVMCS request, CPUID 0x4000000A.EBX bit 0 and the vmx-*/hv-* "
+                                          "flags that give a guest identical VMX MSRs on every host.")
+    p.add_argument("--model", required=True, help="CPU model definition (name or file), or 'max'")
+    p.add_argument("--hosts", nargs="+", required=True, metavar="PROFILE", help="host profiles (files, dirs, names)")
+    p.add_argument("--strategy", choices=[*STRATEGIES, "all"], default="pv-cpuid")
+    p.add_argument("--json", action="store_true", help="same as --format json")
+    p.add_argument("--format", choices=("text", "cpu", "libvirt", "json"), default="text")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command; exit 1 with one ``error:`` line when there is no safe answer."""
+    fmt = "json" if args.json else args.format
+    model = load_guest_model(args.model)
+    hosts = load_hosts(args.hosts)
+    if args.strategy == "all":
+        results = {s: negotiate(model, hosts, s) for s in STRATEGIES}
+        ok = any(n.ok for n in results.values())
+        if fmt == "json":
+            print_json({"ok": ok, "strategies": {s: negotiation_json(n) for s, n in results.items()},
+                        "comparison": compare_strategies(results)})
+        elif fmt in ("cpu", "libvirt"):
+            for s, n in results.items():
+                if n.ok:
+                    text = cpu_string(n) if fmt == "cpu" else libvirt_xml(n)
+                    sys.stdout.write(f"# {s}\n{text}" + ("" if text.endswith("\n") else "\n"))
+        else:
+            for n in results.values():
+                sys.stdout.write(negotiation_text(n))
+            for s, c in compare_strategies(results).items():
+                sys.stdout.write(f"{s}: allows {', '.join(c['allows']) or '-'}; blocks {', '.join(c['blocks']) or '-'}"
+                                 f"; gets wrong: {'; '.join(c['gets_wrong']) or '-'}\n")
+        if not ok:
+            first = next(iter(results.values()))
+            print(f"error: {first.error}", file=sys.stderr)
+            return EXIT_NEGATIVE
+        return EXIT_OK
+    neg = negotiate(model, hosts, args.strategy)
+    if fmt == "json":
+        print_json(negotiation_json(neg))
+    elif neg.ok and fmt == "cpu":
+        print(cpu_string(neg))
+    elif neg.ok and fmt == "libvirt":
+        sys.stdout.write(libvirt_xml(neg))
+    elif neg.ok:
+        sys.stdout.write(negotiation_text(neg))
+    if not neg.ok:
+        print(f"error: {neg.error}", file=sys.stderr)
+        return EXIT_NEGATIVE
+    return EXIT_OK
