@@ -56,6 +56,8 @@ VARIANTS = ("shipped", "revision", "vmx-msrs")
 #: Revisions of design (a): 1 = legacy filter, 2 = 2022 update (PERF_GLOBAL_CTRL + TSC scaling).
 EVMCS_REVISION_LEGACY = 1
 EVMCS_REVISION_2022 = 2
+#: arg[0] of KVM_CAP_HYPERV_ENLIGHTENED_VMCS2 meaning "the latest revision this kernel knows" (U32_MAX).
+EVMCS_REVISION_LATEST = 0xFFFFFFFF
 
 #: Control MSRs that userspace may only restrict (vmx_restore_control_msr).
 _RESTORE_CONTROL = ("IA32_VMX_TRUE_PINBASED_CTLS", "IA32_VMX_TRUE_PROCBASED_CTLS", "IA32_VMX_TRUE_EXIT_CTLS",
@@ -64,7 +66,8 @@ _RESTORE_CONTROL = ("IA32_VMX_TRUE_PINBASED_CTLS", "IA32_VMX_TRUE_PROCBASED_CTLS
 _NO_RESTORE = ("IA32_VMX_PINBASED_CTLS", "IA32_VMX_PROCBASED_CTLS", "IA32_VMX_EXIT_CTLS",
                "IA32_VMX_ENTRY_CTLS", "IA32_VMX_CR0_FIXED1", "IA32_VMX_CR4_FIXED1")
 #: KVM emulates 0x480..0x491 for L1; 0x492 (PROCBASED_CTLS3) is outside that range.
-_NOT_EMULATED = ("IA32_VMX_PROCBASED_CTLS3",)
+NOT_EMULATED_MSRS: Tuple[str, ...] = ("IA32_VMX_PROCBASED_CTLS3",)
+_NOT_EMULATED = NOT_EMULATED_MSRS
 
 
 @dataclass
@@ -127,7 +130,7 @@ class SimVcpu:
             self.log.append(("ENABLE_CAP", "HYPERV_ENLIGHTENED_VMCS2", "-EINVAL"))
             raise KvmError(f"KVM_CAP_HYPERV_ENLIGHTENED_VMCS2 is not supported by kernel {kvm.profile.kernel}",
                            errno_name="EINVAL", host=kvm.profile.name, layer="kvm")
-        if revision == 0xFFFFFFFF:
+        if revision == EVMCS_REVISION_LATEST:
             revision = max_rev
         if revision < 1 or revision > max_rev:
             self.log.append(("ENABLE_CAP", f"HYPERV_ENLIGHTENED_VMCS2 rev {revision}", "-EINVAL"))
@@ -187,20 +190,20 @@ class SimVcpu:
         msr = reg.msr(name)
         where = dict(msr=name, host=kvm.profile.name, layer="kvm")
         if self.vmxon:
-            raise KvmError(f"{name} cannot be written after VMXON", errno_name="EBUSY", **where)  # type: ignore[arg-type]
-        if not kvm.profile.nested or name in _NOT_EMULATED:
-            raise KvmError(f"{name} is not a writable VMX MSR here", errno_name="EINVAL", **where)  # type: ignore[arg-type]
+            raise KvmError(f"{name} cannot be written after VMXON", errno_name="EBUSY", **where)
+        if not kvm.profile.nested or name in _NOT_EMULATED or name not in self.msrs:
+            raise KvmError(f"{name} is not a writable VMX MSR here", errno_name="EINVAL", **where)
         if name in _NO_RESTORE:
             raise KvmError(f"{name} does not support restore (write the TRUE_ form)", errno_name="EINVAL",
-                           **where)  # type: ignore[arg-type]
+                           **where)
         if value < 0 or value > MASK64:
-            raise KvmError(f"{name} value out of range", errno_name="EINVAL", **where)  # type: ignore[arg-type]
+            raise KvmError(f"{name} value out of range", errno_name="EINVAL", **where)
         supported = self._restore_reference(name)
         bad = _restore_violation(msr.layout, name, supported, value)
         if bad is not None:
             self.log.append(("SET_MSRS", f"{name}={value:#x}", "-EINVAL"))
             raise KvmError(f"{name}={value:#018x} is not a subset of what KVM supports ({supported:#018x}): {bad}",
-                           errno_name="EINVAL", **where)  # type: ignore[arg-type]
+                           errno_name="EINVAL", **where)
         self.msrs[name] = value
         if msr.word and msr.layout == "ctl":
             # KVM keeps one low/high pair per control; the non-TRUE form reads as TRUE | always-on.
