@@ -28,6 +28,9 @@ EXIT_OK = 0
 EXIT_NEGATIVE = 1
 EXIT_BAD_INPUT = 2
 
+#: Longest ``error:`` line rendered; hostile input (a 4 MB label or key) is cut with a marker, not echoed whole.
+MAX_MESSAGE_CHARS = 2000
+
 
 class EvmcsError(Exception):
     """Ancestor of every exception raised by this package.
@@ -82,7 +85,10 @@ class EvmcsError(Exception):
         loc = self.location()
         text = f"{loc}: {self.message}" if loc else self.message
         # One line, always: the CLI contract is a single ``error:`` line.
-        return " ".join(text.split("\n"))
+        text = " ".join(text.splitlines())
+        if len(text) > MAX_MESSAGE_CHARS:
+            text = f"{text[:MAX_MESSAGE_CHARS]}... ({len(text) - MAX_MESSAGE_CHARS} more characters)"
+        return text
 
 
 class InputError(EvmcsError):

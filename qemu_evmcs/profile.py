@@ -47,6 +47,10 @@ _REQUIRED_KEYS = {"name": str, "vendor": str, "kernel": (str, int, float), "msrs
 #: Upper bound on a profile file, so hostile input cannot exhaust memory.
 MAX_PROFILE_BYTES = 4 * 1024 * 1024
 
+#: Deepest YAML nesting accepted; a profile needs 2 levels. Deeper input is refused while composing, before
+#: PyYAML's recursive composer (and its scanner's per-level bookkeeping) can take seconds or hit the recursion limit.
+MAX_YAML_DEPTH = 32
+
 
 @dataclass(frozen=True)
 class HostProfile:
@@ -121,14 +125,20 @@ class HostProfile:
 
 # --------------------------------------------------------------------------- line numbers
 
-def _line_map(node: yaml.Node, prefix: str = "") -> Dict[str, int]:
-    """Map dotted key paths to 1-based lines, from a composed (not constructed) YAML node."""
+def _line_map(node: yaml.Node, prefix: str = "", _seen: Optional[set[int]] = None) -> Dict[str, int]:
+    """Map dotted key paths to 1-based lines, from a composed (not constructed) YAML node.
+
+    Each node is walked once: an alias (``*a``) is the same node object as its anchor, and following
+    it again would make a "billion laughs" document expand exponentially here.
+    """
     out: Dict[str, int] = {}
-    if isinstance(node, yaml.MappingNode):
+    seen = _seen if _seen is not None else set()
+    if isinstance(node, yaml.MappingNode) and id(node) not in seen:
+        seen.add(id(node))
         for k, v in node.value:
             key = f"{prefix}.{k.value}" if prefix else str(k.value)
             out[key] = k.start_mark.line + 1
-            out.update(_line_map(v, key))
+            out.update(_line_map(v, key, seen))
     return out
 
 
@@ -271,6 +281,23 @@ def _yaml_error(err: yaml.YAMLError, path: str) -> InputError:
     return InputError(f"invalid YAML: {problem}", file=path, line=(mark.line + 1) if mark is not None else None)
 
 
+class _DepthLimitedLoader(yaml.SafeLoader):
+    """The safe loader, refusing nesting deeper than :data:`MAX_YAML_DEPTH` while composing."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Optional[yaml.Node], index: Any) -> Optional[yaml.Node]:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise yaml.composer.ComposerError(None, None, f"nesting deeper than {MAX_YAML_DEPTH} levels",
+                                                  mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 class _RawFloat(float):
     """A YAML float that remembers how it was written: ``kernel: 5.10`` must not become release 5.1."""
 
@@ -293,7 +320,7 @@ _ProfileLoader.add_constructor("tag:yaml.org,2002:float", _construct_raw_float)
 def iter_documents(text: str, path: str) -> Iterator[Tuple[object, Dict[str, int]]]:
     """Each YAML document of ``text`` with its key->line map (safe loader only)."""
     try:
-        for node in yaml.compose_all(text, Loader=yaml.SafeLoader):
+        for node in yaml.compose_all(text, Loader=_DepthLimitedLoader):
             if node is None:
                 continue
             lines = _line_map(node)

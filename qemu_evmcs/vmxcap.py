@@ -141,7 +141,20 @@ def render_profile(profile: HostProfile) -> str:
 
 # --------------------------------------------------------------------------- parse
 
-_LINE = re.compile(r"^  (\S.*?)\s+(\S+)\s*$")
+def _split_line(line: str) -> tuple[str, str] | None:
+    """``(label, value)`` of a ``'  %-40s %s'`` line, or None.
+
+    Same result as the regex ``^  (\\S.*?)\\s+(\\S+)\\s*$``, but linear: that regex backtracks
+    quadratically on a long run of blanks (a hostile 4 MB line took hours).
+    """
+    if not line.startswith("  ") or len(line) < 3 or line[2].isspace():
+        return None
+    parts = line[2:].rsplit(None, 1)
+    if len(parts) != 2:
+        return None
+    return parts[0], parts[1]
+
+
 _HEX = re.compile(r"^  Hex:\s+(0[xX][0-9a-fA-F]+)\s*$")
 
 
@@ -205,10 +218,10 @@ def parse(text: str, *, file: str | None = None, reg: Registry | None = None) ->
                                  key=current.title, line=lineno)
             st.hex_value, st.hex_line = val, lineno
             continue
-        lm = _LINE.match(line)
-        if not lm:
+        lm = _split_line(line)
+        if lm is None:
             raise InputError(f"not a vmxcap line: {line.strip()[:60]!r}", file=file, key=current.title, line=lineno)
-        label, value = lm.group(1), lm.group(2)
+        label, value = lm
         if label in st.values:
             raise InputError(f"label {label!r} appears twice in this section", file=file, key=current.title,
                              line=lineno)

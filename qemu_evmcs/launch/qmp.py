@@ -49,6 +49,10 @@ UNIX_PATH_MAX = 107
 #: Name of the socket inside the private runtime directory.
 SOCKET_NAME = "qmp.sock"
 
+#: How much of the emulator's stderr a session keeps: the first bytes (start-up warnings) and the last ones.
+STDERR_HEAD = 1024 * 1024
+STDERR_TAIL = 64 * 1024
+
 
 def describe_status(returncode: int) -> str:
     """``exited with status N`` or ``was killed by signal N (SIGNAME)`` for an asyncio return code."""
@@ -59,6 +63,16 @@ def describe_status(returncode: int) -> str:
             name = "?"
         return f"was killed by signal {-returncode} ({name})"
     return f"exited with status {returncode}"
+
+
+#: Longest excerpt of a peer-supplied text (error description, raw bytes) put in one error line.
+MAX_DETAIL = 300
+
+
+def brief(obj: object, limit: int = MAX_DETAIL) -> str:
+    """``str(obj)`` on one line, cut to ``limit`` characters: a hostile emulator controls these bytes."""
+    text = " ".join(str(obj).split())
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
 
 
 def shell_status(returncode: int) -> int:
@@ -162,6 +176,8 @@ class EmulatorSession:
         self._t0 = 0.0
         self._stderr_echo = stderr_echo
         self._stderr = bytearray()
+        self._stderr_tail = bytearray()
+        self._stderr_omitted = 0
         self._proc: asyncio.subprocess.Process | None = None
         self._wait_task: asyncio.Task[int] | None = None
         self._stderr_task: asyncio.Task[None] | None = None
@@ -188,8 +204,16 @@ class EmulatorSession:
 
     @property
     def stderr_text(self) -> str:
-        """Everything the emulator wrote on stderr so far (decoded leniently)."""
-        return self._stderr.decode("utf-8", "replace")
+        """The emulator's stderr so far, decoded leniently: all of it up to :data:`STDERR_HEAD` bytes, beyond
+        that the head and the last :data:`STDERR_TAIL` bytes with a marker line for the part not kept."""
+        head = self._stderr.decode("utf-8", "replace")
+        if not self._stderr_tail:
+            return head
+        tail = self._stderr_tail.decode("utf-8", "replace")
+        if self._stderr_omitted:
+            tail = tail.partition("\n")[2]  # the first tail line is cut: drop it
+            return f"{head}\n[... {self._stderr_omitted} bytes of emulator stderr not kept ...]\n{tail}"
+        return head + tail
 
     @property
     def stderr_lines(self) -> list[str]:
@@ -233,7 +257,8 @@ class EmulatorSession:
             parent = default_runtime_parent()
         sock_len = len(os.path.join(parent, "qemu-evmcs-XXXXXXXX", SOCKET_NAME).encode())
         if sock_len > UNIX_PATH_MAX:
-            raise InputError(f"runtime directory {parent}: too long for a unix socket path ({sock_len} > {UNIX_PATH_MAX})")
+            raise InputError(f"runtime directory {parent}: too long for a unix socket path "
+                             f"({sock_len} > {UNIX_PATH_MAX})")
         try:
             path = tempfile.mkdtemp(prefix="qemu-evmcs-", dir=parent)
         except OSError as err:
@@ -273,13 +298,27 @@ class EmulatorSession:
             chunk = await stream.read(65536)
             if not chunk:
                 return
-            self._stderr += chunk
+            self._keep_stderr(chunk)
             if self._stderr_echo is not None:
                 try:
                     self._stderr_echo.write(chunk)
                     self._stderr_echo.flush()
                 except (OSError, ValueError):
                     self._stderr_echo = None  # our stderr went away; keep capturing
+
+    def _keep_stderr(self, chunk: bytes) -> None:
+        """Keep the first :data:`STDERR_HEAD` bytes (start-up warnings) and the last :data:`STDERR_TAIL`
+        (the fatal error), so that a chatty emulator running for months cannot grow our memory."""
+        room = STDERR_HEAD - len(self._stderr)
+        if room > 0:
+            self._stderr += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            self._stderr_tail += chunk
+            extra = len(self._stderr_tail) - STDERR_TAIL
+            if extra > 0:
+                del self._stderr_tail[:extra]
+                self._stderr_omitted += extra
 
     async def _drain_stderr(self, timeout: float = 1.0) -> None:
         """Wait (bounded) until the stderr pipe hits EOF so error messages are complete."""
@@ -294,7 +333,7 @@ class EmulatorSession:
         msg = f"{os.path.basename(self.argv[0])} {describe_status(self._proc.returncode)} {when}"
         last = self.last_stderr_line()
         if last:
-            msg += f": {last}"
+            msg += f": {brief(last)}"
         return LaunchError(msg, layer="qemu")
 
     async def connect(self) -> None:
@@ -307,17 +346,24 @@ class EmulatorSession:
         deadline = self._t0 + self.qmp_timeout
         delay = 0.005
         last_err: BaseException | None = None
+        socket_seen = False
         while True:
             if self._wait_task.done():
                 raise await self._exit_error("before QMP was ready")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                detail = f" (last connect error: {last_err})" if last_err is not None else " (socket never appeared)"
+                if last_err is not None:
+                    detail = f" (last connect error: {brief(last_err)})"
+                elif socket_seen:
+                    detail = " (connected, but the greeting or negotiation never completed)"
+                else:
+                    detail = " (socket never appeared)"
                 raise LaunchError(
                     f"no QMP greeting from {os.path.basename(self.argv[0])} within {self.qmp_timeout:g} s{detail}",
                     layer="qemu",
                 )
             if os.path.exists(self.socket_path):
+                socket_seen = True
                 client = QMPClient(self.name)
                 connect = asyncio.ensure_future(client.connect(self.socket_path))
                 done, _ = await asyncio.wait({connect, self._wait_task}, timeout=remaining,
@@ -378,11 +424,11 @@ class EmulatorSession:
         try:
             return task.result()
         except ExecuteError as err:
-            raise LaunchError(f"QMP command {cmd} failed: {err}", layer="qemu") from err
+            raise LaunchError(f"QMP command {cmd} failed: {brief(err)}", layer="qemu") from err
         except (QMPError, OSError, EOFError) as err:
             if self._wait_task.done() or await self._exited_soon():
                 raise await self._exit_error(f"during QMP command {cmd}") from err
-            raise LaunchError(f"QMP command {cmd}: {err}", layer="qemu") from err
+            raise LaunchError(f"QMP command {cmd}: {brief(err) or type(err).__name__}", layer="qemu") from err
 
     async def _exited_soon(self, grace: float = 0.5) -> bool:
         """After a broken connection, give the reaper a moment: the socket usually closes just before the exit."""
@@ -433,10 +479,16 @@ class EmulatorSession:
         return self._wait_task.done()
 
     def send_signal(self, sig: int) -> None:
-        """Signal the emulator if it still runs (ignores a process that is already gone)."""
-        if self._proc is not None and self._proc.returncode is None:
+        """Signal the emulator if it still runs (ignores a process that is already gone).
+
+        ``os.kill``, not ``Process.send_signal``: the latter calls ``Popen.poll()`` first, which reaps a
+        child that has just exited behind asyncio's child watcher; the watcher then logs "Unknown child
+        process pid N, will report returncode 255" on stderr and the real exit status is lost. Until the
+        watcher reaps it the pid cannot be reused, so ``os.kill`` on it is safe (a zombie ignores it).
+        """
+        if self._proc is not None and self._proc.returncode is None and not self.exited:
             with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(sig)
+                os.kill(self._proc.pid, sig)
 
     async def shutdown(self, *, graceful: bool = True) -> int | None:
         """Stop the emulator: ``quit`` (if connected and ``graceful``), then SIGTERM, then SIGKILL, each bounded.

@@ -11,7 +11,7 @@ emulator's.
 Command line::
 
     qemu-evmcs-launch [--emulator PATH] [--simulate PROFILE] [--host PROFILE]
-                      [--check] [--report-json FILE] [--qmp-timeout SECONDS]
+                      [--check] [--report-json FILE [--force]] [--qmp-timeout SECONDS]
                       [--] QEMU-ARGS...
 
 The wrapper's own options come first; the first argument that is not one of
@@ -23,7 +23,10 @@ them (or everything after ``--``) is passed to the emulator verbatim.
   abort or silently lose requested vmx features (prediction by
   ``qemu_evmcs.simqemu.startup.predict``); needs ``--simulate`` or ``--host``.
 - ``--host PROFILE``: the host profile ``--check`` uses for a real emulator.
-- ``--report-json FILE``: also write the verification report as JSON.
+- ``--report-json FILE``: also write the verification report as JSON (atomically: a temporary file
+  in the same directory, then a rename). An existing FILE is refused before anything starts
+  unless ``--force`` is given.
+- ``--force``: allow ``--report-json`` to replace an existing file.
 - ``--qmp-timeout SECONDS``: spawn-to-QMP-greeting limit, and per command (default 10).
 
 Without ``-cpu`` (or with ``-cpu help``: libvirt-style probes such as
@@ -33,8 +36,9 @@ emulator: nothing to verify.
 Exit status:
 
 - the emulator's exit status, or 128+N if it was killed by signal N;
-- 128+N if the wrapper gets SIGINT/SIGTERM (forwarded to the emulator, which
-  is then reaped and its runtime directory removed);
+- 128+N if the wrapper gets SIGINT/SIGTERM/SIGHUP (forwarded to the emulator,
+  which is then reaped and its runtime directory removed; the last stderr line
+  is ``qemu-evmcs-launch: terminated by signal N (SIGNAME)``);
 - 1 with ``error: ...``: the emulator could not be started or never answered
   QMP, or ``--check`` refused (if the emulator itself exited non-zero before
   QMP was ready, its status is used instead);
@@ -64,11 +68,14 @@ DEFAULT_QMP_TIMEOUT = 10.0
 
 USAGE = (
     f"usage: {PROG} [--emulator PATH] [--simulate PROFILE] [--host PROFILE] [--check]\n"
-    f"       {' ' * len(PROG)} [--report-json FILE] [--qmp-timeout SECONDS] [--] QEMU-ARGS...\n"
+    f"       {' ' * len(PROG)} [--report-json FILE [--force]] [--qmp-timeout SECONDS] [--] QEMU-ARGS...\n"
 )
 
 _VALUE_OPTS = ("--emulator", "--simulate", "--host", "--report-json", "--qmp-timeout")
-_FLAG_OPTS = ("--check", "--wrapper-help")
+_FLAG_OPTS = ("--check", "--force", "--wrapper-help")
+
+#: Signals the wrapper forwards to the emulator before cleaning up (QEMU terminates on each of them).
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass
@@ -80,6 +87,7 @@ class WrapperOptions:
     host: str | None = None
     check: bool = False
     report_json: str | None = None
+    force: bool = False
     qmp_timeout: float = DEFAULT_QMP_TIMEOUT
     help: bool = False
     qemu_args: list[str] = field(default_factory=list)
@@ -104,6 +112,8 @@ def parse_wrapper_args(argv: Sequence[str]) -> WrapperOptions:
         if name in _FLAG_OPTS and not eq:
             if name == "--check":
                 opts.check = True
+            elif name == "--force":
+                opts.force = True
             else:
                 opts.help = True
             i += 1
@@ -196,12 +206,17 @@ def _error(err: EvmcsError) -> None:
         sys.stderr.flush()
 
 
-def write_report(path: str, report: LaunchReport) -> None:
-    """Write the JSON report atomically-enough (temp file + rename) so readers never see half a file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(report.to_json() + "\n")
-    os.replace(tmp, path)
+def write_report(path: str, report: LaunchReport, *, force: bool = False) -> None:
+    """Write the JSON report atomically (a ``mkstemp`` file in the same directory, then ``os.replace``).
+
+    ``mkstemp`` (``O_EXCL``, random name) rather than a predictable ``FILE.tmpPID`` name: in a shared
+    directory another user could plant a symlink there and have us truncate the file it points to.
+
+    :raise InputError: ``path`` exists and ``force`` is false, or it cannot be written.
+    """
+    from ..commands.host import write_atomic  # lazily: only launches that write a report pay the import
+
+    write_atomic(path, report.to_json() + "\n", force=force)
 
 
 async def _supervise(session: EmulatorSession, spec: CpuSpec, opts: WrapperOptions) -> int:
@@ -209,6 +224,10 @@ async def _supervise(session: EmulatorSession, spec: CpuSpec, opts: WrapperOptio
     try:
         await session.start()
     except LaunchError as err:
+        # Stop and reap the emulator first: whatever it prints while dying is relayed before our
+        # reason, so the reason stays the last line on stderr.
+        with contextlib.suppress(EvmcsError, OSError):
+            await session.close()
         _error(err)
         rc = session.returncode
         return shell_status(rc) if rc is not None and rc != 0 else EXIT_NEGATIVE
@@ -224,9 +243,9 @@ async def _supervise(session: EmulatorSession, spec: CpuSpec, opts: WrapperOptio
             _say(line)
         if opts.report_json is not None:
             try:
-                write_report(opts.report_json, report)
-            except OSError as err:
-                _say(f"warning: cannot write {opts.report_json}: {err.strerror}")
+                write_report(opts.report_json, report, force=opts.force)
+            except InputError as err:
+                _say(f"warning: report not written: {err}")
     # Stay out of the way from here on: no QMP client buffering events for the VM's lifetime.
     await session.disconnect()
     rc = await session.wait()
@@ -236,7 +255,7 @@ async def _supervise(session: EmulatorSession, spec: CpuSpec, opts: WrapperOptio
 
 
 async def run_async(argv: list[str], spec: CpuSpec, opts: WrapperOptions) -> int:
-    """Run the emulator under supervision; SIGINT/SIGTERM are forwarded and turn into 128+sig."""
+    """Run the emulator under supervision; SIGINT/SIGTERM/SIGHUP are forwarded and turn into 128+sig."""
     loop = asyncio.get_running_loop()
     got_signal: asyncio.Future[int] = loop.create_future()
 
@@ -244,7 +263,7 @@ async def run_async(argv: list[str], spec: CpuSpec, opts: WrapperOptions) -> int
         if not got_signal.done():
             got_signal.set_result(sig)
 
-    sigs = (signal.SIGINT, signal.SIGTERM)
+    sigs = FORWARDED_SIGNALS
     for sig in sigs:
         loop.add_signal_handler(sig, on_signal, sig)
     session = EmulatorSession(argv, qmp_timeout=opts.qmp_timeout, stderr_echo=sys.stderr.buffer, name=PROG)
@@ -260,6 +279,7 @@ async def run_async(argv: list[str], spec: CpuSpec, opts: WrapperOptions) -> int
             main.cancel()
             await asyncio.wait({main}, timeout=session.quit_timeout + session.term_timeout)
             await session.close()
+            _say(f"terminated by signal {signum} ({signal.Signals(signum).name})")
             return 128 + signum
         return main.result()
     finally:
@@ -306,11 +326,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             parent = os.path.dirname(os.path.abspath(opts.report_json))
             if not os.path.isdir(parent):
                 raise InputError(f"--report-json {opts.report_json}: directory {parent} does not exist")
+            if os.path.lexists(opts.report_json) and not opts.force:
+                raise InputError(f"--report-json {opts.report_json}: already exists; pass --force to overwrite")
         return asyncio.run(run_async(run_argv, spec, opts))
     except EvmcsError as err:
         _error(err)
         return err.exit_code
     except KeyboardInterrupt:
+        _say(f"terminated by signal {signal.SIGINT} (SIGINT)")
         return 128 + signal.SIGINT
     except BrokenPipeError:
         return EXIT_BAD_INPUT
