@@ -32,6 +32,8 @@ COMMAND_MODULES: List[str] = [
     "migrate_check",
     "admit",
     "compare_designs",
+    "fleet",
+    "report",
 ]
 
 

@@ -1,0 +1,373 @@
+"""Fleet loading (fast path == full parse), the SQLite inventory, and the fleet CLI."""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qemu_evmcs import fleet as fleet_mod
+from qemu_evmcs.cli import run
+from qemu_evmcs.errors import InputError
+from qemu_evmcs.fleet import Fleet, FleetDb, FleetLoader, load_fleet
+from qemu_evmcs.profile import bundled_profile_dir, iter_profiles
+from qemu_evmcs.progress import Progress
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = bundled_profile_dir()
+
+
+def reference(paths: list[str]) -> dict[str, list[str]]:
+    """What iter_profiles (full PyYAML parse of every document) says."""
+    out: dict[str, list[str]] = collections.defaultdict(list)
+    for p in iter_profiles(paths):
+        out[p.fingerprint()].append(p.name)
+    return dict(out)
+
+
+@pytest.fixture(scope="module")
+def fleet_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("fleet") / "fleet.yaml"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make-fleet"), "--count", "1500", "--out", str(out),
+                    "--seed", "5"], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture()
+def fleet_dir(tmp_path: Path) -> Path:
+    out = tmp_path / "hosts"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make-fleet"), "--count", "120", "--out", str(out),
+                    "--seed", "2"], check=True, capture_output=True)
+    return out
+
+
+# =========================================================================== loading
+
+def test_fast_loader_equals_full_parse_multi_document(fleet_file: Path) -> None:
+    fl = load_fleet(str(fleet_file), progress=False)
+    assert fl.members == reference([str(fleet_file)])
+    assert fl.host_count == 1500
+    assert set(fl.distinct) == set(fl.members)
+    for fp, prof in fl.distinct.items():
+        assert prof.fingerprint() == fp
+
+
+def test_fast_loader_parses_each_distinct_text_once(fleet_file: Path) -> None:
+    loader = FleetLoader()
+    loader.add_path(str(fleet_file))
+    assert loader.documents == 1500
+    assert loader.parsed < 100   # only documents with a new key are parsed in full
+
+
+def test_fast_loader_equals_full_parse_directory_and_samples(fleet_dir: Path) -> None:
+    assert load_fleet(str(fleet_dir), progress=False).members == reference([str(fleet_dir)])
+    assert load_fleet([SAMPLES], progress=False).members == reference([SAMPLES])
+
+
+def test_small_chunks_stream_the_same(fleet_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fleet_mod, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(fleet_mod, "SMALL_FILE", 1024)
+    assert load_fleet(str(fleet_file), progress=False).members == reference([str(fleet_file)])
+
+
+HOST = (Path(SAMPLES) / "skylake-6.3.yaml").read_text()
+
+
+def body(name: str, extra: str = "") -> str:
+    text = HOST.replace("name: skylake-6.3\n", f"name: {name}\n")
+    return text + extra
+
+
+def write(tmp_path: Path, text: str, name: str = "f.yaml") -> str:
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def test_later_document_with_bad_notes_is_an_error_with_line(tmp_path: Path) -> None:
+    text = body("a") + "---\n" + body("b", "notes: 5\n") + "---\n" + body("c")
+    path = write(tmp_path, text)
+    with pytest.raises(InputError) as ei:
+        load_fleet(path, progress=False)
+    with pytest.raises(InputError) as ref:
+        list(iter_profiles([path]))
+    assert str(ei.value) == str(ref.value)
+    assert ei.value.file == path and ei.value.key == "notes" and ei.value.line is not None
+
+
+def test_odd_names_fall_back_to_a_full_parse(tmp_path: Path) -> None:
+    docs = [body("a"), body("'quoted b'"), body("yes"), body('"c # x"'), body("d  # comment")]
+    path = write(tmp_path, "---\n".join(docs))
+    with pytest.raises(InputError) as ei:
+        load_fleet(path, progress=False)
+    assert ei.value.key == "name"   # `name: yes` is a bool in YAML 1.1
+    docs.pop(2)
+    path = write(tmp_path, "---\n".join(docs))
+    assert load_fleet(path, progress=False).members == reference([path])
+
+
+def test_yaml_features_parse_like_pyyaml(tmp_path: Path) -> None:
+    anchors = body("anch", "notes: &n hello\nprovenance: *n\n")
+    multiline = body("multi", "notes: 'first line\n  second line'\n")
+    docs = ["%YAML 1.1\n" + "--- " + body("dir"), body("plain"), anchors, multiline, body("end") + "...\n",
+            body("last")]
+    path = write(tmp_path, "# leading comment only\n" + "---\n".join(docs))
+    fl = load_fleet(path, progress=False)
+    assert fl.members == reference([path])
+    assert sorted(fl.host_names()) == sorted(["dir", "plain", "anch", "multi", "end", "last"])
+
+
+def test_explicit_empty_document_is_an_error_like_pyyaml(tmp_path: Path) -> None:
+    path = write(tmp_path, body("a") + "---\n# only a comment\n---\n" + body("b"))
+    with pytest.raises(InputError) as ei:
+        load_fleet(path, progress=False)
+    with pytest.raises(InputError) as ref:
+        list(iter_profiles([path]))
+    assert ei.value.message == ref.value.message and ei.value.file == path
+
+
+def test_comment_inside_a_quoted_scalar_is_text_not_a_cut(tmp_path: Path) -> None:
+    # A column-0 "#" line inside a multi-line quoted scalar is text, so such a key is never trusted.
+    line = "model_name: Intel(R) Core(TM) i7-6700K CPU @ 4.00GHz\n"
+    a = body("a").replace(line, "model_name: 'i7\n# one'\n")
+    b = body("b").replace(line, "model_name: 'i7\n# two'\n")
+    path = write(tmp_path, a + "---\n" + b)
+    loader = FleetLoader()
+    loader.add_path(path)
+    assert loader.parsed == 2
+    assert loader.fleet.members == reference([path])
+    # Control: header comments differ, the key is trusted, only the first document is parsed.
+    path = write(tmp_path, "# host a\n" + body("a") + "---\n# host b\n" + body("b"), "ok.yaml")
+    loader = FleetLoader()
+    loader.add_path(path)
+    assert loader.parsed == 1 and loader.fleet.members == reference([path])
+
+
+def test_duplicate_host_names_are_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, body("same") + "---\n" + body("same"))
+    with pytest.raises(InputError) as ei:
+        load_fleet(path, progress=False)
+    assert "duplicate host name 'same'" in str(ei.value) and ei.value.line == HOST.count("\n") + 3
+
+
+def test_yaml_error_line_is_the_file_line(tmp_path: Path) -> None:
+    text = body("a") + "---\n" + body("b") + "---\nname: [unclosed\n"
+    path = write(tmp_path, text)
+    with pytest.raises(InputError) as ei:
+        load_fleet(path, progress=False)
+    with pytest.raises(InputError) as ref:
+        list(iter_profiles([path]))
+    assert ei.value.line is not None and ref.value.line is not None
+    assert abs(ei.value.line - ref.value.line) <= 1 and ei.value.file == path
+
+
+def test_missing_path_and_empty_input(tmp_path: Path) -> None:
+    with pytest.raises(InputError):
+        load_fleet(str(tmp_path / "nope.yaml"))
+    with pytest.raises(InputError):
+        load_fleet(write(tmp_path, "# nothing\n"), progress=False)
+
+
+def test_fleet_helpers() -> None:
+    fl = load_fleet(SAMPLES, progress=False)
+    groups = fl.groups()
+    assert sum(len(g[2]) for g in groups) == fl.host_count == 8
+    per = {fp: prof.era.id for fp, prof in fl.distinct.items()}
+    assert fl.expand(per)["skylake-6.3"] == "6.3+"
+    assert fl.fingerprint_of()["skylake-5.10"] in fl.distinct
+    hosts = list(fl.iter_hosts())
+    assert [h.name for h in hosts] == list(fl.host_names())
+    assert all(h.fingerprint() in fl.distinct for h in hosts)
+    assert isinstance(Fleet().host_count, int)
+
+
+# =========================================================================== progress
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_only_on_a_terminal() -> None:
+    quiet = io.StringIO()
+    with Progress(10, "x", stream=quiet) as bar:
+        bar.INTERVAL = 0
+        bar.update(5)
+    assert quiet.getvalue() == ""
+    tty = _Tty()
+    with Progress(10, "loading", stream=tty) as bar:
+        bar.INTERVAL = 0
+        bar.update(5)
+    assert "loading [" in tty.getvalue() and "50.0%" in tty.getvalue()
+    assert tty.getvalue().endswith("\r\x1b[K")
+
+
+# =========================================================================== inventory
+
+def db_rows(db: Path) -> list[tuple[object, ...]]:
+    con = sqlite3.connect(db)
+    try:
+        return sorted(con.execute("SELECT h.name, h.fingerprint, h.file, h.pool, f.sha256 FROM hosts h "
+                                  "JOIN files f ON f.path = h.file"))
+    finally:
+        con.close()
+
+
+def test_import_incremental(tmp_path: Path, fleet_dir: Path) -> None:
+    db = tmp_path / "fleet.db"
+    with FleetDb(db, create=True) as inv:
+        r = inv.import_paths([str(fleet_dir)], pool="web")
+        assert (r.added, r.updated, r.removed, r.unchanged, r.hosts) == (120, 0, 0, 0, 120)
+        r = inv.import_paths([str(fleet_dir)])
+        assert (r.added, r.updated, r.removed, r.unchanged) == (0, 0, 0, 120)
+        assert r.parsed_documents == 0
+        files = sorted(fleet_dir.glob("*.yaml"))
+        # changed content
+        text = files[0].read_text().replace("kvm_hyperv: true", "kvm_hyperv: false")
+        files[0].write_text(text.replace("nested: true", "nested: false"))
+        # touched but identical (mtime changes, hash does not)
+        os.utime(files[1], (1, 1))
+        # removed
+        files[2].unlink()
+        r = inv.import_paths([str(fleet_dir)])
+        assert (r.added, r.updated, r.removed, r.unchanged) == (0, 1, 1, 118)
+        assert r.hosts == 119
+        # pools kept on re-import without --pool
+        assert {row[3] for row in db_rows(db)} == {"web"}
+        assert inv.load_fleet().members == reference([str(fleet_dir)])
+
+
+def test_import_failure_mid_import_leaves_db_unchanged(tmp_path: Path, fleet_dir: Path) -> None:
+    db = tmp_path / "fleet.db"
+    assert run(["fleet", "import", str(fleet_dir), "--db", str(db)]) == 0
+    before = db_rows(db)
+    files = sorted(fleet_dir.glob("*.yaml"))
+    for f in files[:100]:
+        f.write_text(f.read_text().replace("kvm_hyperv: true", "kvm_hyperv: false") + "# changed\n")
+    bad = files[61]
+    bad.write_text(bad.read_text().replace("msrs:", "msrz:"))
+    err = io.StringIO()
+    old = sys.stderr
+    sys.stderr = err
+    try:
+        assert run(["fleet", "import", str(fleet_dir), "--db", str(db)]) == 2
+    finally:
+        sys.stderr = old
+    line = err.getvalue().strip()
+    assert line.startswith("error: ") and str(bad) in line and "\n" not in line
+    assert db_rows(db) == before
+
+
+def test_failure_while_writing_rolls_back(tmp_path: Path, fleet_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "fleet.db"
+    with FleetDb(db, create=True) as inv:
+        inv.import_paths([str(fleet_dir)])
+    before = db_rows(db)
+    for f in sorted(fleet_dir.glob("*.yaml"))[:50]:
+        f.write_text(f.read_text() + "# edited\n")
+    calls = {"n": 0}
+    real = FleetDb._put_profile
+
+    def boom(self: FleetDb, fp: str, prof: object) -> None:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise OSError("disk full (injected)")
+        real(self, fp, prof)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(FleetDb, "_put_profile", boom)
+    with FleetDb(db) as inv, pytest.raises(OSError):
+        inv.import_paths([str(fleet_dir)], pool="new")
+    assert db_rows(db) == before
+
+
+def test_duplicate_host_across_imports_is_an_error(tmp_path: Path, fleet_dir: Path) -> None:
+    db = tmp_path / "fleet.db"
+    other = tmp_path / "other"
+    other.mkdir()
+    src = sorted(fleet_dir.glob("*.yaml"))[0]
+    shutil.copy(src, other / "copy.yaml")
+    with FleetDb(db, create=True) as inv:
+        inv.import_paths([str(fleet_dir)])
+        before = db_rows(db)
+        with pytest.raises(InputError) as ei:
+            inv.import_paths([str(other)])
+    assert "duplicate host name" in str(ei.value) and str(other / "copy.yaml") in str(ei.value)
+    assert db_rows(db) == before
+
+
+def test_load_fleet_from_db_equals_files(tmp_path: Path, fleet_file: Path) -> None:
+    db = tmp_path / "fleet.db"
+    assert run(["fleet", "import", str(fleet_file), "--db", str(db), "--pool", "all"]) == 0
+    from_db = load_fleet(str(db))
+    assert from_db.members == load_fleet(str(fleet_file), progress=False).members
+    assert set(from_db.pools.values()) == {"all"} and len(from_db.pools) == 1500
+
+
+def test_schema_version_and_not_a_db(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_text("hello")
+    with pytest.raises(InputError):
+        FleetDb(junk)
+    db = tmp_path / "v.db"
+    FleetDb(db, create=True).close()
+    con = sqlite3.connect(db)
+    con.execute("UPDATE schema_version SET version = 99")
+    con.commit()
+    con.close()
+    with pytest.raises(InputError) as ei:
+        FleetDb(db)
+    assert "schema version 99" in str(ei.value)
+
+
+def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = run(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_query_and_stats_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = str(tmp_path / "q.db")
+    assert cli(["fleet", "import", SAMPLES, "--db", db, "--pool", "samples"], capsys)[0] == 0
+    code, out, _ = cli(["fleet", "query", "--db", db, "--era", "6.3+"], capsys)
+    assert code == 0 and out.split() == ["epyc-amd-6.6", "sapphirerapids-6.6", "skylake-6.3"]
+    # PERF_GLOBAL_CTRL load on exit: KVM reports it on Intel hosts; the 6.1 guest (bit 0 clear) hides it.
+    code, out, _ = cli(["fleet", "query", "--db", db, "--feature", "vmx-exit-load-perf-global-ctrl",
+                        "--view", "host"], capsys)
+    host_view = set(out.split())
+    code, out, _ = cli(["fleet", "query", "--db", db, "--feature", "vmx-exit-load-perf-global-ctrl"], capsys)
+    guest_view = set(out.split())
+    assert "icelake-6.1" in host_view and "icelake-6.1" not in guest_view
+    assert "epyc-amd-6.6" not in host_view and "skylake-nested-off-6.1" not in host_view
+    code, out, _ = cli(["fleet", "query", "--db", db, "--pool", "samples", "--json"], capsys)
+    rows = json.loads(out)
+    assert len(rows) == 8 and {r["pool"] for r in rows} == {"samples"}
+    assert cli(["fleet", "query", "--db", db, "--pool", "nope"], capsys)[1] == ""
+    code, out, _ = cli(["fleet", "stats", "--db", db, "--json"], capsys)
+    st = json.loads(out)
+    assert st["hosts"] == 8 and st["pools"] == {"samples": 8} and st["vendors"]["AuthenticAMD"] == 1
+    code, out, _ = cli(["fleet", "stats", "--db", db], capsys)
+    assert code == 0 and "distinct profiles" in out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["fleet", "query", "--db", "{db}", "--feature", "vmx-nonsense"], "unknown VMX feature"),
+    (["fleet", "query", "--db", "{db}", "--era", "9.9"], "unknown era"),
+    (["fleet", "query", "--db", "{db}", "--view", "host"], "--view needs --feature"),
+    (["fleet", "stats", "--db", "{missing}"], "no such fleet database"),
+    (["fleet", "import", "{missing}", "--db", "{db}"], "no such file"),
+])
+def test_cli_errors_are_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+                                        needle: str) -> None:
+    db = str(tmp_path / "e.db")
+    assert cli(["fleet", "import", SAMPLES, "--db", db], capsys)[0] == 0
+    argv = [a.format(db=db, missing=str(tmp_path / "missing")) for a in args]
+    code, out, err = cli(argv, capsys)
+    assert code == 2 and err.startswith("error: ") and needle in err and err.count("\n") == 1
