@@ -1,0 +1,26 @@
+"""A simulated QEMU 7.2 (``-accel kvm``) on a simulated KVM host, speaking real QMP.
+
+Run it as ``qemu-evmcs-sim --host PROFILE [QEMU options]`` or
+``python -m qemu_evmcs.simqemu ...``. It reproduces QEMU's start-up for
+Hyper-V eVMCS (the exact error texts of ``hv-evmcs`` checks, VMX feature
+filtering and its warnings, the VMX MSR writes and the ``failed to set MSR``
+abort) against :mod:`qemu_evmcs.simkvm`, then serves QMP.
+
+Modules:
+
+- :mod:`.cmdline` -- the QEMU command-line subset, ``-cpu`` parsing, :class:`.cmdline.QemuError`;
+- :mod:`.cpu` -- QEMU's x86 CPU model (expansion, dependencies, filtering, MSR composition,
+  Hyper-V leaves) and the **model provider plug-in point** (:func:`.cpu.register_model_provider`,
+  :func:`.cpu.load_model_features`);
+- :mod:`.startup` -- the start-up sequence, shared by the server and by :func:`.startup.predict`;
+- :mod:`.qmp_server` -- the QMP server and the ``x-evmcs-*`` extension commands;
+- :mod:`.server` -- the process entry point (``main``).
+
+**Project plug-in option (not in real QEMU):** ``-cpu ...,hv-evmcs-perf-global-ctrl=on`` sets
+CPUID 0x4000000A.EBX bit 0 (HV_X64_NESTED_EVMCS1_PERF_GLOBAL_CTRL), which real QEMU never sets;
+KVM 6.1+ then shows PERF_GLOBAL_CTRL VM-exit/entry controls to an eVMCS L1.
+"""
+
+from .startup import Prediction, predict
+
+__all__ = ["Prediction", "predict"]

@@ -1,0 +1,954 @@
+"""QEMU's x86 CPU model as far as VMX and Hyper-V enlightenments go (QEMU 7.2 ``target/i386``).
+
+This mirrors, step by step, what QEMU does when it realizes a vCPU:
+
+1. **model defaults** -- ``host``/``max`` (``max_features``) start empty and are
+   filled from what the accelerator supports; named models come from a
+   pluggable *model provider* (see below); ``qemu64``/``base`` are built in;
+2. **properties** -- ``-cpu`` ``key=value`` properties, then ``+feat``/``-feat``;
+   every explicitly set feature is a *user feature* and is never overridden;
+3. **expansion** (``x86_cpu_expand_features``) -- ``max_features`` ORs in every
+   supported **named** bit (``migratable``: optional = allowed1 & ~allowed0 of
+   KVM's feature MSR for control words, qemu.md §2.1); then
+   ``feature_dependencies[]`` drop dependent bits (``vmx`` gates the
+   primary/pin/exit/entry/misc/basic words, ``vmx-secondary-ctls`` the
+   secondary word, ``vmx-ept`` the EPT half of EPT_VPID_CAP, ...), warning for
+   explicitly requested ones; then ``kvm_hyperv_expand_features`` when KVM has
+   ``KVM_CAP_SYS_HYPERV_CPUID``;
+4. **filtering** (``x86_cpu_filter_features``) -- requested bits the host
+   lacks are dropped with ``warning: host doesn't support requested feature:
+   MSR(48DH).vmx-posted-intr [bit 7]``; ``enforce`` makes that fatal;
+5. at vCPU init (:mod:`.startup`) the Hyper-V CPUID leaves (:meth:`X86Cpu.hv_leaves`)
+   and the VMX MSR values (:meth:`X86Cpu.vmx_msr_entries`, ``kvm_msr_entry_add_vmx``)
+   are handed to the simulated KVM.
+
+Bit numbers of VMX features are never written here: they come from the
+registry (``data/registry.yaml``) by QEMU property name. The CPUID bits that
+gate VMX features and the Hyper-V CPUID bits are QEMU/TLFS constants, not VMX
+bits, and live in the tables below.
+
+**Model provider plug-in point.** Named models (``Skylake-Server-v5``) are
+supplied by a provider: an object with ``features(name) -> Optional[set of
+QEMU feature names]`` (``None`` = unknown model) and ``names() -> list``.
+Register one with :func:`register_model_provider`, or name one in the
+environment variable ``QEMU_EVMCS_SIM_MODEL_PROVIDER=package.module:attr``
+(an instance, or a zero-argument factory) so that a simulator child process
+picks it up. :func:`load_model_features` resolves a name through the
+providers and raises QEMU's ``unable to find CPU model 'X'`` otherwise.
+Returned names may be ``vmx-*`` QEMU property names and the CPUID flags
+modelled here (``vmx``, ``lm``, ``xsaves``, ...). CPUID flags that gate a
+returned ``vmx-*`` feature (``rdseed`` for ``vmx-rdseed-exit``) default on.
+
+**Simulation assumptions** (the host profile records VMX MSRs, not CPUID):
+KVM reports CPUID ``vmx`` iff the host is Intel with nested VMX; ``lm``
+always; a CPUID flag that gates a VMX feature is taken as supported iff KVM
+reports that VMX feature (or, with no VMX MSRs at all, for the common ones).
+Hyper-V features other than eVMCS-related ones are assumed supported whenever
+KVM has Hyper-V support.
+
+**Project plug-in option (not in real QEMU):** ``hv-evmcs-perf-global-ctrl=on``
+sets CPUID 0x4000000A.EBX bit 0 (HV_X64_NESTED_EVMCS1_PERF_GLOBAL_CTRL), the
+bit KVM 6.1+ reads to show VM_{EXIT,ENTRY}_LOAD_IA32_PERF_GLOBAL_CTRL to an
+eVMCS L1. It behaves like a QEMU hv-* feature: it requires ``hv-evmcs`` and
+is "not supported by kernel" unless KVM reports the bit (6.1+).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from dataclasses import dataclass
+from typing import (AbstractSet, Callable, Dict, FrozenSet, List, Mapping, Optional, Protocol, Sequence, Set, Tuple,
+                    runtime_checkable)
+
+from ..msrval import word_bits
+from ..profile import HostProfile
+from ..registry import MASK32, Registry, registry
+from ..simkvm import (HV_CPUID_ENLIGHTMENT_INFO, HV_CPUID_NESTED_FEATURES, HV_ENLIGHTENED_VMCS_RECOMMENDED,
+                      HV_NESTED_DIRECT_FLUSH, HV_NESTED_EVMCS1_PERF_GLOBAL_CTRL, HV_NESTED_MSR_BITMAP,
+                      KVM_CAP_SYS_HYPERV_CPUID, SimKvm)
+from .cmdline import PROG, CpuSpec, QemuError
+
+
+# --------------------------------------------------------------------------- constants (QEMU / TLFS)
+
+#: QEMU's VMX feature words in ``FeatureWord`` enum order (the order of filter warnings).
+VMX_WORDS: Tuple[str, ...] = ("procbased", "secondary", "pinbased", "exit", "entry", "misc", "ept_vpid", "basic",
+                              "vmfunc")
+#: Words written through ``make_vmx_msr_value`` (control words with default1 bits).
+CTL_WORDS = ("procbased", "pinbased", "exit", "entry", "secondary")
+
+#: ``DEFAULT_EVMCS_VERSION`` of QEMU's kvm.c: min version 1 (low byte), max version 1 (high byte).
+DEFAULT_EVMCS_VERSION = (1 << 8) | 1
+#: ``hv-spinlocks`` default: never notify.
+HYPERV_SPINLOCK_NEVER_NOTIFY = 0xFFFFFFFF
+HV_CPUID_VENDOR_AND_MAX_FUNCTIONS = 0x40000000
+HV_CPUID_FEATURES = 0x40000003
+HV_CPUID_IMPLEMENT_LIMITS = 0x40000005
+HV_HYPERCALL_AVAILABLE = 1 << 5            # 0x40000003.EAX
+HV_CPU_DYNAMIC_PARTITIONING_AVAILABLE = 1 << 3  # 0x40000003.EDX
+HV_APIC_ACCESS_RECOMMENDED = 1 << 3        # 0x40000004.EAX
+
+#: Architectural CR bits QEMU writes into CR0_FIXED0 / CR4_FIXED0.
+CR0_PE = 1 << 0
+CR0_NE = 1 << 5
+CR0_PG = 1 << 31
+CR4_VMXE = 1 << 13
+#: VMCS_ENUM values QEMU writes (highest VMCS field index: FRED, exit-secondary, TSC multiplier, preemption timer).
+VMCS_ENUM_FRED = 0x52
+VMCS_ENUM_EXIT_SECONDARY = 0x44
+VMCS_ENUM_TSC_SCALING = 0x32
+VMCS_ENUM_DEFAULT = 0x2E
+
+
+@dataclass(frozen=True)
+class CpuidFlag:
+    """A CPUID feature bit QEMU models as a property; only those that gate VMX features are modelled."""
+
+    name: str
+    desc: str           # QEMU's feature_word_description(): ``CPUID.01H:ECX``
+    bit: int
+    gates: Tuple[str, ...]  # QEMU vmx-* names this flag gates (feature_dependencies[])
+
+
+#: In QEMU FeatureWord order (FEAT_1_ECX, FEAT_7_0_EBX, FEAT_7_0_ECX, FEAT_8000_0001_EDX/ECX, FEAT_XSAVE).
+CPUID_FLAGS: Tuple[CpuidFlag, ...] = (
+    CpuidFlag("vmx", "CPUID.01H:ECX", 5, ()),
+    CpuidFlag("rdrand", "CPUID.01H:ECX", 30, ("vmx-rdrand-exit",)),
+    CpuidFlag("invpcid", "CPUID.07H:EBX", 10, ("vmx-invpcid-exit",)),
+    CpuidFlag("mpx", "CPUID.07H:EBX", 14, ("vmx-exit-clear-bndcfgs", "vmx-entry-load-bndcfgs")),
+    CpuidFlag("rdseed", "CPUID.07H:EBX", 18, ("vmx-rdseed-exit",)),
+    CpuidFlag("waitpkg", "CPUID.07H:ECX", 5, ("vmx-enable-user-wait-pause",)),
+    CpuidFlag("rdtscp", "CPUID.80000001H:EDX", 27, ("vmx-rdtscp-exit",)),
+    CpuidFlag("lm", "CPUID.80000001H:EDX", 29, ("vmx-entry-ia32e-mode",)),
+    CpuidFlag("svm", "CPUID.80000001H:ECX", 2, ()),
+    CpuidFlag("xsaves", "CPUID.0DH:EAX", 3, ("vmx-xsaves",)),
+)
+CPUID_BY_NAME: Dict[str, CpuidFlag] = {f.name: f for f in CPUID_FLAGS}
+#: Flags a host without VMX MSRs is assumed to have (simulation assumption, see the module docstring).
+_COMMON_HOST_FLAGS = frozenset({"lm", "rdrand", "rdseed", "rdtscp", "invpcid", "xsaves"})
+#: CPUID flags TCG supports among the modelled ones (TCG_*_FEATURES: no VMX, no XSAVES, no MPX).
+_TCG_FLAGS = frozenset({"lm", "svm", "rdtscp", "rdrand", "rdseed", "invpcid"})
+
+
+@dataclass(frozen=True)
+class HvFeature:
+    """One entry of QEMU's ``kvm_hyperv_properties[]`` (enum order)."""
+
+    prop: str
+    desc: str
+    cpuid: Tuple[Tuple[int, str, int], ...]   # (leaf, register, mask) the guest gets
+    deps: Tuple[str, ...] = ()
+    kvm_checked: bool = False   # support read from the simulated KVM's HV CPUID (eVMCS-related bits)
+    since: Optional[str] = None  # KernelFacts attribute naming the first release that supports it
+    skip_passthrough: bool = False
+
+
+_F3, _F4, _NF = HV_CPUID_FEATURES, HV_CPUID_ENLIGHTMENT_INFO, HV_CPUID_NESTED_FEATURES
+
+HV_FEATURES: Tuple[HvFeature, ...] = (
+    HvFeature("hv-relaxed", "relaxed timing (hv-relaxed)", ((_F4, "eax", 1 << 5),)),
+    HvFeature("hv-vapic", "virtual APIC (hv-vapic)", ((_F3, "eax", 1 << 4),)),
+    HvFeature("hv-time", "clocksources (hv-time)", ((_F3, "eax", (1 << 1) | (1 << 9)),)),
+    HvFeature("hv-crash", "crash MSRs (hv-crash)", ((_F3, "edx", 1 << 10),)),
+    HvFeature("hv-reset", "reset MSR (hv-reset)", ((_F3, "eax", 1 << 7),)),
+    HvFeature("hv-vpindex", "VP_INDEX MSR (hv-vpindex)", ((_F3, "eax", 1 << 6),)),
+    HvFeature("hv-runtime", "VP_RUNTIME MSR (hv-runtime)", ((_F3, "eax", 1 << 0),)),
+    HvFeature("hv-synic", "synthetic interrupt controller (hv-synic)", ((_F3, "eax", 1 << 2),)),
+    HvFeature("hv-stimer", "synthetic timers (hv-stimer)", ((_F3, "eax", 1 << 3),), deps=("hv-synic", "hv-time")),
+    HvFeature("hv-frequencies", "frequency MSRs (hv-frequencies)", ((_F3, "eax", 1 << 11), (_F3, "edx", 1 << 8))),
+    HvFeature("hv-reenlightenment", "reenlightenment MSRs (hv-reenlightenment)", ((_F3, "eax", 1 << 13),)),
+    HvFeature("hv-tlbflush", "paravirtualized TLB flush (hv-tlbflush)", ((_F4, "eax", (1 << 2) | (1 << 11)),),
+              deps=("hv-vpindex",)),
+    HvFeature("hv-evmcs", "enlightened VMCS (hv-evmcs)", ((_F4, "eax", HV_ENLIGHTENED_VMCS_RECOMMENDED),),
+              deps=("hv-vapic",), kvm_checked=True),
+    HvFeature("hv-ipi", "paravirtualized IPI (hv-ipi)", ((_F4, "eax", (1 << 10) | (1 << 11)),), deps=("hv-vpindex",)),
+    HvFeature("hv-stimer-direct", "direct mode synthetic timers (hv-stimer-direct)", ((_F3, "edx", 1 << 19),),
+              deps=("hv-stimer",)),
+    HvFeature("hv-avic", "AVIC/APICv support (hv-avic/hv-apicv)", ((_F4, "eax", 1 << 9),)),
+    HvFeature("hv-emsr-bitmap", "enlightened MSR-Bitmap (hv-emsr-bitmap)", ((_NF, "eax", HV_NESTED_MSR_BITMAP),),
+              kvm_checked=True),
+    HvFeature("hv-xmm-input", "XMM fast hypercall input (hv-xmm-input)", ((_F3, "edx", 1 << 4),)),
+    HvFeature("hv-tlbflush-ext", "Extended gva ranges for TLB flush hypercalls (hv-tlbflush-ext)",
+              ((_F3, "edx", 1 << 14),), deps=("hv-tlbflush",), since="direct_flush_since"),
+    HvFeature("hv-tlbflush-direct", "direct TLB flush (hv-tlbflush-direct)", ((_NF, "eax", HV_NESTED_DIRECT_FLUSH),),
+              deps=("hv-vapic",), kvm_checked=True),
+    HvFeature("hv-syndbg", "Enable synthetic kernel debugger channel (hv-syndbg)", ((_F3, "edx", 1 << 11),),
+              deps=("hv-synic", "hv-relaxed"), skip_passthrough=True),
+    # Project plug-in feature (not in QEMU): see the module docstring.
+    HvFeature("hv-evmcs-perf-global-ctrl", "eVMCS PERF_GLOBAL_CTRL (hv-evmcs-perf-global-ctrl)",
+              ((_NF, "ebx", HV_NESTED_EVMCS1_PERF_GLOBAL_CTRL),), deps=("hv-evmcs",), kvm_checked=True),
+)
+HV_BY_PROP: Dict[str, HvFeature] = {f.prop: f for f in HV_FEATURES}
+#: ``hv-apicv`` is an alias of ``hv-avic`` (added in x86_cpu_initfn).
+HV_ALIASES = {"hv-apicv": "hv-avic"}
+#: The project's plug-in option (documented in ``--help`` and the module docstrings).
+PLUGIN_PERF_GLOBAL_CTRL = "hv-evmcs-perf-global-ctrl"
+
+#: Other CPU properties accepted and recorded without effect on VMX/eVMCS (a representative subset).
+_OTHER_BOOL_PROPS = frozenset({
+    "hv-enforce-cpuid", "x-hv-synic-kvm-only", "pmu", "x2apic", "hypervisor", "kvm", "tsc-deadline", "l3-cache",
+    "topoext", "invtsc", "host-phys-bits", "host-cache-info", "kvm-pv-eoi", "kvm-pv-unhalt", "kvmclock",
+    "kvm-steal-time", "kvm-asyncpf", "kvm-nopiodelay", "kvmclock-stable-bit", "kvm-pv-ipi", "kvm-pv-tlb-flush",
+    "kvm-poll-control", "kvm-pv-sched-yield", "arat", "aes", "avx", "avx2", "pcid", "md-clear", "spec-ctrl", "ssbd",
+    "pdpe1gb", "hle", "rtm", "monitor", "lahf-lm", "sse4.1", "sse4.2", "ssse3", "fma", "movbe", "popcnt", "xsave",
+    "xsaveopt", "xsavec", "fsgsbase", "smep", "smap", "umip", "stibp", "arch-capabilities", "tsx-ctrl", "lbrv",
+    "npt", "nrip-save", "fill-mtrr-mask", "full-cpuid-auto-level", "vmware-cpuid-freq", "tcg-cpuid", "lmce",
+    "x-force-features",
+})
+_OTHER_VALUE_PROPS = frozenset({
+    "hv-vendor-id", "hv-version-id-build", "hv-version-id-major", "hv-version-id-minor", "hv-version-id-spack",
+    "hv-version-id-sbranch", "hv-version-id-snumber", "x-hv-max-vps", "hv-no-nonarch-coresharing", "phys-bits",
+    "model-id", "vendor", "family", "model", "stepping", "tsc-frequency", "tsc-freq", "level", "xlevel",
+    "min-level", "min-xlevel", "apic-id", "kvm-no-smi-migration", "ucode-rev", "guest-phys-bits",
+})
+
+#: Models built into the simulator (QEMU has them without any snapshot).
+BUILTIN_MODELS = ("host", "max", "base", "qemu64")
+
+
+# --------------------------------------------------------------------------- registry helpers
+
+@functools.lru_cache(maxsize=1)
+def _qemu_props() -> Dict[str, Tuple[str, int]]:
+    """QEMU vmx-* property name -> (word, mask); a misspelt name controls two bits (ORed)."""
+    reg = registry()
+    out: Dict[str, Tuple[str, int]] = {}
+    for feat in reg.features.values():
+        if feat.qemu is None or feat.word not in VMX_WORDS:
+            continue
+        word, mask = out.get(feat.qemu, (feat.word, 0))
+        out[feat.qemu] = (word, mask | feat.mask)
+    return out
+
+
+def vmx_prop_names() -> List[str]:
+    """Every QEMU ``vmx-*`` property, in word order then bit order."""
+    props = _qemu_props()
+    return sorted(props, key=lambda n: (VMX_WORDS.index(props[n][0]), props[n][1].bit_length()))
+
+
+@functools.lru_cache(maxsize=None)
+def named_mask(word: str) -> int:
+    """Bits of ``word`` that have a QEMU name (the ``migratable`` mask)."""
+    mask = 0
+    for w, m in _qemu_props().values():
+        if w == word:
+            mask |= m
+    return mask
+
+
+def _bit_names(word: str, mask: int, reg: Registry) -> List[Tuple[int, Optional[str]]]:
+    """(bit, QEMU name or None) for each set bit of ``mask`` in ``word``."""
+    by_bit = {f.bit: f.qemu for f in reg.features.values() if f.word == word}
+    return [(b, by_bit.get(b)) for b in range(64) if mask >> b & 1]
+
+
+def word_msr_index(word: str, reg: Optional[Registry] = None) -> int:
+    """Index of the MSR QEMU reads for a VMX feature word (``.msr.index`` of feature_word_info)."""
+    reg = reg or registry()
+    msr = reg.words[word].qemu_msr
+    assert msr is not None
+    return reg.msrs[msr].index
+
+
+def feature_word_description(word: str) -> str:
+    """``MSR(48DH)`` as QEMU's ``feature_word_description()`` prints it."""
+    return f"MSR({word_msr_index(word):02X}H)"
+
+
+def _field_mask(word: str, labels: Sequence[str], reg: Registry) -> int:
+    mask = 0
+    for f in reg.fields:
+        if f.word == word and f.vmxcap in labels:
+            mask |= ((1 << (f.hi - f.lo + 1)) - 1) << f.lo
+    return mask
+
+
+# --------------------------------------------------------------------------- model providers
+
+@runtime_checkable
+class ModelProvider(Protocol):
+    """Supplies named CPU models (QEMU model snapshots)."""
+
+    def features(self, name: str) -> Optional[AbstractSet[str]]:
+        """QEMU feature names of model ``name`` (``vmx-*`` and modelled CPUID flags), ``None`` if unknown."""
+
+    def names(self) -> Sequence[str]:
+        """Every model name this provider knows."""
+
+
+_providers: List[ModelProvider] = []
+_env_loaded: List[str] = []
+ENV_MODEL_PROVIDER = "QEMU_EVMCS_SIM_MODEL_PROVIDER"
+
+
+def register_model_provider(provider: ModelProvider) -> None:
+    """Add a provider of named CPU models (later registrations win)."""
+    _providers.insert(0, provider)
+
+
+def unregister_model_provider(provider: ModelProvider) -> None:
+    """Remove a provider added with :func:`register_model_provider` (tests)."""
+    if provider in _providers:
+        _providers.remove(provider)
+
+
+def _load_env_provider() -> None:
+    spec = os.environ.get(ENV_MODEL_PROVIDER)
+    if not spec or spec in _env_loaded:
+        return
+    _env_loaded.append(spec)
+    mod_name, _, attr = spec.partition(":")
+    try:
+        obj: object = getattr(importlib.import_module(mod_name), attr or "provider")
+    except (ImportError, AttributeError) as err:
+        raise QemuError(f"{ENV_MODEL_PROVIDER}={spec}: cannot load model provider ({err})") from None
+    if not isinstance(obj, ModelProvider) and callable(obj):
+        obj = obj()
+    if not isinstance(obj, ModelProvider):
+        raise QemuError(f"{ENV_MODEL_PROVIDER}={spec}: not a model provider (needs features() and names())")
+    register_model_provider(obj)
+
+
+def load_model_features(name: str) -> FrozenSet[str]:
+    """Feature names of a named (non built-in) CPU model, through the registered providers.
+
+    :raise QemuError: ``unable to find CPU model 'X'`` when no provider knows it, or a provider returned
+        a name the simulator does not model.
+    """
+    _load_env_provider()
+    for provider in _providers:
+        feats = provider.features(name)
+        if feats is not None:
+            props = _qemu_props()
+            bad = sorted(f for f in feats if f not in props and f not in CPUID_BY_NAME)
+            if bad:
+                raise QemuError(f"CPU model '{name}': unknown feature(s) {', '.join(bad)} from the model provider")
+            return frozenset(feats)
+    raise QemuError(f"unable to find CPU model '{name}'")
+
+
+def list_models() -> List[str]:
+    """Built-in models plus every provider's models."""
+    _load_env_provider()
+    out = list(BUILTIN_MODELS)
+    for provider in _providers:
+        out += [n for n in provider.names() if n not in out]
+    return out
+
+
+def check_model(name: str) -> None:
+    """Fail like QEMU's ``parse_cpu_option`` for an unknown model (before anything else starts).
+
+    :raise QemuError: ``unable to find CPU model 'X'``.
+    """
+    if name not in BUILTIN_MODELS:
+        load_model_features(name)
+
+
+# --------------------------------------------------------------------------- accelerators
+
+class KvmLog:
+    """The simulated ioctl log: system-level calls and each vCPU's calls, in order."""
+
+    def __init__(self) -> None:
+        self.entries: List[Dict[str, object]] = []
+        self._drained: Dict[int, int] = {}
+
+    def add(self, vcpu: Optional[int], ioctl: str, arg: str, result: str) -> None:
+        """Record one system-level (``vcpu=None``) or simulator-side call."""
+        self.entries.append({"seq": len(self.entries), "vcpu": vcpu, "ioctl": ioctl, "arg": arg, "result": result})
+
+    def drain(self, index: int, log: Sequence[Tuple[str, str, str]]) -> None:
+        """Append the new entries of a :class:`~qemu_evmcs.simkvm.SimVcpu` log."""
+        start = self._drained.get(index, 0)
+        for ioctl, arg, result in log[start:]:
+            self.add(index, ioctl, arg, result)
+        self._drained[index] = len(log)
+
+
+class Accel:
+    """What an accelerator supports (``x86_cpu_get_supported_feature_word`` and friends)."""
+
+    name = "tcg"
+    #: ``accel_uses_host_cpuid()``: the wording of warnings ("host" vs "TCG").
+    uses_host_cpuid = False
+
+    def supported_word(self, word: str, migratable: bool) -> int:
+        """Supported bits of a VMX word (TCG supports none)."""
+        return 0
+
+    def cpuid_supported(self, flag: str) -> bool:
+        """Is a modelled CPUID flag supported?"""
+        return flag in _TCG_FLAGS
+
+    def hyperv_cap(self) -> bool:
+        """``KVM_CAP_HYPERV``: may Hyper-V enlightenments be used at all?"""
+        return False
+
+
+class KvmAccel(Accel):
+    """The simulated KVM of a host profile, seen through the system fd (``kvm_state``)."""
+
+    name = "kvm"
+    uses_host_cpuid = True
+
+    def __init__(self, kvm: SimKvm, log: KvmLog) -> None:
+        self.kvm = kvm
+        self.log = log
+        self._msrs: Optional[Dict[str, int]] = None
+        self._sys_hv: Optional[Dict[int, Dict[str, int]]] = None
+        self._caps: Dict[int, int] = {}
+
+    @property
+    def profile(self) -> HostProfile:
+        """The host profile behind this KVM."""
+        return self.kvm.profile
+
+    def check_extension(self, cap: int, label: str) -> int:
+        """KVM_CHECK_EXTENSION, logged once per capability."""
+        if cap not in self._caps:
+            self._caps[cap] = self.kvm.check_extension(cap)
+            self.log.add(None, "CHECK_EXTENSION", label, str(self._caps[cap]))
+        return self._caps[cap]
+
+    def feature_msrs(self) -> Dict[str, int]:
+        """KVM_GET_MSR_FEATURE_INDEX_LIST + KVM_GET_MSRS on the system fd (``kvm_feature_msrs``)."""
+        if self._msrs is None:
+            self._msrs = self.kvm.feature_msrs()
+            self.log.add(None, "GET_MSR_FEATURE_INDEX_LIST", "", f"{len(self._msrs)} VMX MSRs")
+        return self._msrs
+
+    def supported_msr_feature(self, name: str) -> int:
+        """``kvm_arch_get_supported_msr_feature``: control words as allowed1 & ~allowed0, others raw."""
+        reg = registry()
+        value = self.feature_msrs().get(name, 0)
+        if reg.msrs[name].layout == "ctl":
+            must_be_one = value & MASK32
+            can_be_one = value >> 32
+            return can_be_one & ~must_be_one & MASK32
+        return value
+
+    def supported_word(self, word: str, migratable: bool) -> int:
+        msr = registry().words[word].qemu_msr
+        assert msr is not None
+        value = self.supported_msr_feature(msr)
+        return value & named_mask(word) if migratable else value
+
+    def cpuid_supported(self, flag: str) -> bool:
+        p = self.profile
+        if flag == "vmx":
+            return p.is_intel and p.nested
+        if flag == "svm":
+            return not p.is_intel
+        if flag == "lm":
+            return True
+        gates = CPUID_BY_NAME[flag].gates
+        if not self.feature_msrs():
+            return flag in _COMMON_HOST_FLAGS
+        props = _qemu_props()
+        return any(self.supported_word(props[g][0], False) & props[g][1] for g in gates)
+
+    def hyperv_cap(self) -> bool:
+        k = self.kvm
+        return p_kvm_hyperv(k)
+
+    def sys_hv_cpuid(self) -> Optional[Dict[int, Dict[str, int]]]:
+        """KVM_GET_SUPPORTED_HV_CPUID on the system fd when KVM_CAP_SYS_HYPERV_CPUID exists, else ``None``."""
+        if not self.check_extension(KVM_CAP_SYS_HYPERV_CPUID, "KVM_CAP_SYS_HYPERV_CPUID"):
+            return None
+        if self._sys_hv is None:
+            self._sys_hv = self.kvm.get_supported_hv_cpuid()
+            self.log.add(None, "GET_SUPPORTED_HV_CPUID", "system fd", _fmt_leaves(self._sys_hv))
+        return self._sys_hv
+
+
+def p_kvm_hyperv(kvm: SimKvm) -> bool:
+    """``KVM_CAP_HYPERV``: absent only with CONFIG_KVM_HYPERV=n (6.8+)."""
+    return kvm.profile.kvm_hyperv or not kvm.version_at_least(kvm.facts.kvm_hyperv_config_since)
+
+
+def _fmt_leaves(leaves: Mapping[int, Mapping[str, int]]) -> str:
+    return " ".join(f"{leaf:#x}:" + ",".join(f"{r}={v:#x}" for r, v in regs.items() if v)
+                    for leaf, regs in sorted(leaves.items()))
+
+
+# --------------------------------------------------------------------------- the CPU
+
+def _parse_bool_prop(typename: str, name: str, value: str) -> bool:
+    if value in ("on", "yes", "true", "y"):
+        return True
+    if value in ("off", "no", "false", "n"):
+        return False
+    raise QemuError(f"can't apply global {typename}.{name}={value}: Parameter '{name}' expects 'on' or 'off'")
+
+
+class X86Cpu:
+    """One x86 vCPU's feature state, from creation to filtering.
+
+    :ivar features: VMX word -> set bits (control words: the optional controls; 64-bit words: the bits).
+    :ivar user_features: VMX word -> bits the user set explicitly (on or off).
+    :ivar filtered: VMX word -> bits dropped (unsupported or explicitly requested but dependency-dropped).
+    :ivar cpuid: modelled CPUID flag -> on/off.
+    :ivar hv: enabled ``hv-*`` bit properties.
+    """
+
+    def __init__(self, model: str, accel: Accel) -> None:
+        self.model = model
+        self.accel = accel
+        self.typename = f"{model}-x86_64-cpu"
+        self.features: Dict[str, int] = {w: 0 for w in VMX_WORDS}
+        self.user_features: Dict[str, int] = {w: 0 for w in VMX_WORDS}
+        self.filtered: Dict[str, int] = {w: 0 for w in VMX_WORDS}
+        #: Bits dropped by feature_dependencies[] (requested or not) and by the host filter.
+        self.dep_dropped: Dict[str, int] = {w: 0 for w in VMX_WORDS}
+        self.host_filtered: Dict[str, int] = {w: 0 for w in VMX_WORDS}
+        #: QEMU vmx-* names requested by the model (when ``vmx`` is on) or explicitly by the user.
+        self.requested_vmx: List[str] = []
+        self.cpuid: Dict[str, bool] = {f.name: False for f in CPUID_FLAGS}
+        self.cpuid_user: Set[str] = set()
+        self.cpuid_filtered: List[str] = []
+        self.hv: Set[str] = set()
+        self.hv_passthrough = False
+        self.hv_spinlocks = HYPERV_SPINLOCK_NEVER_NOTIFY
+        self.check = True
+        self.enforce = False
+        self.migratable = True
+        self.force_features = False
+        self.other: Dict[str, str] = {}
+        self.max_features = model in ("host", "max")
+        #: QEMU names the named model itself sets (empty for host/max/base/qemu64).
+        self.model_features: FrozenSet[str] = frozenset()
+        self.expanded = False
+
+    # ------------------------------------------------------------------ creation
+    @classmethod
+    def create(cls, spec: CpuSpec, accel: Accel) -> "X86Cpu":
+        """Instance + model defaults + ``-cpu`` properties (``+feat``/``-feat`` last).
+
+        :raise QemuError: unknown model, unknown property or a bad value, with QEMU's text.
+        """
+        check_model(spec.model)
+        cpu = cls(spec.model, accel)
+        cpu._apply_model_defaults()
+        for key, val in spec.props:
+            cpu.set_property(key, val, via_global=True)
+        for key in spec.plus:
+            cpu.set_property(key, "on", via_global=False)
+        for key in spec.minus:
+            cpu.set_property(key, "off", via_global=False)
+        props = _qemu_props()
+        explicit = {n for n, (w, m) in props.items() if cpu.user_features[w] & m == m}
+        cpu.requested_vmx = [n for n in cpu.vmx_features() if cpu.cpuid["vmx"] or n in explicit]
+        return cpu
+
+    def _apply_model_defaults(self) -> None:
+        if self.model == "qemu64":
+            self.cpuid["lm"] = True
+            return
+        if self.model in BUILTIN_MODELS:
+            return
+        feats = load_model_features(self.model)
+        props = _qemu_props()
+        self.model_features = frozenset(f for f in feats if f in props)
+        for name in feats:
+            if name in props:
+                word, mask = props[name]
+                self.features[word] |= mask
+            else:
+                self.cpuid[name] = True
+        self.cpuid["lm"] = True
+        for flag in CPUID_FLAGS:
+            if any(g in self.model_features for g in flag.gates):
+                self.cpuid[flag.name] = True
+
+    def _not_found(self, name: str, value: str, via_global: bool) -> QemuError:
+        if via_global:
+            return QemuError(f"can't apply global {self.typename}.{name}={value}: "
+                             f"Property '{self.typename}.{name}' not found")
+        return QemuError(f"Property '{self.typename}.{name}' not found")
+
+    def set_property(self, name: str, value: str, *, via_global: bool = True) -> None:
+        """Set one QOM property as ``-cpu`` does.
+
+        :raise QemuError: unknown property or unparsable value.
+        """
+        props = _qemu_props()
+        name = HV_ALIASES.get(name, name)
+        if name in props:
+            word, mask = props[name]
+            on = _parse_bool_prop(self.typename, name, value)
+            self.features[word] = (self.features[word] | mask) if on else (self.features[word] & ~mask)
+            self.user_features[word] |= mask
+        elif name in CPUID_BY_NAME:
+            self.cpuid[name] = _parse_bool_prop(self.typename, name, value)
+            self.cpuid_user.add(name)
+        elif name in HV_BY_PROP:
+            if _parse_bool_prop(self.typename, name, value):
+                self.hv.add(name)
+            else:
+                self.hv.discard(name)
+        elif name == "hv-passthrough":
+            self.hv_passthrough = _parse_bool_prop(self.typename, name, value)
+        elif name == "hv-spinlocks":
+            try:
+                n = int(value, 0)
+                if not 0 <= n <= 0xFFFFFFFF:
+                    raise ValueError
+            except ValueError:
+                raise QemuError(f"can't apply global {self.typename}.{name}={value}: "
+                                f"Parameter '{name}' expects uint32_t") from None
+            self.hv_spinlocks = n
+        elif name in ("check", "enforce", "migratable", "x-force-features"):
+            on = _parse_bool_prop(self.typename, name, value)
+            if name == "check":
+                self.check = on
+            elif name == "enforce":
+                self.enforce = on
+            elif name == "migratable":
+                self.migratable = on
+            else:
+                self.force_features = on
+        elif name in _OTHER_BOOL_PROPS:
+            _parse_bool_prop(self.typename, name, value)
+            self.other[name] = value
+        elif name in _OTHER_VALUE_PROPS:
+            self.other[name] = value
+        else:
+            raise self._not_found(name, value, via_global)
+
+    # ------------------------------------------------------------------ expansion
+    def hyperv_enabled(self) -> bool:
+        """QEMU's ``hyperv_enabled()``: KVM_CAP_HYPERV and any hv-* flag, passthrough or hv-spinlocks."""
+        return self.accel.hyperv_cap() and bool(
+            self.hv or self.hv_passthrough or self.hv_spinlocks != HYPERV_SPINLOCK_NEVER_NOTIFY)
+
+    def expand(self) -> List[str]:
+        """``x86_cpu_expand_features``: max features, dependencies, Hyper-V (system ioctl) checks.
+
+        :return: warning lines (dependency warnings, printed regardless of ``check``).
+        :raise QemuError: a Hyper-V enlightenment is unsupported or lacks a dependency.
+        """
+        warnings: List[str] = []
+        if self.max_features:
+            for w in VMX_WORDS:
+                self.features[w] |= self.accel.supported_word(w, self.migratable) & ~self.user_features[w]
+            for flag in CPUID_FLAGS:
+                if flag.name not in self.cpuid_user and self.accel.cpuid_supported(flag.name):
+                    self.cpuid[flag.name] = True
+        warnings += self._apply_dependencies()
+        if isinstance(self.accel, KvmAccel) and self.hyperv_enabled():
+            leaves = self.accel.sys_hv_cpuid()
+            if leaves is not None:
+                self.hyperv_expand(leaves)
+        self.expanded = True
+        return warnings
+
+    def _dependencies(self) -> List[Tuple[Tuple[str, str], Tuple[str, int]]]:
+        """``feature_dependencies[]`` (VMX part), in QEMU's order: ((kind, name), (word, mask))."""
+        props = _qemu_props()
+        deps: List[Tuple[Tuple[str, str], Tuple[str, int]]] = []
+        for w in ("procbased", "pinbased", "exit", "entry", "misc", "basic"):
+            deps.append((("cpuid", "vmx"), (w, ~0)))
+        deps.append((("cpuid", "lm"), props["vmx-entry-ia32e-mode"]))
+        deps.append((("vmx", "vmx-secondary-ctls"), ("secondary", ~0)))
+        for flag in ("xsaves", "rdrand", "invpcid", "mpx", "rdseed", "rdtscp"):
+            for g in CPUID_BY_NAME[flag].gates:
+                if g != "vmx-entry-ia32e-mode":
+                    deps.append((("cpuid", flag), props[g]))
+        deps.append((("vmx", "vmx-ept"), ("ept_vpid", MASK32)))
+        deps.append((("vmx", "vmx-ept"), props["vmx-unrestricted-guest"]))
+        deps.append((("vmx", "vmx-vpid"), ("ept_vpid", MASK32 << 32)))
+        deps.append((("vmx", "vmx-vmfunc"), ("vmfunc", ~0)))
+        for g in CPUID_BY_NAME["waitpkg"].gates:
+            deps.append((("cpuid", "waitpkg"), props[g]))
+        return deps
+
+    def _has(self, kind: str, name: str) -> bool:
+        if kind == "cpuid":
+            return self.cpuid[name]
+        word, mask = _qemu_props()[name]
+        return bool(self.features[word] & mask)
+
+    def _apply_dependencies(self) -> List[str]:
+        warnings: List[str] = []
+        for (kind, name), (word, mask) in self._dependencies():
+            if self._has(kind, name):
+                continue
+            unavailable = self.features[word] & mask
+            warnings += self._mark_unavailable(word, unavailable & self.user_features[word],
+                                               "This feature depends on other features that were not requested")
+            self.user_features[word] |= unavailable
+            self.features[word] &= ~unavailable
+            self.dep_dropped[word] |= unavailable
+        return warnings
+
+    def _mark_unavailable(self, word: str, mask: int, prefix: Optional[str]) -> List[str]:
+        """``mark_unavailable_features``: drop, record as filtered, warn per bit if ``prefix``."""
+        if not mask:
+            return []
+        if not self.force_features:
+            self.features[word] &= ~mask
+        self.filtered[word] |= mask
+        if prefix is None:
+            return []
+        desc = feature_word_description(word)
+        return [f"{PROG}: warning: {prefix}: {desc}{'.' + n if n else ''} [bit {b}]"
+                for b, n in _bit_names(word, mask, registry())]
+
+    def hv_supported(self, feat: HvFeature, leaves: Mapping[int, Mapping[str, int]]) -> bool:
+        """``hyperv_feature_supported``: eVMCS-related bits from KVM's HV CPUID, the rest by kernel support."""
+        if not self.accel.hyperv_cap():
+            return False
+        if feat.kvm_checked:
+            return all((leaves.get(leaf, {}).get(reg, 0) & mask) == mask for leaf, reg, mask in feat.cpuid)
+        if feat.since is not None and isinstance(self.accel, KvmAccel):
+            kvm = self.accel.kvm
+            return kvm.version_at_least(getattr(kvm.facts, feat.since))
+        return True
+
+    def hyperv_expand(self, leaves: Mapping[int, Mapping[str, int]]) -> None:
+        """``kvm_hyperv_expand_features`` after KVM's HV CPUID is known.
+
+        :raise QemuError: ``Hyper-V %s is not supported by kernel`` / ``Hyper-V %s requires Hyper-V %s``.
+        """
+        if self.hv_passthrough:
+            for feat in HV_FEATURES:
+                if not feat.skip_passthrough and self.hv_supported(feat, leaves):
+                    self.hv.add(feat.prop)
+            return
+        for feat in HV_FEATURES:
+            if feat.prop not in self.hv:
+                continue
+            if not self.hv_supported(feat, leaves):
+                raise QemuError(f"Hyper-V {feat.desc} is not supported by kernel")
+            for dep in feat.deps:
+                if dep not in self.hv:
+                    raise QemuError(f"Hyper-V {feat.desc} requires Hyper-V {HV_BY_PROP[dep].desc}")
+        if "hv-synic" in self.hv and self.other.get("x-hv-synic-kvm-only") not in ("on", "yes", "true", "y") \
+                and "hv-vpindex" not in self.hv:
+            raise QemuError(f"Hyper-V {HV_BY_PROP['hv-synic'].desc} requires Hyper-V {HV_BY_PROP['hv-vpindex'].desc}")
+
+    # ------------------------------------------------------------------ filtering
+    def filter(self) -> List[str]:
+        """``x86_cpu_filter_features``; then the ``enforce`` check of realize.
+
+        :return: warning lines (only when ``check`` or ``enforce``); see :meth:`enforce_error`.
+        """
+        verbose = self.check or self.enforce
+        who = "host" if self.accel.uses_host_cpuid else "TCG"
+        prefix = f"{who} doesn't support requested feature" if verbose else None
+        warnings: List[str] = []
+        for flag in CPUID_FLAGS:
+            if self.cpuid[flag.name] and not self.accel.cpuid_supported(flag.name):
+                if not self.force_features:
+                    self.cpuid[flag.name] = False
+                self.cpuid_filtered.append(flag.name)
+                if prefix:
+                    warnings.append(f"{PROG}: warning: {prefix}: {flag.desc}.{flag.name} [bit {flag.bit}]")
+        for w in VMX_WORDS:
+            unavailable = self.features[w] & ~self.accel.supported_word(w, False)
+            self.host_filtered[w] |= unavailable
+            warnings += self._mark_unavailable(w, unavailable, prefix)
+        return warnings
+
+    def enforce_error(self) -> Optional[QemuError]:
+        """The realize-time ``enforce`` failure, if any (checked after :meth:`filter` printed its warnings)."""
+        if self.enforce and self.has_filtered():
+            who = "Host" if self.accel.uses_host_cpuid else "TCG"
+            return QemuError(f"{who} doesn't support requested features")
+        return None
+
+    def has_filtered(self) -> bool:
+        """``x86_cpu_have_filtered_features``."""
+        return bool(self.cpuid_filtered) or any(self.filtered.values())
+
+    def unavailable_features(self) -> List[str]:
+        """QOM ``unavailable-features``: names of filtered features (deduplicated, QEMU order)."""
+        out: List[str] = list(self.cpuid_filtered)
+        reg = registry()
+        for w in VMX_WORDS:
+            for _, name in _bit_names(w, self.filtered[w], reg):
+                if name and name not in out:
+                    out.append(name)
+        return out
+
+    # ------------------------------------------------------------------ queries
+    def has_vmx(self) -> bool:
+        """``cpu_has_vmx``: CPUID.01H:ECX.VMX is set."""
+        return self.cpuid["vmx"]
+
+    def prop_bool(self, name: str) -> Optional[bool]:
+        """A boolean feature property (``vmx-*``, CPUID flags, ``hv-*``), ``None`` if not one."""
+        props = _qemu_props()
+        name = HV_ALIASES.get(name, name)
+        if name in props:
+            word, mask = props[name]
+            return (self.features[word] & mask) == mask
+        if name in CPUID_BY_NAME:
+            return self.cpuid[name]
+        if name in HV_BY_PROP:
+            return name in self.hv
+        if name == "hv-passthrough":
+            return self.hv_passthrough
+        if name == "check":
+            return self.check
+        if name == "enforce":
+            return self.enforce
+        if name == "migratable":
+            return self.migratable
+        return None
+
+    def static_props(self) -> Dict[str, object]:
+        """Feature booleans of a ``static`` expansion: every modelled CPUID flag and every ``vmx-*`` name."""
+        out: Dict[str, object] = {f.name: self.cpuid[f.name] for f in CPUID_FLAGS}
+        for name in vmx_prop_names():
+            out[name] = bool(self.prop_bool(name))
+        return out
+
+    def full_props(self) -> Dict[str, object]:
+        """``full`` expansion: the static set plus hv-* and the other properties."""
+        out = self.static_props()
+        for feat in HV_FEATURES:
+            out[feat.prop] = feat.prop in self.hv
+        out["hv-passthrough"] = self.hv_passthrough
+        out["hv-spinlocks"] = self.hv_spinlocks
+        out["check"] = self.check
+        out["enforce"] = self.enforce
+        out["migratable"] = self.migratable
+        for k, v in self.other.items():
+            out[k] = v
+        return out
+
+    def vmx_features(self) -> List[str]:
+        """QEMU names of every ``vmx-*`` property currently on."""
+        return [n for n in vmx_prop_names() if self.prop_bool(n)]
+
+    # ------------------------------------------------------------------ what QEMU hands to KVM
+    def hv_leaves(self) -> Dict[int, Dict[str, int]]:
+        """``hyperv_fill_cpuids``: the guest's Hyper-V CPUID leaves (only the modelled registers)."""
+        regs: Dict[int, Dict[str, int]] = {
+            leaf: {"eax": 0, "ebx": 0, "ecx": 0, "edx": 0}
+            for leaf in (HV_CPUID_VENDOR_AND_MAX_FUNCTIONS, HV_CPUID_FEATURES, HV_CPUID_ENLIGHTMENT_INFO,
+                         HV_CPUID_NESTED_FEATURES)}
+        for feat in HV_FEATURES:
+            if feat.prop in self.hv:
+                for leaf, reg, mask in feat.cpuid:
+                    regs[leaf][reg] |= mask
+        regs[HV_CPUID_FEATURES]["eax"] |= HV_HYPERCALL_AVAILABLE
+        regs[HV_CPUID_FEATURES]["edx"] |= HV_CPU_DYNAMIC_PARTITIONING_AVAILABLE
+        if "hv-vapic" in self.hv and "hv-avic" not in self.hv:
+            regs[HV_CPUID_ENLIGHTMENT_INFO]["eax"] |= HV_APIC_ACCESS_RECOMMENDED
+        regs[HV_CPUID_ENLIGHTMENT_INFO]["ebx"] = self.hv_spinlocks
+        nested = regs[HV_CPUID_NESTED_FEATURES]
+        if "hv-evmcs" in self.hv:
+            nested["eax"] |= DEFAULT_EVMCS_VERSION
+        if nested["eax"]:
+            regs[HV_CPUID_VENDOR_AND_MAX_FUNCTIONS]["eax"] = HV_CPUID_NESTED_FEATURES
+        else:
+            # QEMU emits leaf 0x4000000A (EAX only, plus the plug-in's EBX) only when nested EAX != 0.
+            nested["ebx"] = 0
+            regs[HV_CPUID_VENDOR_AND_MAX_FUNCTIONS]["eax"] = HV_CPUID_IMPLEMENT_LIMITS
+        return regs
+
+    def vmx_msr_entries(self, host_msrs: Mapping[str, int]) -> List[Tuple[str, int]]:
+        """``kvm_msr_entry_add_vmx``: the VMX MSRs QEMU writes, in QEMU's order.
+
+        :param host_msrs: KVM's feature MSRs (system fd); empty means nested is off and nothing is written.
+        """
+        reg = registry()
+        basic_host = host_msrs.get("IA32_VMX_BASIC", 0)
+        if not basic_host:
+            return []
+        f = self.features
+        props = _qemu_props()
+        misc_host = host_msrs.get("IA32_VMX_MISC", 0)
+        ept_host = host_msrs.get("IA32_VMX_EPT_VPID_CAP", 0)
+        fixed_exit = 0
+        if self.cpuid["lm"]:
+            fixed_exit = reg.feature("vmx-exit-host-addr-space-size").mask << 32
+        fixed_basic = basic_host & _field_mask("basic", ("Revision", "VMCS size", "VMCS memory type"), reg)
+        fixed_misc = misc_host & _field_mask("misc", ("VMX-preemption timer scale (log2)",
+                                                      "MSR-load/store count recommendation"), reg)
+        ept_mask = 0
+        if f["secondary"] & props["vmx-ept"][1]:
+            ept_mask = reg.feature("vmx-ept-uc").mask | reg.feature("vmx-ept-wb").mask
+        fixed_ept = ept_host & ept_mask
+
+        def ctl(word: str) -> int:
+            return make_vmx_msr_value(reg.words[word].always_on, f[word])
+
+        out: List[Tuple[str, int]] = [
+            ("IA32_VMX_TRUE_PROCBASED_CTLS", ctl("procbased")),
+            ("IA32_VMX_TRUE_PINBASED_CTLS", ctl("pinbased")),
+            ("IA32_VMX_TRUE_EXIT_CTLS", ctl("exit") | fixed_exit),
+            ("IA32_VMX_TRUE_ENTRY_CTLS", ctl("entry")),
+            ("IA32_VMX_PROCBASED_CTLS2", ctl("secondary")),
+            ("IA32_VMX_EPT_VPID_CAP", f["ept_vpid"] | fixed_ept),
+            ("IA32_VMX_BASIC", f["basic"] | fixed_basic),
+            ("IA32_VMX_MISC", f["misc"] | fixed_misc),
+        ]
+        if "IA32_VMX_VMFUNC" in host_msrs:
+            out.append(("IA32_VMX_VMFUNC", f["vmfunc"]))
+        out.append(("IA32_VMX_CR0_FIXED0", CR0_PE | CR0_PG | CR0_NE))
+        out.append(("IA32_VMX_CR4_FIXED0", CR4_VMXE))
+        if f["entry"] & props["vmx-entry-load-fred"][1]:
+            enum = VMCS_ENUM_FRED
+        elif f["exit"] & props["vmx-exit-secondary-ctls"][1]:
+            enum = VMCS_ENUM_EXIT_SECONDARY
+        elif f["secondary"] & props["vmx-tsc-scaling"][1]:
+            enum = VMCS_ENUM_TSC_SCALING
+        else:
+            enum = VMCS_ENUM_DEFAULT
+        out.append(("IA32_VMX_VMCS_ENUM", enum))
+        return out
+
+
+def make_vmx_msr_value(default1: int, features: int) -> int:
+    """QEMU's ``make_vmx_msr_value``: must-be-one in bits 31:0, can-be-one in bits 63:32.
+
+    :param default1: the word's default1 class (the registry's ``always_on``).
+    :param features: the optional controls the CPU has.
+    """
+    can_be_one = (features | default1) & MASK32
+    can_be_zero = (features | ~default1) & MASK32
+    must_be_one = ~can_be_zero & MASK32
+    return must_be_one | (can_be_one << 32)
+
+
+def guest_visible_features(msrs: Mapping[str, int]) -> Dict[str, int]:
+    """VMX word -> bits an L1 reading ``msrs`` may use (allowed-1 of the TRUE form for control words)."""
+    reg = registry()
+    return {w: word_bits(w, msrs, reg) for w in VMX_WORDS}
+
+
+def feature_names(word_masks: Mapping[str, int]) -> List[str]:
+    """QEMU names of the named bits in ``{word: mask}`` (deduplicated, word order)."""
+    out: List[str] = []
+    for name in vmx_prop_names():
+        word, mask = _qemu_props()[name]
+        if word_masks.get(word, 0) & mask == mask and name not in out:
+            out.append(name)
+    return out
+
+
+#: For tests and docs: the callable type of a functional provider.
+ModelFunction = Callable[[str], Optional[AbstractSet[str]]]
+
+
+class FunctionProvider:
+    """Adapt a ``name -> Optional[set]`` function (and a list of names) to :class:`ModelProvider`."""
+
+    def __init__(self, fn: ModelFunction, names: Sequence[str] = ()) -> None:
+        self._fn = fn
+        self._names = list(names)
+
+    def features(self, name: str) -> Optional[AbstractSet[str]]:
+        """Delegate to the function."""
+        return self._fn(name)
+
+    def names(self) -> Sequence[str]:
+        """The names given at construction."""
+        return list(self._names)

@@ -1,0 +1,674 @@
+"""The QMP server side of the simulated QEMU (asyncio streams; clients are :class:`qemu.qmp.QMPClient`).
+
+Wire protocol as QEMU speaks it: on connect a greeting
+``{"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": "qemu-evmcs-sim"},
+"capabilities": ["oob"]}}``; commands are JSON objects sent back to back (no
+framing, as in QEMU: a brace/bracket-counting splitter like QEMU's
+json-streamer cuts the stream); every reply and event is one line ending in
+``\\r\\n``. Before ``qmp_capabilities`` only that command is accepted
+(``CommandNotFound``). ``id`` is echoed. Malformed input gets a
+``GenericError`` reply and the connection stays usable; a message larger
+than :data:`MAX_MESSAGE` bytes or nested deeper than :data:`MAX_DEPTH`
+closes that connection. Any number of clients may be connected at once
+(real QEMU serves one client per ``-qmp`` socket at a time).
+
+Commands (QEMU 7.2 shapes): ``qmp_capabilities``, ``query-version``,
+``query-commands``, ``query-status``, ``query-name``, ``cont``, ``stop``,
+``quit``, ``query-kvm``, ``query-cpus-fast``, ``query-cpu-definitions``,
+``query-cpu-model-expansion`` (``static``/``full``), ``qom-get``, ``qom-list``.
+Events: ``STOP``, ``RESUME``, ``SHUTDOWN`` (``{"guest": false, "reason": "host-qmp-quit"|"host-signal"}``),
+each with ``timestamp {seconds, microseconds}``.
+
+Extension commands (prefix ``x-evmcs-``, not in QEMU)::
+
+    x-evmcs-query-guest-vmx-msrs [cpu-index: int = 0]
+        -> {"msrs": {"IA32_VMX_BASIC": "0x00da040000000004", ...},   # as the L1 guest reads them (filtered)
+            "evmcs": bool,            # eVMCS enabled on that vCPU (KVM_CAP_HYPERV_ENLIGHTENED_VMCS)
+            "evmcs-active": bool,     # KVM's EVMCS_ACTIVE(vcpu) for this era (filter applies)
+            "era": "6.3+", "kernel": "6.3.0", "cpu-index": 0}
+        msrs is {} when the guest has no VMX (vmx=off, nested off, AMD, TCG).
+    x-evmcs-query-host-vmx-msrs [cpu-index]
+        -> same shape, host-initiated reads (unfiltered, except that kernels <= 5.6
+           sanitize the vCPU's MSRs when eVMCS is enabled)
+    x-evmcs-query-hv-cpuid [cpu-index]
+        -> {"hyperv": bool, "leaves": {"0x40000000": {"eax": "0x4000000a", "ebx": ..., "ecx": ..., "edx": ...},
+            "0x40000003": {...}, "0x40000004": {...}, "0x4000000a": {...}}}
+           the guest's Hyper-V leaves as QEMU set them (modelled registers; 32-bit hex strings);
+           leaves is {} when Hyper-V is off.
+    x-evmcs-query-kvm-log
+        -> {"log": [{"seq": 0, "vcpu": null|int, "ioctl": "CHECK_EXTENSION", "arg": "...", "result": "..."}, ...]}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import stat
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple, Union
+
+from .cmdline import PROG, QmpAddress, QemuError
+from .cpu import BUILTIN_MODELS, CPUID_BY_NAME, HV_BY_PROP, X86Cpu, list_models, vmx_prop_names
+from .startup import Machine, VcpuState, read_vmx_msrs
+
+
+logger = logging.getLogger(__name__)
+
+QEMU_VERSION = {"major": 7, "minor": 2, "micro": 0}
+PACKAGE = "qemu-evmcs-sim"
+#: Largest single QMP message accepted (bytes); larger closes the connection.
+MAX_MESSAGE = 1 << 20
+#: Deepest JSON nesting accepted (QEMU's parser limit is 1024 as well).
+MAX_DEPTH = 1024
+#: A client whose unread output exceeds this is disconnected (it stopped reading).
+MAX_BACKLOG = 4 << 20
+#: Longest UNIX socket path (sun_path minus the NUL).
+UNIX_PATH_MAX = 107
+
+
+class QmpCommandError(Exception):
+    """A command failed: ``{"error": {"class": cls, "desc": desc}}``."""
+
+    def __init__(self, desc: str, cls: str = "GenericError") -> None:
+        super().__init__(desc)
+        self.desc = desc
+        self.cls = cls
+
+
+# --------------------------------------------------------------------------- stream splitting
+
+@dataclass
+class SplitError:
+    """Bad input found by :class:`JsonSplitter`; ``fatal`` closes the connection."""
+
+    desc: str
+    fatal: bool = False
+
+
+class JsonSplitter:
+    """Cut a byte stream into top-level JSON values by counting braces/brackets outside strings.
+
+    Like QEMU's json-streamer: values need no separator; stray top-level characters are reported
+    (one error per run of junk) and skipped.
+    """
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.depth = 0
+        self.in_str = False
+        self.esc = False
+        self.junk = bytearray()
+
+    def feed(self, data: bytes) -> List[Union[bytes, SplitError]]:
+        """Consume ``data``; return complete values (bytes) and errors in stream order."""
+        out: List[Union[bytes, SplitError]] = []
+        for byte in data:
+            ch = chr(byte)
+            if self.depth == 0:
+                if ch in "{[":
+                    self._flush_junk(out)
+                    self.buf = bytearray([byte])
+                    self.depth = 1
+                elif ch in " \t\r\n":
+                    self._flush_junk(out)
+                else:
+                    self.junk.append(byte)
+                    if len(self.junk) > MAX_MESSAGE:
+                        out.append(SplitError("JSON parse error, input too large", fatal=True))
+                        self.junk.clear()
+                        return out
+                continue
+            self.buf.append(byte)
+            if len(self.buf) > MAX_MESSAGE:
+                out.append(SplitError("JSON parse error, message too large", fatal=True))
+                self.buf.clear()
+                self.depth = 0
+                return out
+            if self.in_str:
+                if self.esc:
+                    self.esc = False
+                elif ch == "\\":
+                    self.esc = True
+                elif ch == '"':
+                    self.in_str = False
+                continue
+            if ch == '"':
+                self.in_str = True
+            elif ch in "{[":
+                self.depth += 1
+                if self.depth > MAX_DEPTH:
+                    out.append(SplitError("JSON parse error, nesting too deep", fatal=True))
+                    self.buf.clear()
+                    self.depth = 0
+                    return out
+            elif ch in "}]":
+                self.depth -= 1
+                if self.depth == 0:
+                    out.append(bytes(self.buf))
+                    self.buf = bytearray()
+        return out
+
+    def _flush_junk(self, out: List[Union[bytes, SplitError]]) -> None:
+        if self.junk:
+            text = self.junk[:40].decode("utf-8", "replace")
+            out.append(SplitError(f"JSON parse error, invalid token '{text}'"))
+            self.junk.clear()
+
+
+# --------------------------------------------------------------------------- connections
+
+@dataclass(eq=False)
+class Connection:
+    """One client."""
+
+    writer: asyncio.StreamWriter
+    negotiated: bool = False
+    oob: bool = False
+    closed: bool = False
+
+    def send(self, obj: Mapping[str, object]) -> None:
+        """Queue one message (``\\r\\n``-terminated); drop the client if it stopped reading."""
+        if self.closed or self.writer.is_closing():
+            self.closed = True
+            return
+        transport = self.writer.transport
+        if transport.get_write_buffer_size() > MAX_BACKLOG:
+            logger.warning("QMP client stopped reading; closing it")
+            self.close()
+            return
+        self.writer.write(json.dumps(obj, separators=(", ", ": ")).encode() + b"\r\n")
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self.closed = True
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+def _timestamp() -> Dict[str, int]:
+    now = time.time()
+    sec = int(now)
+    return {"seconds": sec, "microseconds": int((now - sec) * 1_000_000)}
+
+
+def _hex32(v: int) -> str:
+    return f"0x{v & 0xFFFFFFFF:08x}"
+
+
+def _hex64(v: int) -> str:
+    return f"0x{v:016x}"
+
+
+Handler = Callable[[Connection, Dict[str, Any]], object]
+
+
+@dataclass
+class _Listener:
+    addr: QmpAddress
+    server: asyncio.base_events.Server
+    ident: Optional[Tuple[int, int]] = None  # (st_dev, st_ino) of the socket file we created
+
+
+@dataclass
+class QmpServer:
+    """All monitors of one simulated QEMU, sharing one VM state."""
+
+    machine: Machine
+    addresses: List[QmpAddress]
+    conns: Set[Connection] = field(default_factory=set)
+    listeners: List[_Listener] = field(default_factory=list)
+    status: str = "running"
+    autostart: bool = True
+    exit_code: Optional[int] = None
+    _done: Optional[asyncio.Event] = None
+    _tasks: Set["asyncio.Task[None]"] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        cfg = self.machine.config
+        if cfg.incoming is not None:
+            self.status = "inmigrate"
+            self.autostart = not cfg.start_paused
+        elif cfg.start_paused:
+            self.status = "prelaunch"
+        self.commands: Dict[str, Tuple[Handler, Dict[str, str], Set[str]]] = {
+            # name: (handler, {arg: type}, required args)
+            "qmp_capabilities": (self._qmp_capabilities, {"enable": "list"}, set()),
+            "query-version": (self._query_version, {}, set()),
+            "query-commands": (self._query_commands, {}, set()),
+            "query-status": (self._query_status, {}, set()),
+            "query-name": (self._query_name, {}, set()),
+            "cont": (self._cont, {}, set()),
+            "stop": (self._stop, {}, set()),
+            "quit": (self._quit, {}, set()),
+            "query-kvm": (self._query_kvm, {}, set()),
+            "query-cpus-fast": (self._query_cpus_fast, {}, set()),
+            "query-cpu-definitions": (self._query_cpu_definitions, {}, set()),
+            "query-cpu-model-expansion": (self._query_cpu_model_expansion, {"type": "str", "model": "dict"},
+                                          {"type", "model"}),
+            "qom-get": (self._qom_get, {"path": "str", "property": "str"}, {"path", "property"}),
+            "qom-list": (self._qom_list, {"path": "str"}, {"path"}),
+            "x-evmcs-query-guest-vmx-msrs": (self._x_guest_msrs, {"cpu-index": "int"}, set()),
+            "x-evmcs-query-host-vmx-msrs": (self._x_host_msrs, {"cpu-index": "int"}, set()),
+            "x-evmcs-query-hv-cpuid": (self._x_hv_cpuid, {"cpu-index": "int"}, set()),
+            "x-evmcs-query-kvm-log": (self._x_kvm_log, {}, set()),
+        }
+
+    # ------------------------------------------------------------------ life cycle
+    async def start(self) -> None:
+        """Listen on every ``-qmp`` address.
+
+        :raise QemuError: a socket cannot be created (path too long, in use, not ours).
+        """
+        self._done = asyncio.Event()
+        for addr in self.addresses:
+            if addr.kind == "unix":
+                self.listeners.append(await self._listen_unix(addr))
+            else:
+                try:
+                    srv = await asyncio.start_server(self._client, addr.host, addr.port, limit=MAX_MESSAGE)
+                except OSError as err:
+                    raise QemuError(f"-qmp tcp:{addr.host}:{addr.port},server=on: Failed to bind socket: "
+                                    f"{err.strerror}") from None
+                self.listeners.append(_Listener(addr, srv))
+
+    async def _listen_unix(self, addr: QmpAddress) -> _Listener:
+        path = addr.path
+        spec = f"-qmp unix:{path},server=on"
+        if len(os.fsencode(path)) > UNIX_PATH_MAX:
+            raise QemuError(f"{spec}: UNIX socket path '{path}' is too long")
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise QemuError(f"{spec}: Failed to bind socket to {path}: Address already in use")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+                live = True
+            except OSError:
+                live = False
+            finally:
+                probe.close()
+            if live:
+                raise QemuError(f"{spec}: Failed to bind socket to {path}: Address already in use")
+            os.unlink(path)  # a stale socket, as QEMU does
+        try:
+            srv = await asyncio.start_unix_server(self._client, path, limit=MAX_MESSAGE)
+        except OSError as err:
+            raise QemuError(f"{spec}: Failed to bind socket to {path}: {err.strerror}") from None
+        st2 = os.lstat(path)
+        return _Listener(addr, srv, (st2.st_dev, st2.st_ino))
+
+    async def wait_closed(self) -> int:
+        """Run until ``quit`` (or :meth:`shutdown`); then close everything and return the exit code."""
+        assert self._done is not None
+        await self._done.wait()
+        await self.close()
+        return self.exit_code or 0
+
+    def shutdown(self, reason: str, code: int = 0) -> None:
+        """Emit SHUTDOWN and stop the main loop (QEMU's ``qemu_system_shutdown_request``)."""
+        if self.exit_code is not None:
+            return
+        self.exit_code = code
+        self.broadcast("SHUTDOWN", {"guest": False, "reason": reason})
+        if self._done is not None:
+            self._done.set()
+
+    async def close(self) -> None:
+        """Stop listening, drop every client, remove the socket files this process created."""
+        for lst in self.listeners:
+            lst.server.close()
+        for conn in list(self.conns):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.writer.drain(), 1.0)
+            conn.close()
+        for lst in self.listeners:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(lst.server.wait_closed(), 1.0)
+        for lst in self.listeners:
+            if lst.addr.kind == "unix" and lst.ident is not None:
+                with contextlib.suppress(OSError):
+                    st = os.lstat(lst.addr.path)
+                    if (st.st_dev, st.st_ino) == lst.ident:
+                        os.unlink(lst.addr.path)
+        self.listeners.clear()
+
+    # ------------------------------------------------------------------ events
+    def broadcast(self, event: str, data: Optional[Mapping[str, object]] = None) -> None:
+        """Send an event to every negotiated client."""
+        msg: Dict[str, object] = {"event": event}
+        if data is not None:
+            msg["data"] = dict(data)
+        msg["timestamp"] = _timestamp()
+        for conn in list(self.conns):
+            if conn.negotiated:
+                conn.send(msg)
+
+    # ------------------------------------------------------------------ per client
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Connection(writer)
+        self.conns.add(conn)
+        try:
+            conn.send({"QMP": {"version": {"qemu": dict(QEMU_VERSION), "package": PACKAGE},
+                               "capabilities": ["oob"]}})
+            splitter = JsonSplitter()
+            while not conn.closed and self.exit_code is None:
+                try:
+                    chunk = await reader.read(65536)
+                except (ConnectionError, OSError):
+                    break
+                if not chunk:
+                    break
+                for item in splitter.feed(chunk):
+                    if isinstance(item, SplitError):
+                        conn.send({"error": {"class": "GenericError", "desc": item.desc}})
+                        if item.fatal:
+                            conn.closed = True
+                            break
+                        continue
+                    self._handle_raw(conn, item)
+                    if conn.closed or self.exit_code is not None:
+                        break
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(writer.drain(), 30.0)
+        except Exception:  # never let one client take the server down
+            logger.exception("QMP connection failed")
+        finally:
+            self.conns.discard(conn)
+            if self.exit_code is None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(writer.drain(), 1.0)
+                conn.close()
+
+    def _handle_raw(self, conn: Connection, raw: bytes) -> None:
+        try:
+            obj = json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError) as err:
+            conn.send({"error": {"class": "GenericError", "desc": f"JSON parse error, {err}"}})
+            return
+        reply = self.dispatch(conn, obj)
+        if reply is not None:
+            conn.send(reply)
+
+    def dispatch(self, conn: Connection, obj: object) -> Optional[Dict[str, object]]:
+        """One parsed message -> its reply (``None`` only if the connection is gone)."""
+        ident: object = None
+        has_id = False
+
+        def err(desc: str, cls: str = "GenericError") -> Dict[str, object]:
+            out: Dict[str, object] = {"error": {"class": cls, "desc": desc}}
+            if has_id:
+                out["id"] = ident
+            return out
+
+        if not isinstance(obj, dict):
+            return err("QMP input must be a JSON object")
+        if "id" in obj:
+            has_id, ident = True, obj["id"]
+        for key in obj:
+            if key not in ("execute", "exec-oob", "arguments", "id", "control"):
+                return err(f"QMP input member '{key}' is unexpected")
+        if "execute" in obj and "exec-oob" in obj:
+            return err("QMP input member 'execute' and 'exec-oob' are mutually exclusive")
+        name = obj.get("execute", obj.get("exec-oob"))
+        if name is None:
+            return err("QMP input lacks member 'execute'")
+        if not isinstance(name, str):
+            return err("QMP input member 'execute' must be a string")
+        if "exec-oob" in obj and not conn.oob:
+            return err("QMP input member 'exec-oob' is unexpected (out-of-band not enabled)")
+        args = obj.get("arguments", {})
+        if not isinstance(args, dict):
+            return err("QMP input member 'arguments' must be an object")
+        if not conn.negotiated and name != "qmp_capabilities":
+            return err("Expecting capabilities negotiation with 'qmp_capabilities'", "CommandNotFound")
+        if conn.negotiated and name == "qmp_capabilities":
+            return err("Capabilities negotiation is already complete, command ignored", "CommandNotFound")
+        entry = self.commands.get(name)
+        if entry is None:
+            return err(f"The command {name} has not been found", "CommandNotFound")
+        handler, spec, required = entry
+        for key, val in args.items():
+            if key not in spec:
+                return err(f"Parameter '{key}' is unexpected")
+            want = spec[key]
+            ok = {"str": isinstance(val, str), "int": isinstance(val, int) and not isinstance(val, bool),
+                  "dict": isinstance(val, dict), "list": isinstance(val, list)}[want]
+            if not ok:
+                expected = {"str": "string", "int": "integer", "dict": "object", "list": "array"}[want]
+                return err(f"Invalid parameter type for '{key}', expected: {expected}")
+        for key in sorted(required):
+            if key not in args:
+                return err(f"Parameter '{key}' is missing")
+        try:
+            ret = handler(conn, args)
+        except QmpCommandError as e:
+            return err(e.desc, e.cls)
+        except QemuError as e:
+            return err(e.message)
+        except Exception as e:  # a bug must not kill the VM
+            logger.exception("command %s failed", name)
+            return err(f"internal error: {type(e).__name__}: {e}")
+        out: Dict[str, object] = {"return": ret}
+        if has_id:
+            out["id"] = ident
+        return out
+
+    # ------------------------------------------------------------------ standard commands
+    def _qmp_capabilities(self, conn: Connection, args: Dict[str, Any]) -> object:
+        enable = args.get("enable", [])
+        for cap in enable:
+            if cap != "oob":
+                raise QmpCommandError(f"Parameter 'enable' does not accept value '{cap}'"
+                                      if isinstance(cap, str) else "Invalid parameter type for 'enable'")
+        conn.oob = "oob" in enable
+        conn.negotiated = True
+        return {}
+
+    def _query_version(self, conn: Connection, args: Dict[str, Any]) -> object:
+        return {"qemu": dict(QEMU_VERSION), "package": PACKAGE}
+
+    def _query_commands(self, conn: Connection, args: Dict[str, Any]) -> object:
+        return [{"name": n} for n in self.commands]
+
+    def _query_status(self, conn: Connection, args: Dict[str, Any]) -> object:
+        return {"running": self.status == "running", "singlestep": False, "status": self.status}
+
+    def _query_name(self, conn: Connection, args: Dict[str, Any]) -> object:
+        name = self.machine.config.name
+        return {"name": name} if name is not None else {}
+
+    def _cont(self, conn: Connection, args: Dict[str, Any]) -> object:
+        if self.status == "inmigrate":
+            self.autostart = True
+        elif self.status != "running":
+            self.status = "running"
+            self.broadcast("RESUME")
+        return {}
+
+    def _stop(self, conn: Connection, args: Dict[str, Any]) -> object:
+        if self.status == "inmigrate":
+            self.autostart = False
+        elif self.status == "running":
+            self.status = "paused"
+            self.broadcast("STOP")
+        return {}
+
+    def _quit(self, conn: Connection, args: Dict[str, Any]) -> object:
+        # The reply goes out first; SHUTDOWN follows from the main loop, as in QEMU.
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self.shutdown, "host-qmp-quit", 0)
+        return {}
+
+    def _query_kvm(self, conn: Connection, args: Dict[str, Any]) -> object:
+        return {"enabled": self.machine.accel.name == "kvm", "present": True}
+
+    def _query_cpus_fast(self, conn: Connection, args: Dict[str, Any]) -> object:
+        pid = os.getpid()
+        return [{"cpu-index": v.index, "qom-path": v.qom_path, "thread-id": pid,
+                 "props": {"core-id": v.index, "thread-id": 0, "socket-id": 0}, "target": "x86_64"}
+                for v in self.machine.vcpus]
+
+    def _new_cpu(self, model: str, props: Mapping[str, object]) -> X86Cpu:
+        from .cmdline import CpuSpec
+        cpu = X86Cpu.create(CpuSpec(model=model), self.machine.accel)
+        for key, val in props.items():
+            if isinstance(val, bool):
+                sval = "on" if val else "off"
+            elif isinstance(val, (int, str)):
+                sval = str(val)
+            else:
+                raise QmpCommandError(f"Invalid parameter type for '{key}'")
+            cpu.set_property(key, sval, via_global=False)
+        if cpu.model == "host" and not self.machine.accel.uses_host_cpuid:
+            raise QmpCommandError("CPU model 'host' requires KVM or HVF")
+        return cpu
+
+    def _query_cpu_definitions(self, conn: Connection, args: Dict[str, Any]) -> object:
+        out = []
+        for name in list_models():
+            unavailable: List[str]
+            if name == "host" and not self.machine.accel.uses_host_cpuid:
+                unavailable = ["kvm"]
+            else:
+                try:
+                    cpu = self._new_cpu(name, {})
+                    cpu.expand()
+                    cpu.check = False
+                    cpu.filter()
+                    unavailable = cpu.unavailable_features()
+                except (QemuError, QmpCommandError):
+                    unavailable = ["type"]
+            out.append({"name": name, "typename": f"{name}-x86_64-cpu", "static": name == "base",
+                        "migration-safe": name not in ("host", "max"), "unavailable-features": unavailable,
+                        "deprecated": False})
+        return out
+
+    def _query_cpu_model_expansion(self, conn: Connection, args: Dict[str, Any]) -> object:
+        typ = args["type"]
+        if typ not in ("static", "full"):
+            raise QmpCommandError(f"Parameter 'type' does not accept value '{typ}'")
+        model = args["model"]
+        name = model.get("name")
+        if not isinstance(name, str):
+            raise QmpCommandError("Parameter 'model.name' is missing" if name is None
+                                  else "Invalid parameter type for 'model.name', expected: string")
+        props = model.get("props", {})
+        if not isinstance(props, dict):
+            raise QmpCommandError("Invalid parameter type for 'model.props', expected: object")
+        if name not in BUILTIN_MODELS and name not in list_models():
+            raise QmpCommandError(f"CPU model '{name}' not found")
+        cpu = self._new_cpu(name, props)
+        cpu.expand()
+        if typ == "static":
+            return {"model": {"name": "base", "props": cpu.static_props()}}
+        return {"model": {"name": name, "props": cpu.full_props()}}
+
+    def _vcpu_by_path(self, path: str) -> VcpuState:
+        for v in self.machine.vcpus:
+            if v.qom_path == path:
+                return v
+        raise QmpCommandError(f"Device '{path}' not found", "DeviceNotFound")
+
+    def _qom_get(self, conn: Connection, args: Dict[str, Any]) -> object:
+        v = self._vcpu_by_path(args["path"])
+        cpu = v.cpu
+        prop = args["property"]
+        b = cpu.prop_bool(prop)
+        if b is not None:
+            return b
+        p = self.machine.profile
+        values: Dict[str, object] = {
+            "unavailable-features": cpu.unavailable_features(),
+            "filtered-features": [],
+            "feature-words": [],
+            "type": cpu.typename,
+            "vendor": p.vendor if cpu.model in ("host", "max") else cpu.other.get("vendor", p.vendor),
+            "model-id": p.model_name or "QEMU Virtual CPU",
+            "family": p.family if p.family is not None else 6,
+            "model": p.model if p.model is not None else 0,
+            "stepping": p.stepping if p.stepping is not None else 0,
+            "hv-spinlocks": cpu.hv_spinlocks,
+        }
+        if prop in values:
+            return values[prop]
+        if prop in cpu.other:
+            return cpu.other[prop]
+        raise QmpCommandError(f"Property '{cpu.typename}.{prop}' not found")
+
+    def _qom_list(self, conn: Connection, args: Dict[str, Any]) -> object:
+        v = self._vcpu_by_path(args["path"])
+        out: List[Dict[str, str]] = [{"name": "type", "type": "string"}]
+        for name in [*CPUID_BY_NAME, *vmx_prop_names(), *HV_BY_PROP, "hv-passthrough", "check", "enforce",
+                     "migratable"]:
+            out.append({"name": name, "type": "bool"})
+        out += [{"name": "unavailable-features", "type": "strList"},
+                {"name": "filtered-features", "type": "X86CPUFeatureWordInfo"},
+                {"name": "feature-words", "type": "X86CPUFeatureWordInfo"},
+                {"name": "hv-spinlocks", "type": "uint32"}, {"name": "vendor", "type": "string"},
+                {"name": "model-id", "type": "string"}, {"name": "family", "type": "int"},
+                {"name": "model", "type": "int"}, {"name": "stepping", "type": "int"}]
+        del v
+        return out
+
+    # ------------------------------------------------------------------ x-evmcs-*
+    def _vcpu_by_index(self, args: Dict[str, Any]) -> VcpuState:
+        idx = args.get("cpu-index", 0)
+        for v in self.machine.vcpus:
+            if v.index == idx:
+                return v
+        raise QmpCommandError(f"CPU {idx} not found (have {len(self.machine.vcpus)} vCPUs)")
+
+    def _msr_reply(self, args: Dict[str, Any], *, host_initiated: bool) -> object:
+        v = self._vcpu_by_index(args)
+        kv = v.kvm_vcpu
+        msrs: Dict[str, str] = {}
+        if kv is not None and (host_initiated or v.cpu.has_vmx()):
+            msrs = {n: _hex64(val) for n, val in read_vmx_msrs(kv, host_initiated=host_initiated).items()}
+        kvm = self.machine.kvm
+        return {"msrs": msrs, "evmcs": bool(kv and kv.evmcs_enabled),
+                "evmcs-active": bool(kv and kv.evmcs_active()),
+                "era": kvm.era.id if kvm is not None else "",
+                "kernel": self.machine.profile.kernel, "cpu-index": v.index}
+
+    def _x_guest_msrs(self, conn: Connection, args: Dict[str, Any]) -> object:
+        return self._msr_reply(args, host_initiated=False)
+
+    def _x_host_msrs(self, conn: Connection, args: Dict[str, Any]) -> object:
+        return self._msr_reply(args, host_initiated=True)
+
+    def _x_hv_cpuid(self, conn: Connection, args: Dict[str, Any]) -> object:
+        v = self._vcpu_by_index(args)
+        leaves = {f"{leaf:#010x}": {r: _hex32(val) for r, val in regs.items()}
+                  for leaf, regs in sorted(v.hv_leaves.items())}
+        return {"hyperv": bool(v.hv_leaves), "leaves": leaves}
+
+    def _x_kvm_log(self, conn: Connection, args: Dict[str, Any]) -> object:
+        return {"log": list(self.machine.log.entries)}
+
+
+def register_signal_handlers(server: QmpServer) -> None:
+    """SIGTERM/SIGINT/SIGHUP end the VM like QEMU: a stderr line, SHUTDOWN (host-signal), exit 0."""
+    import signal
+    import sys
+
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"{PROG}: terminating on signal {signum}\n")
+            sys.stderr.flush()
+        server.shutdown("host-signal", 0)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal, int(sig))
+

@@ -1,0 +1,127 @@
+"""``qemu-evmcs-sim`` / ``python -m qemu_evmcs.simqemu``: the simulated QEMU process.
+
+Runs QEMU's start-up (:func:`.startup.boot`) on the simulated KVM of a host
+profile, prints what QEMU would print, and then either exits like QEMU
+(status 1 for ``exit(1)`` errors; SIGABRT -- status 134 in a shell -- for the
+``kvm_buf_set_msrs`` assertion after a rejected VMX MSR write) or serves QMP
+on every ``-qmp`` socket until ``quit`` (exit 0) or SIGTERM/SIGINT/SIGHUP.
+
+Abort choice: the process really aborts with ``os.abort()`` after flushing
+stderr (core dumps are disabled first with RLIMIT_CORE=0), like QEMU's failed
+``assert()``: ``Popen.returncode`` is ``-6`` and a shell reports 134.
+:func:`.startup.predict` reports ``exit_status`` 134 for that case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from typing import List, Optional, Sequence
+
+from ..errors import EvmcsError
+from ..profile import load_profile, resolve_profile_path
+from .cmdline import EXIT_ABORT, EXIT_ERROR, PROG, QemuError, parse_args
+from .cpu import list_models
+from .qmp_server import QmpServer, register_signal_handlers
+from .startup import Machine, boot
+
+
+HELP = f"""\
+usage: {PROG} [options]      (qemu-evmcs simulated QEMU 7.2 on a simulated KVM host)
+
+Simulator options:
+  --host PROFILE        host profile: a YAML path or a bundled sample name (e.g. skylake-6.3) [required]
+  --variant V           KVM ABI variant: shipped (default, what Linux merged), revision, vmx-msrs
+
+QEMU options understood (anything else: "-foo: invalid option", exit 1):
+  -accel kvm|tcg  -machine TYPE[,accel=kvm]  -enable-kvm  -cpu MODEL[,feat=on|off,+feat,-feat,key=value]
+  -smp N  -S  -qmp unix:PATH,server=on,wait=off (repeatable; also tcp:HOST:PORT and server,nowait)
+  -display none  -nodefaults  -nographic  -no-user-config  -name NAME  -m SIZE
+  -incoming URI (start in 'inmigrate')  -vga TYPE  -serial DEV  -version  -cpu help  -h
+
+CPU models: host and max (need -accel kvm), base, qemu64, plus models from a plugged-in provider
+(QEMU_EVMCS_SIM_MODEL_PROVIDER=module:attr).
+
+Project plug-in CPU option (NOT in real QEMU; proposed by this project):
+  hv-evmcs-perf-global-ctrl=on   set Hyper-V CPUID 0x4000000A.EBX bit 0 (HV_X64_NESTED_EVMCS1_PERF_GLOBAL_CTRL)
+                                 so KVM 6.1+ shows VM_{{EXIT,ENTRY}}_LOAD_IA32_PERF_GLOBAL_CTRL to an eVMCS L1.
+                                 Requires hv-evmcs; "not supported by kernel" before 6.1.
+
+QMP extension commands: x-evmcs-query-guest-vmx-msrs, x-evmcs-query-host-vmx-msrs,
+x-evmcs-query-hv-cpuid, x-evmcs-query-kvm-log (see qemu_evmcs.simqemu.qmp_server).
+
+Exit status: 0 after quit/SIGTERM, 1 on QEMU start-up errors, SIGABRT (134) when KVM rejects a VMX MSR.
+"""
+
+
+def _err(line: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+def _abort() -> None:
+    """Die like a failed ``assert()``: SIGABRT, without leaving a core file."""
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    with contextlib.suppress(Exception):
+        import resource
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    os.abort()
+
+
+async def _serve(machine: Machine) -> int:
+    server = QmpServer(machine, list(machine.config.qmp))
+    try:
+        await server.start()
+    except QemuError as err:
+        for line in err.lines():
+            _err(line)
+        await server.close()
+        return err.status
+    register_signal_handlers(server)
+    return await server.wait_closed()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; returns the exit status (aborts the process for the MSR assertion)."""
+    args: List[str] = list(sys.argv[1:] if argv is None else argv)
+    try:
+        config = parse_args(args)
+    except QemuError as err:
+        for line in err.lines():
+            _err(line)
+        return err.status
+    if config.show_help:
+        sys.stdout.write(HELP)
+        return 0
+    if config.show_version:
+        sys.stdout.write("QEMU emulator version 7.2.0 (qemu-evmcs-sim)\n"
+                         "Copyright (c) 2003-2022 Fabrice Bellard and the QEMU Project developers\n")
+        return 0
+    if config.cpu_help:
+        sys.stdout.write("Available CPUs:\n" + "".join(f"x86 {m}\n" for m in list_models()))
+        return 0
+    if not config.host:
+        _err(f"{PROG}: --host PROFILE is required (simulator option; see --help)")
+        return EXIT_ERROR
+    try:
+        profile = load_profile(resolve_profile_path(config.host))
+    except EvmcsError as err:
+        _err(f"{PROG}: --host {config.host}: {err}")
+        return EXIT_ERROR
+    result = boot(config, profile)
+    for line in result.stderr:
+        _err(line)
+    if result.exit_status == EXIT_ABORT:
+        _abort()
+    if not result.ok or result.machine is None:
+        return result.exit_status
+    return asyncio.run(_serve(result.machine))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
