@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Dict, Optional
 
-#: Skylake-S VMX MSRs (shared/reference/vmx-dumps.md Source 1) with posted interrupts added to the pin-based
+#: Skylake-S VMX MSRs (VirtualBox CPU database, Intel_Core_i7_6700K.h) with posted interrupts added to the pin-based
 #: controls (bit 7), as on server parts.
 SKYLAKE_MSRS: Dict[str, int] = {
     "IA32_VMX_BASIC": 0xda040000000004,
