@@ -342,7 +342,8 @@ class SimKvm:
             return self.max_evmcs_revision()
         if cap == KVM_CAP_SYS_HYPERV_CPUID:
             ok = self.version_at_least(self.facts.hv_cpuid_system_ioctl_since)
-            return 1 if ok and (self.profile.kvm_hyperv or not self.version_at_least(self.facts.kvm_hyperv_config_since)) else 0
+            hyperv_built = self.profile.kvm_hyperv or not self.version_at_least(self.facts.kvm_hyperv_config_since)
+            return 1 if ok and hyperv_built else 0
         if cap == KVM_CAP_GET_MSR_FEATURES:
             return 1
         return 0

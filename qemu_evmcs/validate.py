@@ -1,4 +1,6 @@
-"""Validation of CPU model definitions (``cpu_models/*.yaml``) against the registry, a QEMU snapshot and KVM's eVMCS eras.
+"""Validation of CPU model definitions (``cpu_models/*.yaml``).
+
+Checked against the registry, a QEMU snapshot and KVM's eVMCS eras.
 
 Every finding names ``file:line``. Checks, in order:
 
@@ -415,7 +417,8 @@ def validate_model(model: ModelDef, snap: QemuSnapshot | None = None) -> tuple[l
     if snap.has(model.base):
         base = snap.get(model.base)
         if base.deprecated:
-            chk.add("warning", "deprecated-base", f"base model {model.base} is deprecated in QEMU {snap.version}", "base")
+            chk.add("warning", "deprecated-base", f"base model {model.base} is deprecated in QEMU {snap.version}",
+                    "base")
         if base.alias_of:
             chk.add("warning", "unversioned-base", f"base {model.base} is an alias of {base.alias_of}; name the "
                     f"version so the model cannot change under you", "base")

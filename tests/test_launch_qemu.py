@@ -211,14 +211,16 @@ def test_wrapper_sigterm(tmp_path: Path) -> None:
         kids = children_of(proc.pid)
         assert len(kids) == 1 and pid_alive(kids[0])
         assert len(os.listdir(run)) == 1
-        assert b"dropped vmx-posted-intr: TCG doesn't support requested feature: MSR(48DH).vmx-posted-intr [bit 7]" in err
+        assert (b"dropped vmx-posted-intr: TCG doesn't support requested feature: "
+                b"MSR(48DH).vmx-posted-intr [bit 7]") in err
         proc.send_signal(signal.SIGTERM)
         try:
             _, rest = proc.communicate(timeout=20)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGABRT)  # faulthandler dumps the wrapper's stacks
             _, rest = proc.communicate(timeout=10)
-            raise AssertionError(f"wrapper still running after SIGTERM; stderr: {rest.decode(errors='replace')}") from None
+            raise AssertionError("wrapper still running after SIGTERM; stderr: "
+                                 f"{rest.decode(errors='replace')}") from None
     finally:
         if proc.poll() is None:
             proc.kill()

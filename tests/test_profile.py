@@ -21,7 +21,8 @@ EXPECTED_SAMPLES = {
 }
 
 
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str],
+            monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
     """The real dispatcher, limited to the command modules that exist in this tree."""
     mods = [m for m in cli.COMMAND_MODULES if importlib.util.find_spec(f"qemu_evmcs.commands.{m}")]
     monkeypatch.setattr(cli, "COMMAND_MODULES", mods)

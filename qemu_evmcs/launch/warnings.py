@@ -6,7 +6,8 @@ only in human-oriented warnings (see ``x86_cpu_filter_features`` /
 
     qemu-system-x86_64: warning: host doesn't support requested feature: MSR(48DH).vmx-posted-intr [bit 7]
     qemu-system-x86_64: warning: TCG doesn't support requested feature: CPUID.01H:ECX.vmx [bit 5]
-    qemu-system-x86_64: warning: This feature depends on other features that were not requested: MSR(48BH).vmx-ept [bit 1]
+    qemu-system-x86_64: warning: This feature depends on other features that were not requested:
+        MSR(48BH).vmx-ept [bit 1]   (one line in QEMU's output)
     qemu-system-x86_64: warning: TCG doesn't support requested feature: MSR(48CH) [bit 14]
 
 The last form (no ``.name``) is an unnamed bit copied from the model (seen
