@@ -112,7 +112,8 @@ def test_system_hv_cpuid_needs_511() -> None:
 @pytest.mark.parametrize("kernel, eax, ebx", [
     ("5.11", 0x0101, 0),       # version range only
     ("5.15", 0x0101, 0),
-    ("5.16", 0x80101, 0),      # | HV_X64_NESTED_MSR_BITMAP (1 << 19)
+    ("5.16", 0x0101, 0),
+    ("5.17", 0x80101, 0),      # | HV_X64_NESTED_MSR_BITMAP (1 << 19), from 5.17 (eras.yaml, release [M])
     ("6.0", 0x80101, 0),
     ("6.1", 0x80101, 1),       # EBX bit 0 HV_X64_NESTED_EVMCS1_PERF_GLOBAL_CTRL from 6.1
     ("6.2", 0xA0101, 1),       # | HV_X64_NESTED_DIRECT_FLUSH (1 << 17)
