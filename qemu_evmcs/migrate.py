@@ -202,12 +202,23 @@ def parse_qmp_msrs(ret: object) -> dict[str, int]:
 
 async def query_running(socket_path: str) -> dict[str, int]:
     """Guest-visible VMX MSRs of a running (simulated) QEMU over QMP."""
+    return (await query_running_view(socket_path))[0]
+
+
+async def query_running_view(socket_path: str, timeout: float = 10.0) -> tuple[dict[str, int], str | None]:
+    """Guest-visible VMX MSRs of a running (simulated) QEMU, and its host profile (file) when it says.
+
+    :raise OSError | QMPError | asyncio.TimeoutError: no QMP server there, or it does not answer.
+    """
+    import asyncio
+
     from qemu.qmp import QMPClient
 
     client = QMPClient("qemu-evmcs-migrate-check")
-    await client.connect(socket_path)
+    await asyncio.wait_for(client.connect(socket_path), timeout)
     try:
-        ret = await client.execute("x-evmcs-query-guest-vmx-msrs")
+        ret = await asyncio.wait_for(client.execute("x-evmcs-query-guest-vmx-msrs"), timeout)
     finally:
         await client.disconnect()
-    return parse_qmp_msrs(ret)
+    profile = ret.get("profile") if isinstance(ret, dict) else None
+    return parse_qmp_msrs(ret), profile if isinstance(profile, str) and profile else None

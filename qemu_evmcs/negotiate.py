@@ -35,16 +35,18 @@ Strategies (one per design of the thread; ``SimKvm`` variant in brackets):
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import chain
 
 from .errors import InputError, KvmError, NegativeAnswer
 from .evmcs_filter import filter_all
+from .fleet import Fleet, FleetHosts, load_hosts_fleet
 from .kernel import era_table
-from .msrval import allowed0, allowed1, word_source_msr
-from .profile import HostProfile, iter_profiles, resolve_profile_path
-from .registry import MASK32, Registry, registry
+from .msrval import word_source_msr
+from .profile import HostProfile
+from .qemu_compose import compose_vmx_msrs, feature_words, supported_msr_feature
+from .registry import Registry, registry
 from .simkvm import (
     EVMCS_REVISION_2022,
     EVMCS_REVISION_LEGACY,
@@ -72,30 +74,6 @@ HV_NESTED_EAX_BITS: Mapping[str, int] = {"hv-emsr-bitmap": HV_NESTED_MSR_BITMAP,
                                          "hv-tlbflush-direct": HV_NESTED_DIRECT_FLUSH}
 #: Hyper-V flags QEMU requires for hv-evmcs (qemu.md §1.4).
 HV_EVMCS_DEPS: tuple[str, ...] = ("hv-vapic",)
-
-# QEMU's kvm_msr_entry_add_vmx() constants (qemu.md §2.2).
-_DEFAULT1 = {"pinbased": 0x00000016, "procbased": 0x0401E172, "exit": 0x00036DFF, "entry": 0x000011FF,
-             "secondary": 0}
-_BASIC_HOST_BITS = 0x7FFF_FFFF | (0x1FFF << 32) | (0xF << 50)
-_MISC_HOST_BITS = 0x1F | (0x7 << 25)
-_CR0_FIXED0 = 0x80000021   # PE | NE | PG
-_CR4_FIXED0 = 0x2000       # VMXE
-
-#: (MSR QEMU writes, feature word) in the order of kvm_msr_entry_add_vmx().
-QEMU_WRITE_ORDER: tuple[tuple[str, str | None], ...] = (
-    ("IA32_VMX_TRUE_PROCBASED_CTLS", "procbased"),
-    ("IA32_VMX_TRUE_PINBASED_CTLS", "pinbased"),
-    ("IA32_VMX_TRUE_EXIT_CTLS", "exit"),
-    ("IA32_VMX_TRUE_ENTRY_CTLS", "entry"),
-    ("IA32_VMX_PROCBASED_CTLS2", "secondary"),
-    ("IA32_VMX_EPT_VPID_CAP", "ept_vpid"),
-    ("IA32_VMX_BASIC", "basic"),
-    ("IA32_VMX_MISC", "misc"),
-    ("IA32_VMX_VMFUNC", "vmfunc"),
-    ("IA32_VMX_CR0_FIXED0", None),
-    ("IA32_VMX_CR4_FIXED0", None),
-    ("IA32_VMX_VMCS_ENUM", None),
-)
 
 
 # =========================================================================== the guest model protocol
@@ -153,17 +131,41 @@ def load_guest_model(name_or_path: str | GuestModel) -> GuestModel:
     )
 
 
+#: What negotiate(), admit() and compare_designs() accept as hosts: paths, directories, SQLite inventories,
+#: bundled profile names and :class:`HostProfile` objects in any mix, or a loaded :class:`~qemu_evmcs.fleet.Fleet`.
+Hosts = Fleet | Sequence[str | HostProfile]
+
+
+def load_pool(hosts: Hosts, *, progress: bool | None = None) -> Fleet:
+    """Hosts as a :class:`~qemu_evmcs.fleet.Fleet` (grouped by fingerprint; see
+    :func:`qemu_evmcs.fleet.load_hosts_fleet`): multi-document files of any size and inventories included."""
+    return load_hosts_fleet(hosts, progress=progress)
+
+
 def load_hosts(paths: Sequence[str | HostProfile]) -> list[HostProfile]:
-    """Profiles from paths, directories or bundled names (``skylake-6.3``); HostProfile objects pass through."""
+    """One profile per host, from paths, directories, inventories or bundled names (``skylake-6.3``);
+    HostProfile objects pass through. A file's hosts come grouped by fingerprint.
+
+    For small pools; fleet-scale callers use :func:`load_pool` (one profile per distinct fingerprint).
+    """
     out: list[HostProfile] = []
+    run: list[str] = []
+
+    def flush() -> None:
+        if run:
+            fleet = load_pool(run)
+            for fp, names in fleet.members.items():
+                rep = fleet.distinct[fp]
+                out.extend(rep if n == rep.name else replace(rep, name=n) for n in names)
+            run.clear()
+
     for p in paths:
         if isinstance(p, HostProfile):
+            flush()
             out.append(p)
-            continue
-        path = resolve_profile_path(p)
-        if not os.path.exists(path):
-            raise InputError(f"no such host profile {p!r} (neither a file nor a bundled profile name)")
-        out.extend(iter_profiles([path]))
+        else:
+            run.append(p)
+    flush()
     if not out:
         raise InputError("no host profiles given")
     return out
@@ -225,7 +227,7 @@ def qemu_supported(profile: HostProfile, reg: Registry | None = None) -> frozens
         if src is None:
             continue
         value = profile.msrs[src]
-        bits = (allowed1(value) & ~allowed0(value)) if reg.msrs[src].layout == "ctl" else value
+        bits = supported_msr_feature(src, value, reg)
         for f in reg.word_features(word):
             if bits & f.mask:
                 out.add(f.name)
@@ -236,56 +238,15 @@ def compose_vmx_writes(features: Iterable[str], profile: HostProfile,
                        reg: Registry | None = None) -> list[tuple[str, int]]:
     """The VMX MSR values QEMU writes with KVM_SET_MSRS, in QEMU's order (kvm_msr_entry_add_vmx).
 
+    One implementation with the simulated QEMU: :func:`qemu_evmcs.qemu_compose.compose_vmx_msrs`.
     Only MSRs KVM lists (present in the profile) are written. The EXIT word gets host-address-space-size
     (QEMU derives it from ``lm``; every model here is 64-bit); BASIC and MISC take the host's non-feature
     fields; EPT_VPID_CAP the host's UC/WB memory-type bits when EPT is on.
     """
     reg = reg or registry()
-    words: dict[str, int] = {}
-    for name in features:
-        f = reg.feature(name)
-        words[f.word] = words.get(f.word, 0) | f.mask
     host = profile.msrs
-    exit_hass = reg.feature("vmx-exit-host-addr-space-size").mask
-    out: list[tuple[str, int]] = []
-    for msr, word in QEMU_WRITE_ORDER:
-        if msr not in host:
-            continue
-        if word in _DEFAULT1:
-            feats = words.get(word, 0)
-            if word == "exit":
-                feats |= exit_hass
-            default1 = _DEFAULT1[word]
-            can_be_one = (feats | default1) & MASK32
-            must_be_one = default1 & ~feats & MASK32
-            out.append((msr, must_be_one | (can_be_one << 32)))
-        elif word == "ept_vpid":
-            fixed = 0
-            if "vmx-ept" in features or words.get("secondary", 0) & reg.feature("vmx-ept").mask:
-                fixed = host[msr] & (reg.feature("vmx-ept-uc").mask | reg.feature("vmx-ept-wb").mask)
-            out.append((msr, words.get(word, 0) | fixed))
-        elif word == "basic":
-            out.append((msr, words.get(word, 0) | (host[msr] & _BASIC_HOST_BITS)))
-        elif word == "misc":
-            out.append((msr, words.get(word, 0) | (host[msr] & _MISC_HOST_BITS)))
-        elif word == "vmfunc":
-            out.append((msr, words.get(word, 0)))
-        elif msr == "IA32_VMX_CR0_FIXED0":
-            out.append((msr, _CR0_FIXED0))
-        elif msr == "IA32_VMX_CR4_FIXED0":
-            out.append((msr, _CR4_FIXED0))
-        elif msr == "IA32_VMX_VMCS_ENUM":
-            exit_w, sec_w, entry_w = words.get("exit", 0), words.get("secondary", 0), words.get("entry", 0)
-            if entry_w & reg.feature("vmx-entry-load-fred").mask:
-                enum = 0x52
-            elif exit_w & reg.feature("vmx-exit-secondary-ctls").mask:
-                enum = 0x44
-            elif sec_w & reg.feature("vmx-tsc-scaling").mask:
-                enum = 0x32
-            else:
-                enum = 0x2E
-            out.append((msr, enum))
-    return out
+    return [(msr, value) for msr, value in compose_vmx_msrs(feature_words(features, reg), host, lm=True, reg=reg)
+            if msr in host]
 
 
 def comparable_mask(msr: str, reg: Registry | None = None) -> int:
@@ -565,13 +526,33 @@ class Drop:
         return {"feature": self.feature, "cause": self.cause, "hosts": list(self.hosts), "detail": self.detail}
 
 
+@dataclass(frozen=True)
+class PoolGroup:
+    """Hosts of a pool sharing one :meth:`~qemu_evmcs.profile.HostProfile.fingerprint`: the negotiator
+    simulates ``profile`` (the first such host) once for all of ``hosts``."""
+
+    fingerprint: str
+    profile: HostProfile
+    hosts: Sequence[str]
+
+
+def pool_groups(fleet: Fleet) -> list[PoolGroup]:
+    """The fleet's groups in load order (first appearance first)."""
+    return [PoolGroup(fp, fleet.distinct[fp], names) for fp, names in fleet.members.items()]
+
+
 @dataclass
 class Negotiation:
-    """The negotiated configuration for one strategy (``ok`` false: no safe answer, see ``error``)."""
+    """The negotiated configuration for one strategy (``ok`` false: no safe answer, see ``error``).
+
+    :ivar hosts: every host of the pool (for a fleet, a lazy view grouped by fingerprint).
+    :ivar groups: the distinct host profiles with their host names; all work is done once per group.
+    :ivar starts: the simulated start on each group's representative (``host``: its first host's name).
+    """
 
     strategy: str
     model: GuestModel
-    hosts: list[HostProfile]
+    hosts: Sequence[HostProfile]
     ok: bool = False
     error: str = ""
     config: GuestConfig | None = None
@@ -580,6 +561,7 @@ class Negotiation:
     notes: list[str] = field(default_factory=list)
     guest_msrs: dict[str, int] = field(default_factory=dict)
     starts: list[StartResult] = field(default_factory=list)
+    groups: list[PoolGroup] = field(default_factory=list)
 
     @property
     def guest_features(self) -> frozenset[str]:
@@ -590,6 +572,28 @@ class Negotiation:
     def needs_plugin_option(self) -> bool:
         """Does the answer need ``hv-evmcs-perf-global-ctrl`` (absent from real QEMU)?"""
         return bool(self.config and self.config.pv_perf_global_ctrl)
+
+    def host_groups(self) -> list[PoolGroup]:
+        """:attr:`groups`, or (for a hand-made Negotiation) the groups of :attr:`hosts`."""
+        if self.groups or not self.hosts:
+            return self.groups
+        fleet = Fleet()
+        for h in self.hosts:
+            fleet.add(h)
+        return pool_groups(fleet)
+
+
+def names_text(names: Sequence[str], limit: int = 10) -> str:
+    """``a, b, c`` -- or, past ``limit`` names, the first ``limit`` and ``and N more``."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[:limit]) + f" and {len(names) - limit:,} more"
+
+
+def _same_profile(group: PoolGroup) -> str:
+    """Suffix for a message that names a group by its first host."""
+    n = len(group.hosts) - 1
+    return f" (and {n:,} more host{'s' if n != 1 else ''} with the same profile)" if n > 0 else ""
 
 
 def _close_under_qemu(features: set[str], drops: list[Drop], reg: Registry) -> None:
@@ -633,22 +637,21 @@ def _invisible_cause(feature: str, profile: HostProfile, guest: Mapping[str, int
 
 
 def _merge_drops(drops: Iterable[Drop]) -> list[Drop]:
-    """One entry per (feature, cause), hosts merged, in registry order."""
+    """One entry per (feature, cause), hosts merged (first appearance first, once each), in registry order."""
     reg = registry()
     order = {n: i for i, n in enumerate(reg.features)}
-    merged: dict[tuple[str, str], Drop] = {}
+    first: dict[tuple[str, str], Drop] = {}
+    parts: dict[tuple[str, str], list[tuple[str, ...]]] = {}
     for d in drops:
         key = (d.feature, d.cause)
-        if key in merged:
-            old = merged[key]
-            hosts = tuple(dict.fromkeys(old.hosts + d.hosts))
-            merged[key] = replace(old, hosts=hosts)
+        if key in first:
+            parts[key].append(d.hosts)
         else:
-            merged[key] = d
-    first: dict[str, Drop] = {}
-    for d in merged.values():
-        first.setdefault(d.feature, d)
-    return sorted(merged.values(), key=lambda d: (order.get(d.feature, 1 << 30), d.cause))
+            first[key] = d
+            parts[key] = [d.hosts]
+    merged = [d if len(parts[k]) == 1 else replace(d, hosts=tuple(dict.fromkeys(chain.from_iterable(parts[k]))))
+              for k, d in first.items()]
+    return sorted(merged, key=lambda d: (order.get(d.feature, 1 << 30), d.cause))
 
 
 def _fail(neg: Negotiation, message: str) -> Negotiation:
@@ -657,31 +660,44 @@ def _fail(neg: Negotiation, message: str) -> Negotiation:
     return neg
 
 
-def negotiate(model: str | GuestModel, hosts: Sequence[str | HostProfile],
-              strategy: str = "pv-cpuid") -> Negotiation:
+def negotiate(model: str | GuestModel, hosts: Hosts, strategy: str = "pv-cpuid") -> Negotiation:
     """Negotiate one strategy over a pool; never raises for a pool without a safe answer (``ok`` false).
+
+    ``hosts``: see :data:`Hosts`. Every simulation runs once per distinct host profile (fingerprint); drops
+    name every host of the groups concerned. Messages that name one host name a group's first host.
 
     :raise InputError: unknown strategy, model or profile.
     """
     if strategy not in STRATEGIES:
         raise InputError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)}, all)")
     gm = load_guest_model(model)
-    pool = load_hosts(hosts)
+    fleet = load_pool(hosts)
+    groups = pool_groups(fleet)
+    return _negotiate_groups(gm, groups, strategy, FleetHosts(fleet))
+
+
+def _negotiate_groups(gm: GuestModel, groups: list[PoolGroup], strategy: str,
+                      all_hosts: Sequence[HostProfile]) -> Negotiation:
     reg = registry()
-    neg = Negotiation(strategy=strategy, model=gm, hosts=pool)
+    neg = Negotiation(strategy=strategy, model=gm, hosts=all_hosts, groups=groups)
     design = STRATEGY_VARIANT[strategy]
+    names = [tuple(g.hosts) for g in groups]          # per group, shared by every Drop that names it
+
+    def hosts_of(idx: Iterable[int]) -> list[str]:
+        return [n for i in idx for n in groups[i].hosts]
 
     # -- hard failures: the pool cannot run an eVMCS guest at all
     if gm.vendor != "GenuineIntel":
         return _fail(neg, f"model {gm.name} is {gm.vendor}: eVMCS needs an Intel VMX model")
-    for p in pool:
-        reason = evmcs_incapable_reason(p)
+    for g in groups:
+        reason = evmcs_incapable_reason(g.profile)
         if reason:
-            return _fail(neg, f"no safe answer: {reason}")
+            return _fail(neg, f"no safe answer: {reason}{_same_profile(g)}")
     lo, hi = gm.evmcs_version
     if lo > 1:
         return _fail(neg, f"no safe answer: model wants eVMCS version range [{lo}..{hi}] but every KVM supports "
                           f"only [1..1]")
+    kvms = [SimKvm(g.profile) for g in groups]
 
     # -- hv-* flags
     hv: set[str] = {k for k, v in gm.hyperv.items() if v and k not in ("hv-passthrough",)}
@@ -693,7 +709,7 @@ def negotiate(model: str | GuestModel, hosts: Sequence[str | HostProfile],
             hv.add(dep)
             neg.notes.append(f"{dep} switched on: QEMU requires it for hv-evmcs")
     for flag in sorted(hv):
-        lacking = tuple(p.name for p in pool if _hv_unsupported(flag, SimKvm(p)))
+        lacking = tuple(hosts_of(i for i, k in enumerate(kvms) if _hv_unsupported(flag, k)))
         if lacking:
             hv.discard(flag)
             neg.hv_dropped.append(Drop(flag, "unsupported", lacking, "KVM does not report its 0x4000000A.EAX bit"))
@@ -701,58 +717,58 @@ def negotiate(model: str | GuestModel, hosts: Sequence[str | HostProfile],
     # -- vmx: start from what the model asks and QEMU can set
     features: set[str] = set(gm.vmx) & set(qemu_property_features(reg))
     drops: list[Drop] = []
-    supported = {p.name: qemu_supported(p, reg) for p in pool}
-    for p in pool:
-        for f in sorted(features - supported[p.name]):
-            drops.append(Drop(f, "unsupported", (p.name,), "KVM does not report it in allowed-1"))
-    for p in pool:
-        features &= supported[p.name]
-    for p in pool:
-        if p.era.filter_at == "enable":
-            sanitized = visible_features(p.msrs, reg) - visible_features(filter_all(p.era, p.msrs), reg)
-            for f in sorted(features & sanitized):
-                drops.append(Drop(f, "enable-time-filter", (p.name,),
-                                  f"kernel {p.kernel} clears it when eVMCS is enabled; QEMU's write would be "
-                                  f"rejected and QEMU would abort"))
-    for p in pool:
-        if p.era.filter_at == "enable":
-            features -= visible_features(p.msrs, reg) - visible_features(filter_all(p.era, p.msrs), reg)
+    supported = [qemu_supported(g.profile, reg) for g in groups]
+    for i in range(len(groups)):
+        for f in sorted(features - supported[i]):
+            drops.append(Drop(f, "unsupported", names[i], "KVM does not report it in allowed-1"))
+    for sup in supported:
+        features &= sup
+    sanitized = [visible_features(g.profile.msrs, reg) - visible_features(filter_all(g.profile.era, g.profile.msrs),
+                                                                          reg)
+                 if g.profile.era.filter_at == "enable" else frozenset[str]() for g in groups]
+    for i, g in enumerate(groups):
+        for f in sorted(features & sanitized[i]):
+            drops.append(Drop(f, "enable-time-filter", names[i],
+                              f"kernel {g.profile.kernel} clears it when eVMCS is enabled; QEMU's write would be "
+                              f"rejected and QEMU would abort"))
+    for san in sanitized:
+        features -= san
     _close_under_qemu(features, drops, reg)
 
     # -- strategy parameters
     revision: int | None = None
     ebx = False
     if strategy == "pv-cpuid":
-        perf_ok = all(SimKvm(p).honours_perf_cpuid_bit() for p in pool)
+        honours = [k.honours_perf_cpuid_bit() for k in kvms]
+        perf_ok = all(honours)
         perf_present = all(f in features for f in PERF_FEATURES)
         want = gm.pv_perf_global_ctrl
+        old = hosts_of(i for i, h in enumerate(honours) if not h)
         if want == "on" and not (perf_ok and perf_present):
-            old = [p.name for p in pool if not SimKvm(p).honours_perf_cpuid_bit()]
-            why = (f"hosts {', '.join(old)} predate 6.1 and ignore the bit" if old
+            why = (f"hosts {names_text(old)} predate 6.1 and ignore the bit" if old
                    else "the PERF_GLOBAL_CTRL controls are not available on every host")
             return _fail(neg, f"no safe answer: the model requires pv-perf-global-ctrl=on but {why}")
         ebx = want != "off" and perf_ok and perf_present
         if not ebx and want != "off" and perf_present:
-            old = [p.name for p in pool if not SimKvm(p).honours_perf_cpuid_bit()]
-            neg.notes.append(f"CPUID 0x4000000A.EBX bit 0 left clear: {', '.join(old)} predate 6.1 and hide "
+            neg.notes.append(f"CPUID 0x4000000A.EBX bit 0 left clear: {names_text(old)} predate 6.1 and hide "
                              f"PERF_GLOBAL_CTRL regardless; clearing it hides them on 6.1+ too (consistent)")
     elif strategy == "revision":
-        revs = {p.name: SimKvm(p, variant="revision").max_evmcs_revision() or EVMCS_REVISION_LEGACY for p in pool}
-        revision = min(revs.values())
-        if revision < EVMCS_REVISION_2022 and any(r >= EVMCS_REVISION_2022 for r in revs.values()):
-            legacy = [n for n, r in revs.items() if r < EVMCS_REVISION_2022]
-            neg.notes.append(f"revision 1 (legacy) forced by {', '.join(legacy)}: strict as proposed, a revision "
+        revs = [SimKvm(g.profile, variant="revision").max_evmcs_revision() or EVMCS_REVISION_LEGACY for g in groups]
+        revision = min(revs)
+        if revision < EVMCS_REVISION_2022 and any(r >= EVMCS_REVISION_2022 for r in revs):
+            legacy = hosts_of(i for i, r in enumerate(revs) if r < EVMCS_REVISION_2022)
+            neg.notes.append(f"revision 1 (legacy) forced by {names_text(legacy)}: strict as proposed, a revision "
                              f"a host lacks is refused even where the hardware lacks the new controls anyway")
     elif strategy == "vmx-msrs":
-        views = {p.name: visible_features(documented_evmcs_view(p), reg) for p in pool}
+        views = [visible_features(documented_evmcs_view(g.profile), reg) for g in groups]
         since = era_table().facts.variant_get_evmcs_vmx_msrs_since
-        for p in pool:
-            src = ("KVM_GET_EVMCS_VMX_MSRS" if p.version.mm >= since.mm
-                   else f"documented filter of era {p.era.id}")
-            for f in sorted(features - views[p.name]):
-                drops.append(Drop(f, "evmcs-vmx-msrs", (p.name,), f"not in the filtered MSRs ({src})"))
-        for p in pool:
-            features &= views[p.name]
+        for i, g in enumerate(groups):
+            src = ("KVM_GET_EVMCS_VMX_MSRS" if g.profile.version.mm >= since.mm
+                   else f"documented filter of era {g.profile.era.id}")
+            for f in sorted(features - views[i]):
+                drops.append(Drop(f, "evmcs-vmx-msrs", names[i], f"not in the filtered MSRs ({src})"))
+        for view in views:
+            features &= view
         _close_under_qemu(features, drops, reg)
     if strategy == "vmx-msrs":
         ebx = all(f in features for f in PERF_FEATURES)
@@ -762,16 +778,17 @@ def negotiate(model: str | GuestModel, hosts: Sequence[str | HostProfile],
                          evmcs_version=(1, 1), pv_perf_global_ctrl=ebx, revision=revision, design=design)
     starts: list[StartResult] = []
     for _ in range(16):
-        starts = [start_guest(config, p) for p in pool]
-        failed = [s for s in starts if not s.ok]
+        starts = [start_guest(config, g.profile) for g in groups]
+        failed = [i for i, s in enumerate(starts) if not s.ok]
         if failed:
-            s = failed[0]
-            return _fail(neg, f"no safe answer: host {s.host}: {s.reason}")
+            s = starts[failed[0]]
+            return _fail(neg, f"no safe answer: host {s.host}{_same_profile(groups[failed[0]])}: {s.reason}")
         invisible: dict[str, list[Drop]] = {}
-        for p, s in zip(pool, starts):
+        for i, (g, s) in enumerate(zip(groups, starts, strict=True)):
             vis = visible_features(s.guest_msrs, reg)
             for f in sorted(features - vis):
-                invisible.setdefault(f, []).append(_invisible_cause(f, p, s.guest_msrs, config))
+                d = _invisible_cause(f, g.profile, s.guest_msrs, config)
+                invisible.setdefault(f, []).append(replace(d, hosts=names[i]))
         if not invisible:
             break
         for f, ds in invisible.items():
@@ -794,7 +811,7 @@ def negotiate(model: str | GuestModel, hosts: Sequence[str | HostProfile],
     lost = [f for f in sorted(gm.required) if f in gm.vmx and f not in features]
     if lost:
         causes = _merge_drops(d for d in drops if d.feature in lost)
-        why = "; ".join(f"{d.feature}: {d.cause}" + (f" on {', '.join(d.hosts)}" if d.hosts else "")
+        why = "; ".join(f"{d.feature}: {d.cause}" + (f" on {names_text(d.hosts)}" if d.hosts else "")
                         for d in causes)
         return _fail(neg, f"no safe answer: Hyper-V as L1 needs {', '.join(lost)} ({why})")
     ref = starts[0]
@@ -817,16 +834,14 @@ def negotiate(model: str | GuestModel, hosts: Sequence[str | HostProfile],
     return neg
 
 
-def negotiate_all(model: str | GuestModel,
-                  hosts: Sequence[str | HostProfile]) -> dict[str, Negotiation]:
-    """Every strategy over the same pool."""
+def negotiate_all(model: str | GuestModel, hosts: Hosts) -> dict[str, Negotiation]:
+    """Every strategy over the same pool (loaded once)."""
     gm = load_guest_model(model)
-    pool = load_hosts(hosts)
+    pool = load_pool(hosts)
     return {s: negotiate(gm, pool, s) for s in STRATEGIES}
 
 
-def negotiate_cpu_arg(model: str | GuestModel, hosts: Sequence[str | HostProfile],
-                      strategy: str = "pv-cpuid") -> str:
+def negotiate_cpu_arg(model: str | GuestModel, hosts: Hosts, strategy: str = "pv-cpuid") -> str:
     """The ``-cpu`` argument for a guest that must start on, and migrate among, ``hosts``.
 
     For the launch wrapper's ``--negotiate PROFILE...``.
@@ -848,7 +863,9 @@ __all__ = [
     "Drop",
     "GuestConfig",
     "GuestModel",
+    "Hosts",
     "Negotiation",
+    "PoolGroup",
     "StartResult",
     "compose_vmx_writes",
     "diff_views",
@@ -856,10 +873,13 @@ __all__ = [
     "evmcs_incapable_reason",
     "load_guest_model",
     "load_hosts",
+    "load_pool",
     "max_model",
+    "names_text",
     "negotiate",
     "negotiate_all",
     "negotiate_cpu_arg",
+    "pool_groups",
     "qemu_supported",
     "start_guest",
     "visible_features",

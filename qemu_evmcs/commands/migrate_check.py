@@ -24,7 +24,8 @@ def register(subparsers: Any) -> None:
     src.add_argument("--from-running", metavar="SOCKET",
                      help="QMP socket of a running simulated QEMU (x-evmcs-query-guest-vmx-msrs)")
     p.add_argument("--source-profile", metavar="PROFILE",
-                   help="with --from-running: the source host profile (for the guest configuration)")
+                   help="with --from-running: the source host profile (default: the one a simulated QEMU "
+                        "reports in x-evmcs-query-guest-vmx-msrs)")
     p.add_argument("--to", dest="dest", required=True, metavar="PROFILE", help="destination host profile")
     p.add_argument("--design", choices=DESIGNS, default="shipped",
                    help="how the guest was configured for the source (default: shipped = what Linux merged)")
@@ -40,17 +41,19 @@ def run(args: argparse.Namespace) -> int:
         source = load_hosts([args.source])[0]
         v = migrate_check(model, source, dest, args.design)
     else:
-        if not args.source_profile:
-            raise InputError("--from-running needs --source-profile PROFILE (the host it runs on)")
-        from ..migrate import query_running
-
-        source = load_hosts([args.source_profile])[0]
         from qemu.qmp import QMPError
 
+        from ..migrate import query_running_view
+
         try:
-            msrs = asyncio.run(query_running(args.from_running))
-        except (OSError, QMPError) as err:
-            raise LaunchError(f"QMP {args.from_running}: {err}") from None
+            msrs, running_profile = asyncio.run(query_running_view(args.from_running))
+        except (OSError, QMPError, asyncio.TimeoutError) as err:
+            raise LaunchError(f"QMP {args.from_running}: {err or 'no answer'}") from None
+        profile = args.source_profile or running_profile
+        if not profile:
+            raise InputError("--from-running: the QEMU does not say which host it runs on; "
+                             "give --source-profile PROFILE")
+        source = load_hosts([profile])[0]
         v = verdict_from_view(source_config(model, source, args.design), msrs, source.name, dest)
     if args.json:
         print_json(v.to_json())

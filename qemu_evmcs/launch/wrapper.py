@@ -11,6 +11,7 @@ emulator's.
 Command line::
 
     qemu-evmcs-launch [--emulator PATH] [--simulate PROFILE] [--host PROFILE]
+                      [--negotiate PROFILE... [--strategy S]]
                       [--check] [--report-json FILE [--force]] [--qmp-timeout SECONDS]
                       [--] QEMU-ARGS...
 
@@ -23,6 +24,13 @@ them (or everything after ``--``) is passed to the emulator verbatim.
   abort or silently lose requested vmx features (prediction by
   ``qemu_evmcs.simqemu.startup.predict``); needs ``--simulate`` or ``--host``.
 - ``--host PROFILE``: the host profile ``--check`` uses for a real emulator.
+- ``--negotiate PROFILE...``: the guest must start on, and live-migrate among, these hosts: the
+  ``-cpu MODEL`` argument (MODEL: a CPU model definition name or file, or ``max``) is replaced by
+  ``qemu_evmcs.negotiate.negotiate_cpu_arg(MODEL, PROFILES, STRATEGY)`` before anything starts. A pool
+  without a safe answer is refused with one ``error:`` line and exit 1. The profiles are every argument
+  up to the next one starting with ``-``.
+- ``--strategy pv-cpuid|revision|vmx-msrs``: the negotiation strategy (default ``pv-cpuid``, what
+  shipped); with ``--simulate`` the simulator runs the matching KVM ABI variant (``--variant``).
 - ``--report-json FILE``: also write the verification report as JSON (atomically: a temporary file
   in the same directory, then a rename). An existing FILE is refused before anything starts
   unless ``--force`` is given.
@@ -68,10 +76,11 @@ DEFAULT_QMP_TIMEOUT = 10.0
 
 USAGE = (
     f"usage: {PROG} [--emulator PATH] [--simulate PROFILE] [--host PROFILE] [--check]\n"
+    f"       {' ' * len(PROG)} [--negotiate PROFILE... [--strategy S]]\n"
     f"       {' ' * len(PROG)} [--report-json FILE [--force]] [--qmp-timeout SECONDS] [--] QEMU-ARGS...\n"
 )
 
-_VALUE_OPTS = ("--emulator", "--simulate", "--host", "--report-json", "--qmp-timeout")
+_VALUE_OPTS = ("--emulator", "--simulate", "--host", "--report-json", "--qmp-timeout", "--strategy")
 _FLAG_OPTS = ("--check", "--force", "--wrapper-help")
 
 #: Signals the wrapper forwards to the emulator before cleaning up (QEMU terminates on each of them).
@@ -90,6 +99,10 @@ class WrapperOptions:
     force: bool = False
     qmp_timeout: float = DEFAULT_QMP_TIMEOUT
     help: bool = False
+    negotiate: list[str] = field(default_factory=list)
+    strategy: str = "pv-cpuid"
+    #: Simulator KVM ABI variant (``--variant``) implied by ``--strategy``; ``None``: the default.
+    variant: str | None = None
     qemu_args: list[str] = field(default_factory=list)
 
 
@@ -109,6 +122,16 @@ def parse_wrapper_args(argv: Sequence[str]) -> WrapperOptions:
             i += 1
             break
         name, eq, inline = arg.partition("=")
+        if name == "--negotiate":
+            i += 1
+            values = [inline] if eq else []
+            while not eq and i < len(argv) and not argv[i].startswith("-"):
+                values.append(argv[i])
+                i += 1
+            if not values or not all(values):
+                raise InputError("--negotiate needs at least one host PROFILE")
+            opts.negotiate += values
+            continue
         if name in _FLAG_OPTS and not eq:
             if name == "--check":
                 opts.check = True
@@ -138,6 +161,8 @@ def parse_wrapper_args(argv: Sequence[str]) -> WrapperOptions:
             opts.host = value
         elif name == "--report-json":
             opts.report_json = value
+        elif name == "--strategy":
+            opts.strategy = value
         else:
             try:
                 opts.qmp_timeout = float(value)
@@ -148,7 +173,48 @@ def parse_wrapper_args(argv: Sequence[str]) -> WrapperOptions:
     opts.qemu_args = list(argv[i:])
     if opts.simulate is not None and opts.emulator is not None:
         raise InputError("--simulate and --emulator are mutually exclusive")
+    if opts.strategy != "pv-cpuid" or opts.negotiate:
+        from ..negotiate import STRATEGIES, STRATEGY_VARIANT
+
+        if opts.strategy not in STRATEGIES:
+            raise InputError(f"--strategy {opts.strategy!r}: unknown (known: {', '.join(STRATEGIES)})")
+        if not opts.negotiate:
+            raise InputError("--strategy needs --negotiate PROFILE...")
+        variant = STRATEGY_VARIANT[opts.strategy]
+        opts.variant = None if variant == "shipped" else variant
     return opts
+
+
+def _cpu_index(args: Sequence[str]) -> int | None:
+    """Index of the value of the last ``-cpu``/``--cpu`` option (QEMU: the last one wins)."""
+    found = None
+    for i, a in enumerate(args[:-1]):
+        if a in ("-cpu", "--cpu"):
+            found = i + 1
+    return found
+
+
+def apply_negotiation(opts: WrapperOptions) -> str:
+    """``--negotiate``: replace ``-cpu MODEL`` in the emulator arguments by the negotiated ``-cpu``.
+
+    :return: the new ``-cpu`` argument.
+    :raise InputError: no ``-cpu MODEL``, or an unknown model, profile or strategy.
+    :raise NegativeAnswer: the pool has no safe answer.
+    """
+    from ..negotiate import negotiate_cpu_arg
+
+    idx = _cpu_index(opts.qemu_args)
+    if idx is None:
+        raise InputError("--negotiate needs -cpu MODEL (a CPU model definition) among the emulator arguments")
+    model = opts.qemu_args[idx].split(",", 1)[0]
+    if not model:
+        raise InputError("--negotiate: -cpu needs a model definition name")
+    try:
+        cpu = negotiate_cpu_arg(model, opts.negotiate, opts.strategy)
+    except NegativeAnswer as err:
+        raise NegativeAnswer(f"--negotiate: {err.message}") from None
+    opts.qemu_args[idx] = cpu
+    return cpu
 
 
 def emulator_argv(opts: WrapperOptions) -> list[str]:
@@ -157,7 +223,8 @@ def emulator_argv(opts: WrapperOptions) -> list[str]:
     :raise InputError: the emulator cannot be found.
     """
     if opts.simulate is not None:
-        return [sys.executable, "-m", "qemu_evmcs.simqemu", "--host", opts.simulate, *opts.qemu_args]
+        variant = ["--variant", opts.variant] if opts.variant else []
+        return [sys.executable, "-m", "qemu_evmcs.simqemu", "--host", opts.simulate, *variant, *opts.qemu_args]
     prog = opts.emulator or os.environ.get(ENV_EMULATOR) or DEFAULT_EMULATOR
     path = shutil.which(prog)
     if path is None:
@@ -182,10 +249,13 @@ def run_check(opts: WrapperOptions) -> None:
         from ..simqemu.startup import predict  # type: ignore[import-not-found, unused-ignore]
     except ImportError as err:
         raise LaunchError(f"--check: the start-up predictor is not available ({err})", layer="qemu") from err
-    pred = predict(profile, list(opts.qemu_args))
+    variant = ["--variant", opts.variant] if opts.variant else []
+    pred = predict(profile, [*variant, *opts.qemu_args])
     ok = bool(getattr(pred, "ok", False))
     reason = str(getattr(pred, "reason", "") or "")
     lost = [str(x) for x in (getattr(pred, "lost", None) or [])]
+    if reason.startswith("error: "):
+        reason = reason[len("error: "):]  # QEMU's own "error: failed to set MSR ..." prefix: one "error:" is enough
     if not ok:
         raise NegativeAnswer(f"--check: {reason or 'the emulator would refuse this configuration'}", host=profile)
     if lost:
@@ -315,6 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if opts.help:
             sys.stdout.write(USAGE + (__doc__ or ""))
             return 0
+        if opts.negotiate:
+            apply_negotiation(opts)
         if opts.check:
             run_check(opts)
         run_argv = emulator_argv(opts)

@@ -59,16 +59,22 @@ import functools
 import importlib
 import os
 from dataclasses import dataclass
-from typing import (AbstractSet, Callable, Dict, FrozenSet, List, Mapping, Optional, Protocol, Sequence, Set, Tuple,
-                    runtime_checkable)
+from typing import (TYPE_CHECKING, AbstractSet, Callable, Dict, FrozenSet, List, Mapping, Optional, Protocol,
+                    Sequence, Set, Tuple, runtime_checkable)
 
 from ..msrval import word_bits
 from ..profile import HostProfile
+from ..qemu_compose import CTL_WRITES, compose_vmx_msrs, supported_msr_feature
+from ..qemu_compose import DEFAULT_EVMCS_VERSION as DEFAULT_EVMCS_VERSION  # re-exported
+from ..qemu_compose import make_vmx_msr_value as make_vmx_msr_value  # re-exported (QEMU's helper, one copy)
 from ..registry import MASK32, Registry, registry
 from ..simkvm import (HV_CPUID_ENLIGHTMENT_INFO, HV_CPUID_NESTED_FEATURES, HV_ENLIGHTENED_VMCS_RECOMMENDED,
                       HV_NESTED_DIRECT_FLUSH, HV_NESTED_EVMCS1_PERF_GLOBAL_CTRL, HV_NESTED_MSR_BITMAP,
                       KVM_CAP_SYS_HYPERV_CPUID, SimKvm)
 from .cmdline import PROG, CpuSpec, QemuError
+
+if TYPE_CHECKING:
+    from ..models import QemuSnapshot
 
 
 # --------------------------------------------------------------------------- constants (QEMU / TLFS)
@@ -77,10 +83,8 @@ from .cmdline import PROG, CpuSpec, QemuError
 VMX_WORDS: Tuple[str, ...] = ("procbased", "secondary", "pinbased", "exit", "entry", "misc", "ept_vpid", "basic",
                               "vmfunc")
 #: Words written through ``make_vmx_msr_value`` (control words with default1 bits).
-CTL_WORDS = ("procbased", "pinbased", "exit", "entry", "secondary")
+CTL_WORDS = tuple(word for _, word in CTL_WRITES)
 
-#: ``DEFAULT_EVMCS_VERSION`` of QEMU's kvm.c: min version 1 (low byte), max version 1 (high byte).
-DEFAULT_EVMCS_VERSION = (1 << 8) | 1
 #: ``hv-spinlocks`` default: never notify.
 HYPERV_SPINLOCK_NEVER_NOTIFY = 0xFFFFFFFF
 HV_CPUID_VENDOR_AND_MAX_FUNCTIONS = 0x40000000
@@ -89,17 +93,6 @@ HV_CPUID_IMPLEMENT_LIMITS = 0x40000005
 HV_HYPERCALL_AVAILABLE = 1 << 5            # 0x40000003.EAX
 HV_CPU_DYNAMIC_PARTITIONING_AVAILABLE = 1 << 3  # 0x40000003.EDX
 HV_APIC_ACCESS_RECOMMENDED = 1 << 3        # 0x40000004.EAX
-
-#: Architectural CR bits QEMU writes into CR0_FIXED0 / CR4_FIXED0.
-CR0_PE = 1 << 0
-CR0_NE = 1 << 5
-CR0_PG = 1 << 31
-CR4_VMXE = 1 << 13
-#: VMCS_ENUM values QEMU writes (highest VMCS field index: FRED, exit-secondary, TSC multiplier, preemption timer).
-VMCS_ENUM_FRED = 0x52
-VMCS_ENUM_EXIT_SECONDARY = 0x44
-VMCS_ENUM_TSC_SCALING = 0x32
-VMCS_ENUM_DEFAULT = 0x2E
 
 
 @dataclass(frozen=True)
@@ -186,6 +179,12 @@ HV_ALIASES = {"hv-apicv": "hv-avic"}
 #: The project's plug-in option (documented in ``--help`` and the module docstrings).
 PLUGIN_PERF_GLOBAL_CTRL = "hv-evmcs-perf-global-ctrl"
 
+#: Simulation of design (a) of the 2022 thread (v2 06/28 KVM_CAP_HYPERV_ENLIGHTENED_VMCS2, never merged; not a
+#: QEMU property): ``x-hv-evmcs-revision=N`` asks KVM for eVMCS revision N with KVM_ENABLE_CAP(VMCS2) when the
+#: simulated kernel has that capability (``--variant revision``, 6.1+); elsewhere revision 1 is the legacy
+#: KVM_CAP_HYPERV_ENLIGHTENED_VMCS and any higher revision is refused.
+EVMCS_REVISION_PROP = "x-hv-evmcs-revision"
+
 #: Other CPU properties accepted and recorded without effect on VMX/eVMCS (a representative subset).
 _OTHER_BOOL_PROPS = frozenset({
     "hv-enforce-cpuid", "x-hv-synic-kvm-only", "pmu", "x2apic", "hypervisor", "kvm", "tsc-deadline", "l3-cache",
@@ -258,14 +257,6 @@ def feature_word_description(word: str) -> str:
     return f"MSR({word_msr_index(word):02X}H)"
 
 
-def _field_mask(word: str, labels: Sequence[str], reg: Registry) -> int:
-    mask = 0
-    for f in reg.fields:
-        if f.word == word and f.vmxcap in labels:
-            mask |= ((1 << (f.hi - f.lo + 1)) - 1) << f.lo
-    return mask
-
-
 # --------------------------------------------------------------------------- model providers
 
 @runtime_checkable
@@ -312,14 +303,80 @@ def _load_env_provider() -> None:
     register_model_provider(obj)
 
 
+class SnapshotModelProvider:
+    """The default provider: QEMU 7.2's named models from the snapshot shipped with the package.
+
+    Backed by :mod:`qemu_evmcs.models` (``qemu_evmcs/data/qemu-models/7.2/``): every model, version and
+    alias (``Skylake-Server``, ``Skylake-Server-v5``). A model's features are its default ``vmx-*``
+    properties plus the modelled CPUID flags it sets; ``vmx`` itself is *not* set by any named model
+    (the snapshot's expansion asked for ``vmx=on``), so ``-cpu Skylake-Server-v5`` without ``vmx=on``
+    requests no VMX feature, as in QEMU. Consulted after every registered provider.
+    """
+
+    def __init__(self, version: Optional[str] = None) -> None:
+        self.version = version
+
+    def _snapshot(self) -> "QemuSnapshot":
+        from ..errors import InputError
+        from ..models import DEFAULT_QEMU_VERSION, load_snapshot
+
+        try:
+            return load_snapshot(self.version or DEFAULT_QEMU_VERSION)
+        except InputError as err:
+            raise QemuError(f"CPU model snapshot: {err}") from None
+
+    def features(self, name: str) -> Optional[AbstractSet[str]]:
+        """The model's ``vmx-*`` properties and modelled CPUID flags, ``None`` if the snapshot lacks it."""
+        snap = self._snapshot()
+        if not snap.has(name):
+            return None
+        model = snap.get(name)
+        return frozenset(model.vmx_props) | frozenset(f for f in model.features if f in CPUID_BY_NAME and f != "vmx")
+
+    def names(self) -> Sequence[str]:
+        """Every model name of the snapshot (sorted)."""
+        return self._snapshot().names()
+
+    def info(self, name: str) -> Optional[Mapping[str, object]]:
+        """``query-cpu-definitions`` details of a model: alias-of, deprecated, migration-safe, static."""
+        snap = self._snapshot()
+        if not snap.has(name):
+            return None
+        m = snap.get(name)
+        out: Dict[str, object] = {"deprecated": m.deprecated, "static": m.static,
+                                  "migration-safe": True if m.migration_safe is None else m.migration_safe}
+        if m.alias_of:
+            out["alias-of"] = m.alias_of
+        return out
+
+
+#: The default provider (last in line): the shipped QEMU 7.2 snapshot.
+DEFAULT_PROVIDER = SnapshotModelProvider()
+
+
+def _all_providers() -> List[ModelProvider]:
+    _load_env_provider()
+    return [*_providers, DEFAULT_PROVIDER]
+
+
+def model_info(name: str) -> Optional[Mapping[str, object]]:
+    """Details of a named model from the first provider that has an ``info(name)`` answer."""
+    for provider in _all_providers():
+        info = getattr(provider, "info", None)
+        if callable(info):
+            ans = info(name)
+            if ans is not None:
+                return dict(ans)
+    return None
+
+
 def load_model_features(name: str) -> FrozenSet[str]:
     """Feature names of a named (non built-in) CPU model, through the registered providers.
 
     :raise QemuError: ``unable to find CPU model 'X'`` when no provider knows it, or a provider returned
         a name the simulator does not model.
     """
-    _load_env_provider()
-    for provider in _providers:
+    for provider in _all_providers():
         feats = provider.features(name)
         if feats is not None:
             props = _qemu_props()
@@ -332,9 +389,8 @@ def load_model_features(name: str) -> FrozenSet[str]:
 
 def list_models() -> List[str]:
     """Built-in models plus every provider's models."""
-    _load_env_provider()
     out = list(BUILTIN_MODELS)
-    for provider in _providers:
+    for provider in _all_providers():
         out += [n for n in provider.names() if n not in out]
     return out
 
@@ -423,13 +479,7 @@ class KvmAccel(Accel):
 
     def supported_msr_feature(self, name: str) -> int:
         """``kvm_arch_get_supported_msr_feature``: control words as allowed1 & ~allowed0, others raw."""
-        reg = registry()
-        value = self.feature_msrs().get(name, 0)
-        if reg.msrs[name].layout == "ctl":
-            must_be_one = value & MASK32
-            can_be_one = value >> 32
-            return can_be_one & ~must_be_one & MASK32
-        return value
+        return supported_msr_feature(name, self.feature_msrs().get(name, 0))
 
     def supported_word(self, word: str, migratable: bool) -> int:
         msr = registry().words[word].qemu_msr
@@ -513,6 +563,8 @@ class X86Cpu:
         self.hv: Set[str] = set()
         self.hv_passthrough = False
         self.hv_spinlocks = HYPERV_SPINLOCK_NEVER_NOTIFY
+        #: ``x-hv-evmcs-revision=N`` (simulation of design (a), never in QEMU): ``None`` = not given.
+        self.evmcs_revision: Optional[int] = None
         self.check = True
         self.enforce = False
         self.migratable = True
@@ -601,6 +653,15 @@ class X86Cpu:
                 raise QemuError(f"can't apply global {self.typename}.{name}={value}: "
                                 f"Parameter '{name}' expects uint32_t") from None
             self.hv_spinlocks = n
+        elif name == EVMCS_REVISION_PROP:
+            try:
+                rev = int(value, 0)
+                if not 0 <= rev <= 0xFFFFFFFF:
+                    raise ValueError
+            except ValueError:
+                raise QemuError(f"can't apply global {self.typename}.{name}={value}: "
+                                f"Parameter '{name}' expects uint32_t") from None
+            self.evmcs_revision = rev
         elif name in ("check", "enforce", "migratable", "x-force-features"):
             on = _parse_bool_prop(self.typename, name, value)
             if name == "check":
@@ -815,6 +876,8 @@ class X86Cpu:
             out[feat.prop] = feat.prop in self.hv
         out["hv-passthrough"] = self.hv_passthrough
         out["hv-spinlocks"] = self.hv_spinlocks
+        if self.evmcs_revision is not None:
+            out[EVMCS_REVISION_PROP] = self.evmcs_revision
         out["check"] = self.check
         out["enforce"] = self.enforce
         out["migratable"] = self.migratable
@@ -858,64 +921,9 @@ class X86Cpu:
 
         :param host_msrs: KVM's feature MSRs (system fd); empty means nested is off and nothing is written.
         """
-        reg = registry()
-        basic_host = host_msrs.get("IA32_VMX_BASIC", 0)
-        if not basic_host:
+        if not host_msrs.get("IA32_VMX_BASIC", 0):
             return []
-        f = self.features
-        props = _qemu_props()
-        misc_host = host_msrs.get("IA32_VMX_MISC", 0)
-        ept_host = host_msrs.get("IA32_VMX_EPT_VPID_CAP", 0)
-        fixed_exit = 0
-        if self.cpuid["lm"]:
-            fixed_exit = reg.feature("vmx-exit-host-addr-space-size").mask << 32
-        fixed_basic = basic_host & _field_mask("basic", ("Revision", "VMCS size", "VMCS memory type"), reg)
-        fixed_misc = misc_host & _field_mask("misc", ("VMX-preemption timer scale (log2)",
-                                                      "MSR-load/store count recommendation"), reg)
-        ept_mask = 0
-        if f["secondary"] & props["vmx-ept"][1]:
-            ept_mask = reg.feature("vmx-ept-uc").mask | reg.feature("vmx-ept-wb").mask
-        fixed_ept = ept_host & ept_mask
-
-        def ctl(word: str) -> int:
-            return make_vmx_msr_value(reg.words[word].always_on, f[word])
-
-        out: List[Tuple[str, int]] = [
-            ("IA32_VMX_TRUE_PROCBASED_CTLS", ctl("procbased")),
-            ("IA32_VMX_TRUE_PINBASED_CTLS", ctl("pinbased")),
-            ("IA32_VMX_TRUE_EXIT_CTLS", ctl("exit") | fixed_exit),
-            ("IA32_VMX_TRUE_ENTRY_CTLS", ctl("entry")),
-            ("IA32_VMX_PROCBASED_CTLS2", ctl("secondary")),
-            ("IA32_VMX_EPT_VPID_CAP", f["ept_vpid"] | fixed_ept),
-            ("IA32_VMX_BASIC", f["basic"] | fixed_basic),
-            ("IA32_VMX_MISC", f["misc"] | fixed_misc),
-        ]
-        if "IA32_VMX_VMFUNC" in host_msrs:
-            out.append(("IA32_VMX_VMFUNC", f["vmfunc"]))
-        out.append(("IA32_VMX_CR0_FIXED0", CR0_PE | CR0_PG | CR0_NE))
-        out.append(("IA32_VMX_CR4_FIXED0", CR4_VMXE))
-        if f["entry"] & props["vmx-entry-load-fred"][1]:
-            enum = VMCS_ENUM_FRED
-        elif f["exit"] & props["vmx-exit-secondary-ctls"][1]:
-            enum = VMCS_ENUM_EXIT_SECONDARY
-        elif f["secondary"] & props["vmx-tsc-scaling"][1]:
-            enum = VMCS_ENUM_TSC_SCALING
-        else:
-            enum = VMCS_ENUM_DEFAULT
-        out.append(("IA32_VMX_VMCS_ENUM", enum))
-        return out
-
-
-def make_vmx_msr_value(default1: int, features: int) -> int:
-    """QEMU's ``make_vmx_msr_value``: must-be-one in bits 31:0, can-be-one in bits 63:32.
-
-    :param default1: the word's default1 class (the registry's ``always_on``).
-    :param features: the optional controls the CPU has.
-    """
-    can_be_one = (features | default1) & MASK32
-    can_be_zero = (features | ~default1) & MASK32
-    must_be_one = ~can_be_zero & MASK32
-    return must_be_one | (can_be_one << 32)
+        return compose_vmx_msrs(self.features, host_msrs, lm=self.cpuid["lm"])
 
 
 def guest_visible_features(msrs: Mapping[str, int]) -> Dict[str, int]:

@@ -25,7 +25,8 @@ Extension commands (prefix ``x-evmcs-``, not in QEMU)::
         -> {"msrs": {"IA32_VMX_BASIC": "0x00da040000000004", ...},   # as the L1 guest reads them (filtered)
             "evmcs": bool,            # eVMCS enabled on that vCPU (KVM_CAP_HYPERV_ENLIGHTENED_VMCS)
             "evmcs-active": bool,     # KVM's EVMCS_ACTIVE(vcpu) for this era (filter applies)
-            "era": "6.3+", "kernel": "6.3.0", "cpu-index": 0}
+            "era": "6.3+", "kernel": "6.3.0", "cpu-index": 0,
+            "host": "skylake-6.3", "profile": "/path/to/skylake-6.3.yaml"}   # the --host profile (file or null)
         msrs is {} when the guest has no VMX (vmx=off, nested off, AMD, TCG).
     x-evmcs-query-host-vmx-msrs [cpu-index]
         -> same shape, host-initiated reads (unfiltered, except that kernels <= 5.6
@@ -37,6 +38,15 @@ Extension commands (prefix ``x-evmcs-``, not in QEMU)::
            leaves is {} when Hyper-V is off.
     x-evmcs-query-kvm-log
         -> {"log": [{"seq": 0, "vcpu": null|int, "ioctl": "CHECK_EXTENSION", "arg": "...", "result": "..."}, ...]}
+    x-evmcs-query-migration-verdict
+        -> {"verdict": "fine"|"blocked"|"unsafe", "reason": str, "status": "completed"|"failed",
+            "lost": [feature or "MSR bit N", ...], "gained": [...], "source-msrs": {...}, "destination-msrs": {...}}
+           after an outgoing ``migrate`` finished: the classes of ``qemu-evmcs migrate-check``.
+
+Migration (simulated, see :mod:`.migration`): ``-incoming defer|unix:PATH|tcp:HOST:PORT`` (start in
+``inmigrate``), ``migrate-incoming {uri}`` (after ``-incoming defer``), ``migrate {uri}`` (UNIX or loopback
+TCP; events ``MIGRATION {status: setup|active|completed|failed}``; the source ends in ``postmigrate``) and
+``query-migrate``.
 """
 
 from __future__ import annotations
@@ -53,7 +63,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple, Union
 
 from .cmdline import PROG, QmpAddress, QemuError
-from .cpu import BUILTIN_MODELS, CPUID_BY_NAME, HV_BY_PROP, X86Cpu, list_models, vmx_prop_names
+from .cpu import BUILTIN_MODELS, CPUID_BY_NAME, HV_BY_PROP, X86Cpu, list_models, model_info, vmx_prop_names
+from .migration import (LOAD_FAILED, MAX_STATE, IncomingResult, apply_incoming, decode, encode, guest_msrs,
+                        parse_uri, vcpu_state, verdict)
 from .startup import Machine, VcpuState, read_vmx_msrs
 
 
@@ -227,6 +239,11 @@ class QmpServer:
     exit_code: Optional[int] = None
     _done: Optional[asyncio.Event] = None
     _tasks: Set["asyncio.Task[None]"] = field(default_factory=set)
+    #: Outgoing migration: status, error, guest-visible MSRs before/after (``migrate``).
+    migration: Optional[Dict[str, Any]] = None
+    _incoming: Optional[asyncio.base_events.Server] = None
+    _incoming_path: Optional[str] = None
+    _incoming_busy: bool = False
 
     def __post_init__(self) -> None:
         cfg = self.machine.config
@@ -256,6 +273,10 @@ class QmpServer:
             "x-evmcs-query-host-vmx-msrs": (self._x_host_msrs, {"cpu-index": "int"}, set()),
             "x-evmcs-query-hv-cpuid": (self._x_hv_cpuid, {"cpu-index": "int"}, set()),
             "x-evmcs-query-kvm-log": (self._x_kvm_log, {}, set()),
+            "migrate": (self._migrate, {"uri": "str"}, {"uri"}),
+            "migrate-incoming": (self._migrate_incoming, {"uri": "str"}, {"uri"}),
+            "query-migrate": (self._query_migrate, {}, set()),
+            "x-evmcs-query-migration-verdict": (self._x_migration_verdict, {}, set()),
         }
 
     # ------------------------------------------------------------------ life cycle
@@ -275,6 +296,9 @@ class QmpServer:
                     raise QemuError(f"-qmp tcp:{addr.host}:{addr.port},server=on: Failed to bind socket: "
                                     f"{err.strerror}") from None
                 self.listeners.append(_Listener(addr, srv))
+        incoming = self.machine.config.incoming
+        if incoming is not None and incoming != "defer":
+            await self._listen_incoming(incoming, f"-incoming {incoming}")
 
     async def _listen_unix(self, addr: QmpAddress) -> _Listener:
         path = addr.path
@@ -324,6 +348,7 @@ class QmpServer:
 
     async def close(self) -> None:
         """Stop listening, drop every client, remove the socket files this process created."""
+        self._close_incoming()
         for lst in self.listeners:
             lst.server.close()
         for conn in list(self.conns):
@@ -547,9 +572,12 @@ class QmpServer:
                     unavailable = cpu.unavailable_features()
                 except (QemuError, QmpCommandError):
                     unavailable = ["type"]
-            out.append({"name": name, "typename": f"{name}-x86_64-cpu", "static": name == "base",
-                        "migration-safe": name not in ("host", "max"), "unavailable-features": unavailable,
-                        "deprecated": False})
+            entry: Dict[str, object] = {"name": name, "typename": f"{name}-x86_64-cpu", "static": name == "base",
+                                        "migration-safe": name not in ("host", "max"),
+                                        "unavailable-features": unavailable, "deprecated": False}
+            if name not in BUILTIN_MODELS:
+                entry.update(model_info(name) or {})
+            out.append(entry)
         return out
 
     def _query_cpu_model_expansion(self, conn: Connection, args: Dict[str, Any]) -> object:
@@ -619,6 +647,164 @@ class QmpServer:
         del v
         return out
 
+    # ------------------------------------------------------------------ migration
+    async def _listen_incoming(self, uri: str, what: str) -> None:
+        """Listen for the source of an incoming migration (``-incoming URI`` / ``migrate-incoming``).
+
+        :raise QemuError: a bad URI or a socket that cannot be created.
+        """
+        kind, host, port = parse_uri(uri)
+        try:
+            if kind == "unix":
+                with contextlib.suppress(FileNotFoundError):
+                    if stat.S_ISSOCK(os.lstat(host).st_mode):
+                        os.unlink(host)
+                self._incoming = await asyncio.start_unix_server(self._incoming_conn, host, limit=MAX_STATE)
+                self._incoming_path = host
+            else:
+                self._incoming = await asyncio.start_server(self._incoming_conn, host, port, limit=MAX_STATE)
+        except OSError as err:
+            raise QemuError(f"{what}: Failed to bind socket: {err.strerror}") from None
+
+    def _close_incoming(self) -> None:
+        if self._incoming is not None:
+            self._incoming.close()
+            self._incoming = None
+        if self._incoming_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._incoming_path)
+            self._incoming_path = None
+
+    async def _incoming_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One source connection: read the vCPU state, apply it, answer, then run or exit 1."""
+        if self._incoming_busy or self.status != "inmigrate":
+            writer.close()
+            return
+        self._incoming_busy = True
+        self._close_incoming()
+        try:
+            try:
+                line = await asyncio.wait_for(reader.readline(), 30.0)
+                state = decode(line)
+            except (asyncio.TimeoutError, ValueError, ConnectionError, OSError) as err:
+                result = IncomingResult(False, [f"{PROG}: invalid migration stream: {err}", LOAD_FAILED])
+            else:
+                result = apply_incoming(self.machine, state)
+            if result.ok:
+                reply: Dict[str, object] = {"status": "completed",
+                                            "guest-vmx-msrs": {k: _hex64(v) for k, v in
+                                                               guest_msrs(self.machine).items()},
+                                            "host": self.machine.profile.name}
+            else:
+                reply = {"status": "failed", "error": result.error}
+            with contextlib.suppress(Exception):
+                writer.write(encode(reply))
+                await asyncio.wait_for(writer.drain(), 5.0)
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+        if not result.ok:
+            _stderr_lines(result.stderr)
+            self.exit_code = 1
+            if self._done is not None:
+                self._done.set()
+            return
+        if self.autostart:
+            self.status = "running"
+            self.broadcast("RESUME")
+        else:
+            self.status = "paused"
+
+    def _migrate_incoming(self, conn: Connection, args: Dict[str, Any]) -> object:
+        if self.machine.config.incoming is None:
+            raise QmpCommandError("'-incoming' was not specified on the command line")
+        if self.machine.config.incoming != "defer" or self._incoming is not None or self._incoming_busy:
+            raise QmpCommandError("The incoming migration has already been started")
+        task = asyncio.get_running_loop().create_task(self._listen_incoming_cmd(args["uri"]))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return {}
+
+    async def _listen_incoming_cmd(self, uri: str) -> None:
+        try:
+            await self._listen_incoming(uri, "migrate-incoming")
+        except QemuError as err:
+            _stderr_lines(err.lines())
+
+    def _migrate(self, conn: Connection, args: Dict[str, Any]) -> object:
+        if self.status in ("inmigrate", "postmigrate"):
+            raise QmpCommandError(f"Operation not allowed in state {self.status}")
+        if self.migration is not None and self.migration["status"] in ("setup", "active"):
+            raise QmpCommandError("There's a migration process in progress")
+        uri = args["uri"]
+        try:
+            target = parse_uri(uri)
+        except QemuError as err:
+            raise QmpCommandError(err.message) from None
+        self.migration = {"status": "setup", "error": "", "source-msrs": guest_msrs(self.machine),
+                          "destination-msrs": {}, "destination": ""}
+        task = asyncio.get_running_loop().create_task(self._run_migration(target))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return {}
+
+    def _migration_status(self, status: str, error: str = "") -> None:
+        assert self.migration is not None
+        self.migration["status"] = status
+        if error:
+            self.migration["error"] = error
+        self.broadcast("MIGRATION", {"status": status})
+
+    async def _run_migration(self, target: Tuple[str, str, int]) -> None:
+        kind, host, port = target
+        self.broadcast("MIGRATION", {"status": "setup"})
+        try:
+            if kind == "unix":
+                reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(host, limit=MAX_STATE), 10.0)
+            else:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=MAX_STATE), 10.0)
+        except (OSError, asyncio.TimeoutError) as err:
+            self._migration_status("failed", f"Failed to connect to the destination: {err}")
+            return
+        self._migration_status("active")
+        try:
+            writer.write(encode(vcpu_state(self.machine)))
+            await asyncio.wait_for(writer.drain(), 10.0)
+            line = await asyncio.wait_for(reader.readline(), 60.0)
+            reply = decode(line)
+        except (OSError, ValueError, asyncio.TimeoutError) as err:
+            self._migration_status("failed", f"the destination closed the migration stream ({err or 'EOF'})")
+            return
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+        if reply.get("status") != "completed":
+            self._migration_status("failed", str(reply.get("error") or "the destination refused the migration"))
+            return
+        assert self.migration is not None
+        self.migration["destination-msrs"] = parse_msrs(reply.get("guest-vmx-msrs") or {})
+        self.migration["destination"] = str(reply.get("host") or "")
+        if self.status == "running":
+            self.broadcast("STOP")
+        self.status = "postmigrate"
+        self._migration_status("completed")
+
+    def _query_migrate(self, conn: Connection, args: Dict[str, Any]) -> object:
+        if self.migration is None:
+            return {}
+        out: Dict[str, object] = {"status": self.migration["status"]}
+        if self.migration["status"] == "failed":
+            out["error-desc"] = self.migration["error"]
+        return out
+
+    def _x_migration_verdict(self, conn: Connection, args: Dict[str, Any]) -> object:
+        mig = self.migration
+        if mig is None or mig["status"] not in ("completed", "failed"):
+            raise QmpCommandError("no finished outgoing migration (run migrate first and wait for MIGRATION "
+                                  "completed or failed)")
+        return verdict(mig["status"], mig["error"], mig["source-msrs"], mig["destination-msrs"],
+                       mig["destination"])
+
     # ------------------------------------------------------------------ x-evmcs-*
     def _vcpu_by_index(self, args: Dict[str, Any]) -> VcpuState:
         idx = args.get("cpu-index", 0)
@@ -637,7 +823,8 @@ class QmpServer:
         return {"msrs": msrs, "evmcs": bool(kv and kv.evmcs_enabled),
                 "evmcs-active": bool(kv and kv.evmcs_active()),
                 "era": kvm.era.id if kvm is not None else "",
-                "kernel": self.machine.profile.kernel, "cpu-index": v.index}
+                "kernel": self.machine.profile.kernel, "cpu-index": v.index,
+                "host": self.machine.profile.name, "profile": self.machine.profile.source}
 
     def _x_guest_msrs(self, conn: Connection, args: Dict[str, Any]) -> object:
         return self._msr_reply(args, host_initiated=False)
@@ -653,6 +840,20 @@ class QmpServer:
 
     def _x_kvm_log(self, conn: Connection, args: Dict[str, Any]) -> object:
         return {"log": list(self.machine.log.entries)}
+
+
+def parse_msrs(raw: Mapping[str, Any]) -> Dict[str, int]:
+    """``{NAME: "0x..."}`` -> ``{NAME: int}``."""
+    return {str(k): int(v, 16) if isinstance(v, str) else int(v) for k, v in raw.items()}
+
+
+def _stderr_lines(lines: List[str]) -> None:
+    import sys
+
+    with contextlib.suppress(Exception):
+        for line in lines:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
 
 
 def register_signal_handlers(server: QmpServer) -> None:

@@ -32,9 +32,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from ..errors import KvmError
 from ..evmcs_filter import removals
 from ..profile import HostProfile, load_profile, resolve_profile_path
+from ..qemu_compose import evmcs_range_supported
 from ..registry import registry
-from ..simkvm import (HV_CPUID_ENLIGHTMENT_INFO, HV_CPUID_NESTED_FEATURES, HV_ENLIGHTENED_VMCS_RECOMMENDED,
-                      KVM_CAP_HYPERV_ENLIGHTENED_VMCS, HvCpuid, SimKvm, SimVcpu)
+from ..simkvm import (EVMCS_REVISION_LEGACY, HV_CPUID_ENLIGHTMENT_INFO, HV_CPUID_NESTED_FEATURES,
+                      HV_ENLIGHTENED_VMCS_RECOMMENDED, KVM_CAP_HYPERV_ENLIGHTENED_VMCS, HvCpuid, SimKvm, SimVcpu)
 from .cmdline import EXIT_ABORT, EXIT_ERROR, PROG, QemuError, SimConfig, parse_args, strip_program
 from .cpu import (DEFAULT_EVMCS_VERSION, VMX_WORDS, Accel, KvmAccel, KvmLog, X86Cpu, check_model,
                   feature_names, guest_visible_features)
@@ -154,13 +155,24 @@ def _kvm_init_vcpu(state: VcpuState, accel: KvmAccel, log: KvmLog) -> None:
         if hyperv and "hv-evmcs" in cpu.hv:
             # hyperv_init_vcpu()
             desc = "enlightened VMCS (hv-evmcs)"
+            rev = cpu.evmcs_revision
             try:
-                supported = vcpu.enable_evmcs()
+                if rev is not None and kvm.max_evmcs_revision():
+                    supported = vcpu.enable_evmcs2(rev)     # design (a), --variant revision
+                elif rev is not None and rev > EVMCS_REVISION_LEGACY:
+                    raise QemuError(f"eVMCS revision {rev} is not supported by kernel (no "
+                                    f"KVM_CAP_HYPERV_ENLIGHTENED_VMCS2: legacy revision 1 only)",
+                                    extra=[_init_failed(i, errno_mod.EINVAL)])
+                else:
+                    supported = vcpu.enable_evmcs()
             except KvmError as err:
+                if rev is not None and kvm.max_evmcs_revision():
+                    raise QemuError(f"eVMCS revision {rev} is not supported by kernel ({err.message})",
+                                    extra=[_init_failed(i, _errno_of(err))]) from None
                 raise QemuError(f"Hyper-V {desc} is not supported by kernel",
                                 extra=[_init_failed(i, _errno_of(err))]) from None
             want = DEFAULT_EVMCS_VERSION
-            if not ((want & 0xFF) >= (supported & 0xFF) and (want >> 8) <= (supported >> 8)):
+            if not evmcs_range_supported((want & 0xFF, want >> 8), supported):
                 raise QemuError(f"eVMCS version range [{want & 0xFF}..{want >> 8}] is not supported by kernel "
                                 f"(supported: [{supported & 0xFF}..{supported >> 8}])",
                                 extra=[_init_failed(i, errno_mod.ENOTSUP)])
