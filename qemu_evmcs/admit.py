@@ -13,16 +13,17 @@ names what admitting it would cost: the guest-visible features and hv-* flags th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .fleet import Fleet
 from .negotiate import (
     GuestModel,
+    Hosts,
     Negotiation,
     diff_views,
     load_guest_model,
-    load_hosts,
+    load_pool,
     max_model,
     negotiate,
     start_guest,
@@ -55,28 +56,38 @@ class Admission:
         }
 
 
-def admit(pool: Sequence[str | HostProfile], candidate: str | HostProfile,
+def admit(pool: Hosts, candidate: str | HostProfile | Fleet,
           model: str | GuestModel | None = None, strategy: str = "pv-cpuid") -> Admission:
     """Decide whether ``candidate`` may join ``pool`` (model default: every feature QEMU can set).
+
+    ``pool``: see :data:`~qemu_evmcs.negotiate.Hosts` (a fleet of any size: the pool is negotiated once per
+    distinct profile). ``candidate``: one host (a file's or inventory's first host).
 
     :raise NegativeAnswer: never; a pool without a safe answer is an ``InputError``-free refusal.
     """
     gm = load_guest_model(model) if model is not None else max_model()
-    hosts = load_hosts(pool)
-    cand = load_hosts([candidate])[0]
+    hosts = load_pool(pool)
+    cand_fleet = load_pool(candidate if isinstance(candidate, Fleet) else [candidate])
+    fp, names = next(iter(cand_fleet.members.items()))
+    cand = cand_fleet.distinct[fp]
+    if cand.name != names[0]:   # a host of another Fleet: its group's representative, renamed
+        cand = replace(cand, name=names[0])
+    joined = Fleet(distinct=dict(hosts.distinct), members={k: list(v) for k, v in hosts.members.items()},
+                   source=hosts.source)
+    joined.add(cand)
     base = negotiate(gm, hosts, strategy)
     if not base.ok or base.config is None:
         return Admission(cand.name, strategy, False, f"the pool itself has no safe answer: {base.error}", pool=base)
-    joined = negotiate(gm, hosts + [cand], strategy)
+    joined_neg = negotiate(gm, joined, strategy)
     order = [f.name for f in registry().features.values()]
-    res = Admission(cand.name, strategy, False, "", pool=base, with_candidate=joined)
-    if not joined.ok or joined.config is None:
-        res.reason = f"with {cand.name} the pool has no safe answer: {joined.error}"
+    res = Admission(cand.name, strategy, False, "", pool=base, with_candidate=joined_neg)
+    if not joined_neg.ok or joined_neg.config is None:
+        res.reason = f"with {cand.name} the pool has no safe answer: {joined_neg.error}"
         res.cost_features = [f for f in order if f in base.guest_features]
         return res
-    res.cost_features = [f for f in order if f in base.guest_features and f not in joined.guest_features]
-    res.cost_hyperv = sorted(set(base.config.hyperv) - set(joined.config.hyperv))
-    res.cost_pv_perf_global_ctrl = base.config.pv_perf_global_ctrl and not joined.config.pv_perf_global_ctrl
+    res.cost_features = [f for f in order if f in base.guest_features and f not in joined_neg.guest_features]
+    res.cost_hyperv = sorted(set(base.config.hyperv) - set(joined_neg.config.hyperv))
+    res.cost_pv_perf_global_ctrl = base.config.pv_perf_global_ctrl and not joined_neg.config.pv_perf_global_ctrl
     start = start_guest(base.config, cand)
     if start.ok and not diff_views(base.guest_msrs, start.guest_msrs):
         res.admit = True

@@ -5,7 +5,9 @@ For each design the source guest is configured as that design would configure it
 (:func:`~qemu_evmcs.migrate.check_migration`). Totals count allowed (``fine``), ``blocked`` and ``unsafe``
 host pairs per design; "wrong" cases are unsafe verdicts and blocks that were unnecessary (the destination
 could have shown identical VMX MSRs). Hosts with identical :meth:`~qemu_evmcs.profile.HostProfile.fingerprint`
-are simulated once and counted with their multiplicity.
+are simulated once and counted with their multiplicity: the work is proportional to the square of the number
+of *distinct* profiles, never to the number of hosts. A group is named after its first host; JSON lists each
+group's hosts once (``groups``) and rows refer to groups by name.
 """
 
 from __future__ import annotations
@@ -16,24 +18,58 @@ from typing import Any
 
 from .errors import NegativeAnswer
 from .migrate import DESIGNS, MigrationVerdict, check_migration, source_config
-from .negotiate import GuestConfig, GuestModel, evmcs_incapable_reason, load_guest_model, load_hosts, max_model
-from .profile import HostProfile
+from .negotiate import (
+    GuestConfig,
+    GuestModel,
+    Hosts,
+    evmcs_incapable_reason,
+    load_guest_model,
+    load_pool,
+    max_model,
+    names_text,
+    pool_groups,
+)
+from .progress import Progress
+
+
+@dataclass
+class DesignGroup:
+    """Hosts with one fingerprint, named after the first of them.
+
+    :ivar excluded: why no eVMCS guest can run there (``None``: it takes part in the comparison).
+    """
+
+    name: str
+    fingerprint: str
+    hosts: Sequence[str]
+    excluded: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data."""
+        return {"name": self.name, "fingerprint": self.fingerprint, "count": len(self.hosts),
+                "hosts": list(self.hosts), "excluded": self.excluded}
 
 
 @dataclass
 class PairResult:
-    """One (model, source group, destination group) row."""
+    """One (model, source group, destination group) row.
+
+    :ivar source: every host of the source group (``source_group``: the group's name).
+    """
 
     model: str
-    source: list[str]
-    destination: list[str]
+    source: Sequence[str]
+    destination: Sequence[str]
     weight: int
     verdicts: dict[str, MigrationVerdict | None] = field(default_factory=dict)
     source_fails: dict[str, str] = field(default_factory=dict)
+    source_group: str = ""
+    destination_group: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        """Plain data (verdict summaries, no MSR dumps)."""
-        out: dict[str, Any] = {"model": self.model, "source": self.source, "destination": self.destination,
+        """Plain data (verdict summaries, no MSR dumps); hosts are listed once per group, not per row."""
+        out: dict[str, Any] = {"model": self.model, "source": self.source_group or self.source[0],
+                               "destination": self.destination_group or self.destination[0],
                                "pairs": self.weight, "designs": {}}
         for d in DESIGNS:
             v = self.verdicts.get(d)
@@ -47,82 +83,95 @@ class PairResult:
 
 @dataclass
 class DesignComparison:
-    """All rows plus per-design totals."""
+    """All rows plus per-design totals (counted in ordered host pairs)."""
 
     rows: list[PairResult]
     excluded: list[str]
     totals: dict[str, dict[str, int]]
     wrong: dict[str, list[str]]
+    groups: list[DesignGroup] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """Plain data."""
         return {"designs": list(DESIGNS), "totals": self.totals, "wrong": self.wrong, "excluded": self.excluded,
-                "rows": [r.to_json() for r in self.rows]}
+                "groups": [g.to_json() for g in self.groups], "rows": [r.to_json() for r in self.rows]}
 
 
-def _groups(hosts: Sequence[HostProfile]) -> list[tuple[HostProfile, list[str]]]:
-    seen: dict[str, tuple[HostProfile, list[str]]] = {}
-    for h in hosts:
-        fp = h.fingerprint()
-        if fp in seen:
-            seen[fp][1].append(h.name)
-        else:
-            seen[fp] = (h, [h.name])
-    return list(seen.values())
+def _group_names(groups: Sequence[DesignGroup]) -> None:
+    """Make group names unique (two groups whose first hosts share a name: profile objects given twice)."""
+    used: set[str] = set()
+    for g in groups:
+        if g.name in used:
+            g.name = f"{g.name}#{g.fingerprint[:8]}"
+        used.add(g.name)
 
 
-def compare_designs(hosts: Sequence[str | HostProfile],
-                    models: Sequence[str | GuestModel] = ()) -> DesignComparison:
-    """Run every design over every ordered host pair (identical profiles once) and model."""
-    pool = load_hosts(hosts)
+def compare_designs(hosts: Hosts, models: Sequence[str | GuestModel] = (), *,
+                    progress: bool | None = None) -> DesignComparison:
+    """Run every design over every ordered host pair (identical profiles once) and model.
+
+    ``hosts``: see :data:`~qemu_evmcs.negotiate.Hosts`. ``progress``: a bar on stderr over the group pairs
+    (default: when stderr is a terminal).
+    """
+    fleet = load_pool(hosts, progress=progress)
     gms = [load_guest_model(m) for m in models] or [max_model()]
-    excluded = [f"{h.name}: {r}" for h in pool for r in [evmcs_incapable_reason(h)] if r]
-    capable = [h for h in pool if not evmcs_incapable_reason(h)]
-    groups = _groups(capable)
+    all_groups = [DesignGroup(g.profile.name, g.fingerprint, g.hosts, evmcs_incapable_reason(g.profile))
+                  for g in pool_groups(fleet)]
+    _group_names(all_groups)
+    reps = {g.fingerprint: g.profile for g in pool_groups(fleet)}
+    excluded = [f"{g.hosts[0]}" + (f" (+{len(g.hosts) - 1:,} with the same profile)" if len(g.hosts) > 1 else "")
+                + f": {g.excluded}" for g in all_groups if g.excluded]
+    groups = [g for g in all_groups if not g.excluded]
     totals = {d: {"fine": 0, "blocked": 0, "unsafe": 0, "source-fails": 0, "wrong": 0} for d in DESIGNS}
     wrong: dict[str, list[str]] = {d: [] for d in DESIGNS}
     rows: list[PairResult] = []
-    for gm in gms:
-        configs: dict[tuple[str, str], GuestConfig | str] = {}
-        for src, _ in groups:
-            for d in DESIGNS:
-                try:
-                    configs[(src.fingerprint(), d)] = source_config(gm, src, d)
-                except NegativeAnswer as err:
-                    configs[(src.fingerprint(), d)] = str(err)
-        for src, src_names in groups:
-            for dst, dst_names in groups:
-                weight = len(src_names) * len(dst_names)
-                if src is dst:
-                    weight = len(src_names) * (len(src_names) - 1)
-                    if weight == 0:
-                        continue
-                row = PairResult(gm.name, src_names, dst_names, weight)
+    with Progress(len(gms) * len(groups) ** 2, "comparing designs", enabled=progress) as bar:
+        for gm in gms:
+            configs: dict[tuple[str, str], GuestConfig | str] = {}
+            for g in groups:
                 for d in DESIGNS:
-                    cfg = configs[(src.fingerprint(), d)]
-                    if isinstance(cfg, str):
-                        row.verdicts[d], row.source_fails[d] = None, cfg
-                        totals[d]["source-fails"] += weight
-                        continue
                     try:
-                        v = check_migration(cfg, src, dst)
+                        configs[(g.fingerprint, d)] = source_config(gm, reps[g.fingerprint], d)
                     except NegativeAnswer as err:
-                        row.verdicts[d], row.source_fails[d] = None, str(err)
-                        totals[d]["source-fails"] += weight
-                        continue
-                    row.verdicts[d] = v
-                    totals[d][v.verdict] += weight
-                    if v.wrong:
-                        totals[d]["wrong"] += weight
-                        what = ("unsafe: " + ", ".join(sorted({c.label() for c in v.lost})) if v.verdict == "unsafe"
-                                else "blocked unnecessarily: " + v.reason.split("; ")[0])
-                        wrong[d].append(f"{gm.name}: {src.name} -> {dst.name}: {what}")
-                rows.append(row)
-    return DesignComparison(rows=rows, excluded=excluded, totals=totals, wrong=wrong)
+                        configs[(g.fingerprint, d)] = str(err)
+            for sg in groups:
+                src = reps[sg.fingerprint]
+                for dg in groups:
+                    bar.update()
+                    dst = reps[dg.fingerprint]
+                    weight = len(sg.hosts) * len(dg.hosts)
+                    if sg is dg:
+                        weight = len(sg.hosts) * (len(sg.hosts) - 1)
+                        if weight == 0:
+                            continue
+                    row = PairResult(gm.name, sg.hosts, dg.hosts, weight, source_group=sg.name,
+                                     destination_group=dg.name)
+                    for d in DESIGNS:
+                        cfg = configs[(sg.fingerprint, d)]
+                        if isinstance(cfg, str):
+                            row.verdicts[d], row.source_fails[d] = None, cfg
+                            totals[d]["source-fails"] += weight
+                            continue
+                        try:
+                            v = check_migration(cfg, src, dst)
+                        except NegativeAnswer as err:
+                            row.verdicts[d], row.source_fails[d] = None, str(err)
+                            totals[d]["source-fails"] += weight
+                            continue
+                        row.verdicts[d] = v
+                        totals[d][v.verdict] += weight
+                        if v.wrong:
+                            totals[d]["wrong"] += weight
+                            what = ("unsafe: " + ", ".join(sorted({c.label() for c in v.lost}))
+                                    if v.verdict == "unsafe" else "blocked unnecessarily: " + v.reason.split("; ")[0])
+                            wrong[d].append(f"{gm.name}: {sg.name} -> {dg.name}: {what}")
+                    rows.append(row)
+    return DesignComparison(rows=rows, excluded=excluded, totals=totals, wrong=wrong, groups=all_groups)
 
 
 def comparison_text(cmp: DesignComparison) -> str:
-    """Human report: totals table, then the wrong cases per design."""
+    """Human report: totals table (host pairs), then the wrong cases per design (group pairs, a group named
+    after its first host), then the groups of more than one host."""
     lines = [f"{'design':<10} {'allowed':>8} {'blocked':>8} {'unsafe':>7} {'no-start':>9} {'wrong':>6}"]
     for d in DESIGNS:
         t = cmp.totals[d]
@@ -136,4 +185,8 @@ def comparison_text(cmp: DesignComparison) -> str:
             lines.append(f"{d}: no wrong verdicts")
     for e in cmp.excluded:
         lines.append(f"excluded (no eVMCS): {e}")
+    multi = [g for g in cmp.groups if len(g.hosts) > 1]
+    if multi:
+        lines.append(f"{len(cmp.groups)} distinct host profiles; groups of more than one host:")
+        lines += [f"  {g.name}: {len(g.hosts):,} hosts ({names_text(g.hosts, 3)})" for g in multi]
     return "\n".join(lines) + "\n"

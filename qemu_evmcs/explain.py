@@ -245,9 +245,23 @@ def _check_answerable(profile: HostProfile, kvm: SimKvm, evmcs: bool) -> None:
         raise NegativeAnswer(why, file=profile.source or profile.name, host=profile.name, layer=LAYER_KVM)
 
 
-def _removed_bits(era: Era, msr: Msr, host: int, guest: int, emulated: bool,
-                  named: Mapping[tuple[str, int], Feature], reg: Registry) -> tuple[RemovedBit, ...]:
-    """Attribute every bit of ``host`` missing from ``guest`` (allowed-1 half for control MSRs)."""
+def removed_bits(era: Era, msr: Msr, host: int, guest: int, emulated: bool,
+                 named: Mapping[tuple[str, int], Feature] | None = None,
+                 reg: Registry | None = None, *, perf_gate_open: bool = False) -> tuple[RemovedBit, ...]:
+    """Attribute every bit of ``host`` missing from ``guest`` (allowed-1 half for control MSRs) to a layer.
+
+    The one attribution of a hidden bit, shared by :func:`explain_host` and
+    :func:`qemu_evmcs.resolve.compute_host_views`: :data:`LAYER_NOT_EMULATED` when the guest cannot read the
+    MSR at all, :data:`LAYER_PERF` when the era's filter would keep the bit with the guest's CPUID
+    0x4000000A.EBX bit 0 set (and that bit is clear: ``perf_gate_open`` false), else :data:`LAYER_FILTER`.
+    Which bits are missing is the simulation's answer (``guest``), never recomputed here.
+
+    :param named: ``{(word, bit): feature}`` (built from the registry when omitted).
+    :param perf_gate_open: the guest's CPUID 0x4000000A.EBX bit 0 is set, so the gate hides nothing.
+    """
+    reg = reg or registry()
+    if named is None:
+        named = {(f.word, f.bit): f for f in reg.features.values()}
     if msr.word is None:
         return ()
     shift = 32 if msr.layout == "ctl" else 0
@@ -259,7 +273,7 @@ def _removed_bits(era: Era, msr: Msr, host: int, guest: int, emulated: bool,
         if gone >> bit & 1:
             if not emulated:
                 layer = LAYER_NOT_EMULATED
-            elif with_perf >> bit & 1:
+            elif with_perf >> bit & 1 and not perf_gate_open:
                 layer = LAYER_PERF
             else:
                 layer = LAYER_FILTER
@@ -348,7 +362,8 @@ def explain_host(profile: HostProfile, *, evmcs: bool = True, pv_perf_global_ctr
         emulated = name in guest
         gval = guest.get(name, 0)
         views[name] = MsrView(name=name, index=msr.index, host=host, guest=gval, emulated=emulated,
-                              removed=_removed_bits(era, msr, host, gval, emulated, named, reg))
+                              removed=removed_bits(era, msr, host, gval, emulated, named, reg,
+                                                   perf_gate_open=pv_perf_global_ctrl))
 
     features = tuple(_explain_feature(f, profile, guest, views, era, filtering, pv_perf_global_ctrl, reg)
                      for f in reg.features.values())

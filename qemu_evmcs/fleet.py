@@ -569,6 +569,108 @@ def load_fleet(source: PathLike | Sequence[PathLike], *, progress: bool | None =
     return loader.fleet
 
 
+def _merge(into: Fleet, other: Fleet, names: dict[str, str], source: str) -> None:
+    """Add ``other``'s hosts to ``into``; a host name already loaded from another source is an error."""
+    for fp, hosts in other.members.items():
+        for n in hosts:
+            if n in names:
+                raise InputError(f"duplicate host name {n!r} (also in {names[n]})", file=source, key="name")
+            names[n] = source
+        into.distinct.setdefault(fp, other.distinct[fp])
+        into.members.setdefault(fp, []).extend(hosts)
+    into.pools.update(other.pools)
+
+
+def load_hosts_fleet(items: Fleet | Sequence[Any], *, progress: bool | None = None) -> Fleet:
+    """Hosts given the way commands take them, as one :class:`Fleet` (each distinct profile parsed once).
+
+    :param items: a :class:`Fleet` (returned as is), or a list of: profile files (multi-document files of any
+        size), directories, SQLite inventories written by ``fleet import``, names of bundled sample profiles
+        (``skylake-6.3``), and :class:`HostProfile` objects (or hosts of a :class:`Fleet`), in any mix.
+        The same path given twice is read once. Host names must be unique across the files and inventories;
+        profile objects are taken as they are.
+    :param progress: loading progress bar on stderr; default: when stderr is a terminal.
+    :raise InputError: a missing path, bad input, a duplicate host name, or no host at all.
+    """
+    if isinstance(items, Fleet):
+        return items
+    from .profile import resolve_profile_path
+
+    out = Fleet()
+    names: dict[str, str] = {}        # host name -> where it was loaded from (files and inventories only)
+    run: list[str] = []
+    seen: set[str] = set()
+    sources: list[str] = []
+
+    def flush() -> None:
+        if run:
+            _merge(out, load_fleet(run, progress=progress), names, ", ".join(run))
+            run.clear()
+
+    for item in items:
+        if isinstance(item, (str, os.PathLike)):
+            raw = os.fspath(item)
+            path = resolve_profile_path(raw)
+            if not os.path.exists(path):
+                raise InputError(f"no such host profile {raw!r} (neither a file nor a bundled profile name)")
+            key = os.path.realpath(path)
+            if key in seen:
+                continue
+            seen.add(key)
+            sources.append(path)
+            if is_database(path):
+                flush()
+                with FleetDb(path) as db:
+                    _merge(out, db.load_fleet(), names, path)
+            else:
+                run.append(path)
+        elif isinstance(item, Fleet):
+            flush()
+            sources.append(item.source)
+            _merge(out, item, names, item.source or "a fleet")
+        else:
+            flush()
+            prof = cast(HostProfile, item)
+            rep = cast(HostProfile, getattr(item, "_rep", item))   # a host of a Fleet: its representative
+            fp = prof.fingerprint()
+            out.distinct.setdefault(fp, rep)
+            out.members.setdefault(fp, []).append(prof.name)
+    flush()
+    if not out.members:
+        raise InputError("no host profiles given")
+    out.source = ", ".join(s for s in sources if s)
+    return out
+
+
+class FleetHosts(Sequence[HostProfile]):
+    """Every host of a :class:`Fleet` as a read-only sequence, built on demand (no per-host copies).
+
+    Items are the light per-host views of :meth:`Fleet.iter_hosts`, grouped by fingerprint.
+    """
+
+    __slots__ = ("_fleet",)
+
+    def __init__(self, fleet: Fleet) -> None:
+        self._fleet = fleet
+
+    def __len__(self) -> int:
+        return self._fleet.host_count
+
+    def __iter__(self) -> Iterator[HostProfile]:
+        return self._fleet.iter_hosts()
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return list(self)[index]
+        i = index if index >= 0 else len(self) + index
+        if i >= 0:
+            for fp, hosts in self._fleet.members.items():
+                if i < len(hosts):
+                    return cast(HostProfile, _FleetHost(hosts[i], fp, self._fleet.distinct[fp]))
+                i -= len(hosts)
+        raise IndexError("host index out of range")
+
+
 def _listing(path: str) -> list[str]:
     """Profile files under ``path`` the way :func:`iter_profiles` walks it (``*.yaml``/``*.yml``, sorted)."""
     out: list[str] = []

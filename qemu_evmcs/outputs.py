@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .msrval import hex64
-from .negotiate import PERF_OPTION, STRATEGIES, Negotiation, qemu_property_features
+from .negotiate import PERF_OPTION, STRATEGIES, Negotiation, names_text, qemu_property_features
 from .registry import Registry, registry
 
 #: hv-* flag -> libvirt <hyperv> child (None: not a <hyperv> child; see _LIBVIRT_ELSEWHERE).
@@ -160,8 +160,8 @@ def negotiation_json(neg: Negotiation) -> dict[str, Any]:
         "ok": neg.ok,
         "strategy": neg.strategy,
         "model": neg.model.name,
-        "hosts": [{"name": h.name, "kernel": h.kernel, "era": h.era.id, "fingerprint": h.fingerprint()}
-                  for h in neg.hosts],
+        "hosts": [{"name": n, "kernel": g.profile.kernel, "era": era, "fingerprint": g.fingerprint}
+                  for g, era in ((g, g.profile.era.id) for g in neg.host_groups()) for n in g.hosts],
     }
     if not neg.ok or neg.config is None:
         out["error"] = neg.error
@@ -190,8 +190,15 @@ def negotiation_json(neg: Negotiation) -> dict[str, Any]:
 
 def negotiation_text(neg: Negotiation) -> str:
     """A short human report."""
-    lines = [f"strategy {neg.strategy}: model {neg.model.name} on {len(neg.hosts)} host(s): "
-             + ", ".join(f"{h.name} ({h.kernel}, era {h.era.id})" for h in neg.hosts)]
+    groups = neg.host_groups()
+    head = f"strategy {neg.strategy}: model {neg.model.name} on {len(neg.hosts)} host(s)"
+    if all(len(g.hosts) == 1 for g in groups):
+        lines = [f"{head}: " + ", ".join(f"{g.hosts[0]} ({g.profile.kernel}, era {g.profile.era.id})"
+                                         for g in groups)]
+    else:   # a fleet: one line per distinct host profile, not per host
+        lines = [f"{head}, {len(groups)} distinct profile(s):"]
+        lines += [f"  {names_text(g.hosts, 3)}: {g.profile.kernel}, era {g.profile.era.id} ({len(g.hosts):,} "
+                  f"host{'s' if len(g.hosts) != 1 else ''})" for g in groups]
     if not neg.ok or neg.config is None:
         lines.append(f"  NO SAFE ANSWER: {neg.error}")
         return "\n".join(lines) + "\n"
@@ -206,7 +213,7 @@ def negotiation_text(neg: Negotiation) -> str:
     for cause, feats in causes.items():
         lines.append(f"  off ({cause}): {', '.join(dict.fromkeys(feats))}")
     for d in neg.hv_dropped:
-        lines.append(f"  {d.feature} dropped: unsupported on {', '.join(d.hosts)}")
+        lines.append(f"  {d.feature} dropped: unsupported on {names_text(d.hosts)}")
     for note in neg.notes:
         lines.append(f"  note: {note}")
     for lack in qemu_lacks(neg):
@@ -240,7 +247,7 @@ def compare_strategies(results: Mapping[str, Negotiation]) -> dict[str, dict[str
                 wrong.append("TSC scaling stays hidden: the PV CPUID bit covers PERF_GLOBAL_CTRL only")
             if n.config.pv_perf_global_ctrl:
                 wrong.append(f"needs {PERF_OPTION}=on, which real QEMU lacks")
-            if s == "vmx-msrs" and any(h.version.mm < (6, 1) for h in n.hosts):
+            if s == "vmx-msrs" and any(g.profile.version.mm < (6, 1) for g in n.host_groups()):
                 wrong.append("relies on documented filters for pre-6.1 kernels (era boundaries partly unverified)")
         else:
             wrong.append(n.error)

@@ -13,10 +13,10 @@ feature off), ``cpu`` (the profile's raw ``cpu_msrs`` lack it), ``kvm`` (KVM
 does not report it, or eVMCS cannot be enabled at all), ``evmcs-filter``
 (with the era) or ``perf-cpuid-gate``.
 
-Scale: hosts are streamed (:func:`qemu_evmcs.profile.iter_profiles`), and the
-simulation runs once per distinct :meth:`HostProfile.fingerprint`
-(:func:`compute_host_views`); per host only the name is kept. Output is sorted,
-so host order never changes the result.
+Scale: hosts come as a :class:`~qemu_evmcs.fleet.Fleet` (:func:`load_host_args`: files of any size,
+directories, SQLite inventories) or are streamed, and the simulation runs once per distinct
+:meth:`HostProfile.fingerprint` (:func:`compute_host_views`); per host only the name is kept. Output is
+sorted, so host order never changes the result.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InputError, KvmError
-from .evmcs_filter import removals
+from .explain import removed_bits
 from .models import EffectiveModel, ModelDef, QemuSnapshot, effective_model
 from .msrval import feature_set, word_source_msr
-from .profile import HostProfile, iter_profiles, resolve_profile_path
+from .fleet import Fleet, load_hosts_fleet
+from .profile import HostProfile
 from .registry import MASK32, MASK64, registry
 from .simkvm import SimKvm, guest_view
 
@@ -102,12 +103,13 @@ def compute_host_views(profile: HostProfile, *, pv_perf_global_ctrl: bool = Fals
             missing[name] = ("kvm", f"KVM {profile.kernel} does not report it")
     reason = _evmcs_check(profile, kvm, evmcs_version)
     guest: frozenset[str] = frozenset()
+    guest_msrs: Mapping[str, int] = {}
     hidden: dict[str, tuple[str, str]] = {}
     era = profile.era
     if reason is None:
         try:
-            guest = feature_set(guest_view(profile, evmcs=True, pv_perf_global_ctrl=pv_perf_global_ctrl,
-                                           variant=variant), reg)
+            guest_msrs = guest_view(profile, evmcs=True, pv_perf_global_ctrl=pv_perf_global_ctrl, variant=variant)
+            guest = feature_set(guest_msrs, reg)
         except KvmError as err:  # pragma: no cover - _evmcs_check mirrors enable_evmcs
             reason = str(err)
     if reason is not None:
@@ -115,15 +117,17 @@ def compute_host_views(profile: HostProfile, *, pv_perf_global_ctrl: bool = Fals
         for name in kvm_set:
             hidden[name] = ("kvm", reason)
     else:
+        # The layer of each hidden bit: the same attribution as ``explain`` (explain.removed_bits).
         causes: dict[str, str] = {}
+        named = {(f.word, f.bit): f for f in reg.features.values()}
         for word in reg.words:
             src = word_source_msr(word, reported, reg)
             if src is None:
                 continue
-            for rm in removals(era, src, reported[src], perf_global_ctrl=pv_perf_global_ctrl, reg=reg):
-                for feat in reg.word_features(rm.word):
-                    if feat.bit == rm.bit:
-                        causes[feat.name] = rm.cause
+            for rb in removed_bits(era, reg.msrs[src], reported[src], guest_msrs.get(src, 0), src in guest_msrs,
+                                   named, reg, perf_gate_open=pv_perf_global_ctrl):
+                if rb.feature is not None:
+                    causes[rb.feature] = rb.layer
         for name in kvm_set - guest:
             cause = causes.get(name, "evmcs-filter")
             if cause == "perf-cpuid-gate":
@@ -235,10 +239,10 @@ def _pv_setting(model: ModelDef | None, override: str | None) -> str:
     return model.pv_perf_global_ctrl if model is not None else "auto"
 
 
-def baseline(hosts: Iterable[HostProfile], model: ModelDef | EffectiveModel | None = None, *,
+def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveModel | None = None, *,
              pv_perf_global_ctrl: str | None = None, variant: str = "shipped",
              snapshot: QemuSnapshot | None = None) -> BaselineResult:
-    """The baseline of ``hosts`` (streamed) for ``model``, or the pool's own common set without a model.
+    """The baseline of ``hosts`` (a fleet, or streamed) for ``model``, or the pool's own common set without a model.
 
     :param model: a definition (resolved against ``snapshot``) or an already resolved model.
     :param pv_perf_global_ctrl: overrides the model's setting (``auto``/``on``/``off``).
@@ -258,14 +262,23 @@ def baseline(hosts: Iterable[HostProfile], model: ModelDef | EffectiveModel | No
     views: dict[str, HostViews] = {}
     names: dict[str, list[str]] = {}
     count = 0
-    for profile in hosts:
-        count += 1
-        fp = profile.fingerprint()
-        if fp not in views:
-            views[fp] = compute_host_views(profile, pv_perf_global_ctrl=pv_bit, variant=variant,
-                                           evmcs_version=version)
-            names[fp] = []
-        names[fp].append(profile.name)
+    if isinstance(hosts, Fleet):
+        for fp, members in hosts.members.items():
+            if fp not in views:
+                views[fp] = compute_host_views(hosts.distinct[fp], pv_perf_global_ctrl=pv_bit, variant=variant,
+                                               evmcs_version=version)
+                names[fp] = []
+            names[fp].extend(members)
+            count += len(members)
+    else:
+        for profile in hosts:
+            count += 1
+            fp = profile.fingerprint()
+            if fp not in views:
+                views[fp] = compute_host_views(profile, pv_perf_global_ctrl=pv_bit, variant=variant,
+                                               evmcs_version=version)
+                names[fp] = []
+            names[fp].append(profile.name)
     if count == 0:
         raise InputError("baseline needs at least one host profile")
 
@@ -325,10 +338,16 @@ def baseline(hosts: Iterable[HostProfile], model: ModelDef | EffectiveModel | No
     )
 
 
+def load_host_args(args: Sequence[str], *, progress: bool | None = None) -> Fleet:
+    """Hosts from command-line arguments -- files (multi-document, any size), directories, SQLite inventories
+    (``fleet import``) or bundled profile names -- grouped by fingerprint (see
+    :func:`qemu_evmcs.fleet.load_hosts_fleet`); ``progress``: a loading bar on stderr when it is a terminal."""
+    return load_hosts_fleet(args, progress=progress)
+
+
 def iter_host_args(args: Sequence[str]) -> Iterable[HostProfile]:
-    """Host profiles from command-line arguments: files, directories or bundled profile names (streamed)."""
-    for arg in args:
-        yield from iter_profiles([resolve_profile_path(arg)])
+    """Every host of :func:`load_host_args` as a profile (light per-host views of each distinct profile)."""
+    return load_host_args(args).iter_hosts()
 
 
 # =========================================================================== synthetic hosts

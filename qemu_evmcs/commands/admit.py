@@ -15,7 +15,8 @@ from ..negotiate import STRATEGIES
 def register(subparsers: Any) -> None:
     """Add the ``admit`` parser."""
     p = subparsers.add_parser("admit", help="can a host join a pool without shrinking what eVMCS guests see?")
-    p.add_argument("--pool", nargs="+", required=True, metavar="PROFILE")
+    p.add_argument("--pool", nargs="+", required=True, metavar="PROFILE",
+                   help="the pool's hosts: files (multi-document, any size), dirs, SQLite inventories, bundled names")
     p.add_argument("--candidate", required=True, metavar="PROFILE")
     p.add_argument("--model", default=None, help="CPU model definition (default: every feature QEMU can set)")
     p.add_argument("--strategy", choices=STRATEGIES, default="pv-cpuid")

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from ..models import load_model
-from ..resolve import BaselineResult, Loss, baseline, iter_host_args
+from ..resolve import BaselineResult, Loss, baseline, load_host_args
 from .validate import snapshot_from_args
 
 
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the command; returns 0 (the baseline is an answer, not a check)."""
     snap = snapshot_from_args(args)
     model = load_model(args.model) if args.model else None
-    result = baseline(iter_host_args(args.hosts), model, pv_perf_global_ctrl=args.pv_perf_global_ctrl,
+    result = baseline(load_host_args(args.hosts), model, pv_perf_global_ctrl=args.pv_perf_global_ctrl,
                       snapshot=snap)
     if args.json:
         sys.stdout.write(json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
@@ -75,7 +75,9 @@ def register(subparsers: Any) -> None:
         "baseline", help="VMX features a model (or a pool) gets on every host, unfiltered and eVMCS-filtered",
         description="The feature set a guest gets identically on all HOSTs, as QEMU/libvirt see it and as the L1 "
                     "Hyper-V guest sees it through the eVMCS filter, with the layer that removes each lost feature. "
-                    "HOSTs are profile files, directories or bundled profile names; thousands are fine.")
+                    "HOSTs are profile files (multi-document, any size), directories, SQLite inventories from "
+                    "`fleet import` or bundled profile names; 100,000 hosts are fine (each distinct profile is "
+                    "computed once).")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--model", metavar="NAME", help="a model definition name (cpu_models/NAME.yaml) or file")
     who.add_argument("--pool", action="store_true", help="no model: the largest VMX set common to all hosts")

@@ -14,7 +14,8 @@ from ..jsonout import print_json
 def register(subparsers: Any) -> None:
     """Add the ``compare-designs`` parser."""
     p = subparsers.add_parser("compare-designs", help="migration verdicts per design for every host pair")
-    p.add_argument("--hosts", nargs="+", required=True, metavar="PROFILE|DIR")
+    p.add_argument("--hosts", nargs="+", required=True, metavar="PROFILE|DIR",
+                   help="files (multi-document, any size), dirs, SQLite inventories, bundled names")
     p.add_argument("--model", nargs="+", default=[], metavar="NAME", help="model definitions (default: max)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)

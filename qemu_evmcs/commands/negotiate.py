@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import EXIT_NEGATIVE, EXIT_OK
 from ..jsonout import print_json
-from ..negotiate import STRATEGIES, load_guest_model, load_hosts, negotiate
+from ..negotiate import STRATEGIES, load_guest_model, load_pool, negotiate
 from ..outputs import compare_strategies, cpu_string, libvirt_xml, negotiation_json, negotiation_text
 
 
@@ -18,7 +18,8 @@ def register(subparsers: Any) -> None:
                               description="Decide the eVMCS request, CPUID 0x4000000A.EBX bit 0 and the vmx-*/hv-* "
                                           "flags that give a guest identical VMX MSRs on every host.")
     p.add_argument("--model", required=True, help="CPU model definition (name or file), or 'max'")
-    p.add_argument("--hosts", nargs="+", required=True, metavar="PROFILE", help="host profiles (files, dirs, names)")
+    p.add_argument("--hosts", nargs="+", required=True, metavar="PROFILE",
+                   help="host profiles: files (multi-document, any size), dirs, SQLite inventories, bundled names")
     p.add_argument("--strategy", choices=[*STRATEGIES, "all"], default="pv-cpuid")
     p.add_argument("--json", action="store_true", help="same as --format json")
     p.add_argument("--format", choices=("text", "cpu", "libvirt", "json"), default="text")
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the command; exit 1 with one ``error:`` line when there is no safe answer."""
     fmt = "json" if args.json else args.format
     model = load_guest_model(args.model)
-    hosts = load_hosts(args.hosts)
+    hosts = load_pool(args.hosts)   # one Fleet: each distinct profile parsed and simulated once
     if args.strategy == "all":
         results = {s: negotiate(model, hosts, s) for s in STRATEGIES}
         ok = any(n.ok for n in results.values())
