@@ -54,6 +54,7 @@ from .simkvm import (
     HV_NESTED_DIRECT_FLUSH,
     HV_NESTED_EVMCS1_PERF_GLOBAL_CTRL,
     HV_NESTED_MSR_BITMAP,
+    KVM_CAP_SYS_HYPERV_CPUID,
     KVM_CAP_HYPERV_ENLIGHTENED_VMCS,
     HvCpuid,
     SimKvm,
@@ -380,8 +381,14 @@ def evmcs_incapable_reason(profile: HostProfile) -> str | None:
     if not kvm.has_evmcs_hook():
         return f"host {profile.name}: {kvm.no_evmcs_reason()}"
     if not profile.nested or kvm.evmcs_version() == 0:
+        # QEMU asks the system fd for Hyper-V features when the kernel has KVM_CAP_SYS_HYPERV_CPUID (5.11+):
+        # there eVMCS is simply absent. Older kernels report the cap, then version 0 fails QEMU's range check.
+        if kvm.check_extension(KVM_CAP_SYS_HYPERV_CPUID):
+            qemu_text = "Hyper-V enlightened VMCS (hv-evmcs) is not supported by kernel"
+        else:
+            qemu_text = "eVMCS version range [1..1] is not supported by kernel (supported: [0..0])"
         return (f"host {profile.name}: kvm_intel.nested=0 (KVM reports eVMCS version 0 and no VMX MSRs; "
-                f"QEMU fails 'eVMCS version range [1..1] is not supported by kernel')")
+                f"QEMU fails '{qemu_text}')")
     return None
 
 
