@@ -40,6 +40,8 @@ class Admission:
     strategy: str
     admit: bool
     reason: str
+    #: Why the candidate is refused, without the cost (``reason`` is ``refuse X: <why>; admitting it would cost``).
+    why: str = ""
     cost_features: list[str] = field(default_factory=list)
     cost_hyperv: list[str] = field(default_factory=list)
     cost_pv_perf_global_ctrl: bool = False
@@ -77,12 +79,13 @@ def admit(pool: Hosts, candidate: str | HostProfile | Fleet,
     joined.add(cand)
     base = negotiate(gm, hosts, strategy)
     if not base.ok or base.config is None:
-        return Admission(cand.name, strategy, False, f"the pool itself has no safe answer: {base.error}", pool=base)
+        why = f"the pool itself has no safe answer: {base.error}"
+        return Admission(cand.name, strategy, False, why, why=why, pool=base)
     joined_neg = negotiate(gm, joined, strategy)
     order = [f.name for f in registry().features.values()]
     res = Admission(cand.name, strategy, False, "", pool=base, with_candidate=joined_neg)
     if not joined_neg.ok or joined_neg.config is None:
-        res.reason = f"with {cand.name} the pool has no safe answer: {joined_neg.error}"
+        res.why = res.reason = f"with {cand.name} the pool has no safe answer: {joined_neg.error}"
         res.cost_features = [f for f in order if f in base.guest_features]
         return res
     res.cost_features = [f for f in order if f in base.guest_features and f not in joined_neg.guest_features]
@@ -96,7 +99,13 @@ def admit(pool: Hosts, candidate: str | HostProfile | Fleet,
                          if set(base.config.vmx) - set(_supported(cand)) == set() and
                          set(gm.vmx) - set(_supported(cand)) else ""))
         return res
-    why = start.reason if not start.ok else "guest-visible VMX MSRs would differ"
+    if start.ok:
+        changes = list(dict.fromkeys(f"{c.label()} {c.change}"
+                                     for c in diff_views(base.guest_msrs, start.guest_msrs)))
+        why = "guest-visible VMX MSRs would differ: " + ", ".join(changes[:12]) + (
+            f" and {len(changes) - 12} more" if len(changes) > 12 else "")
+    else:
+        why = start.reason
     costs = []
     if res.cost_features:
         costs.append("guest loses " + ", ".join(res.cost_features))
@@ -104,6 +113,7 @@ def admit(pool: Hosts, candidate: str | HostProfile | Fleet,
         costs.append("hv flags lost: " + ", ".join(res.cost_hyperv))
     if res.cost_pv_perf_global_ctrl:
         costs.append("CPUID 0x4000000A.EBX bit 0 must be cleared")
+    res.why = why
     res.reason = f"refuse {cand.name}: {why}" + ("; admitting it would cost: " + "; ".join(costs) if costs else "")
     return res
 

@@ -2,7 +2,7 @@
 
 Two kinds of data, kept apart the way libvirt's ``cpu_map`` keeps them:
 
-- **QEMU snapshot** -- ``qemu-models/<ver>/<Model>.json`` plus ``index.json``,
+- **QEMU snapshot** -- ``cpu_models/qemu/<ver>/<Model>.json`` plus ``index.json``,
   written by ``scripts/sync-qemu-models`` from ``query-cpu-definitions`` and a
   static ``query-cpu-model-expansion`` with ``vmx=on``. It records what each
   named model (every version and alias) turns on, including its default vmx-*
@@ -11,18 +11,16 @@ Two kinds of data, kept apart the way libvirt's ``cpu_map`` keeps them:
   feature NAMES switched ``on``/``off`` (the registry owns the bits), the hv-*
   set, the wanted eVMCS range and ``history`` markers.
 
-Where the files are found (decided here, documented once):
+Where the files are found (decided here, documented once): everything ships **inside the package**,
+once, under ``qemu_evmcs/data/cpu_models/`` -- the source checkout's ``cpu_models/`` is a symbolic link
+to that directory, so there is one copy of every file and an installed package (``pip install .``,
+not editable) needs neither QEMU nor the source tree:
 
-- The snapshot is shipped **inside the package** as
-  ``qemu_evmcs/data/qemu-models/<ver>/`` (a byte-identical copy of
-  ``cpu_models/qemu/<ver>/``, both written by the sync script; a test checks
-  they match), so an installed package needs neither QEMU nor the source tree.
-  Search order: ``$QEMU_EVMCS_QEMU_MODELS`` (a directory holding ``<ver>/``),
-  the package copy, then ``cpu_models/qemu/`` of the source checkout.
-  The first-release table for models missing from a snapshot is
-  ``qemu-models/model-releases.yaml`` (package only).
-- Model definitions are looked up by name in ``$QEMU_EVMCS_CPU_MODELS`` and
-  then ``cpu_models/`` of the source checkout; anywhere else pass the file path.
+- ``cpu_models/<Name>.yaml`` -- the model definitions. A name (``Skylake-Server-evmcs``) is looked up
+  in ``$QEMU_EVMCS_CPU_MODELS`` first, then in the package; anywhere else pass the file path.
+- ``cpu_models/qemu/<ver>/`` -- the QEMU snapshot (``scripts/sync-qemu-models`` writes it there).
+  Search order: ``$QEMU_EVMCS_QEMU_MODELS`` (a directory holding ``<ver>/``), then the package.
+- ``cpu_models/qemu/model-releases.yaml`` -- the first-release table for models a snapshot lacks.
 
 Feature names in definitions may be this project's canonical names, QEMU
 property names (including QEMU's two misspelt ``vmx-invept-*`` names) or
@@ -205,12 +203,12 @@ class QemuSnapshot:
         return name in self.all_features
 
 
-def _package_qemu_models() -> str:
-    return str(resources.files("qemu_evmcs").joinpath("data", "qemu-models"))
+def package_models_dir() -> str:
+    """``qemu_evmcs/data/cpu_models``: the shipped definitions, with the QEMU snapshot under ``qemu/``.
 
-
-def _checkout_root() -> str:
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    The one copy of these files; the checkout's ``cpu_models/`` is a symbolic link to it.
+    """
+    return str(resources.files("qemu_evmcs").joinpath("data", "cpu_models"))
 
 
 def qemu_models_dirs() -> list[str]:
@@ -219,8 +217,7 @@ def qemu_models_dirs() -> list[str]:
     env = os.environ.get("QEMU_EVMCS_QEMU_MODELS")
     if env:
         dirs.append(env)
-    dirs.append(_package_qemu_models())
-    dirs.append(os.path.join(_checkout_root(), "cpu_models", "qemu"))
+    dirs.append(os.path.join(package_models_dir(), "qemu"))
     return dirs
 
 
@@ -270,7 +267,8 @@ def load_model_features(name: str, snapshot: QemuSnapshot | None = None) -> froz
 @functools.lru_cache(maxsize=1)
 def model_releases() -> Mapping[str, Mapping[str, Any]]:
     """``model-releases.yaml``: first QEMU release of models absent from the snapshot."""
-    text = resources.files("qemu_evmcs").joinpath("data", "qemu-models", "model-releases.yaml").read_text("utf-8")
+    text = resources.files("qemu_evmcs").joinpath("data", "cpu_models", "qemu", "model-releases.yaml").read_text(
+        "utf-8")
     data = yaml.safe_load(text) or {}
     return dict(data.get("models") or {})
 
@@ -329,7 +327,7 @@ KeyPath = tuple[str, ...]
 
 @dataclass(frozen=True)
 class ModelDef:
-    """One eVMCS-ready model definition (``cpu_models/<Name>.yaml``), structurally valid.
+    """One eVMCS-ready model definition (``cpu_models/<Name>.yaml``, see :func:`model_dirs`), structurally valid.
 
     ``features`` and ``hyperv`` keep the names as written (in file order), values as bools.
     """
@@ -537,7 +535,7 @@ def model_dirs() -> list[str]:
     env = os.environ.get("QEMU_EVMCS_CPU_MODELS")
     if env:
         dirs.append(env)
-    dirs.append(os.path.join(_checkout_root(), "cpu_models"))
+    dirs.append(package_models_dir())
     return dirs
 
 

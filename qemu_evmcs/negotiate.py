@@ -597,6 +597,34 @@ def names_text(names: Sequence[str], limit: int = 10) -> str:
     return ", ".join(names[:limit]) + f" and {len(names) - limit:,} more"
 
 
+def kernel_series(profile: HostProfile) -> str:
+    """``major.minor`` of a host's kernel: the part its fingerprint includes.
+
+    Every host of a fingerprint group shares it; their full release strings may differ (``6.1.55`` and
+    ``6.1.90-generic`` are one group), and only the group's first host's string is kept.
+    """
+    return f"{profile.version.major}.{profile.version.minor}"
+
+
+def group_kernel_text(profile: HostProfile, count: int) -> str:
+    """The kernel of a group for humans: the full string for one host, else the series and the first host's."""
+    if count <= 1:
+        return profile.kernel
+    return f"kernel {kernel_series(profile)}.x (first host: {profile.kernel})"
+
+
+def unique_group_names(groups: Sequence[tuple[str, str]]) -> list[str]:
+    """A unique name per ``(first host, fingerprint)`` group: the first host's name, or ``name#fingerprint[:8]``
+    when two groups' first hosts share a name (profile objects given twice)."""
+    used: set[str] = set()
+    out: list[str] = []
+    for first, fp in groups:
+        name = first if first not in used else f"{first}#{fp[:8]}"
+        used.add(name)
+        out.append(name)
+    return out
+
+
 def _same_profile(group: PoolGroup) -> str:
     """Suffix for a message that names a group by its first host."""
     n = len(group.hosts) - 1
@@ -644,13 +672,15 @@ def _invisible_cause(feature: str, profile: HostProfile, guest: Mapping[str, int
 
 
 def _merge_drops(drops: Iterable[Drop]) -> list[Drop]:
-    """One entry per (feature, cause), hosts merged (first appearance first, once each), in registry order."""
+    """One entry per (feature, cause, detail), hosts merged (first appearance first, once each), in registry
+    order. The detail is part of the key: "filtered by the eVMCS filter of kernel era 5.7-5.14" must not end up
+    naming a 6.3 host too."""
     reg = registry()
     order = {n: i for i, n in enumerate(reg.features)}
-    first: dict[tuple[str, str], Drop] = {}
-    parts: dict[tuple[str, str], list[tuple[str, ...]]] = {}
+    first: dict[tuple[str, str, str], Drop] = {}
+    parts: dict[tuple[str, str, str], list[tuple[str, ...]]] = {}
     for d in drops:
-        key = (d.feature, d.cause)
+        key = (d.feature, d.cause, d.detail)
         if key in first:
             parts[key].append(d.hosts)
         else:
@@ -764,8 +794,9 @@ def _negotiate_groups(gm: GuestModel, groups: list[PoolGroup], strategy: str,
         revision = min(revs)
         if revision < EVMCS_REVISION_2022 and any(r >= EVMCS_REVISION_2022 for r in revs):
             legacy = hosts_of(i for i, r in enumerate(revs) if r < EVMCS_REVISION_2022)
-            neg.notes.append(f"revision 1 (legacy) forced by {names_text(legacy)}: strict as proposed, a revision "
-                             f"a host lacks is refused even where the hardware lacks the new controls anyway")
+            neg.notes.append(f"revision 1 (legacy) forced by {names_text(legacy)}: no KVM_CAP_HYPERV_ENLIGHTENED_VMCS2 "
+                             f"there, and the design is strict (a revision a host lacks is refused whatever the "
+                             f"hardware has)")
     elif strategy == "vmx-msrs":
         views = [visible_features(documented_evmcs_view(g.profile), reg) for g in groups]
         since = era_table().facts.variant_get_evmcs_vmx_msrs_since
@@ -878,6 +909,8 @@ __all__ = [
     "diff_views",
     "documented_evmcs_view",
     "evmcs_incapable_reason",
+    "group_kernel_text",
+    "kernel_series",
     "load_guest_model",
     "load_hosts",
     "load_pool",
@@ -889,5 +922,6 @@ __all__ = [
     "pool_groups",
     "qemu_supported",
     "start_guest",
+    "unique_group_names",
     "visible_features",
 ]

@@ -4,20 +4,35 @@
   vmx-* properties are written as changes against the QEMU base model's defaults when the snapshot knows the
   base (``prop=on`` / ``-prop``), otherwise every property explicitly. ``enforce=on`` makes a host that lacks
   a negotiated feature refuse to start (a blocked migration) instead of silently dropping it.
-- libvirt: ``<cpu mode='custom' match='exact'>`` with ``<feature policy='require|disable'/>`` under the
-  registry's libvirt names, and ``<features><hyperv mode='custom'>``. Options libvirt cannot express are
-  written as XML comments.
+- libvirt: ``<cpu mode='custom' match='exact'>`` (``mode='maximum'`` for QEMU's ``max``) with
+  ``<feature policy='require|disable'/>`` under the registry's libvirt names -- a bit libvirt has no name for
+  is never written under its QEMU name but listed in a leading XML comment, like every option libvirt cannot
+  express -- and ``<features><hyperv mode='custom'>``.
 """
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .msrval import hex64
-from .negotiate import PERF_OPTION, STRATEGIES, Negotiation, names_text, qemu_property_features
+from .kernel import era_table
+from .negotiate import (
+    PERF_OPTION,
+    STRATEGIES,
+    Drop,
+    Negotiation,
+    PoolGroup,
+    group_kernel_text,
+    kernel_series,
+    names_text,
+    qemu_property_features,
+    qemu_supported,
+    unique_group_names,
+)
 from .registry import Registry, registry
+from .simkvm import EVMCS_REVISION_2022, EVMCS_REVISION_LEGACY, SimKvm
 
 #: hv-* flag -> libvirt <hyperv> child (None: not a <hyperv> child; see _LIBVIRT_ELSEWHERE).
 LIBVIRT_HV: Mapping[str, str] = {
@@ -105,11 +120,16 @@ def libvirt_xml(neg: Negotiation, reg: Registry | None = None) -> str:
     reg = reg or registry()
     assert neg.ok and neg.config is not None
     cfg = neg.config
-    cpu = ET.Element("cpu", {"mode": "custom", "match": "exact"})
-    model = ET.SubElement(cpu, "model", {"fallback": "forbid"})
-    model.text = cfg.base
-    ET.SubElement(cpu, "feature", {"policy": "require", "name": "vmx"})
     unexpressible: list[str] = []
+    if cfg.base == "max":
+        # QEMU's "max" is no libvirt CPU model: libvirt spells it <cpu mode='maximum'> (-cpu max), where
+        # <feature> elements adjust it the same way.
+        cpu = ET.Element("cpu", {"mode": "maximum", "migratable": "on"})
+    else:
+        cpu = ET.Element("cpu", {"mode": "custom", "match": "exact"})
+        model = ET.SubElement(cpu, "model", {"fallback": "forbid"})
+        model.text = cfg.base
+    ET.SubElement(cpu, "feature", {"policy": "require", "name": "vmx"})
     for prop, on in qemu_vmx_props(neg, reg):
         for bit in reg.qemu_bits(prop):
             if bit.libvirt is None:
@@ -153,16 +173,63 @@ def libvirt_xml(neg: Negotiation, reg: Registry | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
-def negotiation_json(neg: Negotiation) -> dict[str, Any]:
-    """Plain data for ``--json`` (key order documented: ok, strategy, model, hosts, then the answer)."""
+def group_refs(hosts: Sequence[str], groups: Sequence[PoolGroup], names: Sequence[str]) -> list[str]:
+    """The names of the groups whose hosts, concatenated, are ``hosts`` (how drops name hosts: whole groups)."""
+    by_first: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        if g.hosts:
+            by_first.setdefault(g.hosts[0], []).append(i)
+    out: list[str] = []
+    pos = 0
+    while pos < len(hosts):
+        for i in by_first.get(hosts[pos], []):
+            n = len(groups[i].hosts)
+            # Drops are built from whole groups: first and last host identify the run (no O(hosts) compare).
+            if pos + n <= len(hosts) and hosts[pos + n - 1] == groups[i].hosts[-1]:
+                out.append(names[i])
+                pos += n
+                break
+        else:   # not a whole group (a hand-made Drop): name the host itself
+            out.append(hosts[pos])
+            pos += 1
+    return out
+
+
+def pool_group_json(name: str, g: PoolGroup) -> dict[str, Any]:
+    """One fingerprint group, its hosts listed once (``kernel_series`` is every host's; ``first_host_kernel``
+    is the full release of the first host only: the others' may differ after major.minor)."""
+    return {"name": name, "fingerprint": g.fingerprint, "count": len(g.hosts), "hosts": list(g.hosts),
+            "kernel_series": kernel_series(g.profile), "first_host_kernel": g.profile.kernel,
+            "era": g.profile.era.id}
+
+
+def pool_groups_json(neg: Negotiation) -> dict[str, Any]:
+    """``{"hosts": N, "groups": [...]}``: every host once, by fingerprint group (see :func:`pool_group_json`)."""
+    groups = neg.host_groups()
+    gnames = unique_group_names([(g.hosts[0] if g.hosts else "", g.fingerprint) for g in groups])
+    return {"hosts": sum(len(g.hosts) for g in groups),
+            "groups": [pool_group_json(n, g) for n, g in zip(gnames, groups, strict=True)]}
+
+
+def negotiation_json(neg: Negotiation, *, with_groups: bool = True) -> dict[str, Any]:
+    """Plain data for ``--json`` (key order documented: ok, strategy, model, hosts, groups, then the answer).
+
+    Hosts are listed once, in ``groups`` (one per distinct profile, named after its first host); ``dropped``
+    and ``hv_dropped`` refer to groups by name (``groups``) and say how many hosts that is (``count``), so the
+    output grows with the number of hosts only once, not once per dropped feature. ``with_groups=False``
+    leaves ``hosts`` and ``groups`` out (``negotiate --strategy all`` lists them once for every strategy).
+    """
     reg = registry()
-    out: dict[str, Any] = {
-        "ok": neg.ok,
-        "strategy": neg.strategy,
-        "model": neg.model.name,
-        "hosts": [{"name": n, "kernel": g.profile.kernel, "era": era, "fingerprint": g.fingerprint}
-                  for g, era in ((g, g.profile.era.id) for g in neg.host_groups()) for n in g.hosts],
-    }
+    groups = neg.host_groups()
+    gnames = unique_group_names([(g.hosts[0] if g.hosts else "", g.fingerprint) for g in groups])
+
+    def drop_json(d: Drop) -> dict[str, Any]:
+        return {"feature": d.feature, "cause": d.cause, "detail": d.detail,
+                "groups": group_refs(d.hosts, groups, gnames), "count": len(d.hosts)}
+
+    out: dict[str, Any] = {"ok": neg.ok, "strategy": neg.strategy, "model": neg.model.name}
+    if with_groups:
+        out.update(pool_groups_json(neg))
     if not neg.ok or neg.config is None:
         out["error"] = neg.error
         out["notes"] = list(neg.notes)
@@ -180,16 +247,17 @@ def negotiation_json(neg: Negotiation) -> dict[str, Any]:
         "cpu": cpu_string(neg),
         "qemu_lacks": qemu_lacks(neg),
         "libvirt": libvirt_xml(neg),
-        "dropped": [d.to_json() for d in neg.drops],
-        "hv_dropped": [d.to_json() for d in neg.hv_dropped],
+        "dropped": [drop_json(d) for d in neg.drops],
+        "hv_dropped": [drop_json(d) for d in neg.hv_dropped],
         "guest_visible_msrs": {n: hex64(neg.guest_msrs[n]) for n in reg.msr_names() if n in neg.guest_msrs},
         "notes": list(neg.notes),
     })
     return out
 
 
-def negotiation_text(neg: Negotiation) -> str:
-    """A short human report."""
+def negotiation_text(neg: Negotiation, *, reason_on_stderr: bool = False) -> str:
+    """A short human report. ``reason_on_stderr``: the command prints a failure's reason as its one ``error:``
+    line, so the report says only that there is no safe answer (the reason is not printed twice)."""
     groups = neg.host_groups()
     head = f"strategy {neg.strategy}: model {neg.model.name} on {len(neg.hosts)} host(s)"
     if all(len(g.hosts) == 1 for g in groups):
@@ -197,10 +265,11 @@ def negotiation_text(neg: Negotiation) -> str:
                                          for g in groups)]
     else:   # a fleet: one line per distinct host profile, not per host
         lines = [f"{head}, {len(groups)} distinct profile(s):"]
-        lines += [f"  {names_text(g.hosts, 3)}: {g.profile.kernel}, era {g.profile.era.id} ({len(g.hosts):,} "
-                  f"host{'s' if len(g.hosts) != 1 else ''})" for g in groups]
+        lines += [f"  {names_text(g.hosts, 3)}: {group_kernel_text(g.profile, len(g.hosts))}, era "
+                  f"{g.profile.era.id} ({len(g.hosts):,} host{'s' if len(g.hosts) != 1 else ''})" for g in groups]
     if not neg.ok or neg.config is None:
-        lines.append(f"  NO SAFE ANSWER: {neg.error}")
+        lines.append("  NO SAFE ANSWER (the reason is the error: line)" if reason_on_stderr
+                     else f"  NO SAFE ANSWER: {neg.error}")
         return "\n".join(lines) + "\n"
     cfg = neg.config
     lines.append(f"  eVMCS version [{cfg.evmcs_version[0]}..{cfg.evmcs_version[1]}]"
@@ -222,9 +291,66 @@ def negotiation_text(neg: Negotiation) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _revision_forced(n: Negotiation) -> tuple[list[str], list[str]]:
+    """What forcing revision 1 costs a ``revision`` negotiation: ``(wrong, notes)``, each precise about why a
+    revision-2 control is missing -- the model switches it off, a host's hardware lacks it, the pre-6.1 hosts
+    hide it anyway, or revision 1 hides it on hosts whose hardware has it."""
+    assert n.config is not None
+    groups = n.host_groups()
+    revs = [SimKvm(g.profile, variant="revision").max_evmcs_revision() or EVMCS_REVISION_LEGACY for g in groups]
+    legacy = [h for g, r in zip(groups, revs, strict=True) if r < EVMCS_REVISION_2022 for h in g.hosts]
+    new = [g for g, r in zip(groups, revs, strict=True) if r >= EVMCS_REVISION_2022]
+    if n.config.revision != EVMCS_REVISION_LEGACY or not legacy or not new:
+        return [], []
+    legacy_set = set(legacy)
+    order = [f.name for f in registry().features.values()]
+    rev2 = [f for f in order if f in era_table().revision2_exposes]
+    excluded = [f for f in rev2 if f not in n.model.vmx]
+    lacking: dict[str, list[str]] = {}
+    for f in rev2:
+        if f in n.model.vmx:
+            hosts = [h for g in new if f not in qemu_supported(g.profile) for h in g.hosts]
+            if hosts:
+                lacking[f] = hosts
+    hidden: dict[str, list[str]] = {}
+    hidden_on_legacy: set[str] = set()
+    for d in n.drops:
+        if d.feature not in rev2:
+            continue
+        if d.cause == "revision-1":
+            hidden.setdefault(d.feature, []).extend(d.hosts)
+        elif legacy_set.intersection(d.hosts):
+            hidden_on_legacy.add(d.feature)
+    head = f"revision 1 forced by pre-6.1 host(s) {names_text(legacy, 3)} (no KVM_CAP_HYPERV_ENLIGHTENED_VMCS2; strict)"
+    wrong: list[str] = []
+    free: list[str] = []
+    costly = [f for f in hidden if f not in hidden_on_legacy]
+    anyway = [f for f in hidden if f in hidden_on_legacy]
+    if costly:
+        where = names_text(list(dict.fromkeys(h for f in costly for h in hidden[f])), 3)
+        it = "it" if len(costly) == 1 else "them"
+        wrong.append(f"{head} hides {', '.join(costly)} on {where}, whose hardware has {it}, although the pre-6.1 "
+                     f"hosts show {it} too: the pool loses {it} only to the revision number")
+    if anyway:
+        where = names_text(list(dict.fromkeys(h for f in anyway for h in hidden[f])), 3)
+        it = "it" if len(anyway) == 1 else "them"
+        free.append(f"it hides {', '.join(anyway)} on {where} (the hardware has {it}), but the pre-6.1 hosts' "
+                    f"eVMCS filter hides {it} anyway")
+    if excluded:
+        free.append(f"the model switches off {', '.join(excluded)}")
+    by_hosts: dict[tuple[str, ...], list[str]] = {}
+    for f, hosts in lacking.items():
+        by_hosts.setdefault(tuple(hosts), []).append(f)
+    for hosts_t, fs in by_hosts.items():
+        free.append(f"the hardware of {names_text(list(hosts_t), 3)} lacks {', '.join(fs)}")
+    notes = [f"{head}: " + ("; ".join(free) if wrong else "costs nothing here: " + "; ".join(free))] if free else []
+    return wrong, notes
+
+
 def compare_strategies(results: Mapping[str, Negotiation]) -> dict[str, dict[str, Any]]:
     """Per strategy: what it allows (guest features no other strategy shows), blocks (features another shows
-    but it hides) and gets wrong."""
+    but it hides), gets wrong (a cost or a hazard the design itself causes) and notes (why an apparent cost
+    is none: the model switches the control off, the hardware lacks it, another host hides it anyway)."""
     feats = {s: n.guest_features for s, n in results.items()}
     union = frozenset().union(*feats.values()) if feats else frozenset()
     out: dict[str, dict[str, Any]] = {}
@@ -235,16 +361,18 @@ def compare_strategies(results: Mapping[str, Negotiation]) -> dict[str, dict[str
         n = results[s]
         others = frozenset().union(*(v for k, v in feats.items() if k != s)) if len(feats) > 1 else frozenset()
         wrong: list[str] = []
+        notes: list[str] = []
         if n.ok and n.config is not None:
-            if s == "revision" and n.config.revision == 1 and any("revision-1" == d.cause for d in n.drops):
-                wrong.append("revision 1 forced by a pre-6.1 host hides PERF_GLOBAL_CTRL on 6.1+ hosts")
-            elif s == "revision" and n.config.revision == 1 and any("forced" in x for x in n.notes):
-                wrong.append("revision 1 forced by a pre-6.1 host although the hardware lacks the new controls "
-                             "anyway (strict revision check)")
+            if s == "revision":
+                w, nt = _revision_forced(n)
+                wrong += w
+                notes += nt
             if s == "revision" and any("without CPUID" in x for x in n.notes):
                 wrong.append("revision 2 shows PERF_GLOBAL_CTRL without the PV CPUID bit (Windows 11 L1 won't boot)")
             if s == "pv-cpuid" and "vmx-tsc-scaling" in union and "vmx-tsc-scaling" not in feats[s]:
-                wrong.append("TSC scaling stays hidden: the PV CPUID bit covers PERF_GLOBAL_CTRL only")
+                shown = [k for k, v in feats.items() if k != s and "vmx-tsc-scaling" in v]
+                wrong.append(f"TSC scaling stays hidden although the hardware has it ({', '.join(shown)} shows it): "
+                             f"the PV CPUID bit covers PERF_GLOBAL_CTRL only")
             if n.config.pv_perf_global_ctrl:
                 wrong.append(f"needs {PERF_OPTION}=on, which real QEMU lacks")
             if s == "vmx-msrs" and any(g.profile.version.mm < (6, 1) for g in n.host_groups()):
@@ -256,5 +384,6 @@ def compare_strategies(results: Mapping[str, Negotiation]) -> dict[str, dict[str
             "allows": [f for f in order if f in feats[s] and f not in others],
             "blocks": [f for f in order if f in union and f not in feats[s]],
             "gets_wrong": wrong,
+            "notes": notes,
         }
     return out

@@ -48,6 +48,7 @@ class HostViews:
 
     fingerprint: str
     vendor: str
+    #: The representative's full kernel release (other hosts of the fingerprint share only ``kernel_series``).
     kernel: str
     era: str
     #: Can QEMU enable eVMCS [1..1] on this host (``hv-evmcs=on`` starts)?
@@ -61,6 +62,8 @@ class HostViews:
     hidden: Mapping[str, tuple[str, str]]
     #: For each registry feature KVM does not report: (layer, detail).
     missing: Mapping[str, tuple[str, str]]
+    #: ``major.minor``: what the fingerprint includes, so every host of the group has it.
+    kernel_series: str = ""
 
 
 def _evmcs_check(profile: HostProfile, kvm: SimKvm, want: tuple[int, int]) -> str | None:
@@ -137,7 +140,7 @@ def compute_host_views(profile: HostProfile, *, pv_perf_global_ctrl: bool = Fals
                 hidden[name] = ("evmcs-filter", f"eVMCS filter of kernel era {era.id}")
     return HostViews(fingerprint=profile.fingerprint(), vendor=profile.vendor, kernel=profile.kernel, era=era.id,
                      evmcs_ok=reason is None, evmcs_reason=reason, kvm=kvm_set, guest=guest, hidden=hidden,
-                     missing=missing)
+                     missing=missing, kernel_series=f"{profile.version.major}.{profile.version.minor}")
 
 
 # =========================================================================== results
@@ -150,6 +153,8 @@ class HostGroup:
         missing vmx-* features are only warnings).
     :param unfiltered: the guest's vmx features as QEMU/libvirt see them on these hosts.
     :param evmcs: what the L1 guest reads with eVMCS on (empty when it does not start).
+    :param kernel: the full kernel release of the group's first host; the other hosts share only
+        ``kernel_series`` (major.minor, what the fingerprint includes) -- their full strings may differ.
     """
 
     fingerprint: str
@@ -161,12 +166,15 @@ class HostGroup:
     reason: str | None
     unfiltered: frozenset[str]
     evmcs: frozenset[str]
+    kernel_series: str = ""
 
-    def to_json(self) -> dict[str, Any]:
-        """Plain data."""
-        return {"fingerprint": self.fingerprint, "hosts": list(self.hosts), "count": len(self.hosts),
-                "vendor": self.vendor, "kernel": self.kernel, "era": self.era, "starts": self.starts,
-                "reason": self.reason, "unfiltered": sorted(self.unfiltered), "evmcs": sorted(self.evmcs)}
+    def to_json(self, name: str | None = None) -> dict[str, Any]:
+        """Plain data; ``name`` is how losses refer to the group (default: its first host)."""
+        return {"name": name if name is not None else (self.hosts[0] if self.hosts else ""),
+                "fingerprint": self.fingerprint, "hosts": list(self.hosts), "count": len(self.hosts),
+                "vendor": self.vendor, "kernel_series": self.kernel_series, "first_host_kernel": self.kernel,
+                "era": self.era, "starts": self.starts, "reason": self.reason,
+                "unfiltered": sorted(self.unfiltered), "evmcs": sorted(self.evmcs)}
 
 
 @dataclass(frozen=True)
@@ -178,6 +186,7 @@ class Loss:
     :param layer: one of :data:`LAYERS`.
     :param history: ``added: <reason>`` when the definition marks the feature as added later, so a host
         lacking it is a definition change, not a host incompatibility for older guests.
+    :param groups: the fingerprints of the host groups concerned (``hosts`` are all their hosts).
     """
 
     feature: str
@@ -186,11 +195,18 @@ class Loss:
     detail: str
     hosts: tuple[str, ...]
     history: str | None = None
+    groups: tuple[str, ...] = ()
 
-    def to_json(self) -> dict[str, Any]:
-        """Plain data."""
+    def to_json(self, group_names: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Plain data. With ``group_names`` (fingerprint -> name) the loss names its groups instead of listing
+        every host (the hosts are listed once, under the result's ``groups``)."""
         out: dict[str, Any] = {"feature": self.feature, "view": self.view, "layer": self.layer,
-                               "detail": self.detail, "hosts": list(self.hosts), "count": len(self.hosts)}
+                               "detail": self.detail}
+        if group_names is not None and self.groups:
+            out["groups"] = sorted(group_names[fp] for fp in self.groups)
+        else:
+            out["hosts"] = list(self.hosts)
+        out["count"] = len(self.hosts)
         if self.history is not None:
             out["history"] = self.history
         return out
@@ -216,16 +232,29 @@ class BaselineResult:
     losses: tuple[Loss, ...]
     not_starting: tuple[str, ...] = field(default=())
 
+    def group_names(self) -> dict[str, str]:
+        """fingerprint -> the group's name: its first host (made unique if two groups share one)."""
+        from .negotiate import unique_group_names
+
+        names = unique_group_names([(g.hosts[0] if g.hosts else "", g.fingerprint) for g in self.groups])
+        return {g.fingerprint: n for g, n in zip(self.groups, names, strict=True)}
+
     def to_json(self) -> dict[str, Any]:
-        """Plain data for ``--json`` (sorted, deterministic)."""
+        """Plain data for ``--json`` (sorted, deterministic).
+
+        Hosts are listed once, under ``groups`` (one per distinct profile, ``name``: its first host); each
+        loss names its groups (``groups``) and counts their hosts (``count``), so 100,000 hosts are listed
+        once, not once per lost feature. ``not-starting`` names groups the same way.
+        """
+        names = self.group_names()
         return {
             "model": self.model, "base": self.base, "pv-perf-global-ctrl": self.pv_perf_global_ctrl,
             "hosts": self.host_count, "distinct-hosts": len(self.groups),
             "wanted": sorted(self.wanted),
             "baseline": {"unfiltered": sorted(self.unfiltered), "evmcs": sorted(self.evmcs)},
-            "not-starting": list(self.not_starting),
-            "losses": [x.to_json() for x in self.losses],
-            "groups": [g.to_json() for g in self.groups],
+            "not-starting": sorted(names[g.fingerprint] for g in self.groups if not g.starts),
+            "losses": [x.to_json(names) for x in self.losses],
+            "groups": [g.to_json(names[g.fingerprint]) for g in self.groups],
         }
 
 
@@ -291,6 +320,7 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
         considered = wanted
     groups: list[HostGroup] = []
     loss_hosts: dict[tuple[str, str, str, str], list[str]] = {}
+    loss_groups: dict[tuple[str, str, str, str], list[str]] = {}
     not_starting: list[str] = []
     for fp, v in views.items():
         hosts_here = sorted(names[fp])
@@ -303,7 +333,7 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
             evmcs_view = unfiltered & v.guest
         groups.append(HostGroup(fingerprint=fp, hosts=tuple(hosts_here), vendor=v.vendor, kernel=v.kernel,
                                 era=v.era, starts=starts, reason=None if starts else v.evmcs_reason,
-                                unfiltered=unfiltered, evmcs=evmcs_view))
+                                unfiltered=unfiltered, evmcs=evmcs_view, kernel_series=v.kernel_series))
         if not starts:
             not_starting.extend(hosts_here)
         for feat in considered:
@@ -318,14 +348,17 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
             else:
                 continue
             loss_hosts.setdefault(key, []).extend(hosts_here)
+            loss_groups.setdefault(key, []).append(fp)
     if eff is not None:
         for feat in eff.dropped_by_model:
             key = (feat, "unfiltered", "model", f"{eff.model.name} switches off this {eff.base.name} feature")
             loss_hosts[key] = [h for g in groups for h in g.hosts]
+            loss_groups[key] = [g.fingerprint for g in groups]
     added = mdef.added if mdef is not None else {}
     losses = tuple(
         Loss(feature=f, view=view, layer=layer, detail=detail, hosts=tuple(sorted(hs)),
-             history=f"added: {added[f]}" if f in added else None)
+             history=f"added: {added[f]}" if f in added else None,
+             groups=tuple(loss_groups[(f, view, layer, detail)]))
         for (f, view, layer, detail), hs in sorted(loss_hosts.items(), key=lambda kv: (
             kv[0][0], kv[0][1] != "unfiltered", LAYERS.index(kv[0][2]), kv[0][3])))
     groups.sort(key=lambda g: (g.hosts[0] if g.hosts else "", g.fingerprint))

@@ -105,7 +105,11 @@ def _era_summary(hidden: list[tuple[str, str]]) -> str:
 
 @dataclass
 class HostResult:
-    """What one host group would do with the model (``validate --hosts``)."""
+    """What one host group would do with the model (``validate --hosts``).
+
+    :param kernel: the full kernel release of the group's first host; every host of the group shares
+        ``kernel_series`` (major.minor), their full strings may differ.
+    """
 
     hosts: tuple[str, ...]
     kernel: str
@@ -113,11 +117,19 @@ class HostResult:
     starts: bool
     reason: str | None
     drops: list[dict[str, str]]
+    kernel_series: str = ""
+
+    @property
+    def kernel_text(self) -> str:
+        """``kernel 5.10.0-26-amd64`` for one host, ``kernel 6.1.x (first host: 6.1.55)`` for a group."""
+        if len(self.hosts) <= 1 or not self.kernel_series:
+            return f"kernel {self.kernel}"
+        return f"kernel {self.kernel_series}.x (first host: {self.kernel})"
 
     def to_json(self) -> dict[str, Any]:
         """Plain data."""
-        return {"hosts": list(self.hosts), "kernel": self.kernel, "era": self.era, "starts": self.starts,
-                "reason": self.reason, "drops": self.drops}
+        return {"hosts": list(self.hosts), "kernel_series": self.kernel_series, "first_host_kernel": self.kernel,
+                "era": self.era, "starts": self.starts, "reason": self.reason, "drops": self.drops}
 
 
 @dataclass
@@ -183,12 +195,12 @@ class ValidationReport:
             for h in rep.hosts or []:
                 who = _names(h.hosts)
                 if not h.starts:
-                    lines.append(f"  {who} (kernel {h.kernel}): does not start: {h.reason}")
+                    lines.append(f"  {who} ({h.kernel_text}): does not start: {h.reason}")
                     continue
                 if not h.drops:
-                    lines.append(f"  {who} (kernel {h.kernel}, era {h.era}): starts, drops nothing")
+                    lines.append(f"  {who} ({h.kernel_text}, era {h.era}): starts, drops nothing")
                     continue
-                lines.append(f"  {who} (kernel {h.kernel}, era {h.era}): starts, drops {len(h.drops)}:")
+                lines.append(f"  {who} ({h.kernel_text}, era {h.era}): starts, drops {len(h.drops)}:")
                 for d in h.drops:
                     lines.append(f"    {d['feature']:<40} {d['view']:<10} {d['layer']}: {d['detail']}")
         lines.append(f"{len(self.files)} file(s), {self.errors} error(s), {self.warnings} warning(s) "
@@ -438,18 +450,18 @@ def validate_model(model: ModelDef, snap: QemuSnapshot | None = None) -> tuple[l
 
 
 def _host_results(result: BaselineResult) -> list[HostResult]:
-    by_host: dict[str, list[dict[str, str]]] = {}
+    by_group: dict[str, list[dict[str, str]]] = {}
     for loss in result.losses:
         if loss.layer == "model":
             continue
-        for h in loss.hosts:
-            by_host.setdefault(h, []).append({"feature": loss.feature, "view": loss.view, "layer": loss.layer,
-                                              "detail": loss.detail})
+        for fp in loss.groups:
+            by_group.setdefault(fp, []).append({"feature": loss.feature, "view": loss.view, "layer": loss.layer,
+                                                "detail": loss.detail})
     out = []
     for g in result.groups:
-        drops = by_host.get(g.hosts[0], []) if g.starts else []
+        drops = by_group.get(g.fingerprint, []) if g.starts else []
         out.append(HostResult(hosts=g.hosts, kernel=g.kernel, era=g.era, starts=g.starts, reason=g.reason,
-                              drops=drops))
+                              drops=drops, kernel_series=g.kernel_series))
     return out
 
 

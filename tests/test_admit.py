@@ -37,3 +37,24 @@ def test_cli(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["admit", "--pool", "skylake-6.3", "--candidate", "skylake-5.10", "--json"]) == 1
     out, err = capsys.readouterr()
     assert json.loads(out)["admit"] is False and err.startswith("error: ")
+
+
+def test_refusal_reason_is_printed_once(capsys: pytest.CaptureFixture[str]) -> None:
+    """The answer on stdout (what admitting would cost), the reason in exactly one error: line on stderr."""
+    assert run(["admit", "--pool", "skylake-6.3", "--candidate", "skylake-5.10"]) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0] == "refuse: skylake-5.10"
+    assert "  the pool's guests would lose: vmx-exit-load-perf-global-ctrl, vmx-entry-load-perf-global-ctrl" in out
+    assert err.count("\n") == 1 and err.startswith("error: refuse skylake-5.10: ")
+    why = err.removeprefix("error: refuse skylake-5.10: ").strip()
+    assert "does not report CPUID 0x4000000A.EBX bit 0" in why and why not in out
+    assert "admitting it would cost" not in err          # the cost is the stdout answer's, not repeated
+
+
+def test_refusal_names_the_bits_that_would_differ() -> None:
+    res = admit(["skylake-5.10"], "skylake-6.3", "max", "pv-cpuid")   # starts there, but 6.3 filters more
+    assert not res.admit
+    assert res.why == ("guest-visible VMX MSRs would differ: vmx-preemption-timer lost, vmx-exit-save-preemption-"
+                       "timer lost, vmx-ple lost, vmx-vmfunc lost, vmx-shadow-vmcs lost, vmx-pml lost, "
+                       "vmx-eptp-switching lost")
+    assert res.reason.startswith(f"refuse skylake-6.3: {res.why}; admitting it would cost: ")

@@ -87,3 +87,10 @@ def test_cli_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
 def test_parse_qmp_reply_forms() -> None:
     assert parse_qmp_msrs({"msrs": {"IA32_VMX_BASIC": "0x10"}}) == {"IA32_VMX_BASIC": 16}
     assert parse_qmp_msrs([{"name": "0x480", "value": 5}]) == {"IA32_VMX_BASIC": 5}
+
+
+def test_cli_negative_verdict_reason_printed_once(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["migrate-check", "--model", "max", "--from", "skylake-5.10", "--to", "skylake-6.3"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "unsafe: skylake-5.10 -> skylake-6.3 (shipped)\n"
+    assert err.count("\n") == 1 and err.startswith("error: unsafe: guest-visible VMX controls disappear")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import filecmp
 import os
 import re
 from pathlib import Path
@@ -17,6 +16,7 @@ from qemu_evmcs.models import (
     load_snapshot,
     model_files,
     model_release,
+    package_models_dir,
     qemu_props_to_features,
     resolve_feature_name,
 )
@@ -69,14 +69,38 @@ def test_qemu_property_mapping() -> None:
     assert resolve_feature_name("vmx-nonsense", snap).kind == "unknown"
 
 
-def test_package_copy_matches_cpu_models_snapshot() -> None:
-    """The installed copy (qemu_evmcs/data/qemu-models/7.2) is byte-identical to cpu_models/qemu/7.2."""
-    src = REPO / "cpu_models" / "qemu" / "7.2"
-    pkg = REPO / "qemu_evmcs" / "data" / "qemu-models" / "7.2"
-    names = sorted(os.listdir(src))
-    assert names == sorted(os.listdir(pkg))
-    _match, mismatch, errors = filecmp.cmpfiles(src, pkg, names, shallow=False)
-    assert not mismatch and not errors
+def test_one_copy_shipped_in_the_package() -> None:
+    """Definitions and the QEMU snapshot exist once, as package data; ``cpu_models/`` is a link to it."""
+    pkg = REPO / "qemu_evmcs" / "data" / "cpu_models"
+    assert Path(package_models_dir()).resolve() == pkg.resolve()
+    assert (REPO / "cpu_models").resolve() == pkg.resolve()
+    assert (pkg / "qemu" / "7.2" / "index.json").is_file()
+    assert Path(load_snapshot().directory).resolve() == (pkg / "qemu" / "7.2").resolve()
+    assert {Path(p).resolve().parent for p in model_files()} == {pkg.resolve()}
+    # No second snapshot or definition copy anywhere in the source tree (build output and venvs aside).
+
+    def source(p: Path) -> bool:
+        rel = p.relative_to(REPO).parts
+        return not ({".git", "build", "dist", "tests"} & set(rel)) and not rel[0].startswith(".venv")
+
+    copies = [p for p in REPO.rglob("Skylake-Server-v5.json") if source(p)]
+    assert [p.resolve() for p in copies] == [pkg / "qemu" / "7.2" / "Skylake-Server-v5.json"]
+    defs = [p for p in REPO.rglob("Skylake-Server-evmcs.yaml") if source(p)]
+    assert {p.resolve() for p in defs} == {pkg / "Skylake-Server-evmcs.yaml"}
+
+
+def test_package_data_globs_cover_the_shipped_files() -> None:
+    """pyproject's package-data patterns match every shipped definition and snapshot file."""
+    import fnmatch
+    import tomllib
+
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["qemu_evmcs"]
+    pkg = REPO / "qemu_evmcs"
+    shipped = [p for p in (pkg / "data" / "cpu_models").rglob("*") if p.is_file()]
+    assert len(shipped) > 100
+    for p in shipped:
+        rel = p.relative_to(pkg).as_posix()
+        assert any(fnmatch.fnmatch(rel, g) and rel.count("/") == g.count("/") for g in globs), rel
 
 
 def test_release_table() -> None:

@@ -179,3 +179,202 @@ def test_golden_json(name: str, golden: Callable[[str, str], None], capsys: pyte
     out = capsys.readouterr().out
     # The model path is machine-independent (name from the file), hosts are bundled names.
     golden(name, out)
+
+
+# --------------------------------------------------------------------------- precise "gets wrong" (audit)
+
+def _compare(model: object, hosts: list[object]) -> dict[str, dict[str, object]]:
+    from qemu_evmcs.negotiate import negotiate_all
+
+    return compare_strategies(negotiate_all(model, hosts))  # type: ignore[arg-type]
+
+
+def test_revision_forced_by_old_host_names_the_model_not_the_hardware() -> None:
+    """Skylake hardware HAS PERF_GLOBAL_CTRL: with a model that switches it off nothing is 'wrong', and the note
+    says the model excludes it -- never that the hardware lacks it."""
+    rev = _compare("Skylake-Server-evmcs", ["skylake-5.10", "skylake-6.3", "icelake-6.1"])["revision"]
+    assert rev["gets_wrong"] == []
+    (note,) = rev["notes"]  # type: ignore[misc]
+    assert "forced by pre-6.1 host(s) skylake-5.10" in note and "costs nothing here" in note
+    assert "the model switches off vmx-tsc-scaling, vmx-exit-load-perf-global-ctrl, " \
+           "vmx-entry-load-perf-global-ctrl" in note
+    assert "lacks" not in note
+
+
+def test_revision_forced_hides_perf_that_old_hosts_filter_anyway() -> None:
+    rev = _compare(max_model(), ["skylake-5.10", "skylake-6.3", "icelake-6.1"])["revision"]
+    assert rev["gets_wrong"] == []
+    (note,) = rev["notes"]  # type: ignore[misc]
+    assert ("hides vmx-exit-load-perf-global-ctrl, vmx-entry-load-perf-global-ctrl on skylake-6.3, icelake-6.1 "
+            "(the hardware has them), but the pre-6.1 hosts' eVMCS filter hides them anyway") in note
+    assert "the hardware of skylake-6.3 lacks vmx-tsc-scaling" in note       # skylake has no TSC scaling
+
+
+def test_revision_forced_where_the_hardware_lacks_the_controls() -> None:
+    rev = _compare(max_model(), [NOPERF_510, NOPERF_63])["revision"]
+    assert rev["gets_wrong"] == []
+    (note,) = rev["notes"]  # type: ignore[misc]
+    assert ("the hardware of noperf-6.3 lacks vmx-tsc-scaling, vmx-exit-load-perf-global-ctrl, "
+            "vmx-entry-load-perf-global-ctrl") in note
+
+
+def test_revision_forced_is_wrong_only_when_old_hosts_show_the_control() -> None:
+    """A 5.10 host shows TSC scaling (its era does not filter it); revision 1, forced by it, hides TSC scaling on
+    the 6.3 host: the pool loses it only to the revision number."""
+    from qemu_evmcs.registry import registry
+    from qemu_evmcs.resolve import profile_from_features
+
+    every = frozenset(registry().features)
+    hosts = [profile_from_features("old510", every, kernel="5.10"), profile_from_features("new63", every)]
+    cmp = _compare(max_model(), hosts)  # type: ignore[arg-type]
+    (wrong,) = cmp["revision"]["gets_wrong"]  # type: ignore[misc]
+    assert ("hides vmx-tsc-scaling on new63, whose hardware has it, although the pre-6.1 hosts show it too") in wrong
+    assert "PERF" not in wrong and "perf-global-ctrl" not in wrong
+    assert any("the pre-6.1 hosts' eVMCS filter hides them anyway" in n for n in cmp["revision"]["notes"])
+    assert "vmx-tsc-scaling" in cmp["vmx-msrs"]["allows"]
+    assert any("TSC scaling stays hidden although the hardware has it (vmx-msrs shows it)" in w
+               for w in cmp["pv-cpuid"]["gets_wrong"])
+
+
+# --------------------------------------------------------------------------- outputs users paste (audit)
+
+def test_cpu_string_round_trips_through_the_launch_parser() -> None:
+    """parse_cpu_arg(cpu_string) gives back the base, every vmx-* change, the hv-* flags and enforce; applied
+    to the base model's defaults the vmx-* changes give exactly the negotiated set."""
+    from qemu_evmcs.launch.verify import parse_cpu_arg
+    from qemu_evmcs.models import load_model_features, qemu_props_to_features
+    from qemu_evmcs.outputs import qemu_vmx_props
+
+    for model, hosts in (("Skylake-Server-evmcs", ["skylake-5.10", "skylake-6.3"]),
+                         (MODEL, ["icelake-6.1", "sapphirerapids-6.6"]),
+                         ("max", ["cascadelake-5.4", "icelake-6.1"])):
+        for strategy in STRATEGIES:
+            neg = negotiate(model, hosts, strategy)
+            assert neg.ok and neg.config is not None, neg.error
+            spec = parse_cpu_arg(cpu_string(neg))
+            assert spec.model == neg.config.base
+            assert spec.features["vmx"] is True and spec.features["enforce"] is True
+            assert all(spec.features[f] is True for f in neg.config.hyperv)
+            assert dict((p, on) for p, on in qemu_vmx_props(neg)) == \
+                   {k: v for k, v in spec.features.items() if k.startswith("vmx-")}
+            if neg.config.base != "max":
+                vmx = set(load_model_features(neg.config.base))
+                for prop, on in spec.features.items():
+                    if prop.startswith("vmx-"):
+                        bits = qemu_props_to_features([prop])
+                        vmx = vmx | bits if on else vmx - bits
+                assert vmx == set(neg.config.vmx)
+            assert spec.features.get("hv-evmcs-perf-global-ctrl", False) is neg.config.pv_perf_global_ctrl
+
+
+def _libvirt_root(neg: object) -> ET.Element:
+    return ET.fromstring("<domain>" + libvirt_xml(neg) + "</domain>")  # type: ignore[arg-type]
+
+
+def test_libvirt_xml_is_well_formed_and_uses_libvirt_names() -> None:
+    from qemu_evmcs.registry import registry
+
+    reg = registry()
+    libvirt_names = {f.libvirt for f in reg.features.values() if f.libvirt} | {"vmx"}
+    for model, hosts in (("Skylake-Server-evmcs", ["skylake-5.10", "skylake-6.3"]), ("max", ["sapphirerapids-6.6"])):
+        neg = negotiate(model, hosts, "pv-cpuid")
+        xml = libvirt_xml(neg)
+        root = _libvirt_root(neg)
+        cpu = root.find("cpu")
+        assert cpu is not None
+        names = [f.get("name") for f in cpu.findall("feature")]
+        assert set(names) <= libvirt_names, set(names) - libvirt_names
+        assert len(names) == len(set(names))
+        if model == "max":
+            # QEMU's max is no libvirt model: <cpu mode='maximum'>, not custom with <model>max</model>.
+            assert cpu.get("mode") == "maximum" and cpu.find("model") is None
+            # QEMU properties libvirt has no name for are reported in the comment, never emitted as features.
+            assert "vmx-nested-exception" not in names and "vmx-entry-load-fred" not in names
+            assert "not expressible in libvirt XML" in xml and "vmx-nested-exception=off" in xml
+            # QEMU's misspelt INVVPID property comes out under libvirt's two correct names.
+            assert {"vmx-invvpid-single-context", "vmx-invvpid-single-context-noglobals"} <= set(names)
+            assert "vmx-invept-single-context-noglobals" not in names
+        else:
+            assert cpu.get("mode") == "custom" and cpu.findtext("model") == "Skylake-Server-v5"
+        hv = root.find("features/hyperv")
+        assert hv is not None and {c.tag for c in hv} <= {
+            "relaxed", "vapic", "vpindex", "runtime", "synic", "stimer", "reset", "frequencies", "reenlightenment",
+            "tlbflush", "ipi", "evmcs", "avic", "emsr_bitmap", "xmm_input"}
+        assert all(not c.tag.startswith("hv") for c in root.iter())
+
+
+# --------------------------------------------------------------------------- groups in JSON, kernels (audit)
+
+def _fleet_file(tmp_path: object, n: int) -> str:
+    """``n`` hosts of two profiles; the 6.1 hosts alternate between two full kernel strings (one group)."""
+    from pathlib import Path
+
+    from qemu_evmcs.profile import bundled_profile_dir
+
+    base = Path(bundled_profile_dir())
+    docs = []
+    for i in range(n):
+        sample = "icelake-6.1" if i % 2 else "skylake-6.3"
+        text = (base / f"{sample}.yaml").read_text().replace(f"name: {sample}\n", f"name: host-{i:05d}\n", 1)
+        if sample == "icelake-6.1" and i % 4 == 3:
+            assert "\nkernel: 6.1.55\n" in text
+            text = text.replace("\nkernel: 6.1.55\n", '\nkernel: "6.1.90-custom"\n')
+        docs.append("---\n" + text)
+    path = Path(str(tmp_path)) / "fleet.yaml"
+    path.write_text("".join(docs))
+    return str(path)
+
+
+def test_json_lists_every_host_once(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
+    fleet = _fleet_file(tmp_path, 400)
+    assert run(["negotiate", "--model", "max", "--hosts", fleet, "--strategy", "all", "--json"]) == 0
+    raw = capsys.readouterr().out
+    data = json.loads(raw)
+    assert raw.count('"host-00003"') == 1 and raw.count('"host-00398"') == 1
+    assert [g["count"] for g in data["groups"]] == [200, 200] and data["hosts"] == 400
+    names = {g["name"] for g in data["groups"]}
+    assert names == {"host-00000", "host-00001"}
+    dropped = [d for s in data["strategies"].values() for d in s["dropped"]]
+    assert dropped and all(set(d["groups"]) <= names and "hosts" not in d for d in dropped)
+    assert run(["baseline", "--model", "Skylake-Server-evmcs", fleet, "--json"]) == 0
+    raw = capsys.readouterr().out
+    assert raw.count('"host-00003"') == 1
+    assert all("hosts" not in x and x["groups"] for x in json.loads(raw)["losses"])
+
+
+def test_group_kernels_are_not_attributed_to_every_host(tmp_path: object,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Hosts on 6.1.55 and 6.1.90-custom share a fingerprint (major.minor): the group says so, and no output
+    claims that every host of it runs the first host's 6.1.55."""
+    fleet = _fleet_file(tmp_path, 8)
+    assert run(["negotiate", "--model", "max", "--hosts", fleet, "--json"]) == 0
+    g61 = next(g for g in json.loads(capsys.readouterr().out)["groups"] if g["era"] == "6.1-6.2")
+    assert g61["hosts"] == ["host-00001", "host-00003", "host-00005", "host-00007"]
+    assert (g61["kernel_series"], g61["first_host_kernel"]) == ("6.1", "6.1.55")
+    assert "kernel" not in g61
+    assert run(["negotiate", "--model", "max", "--hosts", fleet]) == 0
+    text = capsys.readouterr().out
+    assert "host-00001, host-00003, host-00005 and 1 more: kernel 6.1.x (first host: 6.1.55), era 6.1-6.2" in text
+    assert run(["baseline", "--pool", fleet, "--json"]) == 0
+    g61 = next(g for g in json.loads(capsys.readouterr().out)["groups"] if g["era"] == "6.1-6.2")
+    assert (g61["kernel_series"], g61["first_host_kernel"], g61["count"]) == ("6.1", "6.1.55", 4)
+
+
+# --------------------------------------------------------------------------- negative answers (audit)
+
+def test_negative_answer_reason_is_printed_once(capsys: pytest.CaptureFixture[str]) -> None:
+    """Report on stdout, the reason in exactly one error: line on stderr, never both."""
+    reason = "AuthenticAMD has no eVMCS (Intel VMX only)"
+    for argv in (["--strategy", "pv-cpuid"], ["--strategy", "all"], ["--format", "cpu"], ["--format", "libvirt"]):
+        assert run(["negotiate", "--model", MODEL, "--hosts", "skylake-6.3", "epyc-amd-6.6", *argv]) == 1
+        out, err = capsys.readouterr()
+        assert err.count("\n") == 1 and err.startswith("error: ") and reason in err, argv
+        assert reason not in out, argv
+
+
+def test_drop_details_name_only_their_hosts() -> None:
+    """A drop's detail (the era of the filter) is true of every host it names."""
+    neg = negotiate(MODEL, ["skylake-5.10", "skylake-6.3"], "pv-cpuid")
+    xapic = [(d.hosts, d.detail) for d in neg.drops if d.feature == "vmx-apicv-xapic" and d.cause == "evmcs-filter"]
+    assert sorted(xapic) == [(("skylake-5.10",), "filtered by the eVMCS filter of kernel era 5.7-5.14"),
+                             (("skylake-6.3",), "filtered by the eVMCS filter of kernel era 6.3+")]

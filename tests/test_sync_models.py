@@ -14,7 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "sync-qemu-models"
-SNAPSHOT = REPO / "cpu_models" / "qemu" / "7.2"
+SNAPSHOT = REPO / "qemu_evmcs" / "data" / "cpu_models" / "qemu" / "7.2"
 QEMU = os.environ.get("QEMU_EVMCS_QEMU", "/usr/bin/qemu-system-x86_64")
 MODELS = ["Skylake-Server-v5", "Icelake-Server-v6", "Cascadelake-Server-v5", "Skylake-Server"]
 

@@ -25,13 +25,26 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 0 admit, 1 refuse."""
+    """Exit 0 admit, 1 refuse.
+
+    As every command with a negative answer: the answer on stdout (``admit: ...``, or ``refuse: CANDIDATE``
+    with what admitting it would cost; or the JSON object), and a refusal's reason in exactly one ``error:``
+    line on stderr, which the text answer does not repeat.
+    """
     res = admit(args.pool, args.candidate, args.model, args.strategy)
     if args.json:
         print_json(res.to_json())
+    elif res.admit:
+        print(f"admit: {res.reason}")
     else:
-        print(("admit: " if res.admit else "refuse: ") + res.reason)
+        print(f"refuse: {res.candidate}")
+        if res.cost_features:
+            print(f"  the pool's guests would lose: {', '.join(res.cost_features)}")
+        if res.cost_hyperv:
+            print(f"  hv-* flags lost: {', '.join(res.cost_hyperv)}")
+        if res.cost_pv_perf_global_ctrl:
+            print("  CPUID 0x4000000A.EBX bit 0 would have to be cleared")
     if not res.admit:
-        print(f"error: {res.reason}", file=sys.stderr)
+        print(f"error: refuse {res.candidate}: {res.why or res.reason}", file=sys.stderr)
         return EXIT_NEGATIVE
     return EXIT_OK

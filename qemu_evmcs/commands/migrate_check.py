@@ -34,7 +34,12 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 0 for fine, 1 for blocked or unsafe (verdict on stdout, reason in one ``error:`` line)."""
+    """Exit 0 for fine, 1 for blocked or unsafe.
+
+    As every command with a negative answer: the verdict on stdout (``fine: A -> B (design): why``, or
+    ``blocked``/``unsafe: A -> B (design)``; or the JSON object), and for blocked or unsafe the reason in
+    exactly one ``error:`` line on stderr, which the text verdict does not repeat.
+    """
     model = load_guest_model(args.model)
     dest = load_hosts([args.dest])[0]
     if args.source:
@@ -57,8 +62,10 @@ def run(args: argparse.Namespace) -> int:
         v = verdict_from_view(source_config(model, source, args.design), msrs, source.name, dest)
     if args.json:
         print_json(v.to_json())
-    else:
+    elif v.verdict == "fine":
         print(f"{v.verdict}: {v.source} -> {v.destination} ({v.design}): {v.reason}")
+    else:
+        print(f"{v.verdict}: {v.source} -> {v.destination} ({v.design})")
     if v.verdict != "fine":
         print(f"error: {v.verdict}: {v.reason}", file=sys.stderr)
         return EXIT_NEGATIVE

@@ -9,7 +9,14 @@ from typing import Any
 from ..errors import EXIT_NEGATIVE, EXIT_OK
 from ..jsonout import print_json
 from ..negotiate import STRATEGIES, load_guest_model, load_pool, negotiate
-from ..outputs import compare_strategies, cpu_string, libvirt_xml, negotiation_json, negotiation_text
+from ..outputs import (
+    compare_strategies,
+    cpu_string,
+    libvirt_xml,
+    negotiation_json,
+    negotiation_text,
+    pool_groups_json,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -27,7 +34,12 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the command; exit 1 with one ``error:`` line when there is no safe answer."""
+    """Run the command.
+
+    Like every command with a negative answer (``admit``, ``migrate-check``, ``explain``): the answer goes to
+    stdout (the text report, JSON, ``-cpu`` string or XML) and, when there is no safe answer, exit 1 with
+    the reason in exactly one ``error:`` line on stderr, which the text report does not repeat.
+    """
     fmt = "json" if args.json else args.format
     model = load_guest_model(args.model)
     hosts = load_pool(args.hosts)   # one Fleet: each distinct profile parsed and simulated once
@@ -35,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
         results = {s: negotiate(model, hosts, s) for s in STRATEGIES}
         ok = any(n.ok for n in results.values())
         if fmt == "json":
-            print_json({"ok": ok, "strategies": {s: negotiation_json(n) for s, n in results.items()},
+            first = next(iter(results.values()))
+            print_json({"ok": ok, **pool_groups_json(first),
+                        "strategies": {s: negotiation_json(n, with_groups=False) for s, n in results.items()},
                         "comparison": compare_strategies(results)})
         elif fmt in ("cpu", "libvirt"):
             for s, n in results.items():
@@ -44,13 +58,18 @@ def run(args: argparse.Namespace) -> int:
                     sys.stdout.write(f"# {s}\n{text}" + ("" if text.endswith("\n") else "\n"))
         else:
             for n in results.values():
-                sys.stdout.write(negotiation_text(n))
+                sys.stdout.write(negotiation_text(n, reason_on_stderr=not ok))
             for s, c in compare_strategies(results).items():
+                if not c["ok"]:
+                    continue    # its reason is in its report above (or, when none is ok, in the error: line)
                 sys.stdout.write(f"{s}: allows {', '.join(c['allows']) or '-'}; blocks {', '.join(c['blocks']) or '-'}"
-                                 f"; gets wrong: {'; '.join(c['gets_wrong']) or '-'}\n")
+                                 f"; gets wrong: {'; '.join(c['gets_wrong']) or '-'}"
+                                 + "".join(f"; note: {x}" for x in c["notes"]) + "\n")
         if not ok:
-            first = next(iter(results.values()))
-            print(f"error: {first.error}", file=sys.stderr)
+            why = {s: n.error.removeprefix("no safe answer: ") for s, n in results.items()}
+            text = (next(iter(why.values())) if len(set(why.values())) == 1
+                    else "; ".join(f"{s}: {w}" for s, w in why.items()))
+            print(f"error: no safe answer under any strategy: {text}", file=sys.stderr)
             return EXIT_NEGATIVE
         return EXIT_OK
     neg = negotiate(model, hosts, args.strategy)
@@ -60,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
         print(cpu_string(neg))
     elif neg.ok and fmt == "libvirt":
         sys.stdout.write(libvirt_xml(neg))
-    elif neg.ok:
-        sys.stdout.write(negotiation_text(neg))
+    elif fmt == "text":
+        sys.stdout.write(negotiation_text(neg, reason_on_stderr=True))
     if not neg.ok:
         print(f"error: {neg.error}", file=sys.stderr)
         return EXIT_NEGATIVE
