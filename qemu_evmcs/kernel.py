@@ -2,7 +2,7 @@
 
 Why: the eVMCS filter changed five times between 4.20 and 6.3 (see
 ``data/eras.yaml``). Users write releases in many forms ("5.15",
-"6.1.55", "6.8.0-45-generic", "5.14.0-362.el9.x86_64"); only the
+"6.1.55", "6.8.0-45-generic", "5.14.0-362.el9.x86_64", "5.15-rc1", "5.15rc1"); only the
 major.minor decides the era, so everything after it is ignored, and a string
 that has no major.minor is an error.
 """
@@ -18,7 +18,11 @@ from .errors import InputError
 from .registry import Registry, load_data, registry
 
 
-_RELEASE = re.compile(r"^\s*v?(\d{1,3})\.(\d{1,3})(?:\.(\d{1,5}))?(?:[-+~_.][0-9A-Za-z._+~-]*)?\s*$")
+#: major.minor[.patch], an optional release-candidate tag (``-rc1`` or, as some tools write it, ``rc1``:
+#: a 5.15 release candidate already has 5.15's merge-window changes, so it maps to 5.15's era), then any
+#: distribution suffix after a separator (``-45-generic``, ``.el9.x86_64``, ``+``).
+_RELEASE = re.compile(r"^\s*v?(\d{1,3})\.(\d{1,3})(?:\.(\d{1,5}))?(?:-?[rR][cC]\d{1,3})?"
+                      r"(?:[-+~_.][0-9A-Za-z._+~-]*)?\s*$")
 
 
 @dataclass(frozen=True, order=True)

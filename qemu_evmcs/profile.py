@@ -191,7 +191,8 @@ def _parse_msrs(raw: Mapping[Any, Any], section: str, file: Optional[str], lines
 
 def _check_consistency(msrs: Mapping[str, int], section: str, file: Optional[str], lines: Mapping[str, int],
                        reg: Registry) -> None:
-    """allowed-0 within allowed-1; TRUE and non-TRUE allowed-1 halves equal (SDM A.3)."""
+    """allowed-0 within allowed-1; TRUE and non-TRUE allowed-1 halves equal, and their allowed-0 halves differ
+    only in the default1 bits, which the non-TRUE form reports as must-be-1 (SDM A.3)."""
     for name, value in msrs.items():
         m = reg.msrs[name]
         key = f"{section}.{name}"
@@ -211,6 +212,21 @@ def _check_consistency(msrs: Mapping[str, int], section: str, file: Optional[str
                 raise InputError(f"allowed-1 halves of {name} and {m.true} differ (first at control bit {bit}); "
                                  f"the SDM requires them to be equal", file=file, key=key, line=lines.get(key),
                                  msr=name, bit=bit)
+            # SDM Vol. 3D A.2/A.3: a TRUE control MSR may report 0 (optional) only for default1-class
+            # controls; every other allowed-0 bit is the same in both forms, and the non-TRUE form reports
+            # every default1 control as must-be-1. KVM builds the non-TRUE value the same way
+            # (vmx_get_vmx_msr: TRUE low | *_ALWAYSON_WITHOUT_TRUE_MSR).
+            assert m.word is not None
+            always_on = reg.words[m.word].always_on
+            lo, tlo = value & MASK32, msrs[m.true] & MASK32
+            want = tlo | always_on
+            if lo != want:
+                diff = lo ^ want
+                bit = (diff & -diff).bit_length() - 1
+                raise InputError(f"allowed-0 half of {name} ({lo:#010x}) must be that of {m.true} plus the "
+                                 f"default1 bits {always_on:#x}, i.e. {want:#010x} (first difference at control "
+                                 f"bit {bit}); the SDM lets the TRUE MSR clear only default1 bits",
+                                 file=file, key=key, line=lines.get(key), msr=name, bit=bit)
 
 
 def profile_from_mapping(data: object, *, file: Optional[str] = None,

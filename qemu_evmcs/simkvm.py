@@ -42,6 +42,8 @@ from .registry import MASK32, MASK64, Registry, registry
 KVM_CAP_HYPERV_ENLIGHTENED_VMCS = 163
 KVM_CAP_GET_MSR_FEATURES = 153
 KVM_CAP_SYS_HYPERV_CPUID = 191
+#: KVM_GET_SUPPORTED_HV_CPUID on the vCPU fd (kernel_facts.hv_cpuid_vcpu_ioctl_since, 5.0).
+KVM_CAP_HYPERV_CPUID = 167
 #: v2 06/28 proposed 221; in mainline 221 is KVM_CAP_S390_ZPCI_OP. Simulation only.
 KVM_CAP_HYPERV_ENLIGHTENED_VMCS2 = 221
 
@@ -147,8 +149,19 @@ class SimVcpu:
         self.log.append(("SET_CPUID2", f"hyperv={hv.hyperv_enabled} 0x4000000A.EBX={hv.nested_ebx:#x}", "0"))
 
     def get_supported_hv_cpuid(self) -> Dict[int, Dict[str, int]]:
-        """KVM_GET_SUPPORTED_HV_CPUID on the vCPU fd: eVMCS version only once enabled on this vCPU."""
-        return self.kvm._hv_cpuid(self.kvm.evmcs_version() if self.evmcs_enabled else 0)
+        """KVM_GET_SUPPORTED_HV_CPUID on the vCPU fd: eVMCS version only once enabled on this vCPU.
+
+        :raise KvmError: ENOTTY on kernels without the ioctl (KVM_CAP_HYPERV_CPUID absent: before
+            ``kernel_facts.hv_cpuid_vcpu_ioctl_since``, or CONFIG_KVM_HYPERV=n); QEMU then takes its legacy
+            path and derives hv-evmcs support from KVM_CHECK_EXTENSION(KVM_CAP_HYPERV_ENLIGHTENED_VMCS).
+        """
+        kvm = self.kvm
+        if not kvm.check_extension(KVM_CAP_HYPERV_CPUID):
+            self.log.append(("GET_SUPPORTED_HV_CPUID", "vcpu fd", "-ENOTTY"))
+            raise KvmError(f"KVM_GET_SUPPORTED_HV_CPUID on the vCPU fd needs kernel >= "
+                           f"{kvm.facts.hv_cpuid_vcpu_ioctl_since} (KVM_CAP_HYPERV_CPUID; kernel "
+                           f"{kvm.profile.kernel})", errno_name="ENOTTY", host=kvm.profile.name, layer="kvm")
+        return kvm._hv_cpuid(kvm.evmcs_version() if self.evmcs_enabled else 0)
 
     # ------------------------------------------------------------------ MSRs
     def evmcs_active(self) -> bool:
@@ -340,8 +353,10 @@ class SimKvm:
             return 1 if self.has_evmcs_hook() else 0
         if cap == KVM_CAP_HYPERV_ENLIGHTENED_VMCS2:
             return self.max_evmcs_revision()
-        if cap == KVM_CAP_SYS_HYPERV_CPUID:
-            ok = self.version_at_least(self.facts.hv_cpuid_system_ioctl_since)
+        if cap in (KVM_CAP_SYS_HYPERV_CPUID, KVM_CAP_HYPERV_CPUID):
+            since = (self.facts.hv_cpuid_system_ioctl_since if cap == KVM_CAP_SYS_HYPERV_CPUID
+                     else self.facts.hv_cpuid_vcpu_ioctl_since)
+            ok = self.version_at_least(since)
             hyperv_built = self.profile.kvm_hyperv or not self.version_at_least(self.facts.kvm_hyperv_config_since)
             return 1 if ok and hyperv_built else 0
         if cap == KVM_CAP_GET_MSR_FEATURES:

@@ -19,12 +19,19 @@ from qemu_evmcs.profile import load_profile_text
     ("v6.3", KernelVersion(6, 3, 0)),
     (" 4.20 ", KernelVersion(4, 20, 0)),
     ("5.10.0-26-amd64", KernelVersion(5, 10, 0)),
+    # Release candidates, with or without the separator; an -rc of 5.15 already is 5.15 (its era).
+    ("5.15-rc1", KernelVersion(5, 15, 0)),
+    ("5.15rc1", KernelVersion(5, 15, 0)),
+    ("6.1-rc7+", KernelVersion(6, 1, 0)),
+    ("6.3.0-rc2-00001-gabcdef", KernelVersion(6, 3, 0)),
+    ("6.1RC3", KernelVersion(6, 1, 0)),
 ])
 def test_parse_release(text: str, expected: KernelVersion) -> None:
     assert parse_release(text) == expected
 
 
-@pytest.mark.parametrize("bad", ["", "6", "banana", "6.x", "6.1 .5", "six.one", "6..1", "-6.1"])
+@pytest.mark.parametrize("bad", ["", "6", "banana", "6.x", "6.1 .5", "six.one", "6..1", "-6.1", "5.15rc", "5.15rcx",
+                                 "5.15 rc1"])
 def test_parse_release_rejects(bad: str) -> None:
     with pytest.raises(InputError, match="unparsable kernel release"):
         parse_release(bad)
@@ -34,6 +41,11 @@ def test_parse_release_rejects(bad: str) -> None:
 def test_parse_release_rejects_non_strings(bad: object) -> None:
     with pytest.raises(InputError, match="must be a string"):
         parse_release(bad)
+
+
+def test_release_candidate_maps_to_its_release_era() -> None:
+    assert era_of("5.15rc1").id == era_of("5.15").id == "5.15-5.16"
+    assert era_of("6.3-rc1").id == "6.3+"
 
 
 def test_release_order_and_str() -> None:

@@ -66,6 +66,18 @@ BAD = [
                                   "  IA32_VMX_TRUE_PINBASED_CTLS: 0x3f00000016\n",
      ("{f}:5: msrs.IA32_VMX_PINBASED_CTLS: allowed-1 halves of IA32_VMX_PINBASED_CTLS and "
      "IA32_VMX_TRUE_PINBASED_CTLS differ (first at control bit 6); the SDM requires them to be equal")),
+    # A TRUE control MSR may clear only default1 bits (SDM A.3): here bit 0 is required only by the non-TRUE one.
+    ("true-allowed0-differs", HEAD + "msrs:\n  IA32_VMX_PINBASED_CTLS: 0x7f00000017\n"
+                                     "  IA32_VMX_TRUE_PINBASED_CTLS: 0x7f00000016\n",
+     ("{f}:5: msrs.IA32_VMX_PINBASED_CTLS: allowed-0 half of IA32_VMX_PINBASED_CTLS (0x00000017) must be that of "
+      "IA32_VMX_TRUE_PINBASED_CTLS plus the default1 bits 0x16, i.e. 0x00000016 (first difference at control "
+      "bit 0); the SDM lets the TRUE MSR clear only default1 bits")),
+    # ... and the non-TRUE one reports every default1 control (pin bits 1, 2, 4) as must-be-1.
+    ("default1-not-forced", HEAD + "msrs:\n  IA32_VMX_PINBASED_CTLS: 0x7f00000006\n"
+                                   "  IA32_VMX_TRUE_PINBASED_CTLS: 0x7f00000006\n",
+     ("{f}:5: msrs.IA32_VMX_PINBASED_CTLS: allowed-0 half of IA32_VMX_PINBASED_CTLS (0x00000006) must be that of "
+      "IA32_VMX_TRUE_PINBASED_CTLS plus the default1 bits 0x16, i.e. 0x00000016 (first difference at control "
+      "bit 4); the SDM lets the TRUE MSR clear only default1 bits")),
     ("bad-kernel", 'name: h\nvendor: GenuineIntel\nkernel: "six"\nmsrs: {}\n',
      "{f}:3: kernel: unparsable kernel release 'six' (expected e.g. \"5.15\", \"6.1.55\", \"6.8.0-45-generic\")"),
     ("msrs-list", HEAD + "msrs: [1, 2]\n", "{f}:4: msrs: must be dict, got list"),

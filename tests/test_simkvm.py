@@ -14,6 +14,7 @@ from qemu_evmcs.simkvm import (
     HV_CPUID_ENLIGHTMENT_INFO,
     HV_CPUID_NESTED_FEATURES,
     KVM_CAP_GET_MSR_FEATURES,
+    KVM_CAP_HYPERV_CPUID,
     KVM_CAP_HYPERV_ENLIGHTENED_VMCS,
     KVM_CAP_HYPERV_ENLIGHTENED_VMCS2,
     KVM_CAP_SYS_HYPERV_CPUID,
@@ -314,3 +315,23 @@ def test_guest_view_excludes_not_emulated_and_filters() -> None:
     assert guest_view(FULL, evmcs=False)["IA32_VMX_VMFUNC"] == 0x100000001
     with pytest.raises(KvmError):
         guest_view(AMD)
+
+
+def test_vcpu_hv_cpuid_ioctl_needs_50() -> None:
+    # KVM_GET_SUPPORTED_HV_CPUID on the vCPU fd (KVM_CAP_HYPERV_CPUID) came in 5.0 (eras.yaml kernel_facts).
+    old = SimKvm(SKYLAKE.with_kernel("4.20"))
+    assert old.check_extension(KVM_CAP_HYPERV_CPUID) == 0
+    assert old.check_extension(KVM_CAP_HYPERV_ENLIGHTENED_VMCS) == 1
+    v = old.create_vcpu()
+    with pytest.raises(KvmError) as exc:
+        v.get_supported_hv_cpuid()
+    assert errno_of(exc) == "ENOTTY"
+    assert "KVM_CAP_HYPERV_CPUID" in str(exc.value)
+    v.enable_evmcs()
+    with pytest.raises(KvmError):
+        v.get_supported_hv_cpuid()  # enabling eVMCS does not create the ioctl
+    new = SimKvm(SKYLAKE.with_kernel("5.0"))
+    assert new.check_extension(KVM_CAP_HYPERV_CPUID) == 1
+    assert HV_CPUID_ENLIGHTMENT_INFO in new.create_vcpu().get_supported_hv_cpuid()
+    # CONFIG_KVM_HYPERV=n (6.8+) takes the ioctl away too.
+    assert SimKvm(NO_HYPERV).check_extension(KVM_CAP_HYPERV_CPUID) == 0

@@ -309,3 +309,47 @@ def test_host_model_takes_named_optional_controls_only(tmp_path: Path) -> None:
     # Unnamed EPT bits (UC 8, WB 14) are not features; QEMU copies them from the host when writing.
     reg = registry()
     assert not cpu.features["ept_vpid"] & (reg.feature("vmx-ept-uc").mask | reg.feature("vmx-ept-wb").mask)
+
+
+# ---- Hyper-V CPUID before 5.0: QEMU's legacy path ----------------------------------------------------------
+
+_NO_FILTERED = ("host,hv-evmcs=on,hv-vapic=on,-vmx-posted-intr,-vmx-preemption-timer,-vmx-apicv-xapic,"
+                "-vmx-apicv-register,-vmx-apicv-vid,-vmx-pml,-vmx-vmfunc,-vmx-shadow-vmcs,-vmx-ple,-vmx-tsc-scaling,"
+                "-vmx-exit-load-perf-global-ctrl,-vmx-entry-load-perf-global-ctrl")
+
+
+def _hv_cpuid_calls(machine) -> list[tuple[object, str, str]]:  # type: ignore[no-untyped-def]
+    return [(e["vcpu"], str(e["ioctl"]), str(e["arg"])) for e in machine.log.entries
+            if e["ioctl"] in ("GET_SUPPORTED_HV_CPUID", "CHECK_EXTENSION")]
+
+
+def test_420_has_no_hv_cpuid_ioctl_and_qemu_uses_the_legacy_path(tmp_path: Path) -> None:
+    # 4.20: KVM_CAP_HYPERV_ENLIGHTENED_VMCS exists but KVM_GET_SUPPORTED_HV_CPUID does not (5.0): QEMU's
+    # get_supported_hv_cpuid_legacy() takes hv-evmcs support from KVM_CHECK_EXTENSION, and the guest starts.
+    m = _boot(write_profile(str(tmp_path), "4.20"), ["-accel", "kvm", "-cpu", _NO_FILTERED])
+    calls = _hv_cpuid_calls(m)
+    assert (None, "CHECK_EXTENSION", "KVM_CAP_HYPERV_CPUID") in calls
+    assert not any(c[2] == "vcpu fd" for c in calls)
+    assert any(c[1] == "GET_SUPPORTED_HV_CPUID" and c[2].startswith("legacy") for c in calls)
+    vcpu = m.vcpus[0].kvm_vcpu
+    assert vcpu is not None and vcpu.evmcs_enabled
+    assert not any(e[0] == "GET_SUPPORTED_HV_CPUID" for e in vcpu.log)  # never tried the missing ioctl
+
+
+def test_50_uses_the_vcpu_hv_cpuid_ioctl(tmp_path: Path) -> None:
+    m = _boot(write_profile(str(tmp_path), "5.0"), ["-accel", "kvm", "-cpu", _NO_FILTERED])
+    calls = _hv_cpuid_calls(m)
+    assert (0, "GET_SUPPORTED_HV_CPUID", "vcpu fd") in calls
+    assert not any(c[2].startswith("legacy") for c in calls)
+
+
+def test_419_legacy_path_reports_evmcs_unsupported(tmp_path: Path) -> None:
+    p = predict(write_profile(str(tmp_path), "4.19"), HOST_EVMCS)
+    assert (p.ok, p.exit_status) == (False, 1)
+    assert p.stderr[0] == "qemu-system-x86_64: Hyper-V enlightened VMCS (hv-evmcs) is not supported by kernel"
+
+
+def test_420_with_every_control_still_aborts_like_qemu(tmp_path: Path) -> None:
+    # The legacy path lets hv-evmcs through; the enable-time sanitization then makes the MSR write fail.
+    p = predict(write_profile(str(tmp_path), "4.20"), HOST_EVMCS)
+    assert p.exit_status == 134 and p.reason == "error: failed to set MSR 0x48d to 0xff00000016"

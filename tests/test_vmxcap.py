@@ -200,3 +200,57 @@ def test_old_vmxcap_without_newer_sections() -> None:
 def test_every_sample_profiles_render() -> None:
     for p in load_profiles([bundled_profile_dir()]):
         assert vmxcap.render_profile(p).startswith("Basic VMX Information\n  Hex: 0x")
+
+
+# --------------------------------------------------------------------------- vmxcap's decision rules, per line
+
+_CTL_SECTIONS = {  # section title -> (non-TRUE MSR, TRUE MSR or None), as scripts/kvm/vmxcap reads them
+    "pin-based controls": ("IA32_VMX_PINBASED_CTLS", "IA32_VMX_TRUE_PINBASED_CTLS"),
+    "primary processor-based controls": ("IA32_VMX_PROCBASED_CTLS", "IA32_VMX_TRUE_PROCBASED_CTLS"),
+    "secondary processor-based controls": ("IA32_VMX_PROCBASED_CTLS2", None),
+    "VM-Exit controls": ("IA32_VMX_EXIT_CTLS", "IA32_VMX_TRUE_EXIT_CTLS"),
+    "VM-Entry controls": ("IA32_VMX_ENTRY_CTLS", "IA32_VMX_TRUE_ENTRY_CTLS"),
+}
+
+
+def _expected_word(bit: int, value: int, true_value: int | None) -> str:
+    """qemu.md §6, stated independently: 'default' = forced in the non-TRUE MSR but optional in the TRUE one;
+    'no' = may not be 1; 'forced' = must be 1; 'yes' = may be 0 or 1; '?' = must be 1 yet may not be 1."""
+    must1, may1 = bool(value >> bit & 1), bool(value >> (bit + 32) & 1)
+    if true_value is not None and not true_value >> bit & 1 and true_value >> (bit + 32) & 1 and may1 and must1:
+        return "default"
+    if not must1:
+        return "yes" if may1 else "no"
+    return "forced" if may1 else "?"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(sorted({m for pair in _CTL_SECTIONS.values() for m in pair if m}
+                                               | {"IA32_VMX_BASIC", "IA32_VMX_MISC", "IA32_VMX_VMFUNC",
+                                                  "IA32_VMX_EPT_VPID_CAP", "IA32_VMX_PROCBASED_CTLS3"})), u64))
+def test_every_line_follows_vmxcap_rules(msrs: dict[str, int]) -> None:
+    lines = vmxcap.render(msrs).splitlines()
+    titles = [line for line in lines if not line.startswith(" ")]
+    assert titles == ["Basic VMX Information", "pin-based controls", "primary processor-based controls",
+                      "secondary processor-based controls", "tertiary processor-based controls", "VM-Exit controls",
+                      "VM-Entry controls", "Miscellaneous data", "VPID and EPT capabilities", "VM Functions"]
+    section = ""
+    for i, line in enumerate(lines):
+        if not line.startswith(" "):
+            section = line
+            info = section in ("Basic VMX Information", "Miscellaneous data", "VPID and EPT capabilities",
+                               "VM Functions")
+            msr = {"Basic VMX Information": "IA32_VMX_BASIC", "Miscellaneous data": "IA32_VMX_MISC",
+                   "VPID and EPT capabilities": "IA32_VMX_EPT_VPID_CAP", "VM Functions": "IA32_VMX_VMFUNC"}.get(section)
+            if info:  # Misc class: the Hex: line comes first, absent MSRs read as 0
+                assert lines[i + 1] == f"  Hex: 0x{msrs.get(msr or '', 0):x}"
+            continue
+        if section in _CTL_SECTIONS:
+            label, word = line[2:42].rstrip(), line[43:]
+            feat = next(f for f in REG.features.values() if f.vmxcap == label and f.word == REG.msrs[
+                _CTL_SECTIONS[section][0]].word)
+            non_true, true = _CTL_SECTIONS[section]
+            expected = _expected_word(feat.bit, msrs.get(non_true, 0), msrs.get(true, 0) if true else None)
+            assert word == expected, (section, label)
+        elif section == "tertiary processor-based controls":  # 64-bit allowed-1 bitmap: yes/no only
+            assert line.endswith(" yes" if msrs.get("IA32_VMX_PROCBASED_CTLS3", 0) >> 4 & 1 else " no")

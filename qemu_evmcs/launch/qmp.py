@@ -65,6 +65,11 @@ def describe_status(returncode: int) -> str:
     return f"exited with status {returncode}"
 
 
+#: Socket polling while waiting for the emulator: every FAST_POLL_INTERVAL seconds during the first
+#: FAST_POLL_SECONDS after spawn, then backing off to 50 ms.
+FAST_POLL_INTERVAL = 0.002
+FAST_POLL_SECONDS = 1.0
+
 #: Longest excerpt of a peer-supplied text (error description, raw bytes) put in one error line.
 MAX_DETAIL = 300
 
@@ -150,6 +155,8 @@ class EmulatorSession:
     :param quit_timeout: seconds to wait for the process after ``quit``.
     :param term_timeout: seconds to wait after SIGTERM before SIGKILL.
     :param name: the QMPClient name used in its log messages.
+    :param program: how error messages name the emulator; default the basename of ``argv[0]``. The wrapper
+        passes ``qemu-evmcs-sim`` for the simulator, which runs as ``python3 -m qemu_evmcs.simqemu``.
     """
 
     def __init__(
@@ -162,6 +169,7 @@ class EmulatorSession:
         quit_timeout: float = 5.0,
         term_timeout: float = 3.0,
         name: str = "qemu-evmcs",
+        program: str | None = None,
     ) -> None:
         if not argv:
             raise InputError("empty emulator command line")
@@ -172,6 +180,8 @@ class EmulatorSession:
         self.quit_timeout = quit_timeout
         self.term_timeout = term_timeout
         self.name = name
+        #: The emulator's name in error messages.
+        self.program = program or os.path.basename(self.argv[0])
         self._runtime_parent = runtime_dir
         self._t0 = 0.0
         self._stderr_echo = stderr_echo
@@ -330,7 +340,7 @@ class EmulatorSession:
         """A LaunchError for an emulator that died ``when``, ending with QEMU's own last stderr line."""
         await self._drain_stderr()
         assert self._proc is not None and self._proc.returncode is not None
-        msg = f"{os.path.basename(self.argv[0])} {describe_status(self._proc.returncode)} {when}"
+        msg = f"{self.program} {describe_status(self._proc.returncode)} {when}"
         last = self.last_stderr_line()
         if last:
             msg += f": {brief(last)}"
@@ -344,7 +354,7 @@ class EmulatorSession:
         """
         assert self._wait_task is not None and self.socket_path is not None
         deadline = self._t0 + self.qmp_timeout
-        delay = 0.005
+        delay = FAST_POLL_INTERVAL
         last_err: BaseException | None = None
         socket_seen = False
         while True:
@@ -359,7 +369,7 @@ class EmulatorSession:
                 else:
                     detail = " (socket never appeared)"
                 raise LaunchError(
-                    f"no QMP greeting from {os.path.basename(self.argv[0])} within {self.qmp_timeout:g} s{detail}",
+                    f"no QMP greeting from {self.program} within {self.qmp_timeout:g} s{detail}",
                     layer="qemu",
                 )
             if os.path.exists(self.socket_path):
@@ -381,9 +391,12 @@ class EmulatorSession:
                     with contextlib.suppress(QMPError, OSError):
                         await client.disconnect()
                     continue  # loop re-checks exit / deadline
-            # Poll: QEMU creates the socket early in start-up; back off gently.
+            # Poll: QEMU creates the socket early in start-up (about 50 ms under TCG). A short fixed interval
+            # for the first second costs next to nothing (one stat() per 2 ms) and is where the wrapper's
+            # latency is decided; after that back off gently for slow starts.
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 0.05)
+            if time.monotonic() - self._t0 > FAST_POLL_SECONDS:
+                delay = min(delay * 2, 0.05)
 
     async def start(self) -> None:
         """:meth:`spawn` then :meth:`connect`."""

@@ -263,6 +263,24 @@ def _classify(name: str, requested: bool, effective: bool | None, expanded: bool
     return out
 
 
+async def _gather(session: EmulatorSession,
+                  commands: Sequence[tuple[str, Mapping[str, object] | None]]) -> list[object]:
+    """Issue ``commands`` concurrently; each result is the command's return value or its :class:`LaunchError`.
+
+    :raise LaunchError: the emulator died (the first such error): nothing more can be learnt.
+    """
+    results = await asyncio.gather(*(session.execute(cmd, args) for cmd, args in commands), return_exceptions=True)
+    out: list[object] = []
+    for res in results:
+        if isinstance(res, LaunchError):
+            if session.exited:
+                raise res
+        elif isinstance(res, BaseException):
+            raise res
+        out.append(res)
+    return out
+
+
 async def verify_cpu(session: EmulatorSession, spec: CpuSpec) -> LaunchReport:
     """Query the running emulator and build a :class:`LaunchReport` for ``spec``.
 
@@ -272,7 +290,19 @@ async def verify_cpu(session: EmulatorSession, spec: CpuSpec) -> LaunchReport:
 
     :raise LaunchError: the emulator died or QMP stopped answering.
     """
-    cpus = await session.execute("query-cpus-fast")
+    # Two pipelined rounds (qemu.qmp matches replies by id; QEMU answers in order): the commands that do
+    # not need the CPU's QOM path go out together with query-cpus-fast, then every qom-get at once.
+    # Sequential round-trips cost a loop wake-up and a QEMU main-loop turn each.
+    bool_props: dict[str, object] = dict(spec.features)
+    tracked = list(spec.tracked())
+    cpus_r, exp_r, kvm_r = await _gather(session, [
+        ("query-cpus-fast", None),
+        ("query-cpu-model-expansion", {"type": "full", "model": {"name": spec.model, "props": bool_props}}),
+        ("query-kvm", None),
+    ])
+    if isinstance(cpus_r, LaunchError):
+        raise cpus_r
+    cpus = cpus_r
     if not isinstance(cpus, list) or not cpus or not isinstance(cpus[0], dict):
         raise LaunchError(f"query-cpus-fast returned no CPU: {cpus!r}", layer="qemu")
     first = min(cpus, key=lambda c: int(c.get("cpu-index", 0)) if isinstance(c, dict) else 0)
@@ -280,49 +310,37 @@ async def verify_cpu(session: EmulatorSession, spec: CpuSpec) -> LaunchReport:
     report = LaunchReport(cpu_arg=spec.raw, model=spec.model, qom_path=qom_path,
                           kvm_enabled=None, kvm_present=None)
 
-    bool_props: dict[str, object] = dict(spec.features)
     expanded: Mapping[str, object] = {}
-    try:
-        exp = await session.execute("query-cpu-model-expansion",
-                                    {"type": "full", "model": {"name": spec.model, "props": bool_props}})
-        if isinstance(exp, dict) and isinstance(exp.get("model"), dict):
-            props = exp["model"].get("props", {})
-            expanded = props if isinstance(props, dict) else {}
-    except LaunchError as err:
-        if session.exited:
-            raise
-        report.expansion_error = err.message
+    if isinstance(exp_r, LaunchError):
+        report.expansion_error = exp_r.message
+    elif isinstance(exp_r, dict) and isinstance(exp_r.get("model"), dict):
+        props = exp_r["model"].get("props", {})
+        expanded = props if isinstance(props, dict) else {}
 
+    got_r, *feat_rs = await _gather(session, [
+        ("qom-get", {"path": qom_path, "property": "unavailable-features"}),
+        *(("qom-get", {"path": qom_path, "property": name}) for name in tracked),
+    ])
     unavailable: list[str] = []
-    try:
-        got = await session.execute("qom-get", {"path": qom_path, "property": "unavailable-features"})
-        unavailable = [str(x) for x in got] if isinstance(got, list) else []
-    except LaunchError as err:
-        if session.exited:
-            raise
-        report.errors.append(err.message)
+    if isinstance(got_r, LaunchError):
+        report.errors.append(got_r.message)
+    elif isinstance(got_r, list):
+        unavailable = [str(x) for x in got_r]
     report.unavailable_features = unavailable
 
-    try:
-        kvm = await session.execute("query-kvm")
-        if isinstance(kvm, dict):
-            report.kvm_enabled = bool(kvm.get("enabled"))
-            report.kvm_present = bool(kvm.get("present"))
-    except LaunchError as err:
-        if session.exited:
-            raise
-        report.errors.append(err.message)
+    if isinstance(kvm_r, LaunchError):
+        report.errors.append(kvm_r.message)
+    elif isinstance(kvm_r, dict):
+        report.kvm_enabled = bool(kvm_r.get("enabled"))
+        report.kvm_present = bool(kvm_r.get("present"))
 
     effective: dict[str, bool | None] = {}
-    for name in spec.tracked():
-        try:
-            val = await session.execute("qom-get", {"path": qom_path, "property": name})
-            effective[name] = bool(val) if isinstance(val, bool) else None
-        except LaunchError as err:
-            if session.exited:
-                raise
+    for name, val in zip(tracked, feat_rs, strict=True):
+        if isinstance(val, LaunchError):
             effective[name] = None
-            report.errors.append(err.message)
+            report.errors.append(val.message)
+        else:
+            effective[name] = val if isinstance(val, bool) else None
 
     # The warnings were written before QEMU's main loop served QMP; give the
     # stderr pump a couple of loop turns to have read them from the pipe.

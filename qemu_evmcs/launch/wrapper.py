@@ -14,6 +14,7 @@ Command line::
                       [--negotiate PROFILE... [--strategy S]]
                       [--check] [--report-json FILE [--force]] [--qmp-timeout SECONDS]
                       [--] QEMU-ARGS...
+    qemu-evmcs-launch --wrapper-help
 
 The wrapper's own options come first; the first argument that is not one of
 them (or everything after ``--``) is passed to the emulator verbatim.
@@ -36,6 +37,9 @@ them (or everything after ``--``) is passed to the emulator verbatim.
   unless ``--force`` is given.
 - ``--force``: allow ``--report-json`` to replace an existing file.
 - ``--qmp-timeout SECONDS``: spawn-to-QMP-greeting limit, and per command (default 10).
+- ``--wrapper-help``: the wrapper's own help (:data:`WRAPPER_HELP`). ``-h``, ``-help`` and ``--help`` are the
+  emulator's: they pass through, so ``qemu-evmcs-launch --help`` prints QEMU's help like the binary it
+  replaces (on a terminal, one line on stderr first points at ``--wrapper-help``).
 
 Without ``-cpu`` (or with ``-cpu help``: libvirt-style probes such as
 ``-help``, ``-version``, ``-machine none``) the wrapper just ``exec``s the
@@ -73,12 +77,47 @@ PROG = "qemu-evmcs-launch"
 ENV_EMULATOR = "QEMU_EVMCS_EMULATOR"
 DEFAULT_EMULATOR = "qemu-system-x86_64"
 DEFAULT_QMP_TIMEOUT = 10.0
+#: How messages name the simulator (run as ``python3 -m qemu_evmcs.simqemu``; its console script's name).
+SIM_PROGRAM = "qemu-evmcs-sim"
 
 USAGE = (
     f"usage: {PROG} [--emulator PATH] [--simulate PROFILE] [--host PROFILE] [--check]\n"
     f"       {' ' * len(PROG)} [--negotiate PROFILE... [--strategy S]]\n"
     f"       {' ' * len(PROG)} [--report-json FILE [--force]] [--qmp-timeout SECONDS] [--] QEMU-ARGS...\n"
+    f"       {PROG} --wrapper-help\n"
 )
+
+#: ``--wrapper-help``. ``-h``/``--help``/``-help`` belong to the emulator (drop-in: they print QEMU's help).
+WRAPPER_HELP = USAGE + f"""
+A drop-in for qemu-system-x86_64 (usable as libvirt's <emulator>): runs the emulator with the same
+arguments plus a private QMP monitor, asks it over QMP which requested vmx/vmx-*/hv-* options of -cpu
+took effect (query-cpus-fast, query-cpu-model-expansion, qom-get, query-kvm, QEMU's feature warnings),
+prints a short report on stderr prefixed '{PROG}:', then exits with the emulator's status.
+
+Wrapper options (only before the first emulator argument, or before --):
+  --emulator PATH        the emulator binary (default: ${ENV_EMULATOR}, else {DEFAULT_EMULATOR} on PATH)
+  --simulate PROFILE     run the simulated QEMU/KVM (qemu-evmcs-sim) on a host profile instead
+  --check                refuse, before starting anything, a configuration that would abort or silently
+                         lose requested vmx features (one 'error:' line, exit 1); needs --simulate or --host
+  --host PROFILE         the host profile --check uses with a real emulator
+  --negotiate PROFILE... replace -cpu MODEL by the answer that starts on and migrates among these hosts
+  --strategy S           with --negotiate: pv-cpuid (default, what Linux shipped), revision or vmx-msrs
+  --report-json FILE     also write the verification report as JSON (refuses to overwrite without --force)
+  --force                let --report-json replace an existing file
+  --qmp-timeout SECONDS  spawn-to-QMP-greeting limit, and per QMP command (default {DEFAULT_QMP_TIMEOUT:g})
+  --wrapper-help         this text
+  --                     end of wrapper options
+
+Everything else goes to the emulator verbatim, including -h/--help (QEMU's own help). Without -cpu, or
+with -cpu help, the emulator is exec'd directly: nothing to verify.
+
+Exit status: the emulator's (128+N if killed by signal N); 128+N if the wrapper gets SIGINT/SIGTERM/SIGHUP;
+1 if the emulator cannot be started or never answers QMP, or --check or --negotiate refuses; 2 for bad
+wrapper usage.
+"""
+
+#: The emulator's help options: passed through (drop-in), with a hint about ``--wrapper-help`` on a terminal.
+QEMU_HELP_OPTS = frozenset({"-h", "-help", "--help"})
 
 _VALUE_OPTS = ("--emulator", "--simulate", "--host", "--report-json", "--qmp-timeout", "--strategy")
 _FLAG_OPTS = ("--check", "--force", "--wrapper-help")
@@ -336,7 +375,8 @@ async def run_async(argv: list[str], spec: CpuSpec, opts: WrapperOptions) -> int
     sigs = FORWARDED_SIGNALS
     for sig in sigs:
         loop.add_signal_handler(sig, on_signal, sig)
-    session = EmulatorSession(argv, qmp_timeout=opts.qmp_timeout, stderr_echo=sys.stderr.buffer, name=PROG)
+    session = EmulatorSession(argv, qmp_timeout=opts.qmp_timeout, stderr_echo=sys.stderr.buffer, name=PROG,
+                              program=SIM_PROGRAM if opts.simulate is not None else None)
     main = asyncio.create_task(_supervise(session, spec, opts), name="supervise")
     try:
         await asyncio.wait({main, got_signal}, return_when=asyncio.FIRST_COMPLETED)
@@ -363,6 +403,16 @@ async def run_async(argv: list[str], spec: CpuSpec, opts: WrapperOptions) -> int
             loop.remove_signal_handler(sig)
 
 
+def _help_hint() -> None:
+    """On a terminal, say where the wrapper's own options are before the emulator prints its help.
+
+    Only when stderr is a terminal: a script or libvirt probing the emulator sees exactly QEMU's output.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        if sys.stderr.isatty():
+            _say(f"wrapper options: {PROG} --wrapper-help; the emulator's help follows")
+
+
 def _exec(argv: list[str]) -> int:
     """Replace this process with the emulator (probe invocations: fully transparent)."""
     with contextlib.suppress(OSError, ValueError):
@@ -383,8 +433,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         opts = parse_wrapper_args(args)
         if opts.help:
-            sys.stdout.write(USAGE + (__doc__ or ""))
+            sys.stdout.write(WRAPPER_HELP)
             return 0
+        if QEMU_HELP_OPTS.intersection(opts.qemu_args):
+            _help_hint()
         if opts.negotiate:
             apply_negotiation(opts)
         if opts.check:

@@ -35,7 +35,8 @@ from ..profile import HostProfile, load_profile, resolve_profile_path
 from ..qemu_compose import evmcs_range_supported
 from ..registry import registry
 from ..simkvm import (EVMCS_REVISION_LEGACY, HV_CPUID_ENLIGHTMENT_INFO, HV_CPUID_NESTED_FEATURES,
-                      HV_ENLIGHTENED_VMCS_RECOMMENDED, KVM_CAP_HYPERV_ENLIGHTENED_VMCS, HvCpuid, SimKvm, SimVcpu)
+                      HV_ENLIGHTENED_VMCS_RECOMMENDED, KVM_CAP_HYPERV_CPUID, KVM_CAP_HYPERV_ENLIGHTENED_VMCS,
+                      HvCpuid, SimKvm, SimVcpu)
 from .cmdline import EXIT_ABORT, EXIT_ERROR, PROG, QemuError, SimConfig, parse_args, strip_program
 from .cpu import (DEFAULT_EVMCS_VERSION, VMX_WORDS, Accel, KvmAccel, KvmLog, X86Cpu, check_model,
                   feature_names, guest_visible_features)
@@ -143,8 +144,16 @@ def _kvm_init_vcpu(state: VcpuState, accel: KvmAccel, log: KvmLog) -> None:
         hyperv = cpu.hyperv_enabled()
         if hyperv and accel.sys_hv_cpuid() is None:
             # Second kvm_hyperv_expand_features() call: kernels without KVM_CAP_SYS_HYPERV_CPUID.
-            leaves = vcpu.get_supported_hv_cpuid()
-            log.add(i, "GET_SUPPORTED_HV_CPUID", "vcpu fd", "")
+            # get_supported_hv_cpuid(): the vCPU ioctl when KVM_CAP_HYPERV_CPUID exists (5.0+), else
+            # get_supported_hv_cpuid_legacy(), which builds the leaves from capabilities (no 0x4000000A).
+            # Either way the EVMCS-recommended bit comes from KVM_CHECK_EXTENSION(KVM_CAP_HYPERV_ENLIGHTENED_VMCS):
+            # the vCPU ioctl does not report it before the capability is enabled.
+            if accel.check_extension(KVM_CAP_HYPERV_CPUID, "KVM_CAP_HYPERV_CPUID") > 0:
+                leaves = vcpu.get_supported_hv_cpuid()
+                log.add(i, "GET_SUPPORTED_HV_CPUID", "vcpu fd", "")
+            else:
+                leaves = {HV_CPUID_ENLIGHTMENT_INFO: {"eax": 0, "ebx": 0, "ecx": 0, "edx": 0}}
+                log.add(i, "GET_SUPPORTED_HV_CPUID", "legacy (no KVM_CAP_HYPERV_CPUID): from capabilities", "")
             if accel.check_extension(KVM_CAP_HYPERV_ENLIGHTENED_VMCS, "KVM_CAP_HYPERV_ENLIGHTENED_VMCS") > 0:
                 leaves.setdefault(HV_CPUID_ENLIGHTMENT_INFO, {"eax": 0, "ebx": 0, "ecx": 0, "edx": 0})
                 leaves[HV_CPUID_ENLIGHTMENT_INFO]["eax"] |= HV_ENLIGHTENED_VMCS_RECOMMENDED
