@@ -27,6 +27,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import select
 import shutil
 import signal
 import stat
@@ -191,6 +192,8 @@ class EmulatorSession:
         self._proc: asyncio.subprocess.Process | None = None
         self._wait_task: asyncio.Task[int] | None = None
         self._stderr_task: asyncio.Task[None] | None = None
+        self._stderr_fd: int | None = None
+        self._stderr_transport: asyncio.ReadTransport | None = None
         self._close_task: asyncio.Task[None] | None = None
         self.client: QMPClient | None = None
         #: The private directory holding the socket (None before start / after close).
@@ -288,18 +291,33 @@ class EmulatorSession:
         self.socket_path = os.path.join(self.runtime_dir, SOCKET_NAME)
         argv = self.argv + ["-qmp", f"unix:{self.socket_path},server=on,wait=off"]
         self._t0 = time.monotonic()
+        # Our own pipe (not asyncio.subprocess.PIPE) so that settle_stderr() can poll the read end
+        # without consuming it: "is everything QEMU wrote before its greeting read yet?"
+        rfd, wfd = os.pipe()
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=None,
                 stdout=None,
-                stderr=asyncio.subprocess.PIPE,
+                stderr=wfd,
                 preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None,
             )
         except OSError as err:
+            os.close(rfd)
             raise LaunchError(f"cannot run {self.argv[0]}: {err.strerror}", layer="qemu") from err
-        assert self._proc.stderr is not None
-        self._stderr_task = asyncio.create_task(self._pump_stderr(self._proc.stderr), name="emulator-stderr")
+        finally:
+            os.close(wfd)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(loop=loop)
+        try:
+            transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop),
+                                                        os.fdopen(rfd, "rb", buffering=0))
+        except BaseException:
+            os.close(rfd)
+            raise
+        self._stderr_fd = rfd
+        self._stderr_transport = transport
+        self._stderr_task = asyncio.create_task(self._pump_stderr(reader), name="emulator-stderr")
         self._wait_task = asyncio.create_task(self._proc.wait(), name="emulator-wait")
 
     async def _pump_stderr(self, stream: asyncio.StreamReader) -> None:
@@ -329,6 +347,30 @@ class EmulatorSession:
             if extra > 0:
                 del self._stderr_tail[:extra]
                 self._stderr_omitted += extra
+
+    async def settle_stderr(self, timeout: float = 1.0) -> None:
+        """Wait (bounded) until everything the emulator has written to stderr so far has been read.
+
+        QEMU prints its feature warnings while realizing the CPU, before its main loop serves QMP, so once
+        the greeting has arrived those lines sit in the pipe or in our reader: poll the pipe's read end
+        (without consuming it) until it is empty, then let the pump empty the reader's buffer.
+        """
+        if self._stderr_task is None or self._stderr_fd is None:
+            return
+        deadline = time.monotonic() + timeout
+        while not self._stderr_task.done() and time.monotonic() < deadline:
+            if self._stderr_transport is None or self._stderr_transport.is_closing():
+                break  # EOF: the read end is closed (and its number may already be reused)
+            try:
+                readable, _, _ = select.select([self._stderr_fd], [], [], 0)
+            except (OSError, ValueError):
+                break  # the pipe was closed at EOF: everything has been read
+            if not readable:
+                break
+            await asyncio.sleep(0.001)
+        # The reader may still buffer up to two 64 KiB chunks; the pump takes one per loop turn.
+        for _ in range(4):
+            await asyncio.sleep(0)
 
     async def _drain_stderr(self, timeout: float = 1.0) -> None:
         """Wait (bounded) until the stderr pipe hits EOF so error messages are complete."""
@@ -534,6 +576,10 @@ class EmulatorSession:
                     task.cancel()
                     with contextlib.suppress(BaseException):
                         await task
+            if self._stderr_transport is not None:
+                self._stderr_transport.close()  # closes our read end if EOF never came
+                self._stderr_transport = None
+                self._stderr_fd = None
             if self.runtime_dir is not None:
                 shutil.rmtree(self.runtime_dir, ignore_errors=True)
                 self.runtime_dir = None

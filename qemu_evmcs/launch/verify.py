@@ -342,10 +342,8 @@ async def verify_cpu(session: EmulatorSession, spec: CpuSpec) -> LaunchReport:
         else:
             effective[name] = val if isinstance(val, bool) else None
 
-    # The warnings were written before QEMU's main loop served QMP; give the
-    # stderr pump a couple of loop turns to have read them from the pipe.
-    for _ in range(3):
-        await asyncio.sleep(0)
+    # The warnings were written before QEMU's main loop served QMP: wait until the pipe is read empty.
+    await session.settle_stderr()
     report.warnings = parse_warnings(session.stderr_text)
     by_name = warnings_by_feature(report.warnings)
 
