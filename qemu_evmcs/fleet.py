@@ -18,6 +18,15 @@ entry, or a comment line outside every entry; otherwise (and for anchors, aliase
 :func:`qemu_evmcs.profile.iter_profiles`. Multi-document files are streamed in chunks (memory does not
 grow with the file); the 4 MiB limit of a profile applies per document.
 
+**Both cores** (:func:`load_fleet`): from 16 MiB of YAML or 4,000 files, the input is cut into one part
+per usable CPU (at most 4; ``QEMU_EVMCS_LOAD_WORKERS`` overrides) on ``---`` lines (or between files); the
+calling process loads the first part while ``os.fork``-ed children load the others with their own
+loaders and send back (pickled) their members and representatives. They are merged in input order, so
+the fleet is identical to a one-process load: same host order, same first-seen representative. If a
+child fails (bad input) or host names repeat across parts, the later parts are loaded again in the
+calling process, so errors (file, line, message) are exactly those of a one-process load. Forking is
+skipped when other threads run.
+
 **Inventory** (``fleet import``): SQLite (stdlib ``sqlite3``) storing files (path, mtime, size, SHA-256,
 pool), hosts (name, fingerprint, file, pool) and each distinct profile once. Re-import is incremental
 and runs in ONE transaction: a failure anywhere leaves the database exactly as it was.
@@ -147,6 +156,9 @@ class _FleetHost:
 _CUT = re.compile(r"\n(#|name|notes|provenance)((?<=#)[^\n]*|[ \t]*:(?=[ \t\n])[^\n]*(?:\n[ \t][^\n]*)*)")
 # Segments holding any of these are parsed in full (explicit document end, directives, "--- x").
 _ODD = re.compile(r"\n(?:\.\.\.|%|---[^\n])")
+# Text with any of these takes the general path of add_text: directives, explicit ends, "---" followed by
+# anything but a newline, and "---" lines back to back (an empty document).
+_NOT_FAST = re.compile(r"\n(?:%|\.\.\.|---(?!\n)|---\n---)")
 _YAML11_WORDS = frozenset(["yes", "no", "true", "false", "on", "off", "null", "y", "n"])
 _NAME_FAST = re.compile(
     r"[ \t]*:[ \t]+(?:([A-Za-z_][A-Za-z0-9_.@/+-]*)|'([^'\n]*)'|\"([^\"\\\n]*)\")[ \t]*(?:[ \t]#[^\n]*)?")
@@ -194,34 +206,41 @@ class FleetLoader:
             return out
         return self.add_file(path)
 
-    def add_file(self, path: str) -> list[tuple[str, str]]:
-        """One file, streamed in chunks that end on a ``---`` line."""
+    def add_file(self, path: str, start: int = 0, end: int | None = None, line0: int = 0) -> list[tuple[str, str]]:
+        """One file, streamed in chunks that end on a ``---`` line.
+
+        ``start``/``end``: only this byte range (``start`` on a ``---`` line or 0, ``end`` exclusive, ``None``:
+        to the end of the file), whose first line is 0-based line ``line0`` of the file.
+        """
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError as err:
             raise InputError(err.strerror or str(err), file=path) from None
         try:
-            # Small files (the one-host-per-file layout) in one read; large ones streamed.
-            data = os.read(fd, SMALL_FILE)
-            if len(data) < SMALL_FILE:
-                if self.progress is not None:
-                    self.progress.update(len(data))
-                return self.add_text(self._decode(data, path, 0), path) if data else []
+            if start == 0 and end is None:
+                # Small files (the one-host-per-file layout) in one read; large ones streamed.
+                data = os.read(fd, SMALL_FILE)
+                if len(data) < SMALL_FILE:
+                    if self.progress is not None:
+                        self.progress.update(len(data))
+                    return self.add_text(self._decode(data, path, 0), path) if data else []
             with os.fdopen(os.dup(fd), "rb") as fh:
-                fh.seek(0)
-                return self._stream(fh, path)
+                fh.seek(start)
+                return self._stream(fh, path, None if end is None else end - start, line0, start)
         except OSError as err:
             raise InputError(err.strerror or str(err), file=path) from None
         finally:
             os.close(fd)
 
-    def _stream(self, fh: BinaryIO, path: str) -> list[tuple[str, str]]:
+    def _stream(self, fh: BinaryIO, path: str, limit: int | None = None, line0: int = 0,
+                consumed: int = 0) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
         carry = b""
-        line0 = 0
-        consumed = 0
         while True:
-            block = fh.read(CHUNK_BYTES)
+            want = CHUNK_BYTES if limit is None else min(CHUNK_BYTES, limit)
+            block = fh.read(want) if want > 0 else b""
+            if limit is not None:
+                limit -= len(block)
             buf = carry + block if carry else block
             if not block:
                 if buf:
@@ -254,7 +273,9 @@ class FleetLoader:
         out: list[tuple[str, str]] = []
         # Split on lines that are exactly "---"; the leading "\n" lets a first "---" line split too.
         t = "\n" + text
-        if not ("\n%" in t or "\n..." in t or t.count("\n---") != t.count("\n---\n")):
+        if _NOT_FAST.search(t) is None:
+            if "\n---" not in t:
+                return self._single(t, path, line0)
             return self._fast_lane(t, path, line0)
         del t
         segments = ("\n" + text).split("\n---\n")
@@ -305,8 +326,12 @@ class FleetLoader:
         layouts = self._layouts
         text_ok = self._text_ok
         cut_split = _CUT.split
-        fast_name = self._fast_name
-        member = self._member_fast
+        name_match = _NAME_FAST.fullmatch
+        words = _YAML11_WORDS
+        where = self._where
+        members = self.fleet.members
+        add = out.append
+        fast = 0
         pos = 0
         seen_pos = seen_lines = 0      # newlines of t before seen_pos
         for i, seg in enumerate(segs):
@@ -314,29 +339,59 @@ class FleetLoader:
             pos += len(seg) + 4
             if seg.endswith("\n"):
                 seg = seg[:-1]            # the last document of a text: same key as the others
-            if len(seg) > MAX_PROFILE_BYTES:
-                entry = None
-                parts: list[str] = []
-            else:
+            if len(seg) <= MAX_PROFILE_BYTES:
                 parts = cut_split(seg)
                 key = "\x00".join(parts[0::3]) + "\x01" + "|".join(parts[1::3])
                 entry = layouts.get(key)
                 if entry is None:
                     entry = self._layout(key)
-            if entry is not None:
-                fp, ni, tix = entry
-                name = fast_name(parts[ni])
-                if name is not None and all(parts[j] in text_ok or self._text_block_ok(parts[j - 1], parts[j])
-                                            for j in tix):
-                    self.documents += 1
-                    if member(name, fp, path):
-                        out.append((name, fp))
+                if entry is not None:
+                    fp, ni, tix = entry
+                    # The name: a plain scalar that YAML 1.1 reads as a string (the common case), else quoted.
+                    m = name_match(parts[ni])
+                    name = m[1] if m is not None else None
+                    if name is None or name.lower() in words:
+                        name = self._fast_name(parts[ni])
+                    if (name is not None and name not in where
+                            and (not tix or all(parts[j] in text_ok or self._text_block_ok(parts[j - 1], parts[j])
+                                                for j in tix))):
+                        fast += 1
+                        where[name] = path
+                        group = members.get(fp)
+                        if group is None:
+                            members[fp] = [name]
+                        else:
+                            group.append(name)
+                        add((name, fp))
                         continue
             # The full treatment (first of its kind, odd name, duplicate, ...), with the real line number.
             seen_lines += t.count("\n", seen_pos, start + 1)
             seen_pos = start + 1
             out += self._generic(seg[1:], path, line0 + seen_lines - 1, i > 0)
+        self.documents += fast
         return out
+
+    def _single(self, t: str, path: str, line0: int) -> list[tuple[str, str]]:
+        """:meth:`_fast_lane` for a text of one document without ``---`` (the one-host-per-file layout)."""
+        seg = t[:-1] if t.endswith("\n") else t
+        if len(seg) <= MAX_PROFILE_BYTES:
+            parts = _CUT.split(seg)
+            key = "\x00".join(parts[0::3]) + "\x01" + "|".join(parts[1::3])
+            entry = self._layouts.get(key) or self._layout(key)
+            if entry is not None:
+                fp, ni, tix = entry
+                name = self._fast_name(parts[ni])
+                if (name is not None and name not in self._where
+                        and all(parts[j] in self._text_ok or self._text_block_ok(parts[j - 1], parts[j]) for j in tix)):
+                    self.documents += 1
+                    self._where[name] = path
+                    group = self.fleet.members.get(fp)
+                    if group is None:
+                        self.fleet.members[fp] = [name]
+                    else:
+                        group.append(name)
+                    return [(name, fp)]
+        return self._generic(seg[1:], path, line0, False)
 
     def _layout(self, key: str) -> tuple[str, int, tuple[int, ...]] | None:
         """For a trusted key: (fingerprint, index of the name block, indexes of notes/provenance blocks)."""
@@ -523,23 +578,221 @@ def is_database(path: PathLike) -> bool:
         return False
 
 
-def _total_bytes(paths: Sequence[str]) -> int:
-    total = 0
-    for p in paths:
+#: Split the loading over several processes (``os.fork``) from this many bytes of multi-document files ...
+PARALLEL_MIN_BYTES = 16 * 1024 * 1024
+#: ... or this many files.
+PARALLEL_MIN_FILES = 4000
+#: At most this many loading processes (the calling one included).
+MAX_WORKERS = 4
+
+#: A piece of input: (path, first byte, end byte or ``None`` for the end of the file).
+_Unit = tuple[str, int, "int | None"]
+
+
+def _default_workers() -> int:
+    """Loading processes to use: ``QEMU_EVMCS_LOAD_WORKERS`` if set, else the usable CPUs (at most 4)."""
+    env = os.environ.get("QEMU_EVMCS_LOAD_WORKERS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return min(int(env), 16)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_WORKERS))
+
+
+def _can_fork() -> bool:
+    """Forking is safe only from a single-threaded process (a forked thread's locks stay held)."""
+    import threading
+    return hasattr(os, "fork") and threading.active_count() == 1
+
+
+def _doc_boundary(path: str, offset: int, size: int) -> int:
+    """The first ``---`` line at or after ``offset`` (its byte offset), not after a ``%`` directive line;
+    ``size`` when there is none."""
+    with open(path, "rb") as fh:
+        pos = max(0, offset - 1)
+        fh.seek(pos)
+        tail = b""
+        while pos < size:
+            block = fh.read(CHUNK_BYTES)
+            if not block:
+                break
+            buf = tail + block
+            base = pos - len(tail)
+            i = buf.find(b"\n---\n")
+            while i >= 0:
+                line_start = buf.rfind(b"\n", 0, i) + 1
+                if line_start > 0 or base == 0:
+                    if not buf.startswith(b"%", line_start):
+                        return base + i + 1
+                i = buf.find(b"\n---\n", i + 1)
+            pos += len(block)
+            tail = buf[-(4 + 4096):]       # a "\n---\n" across blocks, and the line before it
+    return size
+
+
+def _split(units: list[_Unit], parts: int) -> list[list[_Unit]]:
+    """Cut ``units`` into up to ``parts`` consecutive pieces of about equal work, on document boundaries."""
+    if parts < 2:
+        return [units]
+    if len(units) >= PARALLEL_MIN_FILES:        # many files: by count
+        step = -(-len(units) // parts)
+        return [units[i:i + step] for i in range(0, len(units), step)]
+    sizes: list[int] = []
+    for path, _, _ in units:
         try:
-            if os.path.isfile(p):
-                total += os.path.getsize(p)
+            sizes.append(os.path.getsize(path))
         except OSError:
-            pass
-    return total
+            return [units]          # let the sequential loader report it, in order
+    total = sum(sizes)
+    if total < PARALLEL_MIN_BYTES:
+        return [units]
+    out: list[list[_Unit]] = [[]]
+    acc = 0
+    goal = total / parts
+    for (path, _, _), size in zip(units, sizes, strict=True):
+        start = 0
+        while len(out) < parts and acc + (size - start) > goal * len(out):
+            want = int(goal * len(out) - acc) + start
+            cut = _doc_boundary(path, want, size) if want > 0 else 0
+            if cut >= size:
+                break
+            if cut > start:
+                out[-1].append((path, start, cut))
+            acc += cut - start
+            start = cut
+            out.append([])
+        out[-1].append((path, start, None))
+        acc += size - start
+    return [p for p in out if p]
 
 
-def load_fleet(source: PathLike | Sequence[PathLike], *, progress: bool | None = None) -> Fleet:
+def _line_of(path: str, offset: int) -> int:
+    """0-based line number of byte ``offset`` of ``path``."""
+    n = 0
+    with open(path, "rb") as fh:
+        while offset > 0:
+            block = fh.read(min(CHUNK_BYTES, offset))
+            if not block:
+                break
+            n += block.count(b"\n")
+            offset -= len(block)
+    return n
+
+
+def _run_units(loader: FleetLoader, units: list[_Unit], tick: Progress | None, exact_lines: bool = True) -> None:
+    for path, start, end in units:
+        loader.add_file(path, start, end, _line_of(path, start) if start and exact_lines else 0)
+        if tick is not None:
+            tick.update(1)
+
+
+def _child(units: list[_Unit], wfd: int) -> None:  # pragma: no cover - runs in a forked process
+    """Load ``units`` with a fresh loader and send (members, distinct, documents, parsed) down ``wfd``;
+    on any error send nothing (the parent then loads them itself and reports the error exactly)."""
+    import pickle
+    try:
+        payload = b""
+        try:
+            sub = FleetLoader()
+            _run_units(sub, units, None, exact_lines=False)
+            payload = pickle.dumps((sub.fleet.members, sub.fleet.distinct, sub.documents, sub.parsed),
+                                   protocol=pickle.HIGHEST_PROTOCOL)
+        except BaseException:
+            payload = b""
+        with os.fdopen(wfd, "wb") as out:
+            out.write(payload)
+    finally:
+        os._exit(0)
+
+
+def _load_parallel(loader: FleetLoader, parts: list[list[_Unit]], tick: Progress | None) -> None:
+    """Load ``parts[0]`` here and every other part in a forked child, then merge in input order.
+
+    The result is exactly the sequential one: members keep load order, each fingerprint's representative is
+    its first host, and when a child failed (bad input) or host names repeat across parts, the parts after
+    the first are loaded here, sequentially, so the error is reported exactly as without parallelism.
+    """
+    import pickle
+    import signal
+    children: list[tuple[int, int]] = []
+    try:
+        for part in parts[1:]:
+            rfd, wfd = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                os.close(rfd)
+                for _, r in children:
+                    os.close(r)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                _child(part, wfd)
+            os.close(wfd)
+            children.append((pid, rfd))
+        _run_units(loader, parts[0], tick)
+        results: list[Any] = []
+        while children:
+            pid, rfd = children[0]
+            chunks: list[bytes] = []
+            while True:
+                b = os.read(rfd, 1 << 20)
+                if not b:
+                    break
+                chunks.append(b)
+            os.close(rfd)
+            os.waitpid(pid, 0)
+            children.pop(0)
+            results.append(pickle.loads(b"".join(chunks)) if chunks else None)
+    finally:
+        for pid, rfd in children:       # an error or interrupt here: stop the other loaders
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except OSError:  # pragma: no cover
+                pass
+            os.close(rfd)
+    seen: set[str] = set()
+    where = loader._where
+    ok = True
+    for res in results:
+        if res is None:
+            ok = False
+            break
+        for names in res[0].values():
+            if not (where.keys().isdisjoint(names) and seen.isdisjoint(names)):
+                ok = False
+                break
+            seen.update(names)
+        if not ok:
+            break
+    if not ok:
+        if tick is not None:
+            tick.scale = 1.0
+        for part in parts[1:]:
+            _run_units(loader, part, tick)
+        return
+    fleet = loader.fleet
+    for part, (members, distinct, documents, parsed) in zip(parts[1:], results, strict=True):
+        label = part[0][0]
+        for fp, names in members.items():
+            if fp not in fleet.distinct:
+                fleet.distinct[fp] = distinct[fp]
+            fleet.members.setdefault(fp, []).extend(names)
+            where.update(dict.fromkeys(names, label))
+        loader.documents += documents
+        loader.parsed += parsed
+
+
+def load_fleet(source: PathLike | Sequence[PathLike], *, progress: bool | None = None,
+               workers: int | None = None) -> Fleet:
     """Load a fleet from profile files/directories or from an inventory database.
 
     :param source: a path or a list of paths: YAML files (multi-document allowed), directories of
         ``*.yaml``, or ONE SQLite inventory written by ``qemu-evmcs fleet import``.
     :param progress: draw a progress bar on stderr; default: when stderr is a terminal.
+    :param workers: loading processes; default ``QEMU_EVMCS_LOAD_WORKERS`` or the usable CPUs (at most 4).
+        Large inputs (from 16 MiB of YAML or 4,000 files) are split on document boundaries, each part
+        loaded by a forked process; the result is identical to a one-process load.
     :raise InputError: bad input, naming the file, key and line.
     """
     paths = [os.fspath(source)] if isinstance(source, (str, os.PathLike)) else [os.fspath(p) for p in source]
@@ -550,23 +803,49 @@ def load_fleet(source: PathLike | Sequence[PathLike], *, progress: bool | None =
     for p in paths:
         if not os.path.exists(p):
             raise InputError("no such file or directory", file=p)
-    total = _total_bytes(paths)
-    with Progress(total, "loading hosts", unit="B", enabled=progress) as bar:
-        loader = FleetLoader(progress=bar)
-        loader.fleet.source = ", ".join(paths)
+    nworkers = workers if workers is not None else _default_workers()
+    with_dirs = any(os.path.isdir(p) for p in paths)
+    loader = FleetLoader()
+    loader.fleet.source = ", ".join(paths)
+    if with_dirs:
+        # Progress in files (a directory's listing is its unit of work).
+        units: list[_Unit] = []
         for p in paths:
-            if os.path.isdir(p):
-                names = _listing(p)
-                bar.set_total(total + len(names))
-                bar.unit = ""
-                for f in names:
-                    loader.add_file(f)
-                    bar.update(1)
+            units += [(f, 0, None) for f in _listing(p)] if os.path.isdir(p) else [(p, 0, None)]
+        with Progress(len(units), "loading host files", enabled=progress) as bar:
+            parts = _split(units, nworkers) if nworkers > 1 and _can_fork() else [units]
+            if len(parts) > 1:
+                bar.scale = len(units) / max(1, len(parts[0]))
+                _load_parallel(loader, parts, bar)
             else:
-                loader.add_file(p)
+                _run_units(loader, units, bar)
+    else:
+        units = [(p, 0, None) for p in paths]
+        total = _total_bytes(paths)
+        with Progress(total, "loading hosts", unit="B", enabled=progress) as bar:
+            parts = _split(units, nworkers) if nworkers > 1 and _can_fork() else [units]
+            loader.progress = bar
+            if len(parts) > 1:
+                first = sum((end if end is not None else os.path.getsize(path)) - start
+                            for path, start, end in parts[0])
+                bar.scale = total / max(1, first)
+                _load_parallel(loader, parts, None)
+            else:
+                _run_units(loader, units, None)
     if not loader.fleet.members:
         raise InputError("no host profiles found", file=paths[0])
     return loader.fleet
+
+
+def _total_bytes(paths: Sequence[str]) -> int:
+    total = 0
+    for p in paths:
+        try:
+            if os.path.isfile(p):
+                total += os.path.getsize(p)
+        except OSError:
+            pass
+    return total
 
 
 def _merge(into: Fleet, other: Fleet, names: dict[str, str], source: str) -> None:

@@ -40,13 +40,16 @@ class Progress:
         self.label = label
         self.unit = unit
         self.done = 0
+        #: Each update counts this many times (a part of the work stands for the whole, e.g. while other
+        #: processes load the other parts).
+        self.scale = 1.0
         self._last = 0.0
         self._drawn = False
         self._start = time.monotonic()
 
     def update(self, amount: int = 1) -> None:
         """Record ``amount`` more units of work; redraw if due."""
-        self.done += amount
+        self.done += amount if self.scale == 1.0 else int(amount * self.scale)
         if not self.enabled:
             return
         now = time.monotonic()

@@ -7,11 +7,18 @@ Sections:
 2. **Feature visibility heatmap**: VMX feature x host group, two panels side by side: *unfiltered* (what
    QEMU and libvirt see: KVM's system-fd MSRs) and *eVMCS* (what the L1 Hyper-V guest reads, guest CPUID
    0x4000000A.EBX bit 0 clear as QEMU leaves it). Cell states: visible, hidden by the eVMCS filter,
-   hidden by the PERF_GLOBAL_CTRL CPUID gate, not reported by KVM, or eVMCS cannot be enabled.
+   hidden by the PERF_GLOBAL_CTRL CPUID gate, not reported by KVM, or eVMCS cannot be enabled; the legend
+   says what each colour means. Only features that differ between groups or views are drawn; those every
+   group sees alike are listed under the charts (a fleet of uniform rows hides the few that matter).
 3. **Pool partition**: groups whose eVMCS guests see identical VMX feature sets can share a migration
    pool; one row per such class.
 4. **Design comparison**: for each design of the 2022 KVM thread (and the naive one), the migration
-   verdict for every ordered pair of groups (:func:`qemu_evmcs.designs.compare_designs`), as matrices.
+   verdict for every ordered pair of groups (:func:`qemu_evmcs.designs.compare_designs`), as matrices with
+   source/destination axes, a one-line description of each design and a legend of the verdicts.
+
+Layout (checked by looking at headless-Chromium screenshots of the bundled profiles and of a 2,000-host
+make-fleet fleet): the group table, the key to the charts' G1, G2, ... columns, comes first; text is at
+least 10 px for up to 30 groups (cells shrink, labels rotate beyond).
 
 The page's script only adds hover details; it records ``window.__reportOk = true`` and
 ``data-rendered="ok"`` on ``<html>`` when done, and logs any error to the console
@@ -35,7 +42,7 @@ from .fleet import Fleet, load_fleet
 from .profile import HostProfile
 from .registry import registry
 
-#: Cell states of the heatmap: (css class, legend text, colour).
+#: Cell states of the heatmap: state -> (legend text, colour).
 STATES: dict[str, tuple[str, str]] = {
     "vis": ("visible", "#2e7d32"),
     "flt": ("hidden by the eVMCS filter", "#e65100"),
@@ -43,12 +50,30 @@ STATES: dict[str, tuple[str, str]] = {
     "nrp": ("not reported by KVM", "#d7dbe0"),
     "nev": ("eVMCS cannot be enabled", "#8e24aa"),
 }
+#: What each colour means, for the legend (a platform engineer's words).
+STATE_HELP: dict[str, str] = {
+    "vis": "the guest sees the feature",
+    "flt": "KVM reports it to QEMU/libvirt, but KVM's eVMCS filter of this kernel hides it from the "
+           "Hyper-V guest (the guest cannot use it: a vmx-* property set for it is silently lost)",
+    "prf": "hidden only because the guest's Hyper-V CPUID 0x4000000A.EBX bit 0 is clear (QEMU never sets it); "
+           "Linux 6.1+ would expose it with the bit set",
+    "nrp": "KVM does not report it on this group (the CPU or KVM's nested support lacks it, or nested=0): "
+           "no guest gets it",
+    "nev": "KVM reports it, but no eVMCS guest can start on this group (see the group's reason)",
+}
 VERDICTS: dict[str, tuple[str, str]] = {
     "fine": ("allowed: identical guest-visible VMX MSRs", "#2e7d32"),
-    "blocked": ("blocked", "#f9a825"),
+    "blocked": ("blocked (refused before it starts: safe)", "#f9a825"),
     "unsafe": ("allowed but UNSAFE: the guest loses features", "#c62828"),
     "source-fails": ("guest does not start on the source", "#9e9e9e"),
     "self": ("same group", "#ffffff"),
+}
+#: One line per design of the 2022 KVM thread (and the naive baseline), for the report.
+DESIGN_HELP: dict[str, str] = {
+    "naive": "no negotiation: the model as is, eVMCSv1 updated in place by the kernel, QEMU without enforce",
+    "shipped": "what Linux merged (6.1): PERF_GLOBAL_CTRL behind the PV CPUID bit; guest negotiated per source host",
+    "revision": "never merged: KVM_CAP_HYPERV_ENLIGHTENED_VMCS2 with an eVMCS revision number (strict)",
+    "vmx-msrs": "never implemented: KVM_GET_EVMCS_VMX_MSRS returns the filtered MSRs to QEMU",
 }
 #: compare-designs costs O(groups^2); larger fleets show the largest groups only.
 DEFAULT_MAX_DESIGN_GROUPS = 24
@@ -181,6 +206,9 @@ tbody tr:nth-child(odd){background:#f0f2f5}.num{text-align:right;font-variant-nu
 svg text{font-family:inherit}#tip{position:fixed;pointer-events:none;background:#1d2329;color:#fff;padding:4px 7px;
 border-radius:3px;font-size:12px;display:none;max-width:520px;z-index:9}.gid{font-weight:600}
 .designs{display:flex;flex-wrap:wrap;gap:14px}.bad{color:#c62828;font-weight:600}.ok{color:#2e7d32;font-weight:600}
+dl.key{display:grid;grid-template-columns:max-content 1fr;gap:3px 10px;margin:6px 0 10px;max-width:1100px}
+dl.key dt{white-space:nowrap;font-weight:600}dl.key dd{margin:0;color:#3a4550}
+.panel .sub{color:#5a6570;font-size:12px;margin:0 0 4px;max-width:560px}.uniform{max-width:1100px;color:#3a4550}
 """
 
 _JS = """
@@ -211,50 +239,69 @@ def _e(s: object) -> str:
     return html.escape(str(s), quote=True)
 
 
-def _heatmap_svg(groups: Sequence[Group], features: Sequence[str], view: str, *, labels: bool = True) -> str:
-    """One panel: rows = features, columns = groups."""
-    cw, ch, top = 9, 11, 40
-    left = 168 if labels else 6
-    width = left + cw * len(groups) + 4
+def _heatmap_svg(groups: Sequence[Group], features: Sequence[str], view: str) -> str:
+    """One panel: rows = features, columns = groups (labelled G1, G2, ... as in the host-group table)."""
+    n = max(1, len(groups))
+    cw = 20 if n <= 30 else 14 if n <= 60 else 9
+    ch = 15
+    rotate = cw < 20
+    top = 44 if rotate else 22
+    left = 8 + int(6.6 * max((len(f) for f in features), default=8))
+    width = left + cw * len(groups) + 6
     height = top + ch * len(features) + 4
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(view)} heatmap">']
     for j, g in enumerate(groups):
         x = left + j * cw + cw / 2
-        out.append(f'<text x="{x:.1f}" y="{top - 6}" font-size="8" transform="rotate(-60 {x:.1f} {top - 6})" '
-                   f'data-tip="{_e(g.gid + ": " + g.label)}">{_e(g.gid)}</text>')
+        tip = _e(g.gid + ": " + g.label)
+        if rotate:
+            out.append(f'<text x="{x + 3:.1f}" y="{top - 4}" font-size="10" '
+                       f'transform="rotate(-90 {x + 3:.1f} {top - 4})" data-tip="{tip}">{_e(g.gid)}</text>')
+        else:
+            out.append(f'<text x="{x:.1f}" y="{top - 6}" font-size="10.5" font-weight="600" text-anchor="middle" '
+                       f'data-tip="{tip}">{_e(g.gid)}</text>')
     for i, f in enumerate(features):
         y = top + i * ch
-        if labels:
-            out.append(f'<text x="{left - 4}" y="{y + ch - 2}" font-size="9.5" text-anchor="end">{_e(f)}</text>')
+        out.append(f'<text x="{left - 5}" y="{y + ch - 4}" font-size="11" text-anchor="end">{_e(f)}</text>')
         for j, g in enumerate(groups):
             st = g.states[f]
             if view == "unfiltered":
                 st = "nrp" if f not in g.unfiltered else "vis"
-            out.append(f'<rect x="{left + j * cw}" y="{y}" width="{cw - 1}" height="{ch - 1}" '
+            out.append(f'<rect x="{left + j * cw}" y="{y}" width="{cw - 2}" height="{ch - 2}" '
                        f'fill="{STATES[st][1]}" data-tip="{_e(f"{g.gid} {g.label} | {f}: {STATES[st][0]}")}"/>')
     out.append("</svg>")
     return "".join(out)
 
 
-def _legend(items: dict[str, tuple[str, str]], keys: Sequence[str]) -> str:
+def _legend(items: dict[str, tuple[str, str]], keys: Sequence[str], helps: dict[str, str] | None = None,
+            extra: str = "") -> str:
+    if helps is not None:
+        return '<dl class="key">' + "".join(
+            f'<dt><i class="sw" style="background:{items[k][1]}"></i>{_e(items[k][0])}</dt><dd>{_e(helps[k])}</dd>'
+            for k in keys) + extra + "</dl>"
     return '<div class="legend">' + "".join(
-        f'<span><i class="sw" style="background:{items[k][1]}"></i>{_e(items[k][0])}</span>' for k in keys) + "</div>"
+        f'<span><i class="sw" style="background:{items[k][1]}"></i>{_e(items[k][0])}</span>' for k in keys) + \
+        extra + "</div>"
 
 
 def _design_svg(design: str, dm: dict[str, Any]) -> str:
     ids: list[str] = dm["groups"]
     cells: dict[str, dict[str, Any]] = dm["cells"][design]
-    c, left, top = 14, 34, 34
-    size_w = left + c * len(ids) + 4
-    size_h = top + c * len(ids) + 4
+    c = 22 if len(ids) <= 16 else 15
+    left, top = 62, 42
+    size_w = left + c * len(ids) + 6
+    size_h = top + c * len(ids) + 6
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{size_w}" height="{size_h}" '
-           f'viewBox="0 0 {size_w} {size_h}" role="img" aria-label="{_e(design)} migration matrix">']
+           f'viewBox="0 0 {size_w} {size_h}" role="img" aria-label="{_e(design)} migration matrix">',
+           f'<text x="{left}" y="11" font-size="11" fill="#5a6570">to (destination) &#8594;</text>',
+           f'<text x="11" y="{top + 4}" font-size="11" fill="#5a6570" transform="rotate(90 11 {top + 4})">'
+           "from (source) &#8594;</text>"]
+    fs = 10 if c >= 22 else 8.5
     for j, gid in enumerate(ids):
         x = left + j * c + c / 2
-        out.append(f'<text x="{x:.1f}" y="{top - 4}" font-size="8" transform="rotate(-60 {x:.1f} {top - 4})">'
-                   f'{_e(gid)}</text>')
-        out.append(f'<text x="{left - 3}" y="{top + j * c + c - 3}" font-size="8" text-anchor="end">{_e(gid)}</text>')
+        out.append(f'<text x="{x:.1f}" y="{top - 6}" font-size="{fs}" text-anchor="middle">{_e(gid)}</text>')
+        out.append(f'<text x="{left - 4}" y="{top + j * c + c / 2 + 3.5:.1f}" font-size="{fs}" text-anchor="end">'
+                   f"{_e(gid)}</text>")
     for i, src in enumerate(ids):
         for j, dst in enumerate(ids):
             cell = cells.get(f"{src}>{dst}")
@@ -264,9 +311,12 @@ def _design_svg(design: str, dm: dict[str, Any]) -> str:
                 tip += f" ({cell['why']})"
             if cell and cell.get("wrong"):
                 tip += " [WRONG]"
-            stroke = ' stroke="#000" stroke-width="1.5"' if cell and cell.get("wrong") else ""
-            out.append(f'<rect x="{left + j * c}" y="{top + i * c}" width="{c - 1}" height="{c - 1}" '
+            stroke = ' stroke="#000" stroke-width="2"' if cell and cell.get("wrong") else ""
+            out.append(f'<rect x="{left + j * c + 1}" y="{top + i * c + 1}" width="{c - 3}" height="{c - 3}" '
                        f'fill="{VERDICTS[v][1]}"{stroke} data-tip="{_e(tip)}"/>')
+            if v == "self":
+                out.append(f'<line x1="{left + j * c + 3}" y1="{top + i * c + c - 3}" x2="{left + j * c + c - 3}" '
+                           f'y2="{top + i * c + 3}" stroke="#b0b6bd" stroke-width="1"/>')
     out.append("</svg>")
     return "".join(out)
 
@@ -282,27 +332,33 @@ def render_html(fleet: Fleet, *, max_design_groups: int = DEFAULT_MAX_DESIGN_GRO
     classes, incapable = partition(groups)
     dm = design_matrix(groups, max_design_groups)
     hosts = fleet.host_count
+    # Rows that differ carry the information. A feature is drawn unless every group that can run an eVMCS
+    # guest shows it in both views and every other group either reports it too or reports no VMX at all
+    # (nested=0, AMD): those are listed under the heatmap instead.
+    def _uniform(f: str) -> bool:
+        for g in groups:
+            if g.evmcs_ok:
+                if f not in g.unfiltered or g.states[f] != "vis":
+                    return False
+            elif g.unfiltered and f not in g.unfiltered:
+                return False
+        return True
+
+    uniform = [f for f in shown if _uniform(f)]
+    varying = [f for f in shown if f not in uniform]
+    rows = varying or shown
     parts: list[str] = []
     parts.append(f"<!DOCTYPE html><html lang=\"en\" data-rendered=\"pending\"><head><meta charset=\"utf-8\">"
                  f"<meta name=\"viewport\" content=\"width=device-width\"><title>{_e(title)}</title>"
                  f"<style>{_CSS}</style></head><body><div id=\"tip\"></div>")
     parts.append(f"<h1>{_e(title)}</h1><p class=\"meta\">{hosts:,} hosts in "
                  f"<span id=\"summary-groups\">{len(groups)}</span> distinct host groups, from {_e(fleet.source)}; "
-                 f"generated {_e(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}. Work is done once per group "
-                 f"(identical profiles by content hash).</p>")
-    # 1. heatmap
-    parts.append("<h2>VMX feature visibility by host group</h2><p class=meta>Rows: every VMX feature KVM reports on "
-                 "at least one group. Left: what QEMU and libvirt see (KVM's system-fd MSRs). Right: what the L1 "
-                 "Hyper-V guest reads with Enlightened VMCS on (guest CPUID 0x4000000A.EBX bit 0 clear, as QEMU "
-                 "leaves it). Hover a cell for details.</p>")
-    parts.append(_legend(STATES, list(STATES)))
-    parts.append('<div class="panels"><div class="panel" id="heat-unfiltered"><h3>unfiltered (QEMU / libvirt view)'
-                 "</h3>" + _heatmap_svg(groups, shown, "unfiltered") + '</div><div class="panel" id="heat-evmcs">'
-                 "<h3>eVMCS-filtered (L1 Hyper-V guest view)</h3>"
-                 + _heatmap_svg(groups, shown, "evmcs", labels=len(groups) > 60)
-                 + "</div></div>")
-    # 2. groups
-    parts.append("<h2>Host groups</h2><details open><summary>one row per distinct profile</summary>"
+                 f"generated {_e(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}. Hosts with identical profiles (CPU, "
+                 f"kernel, KVM settings, VMX MSRs) form one group, G1 being the largest; every chart has one "
+                 f"column per group. Hover any cell for details.</p>")
+    # 1. groups: the key to the charts' columns
+    parts.append("<h2>Host groups</h2><details open><summary>one row per distinct profile (the G1, G2, ... of the "
+                 "charts)</summary>"
                  "<table><thead><tr><th>group</th><th>CPU · kernel · hosts</th>"
                  "<th>eVMCS era</th><th class=num>KVM features</th><th>eVMCS guest features</th>"
                  "<th>example hosts</th></tr></thead><tbody>")
@@ -312,6 +368,24 @@ def render_html(fleet: Fleet, *, max_design_groups: int = DEFAULT_MAX_DESIGN_GRO
         parts.append(f"<tr><td class=gid>{g.gid}</td><td>{_e(g.label)}</td><td>{_e(g.era)}</td>"
                      f"<td class=num>{len(g.unfiltered)}</td><td>{guest}</td><td>{_e(ex)}</td></tr>")
     parts.append("</tbody></table></details>")
+    # 2. heatmap
+    parts.append("<h2>VMX feature visibility by host group</h2><p class=meta>One row per VMX feature, one column "
+                 "per host group. Left: what QEMU and libvirt see (KVM's system-fd MSRs). Right: what the L1 "
+                 "Hyper-V guest reads with Enlightened VMCS on (guest CPUID 0x4000000A.EBX bit 0 clear, as QEMU "
+                 "leaves it). A row that is green on the left and not on the right is a feature the guest "
+                 "silently loses. The colours:</p>")
+    parts.append(_legend(STATES, list(STATES), STATE_HELP))
+    sub = (f"{len(rows)} features that differ between groups or views"
+           + (f"; {len(uniform)} that every group sees alike are listed below the charts" if uniform and varying
+              else ""))
+    parts.append('<div class="panels"><div class="panel" id="heat-unfiltered"><h3>unfiltered (QEMU / libvirt view)'
+                 f"</h3><p class=sub>{_e(sub)}</p>" + _heatmap_svg(groups, rows, "unfiltered")
+                 + '</div><div class="panel" id="heat-evmcs"><h3>eVMCS-filtered (L1 Hyper-V guest view)</h3>'
+                 f"<p class=sub>{_e(sub)}</p>" + _heatmap_svg(groups, rows, "evmcs") + "</div></div>")
+    if uniform and varying:
+        parts.append(f'<details class="uniform"><summary>{len(uniform)} features not drawn: visible in both views on '
+                     "every group that can run an eVMCS guest (and reported on every other group with nested VMX)"
+                     "</summary><p>" + _e(", ".join(uniform)) + "</p></details>")
     # 3. partition
     parts.append("<h2>Pool partition</h2><p class=meta>Groups whose eVMCS guests see identical VMX feature sets can "
                  "share a migration pool (a guest using everything it sees migrates freely inside a class).</p>"
@@ -331,26 +405,42 @@ def render_html(fleet: Fleet, *, max_design_groups: int = DEFAULT_MAX_DESIGN_GRO
     if dm is None or not dm["groups"]:
         parts.append("<p class=meta>No eVMCS-capable groups (or compare-designs is unavailable).</p>")
     else:
+        left_out = [g.gid for g in incapable]
         note = (f" The {dm['omitted']} smallest eVMCS-capable groups are left out (compare-designs is quadratic)."
                 if dm["omitted"] else "")
-        parts.append("<p class=meta>Rows: source group, columns: destination group; the guest is configured as each "
-                     "design would configure it on the source, then migrated. Black outline: a wrong verdict "
-                     f"(unsafe, or blocked unnecessarily).{note}</p>")
-        parts.append(_legend(VERDICTS, ["fine", "blocked", "unsafe", "source-fails"]))
-        parts.append("<table><thead><tr><th>design</th><th class=num>allowed</th><th class=num>blocked</th>"
-                     "<th class=num>unsafe</th><th class=num>no start</th><th class=num>wrong</th></tr></thead>"
-                     "<tbody>")
+        if left_out:
+            note += f" Groups that cannot run an eVMCS guest ({', '.join(left_out)}) have no row or column."
+        parts.append("<p class=meta>For each design of the 2022 KVM thread: a guest is configured as the design "
+                     "would configure it on the source group (row), then live-migrated to the destination group "
+                     "(column). What the cell colour says about that migration:</p>")
+        outline = ('<dt><i class="sw" style="background:#c62828;outline:2px solid #000"></i>black outline</dt>'
+                   "<dd>a wrong verdict: an unsafe migration allowed, or a safe one blocked for no reason</dd>")
+        parts.append(_legend(VERDICTS, ["fine", "blocked", "unsafe", "source-fails"],
+                             {"fine": "the migration goes through and the guest keeps every VMX feature it saw",
+                              "blocked": "QEMU/libvirt refuse the migration up front; the guest keeps running on "
+                                         "the source",
+                              "unsafe": "the migration goes through, but the guest loses VMX features it was "
+                                        "using: it may crash on the destination",
+                              "source-fails": "the guest as this design configures it does not start on the "
+                                              "source group"}, outline))
+        parts.append(f"<p class=meta>{_e(note.strip())}</p>" if note else "")
+        parts.append("<table><thead><tr><th>design</th><th>what it is</th><th class=num>allowed</th>"
+                     "<th class=num>blocked</th><th class=num>unsafe</th><th class=num>no start</th>"
+                     "<th class=num>wrong</th></tr></thead><tbody>")
         for d in dm["designs"]:
             t = dm["host_pair_totals"][d]
             wrong = f'<span class="{"bad" if t["wrong"] else "ok"}">{t["wrong"]:,}</span>'
-            parts.append(f"<tr><td>{_e(d)}</td><td class=num>{t['fine']:,}</td><td class=num>{t['blocked']:,}</td>"
+            parts.append(f"<tr><td class=gid>{_e(d)}</td><td>{_e(DESIGN_HELP.get(d, ''))}</td>"
+                         f"<td class=num>{t['fine']:,}</td><td class=num>{t['blocked']:,}</td>"
                          f"<td class=num>{t['unsafe']:,}</td><td class=num>{t['source-fails']:,}</td>"
                          f"<td class=num>{wrong}</td></tr>")
-        parts.append("</tbody></table><p class=meta>Totals count ordered pairs of hosts.</p><div class=designs>")
+        parts.append("</tbody></table><p class=meta>The counts are ordered pairs of hosts (a group of n hosts "
+                     "weighs n × m against a group of m), so they show how much of the fleet each verdict "
+                     "covers.</p><div class=designs>")
         for d in dm["designs"]:
             parts.append(f'<div class="panel"><h3>{_e(d)}</h3>{_design_svg(d, dm)}</div>')
         parts.append("</div>")
-    data = {"hosts": hosts, "groups": len(groups), "features": len(shown),
+    data = {"hosts": hosts, "groups": len(groups), "features": len(shown), "drawn_features": len(rows),
             "classes": len(classes), "designs": dm["designs"] if dm else []}
     blob = json.dumps(data, sort_keys=True).replace("</", "<\\/")
     parts.append(f'<script type="application/json" id="report-data">{blob}</script><script>{_JS}</script>'

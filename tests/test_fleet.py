@@ -78,6 +78,139 @@ def test_small_chunks_stream_the_same(fleet_file: Path, monkeypatch: pytest.Monk
     assert load_fleet(str(fleet_file), progress=False).members == reference([str(fleet_file)])
 
 
+# --------------------------------------------------------------------------- parallel loading (os.fork)
+
+def _same_fleet(a: Fleet, b: Fleet) -> None:
+    """Identical, order included: members per fingerprint, fingerprint order, each group's representative."""
+    assert list(a.members.items()) == list(b.members.items())
+    assert list(a.distinct) == list(b.distinct)
+    for fp, rep in a.distinct.items():
+        assert b.distinct[fp] == rep and b.distinct[fp].name == rep.name and b.distinct[fp].source == rep.source
+
+
+def _children() -> set[int]:
+    """Live child processes of this process (from /proc)."""
+    out: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children", encoding="ascii") as fh:
+                out |= {int(x) for x in fh.read().split()}
+        except OSError:
+            pass
+    return out
+
+
+@pytest.fixture()
+def small_parallel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thresholds low enough that test-sized fleets are split across processes (and streamed in chunks)."""
+    monkeypatch.setattr(fleet_mod, "PARALLEL_MIN_BYTES", 64 * 1024)
+    monkeypatch.setattr(fleet_mod, "PARALLEL_MIN_FILES", 50)
+    monkeypatch.setattr(fleet_mod, "CHUNK_BYTES", 256 * 1024)
+
+
+@pytest.mark.usefixtures("small_parallel")
+@pytest.mark.parametrize("workers", [2, 3, 4])
+def test_parallel_load_equals_one_process_and_full_parse(fleet_file: Path, fleet_dir: Path, workers: int) -> None:
+    before = _children()
+    other = fleet_file.parent / f"other-{workers}.yaml"       # a second file, so a cut may fall between files
+    other.write_text(fleet_file.read_text()[: len(fleet_file.read_text()) // 3].rsplit("\n---\n", 1)[0]
+                     .replace("-h0", "-x0") + "\n")
+    for src in (str(fleet_file), str(fleet_dir), [str(fleet_dir), SAMPLES], [str(other), str(fleet_file)],
+                [str(fleet_file), str(other)]):
+        one = load_fleet(src, progress=False, workers=1)
+        many = load_fleet(src, progress=False, workers=workers)
+        _same_fleet(one, many)
+        if workers == 2:      # the full PyYAML parse is slow: once is enough
+            assert many.members == reference([src] if isinstance(src, str) else src)
+    assert _children() <= before     # every loader process was reaped
+
+
+def test_split_cuts_on_document_lines_and_covers_everything(fleet_file: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fleet_mod, "PARALLEL_MIN_BYTES", 1024)
+    data = fleet_file.read_bytes()
+    for n in (2, 3, 4, 7):
+        parts = fleet_mod._split([(str(fleet_file), 0, None)], n)
+        assert len(parts) == n
+        pieces = [u for part in parts for u in part]
+        assert pieces[0][1] == 0 and pieces[-1][2] is None
+        for (_, _, end), (_, start, _) in zip(pieces, pieces[1:], strict=False):
+            assert end == start and data[start - 1:start + 4] == b"\n---\n"
+        sizes = [sum((e if e is not None else len(data)) - s for _, s, e in part) for part in parts]
+        assert max(sizes) - min(sizes) < len(data) // n // 2      # about equal work
+    # A "---" line right after a %-directive line is never a cut (the directive belongs to the next document).
+    p = str(fleet_file.parent / "directive.yaml")
+    Path(p).write_text("x: 1\n" * 50 + "%YAML 1.1\n---\n" + "y: 2\n" * 50 + "---\nz: 3\n")
+    assert fleet_mod._doc_boundary(p, 10, os.path.getsize(p)) == len("x: 1\n" * 50 + "%YAML 1.1\n---\n" + "y: 2\n" * 50)
+
+
+@pytest.mark.usefixtures("small_parallel")
+def test_parallel_errors_are_the_one_process_errors(tmp_path: Path) -> None:
+    many = [body(f"h{i:04d}") for i in range(200)]
+    cases = {
+        "bad-late": many[:150] + [body("bad", "notes: 5\n")] + many[150:],      # in a child's part
+        "bad-early": [body("bad", "notes: 5\n")] + many,                       # in the first part
+        "dup-across": many + [body("h0003")],                                   # names repeat across parts
+        "yaml-late": many + ["name: [unclosed\n"],
+    }
+    before = _children()
+    for tag, docs in cases.items():
+        path = write(tmp_path, "---\n".join(docs), f"{tag}.yaml")
+        with pytest.raises(InputError) as one:
+            load_fleet(path, progress=False, workers=1)
+        with pytest.raises(InputError) as par:
+            load_fleet(path, progress=False, workers=2)
+        assert str(par.value) == str(one.value), tag
+        assert (par.value.file, par.value.line, par.value.key) == (one.value.file, one.value.line, one.value.key)
+    # The same across the files of a directory.
+    d = tmp_path / "dir"
+    d.mkdir()
+    for i in range(120):
+        (d / f"h{i:04d}.yaml").write_text(body(f"h{i:04d}"))
+    (d / "h0110.yaml").write_text(body("h0005"))
+    with pytest.raises(InputError) as one:
+        load_fleet(str(d), progress=False, workers=1)
+    with pytest.raises(InputError) as par:
+        load_fleet(str(d), progress=False, workers=2)
+    assert str(par.value) == str(one.value) and "duplicate host name 'h0005'" in str(one.value)
+    assert _children() <= before
+
+
+def test_load_workers_default_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QEMU_EVMCS_LOAD_WORKERS", "1")
+    assert fleet_mod._default_workers() == 1
+    monkeypatch.setenv("QEMU_EVMCS_LOAD_WORKERS", "junk")
+    assert 1 <= fleet_mod._default_workers() <= fleet_mod.MAX_WORKERS
+
+
+class _TtyErr(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.usefixtures("small_parallel")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_load_progress_bar_counts_sensibly(fleet_file: Path, fleet_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                           workers: int) -> None:
+    """The loading bar (stderr is a terminal) rises to 100 % and never past it, for files and directories."""
+    import re
+    monkeypatch.setattr(Progress, "INTERVAL", 0)
+    for src in (str(fleet_file), str(fleet_dir)):
+        err = _TtyErr()
+        with monkeypatch.context() as m:
+            m.setattr(sys, "stderr", err)
+            load_fleet(src, progress=None, workers=workers)
+        pcts = [float(x) for x in re.findall(r"\] +([0-9.]+)%", err.getvalue())]
+        assert pcts, src
+        assert all(0 <= p <= 100 for p in pcts) and pcts == sorted(pcts), (src, pcts)
+        assert pcts[0] < 50 <= pcts[-1] and err.getvalue().endswith("\r\x1b[K")
+    quiet = io.StringIO()
+    with monkeypatch.context() as m:
+        m.setattr(sys, "stderr", quiet)
+        load_fleet(str(fleet_dir), progress=None, workers=workers)
+    assert quiet.getvalue() == ""      # not a terminal: nothing at all
+
+
 HOST = (Path(SAMPLES) / "skylake-6.3.yaml").read_text()
 
 

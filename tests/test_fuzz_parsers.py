@@ -1,8 +1,11 @@
 """Hostile input for every finished parser: only the documented ``error:`` line and exit code, never a traceback.
 
 Parsers covered: host profiles (YAML, through ``qemu-evmcs host show``), vmxcap text and rdmsr dumps
-(through ``host import``), ``-cpu`` strings (:func:`qemu_evmcs.launch.verify.parse_cpu_arg`) and QEMU's
-feature warnings (:func:`qemu_evmcs.launch.warnings.parse_warnings`). Pathological inputs (a 100 MB
+(through ``host import``), ``-cpu`` strings (the wrapper's :func:`qemu_evmcs.launch.verify.parse_cpu_arg`, and the
+simulated QEMU's :mod:`qemu_evmcs.simqemu.cmdline` through start-up) and QEMU's feature warnings
+(:func:`qemu_evmcs.launch.warnings.parse_warnings`). Hostile QMP *clients* of the simulated QEMU's server are
+fuzzed in ``tests/test_load_simqemu.py``; a hostile QEMU's replies to the launcher in
+``tests/test_faults_launch.py``. Pathological inputs (a 100 MB
 file, a YAML alias bomb, deep nesting, multi-megabyte lines) must fail cleanly with bounded memory.
 
 The CLI runs in-process (``cli.run``) for speed; :func:`test_subprocess_never_tracebacks` runs a few
@@ -372,3 +375,61 @@ def test_subprocess_never_tracebacks(tmp_path: Path) -> None:
         assert r.returncode == 2, (i, r.returncode, r.stderr[-2000:])
         assert r.stdout == ""
         assert_contract(r.returncode, r.stderr)
+
+
+# --------------------------------------------------------------------------- the simulated QEMU's -cpu parser
+
+def _sim_names() -> tuple[list[str], list[str]]:
+    from qemu_evmcs.simqemu.cpu import list_models, vmx_prop_names
+    return vmx_prop_names(), list_models()
+
+
+_VMX_PROPS, _MODELS = _sim_names()
+_HV = ["hv-evmcs", "hv-vapic", "hv-time", "hv-relaxed", "hv-spinlocks", "hv-vpindex", "hv-passthrough",
+       "hv-evmcs-perf-global-ctrl", "x-hv-evmcs-revision", "hv_evmcs", "hv-enforce-cpuid", "hv-syndbg"]
+_sim_key = st.one_of(st.sampled_from(_VMX_PROPS + _HV + ["vmx", "svm", "pmu", "tsc-frequency", "enforce", "check",
+                                                        "migratable", "level", "vendor", "host-phys-bits"]),
+                     st.sampled_from(_VMX_PROPS).map(lambda p: p.replace("-", "_")),
+                     st.text(alphabet="abcdefvmx-_=+,", max_size=10))
+_sim_val = st.one_of(st.sampled_from(["on", "off", "yes", "no", "true", "false", "0", "1", "2", "0x1fff", "",
+                                      "maybe", "-1", "99999999999999999999", "on,,x"]),
+                     st.text(max_size=8))
+_sim_item = st.one_of(
+    st.tuples(_sim_key, _sim_val).map(lambda kv: f"{kv[0]}={kv[1]}"),
+    _sim_key.map(lambda k: "+" + k), _sim_key.map(lambda k: "-" + k), _sim_key,
+    st.text(max_size=6))
+
+
+@settings(max_examples=int(os.environ.get("QEMU_EVMCS_FUZZ_EXAMPLES", "200")), deadline=None)
+@given(model=st.one_of(st.sampled_from(_MODELS + ["host", "max", ""]), st.text(max_size=10)),
+       items=st.lists(_sim_item, max_size=10), host=st.sampled_from(["skylake-6.3", "cascadelake-5.4",
+                                                                   "icelake-6.1", "epyc-amd-6.6"]))
+def test_simulator_cpu_option_to_boot(model: str, items: list[str], host: str) -> None:
+    """``qemu-evmcs-sim ... -cpu STRING``: the -cpu parser and the start-up that consumes it end in a running
+    machine or in QEMU's one-line error with exit 1 or an abort (134), never in another exception."""
+    from qemu_evmcs.profile import resolve_profile_path
+    from qemu_evmcs.simqemu.cmdline import QemuError, parse_args, parse_cpu_option, split_opts
+    from qemu_evmcs.simqemu.startup import boot
+    arg = ",".join([model, *items])
+    try:
+        spec = parse_cpu_option(arg)
+    except QemuError as err:
+        assert split_opts(arg)[0] == "" and err.message == "unable to find CPU model ''"
+        return
+    assert spec.model == split_opts(arg)[0] and all("_" not in k for k, _ in spec.props)
+    # Like QEMU, the simulator quotes the user's text as is: a line break in it is the only one possible.
+    assert all("\n" not in w or "\n" in arg for w in spec.warnings)
+    try:
+        config = parse_args(["-accel", "kvm", "-cpu", arg, "-display", "none"])
+    except QemuError as err:
+        assert err.status == 1 and ("\n" not in err.message or "\n" in arg)
+        return
+    profile = load_profile(resolve_profile_path(host))
+    try:
+        result = boot(config, profile)
+    except QemuError as err:
+        assert err.status in (1, 134) and err.message and ("\n" not in err.message or "\n" in arg)
+        return
+    assert result.exit_status in (0, 1, 134)
+    assert result.ok == (result.exit_status == 0) and (result.ok or result.reason)
+    assert all("\n" not in line or "\n" in arg for line in result.stderr)

@@ -72,3 +72,29 @@ def test_by_pool_directories(tmp_path: Path) -> None:
 def test_bad_count_is_exit_2(tmp_path: Path) -> None:
     r = make_fleet("--count", "0", "--out", str(tmp_path / "x.yaml"))
     assert r.returncode == 2 and r.stderr.startswith("error:")
+
+
+def test_existing_output_is_refused_without_force_and_replaced_whole_with_it(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    assert make_fleet("--count", "200", "--out", str(d)).returncode == 0
+    before = sorted(os.listdir(d))
+    r = make_fleet("--count", "30", "--out", str(d))
+    assert r.returncode == 2 and r.stderr == f"error: {d}: exists; use --force to replace it\n"
+    assert sorted(os.listdir(d)) == before                       # untouched
+    # --force replaces the directory as a whole: no leftover hosts of the larger fleet.
+    assert make_fleet("--count", "30", "--out", str(d), "--force").returncode == 0
+    assert len(load_profiles([str(d)])) == 30
+    assert sorted(os.listdir(tmp_path)) == ["d"]                 # no temporary or old directory left
+    f = tmp_path / "f.yaml"
+    assert make_fleet("--count", "50", "--out", str(f)).returncode == 0
+    first = f.read_bytes()
+    r = make_fleet("--count", "20", "--out", str(f))
+    assert r.returncode == 2 and "exists; use --force" in r.stderr and f.read_bytes() == first
+    f.unlink()                                                   # the manifest alone still counts as output
+    assert make_fleet("--count", "20", "--out", str(f)).returncode == 2
+    assert make_fleet("--count", "20", "--out", str(f), "--force").returncode == 0
+    assert len(load_profiles([str(f)])) == 20
+    assert sorted(os.listdir(tmp_path)) == ["d", "f.yaml", "f.yaml.manifest.json"]
+    # An existing empty directory is fine.
+    (tmp_path / "empty").mkdir()
+    assert make_fleet("--count", "5", "--out", str(tmp_path / "empty")).returncode == 0
