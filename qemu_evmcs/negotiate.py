@@ -45,7 +45,7 @@ from .fleet import Fleet, FleetHosts, load_hosts_fleet
 from .kernel import era_table
 from .msrval import word_source_msr
 from .profile import HostProfile
-from .qemu_compose import compose_vmx_msrs, feature_words, supported_msr_feature
+from .qemu_compose import compose_vmx_msrs, feature_words, hv_evmcs_error, supported_msr_feature
 from .registry import Registry, registry
 from .simkvm import (
     EVMCS_REVISION_2022,
@@ -54,7 +54,6 @@ from .simkvm import (
     HV_NESTED_DIRECT_FLUSH,
     HV_NESTED_EVMCS1_PERF_GLOBAL_CTRL,
     HV_NESTED_MSR_BITMAP,
-    KVM_CAP_SYS_HYPERV_CPUID,
     KVM_CAP_HYPERV_ENLIGHTENED_VMCS,
     HvCpuid,
     SimKvm,
@@ -381,12 +380,7 @@ def evmcs_incapable_reason(profile: HostProfile) -> str | None:
     if not kvm.has_evmcs_hook():
         return f"host {profile.name}: {kvm.no_evmcs_reason()}"
     if not profile.nested or kvm.evmcs_version() == 0:
-        # QEMU asks the system fd for Hyper-V features when the kernel has KVM_CAP_SYS_HYPERV_CPUID (5.11+):
-        # there eVMCS is simply absent. Older kernels report the cap, then version 0 fails QEMU's range check.
-        if kvm.check_extension(KVM_CAP_SYS_HYPERV_CPUID):
-            qemu_text = "Hyper-V enlightened VMCS (hv-evmcs) is not supported by kernel"
-        else:
-            qemu_text = "eVMCS version range [1..1] is not supported by kernel (supported: [0..0])"
+        qemu_text = hv_evmcs_error(kvm) or "eVMCS cannot be enabled"
         return (f"host {profile.name}: kvm_intel.nested=0 (KVM reports eVMCS version 0 and no VMX MSRs; "
                 f"QEMU fails '{qemu_text}')")
     return None

@@ -30,6 +30,7 @@ from .explain import removed_bits
 from .models import EffectiveModel, ModelDef, QemuSnapshot, effective_model
 from .msrval import feature_set, word_source_msr
 from .fleet import Fleet, load_hosts_fleet
+from .qemu_compose import hv_evmcs_error
 from .profile import HostProfile
 from .registry import MASK32, MASK64, registry
 from .simkvm import SimKvm, guest_view
@@ -68,14 +69,14 @@ class HostViews:
 
 def _evmcs_check(profile: HostProfile, kvm: SimKvm, want: tuple[int, int]) -> str | None:
     """``None`` if QEMU would enable eVMCS ``want`` here, else QEMU's error text."""
+    err = hv_evmcs_error(kvm, want)
+    if err is None:
+        return None
     if not kvm.has_evmcs_hook():
-        return f"Hyper-V enlightened VMCS (hv-evmcs) is not supported by kernel ({kvm.no_evmcs_reason()})"
-    ver = kvm.evmcs_version()
-    lo, hi = ver & 0xFF, (ver >> 8) & 0xFF
-    if not (lo <= want[0] and want[1] <= hi) or ver == 0:
-        return (f"eVMCS version range [{want[0]}..{want[1]}] is not supported by kernel "
-                f"(supported: [{lo}..{hi}])")
-    return None
+        return f"{err} ({kvm.no_evmcs_reason()})"
+    if not profile.nested:
+        return f"{err} (kvm_intel.nested=0)"
+    return err
 
 
 def compute_host_views(profile: HostProfile, *, pv_perf_global_ctrl: bool = False, variant: str = "shipped",
