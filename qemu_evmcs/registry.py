@@ -19,6 +19,8 @@ from .errors import InputError
 
 
 MASK32 = 0xFFFF_FFFF
+#: libyaml's safe loader when built in, else PyYAML's: both construct plain data only.
+_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 
 
@@ -223,9 +225,10 @@ def parse_registry(data: Mapping[str, Any]) -> Registry:
 
 
 def load_data(name: str) -> Any:
-    """``yaml.safe_load`` of a file in ``qemu_evmcs/data``."""
+    """Load a YAML file of ``qemu_evmcs/data`` with a safe loader (libyaml's ``CSafeLoader`` when present:
+    the registry is read by every command, and the C loader saves ~0.1 s of start-up)."""
     text = resources.files("qemu_evmcs").joinpath("data", name).read_text(encoding="utf-8")
-    return yaml.safe_load(text)
+    return yaml.load(text, Loader=_SAFE_LOADER)
 
 
 @functools.lru_cache(maxsize=1)
