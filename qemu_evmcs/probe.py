@@ -36,6 +36,10 @@ from .errors import EvmcsError, ProbeError
 from .profile import HostProfile, profile_from_mapping
 from .registry import Registry, registry
 
+# KVM capability numbers and the Hyper-V CPUID leaf: defined once, in the simulator of the same kernel ABI.
+from .simkvm import (HV_CPUID_NESTED_FEATURES, KVM_CAP_GET_MSR_FEATURES, KVM_CAP_HYPERV_ENLIGHTENED_VMCS,
+                     KVM_CAP_SYS_HYPERV_CPUID)
+
 # --------------------------------------------------------------------------- ioctl numbers (asm-generic/ioctl.h)
 
 _IOC_NRBITS, _IOC_TYPEBITS, _IOC_SIZEBITS, _IOC_DIRBITS = 8, 8, 14, 2
@@ -79,11 +83,6 @@ KVM_GET_MSRS = iowr(KVMIO, 0x88, MSRS_HEADER.size)
 KVM_GET_SUPPORTED_HV_CPUID = iowr(KVMIO, 0xC1, CPUID2_HEADER.size)
 
 KVM_API_VERSION = 12
-KVM_CAP_GET_MSR_FEATURES = 153
-KVM_CAP_HYPERV_ENLIGHTENED_VMCS = 163
-KVM_CAP_SYS_HYPERV_CPUID = 191
-
-HV_CPUID_NESTED_FEATURES = 0x4000000A
 
 #: Environment variable overriding the KVM device path (for tests and containers).
 DEVICE_ENV = "QEMU_EVMCS_KVM_DEVICE"

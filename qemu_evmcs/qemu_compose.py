@@ -21,9 +21,10 @@ Also here: KVM's "supported" view of a feature MSR as QEMU reads it
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from .errors import KvmError
+from .msrval import names_to_word_masks
 from .registry import MASK32, Registry, registry
 from .simkvm import (
     HV_CPUID_ENLIGHTMENT_INFO,
@@ -179,14 +180,9 @@ def compose_vmx_msrs(words: Mapping[str, int], host_msrs: Mapping[str, int], *, 
     return out
 
 
-def feature_words(features: Iterable[str], reg: Registry | None = None) -> dict[str, int]:
-    """Canonical feature names -> VMX word masks (the input of :func:`compose_vmx_msrs`)."""
-    reg = reg or registry()
-    words: dict[str, int] = {}
-    for name in features:
-        f = reg.feature(name)
-        words[f.word] = words.get(f.word, 0) | f.mask
-    return words
+#: Canonical feature names -> VMX word masks (the input of :func:`compose_vmx_msrs`). The same grouping as
+#: :func:`qemu_evmcs.msrval.names_to_word_masks`, which it is (one copy), under the name this module exports.
+feature_words = names_to_word_masks
 
 
 __all__ = ["CTL_WRITES", "DEFAULT_EVMCS_VERSION", "WRITE_ORDER", "compose_vmx_msrs", "evmcs_range_supported",

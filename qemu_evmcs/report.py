@@ -31,12 +31,12 @@ import dataclasses
 import html
 import json
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .atomicio import replace_file
 from .errors import InputError
 from .fleet import Fleet, load_fleet
 from .profile import HostProfile
@@ -457,20 +457,7 @@ def write_report(text: str, out: str, *, force: bool = False) -> None:
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise InputError("no such directory", file=parent)
-    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    replace_file(out, text, prefix=".report-", mode=0o644)  # a report is for sharing: world-readable
 
 
 def make_report(hosts: Sequence[str], out: str, *, force: bool = False,

@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import socket
-import subprocess  # noqa: F401  (type of read_until's argument)
 import sys
 import time
 from pathlib import Path
@@ -250,81 +248,6 @@ def wait_for_file(path: Path, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{path} never appeared")
         time.sleep(0.01)
-
-
-# --------------------------------------------------------------------------- accounting (test side)
-
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            state = fh.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
-
-
-def wait_dead(pid: int, timeout: float = 5.0) -> bool:
-    """Wait (bounded) until ``pid`` is gone or a zombie someone else must reap."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            return True
-        time.sleep(0.02)
-    return not pid_alive(pid)
-
-
-def descendants(pid: int) -> list[int]:
-    """All live descendants of ``pid`` (from /proc)."""
-    parent: dict[int, int] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parent[int(name)] = int(fields[1])
-    out: list[int] = []
-    frontier = [pid]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parent.items() if pp == p]
-        out.extend(kids)
-        frontier.extend(kids)
-    return out
-
-
-def read_until(proc: "subprocess.Popen[bytes]", needle: bytes, timeout: float) -> bytes:
-    """Read ``proc``'s stderr until ``needle`` appears (bounded); returns what was read."""
-    assert proc.stderr is not None
-    buf = b""
-    deadline = time.monotonic() + timeout
-    fd = proc.stderr.fileno()
-    while needle not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"timeout waiting for {needle!r}; got {buf.decode(errors='replace')[-2000:]}")
-        r, _, _ = select.select([fd], [], [], left)
-        if r:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                raise AssertionError(f"EOF before {needle!r}; got {buf.decode(errors='replace')[-2000:]}")
-            buf += chunk
-    return buf
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def rss_kib(pid: int | str = "self") -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use: python fault_helpers.py '{"greeting": "none"}' -qmp ...

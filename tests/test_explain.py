@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
 
 import pytest
+from cli_helpers import Run, cli_runner
 
-from qemu_evmcs import cli
 from qemu_evmcs.errors import InputError, NegativeAnswer
 from qemu_evmcs.explain import LAYERS, HostExplanation, explain_host, find_features
 from qemu_evmcs.profile import HostProfile, load_profile
@@ -177,19 +176,9 @@ def test_find_features_suggests_the_closest() -> None:
 
 # ---- the command --------------------------------------------------------------------------------------------------
 
-Run = Callable[..., "tuple[int, str, str]"]
-
-
 @pytest.fixture
 def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ["guest_msrs", "explain"])
-
-    def go(*argv: str) -> tuple[int, str, str]:
-        rc = cli.run(list(argv))
-        out, err = capsys.readouterr()
-        return rc, out, err
-
-    return go
+    return cli_runner(capsys, monkeypatch, ["guest_msrs", "explain"])
 
 
 def test_cli_feature_json(run: Run) -> None:

@@ -18,7 +18,8 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from fault_helpers import descendants, make_fake, pid_alive, read_pid, read_until, wait_dead, wait_for_file
+from fault_helpers import make_fake, read_pid, wait_for_file
+from proc_helpers import descendants, pid_alive, read_until, wait_dead
 
 from qemu_evmcs.errors import LaunchError
 from qemu_evmcs.launch.qmp import STDERR_HEAD, STDERR_TAIL, EmulatorSession

@@ -20,14 +20,15 @@ import sys
 import time
 import tracemalloc
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from cli_helpers import Run, cli_runner
 
-from qemu_evmcs import cli, rdmsr, vmxcap
+from qemu_evmcs import rdmsr, vmxcap
 from qemu_evmcs.errors import InputError
 from qemu_evmcs.launch.verify import parse_cpu_arg
 from qemu_evmcs.launch.warnings import parse_warnings
@@ -42,22 +43,10 @@ RDMSR_TEXT = "".join(f"{n} 0x{v:x}\n" for n, v in SKY.msrs.items())
 FUZZ = settings(max_examples=int(os.environ.get("QEMU_EVMCS_FUZZ_EXAMPLES", "40")), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
-Run = Callable[..., "tuple[int, str, str]"]
-
-
 @pytest.fixture
-def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Run]:
+def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Run:
     """``cli.run`` in-process, with only the finished ``host`` command registered."""
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ["host"])
-
-    def _run(*argv: str) -> tuple[int, str, str]:
-        try:
-            rc = cli.run(list(argv))
-        except SystemExit as exc:
-            rc = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return rc, out, err
-    yield _run
+    return cli_runner(capsys, monkeypatch, ["host"])
 
 
 def assert_contract(rc: int, err: str, ok: tuple[int, ...] = (0, 2)) -> None:

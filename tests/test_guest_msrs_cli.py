@@ -10,29 +10,16 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from cli_helpers import Run, cli_runner
 
-from qemu_evmcs import cli
 from qemu_evmcs.registry import registry
 
 
 CORE = Path(__file__).resolve().parent / "data" / "core"
-Run = Callable[..., "tuple[int, str, str]"]
-
-
 @pytest.fixture
 def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
     """cli.run with only this file's commands registered (other engineers' modules cannot break these tests)."""
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ["guest_msrs", "explain"])
-
-    def go(*argv: str) -> tuple[int, str, str]:
-        try:
-            rc = cli.run(list(argv))
-        except SystemExit as exc:  # argparse usage errors
-            rc = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return rc, out, err
-
-    return go
+    return cli_runner(capsys, monkeypatch, ["guest_msrs", "explain"])
 
 
 def core(name: str) -> str:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import Run, cli_runner
 
-from qemu_evmcs import cli
 from qemu_evmcs.commands.host import write_atomic
 from qemu_evmcs.errors import InputError
 from qemu_evmcs.profile import bundled_profile_dir, load_profile, load_profile_text
@@ -20,18 +19,8 @@ SKY = load_profile(str(Path(bundled_profile_dir()) / "skylake-5.10.yaml"))
 
 
 @pytest.fixture
-def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    mods = [m for m in cli.COMMAND_MODULES if importlib.util.find_spec(f"qemu_evmcs.commands.{m}")]
-    monkeypatch.setattr(cli, "COMMAND_MODULES", mods)
-
-    def _run(*argv: str) -> tuple[int, str, str]:
-        try:
-            rc = cli.run(list(argv))
-        except SystemExit as exc:
-            rc = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return rc, out, err
-    return _run
+def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Run:
+    return cli_runner(capsys, monkeypatch)
 
 
 @pytest.mark.parametrize("fixture", ["skylake-rdmsr.txt", "skylake-table.md", "skylake-vmxcap.txt"])

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -18,7 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from launch_helpers import BASE_ARGS, children_of, pid_alive, pid_exists, qemu_argv, qemu_path, wait_gone
+from launch_helpers import BASE_ARGS, qemu_argv, qemu_path
+from proc_helpers import children_of, pid_alive, pid_exists, read_until, wait_gone
 
 from qemu_evmcs.errors import InputError, LaunchError
 from qemu_evmcs.launch.qmp import EmulatorSession
@@ -176,25 +176,6 @@ def _wrapper_env(tmp_path: Path) -> tuple[dict[str, str], Path]:
     return env, run
 
 
-def _read_until(proc: subprocess.Popen[bytes], needle: bytes, timeout: float) -> bytes:
-    """Read the wrapper's stderr until ``needle`` appears (bounded)."""
-    assert proc.stderr is not None
-    buf = b""
-    deadline = time.monotonic() + timeout
-    fd = proc.stderr.fileno()
-    while needle not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"timeout waiting for {needle!r}; got {buf.decode(errors='replace')[-2000:]}")
-        r, _, _ = select.select([fd], [], [], left)
-        if r:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                raise AssertionError(f"EOF before {needle!r}; got {buf.decode(errors='replace')[-2000:]}")
-            buf += chunk
-    return buf
-
-
 def _start_wrapper(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
     env, run = _wrapper_env(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "qemu_evmcs.launch.wrapper", *args],
@@ -207,7 +188,7 @@ def test_wrapper_sigterm(tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     proc, run = _start_wrapper(tmp_path, "--report-json", str(report), *BASE_ARGS, "-cpu", SKYLAKE)
     try:
-        err = _read_until(proc, b"model features dropped by QEMU", 30)
+        err = read_until(proc, b"model features dropped by QEMU", 30)
         kids = children_of(proc.pid)
         assert len(kids) == 1 and pid_alive(kids[0])
         assert len(os.listdir(run)) == 1
@@ -239,7 +220,7 @@ def test_wrapper_passes_exit_status(tmp_path: Path) -> None:
     proc, run = _start_wrapper(tmp_path, *BASE_ARGS, "-cpu", "qemu64",
                                "-qmp", f"unix:{user_sock},server=on,wait=off")
     try:
-        _read_until(proc, b"requested vmx/hv options applied", 30)
+        read_until(proc, b"requested vmx/hv options applied", 30)
         (qemu,) = children_of(proc.pid)
         os.kill(qemu, signal.SIGKILL)  # the emulator dies by a signal: wrapper reports 128+9
         _, err = proc.communicate(timeout=20)
@@ -255,7 +236,7 @@ def test_wrapper_passes_exit_status(tmp_path: Path) -> None:
     proc, run = _start_wrapper(tmp_path, *BASE_ARGS, "-cpu", "qemu64",
                                "-qmp", f"unix:{user_sock},server=on,wait=off")
     try:
-        _read_until(proc, b"requested vmx/hv options applied", 30)
+        read_until(proc, b"requested vmx/hv options applied", 30)
         from qemu.qmp.legacy import QEMUMonitorProtocol
 
         mon = QEMUMonitorProtocol(str(user_sock))

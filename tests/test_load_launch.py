@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 
 import pytest
-from fault_helpers import descendants, open_fds, rss_kib
-from launch_helpers import pid_exists, qemu_argv
+from launch_helpers import qemu_argv
+from proc_helpers import descendants, open_fds, pid_exists, rss_kib
 
 from qemu_evmcs.launch.qmp import EmulatorSession
 from qemu_evmcs.launch.verify import parse_cpu_arg, verify_cpu

@@ -26,8 +26,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from fault_helpers import descendants, open_fds, rss_kib
-from launch_helpers import pid_exists
+from proc_helpers import descendants, open_fds, pid_exists, rss_kib
 
 from qemu_evmcs.launch.qmp import EmulatorSession
 

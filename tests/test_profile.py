@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from cli_helpers import cli_runner
 
-from qemu_evmcs import cli
 from qemu_evmcs.msrval import allowed0, allowed1
 from qemu_evmcs.profile import bundled_profile_dir, load_profile, load_profiles, resolve_profile_path
 from qemu_evmcs.registry import registry
@@ -24,14 +23,7 @@ EXPECTED_SAMPLES = {
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str],
             monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
     """The real dispatcher, limited to the command modules that exist in this tree."""
-    mods = [m for m in cli.COMMAND_MODULES if importlib.util.find_spec(f"qemu_evmcs.commands.{m}")]
-    monkeypatch.setattr(cli, "COMMAND_MODULES", mods)
-    try:
-        rc = cli.run(argv)
-    except SystemExit as exc:  # argparse usage errors
-        rc = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return rc, out, err
+    return cli_runner(capsys, monkeypatch)(*argv)
 
 
 def test_minimal_form_loads_with_defaults() -> None:

@@ -9,13 +9,13 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
-from fault_helpers import make_fake, read_pid, wait_dead
+from cli_helpers import Run, cli_runner
+from fault_helpers import make_fake, read_pid
+from proc_helpers import wait_dead
 
 import qemu_evmcs
-from qemu_evmcs import cli
 from qemu_evmcs.commands import host as host_cmd
 from qemu_evmcs.errors import InputError
 from qemu_evmcs.launch.qmp import EmulatorSession, check_runtime_parent, default_runtime_parent
@@ -26,21 +26,9 @@ SOURCES = sorted(PKG.rglob("*.py"))
 SAMPLE = str(Path(bundled_profile_dir()) / "skylake-5.10.yaml")
 RDMSR = "".join(f"{n} 0x{v:x}\n" for n, v in load_profile(SAMPLE).msrs.items())
 
-Run = Callable[..., "tuple[int, str, str]"]
-
-
 @pytest.fixture
-def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Run]:
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ["host"])
-
-    def _run(*argv: str) -> tuple[int, str, str]:
-        try:
-            rc = cli.run(list(argv))
-        except SystemExit as exc:
-            rc = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return rc, out, err
-    yield _run
+def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Run:
+    return cli_runner(capsys, monkeypatch, ["host"])
 
 
 # --------------------------------------------------------------------------- runtime directory
@@ -264,7 +252,7 @@ def test_wrapper_report_json_refuses_overwrite(tmp_path: Path) -> None:
     proc = subprocess.Popen([*cmd[:3], "--force", *cmd[3:], "-cpu", "qemu64,vmx=on"], stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, env=env)
     try:
-        from fault_helpers import read_until
+        from proc_helpers import read_until
         read_until(proc, b"requested vmx/hv options applied", 20)
         proc.terminate()
         proc.communicate(timeout=20)

@@ -12,13 +12,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from typing import Any
 
 import yaml
 
 from .. import probe as probe_mod
 from .. import rdmsr, vmxcap
+from ..atomicio import write_text_file
 from ..errors import InputError
 from ..kernel import parse_release
 from ..profile import (
@@ -118,33 +118,12 @@ def format_profile(profile: HostProfile, fmt: str) -> str:
 def write_atomic(path: str, text: str, *, force: bool = False) -> None:
     """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``.
 
+    Kept under this name for callers of ``commands.host``; the one implementation is
+    :func:`qemu_evmcs.atomicio.write_text_file`.
+
     :raise InputError: if ``path`` exists and ``force`` is false, or the directory is not writable.
     """
-    if os.path.lexists(path) and not force:
-        raise InputError("already exists; pass --force to overwrite", file=path)
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".qemu-evmcs-", suffix=".tmp", dir=directory)
-    except OSError as err:
-        raise InputError(f"cannot write: {err.strerror or err}", file=path) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise InputError(f"cannot write: {err.strerror or err}", file=path) from None
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_text_file(path, text, force=force)
 
 
 def _emit(text: str, out: str | None, force: bool) -> None:

@@ -25,12 +25,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 from ..errors import InputError, LaunchError
+from ..qemuopts import feat2prop, qapi_bool
 from .qmp import EmulatorSession
 from .warnings import FeatureWarning, parse_warnings, warnings_by_feature
-
-#: Values QEMU's string visitor accepts for a boolean property.
-_TRUE = frozenset({"on", "yes", "true", "y"})
-_FALSE = frozenset({"off", "no", "false", "n"})
 
 #: ``-cpu`` model names that ask QEMU for a listing instead of a CPU.
 PROBE_MODELS = frozenset({"help", "?"})
@@ -40,11 +37,6 @@ STATUS_DROPPED = "dropped"
 STATUS_INEFFECTIVE = "ineffective"
 STATUS_NOT_REMOVED = "not-removed"
 STATUS_UNKNOWN = "unknown"
-
-
-def feat2prop(name: str) -> str:
-    """QEMU's ``feat2prop``: ``vmx_posted_intr`` -> ``vmx-posted-intr``."""
-    return name.replace("_", "-")
 
 
 def is_tracked(name: str) -> bool:
@@ -113,13 +105,11 @@ def parse_cpu_arg(arg: str) -> CpuSpec:
             key = "tsc-frequency"
         if not eq:
             value = "on"
-        low = value.lower()
-        if low in _TRUE:
-            keyed[key] = True
-        elif low in _FALSE:
-            keyed[key] = False
-        else:
+        on = qapi_bool(value.lower())
+        if on is None:
             props[key] = value
+        else:
+            keyed[key] = on
     features = dict(keyed)
     for name in plus:
         features[name] = True
@@ -128,17 +118,28 @@ def parse_cpu_arg(arg: str) -> CpuSpec:
     return CpuSpec(raw=arg, model=model, features=features, props=props)
 
 
-def find_cpu_arg(argv: Sequence[str]) -> str | None:
-    """The value of the last ``-cpu``/``--cpu`` option (QEMU keeps the last one), or None."""
-    found: str | None = None
+def find_cpu_index(argv: Sequence[str]) -> int | None:
+    """Index in ``argv`` of the value of the last ``-cpu``/``--cpu`` option (QEMU keeps the last one), or None.
+
+    A ``-cpu`` that is itself the value of an earlier ``-cpu`` is that option's value, not a new option.
+    The one scan behind :func:`find_cpu_arg` (what is verified) and the wrapper's ``--negotiate`` (what is
+    replaced), so that both always mean the same argument.
+    """
+    found: int | None = None
     i = 0
     while i < len(argv):
         if argv[i] in ("-cpu", "--cpu") and i + 1 < len(argv):
-            found = argv[i + 1]
+            found = i + 1
             i += 2
             continue
         i += 1
     return found
+
+
+def find_cpu_arg(argv: Sequence[str]) -> str | None:
+    """The value of the last ``-cpu``/``--cpu`` option (QEMU keeps the last one), or None."""
+    idx = find_cpu_index(argv)
+    return None if idx is None else argv[idx]
 
 
 @dataclass

@@ -71,7 +71,7 @@ from dataclasses import dataclass, field
 
 from ..errors import EXIT_BAD_INPUT, EXIT_NEGATIVE, EvmcsError, InputError, LaunchError, NegativeAnswer
 from .qmp import EmulatorSession, describe_status, shell_status
-from .verify import CpuSpec, LaunchReport, find_cpu_arg, parse_cpu_arg, verify_cpu
+from .verify import CpuSpec, LaunchReport, find_cpu_arg, find_cpu_index, parse_cpu_arg, verify_cpu
 
 PROG = "qemu-evmcs-launch"
 ENV_EMULATOR = "QEMU_EVMCS_EMULATOR"
@@ -224,15 +224,6 @@ def parse_wrapper_args(argv: Sequence[str]) -> WrapperOptions:
     return opts
 
 
-def _cpu_index(args: Sequence[str]) -> int | None:
-    """Index of the value of the last ``-cpu``/``--cpu`` option (QEMU: the last one wins)."""
-    found = None
-    for i, a in enumerate(args[:-1]):
-        if a in ("-cpu", "--cpu"):
-            found = i + 1
-    return found
-
-
 def apply_negotiation(opts: WrapperOptions) -> str:
     """``--negotiate``: replace ``-cpu MODEL`` in the emulator arguments by the negotiated ``-cpu``.
 
@@ -242,7 +233,7 @@ def apply_negotiation(opts: WrapperOptions) -> str:
     """
     from ..negotiate import negotiate_cpu_arg
 
-    idx = _cpu_index(opts.qemu_args)
+    idx = find_cpu_index(opts.qemu_args)
     if idx is None:
         raise InputError("--negotiate needs -cpu MODEL (a CPU model definition) among the emulator arguments")
     model = opts.qemu_args[idx].split(",", 1)[0]
@@ -323,9 +314,9 @@ def write_report(path: str, report: LaunchReport, *, force: bool = False) -> Non
 
     :raise InputError: ``path`` exists and ``force`` is false, or it cannot be written.
     """
-    from ..commands.host import write_atomic  # lazily: only launches that write a report pay the import
+    from ..atomicio import write_text_file  # lazily: only launches that write a report pay the import
 
-    write_atomic(path, report.to_json() + "\n", force=force)
+    write_text_file(path, report.to_json() + "\n", force=force)
 
 
 async def _supervise(session: EmulatorSession, spec: CpuSpec, opts: WrapperOptions) -> int:

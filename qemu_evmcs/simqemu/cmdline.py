@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import LaunchError
+from ..qemuopts import feat2prop, qapi_bool
 
 
 #: The program name QEMU prefixes to every error and warning line.
@@ -142,11 +143,6 @@ def split_opts(text: str) -> List[str]:
     return parts
 
 
-def feat2prop(name: str) -> str:
-    """QEMU's ``feat2prop()``: ``_`` becomes ``-`` in feature names."""
-    return name.replace("_", "-")
-
-
 def parse_cpu_option(text: str) -> CpuSpec:
     """Parse ``-cpu MODEL[,features]`` like ``x86_cpu_parse_featurestr()``.
 
@@ -202,11 +198,10 @@ def _kv(parts: Sequence[str]) -> Dict[str, str]:
 
 
 def _parse_bool(opt: str, key: str, val: str) -> bool:
-    if val in ("on", "yes", "true", "y"):
-        return True
-    if val in ("off", "no", "false", "n"):
-        return False
-    raise QemuError(f"{opt}: Parameter '{key}' expects 'on' or 'off'")
+    on = qapi_bool(val)
+    if on is None:
+        raise QemuError(f"{opt}: Parameter '{key}' expects 'on' or 'off'")
+    return on
 
 
 def parse_qmp(arg: str) -> QmpAddress:

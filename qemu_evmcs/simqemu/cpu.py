@@ -64,6 +64,7 @@ from typing import (TYPE_CHECKING, AbstractSet, Callable, Dict, FrozenSet, List,
 
 from ..msrval import word_bits
 from ..profile import HostProfile
+from ..qemuopts import BOOL_TRUE, qapi_bool
 from ..qemu_compose import CTL_WRITES, compose_vmx_msrs, supported_msr_feature
 from ..qemu_compose import DEFAULT_EVMCS_VERSION as DEFAULT_EVMCS_VERSION  # re-exported
 from ..qemu_compose import make_vmx_msr_value as make_vmx_msr_value  # re-exported (QEMU's helper, one copy)
@@ -528,11 +529,21 @@ def _fmt_leaves(leaves: Mapping[int, Mapping[str, int]]) -> str:
 # --------------------------------------------------------------------------- the CPU
 
 def _parse_bool_prop(typename: str, name: str, value: str) -> bool:
-    if value in ("on", "yes", "true", "y"):
-        return True
-    if value in ("off", "no", "false", "n"):
-        return False
-    raise QemuError(f"can't apply global {typename}.{name}={value}: Parameter '{name}' expects 'on' or 'off'")
+    on = qapi_bool(value)
+    if on is None:
+        raise QemuError(f"can't apply global {typename}.{name}={value}: Parameter '{name}' expects 'on' or 'off'")
+    return on
+
+
+def _parse_uint32_prop(typename: str, name: str, value: str) -> int:
+    """A ``uint32`` property (``hv-spinlocks``, the eVMCS revision): any C integer literal from 0 to 2**32-1."""
+    try:
+        n = int(value, 0)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 0xFFFFFFFF:
+        raise QemuError(f"can't apply global {typename}.{name}={value}: Parameter '{name}' expects uint32_t")
+    return n
 
 
 class X86Cpu:
@@ -645,23 +656,9 @@ class X86Cpu:
         elif name == "hv-passthrough":
             self.hv_passthrough = _parse_bool_prop(self.typename, name, value)
         elif name == "hv-spinlocks":
-            try:
-                n = int(value, 0)
-                if not 0 <= n <= 0xFFFFFFFF:
-                    raise ValueError
-            except ValueError:
-                raise QemuError(f"can't apply global {self.typename}.{name}={value}: "
-                                f"Parameter '{name}' expects uint32_t") from None
-            self.hv_spinlocks = n
+            self.hv_spinlocks = _parse_uint32_prop(self.typename, name, value)
         elif name == EVMCS_REVISION_PROP:
-            try:
-                rev = int(value, 0)
-                if not 0 <= rev <= 0xFFFFFFFF:
-                    raise ValueError
-            except ValueError:
-                raise QemuError(f"can't apply global {self.typename}.{name}={value}: "
-                                f"Parameter '{name}' expects uint32_t") from None
-            self.evmcs_revision = rev
+            self.evmcs_revision = _parse_uint32_prop(self.typename, name, value)
         elif name in ("check", "enforce", "migratable", "x-force-features"):
             on = _parse_bool_prop(self.typename, name, value)
             if name == "check":
@@ -788,7 +785,7 @@ class X86Cpu:
             for dep in feat.deps:
                 if dep not in self.hv:
                     raise QemuError(f"Hyper-V {feat.desc} requires Hyper-V {HV_BY_PROP[dep].desc}")
-        if "hv-synic" in self.hv and self.other.get("x-hv-synic-kvm-only") not in ("on", "yes", "true", "y") \
+        if "hv-synic" in self.hv and self.other.get("x-hv-synic-kvm-only") not in BOOL_TRUE \
                 and "hv-vpindex" not in self.hv:
             raise QemuError(f"Hyper-V {HV_BY_PROP['hv-synic'].desc} requires Hyper-V {HV_BY_PROP['hv-vpindex'].desc}")
 
