@@ -19,9 +19,10 @@ def test_cpu_option_forms() -> None:
     assert spec.warnings == ()
 
 
-def test_cpu_option_model_only_and_escaped_comma() -> None:
+def test_cpu_option_model_only_and_no_comma_escape() -> None:
     assert parse_cpu_option("Skylake-Server-v5") == CpuSpec(model="Skylake-Server-v5")
-    assert parse_cpu_option("host,model-id=a,,b").props == (("model-id", "a,b"),)
+    # strtok(","): "a,,b" is two items, as in QEMU's x86_cpu_parse_featurestr().
+    assert parse_cpu_option("host,model-id=a,,b").props == (("model-id", "a"), ("b", "on"))
 
 
 def test_cpu_option_ambiguity_warning() -> None:
@@ -97,3 +98,10 @@ def test_parser_only_raises_qemu_errors(argv: list[str]) -> None:
 def test_split_opts_roundtrip(parts: list[str]) -> None:
     escaped = ",".join(p.replace(",", ",,") for p in parts)
     assert split_opts(escaped) == parts
+
+
+def test_cpu_option_has_no_comma_escape_like_qemu() -> None:
+    """QEMU splits -cpu with g_strsplit(",", 2) and strtok(","): ",," is an empty item, not an escaped comma."""
+    spec = parse_cpu_option("host,,vmx=on,,,hv-vapic")
+    assert spec.model == "host"
+    assert dict(spec.props) == {"vmx": "on", "hv-vapic": "on"}

@@ -20,8 +20,10 @@ Accepted options (``-opt`` and ``--opt`` are the same, as in QEMU)::
 ``-cpu`` is split like ``x86_cpu_parse_featurestr()``: the model name, then
 comma-separated features; ``+feat``/``-feat`` are the compatibility syntax
 (applied after the ``key=value`` properties), a bare ``feat`` means
-``feat=on``, and ``_`` in a feature name becomes ``-``. ``,,`` is an escaped
-comma, as in every QEMU option string.
+``feat=on``, and ``_`` in a feature name becomes ``-``. Unlike QEMU's other
+option strings, ``-cpu`` has no ``,,`` escape: ``parse_cpu_option()`` splits off
+the model at the first comma and ``x86_cpu_parse_featurestr()`` tokenizes the
+rest with ``strtok(",")``, so empty items are skipped.
 """
 
 from __future__ import annotations
@@ -148,8 +150,9 @@ def parse_cpu_option(text: str) -> CpuSpec:
 
     :raise QemuError: empty model name.
     """
-    pieces = split_opts(text)
-    model = pieces[0]
+    # QEMU: g_strsplit(cpu_option, ",", 2), then strtok(features, ","): no ",," escape, empty items vanish.
+    model, _, rest = text.partition(",")
+    pieces = [model, *(p for p in rest.split(",") if p)]
     if not model:
         raise QemuError("unable to find CPU model ''")
     props: List[Tuple[str, str]] = []
