@@ -79,13 +79,14 @@ def admit(pool: Hosts, candidate: str | HostProfile | Fleet,
     joined.add(cand)
     base = negotiate(gm, hosts, strategy)
     if not base.ok or base.config is None:
-        why = f"the pool itself has no safe answer: {base.error}"
+        why = f"the pool itself has no safe answer: {base.error.removeprefix('no safe answer: ')}"
         return Admission(cand.name, strategy, False, why, why=why, pool=base)
     joined_neg = negotiate(gm, joined, strategy)
     order = [f.name for f in registry().features.values()]
     res = Admission(cand.name, strategy, False, "", pool=base, with_candidate=joined_neg)
     if not joined_neg.ok or joined_neg.config is None:
-        res.why = res.reason = f"with {cand.name} the pool has no safe answer: {joined_neg.error}"
+        why = joined_neg.error.removeprefix("no safe answer: ")
+        res.why = res.reason = f"with {cand.name} the pool has no safe answer: {why}"
         res.cost_features = [f for f in order if f in base.guest_features]
         return res
     res.cost_features = [f for f in order if f in base.guest_features and f not in joined_neg.guest_features]

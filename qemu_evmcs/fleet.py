@@ -833,8 +833,23 @@ def load_fleet(source: PathLike | Sequence[PathLike], *, progress: bool | None =
             else:
                 _run_units(loader, units, None)
     if not loader.fleet.members:
-        raise InputError("no host profiles found", file=paths[0])
+        raise InputError("no host profiles found" + _subdir_hint(paths), file=paths[0])
     return loader.fleet
+
+
+def _subdir_hint(paths: Sequence[str]) -> str:
+    """For "no host profiles found": a given directory holds only sub-directories (``make-fleet --by-pool``),
+    which are not searched."""
+    for p in paths:
+        if os.path.isdir(p):
+            try:
+                subdirs = sorted(e.name for e in os.scandir(p) if e.is_dir() and not e.name.endswith((".yaml", ".yml")))
+            except OSError:
+                continue
+            if subdirs:
+                return (f" (only *.yaml files directly in {p} are read, not its sub-directories such as "
+                        f"{os.path.join(p, subdirs[0])}: pass them, e.g. {os.path.join(p, '*', '')})")
+    return ""
 
 
 def _total_bytes(paths: Sequence[str]) -> int:
@@ -873,7 +888,7 @@ def load_hosts_fleet(items: Fleet | Sequence[Any], *, progress: bool | None = No
     """
     if isinstance(items, Fleet):
         return items
-    from .profile import resolve_profile_path
+    from .profile import bundled_name_hint, resolve_profile_path
 
     out = Fleet()
     names: dict[str, str] = {}        # host name -> where it was loaded from (files and inventories only)
@@ -891,7 +906,9 @@ def load_hosts_fleet(items: Fleet | Sequence[Any], *, progress: bool | None = No
             raw = os.fspath(item)
             path = resolve_profile_path(raw)
             if not os.path.exists(path):
-                raise InputError(f"no such host profile {raw!r} (neither a file nor a bundled profile name)")
+                hint = bundled_name_hint(raw)
+                raise InputError(f"no such host profile {raw!r} (neither a file nor a bundled profile name"
+                                 + (f"; {hint})" if hint else ")"))
             key = os.path.realpath(path)
             if key in seen:
                 continue
@@ -1125,7 +1142,12 @@ class FleetDb:
         listings: list[tuple[str, list[str]]] = []
         for root in roots:
             if os.path.isdir(root):
-                listings.append((root, _listing(root)))
+                files = _listing(root)
+                if not files and not any(row[4] == root for row in known.values()):
+                    # Never imported and nothing to import: say so rather than "0 hosts" and exit 0.
+                    raise InputError("no host profiles found" + _subdir_hint([os.fspath(root)]),
+                                     file=os.fspath(root))
+                listings.append((root, files))
             elif os.path.exists(root):
                 listings.append((root, [root]))
             elif any(row[4] == root for row in known.values()):

@@ -140,7 +140,9 @@ def check_migration(config: GuestConfig, source: HostProfile, destination: HostP
     """
     src = start_guest(config, source)
     if not src.ok:
-        raise NegativeAnswer(f"the guest cannot start on the source {source.name}: {src.reason}")
+        # QEMU's own "error: failed to set MSR ..." text: the CLI adds the one "error:" prefix.
+        raise NegativeAnswer(f"the guest cannot start on the source {source.name}: "
+                             f"{src.reason.removeprefix('error: ')}")
     return verdict_from_view(config, src.guest_msrs, source.name, destination)
 
 

@@ -567,8 +567,18 @@ def resolve_model_path(name_or_path: str) -> str:
             continue
         if isinstance(data, dict) and data.get("name") == name_or_path:
             return path
-    known = ", ".join(os.path.splitext(os.path.basename(p))[0] for p in model_files()) or "none"
-    raise InputError(f"unknown model definition {name_or_path!r} (known: {known})")
+    names = [os.path.splitext(os.path.basename(p))[0] for p in model_files()]
+    known = ", ".join(names) or "none"
+    if os.sep in name_or_path or name_or_path.endswith((".yaml", ".yml")):
+        stem = os.path.splitext(os.path.basename(name_or_path))[0]
+        hint = (f"; an installed definition has that name: --model {stem}" if stem in names
+                else f" (installed definitions: {known})")
+        raise InputError(f"No such file or directory{hint}", file=name_or_path)
+    import difflib
+
+    close = difflib.get_close_matches(name_or_path.lower(), [n.lower() for n in names], n=1, cutoff=0.6)
+    mean = next((f"did you mean {n}? " for n in names if close and n.lower() == close[0]), "")
+    raise InputError(f"unknown model definition {name_or_path!r} ({mean}known: {known})")
 
 
 def load_model(name_or_path: str) -> ModelDef:

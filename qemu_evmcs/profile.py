@@ -396,3 +396,38 @@ def resolve_profile_path(name_or_path: str) -> str:
     if os.path.exists(candidate):
         return candidate
     return name_or_path
+
+
+def bundled_profile_names() -> List[str]:
+    """Names of the bundled sample profiles (``skylake-6.3``, ...), sorted."""
+    try:
+        return sorted(n[: -len(".yaml")] for n in os.listdir(bundled_profile_dir()) if n.endswith(".yaml"))
+    except OSError:  # pragma: no cover - a broken installation
+        return []
+
+
+def bundled_name_hint(name_or_path: str) -> str:
+    """For a missing argument that looks like a bundled profile name rather than a path (no directory
+    part, no ``.yaml``/``.yml``/``.db`` suffix): ``"did you mean skylake-6.3?"`` or the list of bundled
+    names; ``""`` for path-like arguments."""
+    if os.sep in name_or_path or name_or_path.endswith((".yaml", ".yml", ".db", ".sqlite")):
+        return ""
+    import difflib
+
+    names = bundled_profile_names()
+    close = difflib.get_close_matches(name_or_path.lower(), names, n=1, cutoff=0.6)
+    return f"did you mean {close[0]}?" if close else f"bundled profiles: {', '.join(names)}"
+
+
+def require_profile_path(name_or_path: str) -> str:
+    """:func:`resolve_profile_path`, but a missing name-like argument (a typo of a bundled name such as
+    ``skylake-63``) fails here with the bundled names; a missing path is left to the reader's error.
+
+    :raise InputError: neither a file nor a bundled profile name, and not path-like (exit 2).
+    """
+    path = resolve_profile_path(name_or_path)
+    if not os.path.exists(path):
+        hint = bundled_name_hint(name_or_path)
+        if hint:
+            raise InputError(f"no such file, and no bundled profile of that name ({hint})", file=name_or_path)
+    return path

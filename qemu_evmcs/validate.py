@@ -495,7 +495,8 @@ def validate_file(path: str, snap: QemuSnapshot | None = None,
 
 def validate_paths(paths: Sequence[str] = (), *, snapshot: QemuSnapshot | None = None,
                    hosts: Sequence[HostProfile] | None = None) -> ValidationReport:
-    """Validate files (default: every definition in ``cpu_models/``); directories are expanded."""
+    """Validate files (default: every installed definition, :func:`~qemu_evmcs.models.model_files`);
+    directories are expanded."""
     snap = snapshot or load_snapshot()
     files: list[str] = []
     for p in paths or model_files():

@@ -79,7 +79,7 @@ def register(subparsers: Any) -> None:
                     "`fleet import` or bundled profile names; 100,000 hosts are fine (each distinct profile is "
                     "computed once).")
     who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--model", metavar="NAME", help="a model definition name (cpu_models/NAME.yaml) or file")
+    who.add_argument("--model", metavar="NAME", help="a model definition name (e.g. Skylake-Server-evmcs) or file")
     who.add_argument("--pool", action="store_true", help="no model: the largest VMX set common to all hosts")
     p.add_argument("hosts", nargs="+", metavar="HOST")
     p.add_argument("--pv-perf-global-ctrl", choices=("auto", "on", "off"), default=None,

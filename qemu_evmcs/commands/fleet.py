@@ -15,7 +15,9 @@ import sys
 from typing import Any
 
 from ..errors import EXIT_OK, InputError
+from ..explain import find_features
 from ..fleet import FleetDb
+from ..registry import registry
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -35,14 +37,19 @@ def _import(args: argparse.Namespace) -> int:
 def _query(args: argparse.Namespace) -> int:
     if args.view is not None and args.feature is None:
         raise InputError("--view needs --feature", key="--view")
+    feature = args.feature
+    if feature is not None and registry().get(feature) is None:
+        feature = find_features(feature)[0].name   # any case; an unknown name fails with "did you mean"
     with FleetDb(args.db) as db:
-        rows = db.query(era=args.era, feature=args.feature, view=args.view or "guest", pool=args.pool)
+        rows = db.query(era=args.era, feature=feature, view=args.view or "guest", pool=args.pool)
     if args.json:
         print(json.dumps(rows, indent=2, sort_keys=True))
     else:
         out = sys.stdout
         for r in rows:
             out.write(r["name"] + "\n")
+        if not rows:   # an empty answer is still an answer: say so, on stderr (stdout stays a host list)
+            print("no host matches", file=sys.stderr)
     return EXIT_OK
 
 
@@ -67,7 +74,8 @@ def _stats(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     """Add ``fleet`` and its sub-commands."""
     p = subparsers.add_parser("fleet", help="fleet inventory in SQLite (import, query, stats)",
-                              description=__doc__.split("\n\n")[0] if __doc__ else None)
+                              description="The SQLite fleet inventory: import host profiles once, then query and "
+                                          "count them; every command that takes hosts also takes the database.")
     sub = p.add_subparsers(dest="fleet_command", metavar="ACTION", parser_class=type(p))
     sub.required = True
 
@@ -78,17 +86,20 @@ def register(subparsers: Any) -> None:
     imp.add_argument("--json", action="store_true", help="print the summary as JSON")
     imp.set_defaults(func=_import)
 
-    q = sub.add_parser("query", help="hosts matching filters")
-    q.add_argument("--db", required=True, metavar="PATH")
+    q = sub.add_parser("query", help="hosts matching filters",
+                       description="Names of the hosts matching every given filter, one a line (none: "
+                                   "'no host matches' on stderr, exit 0).")
+    q.add_argument("--db", required=True, metavar="PATH", help="inventory database made by `fleet import`")
     q.add_argument("--era", metavar="ID", help='eVMCS era id, e.g. "6.1-6.2"')
     q.add_argument("--feature", metavar="NAME", help="a VMX feature (QEMU, libvirt, Linux or vmxcap name)")
     q.add_argument("--view", choices=("host", "guest"),
                    help="host: KVM's system-fd MSRs; guest (default): what an eVMCS L1 guest reads")
-    q.add_argument("--pool", metavar="NAME")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--pool", metavar="NAME", help="only hosts imported with --pool NAME")
+    q.add_argument("--json", action="store_true",
+                   help="print [{name, pool, fingerprint, kernel, era, vendor, file}] instead of names")
     q.set_defaults(func=_query)
 
     s = sub.add_parser("stats", help="counts by pool, era, vendor and CPU")
-    s.add_argument("--db", required=True, metavar="PATH")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--db", required=True, metavar="PATH", help="inventory database made by `fleet import`")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=_stats)

@@ -23,7 +23,7 @@ from typing import Any
 from ..explain import LAYER_FILTER, HostExplanation, MsrView, explain_host
 from ..jsonout import print_json
 from ..msrval import hex64
-from ..profile import HostProfile, load_profile, resolve_profile_path
+from ..profile import HostProfile, load_profile, require_profile_path
 from ..simkvm import VARIANTS
 
 
@@ -48,7 +48,7 @@ def host_from_args(args: argparse.Namespace) -> HostProfile:
 
     :raise InputError: unreadable or invalid profile, or a bad ``--kernel`` (exit 2).
     """
-    profile = load_profile(resolve_profile_path(args.host))
+    profile = load_profile(require_profile_path(args.host))
     if args.kernel is not None:
         profile = profile.with_kernel(args.kernel)
     return profile

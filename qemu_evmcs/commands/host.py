@@ -27,7 +27,7 @@ from ..profile import (
     HostProfile,
     load_profile_text,
     profile_from_mapping,
-    resolve_profile_path,
+    require_profile_path,
 )
 
 FORMATS = ("yaml", "json", "vmxcap")
@@ -75,6 +75,9 @@ def import_text(text: str, *, file: str, name: str | None = None, kernel: str | 
     name = name or meta.get("name")
     kernel = kernel or meta.get("kernel")
     vendor = vendor or meta.get("vendor")
+    if not name and not kernel:   # both at once: one try, not two (vmxcap output carries neither)
+        raise InputError("no host name and no kernel release in the input; pass --name and --kernel "
+                         "(e.g. --kernel 6.1.55)", file=file)
     if not name:
         raise InputError("no host name in the input; pass --name", file=file)
     if not kernel:
@@ -146,7 +149,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """``host show``."""
-    path = resolve_profile_path(args.file)
+    path = require_profile_path(args.file)
     profile = load_profile_text(read_input_text(path), path)
     sys.stdout.write(format_profile(profile, args.format))
     return 0

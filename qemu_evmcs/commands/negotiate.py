@@ -27,9 +27,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model", required=True, help="CPU model definition (name or file), or 'max'")
     p.add_argument("--hosts", nargs="+", required=True, metavar="PROFILE",
                    help="host profiles: files (multi-document, any size), dirs, SQLite inventories, bundled names")
-    p.add_argument("--strategy", choices=[*STRATEGIES, "all"], default="pv-cpuid")
+    p.add_argument("--strategy", choices=[*STRATEGIES, "all"], default="pv-cpuid",
+                   help="KVM eVMCS ABI design: pv-cpuid (default, what Linux shipped), revision or vmx-msrs "
+                        "(never merged, simulated), or all three with a comparison")
     p.add_argument("--json", action="store_true", help="same as --format json")
-    p.add_argument("--format", choices=("text", "cpu", "libvirt", "json"), default="text")
+    p.add_argument("--format", choices=("text", "cpu", "libvirt", "json"), default="text",
+                   help="text (default): the report; cpu: only the -cpu value; libvirt: <cpu>/<features> XML; "
+                        "json: one object")
     p.set_defaults(func=run)
 
 
@@ -55,13 +59,16 @@ def run(args: argparse.Namespace) -> int:
             for s, n in results.items():
                 if n.ok:
                     text = cpu_string(n) if fmt == "cpu" else libvirt_xml(n)
-                    sys.stdout.write(f"# {s}\n{text}" + ("" if text.endswith("\n") else "\n"))
+                    label = f"# {s}" if fmt == "cpu" else f"<!-- {s} -->"   # an XML comment in XML
+                    sys.stdout.write(f"{label}\n{text}" + ("" if text.endswith("\n") else "\n"))
         else:
             for n in results.values():
                 sys.stdout.write(negotiation_text(n, reason_on_stderr=not ok))
-            for s, c in compare_strategies(results).items():
-                if not c["ok"]:
-                    continue    # its reason is in its report above (or, when none is ok, in the error: line)
+            compared = {s: c for s, c in compare_strategies(results).items() if c["ok"]}
+            if compared:    # a failed strategy's reason is in its report above (or, if all fail, the error: line)
+                sys.stdout.write("comparison (allows: VMX features only this design shows the guest; blocks: "
+                                 "features another design shows but this one hides):\n")
+            for s, c in compared.items():
                 sys.stdout.write(f"{s}: allows {', '.join(c['allows']) or '-'}; blocks {', '.join(c['blocks']) or '-'}"
                                  f"; gets wrong: {'; '.join(c['gets_wrong']) or '-'}"
                                  + "".join(f"; note: {x}" for x in c["notes"]) + "\n")

@@ -21,10 +21,13 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     """Add ``report``."""
     p = subparsers.add_parser("report", help="one self-contained HTML fleet report (heatmap, pools, designs)",
-                              description=__doc__)
+                              description="Write one self-contained HTML file (no network access needed to view "
+                                          "it): host groups, a heatmap of VMX feature visibility per group (unfiltered "
+                                          "and eVMCS views), the pools whose guests see identical features, and the "
+                                          "migration verdicts of each design for every pair of groups.")
     p.add_argument("--hosts", nargs="+", required=True, metavar="DIR|FILE|DB",
                    help="host profiles (files, multi-document files, directories) or one fleet inventory database")
-    p.add_argument("--out", required=True, metavar="FILE.html")
+    p.add_argument("--out", required=True, metavar="FILE.html", help="the HTML file to write (atomically)")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.add_argument("--max-design-groups", type=int, default=DEFAULT_MAX_DESIGN_GROUPS, metavar="N",
                    help=f"compare designs among the N largest host groups (default {DEFAULT_MAX_DESIGN_GROUPS})")

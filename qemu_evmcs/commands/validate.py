@@ -41,7 +41,9 @@ def register(subparsers: Any) -> None:
         description="Check eVMCS-ready CPU model definitions: YAML, feature names, the QEMU base model, QEMU's "
                     "dependency rules, eVMCS conflicts per kernel era, contradictions. Exit 0 clean or warnings "
                     "only, 1 errors, 2 unreadable input.")
-    p.add_argument("paths", nargs="*", metavar="PATH", help="definition files or directories (default: cpu_models/)")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="definition files or directories (default: the installed definitions, or "
+                        "$QEMU_EVMCS_CPU_MODELS if set; pass cpu_models/ to check a checkout's copies)")
     p.add_argument("--hosts", nargs="+", metavar="PROFILE",
                    help="also say on which hosts each model starts and what each would drop (files, dirs, names)")
     p.add_argument("--json", action="store_true", help="machine-readable output")

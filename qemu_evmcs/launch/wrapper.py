@@ -54,7 +54,8 @@ Exit status:
 - 1 with ``error: ...``: the emulator could not be started or never answered
   QMP, or ``--check`` refused (if the emulator itself exited non-zero before
   QMP was ready, its status is used instead);
-- 2 with ``error: ...``: bad wrapper usage or input.
+- 2 with ``error: ...``: bad wrapper usage or input, including an emulator binary that is not found
+  or not executable and a ``--simulate``/``--host`` profile that does not exist.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ with -cpu help, the emulator is exec'd directly: nothing to verify.
 
 Exit status: the emulator's (128+N if killed by signal N); 128+N if the wrapper gets SIGINT/SIGTERM/SIGHUP;
 1 if the emulator cannot be started or never answers QMP, or --check or --negotiate refuses; 2 for bad
-wrapper usage.
+wrapper usage or input (an emulator binary not found, a --simulate/--host profile that does not exist).
 """
 
 #: The emulator's help options: passed through (drop-in), with a hint about ``--wrapper-help`` on a terminal.
@@ -245,6 +246,26 @@ def apply_negotiation(opts: WrapperOptions) -> str:
         raise NegativeAnswer(f"--negotiate: {err.message}") from None
     opts.qemu_args[idx] = cpu
     return cpu
+
+
+def require_profiles(opts: WrapperOptions) -> None:
+    """``--simulate``/``--host`` must name a file or a bundled profile: a typo is bad usage (exit 2), caught
+    before anything starts. Cheap: the profile module is imported only to word the error.
+
+    :raise InputError: neither a file nor a bundled profile name.
+    """
+    for flag, value in (("--simulate", opts.simulate), ("--host", opts.host)):
+        if value is None or os.path.exists(value):
+            continue
+        bundled = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "profiles",
+                               value + ".yaml")
+        if os.path.exists(bundled):
+            continue
+        from ..profile import bundled_name_hint
+
+        hint = bundled_name_hint(value)
+        raise InputError(f"no such host profile {value!r} (neither a file nor a bundled profile name"
+                         + (f"; {hint})" if hint else ")"), key=flag)
 
 
 def emulator_argv(opts: WrapperOptions) -> list[str]:
@@ -428,6 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if QEMU_HELP_OPTS.intersection(opts.qemu_args):
             _help_hint()
+        require_profiles(opts)
         if opts.negotiate:
             apply_negotiation(opts)
         if opts.check:
