@@ -203,3 +203,20 @@ def test_adding_a_host_never_adds_a_feature(hosts: list[HostProfile], extra: Hos
     after = baseline(hosts + [extra], model)
     assert after.unfiltered <= before.unfiltered
     assert after.evmcs <= before.evmcs
+
+
+def test_text_lists_losses_and_summarises_what_every_host_keeps(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    d = write(tmp_path, pool())
+    assert cli.run(["baseline", "--pool", str(d)]) == 0
+    short = capsys.readouterr().out
+    assert cli.run(["baseline", "--pool", str(d), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    lost = {x["feature"] for x in data["losses"]}
+    rows = [line.split()[0] for line in short.splitlines() if line.startswith("vmx-")]
+    assert lost and set(rows) == lost            # one row per lost feature, nothing else
+    assert "kept on every host in both views" in short
+    assert cli.run(["baseline", "--pool", str(d), "--all"]) == 0
+    full = capsys.readouterr().out
+    full_rows = {line.split()[0] for line in full.splitlines() if line.startswith("vmx-")}
+    assert lost < full_rows and "kept on every host" not in full

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from typing import Any
 
 from ..models import load_model
@@ -21,8 +22,9 @@ def _hosts_text(hosts: list[str], limit: int = 3) -> str:
     return shown + (f" +{len(hosts) - limit}" if len(hosts) > limit else "")
 
 
-def render(result: BaselineResult) -> str:
-    """The readable table."""
+def render(result: BaselineResult, *, show_all: bool = False) -> str:
+    """The readable table: every feature that is lost somewhere, with where and why; the features every
+    host keeps in both views are summarised in one line unless ``show_all`` (they are the noise)."""
     out: list[str] = []
     head = f"model {result.model} (base {result.base})" if result.model else "pool baseline (no model)"
     out.append(f"{head}: {result.host_count} host(s), {len(result.groups)} distinct; "
@@ -39,8 +41,11 @@ def render(result: BaselineResult) -> str:
         by_feature.setdefault(loss.feature, []).append(loss)
     width = max([len(f) for f in result.wanted | set(by_feature)] + [7])
     out.append("")
+    kept = sorted(f for f in result.wanted if f not in by_feature and f in result.unfiltered and f in result.evmcs)
+    rows = sorted(result.wanted | set(by_feature)) if show_all else \
+        sorted(f for f in result.wanted | set(by_feature) if f not in kept)
     out.append(f"{'feature':<{width}}  unfilt  evmcs  lost on / why")
-    for feat in sorted(result.wanted | set(by_feature)):
+    for feat in rows:
         uf = "yes" if feat in result.unfiltered else "no"
         ev = "yes" if feat in result.evmcs else "no"
         losses = by_feature.get(feat, [])
@@ -53,6 +58,11 @@ def render(result: BaselineResult) -> str:
             hist = f" [{loss.history}]" if loss.history else ""
             out.append(f"{label:<{width}}  {cols}  {_hosts_text(list(loss.hosts))}: {loss.layer}: {loss.detail}{hist}")
             first = False
+    if kept and not show_all:
+        out.append("")
+        out.append(f"kept on every host in both views ({len(kept)}; --all lists them as rows):")
+        out.extend(textwrap.wrap(", ".join(kept), width=110, initial_indent="  ", subsequent_indent="  ",
+                                 break_on_hyphens=False))
     return "\n".join(out) + "\n"
 
 
@@ -65,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
     else:
-        sys.stdout.write(render(result))
+        sys.stdout.write(render(result, show_all=args.all))
     return 0
 
 
@@ -85,5 +95,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--pv-perf-global-ctrl", choices=("auto", "on", "off"), default=None,
                    help="override the model's setting (pool default: auto, i.e. QEMU's behaviour: bit clear)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--all", action="store_true",
+                   help="text output: one row per feature, also those every host keeps (default: a summary line)")
     p.add_argument("--snapshot", metavar="DIR", help="a QEMU model snapshot directory (default: bundled 7.2)")
     p.set_defaults(func=run)
