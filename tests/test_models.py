@@ -104,7 +104,8 @@ def test_package_data_globs_cover_the_shipped_files() -> None:
 
 
 def test_release_table() -> None:
-    assert model_release("SapphireRapids-v1") == ("8.0", False)
+    assert model_release("SapphireRapids-v1") == ("8.0", True)      # checked: commit 7eb061b06e, v8.0.0
+    assert model_release("SapphireRapids-v2") == ("8.1", False)     # from memory
     assert model_release("Skylake-Server-v5") is None
 
 
@@ -137,8 +138,8 @@ def test_shipped_models_validate_clean() -> None:
     report = validate_paths()
     assert report.errors == 0
     warnings = [f.message for r in report.files for f in r.findings]
-    assert warnings == [("base model SapphireRapids-v1 needs QEMU >= 8.0 (snapshot is 7.2) (release number from "
-                        "memory, unverified: model-releases.yaml); checks against the base were skipped")]
+    assert warnings == [("base model SapphireRapids-v1 needs QEMU >= 8.0 (snapshot is 7.2); "
+                        "checks against the base were skipped")]
 
 
 def test_load_model_errors_name_file_and_line(tmp_path: Path) -> None:
