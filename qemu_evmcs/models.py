@@ -43,6 +43,7 @@ from typing import Any
 import yaml
 
 from .errors import InputError
+from .qemu_features import HV_ALIASES, HV_FEATURES, PLUGIN_PERF_GLOBAL_CTRL, VMX_CPUID_REQUIRES, hv_requires
 from .registry import Feature, Registry, registry
 
 #: The snapshot shipped with the package (QEMU major.minor).
@@ -52,24 +53,13 @@ SEVERITIES = ("error", "warning")
 
 #: Hyper-V enlightenments QEMU knows (qemu.md §1.6), in QEMU's order.
 HV_FLAGS: tuple[str, ...] = (
-    "hv-relaxed", "hv-vapic", "hv-time", "hv-crash", "hv-reset", "hv-vpindex", "hv-runtime", "hv-synic",
-    "hv-stimer", "hv-frequencies", "hv-reenlightenment", "hv-tlbflush", "hv-evmcs", "hv-ipi",
-    "hv-stimer-direct", "hv-avic", "hv-apicv", "hv-emsr-bitmap", "hv-xmm-input", "hv-tlbflush-ext",
-    "hv-tlbflush-direct", "hv-syndbg", "hv-passthrough", "hv-no-nonarch-coresharing", "hv-enforce-cpuid",
+    *(p for f in HV_FEATURES if f.prop != PLUGIN_PERF_GLOBAL_CTRL
+      for p in (f.prop, *(a for a, target in HV_ALIASES.items() if target == f.prop))),
+    "hv-passthrough", "hv-no-nonarch-coresharing", "hv-enforce-cpuid",
 )
 
 #: Hard hv-* dependencies: QEMU fails with "Hyper-V X requires Hyper-V Y" (kvm_hyperv_properties[], qemu.md §1.4).
-HV_REQUIRES: Mapping[str, tuple[str, ...]] = {
-    "hv-evmcs": ("hv-vapic",),
-    "hv-stimer": ("hv-synic", "hv-time"),
-    "hv-tlbflush": ("hv-vpindex",),
-    "hv-ipi": ("hv-vpindex",),
-    "hv-stimer-direct": ("hv-stimer",),
-    "hv-syndbg": ("hv-synic", "hv-relaxed"),
-    "hv-tlbflush-ext": ("hv-tlbflush",),
-    "hv-tlbflush-direct": ("hv-vapic",),
-    "hv-synic": ("hv-vpindex",),  # extra check unless x-hv-synic-kvm-only
-}
+HV_REQUIRES: Mapping[str, tuple[str, ...]] = hv_requires()
 
 #: Recommendations from QEMU's hyperv.rst (warnings, not errors).
 HV_RECOMMENDS: Mapping[str, tuple[str, ...]] = {
@@ -79,17 +69,6 @@ HV_RECOMMENDS: Mapping[str, tuple[str, ...]] = {
 }
 
 #: vmx-* features that QEMU drops unless a CPUID feature is on (CPU.C feature_dependencies[], qemu.md §2).
-VMX_CPUID_REQUIRES: Mapping[str, str] = {
-    "vmx-xsaves": "xsaves",
-    "vmx-rdrand-exit": "rdrand",
-    "vmx-invpcid-exit": "invpcid",
-    "vmx-rdseed-exit": "rdseed",
-    "vmx-rdtscp-exit": "rdtscp",
-    "vmx-exit-clear-bndcfgs": "mpx",
-    "vmx-entry-load-bndcfgs": "mpx",
-    "vmx-enable-user-wait-pause": "waitpkg",
-    "vmx-entry-ia32e-mode": "lm",
-}
 
 #: Words QEMU gates on CPUID ``vmx`` itself.
 _VMX_GATED_WORDS = ("pinbased", "procbased", "exit", "entry", "misc", "basic")

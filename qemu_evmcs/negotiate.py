@@ -45,15 +45,14 @@ from .fleet import Fleet, FleetHosts, load_hosts_fleet
 from .kernel import era_table
 from .msrval import word_source_msr
 from .profile import HostProfile
+from .qemu_features import HV_NESTED_EAX_BITS, PLUGIN_PERF_GLOBAL_CTRL, hv_requires
 from .qemu_compose import compose_vmx_msrs, feature_words, hv_evmcs_error, supported_msr_feature
 from .registry import Registry, registry
 from .simkvm import (
     EVMCS_REVISION_2022,
     EVMCS_REVISION_LEGACY,
     HV_CPUID_NESTED_FEATURES,
-    HV_NESTED_DIRECT_FLUSH,
     HV_NESTED_EVMCS1_PERF_GLOBAL_CTRL,
-    HV_NESTED_MSR_BITMAP,
     KVM_CAP_HYPERV_ENLIGHTENED_VMCS,
     HvCpuid,
     SimKvm,
@@ -66,14 +65,11 @@ STRATEGY_VARIANT: Mapping[str, str] = {"pv-cpuid": "shipped", "revision": "revis
 #: The two controls the PV CPUID bit 0x4000000A.EBX[0] gates (6.1+).
 PERF_FEATURES: tuple[str, str] = ("vmx-exit-load-perf-global-ctrl", "vmx-entry-load-perf-global-ctrl")
 #: This project's proposed QEMU option for 0x4000000A.EBX bit 0; the simulated QEMU implements it, real QEMU does not.
-PERF_OPTION = "hv-evmcs-perf-global-ctrl"
+PERF_OPTION = PLUGIN_PERF_GLOBAL_CTRL
 #: Without these, Hyper-V cannot run as L1 (it requires SLAT); losing them is an error, not a dropped feature.
 ESSENTIAL_FEATURES: tuple[str, ...] = ("vmx-ept", "vmx-unrestricted-guest")
-#: hv-* flags that depend on a 0x4000000A.EAX bit KVM reports only from some release on.
-HV_NESTED_EAX_BITS: Mapping[str, int] = {"hv-emsr-bitmap": HV_NESTED_MSR_BITMAP,
-                                         "hv-tlbflush-direct": HV_NESTED_DIRECT_FLUSH}
 #: Hyper-V flags QEMU requires for hv-evmcs (qemu.md §1.4).
-HV_EVMCS_DEPS: tuple[str, ...] = ("hv-vapic",)
+HV_EVMCS_DEPS: tuple[str, ...] = hv_requires()["hv-evmcs"]
 
 
 # =========================================================================== the guest model protocol

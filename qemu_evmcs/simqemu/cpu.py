@@ -58,7 +58,6 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-from dataclasses import dataclass
 from typing import (TYPE_CHECKING, AbstractSet, Callable, Dict, FrozenSet, List, Mapping, Optional, Protocol,
                     Sequence, Set, Tuple, runtime_checkable)
 
@@ -69,9 +68,9 @@ from ..qemu_compose import CTL_WRITES, compose_vmx_msrs, supported_msr_feature
 from ..qemu_compose import DEFAULT_EVMCS_VERSION as DEFAULT_EVMCS_VERSION  # re-exported
 from ..qemu_compose import make_vmx_msr_value as make_vmx_msr_value  # re-exported (QEMU's helper, one copy)
 from ..registry import MASK32, Registry, registry
-from ..simkvm import (HV_CPUID_ENLIGHTMENT_INFO, HV_CPUID_NESTED_FEATURES, HV_ENLIGHTENED_VMCS_RECOMMENDED,
-                      HV_NESTED_DIRECT_FLUSH, HV_NESTED_EVMCS1_PERF_GLOBAL_CTRL, HV_NESTED_MSR_BITMAP,
-                      KVM_CAP_SYS_HYPERV_CPUID, SimKvm)
+from ..simkvm import (HV_CPUID_ENLIGHTMENT_INFO, HV_CPUID_NESTED_FEATURES, KVM_CAP_SYS_HYPERV_CPUID, SimKvm)
+from ..qemu_features import (CPUID_BY_NAME, CPUID_FLAGS, HV_ALIASES, HV_BY_PROP, HV_CPUID_FEATURES, HV_FEATURES,
+                             HvFeature)
 from .cmdline import PROG, CpuSpec, QemuError
 
 if TYPE_CHECKING:
@@ -89,96 +88,17 @@ CTL_WORDS = tuple(word for _, word in CTL_WRITES)
 #: ``hv-spinlocks`` default: never notify.
 HYPERV_SPINLOCK_NEVER_NOTIFY = 0xFFFFFFFF
 HV_CPUID_VENDOR_AND_MAX_FUNCTIONS = 0x40000000
-HV_CPUID_FEATURES = 0x40000003
 HV_CPUID_IMPLEMENT_LIMITS = 0x40000005
 HV_HYPERCALL_AVAILABLE = 1 << 5            # 0x40000003.EAX
 HV_CPU_DYNAMIC_PARTITIONING_AVAILABLE = 1 << 3  # 0x40000003.EDX
 HV_APIC_ACCESS_RECOMMENDED = 1 << 3        # 0x40000004.EAX
 
 
-@dataclass(frozen=True)
-class CpuidFlag:
-    """A CPUID feature bit QEMU models as a property; only those that gate VMX features are modelled."""
-
-    name: str
-    desc: str           # QEMU's feature_word_description(): ``CPUID.01H:ECX``
-    bit: int
-    gates: Tuple[str, ...]  # QEMU vmx-* names this flag gates (feature_dependencies[])
-
-
-#: In QEMU FeatureWord order (FEAT_1_ECX, FEAT_7_0_EBX, FEAT_7_0_ECX, FEAT_8000_0001_EDX/ECX, FEAT_XSAVE).
-CPUID_FLAGS: Tuple[CpuidFlag, ...] = (
-    CpuidFlag("vmx", "CPUID.01H:ECX", 5, ()),
-    CpuidFlag("rdrand", "CPUID.01H:ECX", 30, ("vmx-rdrand-exit",)),
-    CpuidFlag("invpcid", "CPUID.07H:EBX", 10, ("vmx-invpcid-exit",)),
-    CpuidFlag("mpx", "CPUID.07H:EBX", 14, ("vmx-exit-clear-bndcfgs", "vmx-entry-load-bndcfgs")),
-    CpuidFlag("rdseed", "CPUID.07H:EBX", 18, ("vmx-rdseed-exit",)),
-    CpuidFlag("waitpkg", "CPUID.07H:ECX", 5, ("vmx-enable-user-wait-pause",)),
-    CpuidFlag("rdtscp", "CPUID.80000001H:EDX", 27, ("vmx-rdtscp-exit",)),
-    CpuidFlag("lm", "CPUID.80000001H:EDX", 29, ("vmx-entry-ia32e-mode",)),
-    CpuidFlag("svm", "CPUID.80000001H:ECX", 2, ()),
-    CpuidFlag("xsaves", "CPUID.0DH:EAX", 3, ("vmx-xsaves",)),
-)
-CPUID_BY_NAME: Dict[str, CpuidFlag] = {f.name: f for f in CPUID_FLAGS}
 #: Flags a host without VMX MSRs is assumed to have (simulation assumption, see the module docstring).
 _COMMON_HOST_FLAGS = frozenset({"lm", "rdrand", "rdseed", "rdtscp", "invpcid", "xsaves"})
 #: CPUID flags TCG supports among the modelled ones (TCG_*_FEATURES: no VMX, no XSAVES, no MPX).
 _TCG_FLAGS = frozenset({"lm", "svm", "rdtscp", "rdrand", "rdseed", "invpcid"})
 
-
-@dataclass(frozen=True)
-class HvFeature:
-    """One entry of QEMU's ``kvm_hyperv_properties[]`` (enum order)."""
-
-    prop: str
-    desc: str
-    cpuid: Tuple[Tuple[int, str, int], ...]   # (leaf, register, mask) the guest gets
-    deps: Tuple[str, ...] = ()
-    kvm_checked: bool = False   # support read from the simulated KVM's HV CPUID (eVMCS-related bits)
-    since: Optional[str] = None  # KernelFacts attribute naming the first release that supports it
-    skip_passthrough: bool = False
-
-
-_F3, _F4, _NF = HV_CPUID_FEATURES, HV_CPUID_ENLIGHTMENT_INFO, HV_CPUID_NESTED_FEATURES
-
-HV_FEATURES: Tuple[HvFeature, ...] = (
-    HvFeature("hv-relaxed", "relaxed timing (hv-relaxed)", ((_F4, "eax", 1 << 5),)),
-    HvFeature("hv-vapic", "virtual APIC (hv-vapic)", ((_F3, "eax", 1 << 4),)),
-    HvFeature("hv-time", "clocksources (hv-time)", ((_F3, "eax", (1 << 1) | (1 << 9)),)),
-    HvFeature("hv-crash", "crash MSRs (hv-crash)", ((_F3, "edx", 1 << 10),)),
-    HvFeature("hv-reset", "reset MSR (hv-reset)", ((_F3, "eax", 1 << 7),)),
-    HvFeature("hv-vpindex", "VP_INDEX MSR (hv-vpindex)", ((_F3, "eax", 1 << 6),)),
-    HvFeature("hv-runtime", "VP_RUNTIME MSR (hv-runtime)", ((_F3, "eax", 1 << 0),)),
-    HvFeature("hv-synic", "synthetic interrupt controller (hv-synic)", ((_F3, "eax", 1 << 2),)),
-    HvFeature("hv-stimer", "synthetic timers (hv-stimer)", ((_F3, "eax", 1 << 3),), deps=("hv-synic", "hv-time")),
-    HvFeature("hv-frequencies", "frequency MSRs (hv-frequencies)", ((_F3, "eax", 1 << 11), (_F3, "edx", 1 << 8))),
-    HvFeature("hv-reenlightenment", "reenlightenment MSRs (hv-reenlightenment)", ((_F3, "eax", 1 << 13),)),
-    HvFeature("hv-tlbflush", "paravirtualized TLB flush (hv-tlbflush)", ((_F4, "eax", (1 << 2) | (1 << 11)),),
-              deps=("hv-vpindex",)),
-    HvFeature("hv-evmcs", "enlightened VMCS (hv-evmcs)", ((_F4, "eax", HV_ENLIGHTENED_VMCS_RECOMMENDED),),
-              deps=("hv-vapic",), kvm_checked=True),
-    HvFeature("hv-ipi", "paravirtualized IPI (hv-ipi)", ((_F4, "eax", (1 << 10) | (1 << 11)),), deps=("hv-vpindex",)),
-    HvFeature("hv-stimer-direct", "direct mode synthetic timers (hv-stimer-direct)", ((_F3, "edx", 1 << 19),),
-              deps=("hv-stimer",)),
-    HvFeature("hv-avic", "AVIC/APICv support (hv-avic/hv-apicv)", ((_F4, "eax", 1 << 9),)),
-    HvFeature("hv-emsr-bitmap", "enlightened MSR-Bitmap (hv-emsr-bitmap)", ((_NF, "eax", HV_NESTED_MSR_BITMAP),),
-              kvm_checked=True),
-    HvFeature("hv-xmm-input", "XMM fast hypercall input (hv-xmm-input)", ((_F3, "edx", 1 << 4),)),
-    HvFeature("hv-tlbflush-ext", "Extended gva ranges for TLB flush hypercalls (hv-tlbflush-ext)",
-              ((_F3, "edx", 1 << 14),), deps=("hv-tlbflush",), since="direct_flush_since"),
-    HvFeature("hv-tlbflush-direct", "direct TLB flush (hv-tlbflush-direct)", ((_NF, "eax", HV_NESTED_DIRECT_FLUSH),),
-              deps=("hv-vapic",), kvm_checked=True),
-    HvFeature("hv-syndbg", "Enable synthetic kernel debugger channel (hv-syndbg)", ((_F3, "edx", 1 << 11),),
-              deps=("hv-synic", "hv-relaxed"), skip_passthrough=True),
-    # Project plug-in feature (not in QEMU): see the module docstring.
-    HvFeature("hv-evmcs-perf-global-ctrl", "eVMCS PERF_GLOBAL_CTRL (hv-evmcs-perf-global-ctrl)",
-              ((_NF, "ebx", HV_NESTED_EVMCS1_PERF_GLOBAL_CTRL),), deps=("hv-evmcs",), kvm_checked=True),
-)
-HV_BY_PROP: Dict[str, HvFeature] = {f.prop: f for f in HV_FEATURES}
-#: ``hv-apicv`` is an alias of ``hv-avic`` (added in x86_cpu_initfn).
-HV_ALIASES = {"hv-apicv": "hv-avic"}
-#: The project's plug-in option (documented in ``--help`` and the module docstrings).
-PLUGIN_PERF_GLOBAL_CTRL = "hv-evmcs-perf-global-ctrl"
 
 #: Simulation of design (a) of the 2022 thread (v2 06/28 KVM_CAP_HYPERV_ENLIGHTENED_VMCS2, never merged; not a
 #: QEMU property): ``x-hv-evmcs-revision=N`` asks KVM for eVMCS revision N with KVM_ENABLE_CAP(VMCS2) when the

@@ -63,7 +63,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple, Union
 
 from .cmdline import PROG, QmpAddress, QemuError
-from .cpu import BUILTIN_MODELS, CPUID_BY_NAME, HV_BY_PROP, X86Cpu, list_models, model_info, vmx_prop_names
+from ..qemu_features import CPUID_BY_NAME, HV_BY_PROP
+from .cpu import BUILTIN_MODELS, X86Cpu, list_models, model_info, vmx_prop_names
 from .migration import (LOAD_FAILED, MAX_STATE, IncomingResult, apply_incoming, decode, encode, guest_msrs,
                         parse_uri, vcpu_state, verdict)
 from .startup import Machine, VcpuState, read_vmx_msrs
