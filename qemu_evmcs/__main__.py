@@ -1,5 +1,5 @@
 """``python -m qemu_evmcs`` runs the ``qemu-evmcs`` CLI."""
 
-from .cli import main
+from qemu_evmcs.cli.main import main
 
 main()

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from qemu_evmcs import cli
+from qemu_evmcs.cli import main as cli
 
 #: ``run(*argv) -> (exit code, stdout, stderr)``.
 Run = Callable[..., "tuple[int, str, str]"]
@@ -20,7 +20,7 @@ Run = Callable[..., "tuple[int, str, str]"]
 
 def existing_command_modules() -> list[str]:
     """The command modules of ``cli.COMMAND_MODULES`` that exist in this tree."""
-    return [m for m in cli.COMMAND_MODULES if importlib.util.find_spec(f"qemu_evmcs.commands.{m}")]
+    return [m for m in cli.COMMAND_MODULES if importlib.util.find_spec(f"qemu_evmcs.cli.commands.{m}")]
 
 
 def cli_runner(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,

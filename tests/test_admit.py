@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from qemu_evmcs.admit import admit
-from qemu_evmcs.cli import run
+from qemu_evmcs.policy.admit import admit
+from qemu_evmcs.cli.main import run
 
 MODEL = os.path.join(os.path.dirname(__file__), "data", "negotiate", "models", "Skylake-evmcs.yaml")
 

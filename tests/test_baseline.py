@@ -11,12 +11,13 @@ from golden_models_util import check_golden
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qemu_evmcs import cli, resolve
-from qemu_evmcs.errors import InputError
-from qemu_evmcs.models import effective_model, load_model
-from qemu_evmcs.profile import HostProfile
-from qemu_evmcs.registry import registry
-from qemu_evmcs.resolve import BaselineResult, baseline, profile_from_features
+from qemu_evmcs.cli import main as cli
+from qemu_evmcs.policy import resolve
+from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.qemu.models import effective_model, load_model
+from qemu_evmcs.core.profile import HostProfile
+from qemu_evmcs.core.registry import registry
+from qemu_evmcs.policy.resolve import BaselineResult, baseline, profile_from_features
 
 EVERY = frozenset(registry().features)
 

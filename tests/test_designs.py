@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from qemu_evmcs.cli import run
-from qemu_evmcs.designs import compare_designs
-from qemu_evmcs.profile import bundled_profile_dir
+from qemu_evmcs.cli.main import run
+from qemu_evmcs.policy.designs import compare_designs
+from qemu_evmcs.core.profile import bundled_profile_dir
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "negotiate")
 MODEL = os.path.join(DATA, "models", "Skylake-evmcs.yaml")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from qemu_evmcs.errors import InputError
-from qemu_evmcs.evmcs_filter import rule_mask
-from qemu_evmcs.explain import LITERAL_FILTER_ERAS, MASK_SUFFIX, mask_name
-from qemu_evmcs.kernel import KernelVersion, era_of, era_table, parse_release
-from qemu_evmcs.profile import load_profile_text
+from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.core.evmcs_filter import rule_mask
+from qemu_evmcs.policy.explain import LITERAL_FILTER_ERAS, MASK_SUFFIX, mask_name
+from qemu_evmcs.core.kernel import KernelVersion, era_of, era_table, parse_release
+from qemu_evmcs.core.profile import load_profile_text
 
 
 @pytest.mark.parametrize("text, expected", [

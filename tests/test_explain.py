@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from cli_helpers import Run, cli_runner
 
-from qemu_evmcs.errors import InputError, NegativeAnswer
-from qemu_evmcs.explain import LAYERS, HostExplanation, explain_host, find_features
-from qemu_evmcs.profile import HostProfile, load_profile
-from qemu_evmcs.registry import registry
+from qemu_evmcs.core.errors import InputError, NegativeAnswer
+from qemu_evmcs.policy.explain import LAYERS, HostExplanation, explain_host, find_features
+from qemu_evmcs.core.profile import HostProfile, load_profile
+from qemu_evmcs.core.registry import registry
 
 
 CORE = Path(__file__).resolve().parent / "data" / "core"

@@ -21,7 +21,7 @@ import pytest
 from fault_helpers import make_fake, read_pid, wait_for_file
 from proc_helpers import descendants, pid_alive, read_until, wait_dead
 
-from qemu_evmcs.errors import LaunchError
+from qemu_evmcs.core.errors import LaunchError
 from qemu_evmcs.launch.qmp import STDERR_HEAD, STDERR_TAIL, EmulatorSession
 
 TIMEOUT = 0.8

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from qemu_evmcs.evmcs_filter import filter_all, filter_msr, removals
-from qemu_evmcs.kernel import era_table
-from qemu_evmcs.profile import HostProfile, load_profile
+from qemu_evmcs.core.evmcs_filter import filter_all, filter_msr, removals
+from qemu_evmcs.core.kernel import era_table
+from qemu_evmcs.core.profile import HostProfile, load_profile
 
 
 CORE = Path(__file__).resolve().parent / "data" / "core"

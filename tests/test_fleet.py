@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from qemu_evmcs import fleet as fleet_mod
-from qemu_evmcs.cli import run
-from qemu_evmcs.errors import InputError
-from qemu_evmcs.fleet import Fleet, FleetDb, FleetLoader, load_fleet
-from qemu_evmcs.profile import bundled_profile_dir, iter_profiles
-from qemu_evmcs.progress import Progress
+from qemu_evmcs.fleet import loader as fleet_mod
+from qemu_evmcs.cli.main import run
+from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.fleet.loader import Fleet, FleetDb, FleetLoader, load_fleet
+from qemu_evmcs.core.profile import bundled_profile_dir, iter_profiles
+from qemu_evmcs.output.progress import Progress
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = bundled_profile_dir()

@@ -18,9 +18,11 @@ from typing import Any
 
 import pytest
 
-from qemu_evmcs import designs, negotiate, resolve
-from qemu_evmcs.cli import run
-from qemu_evmcs.profile import MAX_PROFILE_BYTES, HostProfile, bundled_profile_dir
+from qemu_evmcs.policy import designs
+from qemu_evmcs.policy import negotiate
+from qemu_evmcs.policy import resolve
+from qemu_evmcs.cli.main import run
+from qemu_evmcs.core.profile import MAX_PROFILE_BYTES, HostProfile, bundled_profile_dir
 
 MODEL = os.path.join(os.path.dirname(__file__), "data", "negotiate", "models", "Skylake-evmcs.yaml")
 #: eVMCS-capable samples of four kernel eras (negotiate needs a capable pool).

@@ -28,11 +28,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from cli_helpers import Run, cli_runner
 
-from qemu_evmcs import rdmsr, vmxcap
-from qemu_evmcs.errors import InputError
+from qemu_evmcs.hostio import rdmsr
+from qemu_evmcs.hostio import vmxcap
+from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.launch.verify import parse_cpu_arg
 from qemu_evmcs.launch.warnings import parse_warnings
-from qemu_evmcs.profile import MAX_PROFILE_BYTES, bundled_profile_dir, load_profile, load_profile_text
+from qemu_evmcs.core.profile import MAX_PROFILE_BYTES, bundled_profile_dir, load_profile, load_profile_text
 
 SAMPLE = Path(bundled_profile_dir()) / "skylake-5.10.yaml"
 SKY = load_profile(str(SAMPLE))
@@ -339,7 +340,7 @@ def test_line_without_newline(text: str, run: Run, tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- real processes
 
-_LAUNCH = ("import sys; from qemu_evmcs import cli; cli.COMMAND_MODULES = ['host']; "
+_LAUNCH = ("import sys; from qemu_evmcs.cli import main as cli; cli.COMMAND_MODULES = ['host']; "
            "sys.exit(cli.run(sys.argv[1:]))")
 
 
@@ -396,7 +397,7 @@ _sim_item = st.one_of(
 def test_simulator_cpu_option_to_boot(model: str, items: list[str], host: str) -> None:
     """``qemu-evmcs-sim ... -cpu STRING``: the -cpu parser and the start-up that consumes it end in a running
     machine or in QEMU's one-line error with exit 1 or an abort (134), never in another exception."""
-    from qemu_evmcs.profile import resolve_profile_path
+    from qemu_evmcs.core.profile import resolve_profile_path
     from qemu_evmcs.simqemu.cmdline import QemuError, parse_args, parse_cpu_option
     from qemu_evmcs.simqemu.startup import boot
     arg = ",".join([model, *items])

@@ -12,7 +12,7 @@ from typing import Callable
 import pytest
 from cli_helpers import Run, cli_runner
 
-from qemu_evmcs.registry import registry
+from qemu_evmcs.core.registry import registry
 
 
 CORE = Path(__file__).resolve().parent / "data" / "core"

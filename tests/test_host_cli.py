@@ -10,9 +10,9 @@ import pytest
 import yaml
 from cli_helpers import Run, cli_runner
 
-from qemu_evmcs.commands.host import write_atomic
-from qemu_evmcs.errors import InputError
-from qemu_evmcs.profile import bundled_profile_dir, load_profile, load_profile_text
+from qemu_evmcs.cli.commands.host import write_atomic
+from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.core.profile import bundled_profile_dir, load_profile, load_profile_text
 
 DATA = Path(__file__).parent / "data" / "host"
 SKY = load_profile(str(Path(bundled_profile_dir()) / "skylake-5.10.yaml"))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from qemu_evmcs.errors import InputError
+from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.launch.verify import (
     STATUS_DROPPED,
     STATUS_INEFFECTIVE,

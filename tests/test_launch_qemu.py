@@ -20,7 +20,7 @@ import pytest
 from launch_helpers import BASE_ARGS, qemu_argv, qemu_path
 from proc_helpers import children_of, pid_alive, pid_exists, read_until, wait_gone
 
-from qemu_evmcs.errors import InputError, LaunchError
+from qemu_evmcs.core.errors import InputError, LaunchError
 from qemu_evmcs.launch.qmp import EmulatorSession
 from qemu_evmcs.launch.verify import STATUS_APPLIED, STATUS_DROPPED, STATUS_INEFFECTIVE, parse_cpu_arg, verify_cpu
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from qemu_evmcs.profile import load_profiles
+from qemu_evmcs.core.profile import load_profiles
 
 ROOT = Path(__file__).resolve().parent.parent
 MAKE_FLEET = ROOT / "scripts" / "make-fleet"

@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from qemu_evmcs.cli import run
-from qemu_evmcs.errors import NegativeAnswer
-from qemu_evmcs.migrate import check_migration, migrate_check, naive_config, parse_qmp_msrs, source_config
-from qemu_evmcs.negotiate import load_guest_model, load_hosts, max_model
+from qemu_evmcs.cli.main import run
+from qemu_evmcs.core.errors import NegativeAnswer
+from qemu_evmcs.policy.migrate import check_migration, migrate_check, naive_config, parse_qmp_msrs, source_config
+from qemu_evmcs.policy.negotiate import load_guest_model, load_hosts, max_model
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "negotiate")
 MODEL = os.path.join(DATA, "models", "Skylake-evmcs.yaml")

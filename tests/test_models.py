@@ -1,4 +1,4 @@
-"""QEMU snapshot, model definitions and the loader (qemu_evmcs.models)."""
+"""QEMU snapshot, model definitions and the loader (qemu_evmcs.qemu.models)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from qemu_evmcs.errors import InputError
-from qemu_evmcs.models import (
+from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.qemu.models import (
     effective_model,
     load_model,
     load_model_features,
@@ -20,8 +20,8 @@ from qemu_evmcs.models import (
     qemu_props_to_features,
     resolve_feature_name,
 )
-from qemu_evmcs.registry import registry
-from qemu_evmcs.validate import era_visibility, validate_paths
+from qemu_evmcs.core.registry import registry
+from qemu_evmcs.policy.validate import era_visibility, validate_paths
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = ["Cascadelake-Server-evmcs", "Icelake-Server-evmcs", "SapphireRapids-evmcs", "Skylake-Server-evmcs"]

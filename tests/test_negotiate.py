@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import pytest
 
-from qemu_evmcs.cli import run
-from qemu_evmcs.errors import NegativeAnswer
-from qemu_evmcs.negotiate import (
+from qemu_evmcs.cli.main import run
+from qemu_evmcs.core.errors import NegativeAnswer
+from qemu_evmcs.policy.negotiate import (
     PERF_FEATURES,
     STRATEGIES,
     diff_views,
@@ -21,7 +21,7 @@ from qemu_evmcs.negotiate import (
     negotiate_cpu_arg,
     start_guest,
 )
-from qemu_evmcs.outputs import compare_strategies, cpu_string, libvirt_xml, negotiation_json
+from qemu_evmcs.output.render import compare_strategies, cpu_string, libvirt_xml, negotiation_json
 
 HERE = os.path.dirname(__file__)
 DATA = os.path.join(HERE, "data", "negotiate")
@@ -184,7 +184,7 @@ def test_golden_json(name: str, golden: Callable[[str, str], None], capsys: pyte
 # --------------------------------------------------------------------------- precise "gets wrong" (audit)
 
 def _compare(model: object, hosts: list[object]) -> dict[str, dict[str, object]]:
-    from qemu_evmcs.negotiate import negotiate_all
+    from qemu_evmcs.policy.negotiate import negotiate_all
 
     return compare_strategies(negotiate_all(model, hosts))  # type: ignore[arg-type]
 
@@ -221,8 +221,8 @@ def test_revision_forced_where_the_hardware_lacks_the_controls() -> None:
 def test_revision_forced_is_wrong_only_when_old_hosts_show_the_control() -> None:
     """A 5.10 host shows TSC scaling (its era does not filter it); revision 1, forced by it, hides TSC scaling on
     the 6.3 host: the pool loses it only to the revision number."""
-    from qemu_evmcs.registry import registry
-    from qemu_evmcs.resolve import profile_from_features
+    from qemu_evmcs.core.registry import registry
+    from qemu_evmcs.policy.resolve import profile_from_features
 
     every = frozenset(registry().features)
     hosts = [profile_from_features("old510", every, kernel="5.10"), profile_from_features("new63", every)]
@@ -242,8 +242,8 @@ def test_cpu_string_round_trips_through_the_launch_parser() -> None:
     """parse_cpu_arg(cpu_string) gives back the base, every vmx-* change, the hv-* flags and enforce; applied
     to the base model's defaults the vmx-* changes give exactly the negotiated set."""
     from qemu_evmcs.launch.verify import parse_cpu_arg
-    from qemu_evmcs.models import load_model_features, qemu_props_to_features
-    from qemu_evmcs.outputs import qemu_vmx_props
+    from qemu_evmcs.qemu.models import load_model_features, qemu_props_to_features
+    from qemu_evmcs.output.render import qemu_vmx_props
 
     for model, hosts in (("Skylake-Server-evmcs", ["skylake-5.10", "skylake-6.3"]),
                          (MODEL, ["icelake-6.1", "sapphirerapids-6.6"]),
@@ -272,7 +272,7 @@ def _libvirt_root(neg: object) -> ET.Element:
 
 
 def test_libvirt_xml_is_well_formed_and_uses_libvirt_names() -> None:
-    from qemu_evmcs.registry import registry
+    from qemu_evmcs.core.registry import registry
 
     reg = registry()
     libvirt_names = {f.libvirt for f in reg.features.values() if f.libvirt} | {"vmx"}
@@ -309,7 +309,7 @@ def _fleet_file(tmp_path: object, n: int) -> str:
     """``n`` hosts of two profiles; the 6.1 hosts alternate between two full kernel strings (one group)."""
     from pathlib import Path
 
-    from qemu_evmcs.profile import bundled_profile_dir
+    from qemu_evmcs.core.profile import bundled_profile_dir
 
     base = Path(bundled_profile_dir())
     docs = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qemu_evmcs.negotiate import (
+from qemu_evmcs.policy.negotiate import (
     STRATEGIES,
     GuestModel,
     diff_views,
@@ -16,7 +16,7 @@ from qemu_evmcs.negotiate import (
     start_guest,
     visible_features,
 )
-from qemu_evmcs.profile import bundled_profile_dir
+from qemu_evmcs.core.profile import bundled_profile_dir
 
 CAPABLE = [h for h in load_hosts([bundled_profile_dir()]) if h.is_intel and h.nested]
 FEATURES = sorted(qemu_property_features())

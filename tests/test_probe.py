@@ -13,18 +13,18 @@ from typing import Any
 
 import pytest
 
-from qemu_evmcs import probe
-from qemu_evmcs.errors import ProbeError
-from qemu_evmcs.profile import bundled_profile_dir, load_profile
-from qemu_evmcs.registry import registry
+from qemu_evmcs.hostio import probe
+from qemu_evmcs.core.errors import ProbeError
+from qemu_evmcs.core.profile import bundled_profile_dir, load_profile
+from qemu_evmcs.core.registry import registry
 
 SKY = dict(load_profile(str(Path(bundled_profile_dir()) / "skylake-5.10.yaml")).msrs)
 
 # Runs the real dispatcher, limited to the command modules present in this tree.
 SHIM = ("import importlib.util, sys\n"
-        "import qemu_evmcs.cli as c\n"
+        "import qemu_evmcs.cli.main as c\n"
         "c.COMMAND_MODULES[:] = [m for m in c.COMMAND_MODULES "
-        "if importlib.util.find_spec('qemu_evmcs.commands.' + m)]\n"
+        "if importlib.util.find_spec('qemu_evmcs.cli.commands.' + m)]\n"
         "sys.exit(c.run(sys.argv[1:]))\n")
 
 

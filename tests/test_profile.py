@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from cli_helpers import cli_runner
 
-from qemu_evmcs.msrval import allowed0, allowed1
-from qemu_evmcs.profile import bundled_profile_dir, load_profile, load_profiles, resolve_profile_path
-from qemu_evmcs.registry import registry
+from qemu_evmcs.core.msrval import allowed0, allowed1
+from qemu_evmcs.core.profile import bundled_profile_dir, load_profile, load_profiles, resolve_profile_path
+from qemu_evmcs.core.registry import registry
 
 DATA = Path(__file__).parent / "data" / "host"
 HEAD = 'name: h\nvendor: GenuineIntel\nkernel: "6.3"\n'
@@ -140,7 +140,7 @@ def test_skylake_sample_is_the_real_dump() -> None:
 
 
 def test_sample_features() -> None:
-    from qemu_evmcs.msrval import feature_set
+    from qemu_evmcs.core.msrval import feature_set
 
     spr = load_profile(resolve_profile_path("sapphirerapids-6.6"))
     fs = feature_set(spr.msrs)

@@ -12,13 +12,13 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qemu_evmcs.evmcs_filter import filter_all
-from qemu_evmcs.explain import LAYERS, explain_host
-from qemu_evmcs.kernel import era_table
-from qemu_evmcs.msrval import feature_present, hex64
-from qemu_evmcs.profile import HostProfile, profile_from_mapping
-from qemu_evmcs.registry import MASK32, MASK64, registry
-from qemu_evmcs.simkvm import NOT_EMULATED_MSRS, HvCpuid, SimKvm, guest_view
+from qemu_evmcs.core.evmcs_filter import filter_all
+from qemu_evmcs.policy.explain import LAYERS, explain_host
+from qemu_evmcs.core.kernel import era_table
+from qemu_evmcs.core.msrval import feature_present, hex64
+from qemu_evmcs.core.profile import HostProfile, profile_from_mapping
+from qemu_evmcs.core.registry import MASK32, MASK64, registry
+from qemu_evmcs.kvm.simkvm import NOT_EMULATED_MSRS, HvCpuid, SimKvm, guest_view
 
 
 REG = registry()

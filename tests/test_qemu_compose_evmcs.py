@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qemu_evmcs.profile import bundled_profile_dir, load_profile
-from qemu_evmcs.qemu_compose import hv_evmcs_error
-from qemu_evmcs.simkvm import SimKvm
+from qemu_evmcs.core.profile import bundled_profile_dir, load_profile
+from qemu_evmcs.qemu.compose import hv_evmcs_error
+from qemu_evmcs.kvm.simkvm import SimKvm
 from qemu_evmcs.simqemu.startup import predict
 
 KERNELS = ["4.19", "4.20", "5.4", "5.9", "5.10", "5.11", "5.15", "6.1", "6.3", "6.8"]

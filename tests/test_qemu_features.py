@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from qemu_evmcs import cli
-from qemu_evmcs.qemu_features import HV_NESTED_EAX_BITS, VMX_CPUID_REQUIRES, hv_requires
-from qemu_evmcs.registry import registry
+from qemu_evmcs.cli import main as cli
+from qemu_evmcs.qemu.features import HV_NESTED_EAX_BITS, VMX_CPUID_REQUIRES, hv_requires
+from qemu_evmcs.core.registry import registry
 from qemu_evmcs.simqemu.startup import predict
 
 PAIRS = [(flag, dep) for flag, deps in sorted(hv_requires().items()) for dep in deps]

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from qemu_evmcs import rdmsr
-from qemu_evmcs.errors import InputError
-from qemu_evmcs.profile import bundled_profile_dir, load_profile
+from qemu_evmcs.hostio import rdmsr
+from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.core.profile import bundled_profile_dir, load_profile
 
 DATA = Path(__file__).parent / "data" / "host"
 SKY = dict(load_profile(str(Path(bundled_profile_dir()) / "skylake-5.10.yaml")).msrs)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from qemu_evmcs.errors import InputError
-from qemu_evmcs.registry import load_data, parse_registry, registry
+from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.core.registry import load_data, parse_registry, registry
 
 
 REG = registry()

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from qemu_evmcs.cli import run
-from qemu_evmcs.fleet import load_fleet
-from qemu_evmcs.profile import bundled_profile_dir
-from qemu_evmcs.report import build_groups, partition, render_html, write_report
+from qemu_evmcs.cli.main import run
+from qemu_evmcs.fleet.loader import load_fleet
+from qemu_evmcs.core.profile import bundled_profile_dir
+from qemu_evmcs.fleet.report import build_groups, partition, render_html, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = bundled_profile_dir()
@@ -63,7 +63,7 @@ def test_html_is_self_contained(fleet_file: Path) -> None:
 
 def test_report_explains_colours_columns_and_designs(fleet_file: Path) -> None:
     """What a platform engineer needs to read the charts is on the page, not only in hover tips."""
-    from qemu_evmcs.report import DESIGN_HELP, STATE_HELP, STATES, VERDICTS
+    from qemu_evmcs.fleet.report import DESIGN_HELP, STATE_HELP, STATES, VERDICTS
     fleet = load_fleet(str(fleet_file), progress=False)
     text = render_html(fleet)
     for state, (label, colour) in STATES.items():       # every heatmap colour has a legend entry with its meaning

@@ -16,10 +16,10 @@ from fault_helpers import make_fake, read_pid
 from proc_helpers import wait_dead
 
 import qemu_evmcs
-from qemu_evmcs.commands import host as host_cmd
-from qemu_evmcs.errors import InputError
+from qemu_evmcs.cli.commands import host as host_cmd
+from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.launch.qmp import EmulatorSession, check_runtime_parent, default_runtime_parent
-from qemu_evmcs.profile import bundled_profile_dir, load_profile
+from qemu_evmcs.core.profile import bundled_profile_dir, load_profile
 
 PKG = Path(qemu_evmcs.__file__).parent
 SOURCES = sorted(PKG.rglob("*.py"))

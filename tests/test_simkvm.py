@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from qemu_evmcs.errors import KvmError
-from qemu_evmcs.profile import HostProfile, load_profile
-from qemu_evmcs.simkvm import (
+from qemu_evmcs.core.errors import KvmError
+from qemu_evmcs.core.profile import HostProfile, load_profile
+from qemu_evmcs.kvm.simkvm import (
     EVMCS_REVISION_LATEST,
     HV_CPUID_ENLIGHTMENT_INFO,
     HV_CPUID_NESTED_FEATURES,

@@ -1,6 +1,6 @@
 """Simulated live migration end to end: two simulator processes, ``migrate`` over QMP, verdicts like migrate-check.
 
-Each pair is checked against :func:`qemu_evmcs.migrate.migrate_check` for the same model, hosts and design.
+Each pair is checked against :func:`qemu_evmcs.policy.migrate.migrate_check` for the same model, hosts and design.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Tuple
 import pytest
 from qemu.qmp import ExecuteError, QMPClient
 
-from qemu_evmcs.cli import run
-from qemu_evmcs.migrate import migrate_check, naive_config, source_config
-from qemu_evmcs.negotiate import load_guest_model, load_hosts, max_model
-from qemu_evmcs.outputs import _hv_sorted
+from qemu_evmcs.cli.main import run
+from qemu_evmcs.policy.migrate import migrate_check, naive_config, source_config
+from qemu_evmcs.policy.negotiate import load_guest_model, load_hosts, max_model
+from qemu_evmcs.output.render import _hv_sorted
 
 HERE = os.path.dirname(__file__)
 MODEL = os.path.join(HERE, "data", "negotiate", "models", "Skylake-evmcs.yaml")
@@ -31,8 +31,8 @@ def host(name: str) -> Any:
 
 def shipped_cpu(source: str) -> str:
     """The -cpu string the shipped design gives MODEL on ``source`` (what migrate-check assumes)."""
-    from qemu_evmcs.negotiate import negotiate
-    from qemu_evmcs.outputs import cpu_string
+    from qemu_evmcs.policy.negotiate import negotiate
+    from qemu_evmcs.output.render import cpu_string
 
     neg = negotiate(MODEL, [source], "pv-cpuid")
     assert neg.ok and neg.config == source_config(MODEL, host(source), "shipped")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import Run, cli_runner
-from qemu_evmcs.fleet import FleetDb
+from qemu_evmcs.fleet.loader import FleetDb
 from qemu_evmcs.launch import wrapper
-from qemu_evmcs.profile import bundled_profile_dir
+from qemu_evmcs.core.profile import bundled_profile_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,11 +9,11 @@ import pytest
 import yaml
 from golden_models_util import check_golden
 
-from qemu_evmcs import cli
-from qemu_evmcs.models import Finding
-from qemu_evmcs.registry import registry
-from qemu_evmcs.resolve import profile_from_features
-from qemu_evmcs.validate import era_visibility, hidden_eras, validate_paths
+from qemu_evmcs.cli import main as cli
+from qemu_evmcs.qemu.models import Finding
+from qemu_evmcs.core.registry import registry
+from qemu_evmcs.policy.resolve import profile_from_features
+from qemu_evmcs.policy.validate import era_visibility, hidden_eras, validate_paths
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "data" / "models"

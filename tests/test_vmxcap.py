@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qemu_evmcs import vmxcap
-from qemu_evmcs.commands.host import import_text
-from qemu_evmcs.errors import InputError
-from qemu_evmcs.profile import HostProfile, bundled_profile_dir, load_profile, load_profiles, profile_from_mapping
-from qemu_evmcs.registry import MASK32, registry
+from qemu_evmcs.hostio import vmxcap
+from qemu_evmcs.cli.commands.host import import_text
+from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.core.profile import HostProfile, bundled_profile_dir, load_profile, load_profiles, profile_from_mapping
+from qemu_evmcs.core.registry import MASK32, registry
 
 DATA = Path(__file__).parent / "data" / "host"
 REG = registry()

@@ -11,8 +11,8 @@ does not import itself twice.
 
 from __future__ import annotations
 
-from .qmp import EmulatorSession, check_runtime_parent, describe_status, shell_status
-from .verify import (
+from qemu_evmcs.launch.qmp import EmulatorSession, check_runtime_parent, describe_status, shell_status
+from qemu_evmcs.launch.verify import (
     CpuSpec,
     FeatureOutcome,
     LaunchReport,
@@ -20,7 +20,7 @@ from .verify import (
     parse_cpu_arg,
     verify_cpu,
 )
-from .warnings import FeatureWarning, parse_warning, parse_warnings
+from qemu_evmcs.launch.warnings import FeatureWarning, parse_warning, parse_warnings
 
 __all__ = [
     "CpuSpec",

@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from .wrapper import main
+from qemu_evmcs.launch.wrapper import main
 
 sys.exit(main())

@@ -7,7 +7,7 @@ mode that is easy to get wrong:
 - the QMP socket lives in a **private** directory (mode 0700) so that no other
   local user can connect to the monitor and drive the VM;
 - the greeting is awaited with a **bounded** retry loop, and if the emulator
-  dies first the caller gets a :class:`~qemu_evmcs.errors.LaunchError` naming
+  dies first the caller gets a :class:`~qemu_evmcs.core.errors.LaunchError` naming
   QEMU's own last stderr line (``unable to find CPU model 'x'``) instead of a
   bare timeout;
 - a command issued while the emulator dies (``kill -9``) must fail promptly
@@ -40,7 +40,7 @@ from typing import IO, Self
 
 from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
 
-from ..errors import InputError, LaunchError
+from qemu_evmcs.core.errors import InputError, LaunchError
 
 logger = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
-from ..errors import InputError, LaunchError
-from ..qemuopts import feat2prop, qapi_bool
-from .qmp import EmulatorSession
-from .warnings import FeatureWarning, parse_warnings, warnings_by_feature
+from qemu_evmcs.core.errors import InputError, LaunchError
+from qemu_evmcs.qemu.options import feat2prop, qapi_bool
+from qemu_evmcs.launch.qmp import EmulatorSession
+from qemu_evmcs.launch.warnings import FeatureWarning, parse_warnings, warnings_by_feature
 
 #: ``-cpu`` model names that ask QEMU for a listing instead of a CPU.
 PROBE_MODELS = frozenset({"help", "?"})

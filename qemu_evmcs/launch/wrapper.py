@@ -27,7 +27,7 @@ them (or everything after ``--``) is passed to the emulator verbatim.
 - ``--host PROFILE``: the host profile ``--check`` uses for a real emulator.
 - ``--negotiate PROFILE...``: the guest must start on, and live-migrate among, these hosts: the
   ``-cpu MODEL`` argument (MODEL: a CPU model definition name or file, or ``max``) is replaced by
-  ``qemu_evmcs.negotiate.negotiate_cpu_arg(MODEL, PROFILES, STRATEGY)`` before anything starts. A pool
+  ``qemu_evmcs.policy.negotiate.negotiate_cpu_arg(MODEL, PROFILES, STRATEGY)`` before anything starts. A pool
   without a safe answer is refused with one ``error:`` line and exit 1. The profiles are every argument
   up to the next one starting with ``-``.
 - ``--strategy pv-cpuid|revision|vmx-msrs``: the negotiation strategy (default ``pv-cpuid``, what
@@ -70,9 +70,9 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..errors import EXIT_BAD_INPUT, EXIT_NEGATIVE, EvmcsError, InputError, LaunchError, NegativeAnswer
-from .qmp import EmulatorSession, describe_status, shell_status
-from .verify import CpuSpec, LaunchReport, find_cpu_arg, find_cpu_index, parse_cpu_arg, verify_cpu
+from qemu_evmcs.core.errors import EXIT_BAD_INPUT, EXIT_NEGATIVE, EvmcsError, InputError, LaunchError, NegativeAnswer
+from qemu_evmcs.launch.qmp import EmulatorSession, describe_status, shell_status
+from qemu_evmcs.launch.verify import CpuSpec, LaunchReport, find_cpu_arg, find_cpu_index, parse_cpu_arg, verify_cpu
 
 PROG = "qemu-evmcs-launch"
 ENV_EMULATOR = "QEMU_EVMCS_EMULATOR"
@@ -214,7 +214,7 @@ def parse_wrapper_args(argv: Sequence[str]) -> WrapperOptions:
     if opts.simulate is not None and opts.emulator is not None:
         raise InputError("--simulate and --emulator are mutually exclusive")
     if opts.strategy != "pv-cpuid" or opts.negotiate:
-        from ..negotiate import STRATEGIES, STRATEGY_VARIANT
+        from qemu_evmcs.policy.negotiate import STRATEGIES, STRATEGY_VARIANT
 
         if opts.strategy not in STRATEGIES:
             raise InputError(f"--strategy {opts.strategy!r}: unknown (known: {', '.join(STRATEGIES)})")
@@ -232,7 +232,7 @@ def apply_negotiation(opts: WrapperOptions) -> str:
     :raise InputError: no ``-cpu MODEL``, or an unknown model, profile or strategy.
     :raise NegativeAnswer: the pool has no safe answer.
     """
-    from ..negotiate import negotiate_cpu_arg
+    from qemu_evmcs.policy.negotiate import negotiate_cpu_arg
 
     idx = find_cpu_index(opts.qemu_args)
     if idx is None:
@@ -261,7 +261,7 @@ def require_profiles(opts: WrapperOptions) -> None:
                                value + ".yaml")
         if os.path.exists(bundled):
             continue
-        from ..profile import bundled_name_hint
+        from qemu_evmcs.core.profile import bundled_name_hint
 
         hint = bundled_name_hint(value)
         raise InputError(f"no such host profile {value!r} (neither a file nor a bundled profile name"
@@ -297,7 +297,7 @@ def run_check(opts: WrapperOptions) -> None:
     if profile is None:
         raise InputError("--check needs --simulate PROFILE or --host PROFILE")
     try:
-        from ..simqemu.startup import predict  # type: ignore[import-not-found, unused-ignore]
+        from qemu_evmcs.simqemu.startup import predict  # type: ignore[import-not-found, unused-ignore]
     except ImportError as err:
         raise LaunchError(f"--check: the start-up predictor is not available ({err})", layer="qemu") from err
     variant = ["--variant", opts.variant] if opts.variant else []
@@ -335,7 +335,7 @@ def write_report(path: str, report: LaunchReport, *, force: bool = False) -> Non
 
     :raise InputError: ``path`` exists and ``force`` is false, or it cannot be written.
     """
-    from ..atomicio import write_text_file  # lazily: only launches that write a report pay the import
+    from qemu_evmcs.output.atomicio import write_text_file  # lazily: only launches that write a report pay the import
 
     write_text_file(path, report.to_json() + "\n", force=force)
 

@@ -4,7 +4,7 @@ Run it as ``qemu-evmcs-sim --host PROFILE [QEMU options]`` or
 ``python -m qemu_evmcs.simqemu ...``. It reproduces QEMU's start-up for
 Hyper-V eVMCS (the exact error texts of ``hv-evmcs`` checks, VMX feature
 filtering and its warnings, the VMX MSR writes and the ``failed to set MSR``
-abort) against :mod:`qemu_evmcs.simkvm`, then serves QMP.
+abort) against :mod:`qemu_evmcs.kvm.simkvm`, then serves QMP.
 
 Modules:
 
@@ -21,6 +21,6 @@ CPUID 0x4000000A.EBX bit 0 (HV_X64_NESTED_EVMCS1_PERF_GLOBAL_CTRL), which real Q
 KVM 6.1+ then shows PERF_GLOBAL_CTRL VM-exit/entry controls to an eVMCS L1.
 """
 
-from .startup import Prediction, predict
+from qemu_evmcs.simqemu.startup import Prediction, predict
 
 __all__ = ["Prediction", "predict"]

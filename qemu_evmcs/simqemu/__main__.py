@@ -2,7 +2,7 @@
 
 import sys
 
-from .server import main
+from qemu_evmcs.simqemu.server import main
 
 
 sys.exit(main())

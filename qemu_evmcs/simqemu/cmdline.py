@@ -31,8 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..errors import LaunchError
-from ..qemuopts import feat2prop, qapi_bool
+from qemu_evmcs.core.errors import LaunchError
+from qemu_evmcs.qemu.options import feat2prop, qapi_bool
 
 
 #: The program name QEMU prefixes to every error and warning line.

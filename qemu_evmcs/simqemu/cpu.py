@@ -61,20 +61,22 @@ import os
 from typing import (TYPE_CHECKING, AbstractSet, Callable, Dict, FrozenSet, List, Mapping, Optional, Protocol,
                     Sequence, Set, Tuple, runtime_checkable)
 
-from ..msrval import word_bits
-from ..profile import HostProfile
-from ..qemuopts import BOOL_TRUE, qapi_bool
-from ..qemu_compose import CTL_WRITES, compose_vmx_msrs, supported_msr_feature
-from ..qemu_compose import DEFAULT_EVMCS_VERSION as DEFAULT_EVMCS_VERSION  # re-exported
-from ..qemu_compose import make_vmx_msr_value as make_vmx_msr_value  # re-exported (QEMU's helper, one copy)
-from ..registry import MASK32, Registry, registry
-from ..simkvm import (HV_CPUID_ENLIGHTMENT_INFO, HV_CPUID_NESTED_FEATURES, KVM_CAP_SYS_HYPERV_CPUID, SimKvm)
-from ..qemu_features import (CPUID_BY_NAME, CPUID_FLAGS, HV_ALIASES, HV_BY_PROP, HV_CPUID_FEATURES, HV_FEATURES,
+from qemu_evmcs.core.msrval import word_bits
+from qemu_evmcs.core.profile import HostProfile
+from qemu_evmcs.qemu.options import BOOL_TRUE, qapi_bool
+from qemu_evmcs.qemu.compose import CTL_WRITES, compose_vmx_msrs, supported_msr_feature
+from qemu_evmcs.qemu.compose import DEFAULT_EVMCS_VERSION as DEFAULT_EVMCS_VERSION  # re-exported
+from qemu_evmcs.qemu.compose import make_vmx_msr_value as make_vmx_msr_value  # re-exported (QEMU's helper, one copy)
+from qemu_evmcs.core.registry import MASK32, Registry, registry
+from qemu_evmcs.kvm.simkvm import (HV_CPUID_ENLIGHTMENT_INFO, HV_CPUID_NESTED_FEATURES, KVM_CAP_SYS_HYPERV_CPUID,
+                                   SimKvm)
+from qemu_evmcs.qemu.features import (CPUID_BY_NAME, CPUID_FLAGS, HV_ALIASES, HV_BY_PROP, HV_CPUID_FEATURES,
+                                      HV_FEATURES,
                              HvFeature)
-from .cmdline import PROG, CpuSpec, QemuError
+from qemu_evmcs.simqemu.cmdline import PROG, CpuSpec, QemuError
 
 if TYPE_CHECKING:
-    from ..models import QemuSnapshot
+    from qemu_evmcs.qemu.models import QemuSnapshot
 
 
 # --------------------------------------------------------------------------- constants (QEMU / TLFS)
@@ -227,7 +229,7 @@ def _load_env_provider() -> None:
 class SnapshotModelProvider:
     """The default provider: QEMU 7.2's named models from the snapshot shipped with the package.
 
-    Backed by :mod:`qemu_evmcs.models` (``qemu_evmcs/data/qemu-models/7.2/``): every model, version and
+    Backed by :mod:`qemu_evmcs.qemu.models` (``qemu_evmcs/data/qemu-models/7.2/``): every model, version and
     alias (``Skylake-Server``, ``Skylake-Server-v5``). A model's features are its default ``vmx-*``
     properties plus the modelled CPUID flags it sets; ``vmx`` itself is *not* set by any named model
     (the snapshot's expansion asked for ``vmx=on``), so ``-cpu Skylake-Server-v5`` without ``vmx=on``
@@ -238,8 +240,8 @@ class SnapshotModelProvider:
         self.version = version
 
     def _snapshot(self) -> "QemuSnapshot":
-        from ..errors import InputError
-        from ..models import DEFAULT_QEMU_VERSION, load_snapshot
+        from qemu_evmcs.core.errors import InputError
+        from qemu_evmcs.qemu.models import DEFAULT_QEMU_VERSION, load_snapshot
 
         try:
             return load_snapshot(self.version or DEFAULT_QEMU_VERSION)
@@ -339,7 +341,7 @@ class KvmLog:
         self.entries.append({"seq": len(self.entries), "vcpu": vcpu, "ioctl": ioctl, "arg": arg, "result": result})
 
     def drain(self, index: int, log: Sequence[Tuple[str, str, str]]) -> None:
-        """Append the new entries of a :class:`~qemu_evmcs.simkvm.SimVcpu` log."""
+        """Append the new entries of a :class:`~qemu_evmcs.kvm.simkvm.SimVcpu` log."""
         start = self._drained.get(index, 0)
         for ioctl, arg, result in log[start:]:
             self.add(index, ioctl, arg, result)

@@ -30,8 +30,8 @@ import dataclasses
 import json
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .cmdline import PROG, CpuSpec, QemuError
-from .startup import Machine, StartupResult, boot, read_vmx_msrs
+from qemu_evmcs.simqemu.cmdline import PROG, CpuSpec, QemuError
+from qemu_evmcs.simqemu.startup import Machine, StartupResult, boot, read_vmx_msrs
 
 #: Version of the JSON document the simulators exchange.
 STATE_VERSION = 1
@@ -82,7 +82,7 @@ def vcpu_state(machine: Machine) -> Dict[str, object]:
     rev = v0.cpu.evmcs_revision if v0 is not None else None
     hv = {f"{leaf:#010x}": dict(regs) for leaf, regs in sorted(v0.hv_leaves.items())} if v0 is not None else {}
     evmcs = bool(v0 is not None and v0.kvm_vcpu is not None and v0.kvm_vcpu.evmcs_enabled)
-    from ..qemu_compose import DEFAULT_EVMCS_VERSION
+    from qemu_evmcs.qemu.compose import DEFAULT_EVMCS_VERSION
 
     return {
         "version": STATE_VERSION,
@@ -159,7 +159,7 @@ def apply_incoming(machine: Machine, state: Mapping[str, Any]) -> IncomingResult
 def verdict(status: str, error: str, source_msrs: Mapping[str, int], dest_msrs: Mapping[str, int],
             destination: str = "") -> Dict[str, object]:
     """``x-evmcs-query-migration-verdict``: fine / blocked / unsafe, with the changed guest-visible bits."""
-    from ..negotiate import diff_views
+    from qemu_evmcs.policy.negotiate import diff_views
 
     out: Dict[str, object] = {"status": status, "source-msrs": _hexmap(source_msrs),
                               "destination-msrs": _hexmap(dest_msrs), "lost": [], "gained": []}

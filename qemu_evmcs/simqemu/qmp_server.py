@@ -62,12 +62,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple, Union
 
-from .cmdline import PROG, QmpAddress, QemuError
-from ..qemu_features import CPUID_BY_NAME, HV_BY_PROP
-from .cpu import BUILTIN_MODELS, X86Cpu, list_models, model_info, vmx_prop_names
-from .migration import (LOAD_FAILED, MAX_STATE, IncomingResult, apply_incoming, decode, encode, guest_msrs,
-                        parse_uri, vcpu_state, verdict)
-from .startup import Machine, VcpuState, read_vmx_msrs
+from qemu_evmcs.simqemu.cmdline import PROG, QmpAddress, QemuError
+from qemu_evmcs.qemu.features import CPUID_BY_NAME, HV_BY_PROP
+from qemu_evmcs.simqemu.cpu import BUILTIN_MODELS, X86Cpu, list_models, model_info, vmx_prop_names
+from qemu_evmcs.simqemu.migration import (LOAD_FAILED, MAX_STATE, IncomingResult, apply_incoming, decode, encode,
+                                          guest_msrs, parse_uri, vcpu_state, verdict)
+from qemu_evmcs.simqemu.startup import Machine, VcpuState, read_vmx_msrs
 
 
 logger = logging.getLogger(__name__)
@@ -544,7 +544,7 @@ class QmpServer:
                 for v in self.machine.vcpus]
 
     def _new_cpu(self, model: str, props: Mapping[str, object]) -> X86Cpu:
-        from .cmdline import CpuSpec
+        from qemu_evmcs.simqemu.cmdline import CpuSpec
         cpu = X86Cpu.create(CpuSpec(model=model), self.machine.accel)
         for key, val in props.items():
             if isinstance(val, bool):

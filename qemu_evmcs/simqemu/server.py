@@ -20,12 +20,12 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
-from ..errors import EvmcsError
-from ..profile import load_profile, resolve_profile_path
-from .cmdline import EXIT_ABORT, EXIT_ERROR, PROG, QemuError, parse_args
-from .cpu import list_models
-from .qmp_server import QmpServer, register_signal_handlers
-from .startup import Machine, boot
+from qemu_evmcs.core.errors import EvmcsError
+from qemu_evmcs.core.profile import load_profile, resolve_profile_path
+from qemu_evmcs.simqemu.cmdline import EXIT_ABORT, EXIT_ERROR, PROG, QemuError, parse_args
+from qemu_evmcs.simqemu.cpu import list_models
+from qemu_evmcs.simqemu.qmp_server import QmpServer, register_signal_handlers
+from qemu_evmcs.simqemu.startup import Machine, boot
 
 
 HELP = f"""\

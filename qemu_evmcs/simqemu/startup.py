@@ -29,16 +29,16 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..errors import KvmError
-from ..evmcs_filter import removals
-from ..profile import HostProfile, load_profile, resolve_profile_path
-from ..qemu_compose import evmcs_range_supported
-from ..registry import registry
-from ..simkvm import (EVMCS_REVISION_LEGACY, HV_CPUID_ENLIGHTMENT_INFO, HV_CPUID_NESTED_FEATURES,
+from qemu_evmcs.core.errors import KvmError
+from qemu_evmcs.core.evmcs_filter import removals
+from qemu_evmcs.core.profile import HostProfile, load_profile, resolve_profile_path
+from qemu_evmcs.qemu.compose import evmcs_range_supported
+from qemu_evmcs.core.registry import registry
+from qemu_evmcs.kvm.simkvm import (EVMCS_REVISION_LEGACY, HV_CPUID_ENLIGHTMENT_INFO, HV_CPUID_NESTED_FEATURES,
                       HV_ENLIGHTENED_VMCS_RECOMMENDED, KVM_CAP_HYPERV_CPUID, KVM_CAP_HYPERV_ENLIGHTENED_VMCS,
                       HvCpuid, SimKvm, SimVcpu)
-from .cmdline import EXIT_ABORT, EXIT_ERROR, PROG, QemuError, SimConfig, parse_args, strip_program
-from .cpu import (DEFAULT_EVMCS_VERSION, VMX_WORDS, Accel, KvmAccel, KvmLog, X86Cpu, check_model,
+from qemu_evmcs.simqemu.cmdline import EXIT_ABORT, EXIT_ERROR, PROG, QemuError, SimConfig, parse_args, strip_program
+from qemu_evmcs.simqemu.cpu import (DEFAULT_EVMCS_VERSION, VMX_WORDS, Accel, KvmAccel, KvmLog, X86Cpu, check_model,
                   feature_names, guest_visible_features)
 
 

@@ -1,0 +1,60 @@
+"""``qemu-evmcs admit``: EVC-style, eVMCS-aware admission of a host into a pool."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from qemu_evmcs.policy.admit import admit
+from qemu_evmcs.core.errors import EXIT_NEGATIVE, EXIT_OK
+from qemu_evmcs.output.jsonout import print_json
+from qemu_evmcs.policy.negotiate import STRATEGIES
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``admit`` parser."""
+    p = subparsers.add_parser("admit", help="can a host join a pool without shrinking what eVMCS guests see?",
+                              description="Admit the candidate when the pool's negotiated configuration starts on "
+                                          "it and shows the guest identical VMX MSRs; otherwise refuse and say what "
+                                          "admitting it would cost. Exit 0 admit, 1 refuse, 2 bad input.")
+    p.add_argument("--pool", nargs="+", required=True, metavar="PROFILE",
+                   help="the pool's hosts: files (multi-document, any size), dirs, SQLite inventories, bundled names")
+    p.add_argument("--candidate", required=True, metavar="PROFILE",
+                   help="the host that would join (file, SQLite inventory or bundled name; a file's first host)")
+    p.add_argument("--model", default=None, help="CPU model definition (default: every feature QEMU can set)")
+    p.add_argument("--strategy", choices=STRATEGIES, default="pv-cpuid",
+                   help="KVM eVMCS ABI design: pv-cpuid (default, what Linux shipped), revision or vmx-msrs")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit 0 admit, 1 refuse.
+
+    As every command with a negative answer: the answer on stdout (``admit: ...``, or ``refuse: CANDIDATE``
+    with what admitting it would cost; or the JSON object), and a refusal's reason in exactly one ``error:``
+    line on stderr, which the text answer does not repeat.
+    """
+    res = admit(args.pool, args.candidate, args.model, args.strategy)
+    if args.json:
+        print_json(res.to_json())
+    elif res.admit:
+        print(f"admit: {res.reason}")
+    else:
+        print(f"refuse: {res.candidate}")
+        joined = res.with_candidate
+        if res.cost_features and joined is not None and not joined.ok:
+            # No configuration at all with the candidate: naming every feature would hide the reason.
+            print(f"  the pool's guests would lose all {len(res.cost_features)} VMX features they see "
+                  f"(no configuration starts on every host; --json lists them)")
+        elif res.cost_features:
+            print(f"  the pool's guests would lose: {', '.join(res.cost_features)}")
+        if res.cost_hyperv:
+            print(f"  hv-* flags lost: {', '.join(res.cost_hyperv)}")
+        if res.cost_pv_perf_global_ctrl:
+            print("  CPUID 0x4000000A.EBX bit 0 would have to be cleared")
+    if not res.admit:
+        print(f"error: refuse {res.candidate}: {res.why or res.reason}", file=sys.stderr)
+        return EXIT_NEGATIVE
+    return EXIT_OK

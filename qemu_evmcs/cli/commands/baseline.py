@@ -1,0 +1,101 @@
+"""``qemu-evmcs baseline (--model NAME | --pool) HOST...``: the VMX set common to a pool, in both views.
+
+Without ``--json`` prints a table: one row per feature the model wants (pool mode: per feature some host
+has), whether it is in the unfiltered and the eVMCS baseline, and if not, where and why it is lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from typing import Any
+
+from qemu_evmcs.qemu.models import load_model
+from qemu_evmcs.policy.resolve import BaselineResult, Loss, baseline, load_host_args
+from qemu_evmcs.cli.commands.validate import snapshot_from_args
+
+
+def _hosts_text(hosts: list[str], limit: int = 3) -> str:
+    shown = ",".join(hosts[:limit])
+    return shown + (f" +{len(hosts) - limit}" if len(hosts) > limit else "")
+
+
+def render(result: BaselineResult, *, show_all: bool = False) -> str:
+    """The readable table: every feature that is lost somewhere, with where and why; the features every
+    host keeps in both views are summarised in one line unless ``show_all`` (they are the noise)."""
+    out: list[str] = []
+    head = f"model {result.model} (base {result.base})" if result.model else "pool baseline (no model)"
+    out.append(f"{head}: {result.host_count} host(s), {len(result.groups)} distinct; "
+               f"pv-perf-global-ctrl={result.pv_perf_global_ctrl}")
+    out.append(f"unfiltered baseline (QEMU/libvirt view): {len(result.unfiltered)} of {len(result.wanted)} features")
+    out.append(f"eVMCS baseline (L1 Hyper-V guest view):  {len(result.evmcs)} of {len(result.wanted)} features")
+    if result.not_starting:
+        out.append(f"does not start on: {_hosts_text(list(result.not_starting))}")
+        for g in result.groups:
+            if not g.starts:
+                out.append(f"  {_hosts_text(list(g.hosts))}: {g.reason}")
+    by_feature: dict[str, list[Loss]] = {}
+    for loss in result.losses:
+        by_feature.setdefault(loss.feature, []).append(loss)
+    width = max([len(f) for f in result.wanted | set(by_feature)] + [7])
+    out.append("")
+    kept = sorted(f for f in result.wanted if f not in by_feature and f in result.unfiltered and f in result.evmcs)
+    rows = sorted(result.wanted | set(by_feature)) if show_all else \
+        sorted(f for f in result.wanted | set(by_feature) if f not in kept)
+    out.append(f"{'feature':<{width}}  unfilt  evmcs  lost on / why")
+    for feat in rows:
+        uf = "yes" if feat in result.unfiltered else "no"
+        ev = "yes" if feat in result.evmcs else "no"
+        losses = by_feature.get(feat, [])
+        first = True
+        if not losses:
+            out.append(f"{feat:<{width}}  {uf:<6}  {ev:<5}")
+        for loss in losses:
+            label = feat if first else ""
+            cols = f"{uf:<6}  {ev:<5}" if first else f"{'':<6}  {'':<5}"
+            hist = f" [{loss.history}]" if loss.history else ""
+            out.append(f"{label:<{width}}  {cols}  {_hosts_text(list(loss.hosts))}: {loss.layer}: {loss.detail}{hist}")
+            first = False
+    if kept and not show_all:
+        out.append("")
+        out.append(f"kept on every host in both views ({len(kept)}; --all lists them as rows):")
+        out.extend(textwrap.wrap(", ".join(kept), width=110, initial_indent="  ", subsequent_indent="  ",
+                                 break_on_hyphens=False))
+    return "\n".join(out) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command; returns 0 (the baseline is an answer, not a check)."""
+    snap = snapshot_from_args(args)
+    model = load_model(args.model) if args.model else None
+    result = baseline(load_host_args(args.hosts), model, pv_perf_global_ctrl=args.pv_perf_global_ctrl,
+                      snapshot=snap)
+    if args.json:
+        sys.stdout.write(json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(render(result, show_all=args.all))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``baseline`` sub-command."""
+    p = subparsers.add_parser(
+        "baseline", help="VMX features a model (or a pool) gets on every host, unfiltered and eVMCS-filtered",
+        description="The feature set a guest gets identically on all HOSTs, as QEMU/libvirt see it and as the L1 "
+                    "Hyper-V guest sees it through the eVMCS filter, with the layer that removes each lost feature. "
+                    "HOSTs are profile files (multi-document, any size), directories, SQLite inventories from "
+                    "`fleet import` or bundled profile names; 100,000 hosts are fine (each distinct profile is "
+                    "computed once).")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--model", metavar="NAME", help="a model definition name (e.g. Skylake-Server-evmcs) or file")
+    who.add_argument("--pool", action="store_true", help="no model: the largest VMX set common to all hosts")
+    p.add_argument("hosts", nargs="+", metavar="HOST")
+    p.add_argument("--pv-perf-global-ctrl", choices=("auto", "on", "off"), default=None,
+                   help="override the model's setting (pool default: auto, i.e. QEMU's behaviour: bit clear)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--all", action="store_true",
+                   help="text output: one row per feature, also those every host keeps (default: a summary line)")
+    p.add_argument("--snapshot", metavar="DIR", help="a QEMU model snapshot directory (default: bundled 7.2)")
+    p.set_defaults(func=run)

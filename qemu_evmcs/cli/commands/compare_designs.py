@@ -1,0 +1,37 @@
+"""``qemu-evmcs compare-designs``: migration verdicts of the three 2022 designs (and no design) side by side."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from qemu_evmcs.policy.designs import compare_designs, comparison_text
+from qemu_evmcs.core.errors import EXIT_OK
+from qemu_evmcs.output.jsonout import print_json
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``compare-designs`` parser."""
+    p = subparsers.add_parser("compare-designs", help="migration verdicts per design for every host pair",
+                              description="For every ordered host pair and model, simulate a migration under no "
+                                          "design (naive) and each design of the 2022 thread (shipped, revision, "
+                                          "vmx-msrs): allowed, blocked (safe), unsafe (the guest loses controls it "
+                                          "could see), or no-start; 'wrong' counts unsafe verdicts and unnecessary "
+                                          "blocks (the destination could have shown identical VMX MSRs). "
+                                          "Always exit 0: a report, not a check.")
+    p.add_argument("--hosts", nargs="+", required=True, metavar="PROFILE|DIR",
+                   help="files (multi-document, any size), dirs, SQLite inventories, bundled names")
+    p.add_argument("--model", nargs="+", default=[], metavar="NAME", help="model definitions (default: max)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Always exit 0 (a report, not a check)."""
+    cmp = compare_designs(args.hosts, args.model)
+    if args.json:
+        print_json(cmp.to_json())
+    else:
+        sys.stdout.write(comparison_text(cmp))
+    return EXIT_OK

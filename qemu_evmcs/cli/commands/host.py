@@ -1,0 +1,205 @@
+"""``qemu-evmcs host``: import, show and probe host profiles.
+
+- ``host import FILE``: build a profile from QEMU ``scripts/kvm/vmxcap`` output or an rdmsr-style dump
+  (format autodetected; see :mod:`qemu_evmcs.hostio.vmxcap` and :mod:`qemu_evmcs.hostio.rdmsr`);
+- ``host show FILE|SAMPLE``: print a profile as YAML, JSON or vmxcap text;
+- ``host probe``: read the running machine through ``/dev/kvm`` (:mod:`qemu_evmcs.hostio.probe`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import yaml
+
+from qemu_evmcs.hostio import probe as probe_mod
+from qemu_evmcs.hostio import rdmsr
+from qemu_evmcs.hostio import vmxcap
+from qemu_evmcs.output.atomicio import write_text_file
+from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.core.kernel import parse_release
+from qemu_evmcs.core.profile import (
+    MAX_PROFILE_BYTES,
+    VENDORS,
+    HostProfile,
+    load_profile_text,
+    profile_from_mapping,
+    require_profile_path,
+)
+
+FORMATS = ("yaml", "json", "vmxcap")
+
+
+# --------------------------------------------------------------------------- helpers others may call
+
+def read_input_text(path: str) -> str:
+    """A text input file, with one-line errors for missing, oversized, binary, non-UTF-8 or empty files."""
+    try:
+        if os.path.isdir(path):
+            raise InputError("is a directory, expected a file", file=path)
+        size = os.path.getsize(path)
+        if size > MAX_PROFILE_BYTES:
+            raise InputError(f"file is {size} bytes; inputs are limited to {MAX_PROFILE_BYTES}", file=path)
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_PROFILE_BYTES + 1)
+    except OSError as err:
+        raise InputError(err.strerror or str(err), file=path) from None
+    if b"\x00" in data:
+        raise InputError("binary file (contains NUL bytes), expected text", file=path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"not UTF-8 text ({err.reason} at byte {err.start})", file=path) from None
+    if not text.strip():
+        raise InputError("empty file", file=path)
+    return text
+
+
+def detect_format(text: str) -> str:
+    """``vmxcap`` or ``rdmsr``."""
+    return "vmxcap" if vmxcap.looks_like_vmxcap(text) else "rdmsr"
+
+
+def import_text(text: str, *, file: str, name: str | None = None, kernel: str | None = None,
+                vendor: str | None = None) -> tuple[HostProfile, str]:
+    """Build a validated profile from vmxcap or rdmsr text; returns (profile, detected format).
+
+    ``name``/``kernel``/``vendor`` override ``# name:`` style metadata comments in the input.
+    """
+    fmt = detect_format(text)
+    msrs = vmxcap.parse(text, file=file) if fmt == "vmxcap" else rdmsr.parse(text, file=file)
+    meta = rdmsr.parse_metadata(text)
+    name = name or meta.get("name")
+    kernel = kernel or meta.get("kernel")
+    vendor = vendor or meta.get("vendor")
+    if not name and not kernel:   # both at once: one try, not two (vmxcap output carries neither)
+        raise InputError("no host name and no kernel release in the input; pass --name and --kernel "
+                         "(e.g. --kernel 6.1.55)", file=file)
+    if not name:
+        raise InputError("no host name in the input; pass --name", file=file)
+    if not kernel:
+        raise InputError("no kernel release in the input; pass --kernel (e.g. --kernel 6.1.55)", file=file)
+    parse_release(kernel, key="--kernel")
+    if vendor is None:
+        if not msrs:
+            raise InputError("no VMX MSRs and no vendor in the input; pass --vendor", file=file)
+        vendor = "GenuineIntel"  # VMX capability MSRs exist only on Intel (and Centaur/Zhaoxin) CPUs
+    if vendor not in VENDORS:
+        raise InputError(f"unknown vendor {vendor!r} (known: {', '.join(VENDORS)})", key="--vendor")
+    data: dict[str, Any] = {
+        "name": name, "vendor": vendor, "kernel": kernel,
+        "msrs": {n: f"0x{v:016x}" for n, v in msrs.items()},
+        "provenance": f"imported from {os.path.basename(file)} ({fmt} format) by qemu-evmcs host import",
+    }
+    if meta.get("model_name"):
+        data["model_name"] = meta["model_name"]
+    if fmt == "vmxcap":
+        data["notes"] = ("vmxcap shows no raw control values: allowed-0/allowed-1 were rebuilt from the "
+                         "yes/no/forced/default words; CR0/CR4 fixed and VMCS_ENUM are not in vmxcap output")
+    return profile_from_mapping(data, file=file), fmt
+
+
+def profile_yaml(profile: HostProfile) -> str:
+    """The profile as a YAML document."""
+    return str(yaml.safe_dump(profile.to_mapping(), sort_keys=False, width=110))
+
+
+def format_profile(profile: HostProfile, fmt: str) -> str:
+    """``yaml``, ``json`` or ``vmxcap`` text of a profile."""
+    if fmt == "yaml":
+        return profile_yaml(profile)
+    if fmt == "json":
+        return json.dumps(profile.to_mapping(), indent=2) + "\n"
+    if fmt == "vmxcap":
+        return vmxcap.render_profile(profile)
+    raise InputError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})", key="--format")
+
+
+def write_atomic(path: str, text: str, *, force: bool = False) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``.
+
+    Kept under this name for callers of ``commands.host``; the one implementation is
+    :func:`qemu_evmcs.output.atomicio.write_text_file`.
+
+    :raise InputError: if ``path`` exists and ``force`` is false, or the directory is not writable.
+    """
+    write_text_file(path, text, force=force)
+
+
+def _emit(text: str, out: str | None, force: bool) -> None:
+    if out and out != "-":
+        write_atomic(out, text, force=force)
+    else:
+        sys.stdout.write(text)
+
+
+# --------------------------------------------------------------------------- commands
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """``host import``."""
+    path: str = args.file
+    text = read_input_text(path)
+    profile, _ = import_text(text, file=path, name=args.name, kernel=args.kernel, vendor=args.vendor)
+    _emit(profile_yaml(profile), args.output, args.force)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """``host show``."""
+    path = require_profile_path(args.file)
+    profile = load_profile_text(read_input_text(path), path)
+    sys.stdout.write(format_profile(profile, args.format))
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    """``host probe``."""
+    result = probe_mod.probe(args.device, name=args.name)
+    if args.json:
+        text = json.dumps(result.to_mapping(), indent=2) + "\n"
+    else:
+        text = profile_yaml(result.profile)
+    _emit(text, args.output, args.force)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``host`` and its sub-commands."""
+    host = subparsers.add_parser("host", help="import, show and probe host profiles",
+                                 description="Host profiles: what KVM reports on one host.")
+    sub = host.add_subparsers(dest="host_command", metavar="ACTION", parser_class=type(host))
+    sub.required = True
+
+    p = sub.add_parser("import", help="build a profile from vmxcap output or an rdmsr-style dump",
+                       description="Build a host profile from QEMU scripts/kvm/vmxcap output or an rdmsr-style "
+                                   "dump (0x481 0x7f00000016 / 481: 7f00000016 / msr[481] = 7f`00000016 / "
+                                   "markdown table). The format is detected automatically.")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--name", help="profile name (required unless the input has a '# name:' line)")
+    p.add_argument("--kernel", metavar="REL", help="kernel release, e.g. 6.1.55 (required unless in the input)")
+    p.add_argument("--vendor", metavar="V", help=f"CPU vendor ({', '.join(VENDORS)}); default GenuineIntel")
+    p.add_argument("-o", "--output", metavar="OUT", help="write the profile here (atomically) instead of stdout")
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("show", help="print a profile as yaml, json or vmxcap text",
+                       description="Print a host profile (a path or a bundled sample name such as skylake-5.10).")
+    p.add_argument("file", metavar="FILE", help="profile path or bundled sample name")
+    p.add_argument("--format", choices=FORMATS, default="yaml", help="output format (default: yaml)")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("probe", help="read this machine's KVM (/dev/kvm) into a profile",
+                       description="Read the VMX capability MSRs KVM reports on this machine (system-fd "
+                                   "ioctls). Fails with exit 1 on hosts without Intel VMX, without nested, "
+                                   "or without /dev/kvm access.")
+    p.add_argument("--device", metavar="PATH",
+                   help=f"KVM device (default: ${probe_mod.DEVICE_ENV} or {probe_mod.DEFAULT_DEVICE})")
+    p.add_argument("--name", help="profile name (default: this host's node name)")
+    p.add_argument("--json", action="store_true", help="print JSON with the profile and the raw probe data")
+    p.add_argument("-o", "--output", metavar="OUT", help="write here (atomically) instead of stdout")
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.set_defaults(func=cmd_probe)

@@ -1,0 +1,72 @@
+"""``qemu-evmcs migrate-check``: fine, blocked or unsafe for one eVMCS guest migration."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from qemu_evmcs.core.errors import EXIT_NEGATIVE, EXIT_OK, InputError, LaunchError
+from qemu_evmcs.output.jsonout import print_json
+from qemu_evmcs.policy.migrate import DESIGNS, migrate_check, source_config, verdict_from_view
+from qemu_evmcs.policy.negotiate import load_guest_model, load_hosts
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``migrate-check`` parser."""
+    p = subparsers.add_parser("migrate-check", help="would an eVMCS guest migrate fine, be blocked, or break?",
+                              description="Simulate the destination QEMU's VMX MSR writes and eVMCS enable, and "
+                                          "compare the L1 guest's VMX MSRs before and after.")
+    p.add_argument("--model", required=True, help="CPU model definition (name or file), or 'max'")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from", dest="source", metavar="PROFILE", help="source host profile")
+    src.add_argument("--from-running", metavar="SOCKET",
+                     help="QMP socket of a running simulated QEMU (x-evmcs-query-guest-vmx-msrs)")
+    p.add_argument("--source-profile", metavar="PROFILE",
+                   help="with --from-running: the source host profile (default: the one a simulated QEMU "
+                        "reports in x-evmcs-query-guest-vmx-msrs)")
+    p.add_argument("--to", dest="dest", required=True, metavar="PROFILE", help="destination host profile")
+    p.add_argument("--design", choices=DESIGNS, default="shipped",
+                   help="how the guest was configured for the source (default: shipped = what Linux merged)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit 0 for fine, 1 for blocked or unsafe.
+
+    As every command with a negative answer: the verdict on stdout (``fine: A -> B (design): why``, or
+    ``blocked``/``unsafe: A -> B (design)``; or the JSON object), and for blocked or unsafe the reason in
+    exactly one ``error:`` line on stderr, which the text verdict does not repeat.
+    """
+    model = load_guest_model(args.model)
+    dest = load_hosts([args.dest])[0]
+    if args.source:
+        source = load_hosts([args.source])[0]
+        v = migrate_check(model, source, dest, args.design)
+    else:
+        from qemu.qmp import QMPError
+
+        from qemu_evmcs.policy.migrate import query_running_view
+
+        try:
+            msrs, running_profile = asyncio.run(query_running_view(args.from_running))
+        except (OSError, QMPError, asyncio.TimeoutError) as err:
+            raise LaunchError(f"QMP {args.from_running}: {err or 'no answer'}") from None
+        profile = args.source_profile or running_profile
+        if not profile:
+            raise InputError("--from-running: the QEMU does not say which host it runs on; "
+                             "give --source-profile PROFILE")
+        source = load_hosts([profile])[0]
+        v = verdict_from_view(source_config(model, source, args.design), msrs, source.name, dest)
+    if args.json:
+        print_json(v.to_json())
+    elif v.verdict == "fine":
+        print(f"{v.verdict}: {v.source} -> {v.destination} ({v.design}): {v.reason}")
+    else:
+        print(f"{v.verdict}: {v.source} -> {v.destination} ({v.design})")
+    if v.verdict != "fine":
+        print(f"error: {v.verdict}: {v.reason}", file=sys.stderr)
+        return EXIT_NEGATIVE
+    return EXIT_OK

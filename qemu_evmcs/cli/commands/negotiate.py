@@ -1,0 +1,94 @@
+"""``qemu-evmcs negotiate``: one eVMCS guest configuration for a pool of hosts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from qemu_evmcs.core.errors import EXIT_NEGATIVE, EXIT_OK
+from qemu_evmcs.output.jsonout import print_json
+from qemu_evmcs.policy.negotiate import STRATEGIES, load_guest_model, load_pool, negotiate
+from qemu_evmcs.output.render import (
+    compare_strategies,
+    cpu_string,
+    libvirt_xml,
+    negotiation_json,
+    negotiation_text,
+    pool_groups_json,
+)
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``negotiate`` parser."""
+    p = subparsers.add_parser("negotiate", help="negotiate eVMCS, the PV CPUID bit and vmx-*/hv-* flags for a pool",
+                              description="Decide the eVMCS request, CPUID 0x4000000A.EBX bit 0 and the vmx-*/hv-* "
+                                          "flags that give a guest identical VMX MSRs on every host.")
+    p.add_argument("--model", required=True, help="CPU model definition (name or file), or 'max'")
+    p.add_argument("--hosts", nargs="+", required=True, metavar="PROFILE",
+                   help="host profiles: files (multi-document, any size), dirs, SQLite inventories, bundled names")
+    p.add_argument("--strategy", choices=[*STRATEGIES, "all"], default="pv-cpuid",
+                   help="KVM eVMCS ABI design: pv-cpuid (default, what Linux shipped), revision or vmx-msrs "
+                        "(never merged, simulated), or all three with a comparison")
+    p.add_argument("--json", action="store_true", help="same as --format json")
+    p.add_argument("--format", choices=("text", "cpu", "libvirt", "json"), default="text",
+                   help="text (default): the report; cpu: only the -cpu value; libvirt: <cpu>/<features> XML; "
+                        "json: one object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command.
+
+    Like every command with a negative answer (``admit``, ``migrate-check``, ``explain``): the answer goes to
+    stdout (the text report, JSON, ``-cpu`` string or XML) and, when there is no safe answer, exit 1 with
+    the reason in exactly one ``error:`` line on stderr, which the text report does not repeat.
+    """
+    fmt = "json" if args.json else args.format
+    model = load_guest_model(args.model)
+    hosts = load_pool(args.hosts)   # one Fleet: each distinct profile parsed and simulated once
+    if args.strategy == "all":
+        results = {s: negotiate(model, hosts, s) for s in STRATEGIES}
+        ok = any(n.ok for n in results.values())
+        if fmt == "json":
+            first = next(iter(results.values()))
+            print_json({"ok": ok, **pool_groups_json(first),
+                        "strategies": {s: negotiation_json(n, with_groups=False) for s, n in results.items()},
+                        "comparison": compare_strategies(results)})
+        elif fmt in ("cpu", "libvirt"):
+            for s, n in results.items():
+                if n.ok:
+                    text = cpu_string(n) if fmt == "cpu" else libvirt_xml(n)
+                    label = f"# {s}" if fmt == "cpu" else f"<!-- {s} -->"   # an XML comment in XML
+                    sys.stdout.write(f"{label}\n{text}" + ("" if text.endswith("\n") else "\n"))
+        else:
+            for n in results.values():
+                sys.stdout.write(negotiation_text(n, reason_on_stderr=not ok))
+            compared = {s: c for s, c in compare_strategies(results).items() if c["ok"]}
+            if compared:    # a failed strategy's reason is in its report above (or, if all fail, the error: line)
+                sys.stdout.write("comparison (allows: VMX features only this design shows the guest; blocks: "
+                                 "features another design shows but this one hides):\n")
+            for s, c in compared.items():
+                sys.stdout.write(f"{s}: allows {', '.join(c['allows']) or '-'}; blocks {', '.join(c['blocks']) or '-'}"
+                                 f"; gets wrong: {'; '.join(c['gets_wrong']) or '-'}"
+                                 + "".join(f"; note: {x}" for x in c["notes"]) + "\n")
+        if not ok:
+            why = {s: n.error.removeprefix("no safe answer: ") for s, n in results.items()}
+            text = (next(iter(why.values())) if len(set(why.values())) == 1
+                    else "; ".join(f"{s}: {w}" for s, w in why.items()))
+            print(f"error: no safe answer under any strategy: {text}", file=sys.stderr)
+            return EXIT_NEGATIVE
+        return EXIT_OK
+    neg = negotiate(model, hosts, args.strategy)
+    if fmt == "json":
+        print_json(negotiation_json(neg))
+    elif neg.ok and fmt == "cpu":
+        print(cpu_string(neg))
+    elif neg.ok and fmt == "libvirt":
+        sys.stdout.write(libvirt_xml(neg))
+    elif fmt == "text":
+        sys.stdout.write(negotiation_text(neg, reason_on_stderr=True))
+    if not neg.ok:
+        print(f"error: {neg.error}", file=sys.stderr)
+        return EXIT_NEGATIVE
+    return EXIT_OK

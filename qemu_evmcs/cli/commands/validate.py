@@ -1,0 +1,51 @@
+"""``qemu-evmcs validate [PATH...] [--hosts PROFILE...] [--json]``: check CPU model definitions.
+
+Exit status: 0 clean or warnings only, 1 errors, 2 unreadable input or bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from qemu_evmcs.qemu.models import QemuSnapshot, load_snapshot, load_snapshot_dir
+from qemu_evmcs.core.profile import HostProfile
+from qemu_evmcs.policy.resolve import iter_host_args
+from qemu_evmcs.policy.validate import validate_paths
+
+
+def snapshot_from_args(args: argparse.Namespace) -> QemuSnapshot:
+    """``--snapshot DIR`` or the bundled default."""
+    directory: str | None = getattr(args, "snapshot", None)
+    return load_snapshot_dir(directory) if directory else load_snapshot()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command; returns the exit code."""
+    snap = snapshot_from_args(args)
+    hosts: list[HostProfile] | None = list(iter_host_args(args.hosts)) if args.hosts else None
+    report = validate_paths(args.paths, snapshot=snap, hosts=hosts)
+    if args.json:
+        sys.stdout.write(json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(report.render())
+    return report.exit_code
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``validate`` sub-command."""
+    p = subparsers.add_parser(
+        "validate", help="check CPU model definitions (cpu_models/*.yaml)",
+        description="Check eVMCS-ready CPU model definitions: YAML, feature names, the QEMU base model, QEMU's "
+                    "dependency rules, eVMCS conflicts per kernel era, contradictions. Exit 0 clean or warnings "
+                    "only, 1 errors, 2 unreadable input.")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="definition files or directories (default: the installed definitions, or "
+                        "$QEMU_EVMCS_CPU_MODELS if set; pass cpu_models/ to check a checkout's copies)")
+    p.add_argument("--hosts", nargs="+", metavar="PROFILE",
+                   help="also say on which hosts each model starts and what each would drop (files, dirs, names)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--snapshot", metavar="DIR", help="a QEMU model snapshot directory (default: bundled 7.2)")
+    p.set_defaults(func=run)

@@ -1,0 +1,433 @@
+"""Host profiles: one YAML document describing one KVM host.
+
+A profile records what KVM reports on that host (the VMX capability MSRs
+returned by ``KVM_GET_MSRS`` on the system fd), the kernel release (which
+decides the eVMCS era), and a few facts (vendor, ``nested``, CONFIG_KVM_HYPERV).
+Optionally ``cpu_msrs`` holds the raw hardware values (rdmsr), which lets
+``explain`` tell "the CPU lacks it" from "KVM's nested support hides it".
+
+Minimal form (all other keys optional)::
+
+    name: skylake-63
+    vendor: GenuineIntel
+    kernel: "6.3"
+    msrs:
+      IA32_VMX_BASIC: 0xda040000000004
+
+Defaults: ``nested: true``; ``kvm_hyperv: true`` (CONFIG_KVM_HYPERV=y; the
+option exists from 6.8); ``synthetic: false``; ``cpu_msrs``: absent.
+
+Validation errors are :class:`~qemu_evmcs.core.errors.InputError` naming the file,
+the key and, when known, the line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import yaml
+
+from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.core.kernel import Era, KernelVersion, era_table, parse_release
+from qemu_evmcs.core.registry import MASK32, MASK64, Registry, registry
+
+
+VENDORS = ("GenuineIntel", "AuthenticAMD", "HygonGenuine", "CentaurHauls")
+
+_OPTIONAL_KEYS = {
+    "family": int, "model": int, "stepping": int, "model_name": str, "nested": bool, "kvm_hyperv": bool,
+    "notes": str, "provenance": str, "synthetic": bool, "cpu_msrs": dict,
+}
+_REQUIRED_KEYS = {"name": str, "vendor": str, "kernel": (str, int, float), "msrs": dict}
+
+#: Upper bound on a profile file, so hostile input cannot exhaust memory.
+MAX_PROFILE_BYTES = 4 * 1024 * 1024
+
+#: Deepest YAML nesting accepted; a profile needs 2 levels. Deeper input is refused while composing, before
+#: PyYAML's recursive composer (and its scanner's per-level bookkeeping) can take seconds or hit the recursion limit.
+MAX_YAML_DEPTH = 32
+
+
+@dataclass(frozen=True)
+class HostProfile:
+    """One KVM host, validated."""
+
+    name: str
+    vendor: str
+    kernel: str
+    version: KernelVersion
+    msrs: Mapping[str, int]
+    nested: bool = True
+    kvm_hyperv: bool = True
+    cpu_msrs: Optional[Mapping[str, int]] = None
+    family: Optional[int] = None
+    model: Optional[int] = None
+    stepping: Optional[int] = None
+    model_name: Optional[str] = None
+    notes: Optional[str] = None
+    provenance: Optional[str] = None
+    synthetic: bool = False
+    source: Optional[str] = field(default=None, compare=False)
+
+    @property
+    def era(self) -> Era:
+        """The eVMCS era of this host's kernel."""
+        return era_table().era_of(self.version)
+
+    @property
+    def is_intel(self) -> bool:
+        """Only Intel VMX has eVMCS."""
+        return self.vendor == "GenuineIntel"
+
+    def with_kernel(self, kernel: str) -> "HostProfile":
+        """The same host booted with another kernel release (``--kernel``)."""
+        v = parse_release(kernel, key="--kernel")
+        return HostProfile(**{**self.__dict__, "kernel": kernel, "version": v})
+
+    def to_mapping(self) -> Dict[str, Any]:
+        """Plain data (for YAML/JSON output); MSR values as ``0x`` + 16 hex digits."""
+        reg = registry()
+        out: Dict[str, Any] = {"name": self.name, "vendor": self.vendor, "kernel": self.kernel}
+        for key in ("family", "model", "stepping", "model_name"):
+            val = getattr(self, key)
+            if val is not None:
+                out[key] = val
+        out["nested"] = self.nested
+        out["kvm_hyperv"] = self.kvm_hyperv
+        if self.synthetic:
+            out["synthetic"] = True
+        out["msrs"] = {n: f"0x{self.msrs[n]:016x}" for n in reg.msr_names() if n in self.msrs}
+        if self.cpu_msrs is not None:
+            out["cpu_msrs"] = {n: f"0x{self.cpu_msrs[n]:016x}" for n in reg.msr_names() if n in self.cpu_msrs}
+        for key in ("notes", "provenance"):
+            val = getattr(self, key)
+            if val is not None:
+                out[key] = val
+        return out
+
+    def fingerprint(self) -> str:
+        """Content hash of everything that affects eVMCS results (not the name, notes or source).
+
+        Fleets have many identical hosts; results are computed once per fingerprint.
+        """
+        key = {
+            "vendor": self.vendor, "era_kernel": [self.version.major, self.version.minor],
+            "nested": self.nested, "kvm_hyperv": self.kvm_hyperv,
+            "msrs": sorted(self.msrs.items()),
+            "cpu_msrs": sorted(self.cpu_msrs.items()) if self.cpu_msrs is not None else None,
+        }
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
+# --------------------------------------------------------------------------- line numbers
+
+def _line_map(node: yaml.Node, prefix: str = "", _seen: Optional[set[int]] = None) -> Dict[str, int]:
+    """Map dotted key paths to 1-based lines, from a composed (not constructed) YAML node.
+
+    Each node is walked once: an alias (``*a``) is the same node object as its anchor, and following
+    it again would make a "billion laughs" document expand exponentially here.
+    """
+    out: Dict[str, int] = {}
+    seen = _seen if _seen is not None else set()
+    if isinstance(node, yaml.MappingNode) and id(node) not in seen:
+        seen.add(id(node))
+        for k, v in node.value:
+            key = f"{prefix}.{k.value}" if prefix else str(k.value)
+            out[key] = k.start_mark.line + 1
+            out.update(_line_map(v, key, seen))
+    return out
+
+
+def _type_name(t: Any) -> str:
+    if isinstance(t, tuple):
+        return " or ".join(x.__name__ for x in t)
+    return str(t.__name__)
+
+
+# --------------------------------------------------------------------------- parsing
+
+def parse_msr_value(raw: object, *, file: Optional[str], key: str, line: Optional[int]) -> int:
+    """An MSR value: a YAML integer or a hex string (``"0x7f00000016"``, ``"7f00000016"``)."""
+    if isinstance(raw, bool):
+        raise InputError("MSR value must be an integer or hex string, got bool", file=file, key=key, line=line)
+    if isinstance(raw, int):
+        value = raw
+    elif isinstance(raw, str):
+        s = raw.strip().replace("_", "").replace("`", "")
+        try:
+            value = int(s, 16)
+        except ValueError:
+            raise InputError(f"MSR value {raw!r} is not a hex number", file=file, key=key, line=line) from None
+    else:
+        raise InputError(f"MSR value must be an integer or hex string, got {type(raw).__name__}",
+                         file=file, key=key, line=line)
+    if value < 0 or value > MASK64:
+        shown = (f"{value:#x}" if value >= 0 else f"-{-value:#x}") if isinstance(raw, int) else repr(raw)
+        raise InputError(f"MSR value {shown} does not fit in 64 bits", file=file, key=key, line=line)
+    return value
+
+
+def _parse_msrs(raw: Mapping[Any, Any], section: str, file: Optional[str], lines: Mapping[str, int],
+                reg: Registry) -> Dict[str, int]:
+    out: Dict[str, int] = {}
+    for name, val in raw.items():
+        key = f"{section}.{name}"
+        line = lines.get(key)
+        if not isinstance(name, str) or name not in reg.msrs:
+            hint = ""
+            if isinstance(name, str):
+                import difflib
+                close = difflib.get_close_matches(name, reg.msr_names(), n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+            raise InputError(f"unknown MSR name {name!r}{hint}", file=file, key=key, line=line)
+        out[name] = parse_msr_value(val, file=file, key=key, line=line)
+    _check_consistency(out, section, file, lines, reg)
+    return out
+
+
+def _check_consistency(msrs: Mapping[str, int], section: str, file: Optional[str], lines: Mapping[str, int],
+                       reg: Registry) -> None:
+    """allowed-0 within allowed-1; TRUE and non-TRUE allowed-1 halves equal, and their allowed-0 halves differ
+    only in the default1 bits, which the non-TRUE form reports as must-be-1 (SDM A.3)."""
+    for name, value in msrs.items():
+        m = reg.msrs[name]
+        key = f"{section}.{name}"
+        if m.layout == "ctl":
+            lo, hi = value & MASK32, (value >> 32) & MASK32
+            bad = lo & ~hi
+            if bad:
+                bit = (bad & -bad).bit_length() - 1
+                raise InputError(f"allowed-0 bit {bit} is set but allowed-1 bit {bit + 32} is clear "
+                                 f"(a control cannot be both required and unsupported)",
+                                 file=file, key=key, line=lines.get(key), msr=name, bit=bit)
+        if m.true and m.true in msrs:
+            a1, t1 = (value >> 32) & MASK32, (msrs[m.true] >> 32) & MASK32
+            if a1 != t1:
+                diff = a1 ^ t1
+                bit = (diff & -diff).bit_length() - 1
+                raise InputError(f"allowed-1 halves of {name} and {m.true} differ (first at control bit {bit}); "
+                                 f"the SDM requires them to be equal", file=file, key=key, line=lines.get(key),
+                                 msr=name, bit=bit)
+            # SDM Vol. 3D A.2/A.3: a TRUE control MSR may report 0 (optional) only for default1-class
+            # controls; every other allowed-0 bit is the same in both forms, and the non-TRUE form reports
+            # every default1 control as must-be-1. KVM builds the non-TRUE value the same way
+            # (vmx_get_vmx_msr: TRUE low | *_ALWAYSON_WITHOUT_TRUE_MSR).
+            assert m.word is not None
+            always_on = reg.words[m.word].always_on
+            lo, tlo = value & MASK32, msrs[m.true] & MASK32
+            want = tlo | always_on
+            if lo != want:
+                diff = lo ^ want
+                bit = (diff & -diff).bit_length() - 1
+                raise InputError(f"allowed-0 half of {name} ({lo:#010x}) must be that of {m.true} plus the "
+                                 f"default1 bits {always_on:#x}, i.e. {want:#010x} (first difference at control "
+                                 f"bit {bit}); the SDM lets the TRUE MSR clear only default1 bits",
+                                 file=file, key=key, line=lines.get(key), msr=name, bit=bit)
+
+
+def profile_from_mapping(data: object, *, file: Optional[str] = None,
+                         lines: Optional[Mapping[str, int]] = None) -> HostProfile:
+    """Validate one YAML document and build a :class:`HostProfile`."""
+    lines = lines or {}
+    reg = registry()
+    if not isinstance(data, dict):
+        raise InputError(f"a host profile must be a mapping, got {type(data).__name__}", file=file, line=1)
+    for key in data:
+        if key not in _REQUIRED_KEYS and key not in _OPTIONAL_KEYS:
+            raise InputError(f"unknown key {key!r} (known: {', '.join(sorted({**_REQUIRED_KEYS, **_OPTIONAL_KEYS}))})",
+                             file=file, key=str(key), line=lines.get(str(key)))
+    for key, typ in _REQUIRED_KEYS.items():
+        if key not in data:
+            raise InputError("missing required key", file=file, key=key)
+        if isinstance(data[key], bool) or not isinstance(data[key], typ):  # type: ignore[arg-type]
+            raise InputError(f"must be {_type_name(typ)}, got {type(data[key]).__name__}",
+                             file=file, key=key, line=lines.get(key))
+    for key, typ in _OPTIONAL_KEYS.items():
+        if key in data and data[key] is not None:
+            val = data[key]
+            if (typ is not bool and isinstance(val, bool)) or not isinstance(val, typ):
+                raise InputError(f"must be {_type_name(typ)}, got {type(val).__name__}",
+                                 file=file, key=key, line=lines.get(key))
+    name = data["name"]
+    if not name.strip():
+        raise InputError("must not be empty", file=file, key="name", line=lines.get("name"))
+    vendor = data["vendor"]
+    if vendor not in VENDORS:
+        raise InputError(f"unknown vendor {vendor!r} (known: {', '.join(VENDORS)})",
+                         file=file, key="vendor", line=lines.get("vendor"))
+    kernel = str(getattr(data["kernel"], "raw", data["kernel"]))
+    try:
+        version = parse_release(data["kernel"], file=file, key="kernel")
+    except InputError as err:
+        err.line = lines.get("kernel")
+        raise
+    msrs = _parse_msrs(data["msrs"], "msrs", file, lines, reg)
+    cpu_msrs = None
+    if data.get("cpu_msrs") is not None:
+        cpu_msrs = _parse_msrs(data["cpu_msrs"], "cpu_msrs", file, lines, reg)
+    return HostProfile(
+        name=name, vendor=vendor, kernel=kernel, version=version, msrs=msrs,
+        nested=bool(data.get("nested", True)), kvm_hyperv=bool(data.get("kvm_hyperv", True)),
+        cpu_msrs=cpu_msrs, family=data.get("family"), model=data.get("model"), stepping=data.get("stepping"),
+        model_name=data.get("model_name"), notes=data.get("notes"), provenance=data.get("provenance"),
+        synthetic=bool(data.get("synthetic", False)), source=file,
+    )
+
+
+def _read_text(path: str) -> str:
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_PROFILE_BYTES:
+            raise InputError(f"file is {size} bytes; host profiles are limited to {MAX_PROFILE_BYTES}", file=path)
+        with open(path, encoding="utf-8") as fh:
+            return fh.read(MAX_PROFILE_BYTES + 1)
+    except UnicodeDecodeError as err:
+        raise InputError(f"not UTF-8 text ({err.reason} at byte {err.start})", file=path) from None
+    except OSError as err:
+        raise InputError(err.strerror or str(err), file=path) from None
+
+
+def _yaml_error(err: yaml.YAMLError, path: str) -> InputError:
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return InputError(f"invalid YAML: {problem}", file=path, line=(mark.line + 1) if mark is not None else None)
+
+
+class _DepthLimitedLoader(yaml.SafeLoader):
+    """The safe loader, refusing nesting deeper than :data:`MAX_YAML_DEPTH` while composing."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Optional[yaml.Node], index: Any) -> Optional[yaml.Node]:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise yaml.composer.ComposerError(None, None, f"nesting deeper than {MAX_YAML_DEPTH} levels",
+                                                  mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _RawFloat(float):
+    """A YAML float that remembers how it was written: ``kernel: 5.10`` must not become release 5.1."""
+
+    raw: str
+
+
+class _ProfileLoader(yaml.SafeLoader):
+    """The safe loader, except that floats keep their source text (see :class:`_RawFloat`)."""
+
+
+def _construct_raw_float(loader: yaml.SafeLoader, node: yaml.Node) -> float:
+    value = _RawFloat(loader.construct_yaml_float(node))  # type: ignore[arg-type]
+    value.raw = str(node.value)
+    return value
+
+
+_ProfileLoader.add_constructor("tag:yaml.org,2002:float", _construct_raw_float)
+
+
+def iter_documents(text: str, path: str) -> Iterator[Tuple[object, Dict[str, int]]]:
+    """Each YAML document of ``text`` with its key->line map (safe loader only)."""
+    try:
+        for node in yaml.compose_all(text, Loader=_DepthLimitedLoader):
+            if node is None:
+                continue
+            lines = _line_map(node)
+            loader = _ProfileLoader("")
+            try:
+                data = loader.construct_document(node)
+            finally:
+                loader.dispose()
+            yield data, lines
+    except yaml.YAMLError as err:
+        raise _yaml_error(err, path) from None
+    except RecursionError:
+        raise InputError("YAML nesting too deep", file=path) from None
+
+
+def load_profile_text(text: str, path: str = "<string>") -> HostProfile:
+    """Exactly one profile from YAML text."""
+    docs = list(iter_documents(text, path))
+    if len(docs) != 1:
+        raise InputError(f"expected one YAML document, found {len(docs)}", file=path)
+    data, lines = docs[0]
+    return profile_from_mapping(data, file=path, lines=lines)
+
+
+def load_profile(path: str) -> HostProfile:
+    """Exactly one profile from a file."""
+    return load_profile_text(_read_text(path), path)
+
+
+def iter_profiles(paths: Sequence[str]) -> Iterator[HostProfile]:
+    """Profiles from files (multi-document allowed) and directories (``*.yaml``/``*.yml``, sorted), streamed."""
+    for path in paths:
+        if os.path.isdir(path):
+            names = sorted(n for n in os.listdir(path) if n.endswith((".yaml", ".yml")))
+            yield from iter_profiles([os.path.join(path, n) for n in names])
+            continue
+        text = _read_text(path)
+        for data, lines in iter_documents(text, path):
+            yield profile_from_mapping(data, file=path, lines=lines)
+
+
+def load_profiles(paths: Sequence[str]) -> List[HostProfile]:
+    """:func:`iter_profiles` as a list."""
+    return list(iter_profiles(paths))
+
+
+def bundled_profile_dir() -> str:
+    """Directory of the sample profiles shipped in the package."""
+    return os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "profiles")
+
+
+def resolve_profile_path(name_or_path: str) -> str:
+    """A path as given, or the name of a bundled sample profile (``skylake-5.10`` -> its file)."""
+    if os.path.exists(name_or_path):
+        return name_or_path
+    candidate = os.path.join(bundled_profile_dir(), name_or_path + ".yaml")
+    if os.path.exists(candidate):
+        return candidate
+    return name_or_path
+
+
+def bundled_profile_names() -> List[str]:
+    """Names of the bundled sample profiles (``skylake-6.3``, ...), sorted."""
+    try:
+        return sorted(n[: -len(".yaml")] for n in os.listdir(bundled_profile_dir()) if n.endswith(".yaml"))
+    except OSError:  # pragma: no cover - a broken installation
+        return []
+
+
+def bundled_name_hint(name_or_path: str) -> str:
+    """For a missing argument that looks like a bundled profile name rather than a path (no directory
+    part, no ``.yaml``/``.yml``/``.db`` suffix): ``"did you mean skylake-6.3?"`` or the list of bundled
+    names; ``""`` for path-like arguments."""
+    if os.sep in name_or_path or name_or_path.endswith((".yaml", ".yml", ".db", ".sqlite")):
+        return ""
+    import difflib
+
+    names = bundled_profile_names()
+    close = difflib.get_close_matches(name_or_path.lower(), names, n=1, cutoff=0.6)
+    return f"did you mean {close[0]}?" if close else f"bundled profiles: {', '.join(names)}"
+
+
+def require_profile_path(name_or_path: str) -> str:
+    """:func:`resolve_profile_path`, but a missing name-like argument (a typo of a bundled name such as
+    ``skylake-63``) fails here with the bundled names; a missing path is left to the reader's error.
+
+    :raise InputError: neither a file nor a bundled profile name, and not path-like (exit 2).
+    """
+    path = resolve_profile_path(name_or_path)
+    if not os.path.exists(path):
+        hint = bundled_name_hint(name_or_path)
+        if hint:
+            raise InputError(f"no such file, and no bundled profile of that name ({hint})", file=name_or_path)
+    return path

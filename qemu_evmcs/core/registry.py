@@ -1,0 +1,237 @@
+"""The VMX feature registry: MSRs, feature words and named bits, loaded from package data.
+
+Why a registry: QEMU, libvirt, vmxcap and Linux each name the same VMX bit
+differently (and QEMU misspells two of them). Keeping one table in
+``data/registry.yaml`` means no module repeats a bit number, and a name from
+any of those tools resolves to the same :class:`Feature`.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import yaml
+
+from qemu_evmcs.core.errors import InputError
+
+
+MASK32 = 0xFFFF_FFFF
+#: libyaml's safe loader when built in, else PyYAML's: both construct plain data only.
+_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MASK64 = 0xFFFF_FFFF_FFFF_FFFF
+
+
+@dataclass(frozen=True)
+class Msr:
+    """One VMX capability MSR.
+
+    ``layout`` is ``info``, ``ctl`` (allowed-0 low / allowed-1 high),
+    ``allowed1`` (64-bit allowed-1 bitmap) or ``fixed``.
+    """
+
+    name: str
+    index: int
+    layout: str
+    word: Optional[str]
+    true: Optional[str]
+
+    @property
+    def is_true_form(self) -> bool:
+        """``True`` for IA32_VMX_TRUE_*_CTLS."""
+        return "_TRUE_" in self.name
+
+
+@dataclass(frozen=True)
+class Word:
+    """A group of features sharing one MSR layout (QEMU calls these feature words)."""
+
+    name: str
+    qemu_msr: Optional[str]
+    vmxcap: str
+    always_on: int
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One named VMX bit.
+
+    For control words ``bit`` is the control bit; in the ``ctl`` MSR its
+    allowed-1 position is ``bit + 32``. For other words it is the MSR bit.
+    """
+
+    name: str
+    word: str
+    bit: int
+    qemu: Optional[str]
+    qemu_typo: bool
+    libvirt: Optional[str]
+    libvirt_aliases: Tuple[str, ...]
+    vmxcap: Optional[str]
+    linux: Optional[str]
+    unverified: bool
+
+    @property
+    def mask(self) -> int:
+        """The bit as a mask in the control/capability word (not the MSR)."""
+        return 1 << self.bit
+
+
+@dataclass(frozen=True)
+class Field_:
+    """A multi-bit value vmxcap prints as an integer (revision, VMCS size, ...)."""
+
+    word: str
+    lo: int
+    hi: int
+    vmxcap: str
+
+
+@dataclass
+class Registry:
+    """All registry data with lookups by every known name."""
+
+    msrs: Dict[str, Msr]
+    words: Dict[str, Word]
+    features: Dict[str, Feature]
+    fields: List[Field_]
+    vmxcap_order: List[str]
+    _by_alias: Dict[str, Feature] = field(default_factory=dict)
+    _by_index: Dict[int, Msr] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for msr in self.msrs.values():
+            self._by_index[msr.index] = msr
+        for feat in self.features.values():
+            self._by_alias.setdefault(feat.name, feat)
+        for feat in self.features.values():
+            for alias in (feat.libvirt, *feat.libvirt_aliases, feat.linux):
+                if alias:
+                    self._by_alias.setdefault(alias, feat)
+            # QEMU's misspelt duplicate names resolve to the correctly spelt bit they share a name with.
+            if feat.qemu and not feat.qemu_typo:
+                self._by_alias.setdefault(feat.qemu, feat)
+
+    # -- MSRs ---------------------------------------------------------------
+    def msr(self, name_or_index: str | int) -> Msr:
+        """Look up an MSR by ``IA32_VMX_*`` name or index; :class:`InputError` if unknown."""
+        if isinstance(name_or_index, int):
+            try:
+                return self._by_index[name_or_index]
+            except KeyError:
+                raise InputError(f"unknown VMX MSR index {name_or_index:#x}") from None
+        try:
+            return self.msrs[name_or_index]
+        except KeyError:
+            raise InputError(f"unknown VMX MSR name {name_or_index!r}") from None
+
+    def msr_names(self) -> List[str]:
+        """All MSR names in index order."""
+        return [m.name for m in sorted(self.msrs.values(), key=lambda m: m.index)]
+
+    def msrs_of_word(self, word: str) -> List[Msr]:
+        """The MSRs (TRUE and non-TRUE) that carry a word."""
+        return [m for m in self.msrs.values() if m.word == word]
+
+    # -- features -----------------------------------------------------------
+    def get(self, name: str) -> Optional[Feature]:
+        """A feature by canonical, QEMU, libvirt or Linux name; ``None`` if unknown."""
+        return self._by_alias.get(name)
+
+    def feature(self, name: str) -> Feature:
+        """Like :meth:`get` but raises :class:`InputError` naming the unknown feature."""
+        feat = self.get(name)
+        if feat is None:
+            raise InputError(f"unknown VMX feature {name!r}")
+        return feat
+
+    def qemu_bits(self, qemu_name: str) -> List[Feature]:
+        """Every bit a QEMU property controls (a typo'd name controls two bits)."""
+        return [f for f in self.features.values() if f.qemu == qemu_name]
+
+    def word_features(self, word: str) -> List[Feature]:
+        """Features of a word, by bit."""
+        return sorted((f for f in self.features.values() if f.word == word), key=lambda f: f.bit)
+
+    def word_mask(self, names: List[str], word: str) -> int:
+        """OR of the masks of ``names``; each must belong to ``word``."""
+        mask = 0
+        for name in names:
+            feat = self.feature(name)
+            if feat.word != word:
+                raise InputError(f"feature {name} belongs to word {feat.word}, not {word}")
+            mask |= feat.mask
+        return mask
+
+    def all_names(self) -> List[str]:
+        """Every name the registry accepts (for "did you mean" suggestions)."""
+        return sorted(self._by_alias)
+
+
+def _req(entry: Mapping[str, Any], key: str, where: str) -> Any:
+    if key not in entry:
+        raise InputError(f"missing key {key!r}", file="registry.yaml", key=where)
+    return entry[key]
+
+
+def parse_registry(data: Mapping[str, Any]) -> Registry:
+    """Build a :class:`Registry` from the YAML mapping (validated loudly)."""
+    msrs: Dict[str, Msr] = {}
+    for i, m in enumerate(data["msrs"]):
+        where = f"msrs[{i}]"
+        msr = Msr(
+            name=_req(m, "name", where),
+            index=int(_req(m, "index", where)),
+            layout=_req(m, "layout", where),
+            word=m.get("word"),
+            true=m.get("true_msr"),
+        )
+        if msr.name in msrs:
+            raise InputError(f"duplicate MSR {msr.name}", file="registry.yaml", key=where)
+        msrs[msr.name] = msr
+    words: Dict[str, Word] = {}
+    for wname, w in data["words"].items():
+        words[wname] = Word(
+            name=wname, qemu_msr=w.get("qemu_msr"), vmxcap=w["vmxcap"], always_on=int(w.get("always_on", 0))
+        )
+    features: Dict[str, Feature] = {}
+    seen_bits: Dict[Tuple[str, int], str] = {}
+    for i, f in enumerate(data["features"]):
+        where = f"features[{i}]"
+        feat = Feature(
+            name=_req(f, "name", where),
+            word=_req(f, "word", where),
+            bit=int(_req(f, "bit", where)),
+            qemu=f.get("qemu"),
+            qemu_typo=bool(f.get("qemu_typo", False)),
+            libvirt=f.get("libvirt"),
+            libvirt_aliases=tuple(f.get("libvirt_aliases", ())),
+            vmxcap=f.get("vmxcap"),
+            linux=f.get("linux"),
+            unverified=bool(f.get("unverified", False)),
+        )
+        if feat.word not in words:
+            raise InputError(f"unknown word {feat.word!r}", file="registry.yaml", key=where)
+        if feat.name in features:
+            raise InputError(f"duplicate feature {feat.name}", file="registry.yaml", key=where)
+        if (feat.word, feat.bit) in seen_bits:
+            raise InputError(f"bit {feat.bit} of {feat.word} defined twice", file="registry.yaml", key=where)
+        seen_bits[(feat.word, feat.bit)] = feat.name
+        features[feat.name] = feat
+    fields = [Field_(word=x["word"], lo=int(x["lo"]), hi=int(x["hi"]), vmxcap=x["vmxcap"]) for x in data["fields"]]
+    return Registry(msrs=msrs, words=words, features=features, fields=fields, vmxcap_order=list(data["vmxcap_order"]))
+
+
+def load_data(name: str) -> Any:
+    """Load a YAML file of ``qemu_evmcs/data`` with a safe loader (libyaml's ``CSafeLoader`` when present:
+    the registry is read by every command, and the C loader saves ~0.1 s of start-up)."""
+    text = resources.files("qemu_evmcs").joinpath("data", name).read_text(encoding="utf-8")
+    return yaml.load(text, Loader=_SAFE_LOADER)
+
+
+@functools.lru_cache(maxsize=1)
+def registry() -> Registry:
+    """The package registry (loaded once)."""
+    return parse_registry(load_data("registry.yaml"))

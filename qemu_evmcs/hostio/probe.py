@@ -1,0 +1,383 @@
+"""Probe the running machine through ``/dev/kvm`` (system-fd ioctls only; no VM is created).
+
+What is read, in order:
+
+1. ``open(/dev/kvm)`` and ``KVM_GET_API_VERSION`` (must be 12);
+2. ``/proc/cpuinfo`` vendor/family/model/stepping/model name: a non-Intel CPU has no VMX, so no eVMCS;
+3. ``/sys/module/kvm_intel/parameters/nested`` (``N``/``0`` -> nested is off);
+4. ``KVM_CHECK_EXTENSION`` for KVM_CAP_GET_MSR_FEATURES, KVM_CAP_HYPERV_ENLIGHTENED_VMCS and
+   KVM_CAP_SYS_HYPERV_CPUID;
+5. ``KVM_GET_MSR_FEATURE_INDEX_LIST`` and ``KVM_GET_MSRS`` on the system fd for the VMX capability MSRs
+   (KVM lists them only with nested enabled; a missing or zero IA32_VMX_BASIC means nested is off);
+6. ``KVM_GET_SUPPORTED_HV_CPUID`` on the system fd when KVM_CAP_SYS_HYPERV_CPUID is present;
+7. ``os.uname().release`` for the kernel.
+
+Any of these failing raises :class:`~qemu_evmcs.core.errors.ProbeError` with one line saying what is missing. No
+value is ever invented. Structures follow include/uapi/linux/kvm.h::
+
+    struct kvm_msr_list  { __u32 nmsrs; __u32 indices[]; };
+    struct kvm_msr_entry { __u32 index; __u32 reserved; __u64 data; };
+    struct kvm_msrs      { __u32 nmsrs; __u32 pad; struct kvm_msr_entry entries[]; };
+    struct kvm_cpuid_entry2 { __u32 function, index, flags, eax, ebx, ecx, edx; __u32 padding[3]; };
+    struct kvm_cpuid2    { __u32 nent; __u32 padding; struct kvm_cpuid_entry2 entries[]; };
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from qemu_evmcs.core.errors import EvmcsError, ProbeError
+from qemu_evmcs.core.profile import HostProfile, profile_from_mapping
+from qemu_evmcs.core.registry import Registry, registry
+
+# KVM capability numbers and the Hyper-V CPUID leaf: defined once, in the simulator of the same kernel ABI.
+from qemu_evmcs.kvm.simkvm import (HV_CPUID_NESTED_FEATURES, KVM_CAP_GET_MSR_FEATURES, KVM_CAP_HYPERV_ENLIGHTENED_VMCS,
+                     KVM_CAP_SYS_HYPERV_CPUID)
+
+# --------------------------------------------------------------------------- ioctl numbers (asm-generic/ioctl.h)
+
+_IOC_NRBITS, _IOC_TYPEBITS, _IOC_SIZEBITS, _IOC_DIRBITS = 8, 8, 14, 2
+_IOC_NRSHIFT = 0
+_IOC_TYPESHIFT = _IOC_NRSHIFT + _IOC_NRBITS
+_IOC_SIZESHIFT = _IOC_TYPESHIFT + _IOC_TYPEBITS
+_IOC_DIRSHIFT = _IOC_SIZESHIFT + _IOC_SIZEBITS
+IOC_NONE, IOC_WRITE, IOC_READ = 0, 1, 2
+
+
+def ioc(direction: int, type_: int, nr: int, size: int) -> int:
+    """``_IOC(dir, type, nr, size)``."""
+    if size >= 1 << _IOC_SIZEBITS:
+        raise ValueError(f"ioctl argument size {size} does not fit in {_IOC_SIZEBITS} bits")
+    return (direction << _IOC_DIRSHIFT) | (type_ << _IOC_TYPESHIFT) | (nr << _IOC_NRSHIFT) | (size << _IOC_SIZESHIFT)
+
+
+def io(type_: int, nr: int) -> int:
+    """``_IO(type, nr)``."""
+    return ioc(IOC_NONE, type_, nr, 0)
+
+
+def iowr(type_: int, nr: int, size: int) -> int:
+    """``_IOWR(type, nr, size)`` (size is ``sizeof`` the argument struct)."""
+    return ioc(IOC_READ | IOC_WRITE, type_, nr, size)
+
+
+KVMIO = 0xAE
+
+MSR_LIST_HEADER = struct.Struct("=I")          # struct kvm_msr_list (flexible array excluded)
+MSRS_HEADER = struct.Struct("=II")             # struct kvm_msrs
+MSR_ENTRY = struct.Struct("=IIQ")              # struct kvm_msr_entry
+CPUID2_HEADER = struct.Struct("=II")           # struct kvm_cpuid2
+CPUID_ENTRY2 = struct.Struct("=7I3I")          # struct kvm_cpuid_entry2
+
+KVM_GET_API_VERSION = io(KVMIO, 0x00)
+KVM_CHECK_EXTENSION = io(KVMIO, 0x03)
+KVM_GET_MSR_INDEX_LIST = iowr(KVMIO, 0x02, MSR_LIST_HEADER.size)
+KVM_GET_MSR_FEATURE_INDEX_LIST = iowr(KVMIO, 0x0A, MSR_LIST_HEADER.size)
+KVM_GET_MSRS = iowr(KVMIO, 0x88, MSRS_HEADER.size)
+KVM_GET_SUPPORTED_HV_CPUID = iowr(KVMIO, 0xC1, CPUID2_HEADER.size)
+
+KVM_API_VERSION = 12
+
+#: Environment variable overriding the KVM device path (for tests and containers).
+DEVICE_ENV = "QEMU_EVMCS_KVM_DEVICE"
+DEFAULT_DEVICE = "/dev/kvm"
+NESTED_PARAM = "/sys/module/kvm_intel/parameters/nested"
+
+
+# --------------------------------------------------------------------------- struct packing
+
+def pack_msr_list(capacity: int) -> bytearray:
+    """A ``kvm_msr_list`` buffer with room for ``capacity`` indices (``nmsrs`` = capacity)."""
+    buf = bytearray(MSR_LIST_HEADER.size + 4 * capacity)
+    MSR_LIST_HEADER.pack_into(buf, 0, capacity)
+    return buf
+
+
+def unpack_msr_list(buf: bytes | bytearray) -> list[int]:
+    """The indices of a filled ``kvm_msr_list``."""
+    (n,) = MSR_LIST_HEADER.unpack_from(buf, 0)
+    cap = (len(buf) - MSR_LIST_HEADER.size) // 4
+    if n > cap:
+        raise ValueError(f"kvm_msr_list says {n} entries but the buffer holds {cap}")
+    return list(struct.unpack_from(f"={n}I", buf, MSR_LIST_HEADER.size))
+
+
+def pack_msrs(indices: list[int]) -> bytearray:
+    """A ``kvm_msrs`` buffer asking for ``indices`` (data zeroed)."""
+    buf = bytearray(MSRS_HEADER.size + MSR_ENTRY.size * len(indices))
+    MSRS_HEADER.pack_into(buf, 0, len(indices), 0)
+    for i, idx in enumerate(indices):
+        MSR_ENTRY.pack_into(buf, MSRS_HEADER.size + i * MSR_ENTRY.size, idx, 0, 0)
+    return buf
+
+
+def unpack_msrs(buf: bytes | bytearray, count: int | None = None) -> list[tuple[int, int]]:
+    """(index, data) of the first ``count`` (default: ``nmsrs``) entries of a ``kvm_msrs`` buffer."""
+    n, _pad = MSRS_HEADER.unpack_from(buf, 0)
+    if count is not None:
+        n = min(n, count)
+    out = []
+    for i in range(n):
+        idx, _res, data = MSR_ENTRY.unpack_from(buf, MSRS_HEADER.size + i * MSR_ENTRY.size)
+        out.append((idx, data))
+    return out
+
+
+def pack_cpuid2(capacity: int) -> bytearray:
+    """A ``kvm_cpuid2`` buffer with room for ``capacity`` entries."""
+    buf = bytearray(CPUID2_HEADER.size + CPUID_ENTRY2.size * capacity)
+    CPUID2_HEADER.pack_into(buf, 0, capacity, 0)
+    return buf
+
+
+@dataclass(frozen=True)
+class CpuidEntry:
+    """One ``kvm_cpuid_entry2``."""
+
+    function: int
+    index: int
+    flags: int
+    eax: int
+    ebx: int
+    ecx: int
+    edx: int
+
+
+def unpack_cpuid2(buf: bytes | bytearray) -> list[CpuidEntry]:
+    """The entries of a filled ``kvm_cpuid2``."""
+    n, _pad = CPUID2_HEADER.unpack_from(buf, 0)
+    cap = (len(buf) - CPUID2_HEADER.size) // CPUID_ENTRY2.size
+    if n > cap:
+        raise ValueError(f"kvm_cpuid2 says {n} entries but the buffer holds {cap}")
+    out = []
+    for i in range(n):
+        f, idx, flags, a, b, c, d, *_ = CPUID_ENTRY2.unpack_from(buf, CPUID2_HEADER.size + i * CPUID_ENTRY2.size)
+        out.append(CpuidEntry(f, idx, flags, a, b, c, d))
+    return out
+
+
+# --------------------------------------------------------------------------- the probe
+
+IoctlFn = Callable[[int, int, Any], int]
+
+
+def _default_ioctl(fd: int, request: int, arg: Any) -> int:
+    if isinstance(arg, bytearray):
+        return int(fcntl.ioctl(fd, request, arg, True))
+    return int(fcntl.ioctl(fd, request, arg))
+
+
+@dataclass
+class CpuInfo:
+    """The first processor of /proc/cpuinfo."""
+
+    vendor: str | None = None
+    family: int | None = None
+    model: int | None = None
+    stepping: int | None = None
+    model_name: str | None = None
+    flags: list[str] = field(default_factory=list)
+
+
+def parse_cpuinfo(text: str) -> CpuInfo:
+    """Vendor, family, model, stepping, model name and flags of the first processor."""
+    info = CpuInfo()
+    for line in text.splitlines():
+        if not line.strip():
+            if info.vendor is not None:
+                break
+            continue
+        key, _, val = line.partition(":")
+        key, val = key.strip(), val.strip()
+        if key == "vendor_id":
+            info.vendor = val
+        elif key in ("cpu family", "model", "stepping"):
+            try:
+                num = int(val)
+            except ValueError:
+                continue
+            setattr(info, {"cpu family": "family"}.get(key, key), num)
+        elif key == "model name":
+            info.model_name = val
+        elif key == "flags":
+            info.flags = val.split()
+    return info
+
+
+@dataclass
+class ProbeResult:
+    """Everything the probe read, and the profile built from it."""
+
+    device: str
+    api_version: int
+    caps: dict[str, int]
+    cpu: CpuInfo
+    kernel: str
+    msrs: dict[str, int]
+    hv_cpuid: list[CpuidEntry]
+    profile: HostProfile
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Plain data: the profile plus what the probe saw."""
+        return {
+            "profile": self.profile.to_mapping(),
+            "probe": {
+                "device": self.device, "api_version": self.api_version, "caps": dict(self.caps),
+                "hv_cpuid": [{"function": f"0x{e.function:08x}", "index": e.index, "eax": f"0x{e.eax:08x}",
+                              "ebx": f"0x{e.ebx:08x}", "ecx": f"0x{e.ecx:08x}", "edx": f"0x{e.edx:08x}"}
+                             for e in self.hv_cpuid],
+            },
+        }
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read(1 << 20)
+    except OSError:
+        return None
+
+
+def _get_list(fd: int, request: int, ioctl: IoctlFn, name: str) -> list[int]:
+    capacity = 64
+    for _ in range(8):
+        buf = pack_msr_list(capacity)
+        try:
+            ioctl(fd, request, buf)
+        except OSError as err:
+            if err.errno != errno.E2BIG:
+                raise ProbeError(f"{name} failed: {os.strerror(err.errno or 0)}") from None
+            (needed,) = MSR_LIST_HEADER.unpack_from(buf, 0)
+            capacity = max(needed, capacity * 2)
+            continue
+        return unpack_msr_list(buf)
+    raise ProbeError(f"{name} kept returning E2BIG")
+
+
+def _get_msrs(fd: int, indices: list[int], ioctl: IoctlFn) -> dict[int, int]:
+    buf = pack_msrs(indices)
+    try:
+        n = ioctl(fd, KVM_GET_MSRS, buf)
+    except OSError as err:
+        raise ProbeError(f"KVM_GET_MSRS on the system fd failed: {os.strerror(err.errno or 0)}") from None
+    return dict(unpack_msrs(buf, n))
+
+
+def _get_hv_cpuid(fd: int, ioctl: IoctlFn) -> list[CpuidEntry]:
+    capacity = 16
+    for _ in range(6):
+        buf = pack_cpuid2(capacity)
+        try:
+            ioctl(fd, KVM_GET_SUPPORTED_HV_CPUID, buf)
+        except OSError as err:
+            if err.errno == errno.E2BIG:
+                capacity *= 2
+                continue
+            raise ProbeError(f"KVM_GET_SUPPORTED_HV_CPUID failed: {os.strerror(err.errno or 0)}") from None
+        return unpack_cpuid2(buf)
+    raise ProbeError("KVM_GET_SUPPORTED_HV_CPUID kept returning E2BIG")
+
+
+def probe(device: str | None = None, *, ioctl: IoctlFn = _default_ioctl,
+          cpuinfo_path: str = "/proc/cpuinfo", nested_param: str = NESTED_PARAM,
+          release: str | None = None, name: str | None = None,
+          reg: Registry | None = None) -> ProbeResult:
+    """Read this machine's KVM; :class:`ProbeError` when it cannot answer (see the module docstring).
+
+    ``device`` defaults to ``$QEMU_EVMCS_KVM_DEVICE`` or ``/dev/kvm``; ``ioctl`` and the paths are
+    injectable so the logic can be tested without KVM.
+    """
+    reg = reg or registry()
+    device = device or os.environ.get(DEVICE_ENV) or DEFAULT_DEVICE
+    try:
+        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as err:
+        raise ProbeError(f"cannot open {device}: {err.strerror or err} (KVM is not available or not accessible "
+                         f"to this user)") from None
+    try:
+        return _probe_fd(fd, device, ioctl, cpuinfo_path, nested_param, release, name, reg)
+    finally:
+        os.close(fd)
+
+
+def _probe_fd(fd: int, device: str, ioctl: IoctlFn, cpuinfo_path: str, nested_param: str,
+              release: str | None, name: str | None, reg: Registry) -> ProbeResult:
+    try:
+        api = ioctl(fd, KVM_GET_API_VERSION, 0)
+    except OSError as err:
+        raise ProbeError(f"{device} is not a KVM device (KVM_GET_API_VERSION: {os.strerror(err.errno or 0)})") \
+            from None
+    if api != KVM_API_VERSION:
+        raise ProbeError(f"{device}: KVM API version {api}, expected {KVM_API_VERSION}")
+    cpuinfo_text = _read(cpuinfo_path)
+    if cpuinfo_text is None:
+        raise ProbeError(f"cannot read {cpuinfo_path}")
+    cpu = parse_cpuinfo(cpuinfo_text)
+    if cpu.vendor != "GenuineIntel":
+        vendor = cpu.vendor or "an unknown vendor"
+        what = f" ({cpu.model_name})" if cpu.model_name else ""
+        why = "AMD CPUs have SVM, not VMX" if cpu.vendor in ("AuthenticAMD", "HygonGenuine") else "not Intel"
+        raise ProbeError(f"this host's CPU is {vendor}{what}: no Intel VMX ({why}), so there are no VMX MSRs "
+                         f"and no eVMCS to probe")
+    nested = _read(nested_param)
+    if nested is not None and nested.strip() in ("N", "n", "0"):
+        raise ProbeError(f"nested virtualization is off ({nested_param} = {nested.strip()}): KVM reports no VMX "
+                         f"MSRs; load kvm_intel with nested=1")
+
+    def cap(num: int) -> int:
+        try:
+            return ioctl(fd, KVM_CHECK_EXTENSION, num)
+        except OSError:
+            return 0
+
+    caps = {"KVM_CAP_GET_MSR_FEATURES": cap(KVM_CAP_GET_MSR_FEATURES),
+            "KVM_CAP_HYPERV_ENLIGHTENED_VMCS": cap(KVM_CAP_HYPERV_ENLIGHTENED_VMCS),
+            "KVM_CAP_SYS_HYPERV_CPUID": cap(KVM_CAP_SYS_HYPERV_CPUID)}
+    if not caps["KVM_CAP_GET_MSR_FEATURES"]:
+        raise ProbeError("KVM lacks KVM_CAP_GET_MSR_FEATURES (kernel older than 4.17): cannot read VMX MSRs "
+                         "from the system fd")
+    listed = set(_get_list(fd, KVM_GET_MSR_FEATURE_INDEX_LIST, ioctl, "KVM_GET_MSR_FEATURE_INDEX_LIST"))
+    wanted = [m.index for m in sorted(reg.msrs.values(), key=lambda m: m.index) if m.index in listed]
+    basic = reg.msrs_of_word("basic")[0]
+    if basic.index not in listed:
+        raise ProbeError(f"KVM lists no {basic.name} ({basic.index:#x}) feature MSR: nested VMX is off or "
+                         f"unsupported on this host")
+    values = _get_msrs(fd, wanted, ioctl)
+    if not values.get(basic.index):
+        raise ProbeError(f"KVM reports {basic.name} = 0: nested VMX is off on this host")
+    msrs = {reg.msr(i).name: v for i, v in values.items()}
+    hv: list[CpuidEntry] = []
+    if caps["KVM_CAP_SYS_HYPERV_CPUID"]:
+        hv = _get_hv_cpuid(fd, ioctl)
+    kernel = release or os.uname().release
+    evmcs = caps["KVM_CAP_HYPERV_ENLIGHTENED_VMCS"]
+    nested_leaf = [e for e in hv if e.function == HV_CPUID_NESTED_FEATURES]
+    notes = [f"probed from {device}: KVM API {api}",
+             f"KVM_CAP_HYPERV_ENLIGHTENED_VMCS={evmcs:#x}",
+             f"KVM_CAP_SYS_HYPERV_CPUID={caps['KVM_CAP_SYS_HYPERV_CPUID']}"]
+    if nested_leaf:
+        e = nested_leaf[0]
+        notes.append(f"KVM_GET_SUPPORTED_HV_CPUID 0x4000000A: eax={e.eax:#x} ebx={e.ebx:#x}")
+    notes.append("values are what KVM_GET_MSRS returns on the system fd (unfiltered by eVMCS)")
+    data: dict[str, Any] = {
+        "name": name or os.uname().nodename or "localhost",
+        "vendor": cpu.vendor, "kernel": kernel, "nested": True, "kvm_hyperv": bool(evmcs),
+        "msrs": msrs, "provenance": f"qemu-evmcs host probe ({device}, KVM_GET_MSRS on the system fd)",
+        "notes": "; ".join(notes),
+    }
+    for key in ("family", "model", "stepping", "model_name"):
+        val = getattr(cpu, key)
+        if val is not None:
+            data[key] = val
+    try:
+        profile = profile_from_mapping(data, file=device)
+    except EvmcsError as err:  # a KVM report that fails validation is a probe failure, not bad user input
+        raise ProbeError(f"KVM reported values that fail profile validation: {err}") from None
+    return ProbeResult(device=device, api_version=api, caps=caps, cpu=cpu, kernel=kernel, msrs=msrs,
+                       hv_cpuid=hv, profile=profile)

@@ -1,0 +1,389 @@
+"""Render a :class:`~qemu_evmcs.policy.negotiate.Negotiation`: QEMU ``-cpu`` string, libvirt XML fragment, JSON, text.
+
+- ``-cpu``: ``BASE,vmx=on,<vmx-* changes>,hv-...=on,hv-evmcs=on[,hv-evmcs-perf-global-ctrl=on],enforce=on``.
+  vmx-* properties are written as changes against the QEMU base model's defaults when the snapshot knows the
+  base (``prop=on`` / ``-prop``), otherwise every property explicitly. ``enforce=on`` makes a host that lacks
+  a negotiated feature refuse to start (a blocked migration) instead of silently dropping it.
+- libvirt: ``<cpu mode='custom' match='exact'>`` (``mode='maximum'`` for QEMU's ``max``) with
+  ``<feature policy='require|disable'/>`` under the registry's libvirt names -- a bit libvirt has no name for
+  is never written under its QEMU name but listed in a leading XML comment, like every option libvirt cannot
+  express -- and ``<features><hyperv mode='custom'>``.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from qemu_evmcs.core.msrval import hex64
+from qemu_evmcs.core.kernel import era_table
+from qemu_evmcs.policy.negotiate import (
+    PERF_OPTION,
+    STRATEGIES,
+    Drop,
+    Negotiation,
+    PoolGroup,
+    group_kernel_text,
+    kernel_series,
+    names_text,
+    qemu_property_features,
+    qemu_supported,
+    unique_group_names,
+)
+from qemu_evmcs.core.registry import Registry, registry
+from qemu_evmcs.kvm.simkvm import EVMCS_REVISION_2022, EVMCS_REVISION_LEGACY, SimKvm
+
+#: hv-* flag -> libvirt <hyperv> child (None: not a <hyperv> child; see _LIBVIRT_ELSEWHERE).
+LIBVIRT_HV: Mapping[str, str] = {
+    "hv-relaxed": "relaxed", "hv-vapic": "vapic", "hv-vpindex": "vpindex", "hv-runtime": "runtime",
+    "hv-synic": "synic", "hv-stimer": "stimer", "hv-reset": "reset", "hv-frequencies": "frequencies",
+    "hv-reenlightenment": "reenlightenment", "hv-tlbflush": "tlbflush", "hv-ipi": "ipi", "hv-evmcs": "evmcs",
+    "hv-avic": "avic", "hv-apicv": "avic", "hv-emsr-bitmap": "emsr_bitmap", "hv-xmm-input": "xmm_input",
+}
+#: Flags libvirt expresses as a sub-element of another <hyperv> child.
+LIBVIRT_HV_SUB: Mapping[str, tuple[str, str]] = {
+    "hv-tlbflush-direct": ("tlbflush", "direct"), "hv-tlbflush-ext": ("tlbflush", "extended"),
+    "hv-stimer-direct": ("stimer", "direct"),
+}
+#: QEMU's order of hv-* properties (qemu.md §1.6).
+HV_ORDER: tuple[str, ...] = (
+    "hv-relaxed", "hv-vapic", "hv-time", "hv-crash", "hv-reset", "hv-vpindex", "hv-runtime", "hv-synic",
+    "hv-stimer", "hv-frequencies", "hv-reenlightenment", "hv-tlbflush", "hv-evmcs", "hv-ipi", "hv-stimer-direct",
+    "hv-avic", "hv-apicv", "hv-emsr-bitmap", "hv-xmm-input", "hv-tlbflush-ext", "hv-tlbflush-direct", "hv-syndbg",
+)
+
+
+def _hv_sorted(flags: tuple[str, ...]) -> list[str]:
+    order = {n: i for i, n in enumerate(HV_ORDER)}
+    return sorted(flags, key=lambda f: (order.get(f, len(order)), f))
+
+
+def qemu_vmx_props(neg: Negotiation, reg: Registry | None = None) -> list[tuple[str, bool]]:
+    """(QEMU property, on) for every vmx-* property the -cpu string must state, in registry order."""
+    reg = reg or registry()
+    assert neg.config is not None
+    want = neg.config.vmx
+    base = neg.model.base_vmx
+    out: list[tuple[str, bool]] = []
+    seen = set()
+    for f in reg.features.values():
+        prop = f.qemu
+        if prop is None or prop in seen:
+            continue
+        seen.add(prop)
+        bits = [b.name for b in reg.qemu_bits(prop)]
+        on = all(b in want for b in bits)
+        if base is not None:
+            base_on = all(b in base for b in bits)
+            if on == base_on:
+                continue
+        out.append((prop, on))
+    return out
+
+
+def cpu_string(neg: Negotiation) -> str:
+    """The QEMU ``-cpu`` argument of a successful negotiation."""
+    assert neg.ok and neg.config is not None
+    cfg = neg.config
+    parts = [cfg.base, "vmx=on"]
+    for prop, on in qemu_vmx_props(neg):
+        parts.append(f"{prop}=on" if on else f"-{prop}")
+    parts += [f"{flag}=on" for flag in _hv_sorted(cfg.hyperv)]
+    if cfg.pv_perf_global_ctrl:
+        parts.append(f"{PERF_OPTION}=on")
+    if cfg.design == "revision" and cfg.revision is not None:
+        parts.append(f"x-hv-evmcs-revision={cfg.revision}")
+    parts.append("enforce=on")
+    return ",".join(parts)
+
+
+def qemu_lacks(neg: Negotiation) -> list[str]:
+    """Options of the -cpu string that real QEMU does not have."""
+    out = []
+    if neg.config and neg.config.pv_perf_global_ctrl:
+        out.append(f"{PERF_OPTION}=on: real QEMU never sets CPUID 0x4000000A.EBX bit 0 (proposed plugin option)")
+    if neg.config and neg.config.design == "revision" and neg.config.revision is not None:
+        out.append("x-hv-evmcs-revision: KVM_CAP_HYPERV_ENLIGHTENED_VMCS2 never shipped (simulation only)")
+    if neg.config and neg.config.design == "vmx-msrs":
+        out.append("KVM_GET_EVMCS_VMX_MSRS never shipped: this list assumes the design-(b) kernel filter")
+    return out
+
+
+def _indent(elem: ET.Element) -> str:
+    ET.indent(elem, space="  ")
+    return ET.tostring(elem, encoding="unicode")
+
+
+def libvirt_xml(neg: Negotiation, reg: Registry | None = None) -> str:
+    """A libvirt domain XML fragment: ``<cpu>`` and ``<features>`` (plus ``<clock>``/``<devices>`` if needed)."""
+    reg = reg or registry()
+    assert neg.ok and neg.config is not None
+    cfg = neg.config
+    unexpressible: list[str] = []
+    if cfg.base == "max":
+        # QEMU's "max" is no libvirt CPU model: libvirt spells it <cpu mode='maximum'> (-cpu max), where
+        # <feature> elements adjust it the same way.
+        cpu = ET.Element("cpu", {"mode": "maximum", "migratable": "on"})
+    else:
+        cpu = ET.Element("cpu", {"mode": "custom", "match": "exact"})
+        model = ET.SubElement(cpu, "model", {"fallback": "forbid"})
+        model.text = cfg.base
+    ET.SubElement(cpu, "feature", {"policy": "require", "name": "vmx"})
+    for prop, on in qemu_vmx_props(neg, reg):
+        for bit in reg.qemu_bits(prop):
+            if bit.libvirt is None:
+                unexpressible.append(f"{prop}={'on' if on else 'off'}")
+                continue
+            ET.SubElement(cpu, "feature", {"policy": "require" if on else "disable", "name": bit.libvirt})
+    features = ET.Element("features")
+    hyperv = ET.SubElement(features, "hyperv", {"mode": "custom"})
+    children: dict[str, ET.Element] = {}
+    extra: list[ET.Element] = []
+    for flag in _hv_sorted(cfg.hyperv):
+        if flag in LIBVIRT_HV:
+            tag = LIBVIRT_HV[flag]
+            if tag not in children:
+                children[tag] = ET.SubElement(hyperv, tag, {"state": "on"})
+        elif flag in LIBVIRT_HV_SUB:
+            parent, sub = LIBVIRT_HV_SUB[flag]
+            if parent not in children:
+                children[parent] = ET.SubElement(hyperv, parent, {"state": "on"})
+            ET.SubElement(children[parent], sub, {"state": "on"})
+        elif flag == "hv-time":
+            clock = ET.Element("clock", {"offset": "utc"})
+            ET.SubElement(clock, "timer", {"name": "hypervclock", "present": "yes"})
+            extra.append(clock)
+        elif flag == "hv-crash":
+            devices = ET.Element("devices")
+            ET.SubElement(devices, "panic", {"model": "hyperv"})
+            extra.append(devices)
+        else:
+            unexpressible.append(f"{flag}=on")
+    if cfg.pv_perf_global_ctrl:
+        unexpressible.append(f"{PERF_OPTION}=on (CPUID 0x4000000A.EBX bit 0; no libvirt element, no real QEMU "
+                             f"option)")
+    if cfg.design == "revision" and cfg.revision is not None:
+        unexpressible.append(f"x-hv-evmcs-revision={cfg.revision} (never shipped)")
+    out = [_indent(cpu), _indent(features)] + [_indent(e) for e in extra]
+    if unexpressible:
+        comment = ET.Comment(" not expressible in libvirt XML, pass to QEMU directly: " + "; ".join(unexpressible)
+                             .replace("--", "- -") + " ")
+        out.insert(0, ET.tostring(comment, encoding="unicode"))
+    return "\n".join(out) + "\n"
+
+
+def group_refs(hosts: Sequence[str], groups: Sequence[PoolGroup], names: Sequence[str]) -> list[str]:
+    """The names of the groups whose hosts, concatenated, are ``hosts`` (how drops name hosts: whole groups)."""
+    by_first: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        if g.hosts:
+            by_first.setdefault(g.hosts[0], []).append(i)
+    out: list[str] = []
+    pos = 0
+    while pos < len(hosts):
+        for i in by_first.get(hosts[pos], []):
+            n = len(groups[i].hosts)
+            # Drops are built from whole groups: first and last host identify the run (no O(hosts) compare).
+            if pos + n <= len(hosts) and hosts[pos + n - 1] == groups[i].hosts[-1]:
+                out.append(names[i])
+                pos += n
+                break
+        else:   # not a whole group (a hand-made Drop): name the host itself
+            out.append(hosts[pos])
+            pos += 1
+    return out
+
+
+def pool_group_json(name: str, g: PoolGroup) -> dict[str, Any]:
+    """One fingerprint group, its hosts listed once (``kernel_series`` is every host's; ``first_host_kernel``
+    is the full release of the first host only: the others' may differ after major.minor)."""
+    return {"name": name, "fingerprint": g.fingerprint, "count": len(g.hosts), "hosts": list(g.hosts),
+            "kernel_series": kernel_series(g.profile), "first_host_kernel": g.profile.kernel,
+            "era": g.profile.era.id}
+
+
+def pool_groups_json(neg: Negotiation) -> dict[str, Any]:
+    """``{"hosts": N, "groups": [...]}``: every host once, by fingerprint group (see :func:`pool_group_json`)."""
+    groups = neg.host_groups()
+    gnames = unique_group_names([(g.hosts[0] if g.hosts else "", g.fingerprint) for g in groups])
+    return {"hosts": sum(len(g.hosts) for g in groups),
+            "groups": [pool_group_json(n, g) for n, g in zip(gnames, groups, strict=True)]}
+
+
+def negotiation_json(neg: Negotiation, *, with_groups: bool = True) -> dict[str, Any]:
+    """Plain data for ``--json`` (key order documented: ok, strategy, model, hosts, groups, then the answer).
+
+    Hosts are listed once, in ``groups`` (one per distinct profile, named after its first host); ``dropped``
+    and ``hv_dropped`` refer to groups by name (``groups``) and say how many hosts that is (``count``), so the
+    output grows with the number of hosts only once, not once per dropped feature. ``with_groups=False``
+    leaves ``hosts`` and ``groups`` out (``negotiate --strategy all`` lists them once for every strategy).
+    """
+    reg = registry()
+    groups = neg.host_groups()
+    gnames = unique_group_names([(g.hosts[0] if g.hosts else "", g.fingerprint) for g in groups])
+
+    def drop_json(d: Drop) -> dict[str, Any]:
+        return {"feature": d.feature, "cause": d.cause, "detail": d.detail,
+                "groups": group_refs(d.hosts, groups, gnames), "count": len(d.hosts)}
+
+    out: dict[str, Any] = {"ok": neg.ok, "strategy": neg.strategy, "model": neg.model.name}
+    if with_groups:
+        out.update(pool_groups_json(neg))
+    if not neg.ok or neg.config is None:
+        out["error"] = neg.error
+        out["notes"] = list(neg.notes)
+        return out
+    cfg = neg.config
+    order = [f.name for f in reg.features.values()]
+    requested = set(neg.model.vmx) & qemu_property_features(reg)
+    out.update({
+        "evmcs_version": list(cfg.evmcs_version),
+        "pv_perf_global_ctrl": cfg.pv_perf_global_ctrl,
+        "revision": cfg.revision,
+        "vmx_on": [n for n in order if n in cfg.vmx],
+        "vmx_off": [n for n in order if n in requested and n not in cfg.vmx],
+        "hyperv": _hv_sorted(cfg.hyperv),
+        "cpu": cpu_string(neg),
+        "qemu_lacks": qemu_lacks(neg),
+        "libvirt": libvirt_xml(neg),
+        "dropped": [drop_json(d) for d in neg.drops],
+        "hv_dropped": [drop_json(d) for d in neg.hv_dropped],
+        "guest_visible_msrs": {n: hex64(neg.guest_msrs[n]) for n in reg.msr_names() if n in neg.guest_msrs},
+        "notes": list(neg.notes),
+    })
+    return out
+
+
+def negotiation_text(neg: Negotiation, *, reason_on_stderr: bool = False) -> str:
+    """A short human report. ``reason_on_stderr``: the command prints a failure's reason as its one ``error:``
+    line, so the report says only that there is no safe answer (the reason is not printed twice)."""
+    groups = neg.host_groups()
+    head = f"strategy {neg.strategy}: model {neg.model.name} on {len(neg.hosts)} host(s)"
+    if all(len(g.hosts) == 1 for g in groups):
+        lines = [f"{head}: " + ", ".join(f"{g.hosts[0]} ({g.profile.kernel}, era {g.profile.era.id})"
+                                         for g in groups)]
+    else:   # a fleet: one line per distinct host profile, not per host
+        lines = [f"{head}, {len(groups)} distinct profile(s):"]
+        lines += [f"  {names_text(g.hosts, 3)}: {group_kernel_text(g.profile, len(g.hosts))}, era "
+                  f"{g.profile.era.id} ({len(g.hosts):,} host{'s' if len(g.hosts) != 1 else ''})" for g in groups]
+    if not neg.ok or neg.config is None:
+        lines.append("  NO SAFE ANSWER (the reason is the error: line)" if reason_on_stderr
+                     else f"  NO SAFE ANSWER: {neg.error}")
+        return "\n".join(lines) + "\n"
+    cfg = neg.config
+    lines.append(f"  eVMCS version [{cfg.evmcs_version[0]}..{cfg.evmcs_version[1]}]"
+                 + (f", revision {cfg.revision}" if cfg.revision is not None else "")
+                 + f"; CPUID 0x4000000A.EBX bit 0 {'set' if cfg.pv_perf_global_ctrl else 'clear'}")
+    lines.append(f"  guest sees {len(neg.guest_features)} VMX features, identical on every host")
+    causes: dict[str, list[str]] = {}
+    for d in neg.drops:
+        causes.setdefault(d.cause, []).append(d.feature)
+    for cause, feats in causes.items():
+        lines.append(f"  off ({cause}): {', '.join(dict.fromkeys(feats))}")
+    for d in neg.hv_dropped:
+        lines.append(f"  {d.feature} dropped: unsupported on {names_text(d.hosts)}")
+    for note in neg.notes:
+        lines.append(f"  note: {note}")
+    for lack in qemu_lacks(neg):
+        lines.append(f"  real QEMU lacks: {lack}")
+    lines.append(f"  -cpu {cpu_string(neg)}")
+    return "\n".join(lines) + "\n"
+
+
+def _revision_forced(n: Negotiation) -> tuple[list[str], list[str]]:
+    """What forcing revision 1 costs a ``revision`` negotiation: ``(wrong, notes)``, each precise about why a
+    revision-2 control is missing -- the model switches it off, a host's hardware lacks it, the pre-6.1 hosts
+    hide it anyway, or revision 1 hides it on hosts whose hardware has it."""
+    assert n.config is not None
+    groups = n.host_groups()
+    revs = [SimKvm(g.profile, variant="revision").max_evmcs_revision() or EVMCS_REVISION_LEGACY for g in groups]
+    legacy = [h for g, r in zip(groups, revs, strict=True) if r < EVMCS_REVISION_2022 for h in g.hosts]
+    new = [g for g, r in zip(groups, revs, strict=True) if r >= EVMCS_REVISION_2022]
+    if n.config.revision != EVMCS_REVISION_LEGACY or not legacy or not new:
+        return [], []
+    legacy_set = set(legacy)
+    order = [f.name for f in registry().features.values()]
+    rev2 = [f for f in order if f in era_table().revision2_exposes]
+    excluded = [f for f in rev2 if f not in n.model.vmx]
+    lacking: dict[str, list[str]] = {}
+    for f in rev2:
+        if f in n.model.vmx:
+            hosts = [h for g in new if f not in qemu_supported(g.profile) for h in g.hosts]
+            if hosts:
+                lacking[f] = hosts
+    hidden: dict[str, list[str]] = {}
+    hidden_on_legacy: set[str] = set()
+    for d in n.drops:
+        if d.feature not in rev2:
+            continue
+        if d.cause == "revision-1":
+            hidden.setdefault(d.feature, []).extend(d.hosts)
+        elif legacy_set.intersection(d.hosts):
+            hidden_on_legacy.add(d.feature)
+    head = f"revision 1 forced by pre-6.1 host(s) {names_text(legacy, 3)} (no KVM_CAP_HYPERV_ENLIGHTENED_VMCS2; strict)"
+    wrong: list[str] = []
+    free: list[str] = []
+    costly = [f for f in hidden if f not in hidden_on_legacy]
+    anyway = [f for f in hidden if f in hidden_on_legacy]
+    if costly:
+        where = names_text(list(dict.fromkeys(h for f in costly for h in hidden[f])), 3)
+        it = "it" if len(costly) == 1 else "them"
+        wrong.append(f"{head} hides {', '.join(costly)} on {where}, whose hardware has {it}, although the pre-6.1 "
+                     f"hosts show {it} too: the pool loses {it} only to the revision number")
+    if anyway:
+        where = names_text(list(dict.fromkeys(h for f in anyway for h in hidden[f])), 3)
+        it = "it" if len(anyway) == 1 else "them"
+        free.append(f"it hides {', '.join(anyway)} on {where} (the hardware has {it}), but the pre-6.1 hosts' "
+                    f"eVMCS filter hides {it} anyway")
+    if excluded:
+        free.append(f"the model switches off {', '.join(excluded)}")
+    by_hosts: dict[tuple[str, ...], list[str]] = {}
+    for f, hosts in lacking.items():
+        by_hosts.setdefault(tuple(hosts), []).append(f)
+    for hosts_t, fs in by_hosts.items():
+        free.append(f"the hardware of {names_text(list(hosts_t), 3)} lacks {', '.join(fs)}")
+    notes = [f"{head}: " + ("; ".join(free) if wrong else "costs nothing here: " + "; ".join(free))] if free else []
+    return wrong, notes
+
+
+def compare_strategies(results: Mapping[str, Negotiation]) -> dict[str, dict[str, Any]]:
+    """Per strategy: what it allows (guest features no other strategy shows), blocks (features another shows
+    but it hides), gets wrong (a cost or a hazard the design itself causes) and notes (why an apparent cost
+    is none: the model switches the control off, the hardware lacks it, another host hides it anyway)."""
+    feats = {s: n.guest_features for s, n in results.items()}
+    union = frozenset().union(*feats.values()) if feats else frozenset()
+    out: dict[str, dict[str, Any]] = {}
+    order = [f.name for f in registry().features.values()]
+    for s in STRATEGIES:
+        if s not in results:
+            continue
+        n = results[s]
+        others = frozenset().union(*(v for k, v in feats.items() if k != s)) if len(feats) > 1 else frozenset()
+        wrong: list[str] = []
+        notes: list[str] = []
+        if n.ok and n.config is not None:
+            if s == "revision":
+                w, nt = _revision_forced(n)
+                wrong += w
+                notes += nt
+            if s == "revision" and any("without CPUID" in x for x in n.notes):
+                wrong.append("revision 2 shows PERF_GLOBAL_CTRL without the PV CPUID bit (Windows 11 L1 won't boot)")
+            if s == "pv-cpuid" and "vmx-tsc-scaling" in union and "vmx-tsc-scaling" not in feats[s]:
+                shown = [k for k, v in feats.items() if k != s and "vmx-tsc-scaling" in v]
+                wrong.append(f"TSC scaling stays hidden although the hardware has it ({', '.join(shown)} shows it): "
+                             f"the PV CPUID bit covers PERF_GLOBAL_CTRL only")
+            if n.config.pv_perf_global_ctrl:
+                wrong.append(f"needs {PERF_OPTION}=on, which real QEMU lacks")
+            if s == "vmx-msrs" and any(g.profile.version.mm < (6, 1) for g in n.host_groups()):
+                wrong.append("relies on documented filters for pre-6.1 kernels (era boundaries partly unverified)")
+        else:
+            wrong.append(n.error)
+        out[s] = {
+            "ok": n.ok,
+            "allows": [f for f in order if f in feats[s] and f not in others],
+            "blocks": [f for f in order if f in union and f not in feats[s]],
+            "gets_wrong": wrong,
+            "notes": notes,
+        }
+    return out

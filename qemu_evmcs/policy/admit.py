@@ -1,0 +1,125 @@
+"""EVC-style admission, eVMCS-aware: can a host join a pool without shrinking what guests see?
+
+VMware EVC and Hyper-V's processor compatibility mode refuse a host that lacks a feature of the cluster's
+baseline (peers.md A.7). With eVMCS the baseline that matters is the *guest-visible* one: a candidate that
+lacks posted interrupts costs nothing when every eVMCS guest has them filtered anyway, while a candidate on a
+kernel that filters more (or ignores the PV PERF_GLOBAL_CTRL bit) shrinks the pool's guests although its
+hardware has every feature.
+
+The candidate is admitted when the pool's negotiated configuration (same strategy) starts on it and shows the
+guest exactly the same VMX MSRs -- running guests can then migrate to it unchanged. Otherwise the report
+names what admitting it would cost: the guest-visible features and hv-* flags the re-negotiated pool loses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from qemu_evmcs.fleet.loader import Fleet
+from qemu_evmcs.policy.negotiate import (
+    GuestModel,
+    Hosts,
+    Negotiation,
+    diff_views,
+    load_guest_model,
+    load_pool,
+    max_model,
+    negotiate,
+    start_guest,
+)
+from qemu_evmcs.core.profile import HostProfile
+from qemu_evmcs.core.registry import registry
+
+
+@dataclass
+class Admission:
+    """The answer for one candidate."""
+
+    candidate: str
+    strategy: str
+    admit: bool
+    reason: str
+    #: Why the candidate is refused, without the cost (``reason`` is ``refuse X: <why>; admitting it would cost``).
+    why: str = ""
+    cost_features: list[str] = field(default_factory=list)
+    cost_hyperv: list[str] = field(default_factory=list)
+    cost_pv_perf_global_ctrl: bool = False
+    pool: Negotiation | None = None
+    with_candidate: Negotiation | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data."""
+        return {
+            "admit": self.admit, "candidate": self.candidate, "strategy": self.strategy, "reason": self.reason,
+            "cost": {"vmx": self.cost_features, "hyperv": self.cost_hyperv,
+                     "pv_perf_global_ctrl": self.cost_pv_perf_global_ctrl},
+            "pool_guest_features": sorted(self.pool.guest_features) if self.pool else [],
+        }
+
+
+def admit(pool: Hosts, candidate: str | HostProfile | Fleet,
+          model: str | GuestModel | None = None, strategy: str = "pv-cpuid") -> Admission:
+    """Decide whether ``candidate`` may join ``pool`` (model default: every feature QEMU can set).
+
+    ``pool``: see :data:`~qemu_evmcs.policy.negotiate.Hosts` (a fleet of any size: the pool is negotiated once per
+    distinct profile). ``candidate``: one host (a file's or inventory's first host).
+
+    :raise NegativeAnswer: never; a pool without a safe answer is an ``InputError``-free refusal.
+    """
+    gm = load_guest_model(model) if model is not None else max_model()
+    hosts = load_pool(pool)
+    cand_fleet = load_pool(candidate if isinstance(candidate, Fleet) else [candidate])
+    fp, names = next(iter(cand_fleet.members.items()))
+    cand = cand_fleet.distinct[fp]
+    if cand.name != names[0]:   # a host of another Fleet: its group's representative, renamed
+        cand = replace(cand, name=names[0])
+    joined = Fleet(distinct=dict(hosts.distinct), members={k: list(v) for k, v in hosts.members.items()},
+                   source=hosts.source)
+    joined.add(cand)
+    base = negotiate(gm, hosts, strategy)
+    if not base.ok or base.config is None:
+        why = f"the pool itself has no safe answer: {base.error.removeprefix('no safe answer: ')}"
+        return Admission(cand.name, strategy, False, why, why=why, pool=base)
+    joined_neg = negotiate(gm, joined, strategy)
+    order = [f.name for f in registry().features.values()]
+    res = Admission(cand.name, strategy, False, "", pool=base, with_candidate=joined_neg)
+    if not joined_neg.ok or joined_neg.config is None:
+        why = joined_neg.error.removeprefix("no safe answer: ")
+        res.why = res.reason = f"with {cand.name} the pool has no safe answer: {why}"
+        res.cost_features = [f for f in order if f in base.guest_features]
+        return res
+    res.cost_features = [f for f in order if f in base.guest_features and f not in joined_neg.guest_features]
+    res.cost_hyperv = sorted(set(base.config.hyperv) - set(joined_neg.config.hyperv))
+    res.cost_pv_perf_global_ctrl = base.config.pv_perf_global_ctrl and not joined_neg.config.pv_perf_global_ctrl
+    start = start_guest(base.config, cand)
+    if start.ok and not diff_views(base.guest_msrs, start.guest_msrs):
+        res.admit = True
+        res.reason = (f"{cand.name} runs the pool's configuration with identical guest-visible VMX MSRs"
+                      + (" (it lacks only controls eVMCS hides anyway)"
+                         if set(base.config.vmx) - set(_supported(cand)) == set() and
+                         set(gm.vmx) - set(_supported(cand)) else ""))
+        return res
+    if start.ok:
+        changes = list(dict.fromkeys(f"{c.label()} {c.change}"
+                                     for c in diff_views(base.guest_msrs, start.guest_msrs)))
+        why = "guest-visible VMX MSRs would differ: " + ", ".join(changes[:12]) + (
+            f" and {len(changes) - 12} more" if len(changes) > 12 else "")
+    else:
+        why = start.reason
+    costs = []
+    if res.cost_features:
+        costs.append("guest loses " + ", ".join(res.cost_features))
+    if res.cost_hyperv:
+        costs.append("hv flags lost: " + ", ".join(res.cost_hyperv))
+    if res.cost_pv_perf_global_ctrl:
+        costs.append("CPUID 0x4000000A.EBX bit 0 must be cleared")
+    res.why = why
+    res.reason = f"refuse {cand.name}: {why}" + ("; admitting it would cost: " + "; ".join(costs) if costs else "")
+    return res
+
+
+def _supported(profile: HostProfile) -> frozenset[str]:
+    from qemu_evmcs.policy.negotiate import qemu_supported
+
+    return qemu_supported(profile)

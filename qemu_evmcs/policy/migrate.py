@@ -1,0 +1,226 @@
+"""Live-migration verdicts for eVMCS guests: ``fine``, ``blocked`` or ``unsafe``.
+
+A migration is simulated the way it happens: the guest runs on the source with
+some configuration; the destination QEMU is started with the *same* command
+line, composes its own VMX MSR writes and issues them on a destination vCPU in
+QEMU's order (:func:`~qemu_evmcs.policy.negotiate.start_guest`). Then:
+
+- ``blocked``: the destination refuses (a hv-* feature or the PV CPUID bit unsupported, the eVMCS
+  version or revision refused, a feature missing under ``enforce=on``, a KVM_SET_MSRS entry rejected so
+  QEMU aborts, or the design's userspace check fails). Safe: the source keeps running.
+- ``unsafe``: the destination starts but the L1 guest's VMX MSRs lost a control it could use (or a control
+  became required). An L2 VM-entry relying on it then fails the destination's eVMCS controls check.
+- ``fine``: the guest sees exactly what it saw (gained bits are reported but harmless).
+
+Designs (how the source guest was configured; see :data:`DESIGNS`):
+
+- ``naive``: no negotiation; the kernel updated eVMCSv1 in place (PERF_GLOBAL_CTRL and TSC scaling visible
+  on 6.1+ with no gate) and QEMU runs the model as is (no ``enforce``);
+- ``shipped`` / ``revision`` / ``vmx-msrs``: the source guest was negotiated for the source host alone with
+  the matching strategy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from qemu_evmcs.core.errors import NegativeAnswer
+from qemu_evmcs.core.msrval import hex64
+from qemu_evmcs.policy.negotiate import (
+    HV_EVMCS_DEPS,
+    BitChange,
+    GuestConfig,
+    GuestModel,
+    diff_views,
+    documented_evmcs_view,
+    host_reports_perf_bit,
+    load_guest_model,
+    negotiate,
+    qemu_property_features,
+    qemu_supported,
+    start_guest,
+    visible_features,
+)
+from qemu_evmcs.core.profile import HostProfile
+from qemu_evmcs.core.registry import registry
+from qemu_evmcs.kvm.simkvm import SimKvm
+
+DESIGNS = ("naive", "shipped", "revision", "vmx-msrs")
+DESIGN_STRATEGY: Mapping[str, str] = {"shipped": "pv-cpuid", "revision": "revision", "vmx-msrs": "vmx-msrs"}
+VERDICTS = ("fine", "blocked", "unsafe")
+
+
+def naive_config(model: GuestModel) -> GuestConfig:
+    """The model as is: every requested feature, hv-evmcs (+ hv-vapic), no PV bit, QEMU's default ``check``."""
+    hv = {k for k, v in model.hyperv.items() if v} | {"hv-evmcs", *HV_EVMCS_DEPS}
+    return GuestConfig(model=model.name, base=model.base, vmx=frozenset(model.vmx & qemu_property_features()),
+                       hyperv=tuple(sorted(hv)), pv_perf_global_ctrl=False, enforce=False, design="naive")
+
+
+def source_config(model: str | GuestModel, source: HostProfile, design: str) -> GuestConfig:
+    """How ``design`` configures a guest that starts on ``source`` (without knowing the destination).
+
+    :raise NegativeAnswer: the design finds no configuration for the source host.
+    """
+    gm = load_guest_model(model)
+    if design == "naive":
+        return naive_config(gm)
+    neg = negotiate(gm, [source], DESIGN_STRATEGY[design])
+    if not neg.ok or neg.config is None:
+        raise NegativeAnswer(f"the guest cannot start on the source: {neg.error}")
+    return neg.config
+
+
+@dataclass
+class MigrationVerdict:
+    """One migration's outcome.
+
+    :param unnecessary: for ``blocked``: the destination could have shown the guest exactly the same VMX MSRs
+        had the refused item (revision, PV bit, an invisible feature) been relaxed -- the design blocks for
+        nothing.
+    """
+
+    design: str
+    source: str
+    destination: str
+    verdict: str
+    reason: str
+    stage: str | None = None
+    lost: list[BitChange] = field(default_factory=list)
+    gained: list[BitChange] = field(default_factory=list)
+    unnecessary: bool = False
+    source_msrs: dict[str, int] = field(default_factory=dict)
+    destination_msrs: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def identical(self) -> bool:
+        """Does the L1 guest see exactly the VMX MSRs it saw on the source?"""
+        return self.verdict == "fine" and not self.gained
+
+    @property
+    def wrong(self) -> bool:
+        """Did the design get it wrong (let an unsafe migration through, or block one that was safe)?"""
+        return self.verdict == "unsafe" or (self.verdict == "blocked" and self.unnecessary)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data."""
+        return {
+            "verdict": self.verdict, "design": self.design, "source": self.source,
+            "destination": self.destination, "reason": self.reason, "stage": self.stage,
+            "identical": self.identical, "unnecessary_block": self.unnecessary,
+            "lost": [c.to_json() for c in self.lost], "gained": [c.to_json() for c in self.gained],
+            "source_msrs": {k: hex64(v) for k, v in self.source_msrs.items()},
+            "destination_msrs": {k: hex64(v) for k, v in self.destination_msrs.items()},
+        }
+
+
+def _relaxed(config: GuestConfig, dest: HostProfile) -> GuestConfig:
+    """The most the destination could accept: refused revision, PV bit and missing features relaxed."""
+    kvm = SimKvm(dest, variant="revision")
+    vmx = config.vmx & qemu_supported(dest)
+    if dest.era.filter_at == "enable":
+        from qemu_evmcs.core.evmcs_filter import filter_all
+
+        vmx -= visible_features(dest.msrs) - visible_features(filter_all(dest.era, dest.msrs))
+    if config.design == "vmx-msrs":
+        vmx &= visible_features(documented_evmcs_view(dest))
+    revision = config.revision
+    if config.design == "revision" and revision is not None:
+        revision = min(revision, kvm.max_evmcs_revision() or 1)
+    pv = config.pv_perf_global_ctrl and host_reports_perf_bit(SimKvm(dest))
+    return replace(config, vmx=frozenset(vmx), revision=revision, pv_perf_global_ctrl=pv)
+
+
+def check_migration(config: GuestConfig, source: HostProfile, destination: HostProfile) -> MigrationVerdict:
+    """Verdict for migrating a guest configured as ``config`` from ``source`` to ``destination``.
+
+    :raise NegativeAnswer: the guest cannot even start on the source.
+    """
+    src = start_guest(config, source)
+    if not src.ok:
+        # QEMU's own "error: failed to set MSR ..." text: the CLI adds the one "error:" prefix.
+        raise NegativeAnswer(f"the guest cannot start on the source {source.name}: "
+                             f"{src.reason.removeprefix('error: ')}")
+    return verdict_from_view(config, src.guest_msrs, source.name, destination)
+
+
+def verdict_from_view(config: GuestConfig, source_msrs: Mapping[str, int], source_name: str,
+                      destination: HostProfile) -> MigrationVerdict:
+    """Verdict given the guest-visible VMX MSRs on the source (for example from a running QEMU)."""
+    reg = registry()
+    v = MigrationVerdict(design=config.design, source=source_name, destination=destination.name, verdict="fine",
+                         reason="", source_msrs=dict(source_msrs))
+    dst = start_guest(config, destination)
+    if not dst.ok:
+        v.verdict, v.stage = "blocked", dst.stage
+        v.reason = f"destination refuses ({dst.stage}): {dst.reason}; the source keeps running"
+        relaxed = start_guest(_relaxed(config, destination), destination)
+        if relaxed.ok and not diff_views(source_msrs, relaxed.guest_msrs, reg):
+            v.unnecessary = True
+            v.reason += ("; unnecessary: the guest would have seen identical VMX MSRs"
+                         + (" (revision mismatch on hardware that lacks the new controls anyway)"
+                            if dst.stage == "revision" else ""))
+        return v
+    v.destination_msrs = dict(dst.guest_msrs)
+    changes = diff_views(source_msrs, dst.guest_msrs, reg)
+    v.lost = [c for c in changes if c.change in ("lost", "now-required", "missing-msr")]
+    v.gained = [c for c in changes if c not in v.lost]
+    if v.lost:
+        names = sorted({c.label() for c in v.lost})
+        dropped = sorted(dst.dropped)
+        v.verdict = "unsafe"
+        v.reason = (f"guest-visible VMX controls disappear on {destination.name}: {', '.join(names)}"
+                    + (f" (QEMU dropped {', '.join(dropped)}: the host lacks them)" if dropped else
+                       f" (hidden by the eVMCS filter of kernel era {destination.era.id})")
+                    + "; an L2 VM-entry using them fails the destination's eVMCS controls check")
+    elif v.gained:
+        v.reason = "guest keeps every control; gains " + ", ".join(sorted({c.label() for c in v.gained}))
+    else:
+        v.reason = "identical guest-visible VMX MSRs"
+    return v
+
+
+def migrate_check(model: str | GuestModel, source: HostProfile, destination: HostProfile,
+                  design: str = "shipped") -> MigrationVerdict:
+    """``migrate-check``: configure for the source with ``design``, then check the destination."""
+    config = source_config(model, source, design)
+    return check_migration(config, source, destination)
+
+
+def parse_qmp_msrs(ret: object) -> dict[str, int]:
+    """The reply of ``x-evmcs-query-guest-vmx-msrs``: ``{"msrs": {NAME: "0x..."|int}}`` or ``[{name,value}]``."""
+    reg = registry()
+    raw: Any = ret.get("msrs", ret) if isinstance(ret, dict) else ret
+    out: dict[str, int] = {}
+    items = raw.items() if isinstance(raw, dict) else ((e.get("name"), e.get("value")) for e in raw or [])
+    for name, value in items:
+        if isinstance(name, int) or (isinstance(name, str) and name.startswith("0x")):
+            name = reg.msr(int(name, 16) if isinstance(name, str) else name).name
+        out[str(name)] = int(value, 16) if isinstance(value, str) else int(value)
+    return out
+
+
+async def query_running(socket_path: str) -> dict[str, int]:
+    """Guest-visible VMX MSRs of a running (simulated) QEMU over QMP."""
+    return (await query_running_view(socket_path))[0]
+
+
+async def query_running_view(socket_path: str, timeout: float = 10.0) -> tuple[dict[str, int], str | None]:
+    """Guest-visible VMX MSRs of a running (simulated) QEMU, and its host profile (file) when it says.
+
+    :raise OSError | QMPError | asyncio.TimeoutError: no QMP server there, or it does not answer.
+    """
+    import asyncio
+
+    from qemu.qmp import QMPClient
+
+    client = QMPClient("qemu-evmcs-migrate-check")
+    await asyncio.wait_for(client.connect(socket_path), timeout)
+    try:
+        ret = await asyncio.wait_for(client.execute("x-evmcs-query-guest-vmx-msrs"), timeout)
+    finally:
+        await client.disconnect()
+    profile = ret.get("profile") if isinstance(ret, dict) else None
+    return parse_qmp_msrs(ret), profile if isinstance(profile, str) and profile else None

@@ -1,0 +1,918 @@
+"""Cross-host eVMCS negotiation: one guest configuration that starts, and looks the same, on every host.
+
+The problem (the 2022 KVM thread, ``seed-thread-evmcs2.txt``): with eVMCS on,
+KVM hides some VMX controls from L1, and *which* ones depends on the kernel
+era. QEMU writes the unfiltered VMX MSRs it composed from ``-cpu``; the guest
+reads them filtered. A guest that live-migrates between hosts of different
+eras can therefore see its VMX capabilities change under its feet (an L2
+VM-entry then fails the destination's eVMCS controls check), or the
+destination KVM can refuse QEMU's writes.
+
+This module decides, for a guest model and a pool of hosts:
+
+- the eVMCS version to request (KVM supports exactly 1: range ``0x0101``);
+- whether to set CPUID 0x4000000A.EBX bit 0 (the PV PERF_GLOBAL_CTRL bit that shipped in 6.1);
+- the explicit vmx-* list, such that QEMU's writes succeed on every host
+  (nothing outside a host's KVM-reported allowed-1; nothing a pre-5.7 host
+  sanitizes at enable time) and the guest-visible VMX MSRs are identical on
+  every host;
+- the hv-* flags (``hv-evmcs`` needs ``hv-vapic``; ``hv-emsr-bitmap`` and
+  ``hv-tlbflush-direct`` need newer kernels).
+
+It does so by *simulation*: every candidate configuration is started on a
+:class:`~qemu_evmcs.kvm.simkvm.SimKvm` of each host the way QEMU starts a vCPU
+(:func:`start_guest`), and the guest reads its VMX MSRs. The negotiated vmx
+list is exactly the set of features the guest can see on every host, so what
+the -cpu string asks for is what the guest gets (features eVMCS hides
+everywhere, such as posted interrupts, are switched off explicitly).
+
+Strategies (one per design of the thread; ``SimKvm`` variant in brackets):
+
+- ``pv-cpuid`` [shipped] -- what Linux merged in 6.1.
+- ``revision`` [revision] -- v2 06/28 KVM_CAP_HYPERV_ENLIGHTENED_VMCS2, never merged.
+- ``vmx-msrs`` [vmx-msrs] -- Sean's KVM_GET_EVMCS_VMX_MSRS, never implemented.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from itertools import chain
+
+from qemu_evmcs.core.errors import InputError, KvmError, NegativeAnswer
+from qemu_evmcs.core.evmcs_filter import filter_all
+from qemu_evmcs.fleet.loader import Fleet, FleetHosts, load_hosts_fleet
+from qemu_evmcs.core.kernel import era_table
+from qemu_evmcs.core.msrval import word_source_msr
+from qemu_evmcs.core.profile import HostProfile
+from qemu_evmcs.qemu.features import HV_NESTED_EAX_BITS, PLUGIN_PERF_GLOBAL_CTRL, hv_requires
+from qemu_evmcs.qemu.compose import compose_vmx_msrs, feature_words, hv_evmcs_error, supported_msr_feature
+from qemu_evmcs.core.registry import Registry, registry
+from qemu_evmcs.kvm.simkvm import (
+    EVMCS_REVISION_2022,
+    EVMCS_REVISION_LEGACY,
+    HV_CPUID_NESTED_FEATURES,
+    HV_NESTED_EVMCS1_PERF_GLOBAL_CTRL,
+    KVM_CAP_HYPERV_ENLIGHTENED_VMCS,
+    HvCpuid,
+    SimKvm,
+)
+
+STRATEGIES: tuple[str, ...] = ("pv-cpuid", "revision", "vmx-msrs")
+#: SimKvm ABI variant each strategy runs against.
+STRATEGY_VARIANT: Mapping[str, str] = {"pv-cpuid": "shipped", "revision": "revision", "vmx-msrs": "vmx-msrs"}
+
+#: The two controls the PV CPUID bit 0x4000000A.EBX[0] gates (6.1+).
+PERF_FEATURES: tuple[str, str] = ("vmx-exit-load-perf-global-ctrl", "vmx-entry-load-perf-global-ctrl")
+#: This project's proposed QEMU option for 0x4000000A.EBX bit 0; the simulated QEMU implements it, real QEMU does not.
+PERF_OPTION = PLUGIN_PERF_GLOBAL_CTRL
+#: Without these, Hyper-V cannot run as L1 (it requires SLAT); losing them is an error, not a dropped feature.
+ESSENTIAL_FEATURES: tuple[str, ...] = ("vmx-ept", "vmx-unrestricted-guest")
+#: Hyper-V flags QEMU requires for hv-evmcs (qemu.md §1.4).
+HV_EVMCS_DEPS: tuple[str, ...] = hv_requires()["hv-evmcs"]
+
+
+# =========================================================================== the guest model protocol
+
+@dataclass(frozen=True)
+class GuestModel:
+    """What the negotiator needs from a CPU model definition.
+
+    :param vmx: canonical vmx feature names the model turns on (after QEMU's dependency pass).
+    :param hyperv: hv-* flags switched on or off.
+    :param evmcs_version: wanted eVMCS version range (min, max).
+    :param pv_perf_global_ctrl: ``auto`` | ``on`` | ``off`` (CPUID 0x4000000A.EBX bit 0).
+    :param base_vmx: the QEMU base model's default vmx features (``None``: unknown; the -cpu string is then
+        fully explicit).
+    """
+
+    name: str
+    base: str
+    vendor: str = "GenuineIntel"
+    vmx: frozenset[str] = frozenset()
+    hyperv: Mapping[str, bool] = field(default_factory=dict)
+    evmcs_version: tuple[int, int] = (1, 1)
+    pv_perf_global_ctrl: str = "auto"
+    base_vmx: frozenset[str] | None = None
+    required: frozenset[str] = frozenset(ESSENTIAL_FEATURES)
+
+
+def qemu_property_features(reg: Registry | None = None) -> frozenset[str]:
+    """Canonical names of every feature QEMU has a property for."""
+    reg = reg or registry()
+    return frozenset(f.name for f in reg.features.values() if f.qemu is not None)
+
+
+def max_model() -> GuestModel:
+    """A model asking for every vmx feature QEMU can set (admission checks without ``--model``)."""
+    return GuestModel(name="max", base="max", vmx=qemu_property_features(),
+                      hyperv={"hv-relaxed": True, "hv-vapic": True, "hv-time": True, "hv-vpindex": True,
+                              "hv-synic": True, "hv-evmcs": True})
+
+
+def load_guest_model(name_or_path: str | GuestModel) -> GuestModel:
+    """A :class:`GuestModel` from a definition name or file (via :mod:`qemu_evmcs.qemu.models`), or ``max``."""
+    if isinstance(name_or_path, GuestModel):
+        return name_or_path
+    if name_or_path == "max":
+        return max_model()
+    from qemu_evmcs.qemu import models  # the CPU-model engineer's module; imported lazily to keep this one light
+
+    mdef = models.load_model(name_or_path)
+    eff = models.effective_model(mdef)
+    return GuestModel(
+        name=mdef.name, base=mdef.base, vendor=mdef.vendor, vmx=eff.vmx, hyperv=dict(mdef.hyperv),
+        evmcs_version=mdef.evmcs_version or (1, 1), pv_perf_global_ctrl=mdef.pv_perf_global_ctrl,
+        base_vmx=eff.base_vmx,
+    )
+
+
+#: What negotiate(), admit() and compare_designs() accept as hosts: paths, directories, SQLite inventories,
+#: bundled profile names and :class:`HostProfile` objects in any mix, or a loaded
+#: :class:`~qemu_evmcs.fleet.loader.Fleet`.
+Hosts = Fleet | Sequence[str | HostProfile]
+
+
+def load_pool(hosts: Hosts, *, progress: bool | None = None) -> Fleet:
+    """Hosts as a :class:`~qemu_evmcs.fleet.loader.Fleet` (grouped by fingerprint; see
+    :func:`qemu_evmcs.fleet.loader.load_hosts_fleet`): multi-document files of any size and inventories included."""
+    return load_hosts_fleet(hosts, progress=progress)
+
+
+def load_hosts(paths: Sequence[str | HostProfile]) -> list[HostProfile]:
+    """One profile per host, from paths, directories, inventories or bundled names (``skylake-6.3``);
+    HostProfile objects pass through. A file's hosts come grouped by fingerprint.
+
+    For small pools; fleet-scale callers use :func:`load_pool` (one profile per distinct fingerprint).
+    """
+    out: list[HostProfile] = []
+    run: list[str] = []
+
+    def flush() -> None:
+        if run:
+            fleet = load_pool(run)
+            for fp, names in fleet.members.items():
+                rep = fleet.distinct[fp]
+                out.extend(rep if n == rep.name else replace(rep, name=n) for n in names)
+            run.clear()
+
+    for p in paths:
+        if isinstance(p, HostProfile):
+            flush()
+            out.append(p)
+        else:
+            run.append(p)
+    flush()
+    if not out:
+        raise InputError("no host profiles given")
+    return out
+
+
+# =========================================================================== MSR helpers
+
+def _msr_bit(reg: Registry, msr: str, feat_bit: int) -> int:
+    """Mask of a feature's bit inside ``msr`` (allowed-1 half for control MSRs)."""
+    return 1 << (feat_bit + (32 if reg.msrs[msr].layout == "ctl" else 0))
+
+
+def visible_features(msrs: Mapping[str, int], reg: Registry | None = None) -> frozenset[str]:
+    """Features set in *every* MSR of ``msrs`` that carries their word (allowed-1 for controls).
+
+    A control filtered from one MSR but not its TRUE twin (5.15's forgotten TRUE_PINBASED) is *not*
+    visible: an L1 that trusts the unfiltered twin fails the eVMCS controls check at L2 VM-entry.
+    """
+    reg = reg or registry()
+    by_word: dict[str, list[str]] = {}
+    for name in msrs:
+        w = reg.msrs[name].word
+        if w is not None and name != "IA32_VMX_PROCBASED_CTLS3":
+            by_word.setdefault(w, []).append(name)
+    out = set()
+    for f in reg.features.values():
+        carriers = by_word.get(f.word)
+        if carriers and all(msrs[m] & _msr_bit(reg, m, f.bit) for m in carriers):
+            out.add(f.name)
+    return frozenset(out)
+
+
+def partially_visible(msrs: Mapping[str, int], reg: Registry | None = None) -> frozenset[str]:
+    """Features set in some, but not all, MSRs carrying their word."""
+    reg = reg or registry()
+    some = set()
+    for name, value in msrs.items():
+        w = reg.msrs[name].word
+        if w is None or name == "IA32_VMX_PROCBASED_CTLS3":
+            continue
+        for f in reg.word_features(w):
+            if value & _msr_bit(reg, name, f.bit):
+                some.add(f.name)
+    return frozenset(some - visible_features(msrs, reg))
+
+
+def qemu_supported(profile: HostProfile, reg: Registry | None = None) -> frozenset[str]:
+    """Features QEMU treats as supported on ``profile`` (kvm_arch_get_supported_msr_feature).
+
+    For control words: ``allowed-1 & ~allowed-0`` of the TRUE MSR (the optional controls); otherwise the raw
+    value. With ``kvm_intel.nested=0`` KVM lists no VMX MSRs: nothing is supported.
+    """
+    reg = reg or registry()
+    if not profile.nested or not profile.is_intel:
+        return frozenset()
+    out = set()
+    for word in reg.words:
+        src = word_source_msr(word, profile.msrs, reg)
+        if src is None:
+            continue
+        value = profile.msrs[src]
+        bits = supported_msr_feature(src, value, reg)
+        for f in reg.word_features(word):
+            if bits & f.mask:
+                out.add(f.name)
+    return frozenset(out)
+
+
+def compose_vmx_writes(features: Iterable[str], profile: HostProfile,
+                       reg: Registry | None = None) -> list[tuple[str, int]]:
+    """The VMX MSR values QEMU writes with KVM_SET_MSRS, in QEMU's order (kvm_msr_entry_add_vmx).
+
+    One implementation with the simulated QEMU: :func:`qemu_evmcs.qemu.compose.compose_vmx_msrs`.
+    Only MSRs KVM lists (present in the profile) are written. The EXIT word gets host-address-space-size
+    (QEMU derives it from ``lm``; every model here is 64-bit); BASIC and MISC take the host's non-feature
+    fields; EPT_VPID_CAP the host's UC/WB memory-type bits when EPT is on.
+    """
+    reg = reg or registry()
+    host = profile.msrs
+    return [(msr, value) for msr, value in compose_vmx_msrs(feature_words(features, reg), host, lm=True, reg=reg)
+            if msr in host]
+
+
+def comparable_mask(msr: str, reg: Registry | None = None) -> int:
+    """Bits of a guest-visible MSR that -cpu controls and the comparison looks at.
+
+    Control MSRs and VMFUNC: everything. BASIC, MISC, EPT_VPID_CAP: the named feature bits (revision id,
+    VMCS size, timer rate are host fields). CR0/CR4 fixed and VMCS_ENUM: nothing (real KVM derives the
+    FIXED1 values from guest CPUID; the simulator keeps the host's).
+    """
+    reg = reg or registry()
+    m = reg.msrs[msr]
+    if m.layout in ("ctl", "allowed1"):
+        return (1 << 64) - 1
+    if m.word is None:
+        return 0
+    mask = 0
+    for f in reg.word_features(m.word):
+        mask |= f.mask
+    return mask
+
+
+@dataclass(frozen=True)
+class BitChange:
+    """A guest-visible bit that differs between two views."""
+
+    msr: str
+    bit: int
+    feature: str | None
+    change: str  # "lost" | "gained" | "now-required" | "no-longer-required" | "missing-msr"
+
+    def label(self) -> str:
+        """``vmx-posted-intr`` or ``IA32_VMX_MISC bit 3``."""
+        return self.feature or f"{self.msr} bit {self.bit}"
+
+    def to_json(self) -> dict[str, object]:
+        """Plain data."""
+        return {"msr": self.msr, "bit": self.bit, "feature": self.feature, "change": self.change}
+
+
+def diff_views(before: Mapping[str, int], after: Mapping[str, int],
+               reg: Registry | None = None) -> list[BitChange]:
+    """Every compared bit that differs from ``before`` to ``after`` (see :func:`comparable_mask`)."""
+    reg = reg or registry()
+    out: list[BitChange] = []
+    for msr in reg.msr_names():
+        if msr not in before and msr not in after:
+            continue
+        if (msr in before) != (msr in after):
+            out.append(BitChange(msr, -1, None, "missing-msr" if msr in before else "gained"))
+            continue
+        mask = comparable_mask(msr, reg)
+        b, a = before[msr] & mask, after[msr] & mask
+        if b == a:
+            continue
+        m = reg.msrs[msr]
+        feats = {f.bit: f.name for f in reg.word_features(m.word)} if m.word else {}
+        if m.layout == "ctl":
+            for bit in range(32):
+                hb, ha = (b >> (bit + 32)) & 1, (a >> (bit + 32)) & 1
+                lb, la = (b >> bit) & 1, (a >> bit) & 1
+                if hb and not ha:
+                    out.append(BitChange(msr, bit, feats.get(bit), "lost"))
+                elif ha and not hb:
+                    out.append(BitChange(msr, bit, feats.get(bit), "gained"))
+                if la and not lb:
+                    out.append(BitChange(msr, bit, feats.get(bit), "now-required"))
+                elif lb and not la:
+                    out.append(BitChange(msr, bit, feats.get(bit), "no-longer-required"))
+        else:
+            for bit in range(64):
+                vb, va = (b >> bit) & 1, (a >> bit) & 1
+                if vb != va:
+                    out.append(BitChange(msr, bit, feats.get(bit), "lost" if vb else "gained"))
+    return out
+
+
+# =========================================================================== simulated QEMU start-up
+
+@dataclass(frozen=True)
+class GuestConfig:
+    """One guest configuration: what the -cpu string (or libvirt XML) says, in data.
+
+    :param vmx: canonical vmx features requested (exactly; everything else off).
+    :param hyperv: hv-* flags on (sorted tuple).
+    :param pv_perf_global_ctrl: CPUID 0x4000000A.EBX bit 0.
+    :param revision: eVMCS revision requested (``revision`` design only).
+    :param enforce: QEMU ``enforce=on`` (a missing feature fails the start instead of being dropped).
+    :param design: ``shipped`` | ``revision`` | ``vmx-msrs`` | ``naive`` (the ABI the guest runs on).
+    """
+
+    model: str
+    base: str
+    vmx: frozenset[str]
+    hyperv: tuple[str, ...]
+    evmcs_version: tuple[int, int] = (1, 1)
+    pv_perf_global_ctrl: bool = False
+    revision: int | None = None
+    enforce: bool = True
+    design: str = "shipped"
+
+
+#: ABI variant of each design ("naive": KVM updated eVMCSv1 in place, PERF and TSC scaling visible on 6.1+
+#: without any gate; that is the ``vmx-msrs`` kernel filter with userspace ignoring the ioctl).
+DESIGN_VARIANT: Mapping[str, str] = {"shipped": "shipped", "revision": "revision", "vmx-msrs": "vmx-msrs",
+                                     "naive": "vmx-msrs"}
+
+
+@dataclass
+class StartResult:
+    """Outcome of starting a guest on one simulated host.
+
+    :param stage: where it failed: ``evmcs-cap`` | ``hv-feature`` | ``evmcs-version`` | ``revision`` |
+        ``vmx-features`` | ``userspace-check`` | ``msr-write`` (``None`` when it started).
+    :param dropped: features QEMU dropped because the host lacks them (only without ``enforce``).
+    """
+
+    host: str
+    ok: bool
+    stage: str | None = None
+    reason: str = ""
+    guest_msrs: dict[str, int] = field(default_factory=dict)
+    dropped: frozenset[str] = frozenset()
+    writes: list[tuple[str, int]] = field(default_factory=list)
+
+
+def evmcs_incapable_reason(profile: HostProfile) -> str | None:
+    """Why a host can never run an eVMCS guest (``None`` if it can)."""
+    kvm = SimKvm(profile)
+    if not profile.is_intel:
+        return f"host {profile.name}: {profile.vendor} has no eVMCS (Intel VMX only)"
+    if not kvm.has_evmcs_hook():
+        return f"host {profile.name}: {kvm.no_evmcs_reason()}"
+    if not profile.nested or kvm.evmcs_version() == 0:
+        qemu_text = hv_evmcs_error(kvm) or "eVMCS cannot be enabled"
+        return (f"host {profile.name}: kvm_intel.nested=0 (KVM reports eVMCS version 0 and no VMX MSRs; "
+                f"QEMU fails '{qemu_text}')")
+    return None
+
+
+def _hv_unsupported(flag: str, kvm: SimKvm) -> bool:
+    bit = HV_NESTED_EAX_BITS.get(flag)
+    if bit is None:
+        return False
+    leaves = kvm._hv_cpuid(kvm.evmcs_version())
+    return not leaves.get(HV_CPUID_NESTED_FEATURES, {}).get("eax", 0) & bit
+
+
+def host_reports_perf_bit(kvm: SimKvm) -> bool:
+    """Does KVM_GET_SUPPORTED_HV_CPUID report 0x4000000A.EBX bit 0 (6.1+)?"""
+    leaves = kvm._hv_cpuid(kvm.evmcs_version())
+    return bool(leaves.get(HV_CPUID_NESTED_FEATURES, {}).get("ebx", 0) & HV_NESTED_EVMCS1_PERF_GLOBAL_CTRL)
+
+
+def documented_evmcs_view(profile: HostProfile, *, variant: str = "vmx-msrs") -> dict[str, int]:
+    """Design (b): the filtered VMX MSRs userspace gets for a host.
+
+    KVM_GET_EVMCS_VMX_MSRS where the (counterfactual) ioctl exists (6.1+), else the documented filter of
+    the host's era applied to the MSRs KVM reports.
+    """
+    kvm = SimKvm(profile, variant=variant)
+    vcpu = kvm.create_vcpu()
+    try:
+        return vcpu.get_evmcs_vmx_msrs()
+    except KvmError:
+        return {n: v for n, v in filter_all(profile.era, kvm.feature_msrs()).items()
+                if n != "IA32_VMX_PROCBASED_CTLS3"}
+
+
+def start_guest(config: GuestConfig, profile: HostProfile) -> StartResult:
+    """Start ``config`` on ``profile`` the way QEMU does, on a SimKvm of the config's design.
+
+    Order (QEMU's realize + kvm_arch_init_vcpu): hv-* support, vmx features vs host, (design b: the
+    userspace check against the filtered MSRs), enable eVMCS on the vCPU and check the version range,
+    KVM_SET_CPUID2 with the Hyper-V leaves, then KVM_SET_MSRS of the composed VMX MSRs (a rejected entry
+    aborts QEMU). Finally the guest reads every VMX MSR.
+    """
+    reg = registry()
+    variant = DESIGN_VARIANT[config.design]
+    kvm = SimKvm(profile, variant=variant)
+    name = profile.name
+    res = StartResult(host=name, ok=False)
+    # -- hv-* flags (kvm_hyperv_expand_features)
+    if "hv-evmcs" in config.hyperv and (not kvm.check_extension(KVM_CAP_HYPERV_ENLIGHTENED_VMCS)
+                                        or kvm.evmcs_version() == 0):
+        res.stage, res.reason = "evmcs-cap", ("Hyper-V enlightened VMCS (hv-evmcs) is not supported by kernel"
+                                              f" ({evmcs_incapable_reason(profile) or 'no eVMCS'})")
+        return res
+    for flag in config.hyperv:
+        if _hv_unsupported(flag, kvm):
+            res.stage, res.reason = "hv-feature", f"Hyper-V {flag} is not supported by kernel {profile.kernel}"
+            return res
+    if config.pv_perf_global_ctrl and not host_reports_perf_bit(kvm):
+        res.stage = "hv-feature"
+        res.reason = (f"{PERF_OPTION}: KVM {profile.kernel} does not report CPUID 0x4000000A.EBX bit 0 "
+                      f"(needs 6.1+)")
+        return res
+    # -- vmx features (x86_cpu_filter_features)
+    supported = qemu_supported(profile, reg)
+    missing = frozenset(config.vmx - supported)
+    if missing and config.enforce:
+        res.stage = "vmx-features"
+        res.reason = "host doesn't support requested features: " + ", ".join(sorted(missing))
+        return res
+    features = frozenset(config.vmx - missing)
+    res.dropped = missing
+    if config.design == "vmx-msrs":
+        view = visible_features(documented_evmcs_view(profile), reg)
+        hidden = sorted(features - view)
+        if hidden:
+            res.stage = "userspace-check"
+            res.reason = "not in this host's eVMCS-filtered VMX MSRs: " + ", ".join(hidden)
+            return res
+    # -- kvm_arch_init_vcpu: enable eVMCS, version range
+    vcpu = kvm.create_vcpu()
+    try:
+        if config.design == "revision" and kvm.max_evmcs_revision():
+            vcpu.enable_evmcs2(config.revision or EVMCS_REVISION_LEGACY)
+        elif config.design == "revision" and (config.revision or 1) > EVMCS_REVISION_LEGACY:
+            res.stage = "revision"
+            res.reason = (f"eVMCS revision {config.revision} requested but kernel {profile.kernel} has no "
+                          f"KVM_CAP_HYPERV_ENLIGHTENED_VMCS2 (legacy = revision 1 only)")
+            return res
+        else:
+            version = vcpu.enable_evmcs()
+            lo, hi = version & 0xFF, version >> 8
+            want_lo, want_hi = config.evmcs_version
+            if not version or want_lo < lo or want_hi > hi:
+                res.stage = "evmcs-version"
+                res.reason = (f"eVMCS version range [{want_lo}..{want_hi}] is not supported by kernel "
+                              f"(supported: [{lo}..{hi}])")
+                return res
+    except KvmError as err:
+        res.stage = "revision" if config.design == "revision" else "evmcs-cap"
+        res.reason = err.message
+        return res
+    # -- KVM_SET_CPUID2 with the Hyper-V leaves
+    nested_eax = 0x0101
+    for flag, bit in HV_NESTED_EAX_BITS.items():
+        if flag in config.hyperv:
+            nested_eax |= bit
+    ebx = HV_NESTED_EVMCS1_PERF_GLOBAL_CTRL if config.pv_perf_global_ctrl else 0
+    vcpu.set_hv_cpuid(HvCpuid(hyperv_enabled=True, nested_eax=nested_eax, nested_ebx=ebx))
+    # -- kvm_init_msrs: KVM_SET_MSRS, assert on failure
+    res.writes = compose_vmx_writes(features, profile, reg)
+    for msr, value in res.writes:
+        try:
+            vcpu.set_msr(msr, value)
+        except KvmError as err:
+            res.stage = "msr-write"
+            res.reason = (f"error: failed to set MSR {reg.msrs[msr].index:#x} to {value:#x} ({err.message}); "
+                          f"QEMU aborts")
+            return res
+    res.guest_msrs = vcpu.guest_msrs()
+    res.ok = True
+    return res
+
+
+# =========================================================================== negotiation
+
+@dataclass(frozen=True)
+class Drop:
+    """A requested feature the negotiated configuration switches off, and why.
+
+    :param cause: ``unsupported`` (a host's KVM lacks it) | ``enable-time-filter`` (pre-5.7 sanitization: the
+        write would be rejected) | ``evmcs-filter`` | ``inconsistent-filter`` (filtered from one MSR but not its
+        TRUE twin) | ``perf-cpuid-gate`` | ``revision-1`` | ``evmcs-vmx-msrs`` (not in a host's filtered MSRs,
+        design b) | ``qemu-coupled`` (one QEMU property sets it with a dropped bit) | ``dependency`` (QEMU drops
+        it with a feature it depends on).
+    """
+
+    feature: str
+    cause: str
+    hosts: tuple[str, ...]
+    detail: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        """Plain data."""
+        return {"feature": self.feature, "cause": self.cause, "hosts": list(self.hosts), "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class PoolGroup:
+    """Hosts of a pool sharing one :meth:`~qemu_evmcs.core.profile.HostProfile.fingerprint`: the negotiator
+    simulates ``profile`` (the first such host) once for all of ``hosts``."""
+
+    fingerprint: str
+    profile: HostProfile
+    hosts: Sequence[str]
+
+
+def pool_groups(fleet: Fleet) -> list[PoolGroup]:
+    """The fleet's groups in load order (first appearance first)."""
+    return [PoolGroup(fp, fleet.distinct[fp], names) for fp, names in fleet.members.items()]
+
+
+@dataclass
+class Negotiation:
+    """The negotiated configuration for one strategy (``ok`` false: no safe answer, see ``error``).
+
+    :ivar hosts: every host of the pool (for a fleet, a lazy view grouped by fingerprint).
+    :ivar groups: the distinct host profiles with their host names; all work is done once per group.
+    :ivar starts: the simulated start on each group's representative (``host``: its first host's name).
+    """
+
+    strategy: str
+    model: GuestModel
+    hosts: Sequence[HostProfile]
+    ok: bool = False
+    error: str = ""
+    config: GuestConfig | None = None
+    drops: list[Drop] = field(default_factory=list)
+    hv_dropped: list[Drop] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    guest_msrs: dict[str, int] = field(default_factory=dict)
+    starts: list[StartResult] = field(default_factory=list)
+    groups: list[PoolGroup] = field(default_factory=list)
+
+    @property
+    def guest_features(self) -> frozenset[str]:
+        """Features the guest sees (identically) on every host."""
+        return visible_features(self.guest_msrs) if self.ok else frozenset()
+
+    @property
+    def needs_plugin_option(self) -> bool:
+        """Does the answer need ``hv-evmcs-perf-global-ctrl`` (absent from real QEMU)?"""
+        return bool(self.config and self.config.pv_perf_global_ctrl)
+
+    def host_groups(self) -> list[PoolGroup]:
+        """:attr:`groups`, or (for a hand-made Negotiation) the groups of :attr:`hosts`."""
+        if self.groups or not self.hosts:
+            return self.groups
+        fleet = Fleet()
+        for h in self.hosts:
+            fleet.add(h)
+        return pool_groups(fleet)
+
+
+def names_text(names: Sequence[str], limit: int = 10) -> str:
+    """``a, b, c`` -- or, past ``limit`` names, the first ``limit`` and ``and N more``."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[:limit]) + f" and {len(names) - limit:,} more"
+
+
+def kernel_series(profile: HostProfile) -> str:
+    """``major.minor`` of a host's kernel: the part its fingerprint includes.
+
+    Every host of a fingerprint group shares it; their full release strings may differ (``6.1.55`` and
+    ``6.1.90-generic`` are one group), and only the group's first host's string is kept.
+    """
+    return f"{profile.version.major}.{profile.version.minor}"
+
+
+def group_kernel_text(profile: HostProfile, count: int) -> str:
+    """The kernel of a group for humans: the full string for one host, else the series and the first host's."""
+    if count <= 1:
+        return profile.kernel
+    return f"kernel {kernel_series(profile)}.x (first host: {profile.kernel})"
+
+
+def unique_group_names(groups: Sequence[tuple[str, str]]) -> list[str]:
+    """A unique name per ``(first host, fingerprint)`` group: the first host's name, or ``name#fingerprint[:8]``
+    when two groups' first hosts share a name (profile objects given twice)."""
+    used: set[str] = set()
+    out: list[str] = []
+    for first, fp in groups:
+        name = first if first not in used else f"{first}#{fp[:8]}"
+        used.add(name)
+        out.append(name)
+    return out
+
+
+def _same_profile(group: PoolGroup) -> str:
+    """Suffix for a message that names a group by its first host."""
+    n = len(group.hosts) - 1
+    return f" (and {n:,} more host{'s' if n != 1 else ''} with the same profile)" if n > 0 else ""
+
+
+def _close_under_qemu(features: set[str], drops: list[Drop], reg: Registry) -> None:
+    """Drop bits coupled to dropped bits by one QEMU property, and features whose QEMU gate is off."""
+    from qemu_evmcs.qemu.models import vmx_requires
+
+    changed = True
+    while changed:
+        changed = False
+        for name in sorted(features):
+            f = reg.features[name]
+            if f.qemu is not None:
+                partners = [b.name for b in reg.qemu_bits(f.qemu)]
+                gone = [p for p in partners if p not in features]
+                if gone:
+                    features.discard(name)
+                    drops.append(Drop(name, "qemu-coupled", (), f"QEMU property {f.qemu} also sets {', '.join(gone)}"))
+                    changed = True
+                    continue
+            reqs = [r for r in vmx_requires(f) if r.startswith("vmx-") and r not in features]
+            if reqs:
+                features.discard(name)
+                drops.append(Drop(name, "dependency", (), f"QEMU drops it without {', '.join(reqs)}"))
+                changed = True
+
+
+def _invisible_cause(feature: str, profile: HostProfile, guest: Mapping[str, int], config: GuestConfig) -> Drop:
+    """Why ``feature`` is not (fully) visible to the guest on ``profile``."""
+    kvm = SimKvm(profile, variant=DESIGN_VARIANT[config.design])
+    era = profile.era
+    if feature in partially_visible(guest):
+        return Drop(feature, "inconsistent-filter", (profile.name,),
+                    f"kernel era {era.id} filters it from one MSR but not the other (L2 VM-entry would fail)")
+    if feature in PERF_FEATURES and kvm.honours_perf_cpuid_bit() and not config.pv_perf_global_ctrl \
+            and config.design == "shipped":
+        return Drop(feature, "perf-cpuid-gate", (profile.name,), "CPUID 0x4000000A.EBX bit 0 is clear")
+    if config.design == "revision" and (config.revision or 1) == EVMCS_REVISION_LEGACY \
+            and feature in era_table().revision2_exposes and kvm.max_evmcs_revision() >= EVMCS_REVISION_2022:
+        return Drop(feature, "revision-1", (profile.name,), "hidden by eVMCS revision 1 (legacy)")
+    return Drop(feature, "evmcs-filter", (profile.name,), f"filtered by the eVMCS filter of kernel era {era.id}")
+
+
+def _merge_drops(drops: Iterable[Drop]) -> list[Drop]:
+    """One entry per (feature, cause, detail), hosts merged (first appearance first, once each), in registry
+    order. The detail is part of the key: "filtered by the eVMCS filter of kernel era 5.7-5.14" must not end up
+    naming a 6.3 host too."""
+    reg = registry()
+    order = {n: i for i, n in enumerate(reg.features)}
+    first: dict[tuple[str, str, str], Drop] = {}
+    parts: dict[tuple[str, str, str], list[tuple[str, ...]]] = {}
+    for d in drops:
+        key = (d.feature, d.cause, d.detail)
+        if key in first:
+            parts[key].append(d.hosts)
+        else:
+            first[key] = d
+            parts[key] = [d.hosts]
+    merged = [d if len(parts[k]) == 1 else replace(d, hosts=tuple(dict.fromkeys(chain.from_iterable(parts[k]))))
+              for k, d in first.items()]
+    return sorted(merged, key=lambda d: (order.get(d.feature, 1 << 30), d.cause))
+
+
+def _fail(neg: Negotiation, message: str) -> Negotiation:
+    neg.ok = False
+    neg.error = message
+    return neg
+
+
+def negotiate(model: str | GuestModel, hosts: Hosts, strategy: str = "pv-cpuid") -> Negotiation:
+    """Negotiate one strategy over a pool; never raises for a pool without a safe answer (``ok`` false).
+
+    ``hosts``: see :data:`Hosts`. Every simulation runs once per distinct host profile (fingerprint); drops
+    name every host of the groups concerned. Messages that name one host name a group's first host.
+
+    :raise InputError: unknown strategy, model or profile.
+    """
+    if strategy not in STRATEGIES:
+        raise InputError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)}, all)")
+    gm = load_guest_model(model)
+    fleet = load_pool(hosts)
+    groups = pool_groups(fleet)
+    return _negotiate_groups(gm, groups, strategy, FleetHosts(fleet))
+
+
+def _negotiate_groups(gm: GuestModel, groups: list[PoolGroup], strategy: str,
+                      all_hosts: Sequence[HostProfile]) -> Negotiation:
+    reg = registry()
+    neg = Negotiation(strategy=strategy, model=gm, hosts=all_hosts, groups=groups)
+    design = STRATEGY_VARIANT[strategy]
+    names = [tuple(g.hosts) for g in groups]          # per group, shared by every Drop that names it
+
+    def hosts_of(idx: Iterable[int]) -> list[str]:
+        return [n for i in idx for n in groups[i].hosts]
+
+    # -- hard failures: the pool cannot run an eVMCS guest at all
+    if gm.vendor != "GenuineIntel":
+        return _fail(neg, f"model {gm.name} is {gm.vendor}: eVMCS needs an Intel VMX model")
+    for g in groups:
+        reason = evmcs_incapable_reason(g.profile)
+        if reason:
+            return _fail(neg, f"no safe answer: {reason}{_same_profile(g)}")
+    lo, hi = gm.evmcs_version
+    if lo > 1:
+        return _fail(neg, f"no safe answer: model wants eVMCS version range [{lo}..{hi}] but every KVM supports "
+                          f"only [1..1]")
+    kvms = [SimKvm(g.profile) for g in groups]
+
+    # -- hv-* flags
+    hv: set[str] = {k for k, v in gm.hyperv.items() if v and k not in ("hv-passthrough",)}
+    if gm.hyperv.get("hv-passthrough"):
+        neg.notes.append("hv-passthrough replaced by an explicit hv-* list (it blocks migration)")
+    hv.add("hv-evmcs")
+    for dep in HV_EVMCS_DEPS:
+        if dep not in hv:
+            hv.add(dep)
+            neg.notes.append(f"{dep} switched on: QEMU requires it for hv-evmcs")
+    for flag in sorted(hv):
+        lacking = tuple(hosts_of(i for i, k in enumerate(kvms) if _hv_unsupported(flag, k)))
+        if lacking:
+            hv.discard(flag)
+            neg.hv_dropped.append(Drop(flag, "unsupported", lacking, "KVM does not report its 0x4000000A.EAX bit"))
+
+    # -- vmx: start from what the model asks and QEMU can set
+    features: set[str] = set(gm.vmx) & set(qemu_property_features(reg))
+    drops: list[Drop] = []
+    supported = [qemu_supported(g.profile, reg) for g in groups]
+    for i in range(len(groups)):
+        for f in sorted(features - supported[i]):
+            drops.append(Drop(f, "unsupported", names[i], "KVM does not report it in allowed-1"))
+    for sup in supported:
+        features &= sup
+    sanitized = [visible_features(g.profile.msrs, reg) - visible_features(filter_all(g.profile.era, g.profile.msrs),
+                                                                          reg)
+                 if g.profile.era.filter_at == "enable" else frozenset[str]() for g in groups]
+    for i, g in enumerate(groups):
+        for f in sorted(features & sanitized[i]):
+            drops.append(Drop(f, "enable-time-filter", names[i],
+                              f"kernel {g.profile.kernel} clears it when eVMCS is enabled; QEMU's write would be "
+                              f"rejected and QEMU would abort"))
+    for san in sanitized:
+        features -= san
+    _close_under_qemu(features, drops, reg)
+
+    # -- strategy parameters
+    revision: int | None = None
+    ebx = False
+    if strategy == "pv-cpuid":
+        honours = [k.honours_perf_cpuid_bit() for k in kvms]
+        perf_ok = all(honours)
+        perf_present = all(f in features for f in PERF_FEATURES)
+        want = gm.pv_perf_global_ctrl
+        old = hosts_of(i for i, h in enumerate(honours) if not h)
+        if want == "on" and not (perf_ok and perf_present):
+            why = (f"hosts {names_text(old)} predate 6.1 and ignore the bit" if old
+                   else "the PERF_GLOBAL_CTRL controls are not available on every host")
+            return _fail(neg, f"no safe answer: the model requires pv-perf-global-ctrl=on but {why}")
+        ebx = want != "off" and perf_ok and perf_present
+        if not ebx and want != "off" and perf_present:
+            neg.notes.append(f"CPUID 0x4000000A.EBX bit 0 left clear: {names_text(old)} predate 6.1 and hide "
+                             f"PERF_GLOBAL_CTRL regardless; clearing it hides them on 6.1+ too (consistent)")
+    elif strategy == "revision":
+        revs = [SimKvm(g.profile, variant="revision").max_evmcs_revision() or EVMCS_REVISION_LEGACY for g in groups]
+        revision = min(revs)
+        if revision < EVMCS_REVISION_2022 and any(r >= EVMCS_REVISION_2022 for r in revs):
+            legacy = hosts_of(i for i, r in enumerate(revs) if r < EVMCS_REVISION_2022)
+            neg.notes.append(f"revision 1 (legacy) forced by {names_text(legacy)}: no KVM_CAP_HYPERV_ENLIGHTENED_VMCS2 "
+                             f"there, and the design is strict (a revision a host lacks is refused whatever the "
+                             f"hardware has)")
+    elif strategy == "vmx-msrs":
+        views = [visible_features(documented_evmcs_view(g.profile), reg) for g in groups]
+        since = era_table().facts.variant_get_evmcs_vmx_msrs_since
+        for i, g in enumerate(groups):
+            src = ("KVM_GET_EVMCS_VMX_MSRS" if g.profile.version.mm >= since.mm
+                   else f"documented filter of era {g.profile.era.id}")
+            for f in sorted(features - views[i]):
+                drops.append(Drop(f, "evmcs-vmx-msrs", names[i], f"not in the filtered MSRs ({src})"))
+        for view in views:
+            features &= view
+        _close_under_qemu(features, drops, reg)
+    if strategy == "vmx-msrs":
+        ebx = all(f in features for f in PERF_FEATURES)
+
+    # -- simulate, drop what is not visible everywhere, repeat
+    config = GuestConfig(model=gm.name, base=gm.base, vmx=frozenset(features), hyperv=tuple(sorted(hv)),
+                         evmcs_version=(1, 1), pv_perf_global_ctrl=ebx, revision=revision, design=design)
+    starts: list[StartResult] = []
+    for _ in range(16):
+        starts = [start_guest(config, g.profile) for g in groups]
+        failed = [i for i, s in enumerate(starts) if not s.ok]
+        if failed:
+            s = starts[failed[0]]
+            return _fail(neg, f"no safe answer: host {s.host}{_same_profile(groups[failed[0]])}: {s.reason}")
+        invisible: dict[str, list[Drop]] = {}
+        for i, (g, s) in enumerate(zip(groups, starts, strict=True)):
+            vis = visible_features(s.guest_msrs, reg)
+            for f in sorted(features - vis):
+                d = _invisible_cause(f, g.profile, s.guest_msrs, config)
+                invisible.setdefault(f, []).append(replace(d, hosts=names[i]))
+        if not invisible:
+            break
+        for f, ds in invisible.items():
+            drops.extend(ds)
+            features.discard(f)
+        _close_under_qemu(features, drops, reg)
+        if strategy == "vmx-msrs":
+            ebx = all(f in features for f in PERF_FEATURES)
+        config = replace(config, vmx=frozenset(features), pv_perf_global_ctrl=ebx)
+    else:  # pragma: no cover - every round removes at least one feature
+        return _fail(neg, "no safe answer: negotiation did not converge")
+    if strategy == "vmx-msrs" and config.pv_perf_global_ctrl:
+        neg.notes.append("CPUID 0x4000000A.EBX bit 0 set because PERF_GLOBAL_CTRL is visible: Windows 11 does not "
+                         "boot with the PERF controls in the VMX MSRs without it")
+    if strategy == "revision" and all(f in features for f in PERF_FEATURES) and revision == EVMCS_REVISION_2022:
+        neg.notes.append("revision 2 exposes PERF_GLOBAL_CTRL without CPUID 0x4000000A.EBX bit 0 (the design has "
+                         "no CPUID gate): Windows 11 does not boot with the PERF controls visible without it")
+
+    # -- essentials and residual differences
+    lost = [f for f in sorted(gm.required) if f in gm.vmx and f not in features]
+    if lost:
+        causes = _merge_drops(d for d in drops if d.feature in lost)
+        why = "; ".join(f"{d.feature}: {d.cause}" + (f" on {names_text(d.hosts)}" if d.hosts else "")
+                        for d in causes)
+        return _fail(neg, f"no safe answer: Hyper-V as L1 needs {', '.join(lost)} ({why})")
+    ref = starts[0]
+    for s in starts[1:]:
+        diff = diff_views(ref.guest_msrs, s.guest_msrs, reg)
+        if diff:
+            bits = ", ".join(sorted({c.label() for c in diff}))
+            return _fail(neg, f"no safe answer: hosts {ref.host} and {s.host} differ in guest-visible bits no "
+                              f"-cpu option controls: {bits}")
+    neg.ok = True
+    neg.config = config
+    neg.drops = _merge_drops(drops)
+    neg.guest_msrs = dict(ref.guest_msrs)
+    neg.starts = starts
+    if config.pv_perf_global_ctrl:
+        neg.notes.append(f"needs {PERF_OPTION}=on (this project's proposed QEMU option; the simulated QEMU has it, "
+                         f"real QEMU does not set CPUID 0x4000000A.EBX bit 0)")
+    if strategy != "pv-cpuid":
+        neg.notes.append(f"counterfactual design: the {strategy} ABI never shipped in Linux")
+    return neg
+
+
+def negotiate_all(model: str | GuestModel, hosts: Hosts) -> dict[str, Negotiation]:
+    """Every strategy over the same pool (loaded once)."""
+    gm = load_guest_model(model)
+    pool = load_pool(hosts)
+    return {s: negotiate(gm, pool, s) for s in STRATEGIES}
+
+
+def negotiate_cpu_arg(model: str | GuestModel, hosts: Hosts, strategy: str = "pv-cpuid") -> str:
+    """The ``-cpu`` argument for a guest that must start on, and migrate among, ``hosts``.
+
+    For the launch wrapper's ``--negotiate PROFILE...``.
+
+    :raise NegativeAnswer: the pool has no safe answer (message: the reason).
+    :raise InputError: unknown model, profile or strategy.
+    """
+    from qemu_evmcs.output.render import cpu_string
+
+    neg = negotiate(model, hosts, strategy)
+    if not neg.ok:
+        raise NegativeAnswer(neg.error)
+    return cpu_string(neg)
+
+
+__all__ = [
+    "STRATEGIES",
+    "BitChange",
+    "Drop",
+    "GuestConfig",
+    "GuestModel",
+    "Hosts",
+    "Negotiation",
+    "PoolGroup",
+    "StartResult",
+    "compose_vmx_writes",
+    "diff_views",
+    "documented_evmcs_view",
+    "evmcs_incapable_reason",
+    "group_kernel_text",
+    "kernel_series",
+    "load_guest_model",
+    "load_hosts",
+    "load_pool",
+    "max_model",
+    "names_text",
+    "negotiate",
+    "negotiate_all",
+    "negotiate_cpu_arg",
+    "pool_groups",
+    "qemu_supported",
+    "start_guest",
+    "unique_group_names",
+    "visible_features",
+]

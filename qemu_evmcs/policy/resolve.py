@@ -1,0 +1,424 @@
+"""Baselines: the VMX feature set a guest gets identically on every host of a pool, in both views.
+
+Two views, because KVM filters only guest-initiated reads (kvm-evmcs.md §0):
+
+- **unfiltered** -- what QEMU and libvirt see: the model's features that KVM
+  reports on the host (``KVM_GET_MSRS`` on the system fd);
+- **evmcs** -- what the L1 Hyper-V guest reads with eVMCS on: additionally
+  through the era's eVMCS filter and the PERF_GLOBAL_CTRL CPUID gate.
+
+For every model feature that is not in a baseline the result says on which
+hosts and by which layer it is lost: ``model`` (the definition switches a base
+feature off), ``cpu`` (the profile's raw ``cpu_msrs`` lack it), ``kvm`` (KVM
+does not report it, or eVMCS cannot be enabled at all), ``evmcs-filter``
+(with the era) or ``perf-cpuid-gate``.
+
+Scale: hosts come as a :class:`~qemu_evmcs.fleet.loader.Fleet` (:func:`load_host_args`: files of any size,
+directories, SQLite inventories) or are streamed, and the simulation runs once per distinct
+:meth:`HostProfile.fingerprint` (:func:`compute_host_views`); per host only the name is kept. Output is
+sorted, so host order never changes the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from qemu_evmcs.core.errors import InputError, KvmError
+from qemu_evmcs.policy.explain import removed_bits
+from qemu_evmcs.qemu.models import EffectiveModel, ModelDef, QemuSnapshot, effective_model
+from qemu_evmcs.core.msrval import feature_set, word_source_msr
+from qemu_evmcs.fleet.loader import Fleet, load_hosts_fleet
+from qemu_evmcs.qemu.compose import hv_evmcs_error
+from qemu_evmcs.core.profile import HostProfile
+from qemu_evmcs.core.registry import MASK32, MASK64, registry
+from qemu_evmcs.kvm.simkvm import SimKvm, guest_view
+
+LAYERS = ("model", "cpu", "kvm", "evmcs-filter", "perf-cpuid-gate")
+
+#: What ``pv-perf-global-ctrl`` means for the guest's CPUID 0x4000000A.EBX bit 0. QEMU (every release
+#: checked, qemu.md §1.3) never sets the bit, so ``auto`` -- "set it if the VMM can" -- is clear under QEMU;
+#: ``on`` models a VMM that does set it (honoured by 6.1+ kernels only).
+PV_PERF_SETS_BIT = {"on": True, "auto": False, "off": False}
+
+
+@dataclass(frozen=True)
+class HostViews:
+    """Everything the baseline needs from one distinct host (computed once per fingerprint)."""
+
+    fingerprint: str
+    vendor: str
+    #: The representative's full kernel release (other hosts of the fingerprint share only ``kernel_series``).
+    kernel: str
+    era: str
+    #: Can QEMU enable eVMCS [1..1] on this host (``hv-evmcs=on`` starts)?
+    evmcs_ok: bool
+    evmcs_reason: str | None
+    #: Features KVM reports (unfiltered view of ``-cpu host``).
+    kvm: frozenset[str]
+    #: The eVMCS L1 guest's view of ``-cpu host`` (empty when eVMCS cannot be enabled).
+    guest: frozenset[str]
+    #: For each feature in ``kvm`` but not in ``guest``: (layer, detail).
+    hidden: Mapping[str, tuple[str, str]]
+    #: For each registry feature KVM does not report: (layer, detail).
+    missing: Mapping[str, tuple[str, str]]
+    #: ``major.minor``: what the fingerprint includes, so every host of the group has it.
+    kernel_series: str = ""
+
+
+def _evmcs_check(profile: HostProfile, kvm: SimKvm, want: tuple[int, int]) -> str | None:
+    """``None`` if QEMU would enable eVMCS ``want`` here, else QEMU's error text."""
+    err = hv_evmcs_error(kvm, want)
+    if err is None:
+        return None
+    if not kvm.has_evmcs_hook():
+        return f"{err} ({kvm.no_evmcs_reason()})"
+    if not profile.nested:
+        return f"{err} (kvm_intel.nested=0)"
+    return err
+
+
+def compute_host_views(profile: HostProfile, *, pv_perf_global_ctrl: bool = False, variant: str = "shipped",
+                       evmcs_version: tuple[int, int] = (1, 1)) -> HostViews:
+    """Simulate one host: KVM's unfiltered features, the eVMCS guest view, and why each feature is missing.
+
+    Pure in the profile's fingerprint (names are not used), so :func:`baseline` calls it once per
+    distinct fingerprint.
+    """
+    reg = registry()
+    kvm = SimKvm(profile, variant=variant)
+    reported = kvm.feature_msrs()
+    kvm_set = feature_set(reported, reg) if reported else frozenset()
+    cpu_set = feature_set(profile.cpu_msrs, reg) if profile.cpu_msrs is not None else None
+    missing: dict[str, tuple[str, str]] = {}
+    for name in reg.features:
+        if name in kvm_set:
+            continue
+        if not profile.is_intel:
+            missing[name] = ("kvm", f"{profile.vendor}: KVM has no VMX (Intel only)")
+        elif not profile.nested:
+            missing[name] = ("kvm", "kvm_intel.nested=0: KVM reports no VMX MSRs")
+        elif cpu_set is not None and name not in cpu_set:
+            missing[name] = ("cpu", "the CPU does not have it (cpu_msrs)")
+        elif cpu_set is not None:
+            missing[name] = ("kvm", f"KVM {profile.kernel} does not expose it to L1 (the CPU has it)")
+        else:
+            missing[name] = ("kvm", f"KVM {profile.kernel} does not report it")
+    reason = _evmcs_check(profile, kvm, evmcs_version)
+    guest: frozenset[str] = frozenset()
+    guest_msrs: Mapping[str, int] = {}
+    hidden: dict[str, tuple[str, str]] = {}
+    era = profile.era
+    if reason is None:
+        try:
+            guest_msrs = guest_view(profile, evmcs=True, pv_perf_global_ctrl=pv_perf_global_ctrl, variant=variant)
+            guest = feature_set(guest_msrs, reg)
+        except KvmError as err:  # pragma: no cover - _evmcs_check mirrors enable_evmcs
+            reason = str(err)
+    if reason is not None:
+        guest = frozenset()
+        for name in kvm_set:
+            hidden[name] = ("kvm", reason)
+    else:
+        # The layer of each hidden bit: the same attribution as ``explain`` (explain.removed_bits).
+        causes: dict[str, str] = {}
+        named = {(f.word, f.bit): f for f in reg.features.values()}
+        for word in reg.words:
+            src = word_source_msr(word, reported, reg)
+            if src is None:
+                continue
+            for rb in removed_bits(era, reg.msrs[src], reported[src], guest_msrs.get(src, 0), src in guest_msrs,
+                                   named, reg, perf_gate_open=pv_perf_global_ctrl):
+                if rb.feature is not None:
+                    causes[rb.feature] = rb.layer
+        for name in kvm_set - guest:
+            cause = causes.get(name, "evmcs-filter")
+            if cause == "perf-cpuid-gate":
+                hidden[name] = (cause, "CPUID 0x4000000A.EBX bit 0 is clear (QEMU never sets it)"
+                                if not pv_perf_global_ctrl else "CPUID 0x4000000A.EBX bit 0 gate")
+            else:
+                hidden[name] = ("evmcs-filter", f"eVMCS filter of kernel era {era.id}")
+    return HostViews(fingerprint=profile.fingerprint(), vendor=profile.vendor, kernel=profile.kernel, era=era.id,
+                     evmcs_ok=reason is None, evmcs_reason=reason, kvm=kvm_set, guest=guest, hidden=hidden,
+                     missing=missing, kernel_series=f"{profile.version.major}.{profile.version.minor}")
+
+
+# =========================================================================== results
+
+@dataclass(frozen=True)
+class HostGroup:
+    """Hosts sharing one fingerprint, and what a guest gets there.
+
+    :param starts: would QEMU start the guest (only eVMCS can stop it: ``hv-evmcs`` errors are fatal,
+        missing vmx-* features are only warnings).
+    :param unfiltered: the guest's vmx features as QEMU/libvirt see them on these hosts.
+    :param evmcs: what the L1 guest reads with eVMCS on (empty when it does not start).
+    :param kernel: the full kernel release of the group's first host; the other hosts share only
+        ``kernel_series`` (major.minor, what the fingerprint includes) -- their full strings may differ.
+    """
+
+    fingerprint: str
+    hosts: tuple[str, ...]
+    vendor: str
+    kernel: str
+    era: str
+    starts: bool
+    reason: str | None
+    unfiltered: frozenset[str]
+    evmcs: frozenset[str]
+    kernel_series: str = ""
+
+    def to_json(self, name: str | None = None) -> dict[str, Any]:
+        """Plain data; ``name`` is how losses refer to the group (default: its first host)."""
+        return {"name": name if name is not None else (self.hosts[0] if self.hosts else ""),
+                "fingerprint": self.fingerprint, "hosts": list(self.hosts), "count": len(self.hosts),
+                "vendor": self.vendor, "kernel_series": self.kernel_series, "first_host_kernel": self.kernel,
+                "era": self.era, "starts": self.starts, "reason": self.reason,
+                "unfiltered": sorted(self.unfiltered), "evmcs": sorted(self.evmcs)}
+
+
+@dataclass(frozen=True)
+class Loss:
+    """One wanted feature missing from a baseline, on some hosts, for one reason.
+
+    :param view: ``unfiltered`` (QEMU never gets it; then it is missing from the eVMCS view too) or
+        ``evmcs`` (QEMU gets it, the L1 guest does not).
+    :param layer: one of :data:`LAYERS`.
+    :param history: ``added: <reason>`` when the definition marks the feature as added later, so a host
+        lacking it is a definition change, not a host incompatibility for older guests.
+    :param groups: the fingerprints of the host groups concerned (``hosts`` are all their hosts).
+    """
+
+    feature: str
+    view: str
+    layer: str
+    detail: str
+    hosts: tuple[str, ...]
+    history: str | None = None
+    groups: tuple[str, ...] = ()
+
+    def to_json(self, group_names: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Plain data. With ``group_names`` (fingerprint -> name) the loss names its groups instead of listing
+        every host (the hosts are listed once, under the result's ``groups``)."""
+        out: dict[str, Any] = {"feature": self.feature, "view": self.view, "layer": self.layer,
+                               "detail": self.detail}
+        if group_names is not None and self.groups:
+            out["groups"] = sorted(group_names[fp] for fp in self.groups)
+        else:
+            out["hosts"] = list(self.hosts)
+        out["count"] = len(self.hosts)
+        if self.history is not None:
+            out["history"] = self.history
+        return out
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    """A baseline over a pool, for a model or (``model is None``) for the pool alone.
+
+    :param wanted: the model's effective vmx features (pool mode: every feature some host reports).
+    :param unfiltered: features every host gives the guest, as QEMU/libvirt see them.
+    :param evmcs: features every host gives the eVMCS L1 guest.
+    """
+
+    model: str | None
+    base: str | None
+    pv_perf_global_ctrl: str
+    host_count: int
+    wanted: frozenset[str]
+    unfiltered: frozenset[str]
+    evmcs: frozenset[str]
+    groups: tuple[HostGroup, ...]
+    losses: tuple[Loss, ...]
+    not_starting: tuple[str, ...] = field(default=())
+
+    def group_names(self) -> dict[str, str]:
+        """fingerprint -> the group's name: its first host (made unique if two groups share one)."""
+        from qemu_evmcs.policy.negotiate import unique_group_names
+
+        names = unique_group_names([(g.hosts[0] if g.hosts else "", g.fingerprint) for g in self.groups])
+        return {g.fingerprint: n for g, n in zip(self.groups, names, strict=True)}
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data for ``--json`` (sorted, deterministic).
+
+        Hosts are listed once, under ``groups`` (one per distinct profile, ``name``: its first host); each
+        loss names its groups (``groups``) and counts their hosts (``count``), so 100,000 hosts are listed
+        once, not once per lost feature. ``not-starting`` names groups the same way.
+        """
+        names = self.group_names()
+        return {
+            "model": self.model, "base": self.base, "pv-perf-global-ctrl": self.pv_perf_global_ctrl,
+            "hosts": self.host_count, "distinct-hosts": len(self.groups),
+            "wanted": sorted(self.wanted),
+            "baseline": {"unfiltered": sorted(self.unfiltered), "evmcs": sorted(self.evmcs)},
+            "not-starting": sorted(names[g.fingerprint] for g in self.groups if not g.starts),
+            "losses": [x.to_json(names) for x in self.losses],
+            "groups": [g.to_json(names[g.fingerprint]) for g in self.groups],
+        }
+
+
+# =========================================================================== computation
+
+def _pv_setting(model: ModelDef | None, override: str | None) -> str:
+    if override is not None:
+        if override not in PV_PERF_SETS_BIT:
+            raise InputError(f"pv-perf-global-ctrl must be auto, on or off, not {override!r}")
+        return override
+    return model.pv_perf_global_ctrl if model is not None else "auto"
+
+
+def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveModel | None = None, *,
+             pv_perf_global_ctrl: str | None = None, variant: str = "shipped",
+             snapshot: QemuSnapshot | None = None) -> BaselineResult:
+    """The baseline of ``hosts`` (a fleet, or streamed) for ``model``, or the pool's own common set without a model.
+
+    :param model: a definition (resolved against ``snapshot``) or an already resolved model.
+    :param pv_perf_global_ctrl: overrides the model's setting (``auto``/``on``/``off``).
+    :raise InputError: no hosts, or the model's base is not in the snapshot.
+    """
+    eff: EffectiveModel | None = None
+    if isinstance(model, ModelDef):
+        eff = effective_model(model, snapshot)
+    elif model is not None:
+        eff = model
+    mdef = eff.model if eff is not None else None
+    pv = _pv_setting(mdef, pv_perf_global_ctrl)
+    pv_bit = PV_PERF_SETS_BIT[pv]
+    want_evmcs = mdef.evmcs if mdef is not None else True
+    version = (mdef.evmcs_version or (1, 1)) if mdef is not None else (1, 1)
+
+    views: dict[str, HostViews] = {}
+    names: dict[str, list[str]] = {}
+    count = 0
+    if isinstance(hosts, Fleet):
+        for fp, members in hosts.members.items():
+            if fp not in views:
+                views[fp] = compute_host_views(hosts.distinct[fp], pv_perf_global_ctrl=pv_bit, variant=variant,
+                                               evmcs_version=version)
+                names[fp] = []
+            names[fp].extend(members)
+            count += len(members)
+    else:
+        for profile in hosts:
+            count += 1
+            fp = profile.fingerprint()
+            if fp not in views:
+                views[fp] = compute_host_views(profile, pv_perf_global_ctrl=pv_bit, variant=variant,
+                                               evmcs_version=version)
+                names[fp] = []
+            names[fp].append(profile.name)
+    if count == 0:
+        raise InputError("baseline needs at least one host profile")
+
+    registry()
+    if eff is not None:
+        wanted: frozenset[str] = eff.vmx
+        considered = eff.vmx | eff.dropped_by_model
+    else:
+        wanted = frozenset().union(*(v.kvm for v in views.values()))
+        considered = wanted
+    groups: list[HostGroup] = []
+    loss_hosts: dict[tuple[str, str, str, str], list[str]] = {}
+    loss_groups: dict[tuple[str, str, str, str], list[str]] = {}
+    not_starting: list[str] = []
+    for fp, v in views.items():
+        hosts_here = sorted(names[fp])
+        starts = v.evmcs_ok or not want_evmcs
+        unfiltered = wanted & v.kvm
+        evmcs_view: frozenset[str]
+        if not want_evmcs:
+            evmcs_view = frozenset()   # no eVMCS requested: there is no eVMCS L1 view
+        else:
+            evmcs_view = unfiltered & v.guest
+        groups.append(HostGroup(fingerprint=fp, hosts=tuple(hosts_here), vendor=v.vendor, kernel=v.kernel,
+                                era=v.era, starts=starts, reason=None if starts else v.evmcs_reason,
+                                unfiltered=unfiltered, evmcs=evmcs_view, kernel_series=v.kernel_series))
+        if not starts:
+            not_starting.extend(hosts_here)
+        for feat in considered:
+            if eff is not None and feat in eff.dropped_by_model:
+                continue
+            if feat not in v.kvm:
+                layer, detail = v.missing.get(feat, ("kvm", "KVM does not report it"))
+                key = (feat, "unfiltered", layer, detail)
+            elif want_evmcs and feat not in v.guest:
+                layer, detail = v.hidden.get(feat, ("evmcs-filter", f"eVMCS filter of kernel era {v.era}"))
+                key = (feat, "evmcs", layer, detail)
+            else:
+                continue
+            loss_hosts.setdefault(key, []).extend(hosts_here)
+            loss_groups.setdefault(key, []).append(fp)
+    if eff is not None:
+        for feat in eff.dropped_by_model:
+            key = (feat, "unfiltered", "model", f"{eff.model.name} switches off this {eff.base.name} feature")
+            loss_hosts[key] = [h for g in groups for h in g.hosts]
+            loss_groups[key] = [g.fingerprint for g in groups]
+    added = mdef.added if mdef is not None else {}
+    losses = tuple(
+        Loss(feature=f, view=view, layer=layer, detail=detail, hosts=tuple(sorted(hs)),
+             history=f"added: {added[f]}" if f in added else None,
+             groups=tuple(loss_groups[(f, view, layer, detail)]))
+        for (f, view, layer, detail), hs in sorted(loss_hosts.items(), key=lambda kv: (
+            kv[0][0], kv[0][1] != "unfiltered", LAYERS.index(kv[0][2]), kv[0][3])))
+    groups.sort(key=lambda g: (g.hosts[0] if g.hosts else "", g.fingerprint))
+    uf = frozenset(wanted).intersection(*(g.unfiltered for g in groups)) if groups else frozenset()
+    ev = frozenset(wanted).intersection(*(g.evmcs for g in groups)) if want_evmcs else frozenset()
+    return BaselineResult(
+        model=mdef.name if mdef is not None else None, base=eff.base.name if eff is not None else None,
+        pv_perf_global_ctrl=pv, host_count=count, wanted=frozenset(wanted), unfiltered=uf, evmcs=ev,
+        groups=tuple(groups), losses=losses, not_starting=tuple(sorted(not_starting)),
+    )
+
+
+def load_host_args(args: Sequence[str], *, progress: bool | None = None) -> Fleet:
+    """Hosts from command-line arguments -- files (multi-document, any size), directories, SQLite inventories
+    (``fleet import``) or bundled profile names -- grouped by fingerprint (see
+    :func:`qemu_evmcs.fleet.loader.load_hosts_fleet`); ``progress``: a loading bar on stderr when it is a terminal."""
+    return load_hosts_fleet(args, progress=progress)
+
+
+def iter_host_args(args: Sequence[str]) -> Iterable[HostProfile]:
+    """Every host of :func:`load_host_args` as a profile (light per-host views of each distinct profile)."""
+    return load_host_args(args).iter_hosts()
+
+
+# =========================================================================== synthetic hosts
+
+def msrs_from_features(features: Iterable[str]) -> dict[str, int]:
+    """VMX MSR values (TRUE and non-TRUE forms) in which exactly ``features`` are available.
+
+    Control MSRs get the word's default1 bits as must-be-1 in the non-TRUE form (SDM A.3), so the values pass
+    profile validation. Useful for what-if hosts and tests.
+    """
+    reg = registry()
+    per_word: dict[str, int] = {}
+    for name in features:
+        feat = reg.feature(name)
+        per_word[feat.word] = per_word.get(feat.word, 0) | feat.mask
+    out: dict[str, int] = {}
+    for msr in reg.msrs.values():
+        if msr.word is None:
+            continue
+        bits = per_word.get(msr.word, 0)
+        if msr.layout == "ctl":
+            always = reg.words[msr.word].always_on
+            out[msr.name] = (((bits | always) & MASK32) << 32) | (0 if msr.is_true_form else always)
+        else:
+            out[msr.name] = bits & MASK64
+    return out
+
+
+def profile_from_features(name: str, features: Iterable[str], *, kernel: str = "6.3",
+                          vendor: str = "GenuineIntel", nested: bool = True, kvm_hyperv: bool = True,
+                          cpu_features: Iterable[str] | None = None) -> HostProfile:
+    """A synthetic :class:`HostProfile` whose KVM reports exactly ``features``."""
+    from qemu_evmcs.core.kernel import parse_release
+
+    feats: set[str] = set(features)
+    return HostProfile(
+        name=name, vendor=vendor, kernel=kernel, version=parse_release(kernel), msrs=msrs_from_features(feats),
+        nested=nested, kvm_hyperv=kvm_hyperv,
+        cpu_msrs=msrs_from_features(cpu_features) if cpu_features is not None else None, synthetic=True,
+    )

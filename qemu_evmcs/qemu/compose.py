@@ -1,0 +1,189 @@
+"""QEMU's VMX MSR composition (``make_vmx_msr_value`` / ``kvm_msr_entry_add_vmx``), in one place.
+
+Both simulations of QEMU use it: the simulated QEMU process
+(:meth:`qemu_evmcs.simqemu.cpu.X86Cpu.vmx_msr_entries`) and the negotiator's
+start-up model (:func:`qemu_evmcs.policy.negotiate.compose_vmx_writes`). Inputs are
+VMX feature words as bit masks (registry word name -> optional controls / bits
+the vCPU has) and the VMX MSRs KVM reports on the system fd; the output is the
+list of ``(MSR name, value)`` QEMU hands to KVM_SET_MSRS, in QEMU 7.2's order
+(qemu.md §2.2):
+
+TRUE_PROCBASED, TRUE_PINBASED, TRUE_EXIT (| host-address-space-size when the
+CPU has ``lm``), TRUE_ENTRY, PROCBASED_CTLS2, EPT_VPID_CAP (| the host's UC/WB
+memory types when EPT is on), BASIC (| the host's revision, VMCS size and
+memory type), MISC (| the host's timer rate and MSR-list size), VMFUNC (when
+KVM lists it), CR0_FIXED0 (PE|NE|PG), CR4_FIXED0 (VMXE), VMCS_ENUM.
+
+Also here: KVM's "supported" view of a feature MSR as QEMU reads it
+(``kvm_arch_get_supported_msr_feature``) and QEMU's eVMCS version-range check
+(``hyperv_init_vcpu``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from qemu_evmcs.core.errors import KvmError
+from qemu_evmcs.core.msrval import names_to_word_masks
+from qemu_evmcs.core.registry import MASK32, Registry, registry
+from qemu_evmcs.kvm.simkvm import (
+    HV_CPUID_ENLIGHTMENT_INFO,
+    HV_ENLIGHTENED_VMCS_RECOMMENDED,
+    KVM_CAP_HYPERV_ENLIGHTENED_VMCS,
+    KVM_CAP_SYS_HYPERV_CPUID,
+    SimKvm,
+)
+
+#: ``DEFAULT_EVMCS_VERSION`` of QEMU's kvm.c: min version 1 (low byte), max version 1 (high byte).
+DEFAULT_EVMCS_VERSION = (1 << 8) | 1
+
+#: Architectural CR bits QEMU writes into CR0_FIXED0 / CR4_FIXED0.
+CR0_PE = 1 << 0
+CR0_NE = 1 << 5
+CR0_PG = 1 << 31
+CR4_VMXE = 1 << 13
+#: VMCS_ENUM values QEMU writes (highest VMCS field index: FRED, exit-secondary, TSC multiplier, preemption timer).
+VMCS_ENUM_FRED = 0x52
+VMCS_ENUM_EXIT_SECONDARY = 0x44
+VMCS_ENUM_TSC_SCALING = 0x32
+VMCS_ENUM_DEFAULT = 0x2E
+
+#: Control words written through ``make_vmx_msr_value``, with the MSR QEMU writes, in QEMU's order.
+CTL_WRITES: tuple[tuple[str, str], ...] = (
+    ("IA32_VMX_TRUE_PROCBASED_CTLS", "procbased"),
+    ("IA32_VMX_TRUE_PINBASED_CTLS", "pinbased"),
+    ("IA32_VMX_TRUE_EXIT_CTLS", "exit"),
+    ("IA32_VMX_TRUE_ENTRY_CTLS", "entry"),
+    ("IA32_VMX_PROCBASED_CTLS2", "secondary"),
+)
+
+#: Every MSR ``kvm_msr_entry_add_vmx`` may write, in its order.
+WRITE_ORDER: tuple[str, ...] = (
+    *(msr for msr, _ in CTL_WRITES),
+    "IA32_VMX_EPT_VPID_CAP", "IA32_VMX_BASIC", "IA32_VMX_MISC", "IA32_VMX_VMFUNC",
+    "IA32_VMX_CR0_FIXED0", "IA32_VMX_CR4_FIXED0", "IA32_VMX_VMCS_ENUM",
+)
+
+
+def make_vmx_msr_value(default1: int, features: int) -> int:
+    """QEMU's ``make_vmx_msr_value``: must-be-one in bits 31:0, can-be-one in bits 63:32.
+
+    :param default1: the word's default1 class (the registry's ``always_on``).
+    :param features: the optional controls the CPU has.
+    """
+    can_be_one = (features | default1) & MASK32
+    can_be_zero = (features | ~default1) & MASK32
+    must_be_one = ~can_be_zero & MASK32
+    return must_be_one | (can_be_one << 32)
+
+
+def field_mask(word: str, labels: tuple[str, ...], reg: Registry | None = None) -> int:
+    """Mask of the registry fields of ``word`` whose vmxcap label is in ``labels``."""
+    reg = reg or registry()
+    mask = 0
+    for f in reg.fields:
+        if f.word == word and f.vmxcap in labels:
+            mask |= ((1 << (f.hi - f.lo + 1)) - 1) << f.lo
+    return mask
+
+
+def supported_msr_feature(name: str, value: int, reg: Registry | None = None) -> int:
+    """``kvm_arch_get_supported_msr_feature``: control MSRs as allowed-1 & ~allowed-0, others raw."""
+    reg = reg or registry()
+    if reg.msrs[name].layout == "ctl":
+        return (value >> 32) & ~(value & MASK32) & MASK32
+    return value
+
+
+def evmcs_range_supported(want: tuple[int, int], supported: int) -> bool:
+    """``hyperv_init_vcpu``'s check: is the wanted (min, max) eVMCS version range inside KVM's range?
+
+    ``supported`` is KVM's u16 answer (min version in the low byte, max in the high byte; 0 = none).
+    """
+    lo, hi = supported & 0xFF, supported >> 8
+    return bool(supported) and want[0] >= lo and want[1] <= hi
+
+
+#: QEMU's text when KVM does not offer eVMCS (``hyperv_feature_supported`` / ``hyperv_init_vcpu``).
+HV_EVMCS_NOT_SUPPORTED = "Hyper-V enlightened VMCS (hv-evmcs) is not supported by kernel"
+
+
+def hv_evmcs_error(kvm: SimKvm, want: tuple[int, int] = (1, 1)) -> str | None:
+    """QEMU's verdict on ``hv-evmcs`` for a host: ``None`` if it starts, else QEMU's error text.
+
+    The short form of the simulated QEMU's start-up (``simqemu.startup``), for the resolver and the
+    negotiator: at CPU expansion QEMU asks the system fd for Hyper-V features when the kernel has
+    KVM_CAP_SYS_HYPERV_CPUID (5.11+), where eVMCS is simply absent without nested VMX; older kernels take
+    the bit from KVM_CHECK_EXTENSION(KVM_CAP_HYPERV_ENLIGHTENED_VMCS). Then ``hyperv_init_vcpu`` enables
+    the capability and checks the version range.
+    """
+    if kvm.check_extension(KVM_CAP_SYS_HYPERV_CPUID):
+        leaves = kvm.get_supported_hv_cpuid()
+        offered = bool(leaves[HV_CPUID_ENLIGHTMENT_INFO]["eax"] & HV_ENLIGHTENED_VMCS_RECOMMENDED)
+    else:
+        offered = kvm.check_extension(KVM_CAP_HYPERV_ENLIGHTENED_VMCS) > 0
+    if not offered:
+        return HV_EVMCS_NOT_SUPPORTED
+    try:
+        version = kvm.create_vcpu().enable_evmcs()
+    except KvmError:
+        return HV_EVMCS_NOT_SUPPORTED
+    if not evmcs_range_supported(want, version):
+        return (f"eVMCS version range [{want[0]}..{want[1]}] is not supported by kernel "
+                f"(supported: [{version & 0xFF}..{version >> 8}])")
+    return None
+
+
+def compose_vmx_msrs(words: Mapping[str, int], host_msrs: Mapping[str, int], *, lm: bool = True,
+                     reg: Registry | None = None) -> list[tuple[str, int]]:
+    """``kvm_msr_entry_add_vmx``: the VMX MSRs QEMU writes for a vCPU with feature ``words``, in QEMU's order.
+
+    :param words: VMX word -> bits the vCPU has (missing words count as 0).
+    :param host_msrs: KVM's feature MSRs (system fd); the host-derived fields come from them.
+    :param lm: the CPU has CPUID ``lm`` (a 64-bit guest: host-address-space-size may be 1 on VM exit).
+
+    Writes every MSR of :data:`WRITE_ORDER` except VMFUNC when KVM does not list it; callers decide what
+    to do when KVM lists no VMX MSRs at all (QEMU then writes nothing).
+    """
+    reg = reg or registry()
+    w = {name: words.get(name, 0) for name in reg.words}
+    misc_host = host_msrs.get("IA32_VMX_MISC", 0)
+    ept_host = host_msrs.get("IA32_VMX_EPT_VPID_CAP", 0)
+    basic_host = host_msrs.get("IA32_VMX_BASIC", 0)
+    fixed_exit = reg.feature("vmx-exit-host-addr-space-size").mask << 32 if lm else 0
+    fixed_basic = basic_host & field_mask("basic", ("Revision", "VMCS size", "VMCS memory type"), reg)
+    fixed_misc = misc_host & field_mask("misc", ("VMX-preemption timer scale (log2)",
+                                                 "MSR-load/store count recommendation"), reg)
+    ept_mask = 0
+    if w["secondary"] & reg.feature("vmx-ept").mask:
+        ept_mask = reg.feature("vmx-ept-uc").mask | reg.feature("vmx-ept-wb").mask
+    out: list[tuple[str, int]] = []
+    for msr, word in CTL_WRITES:
+        value = make_vmx_msr_value(reg.words[word].always_on, w[word])
+        out.append((msr, value | fixed_exit if word == "exit" else value))
+    out.append(("IA32_VMX_EPT_VPID_CAP", w["ept_vpid"] | (ept_host & ept_mask)))
+    out.append(("IA32_VMX_BASIC", w["basic"] | fixed_basic))
+    out.append(("IA32_VMX_MISC", w["misc"] | fixed_misc))
+    if "IA32_VMX_VMFUNC" in host_msrs:
+        out.append(("IA32_VMX_VMFUNC", w["vmfunc"]))
+    out.append(("IA32_VMX_CR0_FIXED0", CR0_PE | CR0_PG | CR0_NE))
+    out.append(("IA32_VMX_CR4_FIXED0", CR4_VMXE))
+    if w["entry"] & reg.feature("vmx-entry-load-fred").mask:
+        enum = VMCS_ENUM_FRED
+    elif w["exit"] & reg.feature("vmx-exit-secondary-ctls").mask:
+        enum = VMCS_ENUM_EXIT_SECONDARY
+    elif w["secondary"] & reg.feature("vmx-tsc-scaling").mask:
+        enum = VMCS_ENUM_TSC_SCALING
+    else:
+        enum = VMCS_ENUM_DEFAULT
+    out.append(("IA32_VMX_VMCS_ENUM", enum))
+    return out
+
+
+#: Canonical feature names -> VMX word masks (the input of :func:`compose_vmx_msrs`). The same grouping as
+#: :func:`qemu_evmcs.core.msrval.names_to_word_masks`, which it is (one copy), under the name this module exports.
+feature_words = names_to_word_masks
+
+
+__all__ = ["CTL_WRITES", "DEFAULT_EVMCS_VERSION", "WRITE_ORDER", "compose_vmx_msrs", "evmcs_range_supported",
+           "feature_words", "field_mask", "make_vmx_msr_value", "supported_msr_feature"]
