@@ -79,7 +79,7 @@ def test_existing_output_is_refused_without_force_and_replaced_whole_with_it(tmp
     assert make_fleet("--count", "200", "--out", str(d)).returncode == 0
     before = sorted(os.listdir(d))
     r = make_fleet("--count", "30", "--out", str(d))
-    assert r.returncode == 2 and r.stderr == f"error: {d}: exists; use --force to replace it\n"
+    assert r.returncode == 2 and r.stderr == f"error: {d}: already exists; pass --force to overwrite\n"
     assert sorted(os.listdir(d)) == before                       # untouched
     # --force replaces the directory as a whole: no leftover hosts of the larger fleet.
     assert make_fleet("--count", "30", "--out", str(d), "--force").returncode == 0
@@ -89,7 +89,7 @@ def test_existing_output_is_refused_without_force_and_replaced_whole_with_it(tmp
     assert make_fleet("--count", "50", "--out", str(f)).returncode == 0
     first = f.read_bytes()
     r = make_fleet("--count", "20", "--out", str(f))
-    assert r.returncode == 2 and "exists; use --force" in r.stderr and f.read_bytes() == first
+    assert r.returncode == 2 and "already exists; pass --force" in r.stderr and f.read_bytes() == first
     f.unlink()                                                   # the manifest alone still counts as output
     assert make_fleet("--count", "20", "--out", str(f)).returncode == 2
     assert make_fleet("--count", "20", "--out", str(f), "--force").returncode == 0

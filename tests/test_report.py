@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.cli.main import run
 from qemu_evmcs.fleet.loader import load_fleet
 from qemu_evmcs.core.profile import bundled_profile_dir
@@ -123,7 +124,7 @@ def test_write_report_failure_keeps_old_file(tmp_path: Path, monkeypatch: pytest
         raise OSError("rename failed (injected)")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(InputError, match="cannot write: rename failed"):  # one error line, not a traceback
         write_report("new", str(out), force=True)
     assert out.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["r.html"]
 

@@ -195,17 +195,19 @@ def test_host_import_output_refuses_overwrite_and_is_atomic(run: Run, tmp_path: 
     assert load_profile(str(out)).name == "n" and _stray_temp_files(tmp_path) == []
 
 
-def test_output_symlink_is_replaced_not_followed(run: Run, tmp_path: Path) -> None:
+def test_output_symlink_is_refused_not_followed(run: Run, tmp_path: Path) -> None:
+    """A symlink is not a regular file: refused even with --force (replacing /dev/stdout is no better than
+    writing through it); the file it points to is untouched."""
     src = tmp_path / "dump.txt"
     src.write_text(RDMSR)
     target = tmp_path / "target"
     target.write_text("do not touch\n")
     link = tmp_path / "link.yaml"
     link.symlink_to(target)
-    rc, _, err = run("host", "import", str(src), "--name", "n", "--kernel", "6.1", "-o", str(link))
-    assert rc == 2 and "already exists" in err
-    rc, _, _ = run("host", "import", str(src), "--name", "n", "--kernel", "6.1", "-o", str(link), "--force")
-    assert rc == 0 and target.read_text() == "do not touch\n" and not link.is_symlink()
+    for extra in ((), ("--force",)):
+        rc, _, err = run("host", "import", str(src), "--name", "n", "--kernel", "6.1", "-o", str(link), *extra)
+        assert (rc, err) == (2, f"error: {link}: is a symbolic link, not a regular file; refusing to replace it\n")
+    assert target.read_text() == "do not touch\n" and link.is_symlink()
 
 
 def test_host_show_writes_nothing(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

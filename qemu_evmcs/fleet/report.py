@@ -30,14 +30,12 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from qemu_evmcs.output.atomicio import replace_file
-from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.output.atomicio import check_output_target, write_output
 from qemu_evmcs.fleet.loader import Fleet, load_fleet
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.registry import registry
@@ -449,22 +447,14 @@ def render_html(fleet: Fleet, *, max_design_groups: int = DEFAULT_MAX_DESIGN_GRO
 
 
 def write_report(text: str, out: str, *, force: bool = False) -> None:
-    """Write atomically (temporary file in the same directory, then rename); refuse to overwrite without ``force``."""
-    if os.path.isdir(out):
-        raise InputError("is a directory", file=out)
-    if os.path.exists(out) and not force:
-        raise InputError("exists; use --force to overwrite", file=out)
-    parent = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(parent):
-        raise InputError("no such directory", file=parent)
-    replace_file(out, text, prefix=".report-", mode=0o644)  # a report is for sharing: world-readable
+    """Write through the one output primitive (atomic; a regular file only; never over anything without ``force``)."""
+    write_output(out, text, force=force, prefix=".report-", mode=0o644)  # a report is for sharing: world-readable
 
 
 def make_report(hosts: Sequence[str], out: str, *, force: bool = False,
                 max_design_groups: int = DEFAULT_MAX_DESIGN_GROUPS, progress: bool | None = None) -> Fleet:
     """Load ``hosts`` (files, directories or one inventory database), render and write ``out``."""
-    if os.path.exists(out) and not force:
-        raise InputError("exists; use --force to overwrite", file=out)
+    check_output_target(out, force=force)  # before the (long) load: refuse early
     fleet = load_fleet(list(hosts), progress=progress)
     write_report(render_html(fleet, max_design_groups=max_design_groups), out, force=force)
     return fleet

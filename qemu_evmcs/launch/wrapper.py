@@ -73,6 +73,7 @@ from dataclasses import dataclass, field
 from qemu_evmcs.core.errors import EXIT_BAD_INPUT, EXIT_NEGATIVE, EvmcsError, InputError, LaunchError, NegativeAnswer
 from qemu_evmcs.launch.qmp import EmulatorSession, describe_status, shell_status
 from qemu_evmcs.launch.verify import CpuSpec, LaunchReport, find_cpu_arg, find_cpu_index, parse_cpu_arg, verify_cpu
+from qemu_evmcs.output.atomicio import check_output_target, write_text_file
 
 PROG = "qemu-evmcs-launch"
 ENV_EMULATOR = "QEMU_EVMCS_EMULATOR"
@@ -335,8 +336,6 @@ def write_report(path: str, report: LaunchReport, *, force: bool = False) -> Non
 
     :raise InputError: ``path`` exists and ``force`` is false, or it cannot be written.
     """
-    from qemu_evmcs.output.atomicio import write_text_file  # lazily: only launches that write a report pay the import
-
     write_text_file(path, report.to_json() + "\n", force=force)
 
 
@@ -463,8 +462,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             parent = os.path.dirname(os.path.abspath(opts.report_json))
             if not os.path.isdir(parent):
                 raise InputError(f"--report-json {opts.report_json}: directory {parent} does not exist")
-            if os.path.lexists(opts.report_json) and not opts.force:
-                raise InputError(f"--report-json {opts.report_json}: already exists; pass --force to overwrite")
+            try:
+                check_output_target(opts.report_json, force=opts.force)
+            except InputError as err:
+                raise InputError(f"--report-json {opts.report_json}: {err.message}") from None
         return asyncio.run(run_async(run_argv, spec, opts))
     except EvmcsError as err:
         _error(err)

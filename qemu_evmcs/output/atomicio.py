@@ -1,41 +1,98 @@
-"""Atomic file output: the one implementation behind every file qemu-evmcs writes.
+"""Atomic file output: the one primitive behind every file qemu-evmcs writes.
 
-Every writer (``host import|show --out``, ``qemu-evmcs-launch --report-json``, ``qemu-evmcs report``,
-``scripts/make-fleet``) used to carry its own copy of the same dance; the copies had already drifted
-(one fsynced, one did not). The dance, once:
+Every writer (``host import|probe -o``, ``qemu-evmcs-launch --report-json``, ``qemu-evmcs report --out``,
+``scripts/make-fleet``, and any later one) goes through :func:`write_output` (or, for a directory tree,
+:func:`check_output_target` plus its own build-beside-and-rename). Why one primitive: the copies had
+drifted, and one of them let ``--out /dev/null --force`` replace a device node (as root, that destroys
+``/dev/null`` for the whole machine).
+
+**What may be replaced** (:func:`check_output_target`, checked with ``lstat``, so never through a
+symlink): nothing at all (absent), or a regular file when the caller passed ``--force``. A symlink (even
+a dangling one: ``lexists``), a device node, a FIFO, a socket or a directory is refused, with or
+without ``--force``: those are never what a user means to overwrite with a report.
+
+**The write itself** (:func:`replace_file`):
 
 1. ``mkstemp`` in the target's own directory (``O_EXCL`` and a random name, never a predictable
    ``FILE.tmpPID`` that another user of a shared directory could plant as a symlink; the same directory
    so that the rename cannot cross file systems);
 2. write, flush and ``fsync`` (the rename must not publish an empty file after a crash);
 3. optionally ``chmod`` (``mkstemp`` creates mode 0600: private unless the caller asks otherwise);
-4. ``os.replace`` over the target, so a reader sees the old file or the new one, never half of one;
+4. check the target again (it may have been swapped for a device or link meanwhile), then ``os.replace``
+   over it, so a reader sees the old file or the new one, never half of one;
 5. on any failure, even KeyboardInterrupt, remove the temporary file and re-raise.
 
-The refusal policies (overwrite only with ``--force``, the error wording) stay with the callers, which
-differ on purpose; :func:`write_text_file` is the one shared by ``host`` and the launcher.
+**Errors**: :func:`write_output` turns every ``OSError`` (``ENOSPC``, ``EROFS``, ``EACCES``, a missing
+directory) into one :class:`~qemu_evmcs.core.errors.InputError` naming the file (exit 2); the existing
+file is left exactly as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable
-from typing import TextIO
+from typing import Literal, TextIO
 
 from qemu_evmcs.core.errors import InputError
 
 #: What :func:`replace_file` writes: the text itself, or a function that writes it to the open file.
 Content = str | Callable[[TextIO], object]
 
+#: The message for an existing output without ``--force`` (tests and docs quote it).
+EXISTS_MESSAGE = "already exists; pass --force to overwrite"
+
+
+def describe_mode(mode: int) -> str:
+    """``st_mode`` as words for a message: ``a symbolic link``, ``a character device``, ..."""
+    for test, words in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"),
+                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                        (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file")):
+        if test(mode):
+            return words
+    return "not a regular file"
+
+
+def check_output_target(path: str, *, force: bool, kind: Literal["file", "dir"] = "file") -> None:
+    """Refuse an output path that must not be replaced (see the module docstring); call it before any work.
+
+    :param kind: ``file`` (replaced by a regular file) or ``dir`` (a directory tree replaced as a whole;
+        an empty existing directory needs no ``--force``).
+    :raise InputError: the path is a symlink, a device, a FIFO, a socket, the wrong kind, or exists
+        without ``force``.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise InputError(f"cannot check the output: {err.strerror or err}", file=path) from None
+    wanted = stat.S_ISREG if kind == "file" else stat.S_ISDIR
+    if not wanted(st.st_mode):
+        expected = "a regular file" if kind == "file" else "a directory"
+        raise InputError(f"is {describe_mode(st.st_mode)}, not {expected}; refusing to replace it", file=path)
+    if kind == "dir":
+        try:
+            if not os.listdir(path):
+                return
+        except OSError as err:
+            raise InputError(f"cannot check the output: {err.strerror or err}", file=path) from None
+    if not force:
+        raise InputError(EXISTS_MESSAGE, file=path)
+
 
 def replace_file(path: str, content: Content, *, prefix: str, mode: int | None = None) -> None:
     """Write ``content`` to ``path`` atomically (see the module docstring for the steps).
 
+    Low level: no ``--force`` policy (callers use :func:`write_output`), but it never replaces anything
+    other than a regular file (step 4).
+
     :param prefix: the temporary file's name prefix (a leading dot keeps it out of ``ls`` and globs).
     :param mode: permission bits for the new file; None keeps ``mkstemp``'s 0600.
     :raise OSError: the temporary file cannot be created, written or renamed (it is removed first).
+    :raise InputError: the target became something other than a regular file meanwhile.
     """
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
     try:
@@ -48,6 +105,7 @@ def replace_file(path: str, content: Content, *, prefix: str, mode: int | None =
             os.fsync(fh.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
+        check_output_target(path, force=True)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -55,16 +113,22 @@ def replace_file(path: str, content: Content, *, prefix: str, mode: int | None =
         raise
 
 
-def write_text_file(path: str, text: str, *, force: bool = False) -> None:
-    """Write ``text`` to ``path`` with :func:`replace_file`, refusing to replace anything without ``force``.
+def write_output(path: str, content: Content, *, force: bool, prefix: str = ".qemu-evmcs-",
+                 mode: int | None = None) -> None:
+    """The output primitive: check the target, write atomically, translate file-system errors.
 
-    A dangling symlink counts as existing (``lexists``). The file keeps ``mkstemp``'s private mode 0600.
-
-    :raise InputError: if ``path`` exists and ``force`` is false, or the directory is not writable.
+    :param force: replace an existing regular file (never anything else).
+    :param mode: permission bits (default: private 0600; a shareable report passes 0o644).
+    :raise InputError: refused target (:func:`check_output_target`) or a failed write
+        (``cannot write: No space left on device``); the old file is untouched either way.
     """
-    if os.path.lexists(path) and not force:
-        raise InputError("already exists; pass --force to overwrite", file=path)
+    check_output_target(path, force=force)
     try:
-        replace_file(path, text, prefix=".qemu-evmcs-")
+        replace_file(path, content, prefix=prefix, mode=mode)
     except OSError as err:
         raise InputError(f"cannot write: {err.strerror or err}", file=path) from None
+
+
+def write_text_file(path: str, text: str, *, force: bool = False) -> None:
+    """:func:`write_output` with a private (0600) file: ``host import|probe -o`` and ``--report-json``."""
+    write_output(path, text, force=force)
