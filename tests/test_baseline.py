@@ -71,12 +71,12 @@ def test_evmcs_view_attributes_filter_era_and_perf_gate(tmp_path: Path) -> None:
     by = {(x.feature, x.hosts): (x.view, x.layer, x.detail) for x in result.losses}
     # PERF_GLOBAL_CTRL: filtered before 6.1; with the CPUID bit set the 6.3 guest sees it.
     assert by[("vmx-exit-load-perf-global-ctrl", ("k510",))] == ("evmcs", "evmcs-filter",
-                                                                 "eVMCS filter of kernel era 5.7-5.14")
+                                                                 "eVMCS filter of kernel era 5.6-5.14")
     assert by[("vmx-exit-load-perf-global-ctrl", ("k515",))][:2] == ("evmcs", "evmcs-filter")
     assert ("vmx-exit-load-perf-global-ctrl", ("k63",)) not in by
     assert by[("vmx-vmfunc", ("k515",))] == ("evmcs", "evmcs-filter", "eVMCS filter of kernel era 5.15-5.16")
     assert by[("vmx-vmfunc", ("k63",))] == ("evmcs", "evmcs-filter", "eVMCS filter of kernel era 6.3+")
-    assert ("vmx-vmfunc", ("k510",)) not in by                   # 5.7-5.14 let it through
+    assert ("vmx-vmfunc", ("k510",)) not in by                   # 5.6-5.14 let it through
     assert "vmx-exit-load-perf-global-ctrl" in result.unfiltered
     assert "vmx-exit-load-perf-global-ctrl" not in result.evmcs
     auto = baseline(hosts, load_model(str(m)), pv_perf_global_ctrl="auto")

@@ -55,16 +55,17 @@ def test_release_order_and_str() -> None:
 
 
 def test_yaml_float_kernel_keeps_its_text() -> None:
-    # Unquoted `kernel: 5.10` is the YAML float 5.1; it must still mean release 5.10 (era 5.7-5.14, not 4.20-5.6).
+    # Unquoted `kernel: 5.10` is the YAML float 5.1; it must still mean release 5.10 (era 5.6-5.14, not 4.20-5.5).
     p = load_profile_text('name: x\nvendor: GenuineIntel\nkernel: 5.10\nmsrs: {}\n')
     assert p.kernel == "5.10"
     assert p.version == KernelVersion(5, 10)
-    assert p.era.id == "5.7-5.14"
+    assert p.era.id == "5.6-5.14"
 
 
 @pytest.mark.parametrize("release, era", [
-    ("4.19.300", "pre-4.20"), ("4.20", "4.20-5.6"), ("5.4.0-150-generic", "4.20-5.6"), ("5.6", "4.20-5.6"),
-    ("5.7", "5.7-5.14"), ("5.14.0-362.el9.x86_64", "5.7-5.14"), ("5.15", "5.15-5.16"), ("5.16.20", "5.15-5.16"),
+    ("4.19.300", "pre-4.20"), ("4.20", "4.20-5.5"), ("5.4.0-150-generic", "4.20-5.5"), ("5.5.19", "4.20-5.5"),
+    ("5.6", "5.6-5.14"),
+    ("5.7", "5.6-5.14"), ("5.14.0-362.el9.x86_64", "5.6-5.14"), ("5.15", "5.15-5.16"), ("5.16.20", "5.15-5.16"),
     ("5.17", "5.17-6.0"), ("6.0.19", "5.17-6.0"), ("6.1.55", "6.1-6.2"), ("6.2", "6.1-6.2"), ("6.3", "6.3+"),
     ("6.8.0-45-generic", "6.3+"), ("6.13", "6.3+"),
 ])
@@ -74,7 +75,7 @@ def test_era_boundaries(release: str, era: str) -> None:
 
 def test_era_ids() -> None:
     ids = [e.id for e in era_table().eras]
-    assert ids == ["pre-4.20", "4.20-5.6", "5.7-5.14", "5.15-5.16", "5.17-6.0", "6.1-6.2", "6.3+"]
+    assert ids == ["pre-4.20", "4.20-5.5", "5.6-5.14", "5.15-5.16", "5.17-6.0", "6.1-6.2", "6.3+"]
     with pytest.raises(InputError, match="unknown era"):
         era_table().by_id("7.0+")
 
@@ -96,7 +97,7 @@ def test_63_allow_masks_equal_kvm_evmcs_md() -> None:
     assert _keep("6.3+", "IA32_VMX_VMFUNC") == 0
 
 
-@pytest.mark.parametrize("era_id", ["4.20-5.6", "5.15-5.16", "5.17-6.0", "6.1-6.2"])
+@pytest.mark.parametrize("era_id", ["4.20-5.5", "5.15-5.16", "5.17-6.0", "6.1-6.2"])
 def test_deny_list_eras(era_id: str) -> None:
     mask32 = 0xFFFFFFFF
     assert _keep(era_id, "IA32_VMX_PINBASED_CTLS") == mask32 & ~0xC0
@@ -115,7 +116,7 @@ def test_which_msrs_each_era_touches() -> None:
         return {m for r in era_table().by_id(era_id).rules for m in r.msrs}
     ctl = {"IA32_VMX_EXIT_CTLS", "IA32_VMX_TRUE_EXIT_CTLS", "IA32_VMX_ENTRY_CTLS", "IA32_VMX_TRUE_ENTRY_CTLS"}
     assert touched("pre-4.20") == set()
-    assert touched("5.7-5.14") == ctl | {"IA32_VMX_PROCBASED_CTLS2"}
+    assert touched("5.6-5.14") == ctl | {"IA32_VMX_PROCBASED_CTLS2"}
     assert touched("5.15-5.16") == ctl | {"IA32_VMX_PROCBASED_CTLS2", "IA32_VMX_PINBASED_CTLS", "IA32_VMX_VMFUNC"}
     assert "IA32_VMX_TRUE_PINBASED_CTLS" in touched("5.17-6.0")
     assert touched("6.3+") == touched("6.1-6.2") | {"IA32_VMX_PROCBASED_CTLS", "IA32_VMX_TRUE_PROCBASED_CTLS"}
@@ -126,8 +127,8 @@ def test_which_msrs_each_era_touches() -> None:
 
 def test_filter_timing_per_era() -> None:
     t = era_table()
-    assert t.by_id("4.20-5.6").filter_at == "enable"
-    assert all(t.by_id(e).filter_at == "read" for e in ("5.7-5.14", "5.15-5.16", "5.17-6.0", "6.1-6.2", "6.3+"))
+    assert t.by_id("4.20-5.5").filter_at == "enable"
+    assert all(t.by_id(e).filter_at == "read" for e in ("5.6-5.14", "5.15-5.16", "5.17-6.0", "6.1-6.2", "6.3+"))
     assert [e.id for e in t.eras if e.active_needs_hyperv] == ["6.1-6.2", "6.3+"]
     assert [e.id for e in t.eras if not e.evmcs_cap] == ["pre-4.20"]
 

@@ -64,7 +64,7 @@ def test_510_starts_and_hides_perf_global_ctrl(tmp_path: Path) -> None:
     reg = registry()
     exit_bit = 1 << (reg.feature("vmx-exit-load-perf-global-ctrl").bit + 32)
     assert host["IA32_VMX_TRUE_EXIT_CTLS"] & exit_bit and not guest["IA32_VMX_TRUE_EXIT_CTLS"] & exit_bit
-    # 5.7-5.14 does not filter the pin-based controls (eras.yaml): posted interrupts stay visible.
+    # 5.6-5.14 does not filter the pin-based controls (eras.yaml): posted interrupts stay visible.
     pi = 1 << (reg.feature("vmx-posted-intr").bit + 32)
     assert guest["IA32_VMX_TRUE_PINBASED_CTLS"] & pi
 

@@ -95,7 +95,9 @@ class KernelFacts:
     """Release boundaries of eVMCS-related facts outside the filter."""
 
     evmcs_version_range: int
+    nested_off_hook_last: KernelVersion
     nested_off_reports_cap_since: KernelVersion
+    set_msr_checks_kvm_wide_since: KernelVersion
     kvm_hyperv_config_since: KernelVersion
     hv_cpuid_vcpu_ioctl_since: KernelVersion
     hv_cpuid_system_ioctl_since: KernelVersion

@@ -88,6 +88,10 @@ class HostProfile:
         v = parse_release(kernel, key="--kernel")
         return HostProfile(**{**self.__dict__, "kernel": kernel, "version": v})
 
+    def with_nested(self, nested: bool) -> "HostProfile":
+        """The same host with ``kvm_intel.nested`` set as given (KVM then reports no VMX MSRs if off)."""
+        return HostProfile(**{**self.__dict__, "nested": nested})
+
     def to_mapping(self) -> Dict[str, Any]:
         """Plain data (for YAML/JSON output); MSR values as ``0x`` + 16 hex digits."""
         reg = registry()

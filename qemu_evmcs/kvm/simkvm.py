@@ -113,7 +113,7 @@ class SimVcpu:
                            layer="kvm")
         self.evmcs_enabled = True
         if kvm.era.filter_at == "enable":
-            # <= 5.6: nested_enable_evmcs() clears unsupported controls in the vCPU's nested MSRs;
+            # 4.20-5.5: nested_enable_evmcs() clears unsupported controls in the vCPU's nested MSRs;
             # host-initiated reads see them filtered and later KVM_SET_MSRS of them fail.
             for name in list(self.msrs):
                 self.msrs[name] = filter_msr(kvm.era, name, self.msrs[name])
@@ -237,11 +237,11 @@ class SimVcpu:
     def _restore_reference(self, name: str) -> int:
         """What a write is checked against.
 
-        Up to 6.0 KVM compared with the vCPU's current nested MSRs (so the <= 5.6 enable-time
-        sanitization makes unfiltered writes fail); from 6.1 with the KVM-wide values
-        ("let userspace set nVMX MSR to any host supported value"; release boundary [M]).
+        Before 6.0 KVM compared with the vCPU's current nested MSRs (so the 4.20-5.5 enable-time
+        sanitization makes unfiltered writes fail); from 6.0 with the KVM-wide values
+        ("let userspace set nVMX MSR to any _host_ supported value", kvm-evmcs.md §10.1).
         """
-        if self.kvm.version_at_least(self.kvm.facts.perf_global_ctrl_cpuid_since):
+        if self.kvm.version_at_least(self.kvm.facts.set_msr_checks_kvm_wide_since):
             return self.kvm.profile.msrs[name]
         return self.msrs[name]
 
@@ -317,9 +317,14 @@ class SimKvm:
             return False
         if not p.kvm_hyperv and self.version_at_least(self.facts.kvm_hyperv_config_since):
             return False
-        if not p.nested and not self.version_at_least(self.facts.nested_off_reports_cap_since):
-            return False  # 5.3-5.7: hook installed only with nested=1 [M]
+        if not p.nested and not self.nested_off_hook_anyway() \
+                and not self.version_at_least(self.facts.nested_off_reports_cap_since):
+            return False  # 5.0-5.7: hook installed only with nested=1 (5.4, 5.6 [V]; the rest [M])
         return True
+
+    def nested_off_hook_anyway(self) -> bool:
+        """4.20: the Intel enable hook exists (and answers 0x0101) even with kvm_intel.nested=0."""
+        return self.profile.version.mm <= self.facts.nested_off_hook_last.mm
 
     def no_evmcs_reason(self) -> str:
         """Why :meth:`has_evmcs_hook` is false, in words."""
@@ -334,7 +339,9 @@ class SimKvm:
 
     def evmcs_version(self) -> int:
         """nested_get_evmcs_version(): 0x0101 when nested VMX is available, else 0."""
-        if not self.has_evmcs_hook() or not self.profile.nested:
+        if not self.has_evmcs_hook():
+            return 0
+        if not self.profile.nested and not self.nested_off_hook_anyway():
             return 0
         return self.facts.evmcs_version_range
 

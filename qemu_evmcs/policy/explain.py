@@ -61,8 +61,8 @@ MASK_SUFFIX: Mapping[str, str] = {
 }
 
 #: Eras whose filter clears named bits one by one instead of applying an EVMCS1_* mask:
-#: 31de3d2500e4 (5.7-5.14) clears only the two PERF_GLOBAL_CTRL controls and VIRTUALIZE_APIC_ACCESSES.
-LITERAL_FILTER_ERAS = frozenset({"5.7-5.14"})
+#: 31de3d2500e4 (5.6-5.14) clears only the two PERF_GLOBAL_CTRL controls and VIRTUALIZE_APIC_ACCESSES.
+LITERAL_FILTER_ERAS = frozenset({"5.6-5.14"})
 
 
 # --------------------------------------------------------------------------- result types

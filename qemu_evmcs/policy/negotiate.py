@@ -664,7 +664,7 @@ def _invisible_cause(feature: str, profile: HostProfile, guest: Mapping[str, int
 
 def _merge_drops(drops: Iterable[Drop]) -> list[Drop]:
     """One entry per (feature, cause, detail), hosts merged (first appearance first, once each), in registry
-    order. The detail is part of the key: "filtered by the eVMCS filter of kernel era 5.7-5.14" must not end up
+    order. The detail is part of the key: "filtered by the eVMCS filter of kernel era 5.6-5.14" must not end up
     naming a 6.3 host too."""
     reg = registry()
     order = {n: i for i, n in enumerate(reg.features)}

@@ -42,8 +42,9 @@ from qemu_evmcs.simqemu.cpu import (DEFAULT_EVMCS_VERSION, VMX_WORDS, Accel, Kvm
                   feature_names, guest_visible_features)
 
 
-#: Where glibc's assertion message says QEMU 7.2's ``kvm_buf_set_msrs`` assertion is (approximate line).
-ASSERT_LOCATION = "../target/i386/kvm/kvm.c:3041"
+#: Where glibc's assertion message says QEMU 7.2.0's ``kvm_buf_set_msrs`` assertion is
+#: (``assert(ret == cpu->kvm_msr_buf->nmsrs)`` at kvm.c:3177, after the error text at :3173; kvm-evmcs.md §10.1).
+ASSERT_LOCATION = "../target/i386/kvm/kvm.c:3177"
 ASSERT_LINE = f"{PROG}: {ASSERT_LOCATION}: kvm_buf_set_msrs: Assertion `ret == cpu->kvm_msr_buf->nmsrs' failed."
 
 #: Causes of a lost feature (``Prediction.lost_detail`` values).
