@@ -158,6 +158,8 @@ class EmulatorSession:
     :param name: the QMPClient name used in its log messages.
     :param program: how error messages name the emulator; default the basename of ``argv[0]``. The wrapper
         passes ``qemu-evmcs-sim`` for the simulator, which runs as ``python3 -m qemu_evmcs.simqemu``.
+    :param pass_fds: descriptors the emulator inherits under the same numbers (libvirt's ``-chardev
+        socket,fd=N``); every other descriptor of ours is closed in the child, as ``close_fds=True`` does.
     """
 
     def __init__(
@@ -171,6 +173,7 @@ class EmulatorSession:
         term_timeout: float = 3.0,
         name: str = "qemu-evmcs",
         program: str | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         if not argv:
             raise InputError("empty emulator command line")
@@ -183,6 +186,7 @@ class EmulatorSession:
         self.name = name
         #: The emulator's name in error messages.
         self.program = program or os.path.basename(self.argv[0])
+        self.pass_fds = tuple(pass_fds)
         self._runtime_parent = runtime_dir
         self._t0 = 0.0
         self._stderr_echo = stderr_echo
@@ -300,6 +304,7 @@ class EmulatorSession:
                 stdin=None,
                 stdout=None,
                 stderr=wfd,
+                pass_fds=self.pass_fds,
                 preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None,
             )
         except OSError as err:

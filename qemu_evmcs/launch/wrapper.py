@@ -41,9 +41,17 @@ them (or everything after ``--``) is passed to the emulator verbatim.
   emulator's: they pass through, so ``qemu-evmcs-launch --help`` prints QEMU's help like the binary it
   replaces (on a terminal, one line on stderr first points at ``--wrapper-help``).
 
-Without ``-cpu`` (or with ``-cpu help``: libvirt-style probes such as
-``-help``, ``-version``, ``-machine none``) the wrapper just ``exec``s the
-emulator: nothing to verify.
+Without ``-cpu``, with ``-cpu help`` or with ``-machine none`` (libvirt's capability probe
+``-machine none,accel=kvm:tcg -qmp ...``, ``-help``, ``-version``) the wrapper just ``exec``s the
+emulator, whatever options the environment or a config file set: nothing to verify.
+
+As libvirt's ``<emulator>``: the options above also come from the environment (``QEMU_EVMCS_HOST``,
+``QEMU_EVMCS_CHECK``, ``QEMU_EVMCS_REPORT_JSON``...) and from ``launch.conf`` files (:mod:`.config`);
+every descriptor the wrapper inherited open (libvirt's monitor socket ``-chardev socket,fd=N``, tap and
+disk descriptors) is handed to the emulator under the same number, and the wrapper's own are not
+(:mod:`.fds`); the wrapper's private QMP monitor sits beside libvirt's. What the wrapper and the emulator
+print goes to the same stderr, which libvirt logs and quotes when a start fails, so a ``--check`` refusal
+reaches the user through libvirt's own error.
 
 Exit status:
 
@@ -71,6 +79,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from qemu_evmcs.core.errors import EXIT_BAD_INPUT, EXIT_NEGATIVE, EvmcsError, InputError, LaunchError, NegativeAnswer
+from qemu_evmcs.launch.config import KEYS, Setting, expand_report_path, load_settings
+from qemu_evmcs.launch.fds import inherited_fds
 from qemu_evmcs.launch.qmp import EmulatorSession, describe_status, shell_status
 from qemu_evmcs.launch.verify import CpuSpec, LaunchReport, find_cpu_arg, find_cpu_index, parse_cpu_arg, verify_cpu
 from qemu_evmcs.output.atomicio import check_output_target, write_text_file
@@ -145,6 +155,10 @@ class WrapperOptions:
     #: Simulator KVM ABI variant (``--variant``) implied by ``--strategy``; ``None``: the default.
     variant: str | None = None
     qemu_args: list[str] = field(default_factory=list)
+    #: Option names (``KEYS`` spelling) given on the command line: the environment and files do not override them.
+    given: set[str] = field(default_factory=set)
+    #: Descriptors inherited open (libvirt's monitor socket...), handed to the emulator under the same numbers.
+    pass_fds: tuple[int, ...] = ()
 
 
 def parse_wrapper_args(argv: Sequence[str]) -> WrapperOptions:
@@ -174,6 +188,7 @@ def parse_wrapper_args(argv: Sequence[str]) -> WrapperOptions:
             opts.negotiate += values
             continue
         if name in _FLAG_OPTS and not eq:
+            opts.given.add(name[2:])
             if name == "--check":
                 opts.check = True
             elif name == "--force":
@@ -194,6 +209,7 @@ def parse_wrapper_args(argv: Sequence[str]) -> WrapperOptions:
             i += 2
         if not value:
             raise InputError(f"{name} needs a non-empty value")
+        opts.given.add(name[2:])
         if name == "--emulator":
             opts.emulator = value
         elif name == "--simulate":
@@ -205,12 +221,7 @@ def parse_wrapper_args(argv: Sequence[str]) -> WrapperOptions:
         elif name == "--strategy":
             opts.strategy = value
         else:
-            try:
-                opts.qmp_timeout = float(value)
-            except ValueError:
-                raise InputError(f"--qmp-timeout {value!r}: not a number") from None
-            if not 0 < opts.qmp_timeout < 86400:
-                raise InputError(f"--qmp-timeout {value!r}: must be a positive number of seconds")
+            opts.qmp_timeout = _timeout(value, "--qmp-timeout")
     opts.qemu_args = list(argv[i:])
     if opts.simulate is not None and opts.emulator is not None:
         raise InputError("--simulate and --emulator are mutually exclusive")
@@ -224,6 +235,72 @@ def parse_wrapper_args(argv: Sequence[str]) -> WrapperOptions:
         variant = STRATEGY_VARIANT[opts.strategy]
         opts.variant = None if variant == "shipped" else variant
     return opts
+
+
+def _timeout(value: str, where: str, *, file: str | None = None, line: int | None = None) -> float:
+    """A ``--qmp-timeout`` value in seconds.
+
+    :raise InputError: not a positive number below a day.
+    """
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise InputError(f"{where} {value!r}: not a number", file=file, line=line) from None
+    if not 0 < seconds < 86400:
+        raise InputError(f"{where} {value!r}: must be a positive number of seconds", file=file, line=line)
+    return seconds
+
+
+def apply_settings(opts: WrapperOptions, settings: dict[str, Setting]) -> None:
+    """Fill the options the command line did not give from the environment and config files
+    (:func:`qemu_evmcs.launch.config.load_settings`).
+
+    :raise InputError: a bad value, naming its file and line or its variable.
+    """
+    for key, setting in settings.items():
+        if key in opts.given:
+            continue
+        if KEYS[key]:
+            on = setting.as_bool(key)
+            if key == "check":
+                opts.check = on
+            else:
+                opts.force = on
+            continue
+        if key == "qmp-timeout":
+            opts.qmp_timeout = _timeout(setting.value, key, file=setting.source, line=setting.line)
+        elif key == "emulator":
+            opts.emulator = setting.value
+        elif key == "simulate":
+            opts.simulate = setting.value
+        elif key == "host":
+            opts.host = setting.value
+        else:
+            opts.report_json = setting.value
+    if opts.simulate is not None and opts.emulator is not None:
+        which = "simulate" if "simulate" not in opts.given else "emulator"
+        src = settings[which]
+        raise InputError(f"{which} is set here but --simulate and --emulator are mutually exclusive",
+                         file=src.source, line=src.line, key=which)
+
+
+def is_probe(qemu_args: Sequence[str]) -> bool:
+    """An invocation with nothing to verify: no ``-cpu``, ``-cpu help``, or ``-machine none`` (libvirt's
+    capability probe). Such a call is ``exec``'d unchanged, whatever the environment and files say."""
+    cpu_arg = find_cpu_arg(qemu_args)
+    if cpu_arg is None or parse_cpu_arg(cpu_arg).is_probe:
+        return True
+    for i, arg in enumerate(qemu_args):
+        value = None
+        if arg in ("-machine", "--machine", "-M") and i + 1 < len(qemu_args):
+            value = qemu_args[i + 1]
+        elif arg.startswith(("-machine=", "--machine=")):
+            value = arg.partition("=")[2]
+        if value is not None:
+            first = value.split(",", 1)[0]
+            if first in ("none", "type=none"):
+                return True
+    return False
 
 
 def apply_negotiation(opts: WrapperOptions) -> str:
@@ -277,7 +354,7 @@ def emulator_argv(opts: WrapperOptions) -> list[str]:
     if opts.simulate is not None:
         variant = ["--variant", opts.variant] if opts.variant else []
         return [sys.executable, "-m", "qemu_evmcs.simqemu", "--host", opts.simulate, *variant, *opts.qemu_args]
-    prog = opts.emulator or os.environ.get(ENV_EMULATOR) or DEFAULT_EMULATOR
+    prog = opts.emulator or DEFAULT_EMULATOR
     path = shutil.which(prog)
     if path is None:
         raise InputError(f"emulator {prog}: not found or not executable")
@@ -387,7 +464,8 @@ async def run_async(argv: list[str], spec: CpuSpec, opts: WrapperOptions) -> int
     for sig in sigs:
         loop.add_signal_handler(sig, on_signal, sig)
     session = EmulatorSession(argv, qmp_timeout=opts.qmp_timeout, stderr_echo=sys.stderr.buffer, name=PROG,
-                              program=SIM_PROGRAM if opts.simulate is not None else None)
+                              program=SIM_PROGRAM if opts.simulate is not None else None,
+                              pass_fds=opts.pass_fds)
     main = asyncio.create_task(_supervise(session, spec, opts), name="supervise")
     try:
         await asyncio.wait({main, got_signal}, return_when=asyncio.FIRST_COMPLETED)
@@ -439,6 +517,8 @@ def _exec(argv: list[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``qemu-evmcs-launch``; returns the exit status (see the module docstring)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    # First, before anything opens a descriptor: which ones did our parent (libvirt) hand us?
+    inherited = inherited_fds()
     # qemu.qmp logs connection retries; without a handler Python would print them on stderr.
     logging.getLogger("qemu.qmp").addHandler(logging.NullHandler())
     try:
@@ -448,6 +528,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if QEMU_HELP_OPTS.intersection(opts.qemu_args):
             _help_hint()
+        if is_probe(opts.qemu_args) and not opts.negotiate:
+            # libvirt's capability probes and listings: exactly the emulator, whatever the files say.
+            apply_settings(opts, {k: v for k, v in load_settings().items() if k in ("emulator", "simulate")})
+            return _exec(emulator_argv(opts))
+        apply_settings(opts, load_settings())
+        opts.pass_fds = inherited
         require_profiles(opts)
         if opts.negotiate:
             apply_negotiation(opts)
@@ -459,6 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if spec is None or spec.is_probe:
             return _exec(run_argv)
         if opts.report_json is not None:
+            opts.report_json = expand_report_path(opts.report_json, opts.qemu_args)
             parent = os.path.dirname(os.path.abspath(opts.report_json))
             if not os.path.isdir(parent):
                 raise InputError(f"--report-json {opts.report_json}: directory {parent} does not exist")
