@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import io
 import json
 import os
@@ -15,10 +16,14 @@ from pathlib import Path
 import pytest
 
 from qemu_evmcs.fleet import loader as fleet_mod
+from qemu_evmcs.fleet import parallel
 from qemu_evmcs.cli.main import run
 from qemu_evmcs.core.errors import InputError
-from qemu_evmcs.fleet.loader import Fleet, FleetDb, FleetLoader, load_fleet
-from qemu_evmcs.core.profile import bundled_profile_dir, iter_profiles
+from qemu_evmcs.core.hostgroup import Fleet, FleetHosts
+from qemu_evmcs.fleet.inventory import FleetDb
+from qemu_evmcs.fleet.loader import FleetLoader
+from qemu_evmcs.fleet.sources import load_fleet
+from qemu_evmcs.core.profile import HostProfile, bundled_profile_dir, iter_profiles
 from qemu_evmcs.output.progress import Progress
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,9 +108,10 @@ def _children() -> set[int]:
 @pytest.fixture()
 def small_parallel(monkeypatch: pytest.MonkeyPatch) -> None:
     """Thresholds low enough that test-sized fleets are split across processes (and streamed in chunks)."""
-    monkeypatch.setattr(fleet_mod, "PARALLEL_MIN_BYTES", 64 * 1024)
-    monkeypatch.setattr(fleet_mod, "PARALLEL_MIN_FILES", 50)
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 64 * 1024)
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_FILES", 50)
     monkeypatch.setattr(fleet_mod, "CHUNK_BYTES", 256 * 1024)
+    monkeypatch.setattr(parallel, "CHUNK_BYTES", 256 * 1024)
 
 
 @pytest.mark.usefixtures("small_parallel")
@@ -127,10 +133,10 @@ def test_parallel_load_equals_one_process_and_full_parse(fleet_file: Path, fleet
 
 def test_split_cuts_on_document_lines_and_covers_everything(fleet_file: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fleet_mod, "PARALLEL_MIN_BYTES", 1024)
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 1024)
     data = fleet_file.read_bytes()
     for n in (2, 3, 4, 7):
-        parts = fleet_mod._split([(str(fleet_file), 0, None)], n)
+        parts = parallel.split_units([(str(fleet_file), 0, None)], n)
         assert len(parts) == n
         pieces = [u for part in parts for u in part]
         assert pieces[0][1] == 0 and pieces[-1][2] is None
@@ -141,7 +147,7 @@ def test_split_cuts_on_document_lines_and_covers_everything(fleet_file: Path,
     # A "---" line right after a %-directive line is never a cut (the directive belongs to the next document).
     p = str(fleet_file.parent / "directive.yaml")
     Path(p).write_text("x: 1\n" * 50 + "%YAML 1.1\n---\n" + "y: 2\n" * 50 + "---\nz: 3\n")
-    assert fleet_mod._doc_boundary(p, 10, os.path.getsize(p)) == len("x: 1\n" * 50 + "%YAML 1.1\n---\n" + "y: 2\n" * 50)
+    assert parallel.doc_boundary(p, 10, os.path.getsize(p)) == len("x: 1\n" * 50 + "%YAML 1.1\n---\n" + "y: 2\n" * 50)
 
 
 @pytest.mark.usefixtures("small_parallel")
@@ -178,9 +184,9 @@ def test_parallel_errors_are_the_one_process_errors(tmp_path: Path) -> None:
 
 def test_load_workers_default_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QEMU_EVMCS_LOAD_WORKERS", "1")
-    assert fleet_mod._default_workers() == 1
+    assert parallel.default_workers() == 1
     monkeypatch.setenv("QEMU_EVMCS_LOAD_WORKERS", "junk")
-    assert 1 <= fleet_mod._default_workers() <= fleet_mod.MAX_WORKERS
+    assert 1 <= parallel.default_workers() <= parallel.MAX_WORKERS
 
 
 class _TtyErr(io.StringIO):
@@ -312,13 +318,20 @@ def test_missing_path_and_empty_input(tmp_path: Path) -> None:
 def test_fleet_helpers() -> None:
     fl = load_fleet(SAMPLES, progress=False)
     groups = fl.groups()
-    assert sum(len(g[2]) for g in groups) == fl.host_count == 8
+    assert sum(g.count for g in groups) == fl.host_count == 8
+    assert [g.count for g in groups] == sorted((g.count for g in groups), reverse=True)
     per = {fp: prof.era.id for fp, prof in fl.distinct.items()}
     assert fl.expand(per)["skylake-6.3"] == "6.3+"
     assert fl.fingerprint_of()["skylake-5.10"] in fl.distinct
     hosts = list(fl.iter_hosts())
     assert [h.name for h in hosts] == list(fl.host_names())
     assert all(h.fingerprint() in fl.distinct for h in hosts)
+    # Real profiles (no proxy): every attribute is the representative's, the name the host's own.
+    assert all(type(h) is HostProfile for h in hosts)
+    fp_of = fl.fingerprint_of()
+    reps = [fl.distinct[fp_of[h.name]] for h in hosts]
+    assert all(dataclasses.replace(h, name=rep.name) == rep for h, rep in zip(hosts, reps, strict=True))
+    assert [h.name for h in FleetHosts(fl)] == [h.name for h in hosts] and FleetHosts(fl)[-1].name == hosts[-1].name
     assert isinstance(Fleet().host_count, int)
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.cli.main import run
-from qemu_evmcs.fleet.loader import load_fleet
+from qemu_evmcs.fleet.sources import load_fleet
 from qemu_evmcs.core.profile import bundled_profile_dir
 from qemu_evmcs.fleet.report import build_groups, partition, render_html, write_report
 

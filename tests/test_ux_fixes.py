@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import Run, cli_runner
-from qemu_evmcs.fleet.loader import FleetDb
+from qemu_evmcs.fleet.inventory import FleetDb
 from qemu_evmcs.launch import wrapper
 from qemu_evmcs.core.profile import bundled_profile_dir
 

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from qemu_evmcs.output.atomicio import check_output_target, write_output
-from qemu_evmcs.fleet.loader import Fleet, load_fleet
+from qemu_evmcs.core.hostgroup import Fleet
+from qemu_evmcs.fleet.sources import load_fleet
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.registry import registry
 
@@ -84,7 +85,7 @@ class Group:
     gid: str
     fingerprint: str
     profile: HostProfile
-    hosts: list[str]
+    hosts: Sequence[str]
     label: str
     era: str
     evmcs_ok: bool
@@ -123,7 +124,8 @@ def _views(p: HostProfile) -> tuple[bool, str | None, frozenset[str], frozenset[
 def build_groups(fleet: Fleet) -> list[Group]:
     """Groups, largest first, with their views (computed once per fingerprint)."""
     out: list[Group] = []
-    for i, (fp, prof, hosts) in enumerate(fleet.groups()):
+    for i, g in enumerate(fleet.groups()):
+        fp, prof, hosts = g.fingerprint, g.profile, g.hosts
         ok, reason, kvm, guest, states = _views(prof)
         knobs = []
         if not prof.nested:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from qemu_evmcs.fleet.loader import Fleet
+from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.policy.negotiate import (
     GuestModel,
     Hosts,

@@ -41,7 +41,8 @@ from itertools import chain
 
 from qemu_evmcs.core.errors import InputError, KvmError, NegativeAnswer
 from qemu_evmcs.core.evmcs_filter import filter_all
-from qemu_evmcs.fleet.loader import Fleet, FleetHosts, load_hosts_fleet
+from qemu_evmcs.core.hostgroup import Fleet, FleetHosts
+from qemu_evmcs.fleet.sources import load_hosts_fleet
 from qemu_evmcs.core.kernel import era_table
 from qemu_evmcs.core.msrval import word_source_msr
 from qemu_evmcs.core.profile import HostProfile
@@ -129,13 +130,13 @@ def load_guest_model(name_or_path: str | GuestModel) -> GuestModel:
 
 #: What negotiate(), admit() and compare_designs() accept as hosts: paths, directories, SQLite inventories,
 #: bundled profile names and :class:`HostProfile` objects in any mix, or a loaded
-#: :class:`~qemu_evmcs.fleet.loader.Fleet`.
+#: :class:`~qemu_evmcs.core.hostgroup.Fleet`.
 Hosts = Fleet | Sequence[str | HostProfile]
 
 
 def load_pool(hosts: Hosts, *, progress: bool | None = None) -> Fleet:
-    """Hosts as a :class:`~qemu_evmcs.fleet.loader.Fleet` (grouped by fingerprint; see
-    :func:`qemu_evmcs.fleet.loader.load_hosts_fleet`): multi-document files of any size and inventories included."""
+    """Hosts as a :class:`~qemu_evmcs.core.hostgroup.Fleet` (grouped by fingerprint; see
+    :func:`qemu_evmcs.fleet.sources.load_hosts_fleet`): multi-document files of any size and inventories included."""
     return load_hosts_fleet(hosts, progress=progress)
 
 

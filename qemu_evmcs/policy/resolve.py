@@ -13,7 +13,7 @@ feature off), ``cpu`` (the profile's raw ``cpu_msrs`` lack it), ``kvm`` (KVM
 does not report it, or eVMCS cannot be enabled at all), ``evmcs-filter``
 (with the era) or ``perf-cpuid-gate``.
 
-Scale: hosts come as a :class:`~qemu_evmcs.fleet.loader.Fleet` (:func:`load_host_args`: files of any size,
+Scale: hosts come as a :class:`~qemu_evmcs.core.hostgroup.Fleet` (:func:`load_host_args`: files of any size,
 directories, SQLite inventories) or are streamed, and the simulation runs once per distinct
 :meth:`HostProfile.fingerprint` (:func:`compute_host_views`); per host only the name is kept. Output is
 sorted, so host order never changes the result.
@@ -29,7 +29,8 @@ from qemu_evmcs.core.errors import InputError, KvmError
 from qemu_evmcs.policy.explain import removed_bits
 from qemu_evmcs.qemu.models import EffectiveModel, ModelDef, QemuSnapshot, effective_model
 from qemu_evmcs.core.msrval import feature_set, word_source_msr
-from qemu_evmcs.fleet.loader import Fleet, load_hosts_fleet
+from qemu_evmcs.core.hostgroup import Fleet
+from qemu_evmcs.fleet.sources import load_hosts_fleet
 from qemu_evmcs.qemu.compose import hv_evmcs_error
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.registry import MASK32, MASK64, registry
@@ -375,12 +376,12 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
 def load_host_args(args: Sequence[str], *, progress: bool | None = None) -> Fleet:
     """Hosts from command-line arguments -- files (multi-document, any size), directories, SQLite inventories
     (``fleet import``) or bundled profile names -- grouped by fingerprint (see
-    :func:`qemu_evmcs.fleet.loader.load_hosts_fleet`); ``progress``: a loading bar on stderr when it is a terminal."""
+    :func:`qemu_evmcs.fleet.sources.load_hosts_fleet`); ``progress``: a loading bar on stderr when it is a terminal."""
     return load_hosts_fleet(args, progress=progress)
 
 
 def iter_host_args(args: Sequence[str]) -> Iterable[HostProfile]:
-    """Every host of :func:`load_host_args` as a profile (light per-host views of each distinct profile)."""
+    """Every host of :func:`load_host_args` as a profile (one copy per host: for small pools)."""
     return load_host_args(args).iter_hosts()
 
 

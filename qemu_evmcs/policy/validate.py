@@ -39,6 +39,7 @@ from typing import Any
 
 from qemu_evmcs.core.errors import EXIT_BAD_INPUT, EXIT_NEGATIVE, EXIT_OK, InputError
 from qemu_evmcs.core.evmcs_filter import filter_all
+from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.core.kernel import era_table
 from qemu_evmcs.qemu.models import (
     HV_FLAGS,
@@ -466,7 +467,7 @@ def _host_results(result: BaselineResult) -> list[HostResult]:
 
 
 def validate_file(path: str, snap: QemuSnapshot | None = None,
-                  hosts: Sequence[HostProfile] | None = None) -> FileReport:
+                  hosts: Fleet | Sequence[HostProfile] | None = None) -> FileReport:
     """All checks for one file (never raises for bad content; unreadable files are flagged)."""
     snap = snap or load_snapshot()
     shown = display_path(path)
@@ -494,7 +495,7 @@ def validate_file(path: str, snap: QemuSnapshot | None = None,
 
 
 def validate_paths(paths: Sequence[str] = (), *, snapshot: QemuSnapshot | None = None,
-                   hosts: Sequence[HostProfile] | None = None) -> ValidationReport:
+                   hosts: Fleet | Sequence[HostProfile] | None = None) -> ValidationReport:
     """Validate files (default: every installed definition, :func:`~qemu_evmcs.qemu.models.model_files`);
     directories are expanded."""
     snap = snapshot or load_snapshot()

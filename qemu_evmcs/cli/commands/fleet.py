@@ -16,7 +16,7 @@ from typing import Any
 
 from qemu_evmcs.core.errors import EXIT_OK, InputError
 from qemu_evmcs.policy.explain import find_features
-from qemu_evmcs.fleet.loader import FleetDb
+from qemu_evmcs.fleet.inventory import FleetDb
 from qemu_evmcs.core.registry import registry
 
 

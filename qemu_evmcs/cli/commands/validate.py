@@ -11,8 +11,8 @@ import sys
 from typing import Any
 
 from qemu_evmcs.qemu.models import QemuSnapshot, load_snapshot, load_snapshot_dir
-from qemu_evmcs.core.profile import HostProfile
-from qemu_evmcs.policy.resolve import iter_host_args
+from qemu_evmcs.core.hostgroup import Fleet
+from qemu_evmcs.policy.resolve import load_host_args
 from qemu_evmcs.policy.validate import validate_paths
 
 
@@ -25,7 +25,7 @@ def snapshot_from_args(args: argparse.Namespace) -> QemuSnapshot:
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit code."""
     snap = snapshot_from_args(args)
-    hosts: list[HostProfile] | None = list(iter_host_args(args.hosts)) if args.hosts else None
+    hosts: Fleet | None = load_host_args(args.hosts) if args.hosts else None
     report = validate_paths(args.paths, snapshot=snap, hosts=hosts)
     if args.json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n")
