@@ -392,22 +392,34 @@ def bundled_profile_dir() -> str:
     return os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "profiles")
 
 
+def bundled_fleet_dir() -> str:
+    """Directory of the bundled real-CPU profiles (public dumps, one file per CPU; ``scripts/make-fleet`` pools).
+
+    Kept apart from the samples so that a command over :func:`bundled_profile_dir` keeps its small, stable set.
+    """
+    return os.path.join(bundled_profile_dir(), "fleet")
+
+
 def resolve_profile_path(name_or_path: str) -> str:
-    """A path as given, or the name of a bundled sample profile (``skylake-5.10`` -> its file)."""
+    """A path as given, or the name of a bundled profile (``skylake-5.10``, ``ivybridge-5.10`` -> its file)."""
     if os.path.exists(name_or_path):
         return name_or_path
-    candidate = os.path.join(bundled_profile_dir(), name_or_path + ".yaml")
-    if os.path.exists(candidate):
-        return candidate
+    for where in (bundled_profile_dir(), bundled_fleet_dir()):
+        candidate = os.path.join(where, name_or_path + ".yaml")
+        if os.path.exists(candidate):
+            return candidate
     return name_or_path
 
 
 def bundled_profile_names() -> List[str]:
-    """Names of the bundled sample profiles (``skylake-6.3``, ...), sorted."""
-    try:
-        return sorted(n[: -len(".yaml")] for n in os.listdir(bundled_profile_dir()) if n.endswith(".yaml"))
-    except OSError:  # pragma: no cover - a broken installation
-        return []
+    """Names of the bundled profiles (samples and real-CPU fleet: ``skylake-6.3``, ``ivybridge-5.10``...), sorted."""
+    names: List[str] = []
+    for where in (bundled_profile_dir(), bundled_fleet_dir()):
+        try:
+            names += [n[: -len(".yaml")] for n in os.listdir(where) if n.endswith(".yaml")]
+        except OSError:  # pragma: no cover - a broken installation
+            pass
+    return sorted(names)
 
 
 def bundled_name_hint(name_or_path: str) -> str:

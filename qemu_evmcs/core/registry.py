@@ -37,6 +37,20 @@ class Msr:
     layout: str
     word: Optional[str]
     true: Optional[str]
+    #: Where the L1 guest's value comes from (registry.yaml ``guest``): ``qemu-word``, ``qemu-word-host``,
+    #: ``qemu-constant``, ``kvm-true``, ``kvm-cpuid`` or ``not-emulated``.
+    guest: str = "qemu-word"
+    #: vmxcap labels of the fields/bits QEMU copies from KVM's value into the guest's (``qemu-word-host``).
+    host_fields: Tuple[str, ...] = ()
+
+    @property
+    def host_dependent(self) -> bool:
+        """Can this MSR's guest value differ between two hosts running one configuration?
+
+        Only for values QEMU builds from its feature words (the host decides which features exist) and values KVM
+        derives from them; QEMU's own constants and KVM's CPUID-derived CR fixed-1 values never differ.
+        """
+        return self.guest in ("qemu-word", "qemu-word-host", "kvm-true")
 
     @property
     def is_true_form(self) -> bool:
@@ -127,6 +141,22 @@ class Registry:
         except KeyError:
             raise InputError(f"unknown VMX MSR name {name_or_index!r}") from None
 
+    def label_mask(self, word: str, labels: Tuple[str, ...]) -> int:
+        """Mask, in ``word``'s info MSR, of the fields and single-bit features whose vmxcap label is in ``labels``."""
+        mask = 0
+        for f in self.fields:
+            if f.word == word and f.vmxcap in labels:
+                mask |= ((1 << (f.hi - f.lo + 1)) - 1) << f.lo
+        for feat in self.features.values():
+            if feat.word == word and feat.vmxcap in labels:
+                mask |= feat.mask
+        return mask
+
+    def host_field_mask(self, msr: str) -> int:
+        """Bits of ``msr`` QEMU copies from KVM's value into the guest's (registry ``host_fields``)."""
+        m = self.msrs[msr]
+        return self.label_mask(m.word, m.host_fields) if m.word and m.host_fields else 0
+
     def msr_names(self) -> List[str]:
         """All MSR names in index order."""
         return [m.name for m in sorted(self.msrs.values(), key=lambda m: m.index)]
@@ -170,6 +200,10 @@ class Registry:
         return sorted(self._by_alias)
 
 
+#: Values of an MSR's ``guest`` key (registry.yaml explains each).
+GUEST_SOURCES = ("qemu-word", "qemu-word-host", "qemu-constant", "kvm-true", "kvm-cpuid", "not-emulated")
+
+
 def _req(entry: Mapping[str, Any], key: str, where: str) -> Any:
     if key not in entry:
         raise InputError(f"missing key {key!r}", file="registry.yaml", key=where)
@@ -187,7 +221,11 @@ def parse_registry(data: Mapping[str, Any]) -> Registry:
             layout=_req(m, "layout", where),
             word=m.get("word"),
             true=m.get("true_msr"),
+            guest=m.get("guest", "qemu-word"),
+            host_fields=tuple(m.get("host_fields", ())),
         )
+        if msr.guest not in GUEST_SOURCES:
+            raise InputError(f"unknown guest source {msr.guest!r}", file="registry.yaml", key=where)
         if msr.name in msrs:
             raise InputError(f"duplicate MSR {msr.name}", file="registry.yaml", key=where)
         msrs[msr.name] = msr

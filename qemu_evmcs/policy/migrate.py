@@ -169,17 +169,35 @@ def verdict_from_view(config: GuestConfig, source_msrs: Mapping[str, int], sourc
     v.gained = [c for c in changes if c not in v.lost]
     if v.lost:
         names = sorted({c.label() for c in v.lost})
-        dropped = sorted(dst.dropped)
         v.verdict = "unsafe"
         v.reason = (f"guest-visible VMX controls disappear on {destination.name}: {', '.join(names)}"
-                    + (f" (QEMU dropped {', '.join(dropped)}: the host lacks them)" if dropped else
-                       f" (hidden by the eVMCS filter of kernel era {destination.era.id})")
+                    + _loss_cause(v.lost, dst.dropped, visible_features(dict(dst.writes), reg), destination)
                     + "; an L2 VM-entry using them fails the destination's eVMCS controls check")
     elif v.gained:
         v.reason = "guest keeps every control; gains " + ", ".join(sorted({c.label() for c in v.gained}))
     else:
         v.reason = "identical guest-visible VMX MSRs"
     return v
+
+
+def _loss_cause(lost: list[BitChange], dropped: frozenset[str], written: frozenset[str],
+                destination: HostProfile) -> str:
+    """Which layer took each lost control away on the destination, in words (empty when it cannot be told).
+
+    QEMU dropped it (the host lacks it), the eVMCS filter hid it (QEMU wrote it, the guest does not read it), or
+    neither (a bit QEMU never wrote there: the destination's KVM does not report it).
+    """
+    names = {c.feature or c.label() for c in lost}
+    qemu = sorted(n for n in names if n in dropped)
+    filt = sorted(n for n in names if n in written and n not in dropped)
+    other = sorted(names - set(qemu) - set(filt))
+    parts = [(qemu, f"QEMU dropped {', '.join(qemu)}: the host lacks them"),
+             (filt, f"hidden by the eVMCS filter of kernel era {destination.era.id}"),
+             (other, f"not reported by {destination.name}'s KVM")]
+    used = [(group, text) for group, text in parts if group]
+    if len(used) == 1:
+        return f" ({used[0][1]})"
+    return " (" + "; ".join(text if group is qemu else f"{text}: {', '.join(group)}" for group, text in used) + ")"
 
 
 def migrate_check(model: str | GuestModel, source: HostProfile, destination: HostProfile,

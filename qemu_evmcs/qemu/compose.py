@@ -78,13 +78,8 @@ def make_vmx_msr_value(default1: int, features: int) -> int:
 
 
 def field_mask(word: str, labels: tuple[str, ...], reg: Registry | None = None) -> int:
-    """Mask of the registry fields of ``word`` whose vmxcap label is in ``labels``."""
-    reg = reg or registry()
-    mask = 0
-    for f in reg.fields:
-        if f.word == word and f.vmxcap in labels:
-            mask |= ((1 << (f.hi - f.lo + 1)) - 1) << f.lo
-    return mask
+    """Mask of the registry fields (and single-bit features) of ``word`` whose vmxcap label is in ``labels``."""
+    return (reg or registry()).label_mask(word, labels)
 
 
 def supported_msr_feature(name: str, value: int, reg: Registry | None = None) -> int:
@@ -151,12 +146,11 @@ def compose_vmx_msrs(words: Mapping[str, int], host_msrs: Mapping[str, int], *, 
     ept_host = host_msrs.get("IA32_VMX_EPT_VPID_CAP", 0)
     basic_host = host_msrs.get("IA32_VMX_BASIC", 0)
     fixed_exit = reg.feature("vmx-exit-host-addr-space-size").mask << 32 if lm else 0
-    fixed_basic = basic_host & field_mask("basic", ("Revision", "VMCS size", "VMCS memory type"), reg)
-    fixed_misc = misc_host & field_mask("misc", ("VMX-preemption timer scale (log2)",
-                                                 "MSR-load/store count recommendation"), reg)
+    fixed_basic = basic_host & reg.host_field_mask("IA32_VMX_BASIC")
+    fixed_misc = misc_host & reg.host_field_mask("IA32_VMX_MISC")
     ept_mask = 0
     if w["secondary"] & reg.feature("vmx-ept").mask:
-        ept_mask = reg.feature("vmx-ept-uc").mask | reg.feature("vmx-ept-wb").mask
+        ept_mask = reg.host_field_mask("IA32_VMX_EPT_VPID_CAP")
     out: list[tuple[str, int]] = []
     for msr, word in CTL_WRITES:
         value = make_vmx_msr_value(reg.words[word].always_on, w[word])
