@@ -19,11 +19,24 @@ def test_admit_identical_era_host() -> None:
 
 
 def test_refuse_old_kernel_that_shrinks_the_guest_set() -> None:
-    res = admit(["skylake-6.3", "sapphirerapids-6.6"], "skylake-5.10", MODEL)
+    """On the simulated QEMU, which can set the PV bit, a 5.10 host costs the 6.x pool PERF_GLOBAL_CTRL."""
+    res = admit(["skylake-6.3", "sapphirerapids-6.6"], "skylake-5.10", MODEL, target="simulator")
     assert not res.admit
     assert {"vmx-exit-load-perf-global-ctrl", "vmx-entry-load-perf-global-ctrl"} <= set(res.cost_features)
     assert res.cost_pv_perf_global_ctrl
     assert "hv-emsr-bitmap" in res.cost_hyperv
+
+
+def test_real_qemu_pool_admits_a_510_host(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 13: with real QEMU (the default) the PV bit is never set, so PERF_GLOBAL_CTRL is hidden on 6.1+ anyway
+    and a 5.10 host (whose eVMCS filter hides PERF and APIC-access virtualization, both already off for a 6.3
+    pool's guests) shrinks nothing. It was refused over hv-evmcs-perf-global-ctrl, an option QEMU 7.2 lacks."""
+    res = admit(["skylake-6.3"], "skylake-5.10")
+    assert res.admit, res.reason
+    assert not res.cost_pv_perf_global_ctrl and res.pool is not None and res.pool.config is not None
+    assert not res.pool.config.pv_perf_global_ctrl
+    assert run(["admit", "--pool", "skylake-6.3", "--candidate", "skylake-5.10"]) == 0
+    assert capsys.readouterr().out.startswith("admit: skylake-5.10")
 
 
 def test_refuse_incapable_candidate() -> None:
@@ -34,14 +47,15 @@ def test_refuse_incapable_candidate() -> None:
 def test_cli(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["admit", "--pool", "skylake-6.3", "--candidate", "sapphirerapids-6.6", "--model", MODEL]) == 0
     assert capsys.readouterr().out.startswith("admit:")
-    assert run(["admit", "--pool", "skylake-6.3", "--candidate", "skylake-5.10", "--json"]) == 1
+    assert run(["admit", "--pool", "skylake-6.3", "--candidate", "skylake-5.10", "--json", "--target",
+                "simulator"]) == 1
     out, err = capsys.readouterr()
     assert json.loads(out)["admit"] is False and err.startswith("error: ")
 
 
 def test_refusal_reason_is_printed_once(capsys: pytest.CaptureFixture[str]) -> None:
     """The answer on stdout (what admitting would cost), the reason in exactly one error: line on stderr."""
-    assert run(["admit", "--pool", "skylake-6.3", "--candidate", "skylake-5.10"]) == 1
+    assert run(["admit", "--pool", "skylake-6.3", "--candidate", "skylake-5.10", "--target", "simulator"]) == 1
     out, err = capsys.readouterr()
     assert out.splitlines()[0] == "refuse: skylake-5.10"
     assert "  the pool's guests would lose: vmx-exit-load-perf-global-ctrl, vmx-entry-load-perf-global-ctrl" in out

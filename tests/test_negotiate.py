@@ -51,16 +51,51 @@ def test_every_strategy_gives_identical_guest_views(hosts: list[str], strategy: 
 
 
 def test_pv_cpuid_sets_bit_only_when_every_host_honours_it() -> None:
-    new = negotiate(MODEL, ["icelake-6.1", "sapphirerapids-6.6"], "pv-cpuid")
+    new = negotiate(MODEL, ["icelake-6.1", "sapphirerapids-6.6"], "pv-cpuid", target="simulator")
     assert new.config is not None and new.config.pv_perf_global_ctrl
     assert set(PERF_FEATURES) <= new.guest_features
     assert "hv-evmcs-perf-global-ctrl=on" in cpu_string(new)
-    mixed = negotiate(MODEL, ["skylake-5.10", "skylake-6.3"], "pv-cpuid")
+    mixed = negotiate(MODEL, ["skylake-5.10", "skylake-6.3"], "pv-cpuid", target="simulator")
     assert mixed.config is not None and not mixed.config.pv_perf_global_ctrl
     assert not set(PERF_FEATURES) & mixed.guest_features
     causes = {(d.feature, d.cause) for d in mixed.drops}
     assert ("vmx-exit-load-perf-global-ctrl", "perf-cpuid-gate") in causes
     assert ("vmx-exit-load-perf-global-ctrl", "evmcs-filter") in causes
+
+
+def test_real_qemu_answer_never_uses_the_proposed_options() -> None:
+    """Issue 13: QEMU 7.2 refuses hv-evmcs-perf-global-ctrl ("Property 'max-x86_64-cpu.hv-evmcs-perf-global-ctrl'
+    not found"). For real QEMU (the default) the PV bit stays clear, the PERF controls are off (6.1+ hides
+    them without the bit) and a note names what the option would add."""
+    for model in (MODEL, max_model()):
+        neg = negotiate(model, ["icelake-6.1", "sapphirerapids-6.6"], "pv-cpuid")
+        assert neg.ok and neg.config is not None and not neg.config.pv_perf_global_ctrl
+        cpu = cpu_string(neg)
+        assert "hv-evmcs-perf-global-ctrl" not in cpu and "x-hv-evmcs-revision" not in cpu
+        assert not set(PERF_FEATURES) & neg.guest_features
+        assert neg.gains == list(PERF_FEATURES)
+        assert any("real QEMU lacks hv-evmcs-perf-global-ctrl=on" in n and "vmx-exit-load-perf-global-ctrl" in n
+                   for n in neg.notes)
+        assert "hv-evmcs-perf-global-ctrl" not in libvirt_xml(neg)
+        assert negotiation_json(neg)["qemu_lacks"] == []
+    rev = negotiate(MODEL, ["icelake-6.1", "sapphirerapids-6.6"], "revision")
+    assert rev.config is not None and rev.config.revision == 1 and "x-hv-evmcs-revision" not in cpu_string(rev)
+    assert any("real QEMU lacks x-hv-evmcs-revision=2" in n for n in rev.notes)
+    msrs = negotiate(MODEL, ["icelake-6.1", "sapphirerapids-6.6"], "vmx-msrs")
+    assert msrs.config is not None and not msrs.config.pv_perf_global_ctrl
+    assert not set(PERF_FEATURES) & msrs.guest_features       # Windows 11 would not boot with them, without the bit
+
+
+def test_real_qemu_answer_has_no_property_qemu_72_lacks() -> None:
+    """vmx-nested-exception and vmx-any-errcode are newer QEMU's (QEMU 7.2: "Property
+    'max-x86_64-cpu.vmx-nested-exception' not found"); the simulator has them."""
+    neg = negotiate(max_model(), ["sapphirerapids-6.6"], "pv-cpuid")
+    cpu = cpu_string(neg)
+    for prop in ("vmx-nested-exception", "vmx-any-errcode", "vmx-entry-load-fred", "vmx-exit-secondary-ctls",
+                 "vmx-enable-user-wait-pause"):
+        assert prop not in cpu
+    assert "vmx-nested-exception" in cpu_string(negotiate(max_model(), ["sapphirerapids-6.6"], "pv-cpuid",
+                                                          target="simulator"))
 
 
 def test_pv_cpuid_needs_perf_controls_on_every_host() -> None:
@@ -70,10 +105,10 @@ def test_pv_cpuid_needs_perf_controls_on_every_host() -> None:
 
 
 def test_revision_forced_to_legacy_by_one_pre_61_host() -> None:
-    neg = negotiate(MODEL, ["skylake-5.10", "skylake-6.3"], "revision")
+    neg = negotiate(MODEL, ["skylake-5.10", "skylake-6.3"], "revision", target="simulator")
     assert neg.config is not None and neg.config.revision == 1
     assert any("forced by skylake-5.10" in n for n in neg.notes)
-    only_new = negotiate(MODEL, ["icelake-6.1", "sapphirerapids-6.6"], "revision")
+    only_new = negotiate(MODEL, ["icelake-6.1", "sapphirerapids-6.6"], "revision", target="simulator")
     assert only_new.config is not None and only_new.config.revision == 2
 
 
@@ -140,7 +175,7 @@ def test_cpu_string_and_libvirt_xml() -> None:
 
 
 def test_plugin_option_is_flagged_in_xml_and_json() -> None:
-    neg = negotiate(MODEL, ["icelake-6.1", "sapphirerapids-6.6"], "pv-cpuid")
+    neg = negotiate(MODEL, ["icelake-6.1", "sapphirerapids-6.6"], "pv-cpuid", target="simulator")
     assert "hv-evmcs-perf-global-ctrl" in libvirt_xml(neg)
     data = negotiation_json(neg)
     assert data["pv_perf_global_ctrl"] is True
@@ -167,8 +202,10 @@ def test_cli_formats(capsys: pytest.CaptureFixture[str]) -> None:
 
 GOLDEN_CASES = {
     "negotiate/mixed-pv-cpuid.json": (["skylake-5.10", "skylake-6.3"], "pv-cpuid"),
-    "negotiate/new-all.json": (["icelake-6.1", "sapphirerapids-6.6"], "all"),
-    "negotiate/fleet-all.json": (["cascadelake-5.4", "icelake-5.15", "icelake-6.1", "sapphirerapids-6.6"], "all"),
+    # The design comparisons, each design with its VMM side (the simulated QEMU's options).
+    "negotiate/new-all.json": (["icelake-6.1", "sapphirerapids-6.6", "--target", "simulator"], "all"),
+    "negotiate/fleet-all.json": (["cascadelake-5.4", "icelake-5.15", "icelake-6.1", "sapphirerapids-6.6",
+                                  "--target", "simulator"], "all"),
 }
 
 
@@ -186,7 +223,7 @@ def test_golden_json(name: str, golden: Callable[[str, str], None], capsys: pyte
 def _compare(model: object, hosts: list[object]) -> dict[str, dict[str, object]]:
     from qemu_evmcs.policy.negotiate import negotiate_all
 
-    return compare_strategies(negotiate_all(model, hosts))  # type: ignore[arg-type]
+    return compare_strategies(negotiate_all(model, hosts, target="simulator"))  # type: ignore[arg-type]
 
 
 def test_revision_forced_by_old_host_names_the_model_not_the_hardware() -> None:
@@ -288,9 +325,11 @@ def test_libvirt_xml_is_well_formed_and_uses_libvirt_names() -> None:
         if model == "max":
             # QEMU's max is no libvirt model: <cpu mode='maximum'>, not custom with <model>max</model>.
             assert cpu.get("mode") == "maximum" and cpu.find("model") is None
-            # QEMU properties libvirt has no name for are reported in the comment, never emitted as features.
-            assert "vmx-nested-exception" not in names and "vmx-entry-load-fred" not in names
-            assert "not expressible in libvirt XML" in xml and "vmx-nested-exception=off" in xml
+            # QEMU 7.2 has no vmx-nested-exception / vmx-entry-load-fred: an answer for real QEMU never names them
+            # (libvirt has no name for them either; the simulator's answer lists them in the comment instead).
+            assert "vmx-nested-exception" not in xml and "vmx-entry-load-fred" not in xml
+            sim = libvirt_xml(negotiate(model, hosts, "pv-cpuid", target="simulator"))
+            assert "not expressible in libvirt XML" in sim and "vmx-nested-exception=off" in sim
             # QEMU's misspelt INVVPID property comes out under libvirt's two correct names.
             assert {"vmx-invvpid-single-context", "vmx-invvpid-single-context-noglobals"} <= set(names)
             assert "vmx-invept-single-context-noglobals" not in names

@@ -319,7 +319,9 @@ def apply_negotiation(opts: WrapperOptions) -> str:
     if not model:
         raise InputError("--negotiate: -cpu needs a model definition name")
     try:
-        cpu = negotiate_cpu_arg(model, opts.negotiate, opts.strategy)
+        # The simulated QEMU has this project's proposed options; a real emulator gets only what QEMU has.
+        cpu = negotiate_cpu_arg(model, opts.negotiate, opts.strategy,
+                                target="simulator" if opts.simulate is not None else "qemu")
     except NegativeAnswer as err:
         raise NegativeAnswer(f"--negotiate: {err.message}") from None
     opts.qemu_args[idx] = cpu

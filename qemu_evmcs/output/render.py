@@ -1,6 +1,8 @@
 """Render a :class:`~qemu_evmcs.policy.negotiate.Negotiation`: QEMU ``-cpu`` string, libvirt XML fragment, JSON, text.
 
 - ``-cpu``: ``BASE,vmx=on,<vmx-* changes>,hv-...=on,hv-evmcs=on[,hv-evmcs-perf-global-ctrl=on],enforce=on``.
+  This project's proposed options (``hv-evmcs-perf-global-ctrl``, ``x-hv-evmcs-revision``) appear only in an
+  answer negotiated for the simulator (``target="simulator"``): real QEMU refuses unknown properties.
   vmx-* properties are written as changes against the QEMU base model's defaults when the snapshot knows the
   base (``prop=on`` / ``-prop``), otherwise every property explicitly. ``enforce=on`` makes a host that lacks
   a negotiated feature refuse to start (a blocked migration) instead of silently dropping it.
@@ -29,6 +31,7 @@ from qemu_evmcs.policy.negotiate import (
     names_text,
     qemu_property_features,
     qemu_supported,
+    target_properties,
     unique_group_names,
 )
 from qemu_evmcs.core.registry import Registry, registry
@@ -65,11 +68,12 @@ def qemu_vmx_props(neg: Negotiation, reg: Registry | None = None) -> list[tuple[
     assert neg.config is not None
     want = neg.config.vmx
     base = neg.model.base_vmx
+    settable = target_properties(neg.target, reg)   # real QEMU 7.2 refuses a property it lacks
     out: list[tuple[str, bool]] = []
     seen = set()
     for f in reg.features.values():
         prop = f.qemu
-        if prop is None or prop in seen:
+        if prop is None or prop in seen or prop not in settable:
             continue
         seen.add(prop)
         bits = [b.name for b in reg.qemu_bits(prop)]
@@ -92,18 +96,25 @@ def cpu_string(neg: Negotiation) -> str:
     parts += [f"{flag}=on" for flag in _hv_sorted(cfg.hyperv)]
     if cfg.pv_perf_global_ctrl:
         parts.append(f"{PERF_OPTION}=on")
-    if cfg.design == "revision" and cfg.revision is not None:
+    if _revision_option(neg):
         parts.append(f"x-hv-evmcs-revision={cfg.revision}")
     parts.append("enforce=on")
     return ",".join(parts)
 
 
+def _revision_option(neg: Negotiation) -> bool:
+    """Does the answer carry ``x-hv-evmcs-revision`` (the simulator's option; never for real QEMU)?"""
+    cfg = neg.config
+    return (neg.target == "simulator" and cfg is not None and cfg.design == "revision"
+            and cfg.revision is not None)
+
+
 def qemu_lacks(neg: Negotiation) -> list[str]:
-    """Options of the -cpu string that real QEMU does not have."""
+    """Options of the -cpu string that real QEMU does not have (empty for an answer aimed at real QEMU)."""
     out = []
     if neg.config and neg.config.pv_perf_global_ctrl:
         out.append(f"{PERF_OPTION}=on: real QEMU never sets CPUID 0x4000000A.EBX bit 0 (proposed plugin option)")
-    if neg.config and neg.config.design == "revision" and neg.config.revision is not None:
+    if _revision_option(neg):
         out.append("x-hv-evmcs-revision: KVM_CAP_HYPERV_ENLIGHTENED_VMCS2 never shipped (simulation only)")
     if neg.config and neg.config.design == "vmx-msrs":
         out.append("KVM_GET_EVMCS_VMX_MSRS never shipped: this list assumes the design-(b) kernel filter")
@@ -163,7 +174,7 @@ def libvirt_xml(neg: Negotiation, reg: Registry | None = None) -> str:
     if cfg.pv_perf_global_ctrl:
         unexpressible.append(f"{PERF_OPTION}=on (CPUID 0x4000000A.EBX bit 0; no libvirt element, no real QEMU "
                              f"option)")
-    if cfg.design == "revision" and cfg.revision is not None:
+    if _revision_option(neg):
         unexpressible.append(f"x-hv-evmcs-revision={cfg.revision} (never shipped)")
     out = [_indent(cpu), _indent(features)] + [_indent(e) for e in extra]
     if unexpressible:
@@ -300,8 +311,8 @@ def _revision_forced(n: Negotiation) -> tuple[list[str], list[str]]:
     revs = [SimKvm(g.profile, variant="revision").max_evmcs_revision() or EVMCS_REVISION_LEGACY for g in groups]
     legacy = [h for g, r in zip(groups, revs, strict=True) if r < EVMCS_REVISION_2022 for h in g.hosts]
     new = [g for g, r in zip(groups, revs, strict=True) if r >= EVMCS_REVISION_2022]
-    if n.config.revision != EVMCS_REVISION_LEGACY or not legacy or not new:
-        return [], []
+    if n.target != "simulator" or n.config.revision != EVMCS_REVISION_LEGACY or not legacy or not new:
+        return [], []   # for real QEMU revision 1 is not forced by a host: QEMU cannot ask for another
     legacy_set = set(legacy)
     order = [f.name for f in registry().features.values()]
     rev2 = [f for f in order if f in era_table().revision2_exposes]

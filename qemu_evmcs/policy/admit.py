@@ -59,11 +59,12 @@ class Admission:
 
 
 def admit(pool: Hosts, candidate: str | HostProfile | Fleet,
-          model: str | GuestModel | None = None, strategy: str = "pv-cpuid") -> Admission:
+          model: str | GuestModel | None = None, strategy: str = "pv-cpuid", *, target: str = "qemu") -> Admission:
     """Decide whether ``candidate`` may join ``pool`` (model default: every feature QEMU can set).
 
     ``pool``: see :data:`~qemu_evmcs.policy.negotiate.Hosts` (a fleet of any size: the pool is negotiated once per
-    distinct profile). ``candidate``: one host (a file's or inventory's first host).
+    distinct profile). ``candidate``: one host (a file's or inventory's first host). ``target``: the QEMU the
+    pool's guests run on (:data:`~qemu_evmcs.policy.negotiate.TARGETS`; real QEMU by default).
 
     :raise NegativeAnswer: never; a pool without a safe answer is an ``InputError``-free refusal.
     """
@@ -77,11 +78,11 @@ def admit(pool: Hosts, candidate: str | HostProfile | Fleet,
     joined = Fleet(distinct=dict(hosts.distinct), members={k: list(v) for k, v in hosts.members.items()},
                    source=hosts.source)
     joined.add(cand)
-    base = negotiate(gm, hosts, strategy)
+    base = negotiate(gm, hosts, strategy, target=target)
     if not base.ok or base.config is None:
         why = f"the pool itself has no safe answer: {base.error.removeprefix('no safe answer: ')}"
         return Admission(cand.name, strategy, False, why, why=why, pool=base)
-    joined_neg = negotiate(gm, joined, strategy)
+    joined_neg = negotiate(gm, joined, strategy, target=target)
     order = [f.name for f in registry().features.values()]
     res = Admission(cand.name, strategy, False, "", pool=base, with_candidate=joined_neg)
     if not joined_neg.ok or joined_neg.config is None:

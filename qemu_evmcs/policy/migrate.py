@@ -59,15 +59,19 @@ def naive_config(model: GuestModel) -> GuestConfig:
                        hyperv=tuple(sorted(hv)), pv_perf_global_ctrl=False, enforce=False, design="naive")
 
 
-def source_config(model: str | GuestModel, source: HostProfile, design: str) -> GuestConfig:
+def source_config(model: str | GuestModel, source: HostProfile, design: str, *,
+                  target: str = "qemu") -> GuestConfig:
     """How ``design`` configures a guest that starts on ``source`` (without knowing the destination).
+
+    ``target``: the QEMU the guest runs on (:data:`~qemu_evmcs.policy.negotiate.TARGETS`): real QEMU cannot set
+    the PV CPUID bit or ask for an eVMCS revision, the simulated QEMU can.
 
     :raise NegativeAnswer: the design finds no configuration for the source host.
     """
     gm = load_guest_model(model)
     if design == "naive":
         return naive_config(gm)
-    neg = negotiate(gm, [source], DESIGN_STRATEGY[design])
+    neg = negotiate(gm, [source], DESIGN_STRATEGY[design], target=target)
     if not neg.ok or neg.config is None:
         raise NegativeAnswer(f"the guest cannot start on the source: {neg.error}")
     return neg.config
@@ -201,9 +205,9 @@ def _loss_cause(lost: list[BitChange], dropped: frozenset[str], written: frozens
 
 
 def migrate_check(model: str | GuestModel, source: HostProfile, destination: HostProfile,
-                  design: str = "shipped") -> MigrationVerdict:
-    """``migrate-check``: configure for the source with ``design``, then check the destination."""
-    config = source_config(model, source, design)
+                  design: str = "shipped", *, target: str = "qemu") -> MigrationVerdict:
+    """``migrate-check``: configure for the source with ``design`` (on ``target``), then check the destination."""
+    config = source_config(model, source, design, target=target)
     return check_migration(config, source, destination)
 
 

@@ -48,6 +48,7 @@ from qemu_evmcs.core.msrval import word_source_msr
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.qemu.features import HV_NESTED_EAX_BITS, PLUGIN_PERF_GLOBAL_CTRL, hv_requires
 from qemu_evmcs.qemu.compose import compose_vmx_msrs, feature_words, hv_evmcs_error, supported_msr_feature
+from qemu_evmcs.qemu.models import DEFAULT_QEMU_VERSION, load_snapshot
 from qemu_evmcs.core.registry import Registry, registry
 from qemu_evmcs.kvm.simkvm import (
     EVMCS_REVISION_2022,
@@ -60,6 +61,11 @@ from qemu_evmcs.kvm.simkvm import (
 )
 
 STRATEGIES: tuple[str, ...] = ("pv-cpuid", "revision", "vmx-msrs")
+#: Which QEMU the answer is for. ``qemu`` (default): a released QEMU, which has neither of this project's proposed
+#: options (``hv-evmcs-perf-global-ctrl``, ``x-hv-evmcs-revision``; QEMU 7.2 refuses both with "Property
+#: 'max-x86_64-cpu.hv-evmcs-perf-global-ctrl' not found", qemu.md last section), so the answer never uses them and
+#: a note says what the guest would gain with them. ``simulator``: the simulated QEMU, which implements both.
+TARGETS: tuple[str, ...] = ("qemu", "simulator")
 #: SimKvm ABI variant each strategy runs against.
 STRATEGY_VARIANT: Mapping[str, str] = {"pv-cpuid": "shipped", "revision": "revision", "vmx-msrs": "vmx-msrs"}
 
@@ -102,6 +108,22 @@ def qemu_property_features(reg: Registry | None = None) -> frozenset[str]:
     """Canonical names of every feature QEMU has a property for."""
     reg = reg or registry()
     return frozenset(f.name for f in reg.features.values() if f.qemu is not None)
+
+
+def target_properties(target: str = "qemu", reg: Registry | None = None) -> frozenset[str]:
+    """QEMU vmx-* property names the answer may use for ``target`` (:data:`TARGETS`).
+
+    The simulator has every property of the registry. Real QEMU: those the bundled QEMU snapshot knows
+    (``cpu_models/qemu/7.2/index.json`` ``all-features``, measured from QEMU 7.2 by scripts/sync-qemu-models):
+    QEMU 7.2 refuses newer names such as ``vmx-nested-exception`` ("Property 'max-x86_64-cpu.vmx-nested-exception'
+    not found"), so an answer for real QEMU leaves them at the binary's default (off in 7.2, which lacks them).
+    """
+    reg = reg or registry()
+    props = {f.qemu for f in reg.features.values() if f.qemu is not None}
+    if target == "qemu":
+        snapshot = load_snapshot(DEFAULT_QEMU_VERSION)
+        props = {p for p in props if snapshot.knows_property(p)}
+    return frozenset(props)
 
 
 def max_model() -> GuestModel:
@@ -564,6 +586,12 @@ class Negotiation:
     guest_msrs: dict[str, int] = field(default_factory=dict)
     starts: list[StartResult] = field(default_factory=list)
     groups: list[PoolGroup] = field(default_factory=list)
+    #: :data:`TARGETS`: the QEMU the answer is for (``qemu``: no option a released QEMU lacks).
+    target: str = "qemu"
+    #: With ``target="qemu"``: guest-visible features the simulator's proposed options would add (the note).
+    gains: list[str] = field(default_factory=list)
+    #: With ``target="qemu"``: the simulator would have used a proposed option here (so :attr:`gains` is computed).
+    options_withheld: bool = False
 
     @property
     def guest_features(self) -> frozenset[str]:
@@ -692,26 +720,49 @@ def _fail(neg: Negotiation, message: str) -> Negotiation:
     return neg
 
 
-def negotiate(model: str | GuestModel, hosts: Hosts, strategy: str = "pv-cpuid") -> Negotiation:
+def negotiate(model: str | GuestModel, hosts: Hosts, strategy: str = "pv-cpuid", *,
+              target: str = "qemu") -> Negotiation:
     """Negotiate one strategy over a pool; never raises for a pool without a safe answer (``ok`` false).
 
     ``hosts``: see :data:`Hosts`. Every simulation runs once per distinct host profile (fingerprint); drops
     name every host of the groups concerned. Messages that name one host name a group's first host.
+    ``target``: see :data:`TARGETS`. For real QEMU the pool is also negotiated for the simulator, and what
+    the guest would see in addition there is kept in :attr:`Negotiation.gains` and said in a note.
 
-    :raise InputError: unknown strategy, model or profile.
+    :raise InputError: unknown strategy, target, model or profile.
     """
     if strategy not in STRATEGIES:
         raise InputError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)}, all)")
+    if target not in TARGETS:
+        raise InputError(f"unknown target {target!r} (known: {', '.join(TARGETS)})")
     gm = load_guest_model(model)
     fleet = load_pool(hosts)
     groups = pool_groups(fleet)
-    return _negotiate_groups(gm, groups, strategy, FleetHosts(fleet))
+    neg = _negotiate_groups(gm, groups, strategy, FleetHosts(fleet), target)
+    if target == "qemu" and neg.ok and neg.options_withheld:
+        # Same QEMU properties, only the proposed options allowed: the gain is the options' alone.
+        sim = _negotiate_groups(gm, groups, strategy, FleetHosts(fleet), "simulator",
+                                settable=target_properties("qemu"))
+        if sim.ok and sim.config is not None and (sim.config.pv_perf_global_ctrl
+                                                  or (sim.config.revision or 1) > EVMCS_REVISION_LEGACY):
+            order = {n: i for i, n in enumerate(registry().features)}
+            neg.gains = sorted(sim.guest_features - neg.guest_features, key=lambda f: order.get(f, 1 << 30))
+            opts = [f"{PERF_OPTION}=on"] if sim.config.pv_perf_global_ctrl else []
+            if (sim.config.revision or 1) > EVMCS_REVISION_LEGACY:
+                opts.append(f"x-hv-evmcs-revision={sim.config.revision}")
+            if neg.gains:
+                neg.notes.append(f"real QEMU lacks {', '.join(opts)} (this project's proposed options; "
+                                 f"--target simulator uses them): with them the guest would also see "
+                                 f"{', '.join(neg.gains)}")
+    return neg
 
 
 def _negotiate_groups(gm: GuestModel, groups: list[PoolGroup], strategy: str,
-                      all_hosts: Sequence[HostProfile]) -> Negotiation:
+                      all_hosts: Sequence[HostProfile], target: str = "qemu",
+                      settable: frozenset[str] | None = None) -> Negotiation:
     reg = registry()
-    neg = Negotiation(strategy=strategy, model=gm, hosts=all_hosts, groups=groups)
+    neg = Negotiation(strategy=strategy, model=gm, hosts=all_hosts, groups=groups, target=target)
+    real_qemu = target == "qemu"
     design = STRATEGY_VARIANT[strategy]
     names = [tuple(g.hosts) for g in groups]          # per group, shared by every Drop that names it
 
@@ -749,6 +800,13 @@ def _negotiate_groups(gm: GuestModel, groups: list[PoolGroup], strategy: str,
     # -- vmx: start from what the model asks and QEMU can set
     features: set[str] = set(gm.vmx) & set(qemu_property_features(reg))
     drops: list[Drop] = []
+    settable = target_properties(target, reg) if settable is None else settable
+    for f in sorted(features):
+        prop = reg.features[f].qemu
+        if prop not in settable:
+            features.discard(f)
+            drops.append(Drop(f, "qemu-property", (), f"QEMU {DEFAULT_QEMU_VERSION} has no property {prop} "
+                                                      f"(a newer QEMU's; --target simulator)"))
     supported = [qemu_supported(g.profile, reg) for g in groups]
     for i in range(len(groups)):
         for f in sorted(features - supported[i]):
@@ -766,6 +824,10 @@ def _negotiate_groups(gm: GuestModel, groups: list[PoolGroup], strategy: str,
     for san in sanitized:
         features -= san
     _close_under_qemu(features, drops, reg)
+    missing_props = sorted({d.feature for d in drops if d.cause == "qemu-property"})
+    if missing_props and gm.base == "max":
+        neg.notes.append(f"for QEMU {DEFAULT_QEMU_VERSION}, which lacks {', '.join(missing_props)}: a newer QEMU's "
+                         f"max sets them wherever the host has them, unnamed by this -cpu")
 
     # -- strategy parameters
     revision: int | None = None
@@ -776,18 +838,26 @@ def _negotiate_groups(gm: GuestModel, groups: list[PoolGroup], strategy: str,
         perf_present = all(f in features for f in PERF_FEATURES)
         want = gm.pv_perf_global_ctrl
         old = hosts_of(i for i, h in enumerate(honours) if not h)
+        if want == "on" and real_qemu:
+            return _fail(neg, f"no safe answer: the model requires pv-perf-global-ctrl=on but real QEMU has no "
+                              f"option to set CPUID 0x4000000A.EBX bit 0 ({PERF_OPTION} is this project's "
+                              f"proposal; --target simulator)")
         if want == "on" and not (perf_ok and perf_present):
             why = (f"hosts {names_text(old)} predate 6.1 and ignore the bit" if old
                    else "the PERF_GLOBAL_CTRL controls are not available on every host")
             return _fail(neg, f"no safe answer: the model requires pv-perf-global-ctrl=on but {why}")
-        ebx = want != "off" and perf_ok and perf_present
-        if not ebx and want != "off" and perf_present:
+        ebx = want != "off" and perf_ok and perf_present and not real_qemu
+        neg.options_withheld = real_qemu and want != "off" and perf_ok and perf_present
+        if not ebx and want != "off" and perf_present and not real_qemu:
             neg.notes.append(f"CPUID 0x4000000A.EBX bit 0 left clear: {names_text(old)} predate 6.1 and hide "
                              f"PERF_GLOBAL_CTRL regardless; clearing it hides them on 6.1+ too (consistent)")
     elif strategy == "revision":
         revs = [SimKvm(g.profile, variant="revision").max_evmcs_revision() or EVMCS_REVISION_LEGACY for g in groups]
         revision = min(revs)
-        if revision < EVMCS_REVISION_2022 and any(r >= EVMCS_REVISION_2022 for r in revs):
+        if real_qemu:       # real QEMU cannot ask for another revision: KVM's default (legacy) applies
+            neg.options_withheld = revision > EVMCS_REVISION_LEGACY
+            revision = EVMCS_REVISION_LEGACY
+        elif revision < EVMCS_REVISION_2022 and any(r >= EVMCS_REVISION_2022 for r in revs):
             legacy = hosts_of(i for i, r in enumerate(revs) if r < EVMCS_REVISION_2022)
             neg.notes.append(f"revision 1 (legacy) forced by {names_text(legacy)}: no KVM_CAP_HYPERV_ENLIGHTENED_VMCS2 "
                              f"there, and the design is strict (a revision a host lacks is refused whatever the "
@@ -802,6 +872,15 @@ def _negotiate_groups(gm: GuestModel, groups: list[PoolGroup], strategy: str,
                 drops.append(Drop(f, "evmcs-vmx-msrs", names[i], f"not in the filtered MSRs ({src})"))
         for view in views:
             features &= view
+        if real_qemu:
+            # Without the CPUID bit (real QEMU cannot set it) Windows 11 does not boot with the PERF controls
+            # visible, and this design would show them: switch them off.
+            for f in PERF_FEATURES:
+                if f in features:
+                    neg.options_withheld = True
+                    features.discard(f)
+                    drops.append(Drop(f, "perf-cpuid-gate", (), "real QEMU cannot set CPUID 0x4000000A.EBX bit 0, "
+                                      "and Windows 11 does not boot with PERF_GLOBAL_CTRL visible without it"))
         _close_under_qemu(features, drops, reg)
     if strategy == "vmx-msrs":
         ebx = all(f in features for f in PERF_FEATURES)
@@ -859,7 +938,7 @@ def _negotiate_groups(gm: GuestModel, groups: list[PoolGroup], strategy: str,
     neg.drops = _merge_drops(drops)
     neg.guest_msrs = dict(ref.guest_msrs)
     neg.starts = starts
-    if config.pv_perf_global_ctrl:
+    if config.pv_perf_global_ctrl:   # only for target "simulator"
         neg.notes.append(f"needs {PERF_OPTION}=on (this project's proposed QEMU option; the simulated QEMU has it, "
                          f"real QEMU does not set CPUID 0x4000000A.EBX bit 0)")
     if strategy != "pv-cpuid":
@@ -867,14 +946,15 @@ def _negotiate_groups(gm: GuestModel, groups: list[PoolGroup], strategy: str,
     return neg
 
 
-def negotiate_all(model: str | GuestModel, hosts: Hosts) -> dict[str, Negotiation]:
+def negotiate_all(model: str | GuestModel, hosts: Hosts, *, target: str = "qemu") -> dict[str, Negotiation]:
     """Every strategy over the same pool (loaded once)."""
     gm = load_guest_model(model)
     pool = load_pool(hosts)
-    return {s: negotiate(gm, pool, s) for s in STRATEGIES}
+    return {s: negotiate(gm, pool, s, target=target) for s in STRATEGIES}
 
 
-def negotiate_cpu_arg(model: str | GuestModel, hosts: Hosts, strategy: str = "pv-cpuid") -> str:
+def negotiate_cpu_arg(model: str | GuestModel, hosts: Hosts, strategy: str = "pv-cpuid", *,
+                      target: str = "qemu") -> str:
     """The ``-cpu`` argument for a guest that must start on, and migrate among, ``hosts``.
 
     For the launch wrapper's ``--negotiate PROFILE...``.
@@ -884,7 +964,7 @@ def negotiate_cpu_arg(model: str | GuestModel, hosts: Hosts, strategy: str = "pv
     """
     from qemu_evmcs.output.render import cpu_string
 
-    neg = negotiate(model, hosts, strategy)
+    neg = negotiate(model, hosts, strategy, target=target)
     if not neg.ok:
         raise NegativeAnswer(neg.error)
     return cpu_string(neg)
@@ -892,6 +972,7 @@ def negotiate_cpu_arg(model: str | GuestModel, hosts: Hosts, strategy: str = "pv
 
 __all__ = [
     "STRATEGIES",
+    "TARGETS",
     "BitChange",
     "Drop",
     "GuestConfig",

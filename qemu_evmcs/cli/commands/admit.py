@@ -9,7 +9,7 @@ from typing import Any
 from qemu_evmcs.policy.admit import admit
 from qemu_evmcs.core.errors import EXIT_NEGATIVE, EXIT_OK
 from qemu_evmcs.output.jsonout import print_json
-from qemu_evmcs.policy.negotiate import STRATEGIES
+from qemu_evmcs.policy.negotiate import STRATEGIES, TARGETS
 
 
 def register(subparsers: Any) -> None:
@@ -25,6 +25,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model", default=None, help="CPU model definition (default: every feature QEMU can set)")
     p.add_argument("--strategy", choices=STRATEGIES, default="pv-cpuid",
                    help="KVM eVMCS ABI design: pv-cpuid (default, what Linux shipped), revision or vmx-msrs")
+    p.add_argument("--target", choices=TARGETS, default="qemu",
+                   help="qemu (default): the pool's guests run on a released QEMU; simulator: on qemu-evmcs-sim, "
+                        "with this project's proposed options")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -36,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     with what admitting it would cost; or the JSON object), and a refusal's reason in exactly one ``error:``
     line on stderr, which the text answer does not repeat.
     """
-    res = admit(args.pool, args.candidate, args.model, args.strategy)
+    res = admit(args.pool, args.candidate, args.model, args.strategy, target=args.target)
     if args.json:
         print_json(res.to_json())
     elif res.admit:

@@ -10,7 +10,7 @@ from typing import Any
 from qemu_evmcs.core.errors import EXIT_NEGATIVE, EXIT_OK, InputError, LaunchError
 from qemu_evmcs.output.jsonout import print_json
 from qemu_evmcs.policy.migrate import DESIGNS, migrate_check, source_config, verdict_from_view
-from qemu_evmcs.policy.negotiate import load_guest_model, load_hosts
+from qemu_evmcs.policy.negotiate import TARGETS, load_guest_model, load_hosts
 
 
 def register(subparsers: Any) -> None:
@@ -29,6 +29,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--to", dest="dest", required=True, metavar="PROFILE", help="destination host profile")
     p.add_argument("--design", choices=DESIGNS, default="shipped",
                    help="how the guest was configured for the source (default: shipped = what Linux merged)")
+    p.add_argument("--target", choices=TARGETS, default="qemu",
+                   help="the QEMU the guest runs on: qemu (default, a released QEMU) or simulator (with this "
+                        "project's proposed options: the PV CPUID bit, the eVMCS revision)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     dest = load_hosts([args.dest])[0]
     if args.source:
         source = load_hosts([args.source])[0]
-        v = migrate_check(model, source, dest, args.design)
+        v = migrate_check(model, source, dest, args.design, target=args.target)
     else:
         from qemu.qmp import QMPError
 
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--from-running: the QEMU does not say which host it runs on; "
                              "give --source-profile PROFILE")
         source = load_hosts([profile])[0]
-        v = verdict_from_view(source_config(model, source, args.design), msrs, source.name, dest)
+        v = verdict_from_view(source_config(model, source, args.design, target=args.target), msrs, source.name, dest)
     if args.json:
         print_json(v.to_json())
     elif v.verdict == "fine":

@@ -8,7 +8,7 @@ from typing import Any
 
 from qemu_evmcs.core.errors import EXIT_NEGATIVE, EXIT_OK
 from qemu_evmcs.output.jsonout import print_json
-from qemu_evmcs.policy.negotiate import STRATEGIES, load_guest_model, load_pool, negotiate
+from qemu_evmcs.policy.negotiate import STRATEGIES, TARGETS, load_guest_model, load_pool, negotiate
 from qemu_evmcs.output.render import (
     compare_strategies,
     cpu_string,
@@ -30,6 +30,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--strategy", choices=[*STRATEGIES, "all"], default="pv-cpuid",
                    help="KVM eVMCS ABI design: pv-cpuid (default, what Linux shipped), revision or vmx-msrs "
                         "(never merged, simulated), or all three with a comparison")
+    p.add_argument("--target", choices=TARGETS, default="qemu",
+                   help="qemu (default): only options a released QEMU has, with a note on what this project's "
+                        "proposed options would add; simulator: use them (hv-evmcs-perf-global-ctrl, "
+                        "x-hv-evmcs-revision), for qemu-evmcs-sim")
     p.add_argument("--json", action="store_true", help="same as --format json")
     p.add_argument("--format", choices=("text", "cpu", "libvirt", "json"), default="text",
                    help="text (default): the report; cpu: only the -cpu value; libvirt: <cpu>/<features> XML; "
@@ -48,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_guest_model(args.model)
     hosts = load_pool(args.hosts)   # one Fleet: each distinct profile parsed and simulated once
     if args.strategy == "all":
-        results = {s: negotiate(model, hosts, s) for s in STRATEGIES}
+        results = {s: negotiate(model, hosts, s, target=args.target) for s in STRATEGIES}
         ok = any(n.ok for n in results.values())
         if fmt == "json":
             first = next(iter(results.values()))
@@ -79,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: no safe answer under any strategy: {text}", file=sys.stderr)
             return EXIT_NEGATIVE
         return EXIT_OK
-    neg = negotiate(model, hosts, args.strategy)
+    neg = negotiate(model, hosts, args.strategy, target=args.target)
     if fmt == "json":
         print_json(negotiation_json(neg))
     elif neg.ok and fmt == "cpu":
