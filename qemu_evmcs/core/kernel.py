@@ -1,9 +1,11 @@
 """Kernel releases and the eVMCS era each one belongs to.
 
 Why: the eVMCS filter changed five times between 4.20 and 6.3 (see
-``data/eras.yaml``). Users write releases in many forms ("5.15",
-"6.1.55", "6.8.0-45-generic", "5.14.0-362.el9.x86_64", "5.15-rc1", "5.15rc1"); only the
-major.minor decides the era, so everything after it is ignored, and a string
+``data/eras.yaml``), and stable series received some of those changes as
+backports (5.10.71, 5.10.101, 5.15.24, 5.16.10, 5.4.180: kvm-evmcs.md §10.3).
+So the kernel's identity is its point release: the era of ``5.10.80`` is the
+5.10 series' mainline era plus the backports 5.10.80 has reached. Users write
+releases in many forms ("5.15", "6.1.55", "5.15-rc1", "5.15rc1"); a string
 that has no major.minor is an error.
 """
 
@@ -11,8 +13,8 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.registry import Registry, load_data, registry
@@ -67,8 +69,48 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class Backport:
+    """One upstream eVMCS change and the stable point releases that carry it (``eras.yaml`` ``backports``)."""
+
+    commit: str
+    title: str
+    mainline: KernelVersion
+    stable: Tuple[Tuple[str, KernelVersion], ...]   # ("5.10", 5.10.71): first point release of that series
+    not_in: Tuple[str, ...]
+    unchecked: Tuple[str, ...]
+    evidence: str
+    inferred: Tuple[Tuple[str, str], ...]          # ("5.15", why that series' entry is only inferred)
+    effect: Tuple[Rule, ...]
+
+    def inferred_for(self, series: Tuple[int, int]) -> Optional[str]:
+        """Why this change's status in stable ``series`` is inferred rather than verified, if it is."""
+        return dict(self.inferred).get(f"{series[0]}.{series[1]}")
+
+    def first_in(self, series: Tuple[int, int]) -> Optional[KernelVersion]:
+        """The first point release of stable ``series`` that has this change, if any does."""
+        return next((v for s, v in self.stable if v.mm == series), None)
+
+
+@dataclass(frozen=True)
+class AppliedBackport:
+    """A backport a point release has: the change and the point release of its series that brought it."""
+
+    backport: Backport
+    since: KernelVersion
+
+    def describe(self) -> str:
+        """``"since 5.10.71, backport of 8d68bad6d869"``."""
+        return f"since {self.since}, backport of {self.backport.commit}"
+
+
+@dataclass(frozen=True)
 class Era:
-    """A range of kernel releases with one eVMCS behaviour."""
+    """One eVMCS behaviour: a mainline range of releases, or a stable series' mainline era plus backports.
+
+    A stable point release whose backports make it behave exactly like a later mainline era carries that era's
+    id and rules (5.10.71-5.10.100 are ``5.15-5.16``); ``backports`` then says which changes brought it there
+    and ``base`` names the series' own mainline era.
+    """
 
     id: str
     first: KernelVersion
@@ -78,6 +120,8 @@ class Era:
     active_needs_hyperv: bool
     rules: Tuple[Rule, ...]
     unverified: Optional[str]
+    base: Optional[str] = None
+    backports: Tuple[AppliedBackport, ...] = ()
 
     def contains(self, v: KernelVersion) -> bool:
         """Is ``v`` (by major.minor) in this era?"""
@@ -116,19 +160,114 @@ class EraTable:
     facts: KernelFacts
     revision2_exposes: Tuple[str, ...]
 
-    def era_of(self, v: KernelVersion) -> Era:
-        """The era a release belongs to."""
+    backports: Tuple[Backport, ...] = ()
+    _memo: Dict[Tuple[Tuple[int, int], bool, Tuple[str, ...]], Era] = field(
+        default_factory=dict, compare=False, hash=False, repr=False)
+
+    def mainline_era_of(self, v: KernelVersion) -> Era:
+        """The mainline era of ``v``'s major.minor (no stable backports)."""
         for era in self.eras:
             if era.contains(v):
                 return era
         raise InputError(f"no eVMCS era covers kernel {v}")  # pragma: no cover - table covers 0.0+
 
+    def applied_backports(self, v: KernelVersion) -> Tuple[AppliedBackport, ...]:
+        """The backports point release ``v`` has (changes newer than its series that its series got by ``v``)."""
+        out = []
+        for bp in self.backports:
+            if bp.mainline.mm <= v.mm:
+                continue
+            first = bp.first_in(v.mm)
+            if first is not None and v >= first:
+                out.append(AppliedBackport(bp, first))
+        return tuple(out)
+
+    def era_of(self, v: KernelVersion) -> Era:
+        """The era of a point release: its series' mainline era plus the backports it has reached."""
+        applied = self.applied_backports(v)
+        key = (v.mm, v.patch > 0, tuple(a.backport.commit + str(a.since) for a in applied))
+        era = self._memo.get(key)
+        if era is None:
+            era = self._memo[key] = self._era_of(v.mm, v.patch > 0, applied)
+        return era
+
+    def _era_of(self, mm: Tuple[int, int], stable: bool, applied: Tuple[AppliedBackport, ...]) -> Era:
+        base = self.mainline_era_of(KernelVersion(*mm))
+        series = f"{mm[0]}.{mm[1]}"
+        unchecked = [bp for bp in self.backports if stable and bp.mainline.mm > mm and series in bp.unchecked]
+        caveats = [base.unverified] if base.unverified else []
+        caveats += [f"stable series {mm[0]}.{mm[1]}.y was not checked for {bp.commit} ({bp.mainline})"
+                    for bp in unchecked]
+        caveats += [f"{bp.commit}: {bp.inferred_for(mm)}" for bp in self.backports
+                    if stable and bp.mainline.mm > mm and bp.inferred_for(mm)]
+        if not applied:
+            if len(caveats) == (1 if base.unverified else 0):
+                return base
+            return replace(base, unverified="; ".join(caveats))
+        rules = merge_rules(base.rules, [r for a in applied for r in a.backport.effect])
+        twin = next((e for e in self.eras if e.filter_at == base.filter_at and e.evmcs_cap == base.evmcs_cap
+                     and e.active_needs_hyperv == base.active_needs_hyperv
+                     and rules_by_msr(e.rules) == rules_by_msr(rules)), None)
+        era_id = twin.id if twin is not None else "+".join([base.id] + [a.backport.commit for a in applied])
+        return replace(base, id=era_id, rules=twin.rules if twin is not None else rules,
+                       unverified="; ".join(caveats) or None, base=base.id, backports=applied)
+
+    def deciding_backport(self, era: Era, msr: str, mask: int) -> Optional[AppliedBackport]:
+        """The backport that makes ``era`` remove word bits ``mask`` from ``msr`` where its series' mainline
+        era keeps them (``None`` if the mainline era already removes them or nothing removes them)."""
+        if not era.backports or era.base is None:
+            return None
+        deny, allow, _ = rules_by_msr(self.by_id(era.base).rules).get(msr, (0, None, 0))
+        if deny & mask or (allow is not None and not allow & mask):
+            return None
+        return next((a for a in era.backports if any(msr in r.msrs and r.deny & mask for r in a.backport.effect)),
+                    None)
+
+    def backport(self, commit: str) -> Backport:
+        """A backport by (abbreviated) commit id."""
+        for bp in self.backports:
+            if bp.commit.startswith(commit) or commit.startswith(bp.commit):
+                return bp
+        raise InputError(f"unknown backport {commit!r}")
+
     def by_id(self, era_id: str) -> Era:
-        """An era by id (e.g. ``"6.3+"``)."""
-        for era in self.eras:
+        """An era by id (e.g. ``"6.3+"``, or a stable series' own era such as ``"4.20-5.5+7a601e2cf615"``)."""
+        for era in self.known_eras():
             if era.id == era_id:
                 return era
-        raise InputError(f"unknown era {era_id!r}; known: {', '.join(e.id for e in self.eras)}")
+        raise InputError(f"unknown era {era_id!r}; known: {', '.join(e.id for e in self.known_eras())}")
+
+    def known_eras(self) -> Tuple[Era, ...]:
+        """The mainline eras, then every era only a stable series has (mainline era + backports)."""
+        out = list(self.eras)
+        for bp in self.backports:
+            for _, first in bp.stable:
+                era = self.era_of(first)
+                if all(e.id != era.id for e in out):
+                    out.append(era)
+        return tuple(out)
+
+
+def rules_by_msr(rules: Sequence[Rule]) -> Dict[str, Tuple[int, Optional[int], int]]:
+    """Each MSR's effective (deny, allow, perf_gated): what two rule lists must agree on to be the same filter."""
+    out: Dict[str, Tuple[int, Optional[int], int]] = {}
+    for r in rules:
+        for m in r.msrs:
+            deny, allow, perf = out.get(m, (0, None, 0))
+            both = allow if r.allow is None else (r.allow if allow is None else allow & r.allow)
+            out[m] = (deny | r.deny, both, perf | r.perf_gated)
+    return out
+
+
+def merge_rules(base: Sequence[Rule], extra: Sequence[Rule]) -> Tuple[Rule, ...]:
+    """``base`` with ``extra`` applied (deny bits unioned per MSR), regrouped so MSRs that end up with the same
+    masks share one rule again (the order of first appearance is kept)."""
+    per = rules_by_msr(list(base) + list(extra))
+    words = {m: r.word for r in list(base) + list(extra) for m in r.msrs}
+    groups: Dict[Tuple[str, int, Optional[int], int], List[str]] = {}
+    for m, (deny, allow, perf) in per.items():
+        groups.setdefault((words[m], deny, allow, perf), []).append(m)
+    return tuple(Rule(msrs=tuple(ms), word=w, deny=d, allow=a, perf_gated=p) for (w, d, a, p), ms in groups.items())
 
 
 def _parse_rule(raw: Mapping[str, Any], reg: Registry, where: str) -> Rule:
@@ -173,7 +312,28 @@ def parse_eras(data: Mapping[str, Any], reg: Registry) -> EraTable:
     )
     for name in data["revision2_exposes"]:
         reg.feature(name)
-    return EraTable(eras=tuple(eras), facts=facts, revision2_exposes=tuple(data["revision2_exposes"]))
+    backports = tuple(_parse_backport(b, reg, f"backports[{i}]") for i, b in enumerate(data.get("backports") or []))
+    return EraTable(eras=tuple(eras), facts=facts, revision2_exposes=tuple(data["revision2_exposes"]),
+                    backports=backports)
+
+
+def _parse_backport(raw: Mapping[str, Any], reg: Registry, where: str) -> Backport:
+    mainline = parse_release(raw["mainline"], file="eras.yaml", key=where + ".mainline")
+    stable = []
+    for series, first in (raw.get("stable") or {}).items():
+        v = parse_release(first, file="eras.yaml", key=f"{where}.stable.{series}")
+        if f"{v.major}.{v.minor}" != str(series) or v.mm >= mainline.mm:
+            raise InputError(f"{first} is not a stable point release of series {series} older than {mainline}",
+                             file="eras.yaml", key=f"{where}.stable.{series}")
+        stable.append((str(series), v))
+    return Backport(
+        commit=str(raw["commit"]), title=str(raw["title"]), mainline=mainline, stable=tuple(stable),
+        not_in=tuple(str(x) for x in raw.get("not_in") or ()),
+        unchecked=tuple(str(x) for x in raw.get("unchecked") or ()),
+        evidence=str(raw["evidence"]),
+        inferred=tuple((str(k), str(v)) for k, v in (raw.get("inferred") or {}).items()),
+        effect=tuple(_parse_rule(r, reg, f"{where}.effect[{j}]") for j, r in enumerate(raw.get("effect") or [])),
+    )
 
 
 @functools.lru_cache(maxsize=1)

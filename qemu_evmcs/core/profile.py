@@ -119,7 +119,8 @@ class HostProfile:
         Fleets have many identical hosts; results are computed once per fingerprint.
         """
         key = {
-            "vendor": self.vendor, "era_kernel": [self.version.major, self.version.minor],
+            # The series decides the kernel facts (version_at_least), the era adds the stable backports.
+            "vendor": self.vendor, "era_kernel": [self.version.major, self.version.minor], "era": self.era.id,
             "nested": self.nested, "kvm_hyperv": self.kvm_hyperv,
             "msrs": sorted(self.msrs.items()),
             "cpu_msrs": sorted(self.cpu_msrs.items()) if self.cpu_msrs is not None else None,

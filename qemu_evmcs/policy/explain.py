@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from qemu_evmcs.core.errors import InputError, KvmError, NegativeAnswer
 from qemu_evmcs.core.evmcs_filter import filter_msr
-from qemu_evmcs.core.kernel import Era, Rule
+from qemu_evmcs.core.kernel import Era, Rule, era_table
 from qemu_evmcs.core.msrval import feature_present, hex64, word_source_msr
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.registry import MASK64, Feature, Msr, Registry, registry
@@ -303,6 +303,9 @@ def _filter_reason(era: Era, msr: Msr, feat: Feature) -> tuple[str, str | None]:
                "so host (KVM_GET_MSRS) reads lose it too")
     else:
         how = "KVM clears it on guest reads only; userspace still reads it"
+    since = era_table().deciding_backport(era, msr.name, feat.mask)
+    if since is not None:
+        how += f"; hidden {since.describe()} (\"{since.backport.title}\", mainline {since.backport.mainline})"
     return f"hidden by the eVMCS filter of era {era.id}: {what}; {how}", mask
 
 
