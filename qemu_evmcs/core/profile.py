@@ -119,12 +119,16 @@ class HostProfile:
         Fleets have many identical hosts; results are computed once per fingerprint.
         """
         key = {
-            # The series decides the kernel facts (version_at_least), the era adds the stable backports.
-            "vendor": self.vendor, "era_kernel": [self.version.major, self.version.minor], "era": self.era.id,
+            "vendor": self.vendor, "era_kernel": [self.version.major, self.version.minor],
             "nested": self.nested, "kvm_hyperv": self.kvm_hyperv,
             "msrs": sorted(self.msrs.items()),
             "cpu_msrs": sorted(self.cpu_msrs.items()) if self.cpu_msrs is not None else None,
         }
+        era = self.era
+        if era.backports:
+            # The series decides the kernel facts (version_at_least); a stable point release with backports has
+            # its own filter on top. Added only then, so mainline-era fingerprints stay what they were.
+            key["stable_era"] = era.id
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
