@@ -32,6 +32,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import yaml
 
 from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.core.inputfile import MAX_INPUT_BYTES, read_text_capped
 from qemu_evmcs.core.kernel import Era, KernelVersion, era_table, parse_release
 from qemu_evmcs.core.registry import MASK32, MASK64, Registry, registry
 
@@ -45,7 +46,7 @@ _OPTIONAL_KEYS = {
 _REQUIRED_KEYS = {"name": str, "vendor": str, "kernel": (str, int, float), "msrs": dict}
 
 #: Upper bound on a profile file, so hostile input cannot exhaust memory.
-MAX_PROFILE_BYTES = 4 * 1024 * 1024
+MAX_PROFILE_BYTES = MAX_INPUT_BYTES
 
 #: Deepest YAML nesting accepted; a profile needs 2 levels. Deeper input is refused while composing, before
 #: PyYAML's recursive composer (and its scanner's per-level bookkeeping) can take seconds or hit the recursion limit.
@@ -288,16 +289,8 @@ def profile_from_mapping(data: object, *, file: Optional[str] = None,
 
 
 def _read_text(path: str) -> str:
-    try:
-        size = os.path.getsize(path)
-        if size > MAX_PROFILE_BYTES:
-            raise InputError(f"file is {size} bytes; host profiles are limited to {MAX_PROFILE_BYTES}", file=path)
-        with open(path, encoding="utf-8") as fh:
-            return fh.read(MAX_PROFILE_BYTES + 1)
-    except UnicodeDecodeError as err:
-        raise InputError(f"not UTF-8 text ({err.reason} at byte {err.start})", file=path) from None
-    except OSError as err:
-        raise InputError(err.strerror or str(err), file=path) from None
+    """A profile file's text: a regular file of at most :data:`MAX_PROFILE_BYTES` (see ``core.inputfile``)."""
+    return read_text_capped(path, MAX_PROFILE_BYTES, what="host profiles")
 
 
 def _yaml_error(err: yaml.YAMLError, path: str) -> InputError:

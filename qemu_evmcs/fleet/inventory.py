@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from typing import Any, Self, Union
 
 from qemu_evmcs.core.errors import InputError, KvmError
+from qemu_evmcs.core.inputfile import open_regular
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.core.kernel import era_table
 from qemu_evmcs.core.msrval import feature_set
 from qemu_evmcs.core.profile import HostProfile, profile_from_mapping
 from qemu_evmcs.core.registry import registry
-from qemu_evmcs.fleet.loader import FleetLoader, profile_files, subdir_hint
+from qemu_evmcs.fleet.loader import CHUNK_BYTES, FleetLoader, profile_files, subdir_hint
 from qemu_evmcs.kvm.simkvm import guest_view
 from qemu_evmcs.output.progress import Progress
 
@@ -32,10 +33,22 @@ PathLike = Union[str, "os.PathLike[str]"]
 def is_database(path: PathLike) -> bool:
     """Is ``path`` an existing SQLite file (by its 16-byte header)?"""
     try:
-        with open(path, "rb") as fh:
+        with open_regular(os.fspath(path)) as fh:
             return fh.read(16) == b"SQLite format 3\x00"
-    except OSError:
+    except (InputError, OSError):
         return False
+
+
+def _file_sha256(path: str) -> str:
+    """SHA-256 of a regular file, read in chunks (a 1 GB fleet file must not be held in memory)."""
+    digest = hashlib.sha256()
+    with open_regular(path) as fh:
+        try:
+            for block in iter(lambda: fh.read(CHUNK_BYTES), b""):
+                digest.update(block)
+        except OSError as err:
+            raise InputError(err.strerror or str(err), file=path) from None
+    return digest.hexdigest()
 
 
 
@@ -222,17 +235,12 @@ class FleetDb:
                         if new_pool != old[3] or root != old[4]:
                             touch.append((st.st_mtime_ns, st.st_size, old[2], new_pool, root, f))
                         continue
-                    try:
-                        with open(f, "rb") as fh:
-                            data = fh.read()
-                    except OSError as err:
-                        raise InputError(err.strerror or str(err), file=f) from None
-                    sha = hashlib.sha256(data).hexdigest()
+                    sha = _file_sha256(f)  # streamed: memory does not grow with the file
                     if old and old[2] == sha:
                         res.unchanged += 1
                         touch.append((st.st_mtime_ns, st.st_size, sha, new_pool, root, f))
                         continue
-                    hosts = loader.add_text(FleetLoader._decode(data, f, 0), f)
+                    hosts = loader.add_file(f)
                     if not hosts:
                         raise InputError("no host profile in file", file=f)
                     replace.append((f, root, st.st_mtime_ns, st.st_size, sha, new_pool, hosts))

@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 import yaml
 
 from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.core.inputfile import open_regular
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.core.profile import MAX_PROFILE_BYTES, HostProfile, iter_documents, profile_from_mapping
 from qemu_evmcs.output.progress import Progress
@@ -103,25 +104,21 @@ class FleetLoader:
         ``start``/``end``: only this byte range (``start`` on a ``---`` line or 0, ``end`` exclusive, ``None``:
         to the end of the file), whose first line is 0-based line ``line0`` of the file.
         """
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as err:
-            raise InputError(err.strerror or str(err), file=path) from None
+        fh = open_regular(path)  # a FIFO, /dev/zero or a symlink to them: refused, never read "until EOF"
         try:
             if start == 0 and end is None:
                 # Small files (the one-host-per-file layout) in one read; large ones streamed.
-                data = os.read(fd, SMALL_FILE)
+                data = fh.read(SMALL_FILE)
                 if len(data) < SMALL_FILE:
                     if self.progress is not None:
                         self.progress.update(len(data))
                     return self.add_text(self._decode(data, path, 0), path) if data else []
-            with os.fdopen(os.dup(fd), "rb") as fh:
-                fh.seek(start)
-                return self._stream(fh, path, None if end is None else end - start, line0, start)
+            fh.seek(start)
+            return self._stream(fh, path, None if end is None else end - start, line0, start)
         except OSError as err:
             raise InputError(err.strerror or str(err), file=path) from None
         finally:
-            os.close(fd)
+            fh.close()
 
     def _stream(self, fh: BinaryIO, path: str, limit: int | None = None, line0: int = 0,
                 consumed: int = 0) -> list[tuple[str, str]]:
@@ -141,8 +138,9 @@ class FleetLoader:
                 return out
             cut = buf.rfind(b"\n---\n")
             if cut < 0:
-                if len(buf) > MAX_PROFILE_BYTES + CHUNK_BYTES:
-                    raise InputError(f"a document exceeds {MAX_PROFILE_BYTES} bytes", file=path, line=line0 + 1)
+                if len(buf) > MAX_PROFILE_BYTES:  # memory stays below one chunk + one document
+                    raise InputError(f"a document exceeds {MAX_PROFILE_BYTES} bytes; host profiles are limited "
+                                     f"to {MAX_PROFILE_BYTES}", file=path, line=line0 + 1)
                 carry = buf
                 continue
             head, carry = buf[:cut + 1], buf[cut + 1:]

@@ -37,22 +37,13 @@ from collections.abc import Callable
 from typing import Literal, TextIO
 
 from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.core.inputfile import describe_mode
 
 #: What :func:`replace_file` writes: the text itself, or a function that writes it to the open file.
 Content = str | Callable[[TextIO], object]
 
 #: The message for an existing output without ``--force`` (tests and docs quote it).
 EXISTS_MESSAGE = "already exists; pass --force to overwrite"
-
-
-def describe_mode(mode: int) -> str:
-    """``st_mode`` as words for a message: ``a symbolic link``, ``a character device``, ..."""
-    for test, words in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"),
-                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                        (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file")):
-        if test(mode):
-            return words
-    return "not a regular file"
 
 
 def check_output_target(path: str, *, force: bool, kind: Literal["file", "dir"] = "file") -> None:

@@ -43,11 +43,14 @@ from typing import Any
 import yaml
 
 from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.core.inputfile import read_capped, read_text_capped
 from qemu_evmcs.qemu.features import HV_ALIASES, HV_FEATURES, PLUGIN_PERF_GLOBAL_CTRL, VMX_CPUID_REQUIRES, hv_requires
 from qemu_evmcs.core.registry import Feature, Registry, registry
 
 #: The snapshot shipped with the package (QEMU major.minor).
 DEFAULT_QEMU_VERSION = "7.2"
+#: Cap of one QEMU model snapshot JSON file (the largest shipped one is a few KiB).
+SNAPSHOT_MAX_BYTES = 16 * 1024 * 1024
 
 SEVERITIES = ("error", "warning")
 
@@ -163,10 +166,10 @@ class QemuSnapshot:
             raise InputError(f"unable to find CPU model '{name}'")
         path = os.path.join(self.directory, str(self.index[name].get("file", f"{name}.json")))
         try:
-            with open(path, encoding="utf-8") as fh:
-                raw = json.load(fh)
-        except (OSError, ValueError) as err:
-            raise InputError(f"cannot read QEMU {self.version} snapshot of {name}: {err}", file=path) from None
+            raw = json.loads(read_capped(path, SNAPSHOT_MAX_BYTES))
+        except (InputError, ValueError) as err:
+            why = err.message if isinstance(err, InputError) else str(err)
+            raise InputError(f"cannot read QEMU {self.version} snapshot of {name}: {why}", file=path) from None
         model = QemuModel(
             name=raw["name"], alias_of=raw.get("alias-of"), deprecated=bool(raw.get("deprecated", False)),
             migration_safe=raw.get("migration-safe"), static=bool(raw.get("static", False)),
@@ -207,10 +210,10 @@ def load_snapshot_dir(directory: str) -> QemuSnapshot:
     """
     path = os.path.join(directory, "index.json")
     try:
-        with open(path, encoding="utf-8") as fh:
-            idx = json.load(fh)
-    except (OSError, ValueError) as err:
-        raise InputError(f"no QEMU model snapshot: {err}", file=path) from None
+        idx = json.loads(read_capped(path, SNAPSHOT_MAX_BYTES))
+    except (InputError, ValueError) as err:
+        why = err.message if isinstance(err, InputError) else str(err)
+        raise InputError(f"no QEMU model snapshot: {why}", file=path) from None
     full = str(idx["qemu"]["version"])
     return QemuSnapshot(
         version=".".join(full.split(".")[:2]), directory=directory, qemu_version=full,
@@ -499,13 +502,7 @@ def read_text(path: str) -> str:
 
     :raise InputError: missing, unreadable or not UTF-8 (validate exits 2 for these).
     """
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read(4 * 1024 * 1024)
-    except UnicodeDecodeError as err:
-        raise InputError(f"not UTF-8 text ({err.reason} at byte {err.start})", file=path) from None
-    except OSError as err:
-        raise InputError(err.strerror or str(err), file=path) from None
+    return read_text_capped(path, what="CPU model definitions")
 
 
 def model_dirs() -> list[str]:

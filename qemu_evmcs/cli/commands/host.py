@@ -21,6 +21,7 @@ from qemu_evmcs.hostio import rdmsr
 from qemu_evmcs.hostio import vmxcap
 from qemu_evmcs.output.atomicio import write_text_file
 from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.core.inputfile import decode_utf8, read_capped
 from qemu_evmcs.core.kernel import parse_release
 from qemu_evmcs.core.profile import (
     MAX_PROFILE_BYTES,
@@ -38,22 +39,10 @@ FORMATS = ("yaml", "json", "vmxcap")
 
 def read_input_text(path: str) -> str:
     """A text input file, with one-line errors for missing, oversized, binary, non-UTF-8 or empty files."""
-    try:
-        if os.path.isdir(path):
-            raise InputError("is a directory, expected a file", file=path)
-        size = os.path.getsize(path)
-        if size > MAX_PROFILE_BYTES:
-            raise InputError(f"file is {size} bytes; inputs are limited to {MAX_PROFILE_BYTES}", file=path)
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_PROFILE_BYTES + 1)
-    except OSError as err:
-        raise InputError(err.strerror or str(err), file=path) from None
+    data = read_capped(path, MAX_PROFILE_BYTES)
     if b"\x00" in data:
         raise InputError("binary file (contains NUL bytes), expected text", file=path)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise InputError(f"not UTF-8 text ({err.reason} at byte {err.start})", file=path) from None
+    text = decode_utf8(data, path)
     if not text.strip():
         raise InputError("empty file", file=path)
     return text
