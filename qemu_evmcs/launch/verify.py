@@ -37,6 +37,8 @@ STATUS_DROPPED = "dropped"
 STATUS_INEFFECTIVE = "ineffective"
 STATUS_NOT_REMOVED = "not-removed"
 STATUS_UNKNOWN = "unknown"
+#: QEMU applied it, but KVM hides it from the L1 guest (known only with a host profile: :mod:`.guestview`).
+STATUS_HIDDEN = "hidden"
 
 
 def is_tracked(name: str) -> bool:
@@ -147,8 +149,10 @@ class FeatureOutcome:
     """What became of one requested option.
 
     :ivar status: ``applied``, ``dropped`` (asked on, is off), ``not-removed``
-        (asked off, is on), ``ineffective`` (hv-* set but no KVM), ``unknown``.
+        (asked off, is on), ``ineffective`` (hv-* set but no KVM), ``hidden`` (applied by QEMU, hidden from
+        the L1 guest by KVM: needs a host profile), ``unknown``.
     :ivar reason: QEMU's warning text when it gave one, else our best evidence.
+    :ivar layer: for ``hidden``: the layer that hides it (``evmcs-filter``, ``perf-cpuid-gate``, ``kvm``...).
     """
 
     name: str
@@ -158,6 +162,7 @@ class FeatureOutcome:
     status: str
     reason: str | None = None
     warning: FeatureWarning | None = None
+    layer: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         d: dict[str, object] = {k: v for k, v in asdict(self).items() if k != "warning"}
@@ -181,6 +186,9 @@ class LaunchReport:
     warnings: list[FeatureWarning] = field(default_factory=list)
     expansion_error: str | None = None
     errors: list[str] = field(default_factory=list)
+    #: The host profile the guest view was judged on (None: none given, ``hidden`` is never reported).
+    host: str | None = None
+    host_kernel: str | None = None
 
     @property
     def applied(self) -> list[str]:
@@ -201,6 +209,7 @@ class LaunchReport:
             "model": self.model,
             "qom_path": self.qom_path,
             "kvm": {"enabled": self.kvm_enabled, "present": self.kvm_present},
+            "host": None if self.host is None else {"name": self.host, "kernel": self.host_kernel},
             "ok": self.ok,
             "applied": self.applied,
             "dropped": self.dropped,

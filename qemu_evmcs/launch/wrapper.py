@@ -418,6 +418,20 @@ def write_report(path: str, report: LaunchReport, *, force: bool = False) -> Non
     write_text_file(path, report.to_json() + "\n", force=force)
 
 
+def judge_guest_view(report: LaunchReport, spec: CpuSpec, opts: WrapperOptions) -> None:
+    """With a host profile (``--host``, or ``--simulate``'s), report what the L1 guest cannot see although QEMU
+    applied it (:mod:`qemu_evmcs.launch.guestview`). Imported only then: plain launches stay light."""
+    profile = opts.host if opts.host is not None else opts.simulate
+    if profile is None:
+        return
+    from qemu_evmcs.launch.guestview import apply_guest_view, load_host
+
+    try:
+        apply_guest_view(report, spec, load_host(profile), variant=opts.variant or "shipped")
+    except EvmcsError as err:
+        _say(f"warning: guest view not judged: {err}")
+
+
 async def _supervise(session: EmulatorSession, spec: CpuSpec, opts: WrapperOptions) -> int:
     """Start, verify, report, then wait for the emulator; returns the wrapper's exit status."""
     try:
@@ -438,6 +452,7 @@ async def _supervise(session: EmulatorSession, spec: CpuSpec, opts: WrapperOptio
             return shell_status(await session.wait())
         _say(f"warning: verification failed: {err}")
     else:
+        judge_guest_view(report, spec, opts)
         for line in report.summary_lines():
             _say(line)
         if opts.report_json is not None:
