@@ -31,6 +31,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
+from qemu_evmcs.core.enumeration import TRUE_MSRS, quirks
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import MAX_INPUT_BYTES, read_text_capped
 from qemu_evmcs.core.kernel import Era, KernelVersion, era_table, parse_release
@@ -41,7 +42,7 @@ VENDORS = ("GenuineIntel", "AuthenticAMD", "HygonGenuine", "CentaurHauls")
 
 _OPTIONAL_KEYS = {
     "family": int, "model": int, "stepping": int, "model_name": str, "nested": bool, "kvm_hyperv": bool,
-    "notes": str, "provenance": str, "synthetic": bool, "cpu_msrs": dict,
+    "notes": str, "provenance": str, "synthetic": bool, "cpu_msrs": dict, "unknown_msrs": list,
 }
 _REQUIRED_KEYS = {"name": str, "vendor": str, "kernel": (str, int, float), "msrs": dict}
 
@@ -72,7 +73,12 @@ class HostProfile:
     notes: Optional[str] = None
     provenance: Optional[str] = None
     synthetic: bool = False
+    #: MSRs the CPU enumerates that the input lacked (``host import --partial``): answers depending on them are
+    #: conservative (the features in them count as absent) and say so.
+    unknown_msrs: Tuple[str, ...] = ()
     source: Optional[str] = field(default=None, compare=False)
+    #: Accepted oddities of the input (raw-hardware quirks in ``cpu_msrs``), one line each, for the CLI to print.
+    warnings: Tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def era(self) -> Era:
@@ -83,6 +89,13 @@ class HostProfile:
     def is_intel(self) -> bool:
         """Only Intel VMX has eVMCS."""
         return self.vendor == "GenuineIntel"
+
+    def unknown_note(self) -> Optional[str]:
+        """The sentence every answer about this host carries when its profile is partial (else ``None``)."""
+        if not self.unknown_msrs:
+            return None
+        return (f"host {self.name}: {', '.join(self.unknown_msrs)} unknown (partial import): the features they "
+                f"carry count as absent there, so this answer may be more conservative than the host needs")
 
     def with_kernel(self, kernel: str) -> "HostProfile":
         """The same host booted with another kernel release (``--kernel``)."""
@@ -108,6 +121,8 @@ class HostProfile:
         out["msrs"] = {n: f"0x{self.msrs[n]:016x}" for n in reg.msr_names() if n in self.msrs}
         if self.cpu_msrs is not None:
             out["cpu_msrs"] = {n: f"0x{self.cpu_msrs[n]:016x}" for n in reg.msr_names() if n in self.cpu_msrs}
+        if self.unknown_msrs:
+            out["unknown_msrs"] = list(self.unknown_msrs)
         for key in ("notes", "provenance"):
             val = getattr(self, key)
             if val is not None:
@@ -130,6 +145,8 @@ class HostProfile:
             # The series decides the kernel facts (version_at_least); a stable point release with backports has
             # its own filter on top. Added only then, so mainline-era fingerprints stay what they were.
             key["stable_era"] = era.id
+        if self.unknown_msrs:
+            key["unknown_msrs"] = sorted(self.unknown_msrs)
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -182,7 +199,7 @@ def parse_msr_value(raw: object, *, file: Optional[str], key: str, line: Optiona
 
 
 def _parse_msrs(raw: Mapping[Any, Any], section: str, file: Optional[str], lines: Mapping[str, int],
-                reg: Registry) -> Dict[str, int]:
+                reg: Registry, warnings: Optional[List[str]] = None) -> Dict[str, int]:
     out: Dict[str, int] = {}
     for name, val in raw.items():
         key = f"{section}.{name}"
@@ -195,12 +212,29 @@ def _parse_msrs(raw: Mapping[Any, Any], section: str, file: Optional[str], lines
                 hint = f" (did you mean {close[0]}?)" if close else ""
             raise InputError(f"unknown MSR name {name!r}{hint}", file=file, key=key, line=line)
         out[name] = parse_msr_value(val, file=file, key=key, line=line)
-    _check_consistency(out, section, file, lines, reg)
+    tolerated: set[str] = set()
+    if section == "cpu_msrs":
+        # Raw hardware dumps in public tables show these; KVM never reports them, so `msrs` keeps refusing.
+        for msr, what in quirks(out, reg):
+            tolerated.add(msr)
+            if warnings is not None:
+                where = f"{file}: " if file else ""
+                warnings.append(f"{where}{section}.{msr}: {what} (raw hardware dump quirk; accepted)")
+    else:
+        basic = out.get("IA32_VMX_BASIC")
+        if basic is not None and not basic & reg.feature("vmx-true-ctls").mask:
+            for name in out:
+                if name in TRUE_MSRS:
+                    key = f"{section}.{name}"
+                    raise InputError("present although IA32_VMX_BASIC bit 55 (TRUE controls) is clear; KVM never "
+                                     "reports that (a raw hardware dump belongs under cpu_msrs:)",
+                                     file=file, key=key, line=lines.get(key), msr=name)
+    _check_consistency(out, section, file, lines, reg, skip=tolerated)
     return out
 
 
 def _check_consistency(msrs: Mapping[str, int], section: str, file: Optional[str], lines: Mapping[str, int],
-                       reg: Registry) -> None:
+                       reg: Registry, skip: Optional[set[str]] = None) -> None:
     """allowed-0 within allowed-1; TRUE and non-TRUE allowed-1 halves equal, and their allowed-0 halves differ
     only in the default1 bits, which the non-TRUE form reports as must-be-1 (SDM A.3)."""
     for name, value in msrs.items():
@@ -214,7 +248,7 @@ def _check_consistency(msrs: Mapping[str, int], section: str, file: Optional[str
                 raise InputError(f"allowed-0 bit {bit} is set but allowed-1 bit {bit + 32} is clear "
                                  f"(a control cannot be both required and unsupported)",
                                  file=file, key=key, line=lines.get(key), msr=name, bit=bit)
-        if m.true and m.true in msrs:
+        if m.true and m.true in msrs and name not in (skip or ()):
             a1, t1 = (value >> 32) & MASK32, (msrs[m.true] >> 32) & MASK32
             if a1 != t1:
                 diff = a1 ^ t1
@@ -276,15 +310,26 @@ def profile_from_mapping(data: object, *, file: Optional[str] = None,
         err.line = lines.get("kernel")
         raise
     msrs = _parse_msrs(data["msrs"], "msrs", file, lines, reg)
+    warnings: List[str] = []
     cpu_msrs = None
     if data.get("cpu_msrs") is not None:
-        cpu_msrs = _parse_msrs(data["cpu_msrs"], "cpu_msrs", file, lines, reg)
+        cpu_msrs = _parse_msrs(data["cpu_msrs"], "cpu_msrs", file, lines, reg, warnings)
+    unknown: List[str] = []
+    for i, u in enumerate(data.get("unknown_msrs") or []):
+        if not isinstance(u, str) or u not in reg.msrs:
+            raise InputError(f"unknown MSR name {u!r}", file=file, key=f"unknown_msrs[{i}]",
+                             line=lines.get("unknown_msrs"))
+        if u in msrs:
+            raise InputError(f"{u} is listed as unknown but has a value under msrs", file=file,
+                             key=f"unknown_msrs[{i}]", line=lines.get("unknown_msrs"))
+        unknown.append(u)
     return HostProfile(
         name=name, vendor=vendor, kernel=kernel, version=version, msrs=msrs,
         nested=bool(data.get("nested", True)), kvm_hyperv=bool(data.get("kvm_hyperv", True)),
         cpu_msrs=cpu_msrs, family=data.get("family"), model=data.get("model"), stepping=data.get("stepping"),
         model_name=data.get("model_name"), notes=data.get("notes"), provenance=data.get("provenance"),
         synthetic=bool(data.get("synthetic", False)), source=file,
+        unknown_msrs=tuple(n for n in reg.msr_names() if n in unknown), warnings=tuple(warnings),
     )
 
 

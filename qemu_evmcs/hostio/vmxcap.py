@@ -161,11 +161,20 @@ _HEX = re.compile(r"^  Hex:\s+(0[xX][0-9a-fA-F]+)\s*$")
 def looks_like_vmxcap(text: str, reg: Registry | None = None) -> bool:
     """Does ``text`` contain at least one vmxcap section title followed by a vmxcap line?"""
     titles = {s.title for s in sections(reg)}
-    lines = text.splitlines()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
     for i, line in enumerate(lines[:-1]):
-        if line.rstrip() in titles and lines[i + 1].startswith("  "):
+        if line.strip() in titles and lines[i + 1].strip() not in titles:
             return True
     return False
+
+
+def _is_entry_of(sec: Section, line: str) -> bool:
+    """Is the unindented ``line`` one of ``sec``'s entries (its ``Hex:`` line or a known label and a value)?"""
+    if line.startswith("Hex:"):
+        return sec.kind == "info"
+    parts = line.rsplit(None, 1)
+    labels = {f.vmxcap for f in sec.features} | {f.vmxcap for f in sec.fields}
+    return len(parts) == 2 and parts[0] in labels
 
 
 @dataclass
@@ -190,6 +199,8 @@ def parse(text: str, *, file: str | None = None, reg: Registry | None = None) ->
         line = raw.rstrip("\r\n")
         if not line.strip() or line.lstrip().startswith("#"):
             continue
+        if not line.startswith(" ") and current is not None and _is_entry_of(current, line.strip()):
+            line = "  " + line.strip()  # a forum paste lost vmxcap's indentation
         if not line.startswith(" "):
             title = line.strip()
             if title not in by_title:

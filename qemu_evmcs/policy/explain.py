@@ -435,6 +435,9 @@ def _explain_feature(feat: Feature, profile: HostProfile, guest: Mapping[str, in
 def _notes(profile: HostProfile, kvm: SimKvm, era: Era, evmcs: bool, pv_perf: bool, variant: str,
            views: Mapping[str, MsrView], features: tuple[FeatureExplanation, ...], reg: Registry) -> list[str]:
     notes: list[str] = []
+    partial = profile.unknown_note()
+    if partial:
+        notes.append(partial)
     if not evmcs:
         notes.append("eVMCS off (--no-evmcs): the guest reads KVM's nested values unfiltered")
     elif era.filter_at == "enable":

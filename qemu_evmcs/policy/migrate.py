@@ -181,6 +181,9 @@ def verdict_from_view(config: GuestConfig, source_msrs: Mapping[str, int], sourc
         v.reason = "guest keeps every control; gains " + ", ".join(sorted({c.label() for c in v.gained}))
     else:
         v.reason = "identical guest-visible VMX MSRs"
+    partial = destination.unknown_note()
+    if partial:
+        v.reason += f" (note: {partial})"
     return v
 
 

@@ -716,7 +716,8 @@ def _merge_drops(drops: Iterable[Drop]) -> list[Drop]:
 
 def _fail(neg: Negotiation, message: str) -> Negotiation:
     neg.ok = False
-    neg.error = message
+    partial = [n for n in (g.profile.unknown_note() for g in neg.groups) if n]
+    neg.error = message + "".join(f" (note: {n})" for n in partial)
     return neg
 
 
@@ -769,6 +770,10 @@ def _negotiate_groups(gm: GuestModel, groups: list[PoolGroup], strategy: str,
     def hosts_of(idx: Iterable[int]) -> list[str]:
         return [n for i in idx for n in groups[i].hosts]
 
+    for g in groups:
+        partial = g.profile.unknown_note()
+        if partial:
+            neg.notes.append(partial)
     # -- hard failures: the pool cannot run an eVMCS guest at all
     if gm.vendor != "GenuineIntel":
         return _fail(neg, f"model {gm.name} is {gm.vendor}: eVMCS needs an Intel VMX model")

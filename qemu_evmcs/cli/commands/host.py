@@ -19,7 +19,9 @@ import yaml
 from qemu_evmcs.hostio import probe as probe_mod
 from qemu_evmcs.hostio import rdmsr
 from qemu_evmcs.hostio import vmxcap
+from qemu_evmcs.hostio.paste import clean_paste
 from qemu_evmcs.output.atomicio import write_text_file
+from qemu_evmcs.core.enumeration import missing_msrs
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import decode_utf8, read_capped
 from qemu_evmcs.core.kernel import parse_release
@@ -54,13 +56,19 @@ def detect_format(text: str) -> str:
 
 
 def import_text(text: str, *, file: str, name: str | None = None, kernel: str | None = None,
-                vendor: str | None = None) -> tuple[HostProfile, str]:
+                vendor: str | None = None, partial: bool = False) -> tuple[HostProfile, str]:
     """Build a validated profile from vmxcap or rdmsr text; returns (profile, detected format).
 
-    ``name``/``kernel``/``vendor`` override ``# name:`` style metadata comments in the input.
+    ``name``/``kernel``/``vendor`` override ``# name:`` style metadata comments in the input. Forum-paste
+    debris (prompt lines, fences, quoting, odd spaces, lost indentation) is ignored.
+
+    :raise InputError: also when the input lacks an MSR the CPU enumerates (a paste cut short), unless
+        ``partial``: the profile then lists them as ``unknown_msrs``.
     """
+    text = clean_paste(text)
     fmt = detect_format(text)
     msrs = vmxcap.parse(text, file=file) if fmt == "vmxcap" else rdmsr.parse(text, file=file)
+    missing = missing_msrs(msrs)
     meta = rdmsr.parse_metadata(text)
     name = name or meta.get("name")
     kernel = kernel or meta.get("kernel")
@@ -86,10 +94,18 @@ def import_text(text: str, *, file: str, name: str | None = None, kernel: str | 
     }
     if meta.get("model_name"):
         data["model_name"] = meta["model_name"]
+    if missing:
+        data["unknown_msrs"] = [m.msr for m in missing]
     if fmt == "vmxcap":
         data["notes"] = ("vmxcap shows no raw control values: allowed-0/allowed-1 were rebuilt from the "
                          "yes/no/forced/default words; CR0/CR4 fixed and VMCS_ENUM are not in vmxcap output")
-    return profile_from_mapping(data, file=file), fmt
+    profile = profile_from_mapping(data, file=file)   # the values themselves first: a bad value is the news
+    if missing and not partial:
+        raise InputError("the input lacks MSRs this CPU enumerates (a paste cut short?): "
+                         + "; ".join(m.text() for m in missing)
+                         + ". Paste the whole output, or pass --partial to import it with these MSRs unknown",
+                         file=file, msr=missing[0].msr)
+    return profile, fmt
 
 
 def profile_yaml(profile: HostProfile) -> str:
@@ -132,7 +148,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     """``host import``."""
     path: str = args.file
     text = read_input_text(path)
-    profile, _ = import_text(text, file=path, name=args.name, kernel=args.kernel, vendor=args.vendor)
+    profile, _ = import_text(text, file=path, name=args.name, kernel=args.kernel, vendor=args.vendor,
+                             partial=args.partial)
+    for line in profile.warnings:
+        sys.stderr.write(f"warning: {line}\n")
+    if profile.unknown_msrs:
+        sys.stderr.write(f"warning: {path}: imported with --partial: {', '.join(profile.unknown_msrs)} unknown; "
+                         f"answers that depend on them will say so\n")
     _emit(profile_yaml(profile), args.output, args.force)
     return 0
 
@@ -173,6 +195,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--vendor", metavar="V", help=f"CPU vendor ({', '.join(VENDORS)}); default GenuineIntel")
     p.add_argument("-o", "--output", metavar="OUT", help="write the profile here (atomically) instead of stdout")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.add_argument("--partial", action="store_true",
+                   help="import a dump that lacks MSRs the CPU enumerates; the profile lists them as unknown")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("show", help="print a profile as yaml, json or vmxcap text",

@@ -1,0 +1,50 @@
+"""Undo what forums and chat do to a pasted vmxcap or rdmsr dump, keeping line numbers.
+
+Why: the dumps users have are copied from issue trackers, mailing lists and forums, where they gain a shell
+prompt line (``$ sudo ./vmxcap``), Markdown fences, ``> `` e-mail/Markdown quoting, non-breaking spaces and
+tabs, and lose their leading indentation. None of that changes a value, so it is removed before parsing.
+Removed lines become empty lines, so an error still names the line of the original paste.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: Non-breaking and other fixed-width spaces that HTML pages turn plain spaces into.
+_ODD_SPACES = dict.fromkeys(map(ord, "\u00a0\u2007\u202f\u2009\u200a\u3000"), " ")
+_FENCE = re.compile(r"^\s*(```|~~~)")
+_QUOTE = re.compile(r"^\s*(?:>\s?)+")
+#: A shell prompt running the dump tool: ``$ sudo ./vmxcap``, ``root@host:~# python3 vmxcap``,
+#: ``[user@h ~]$ sudo rdmsr -a 0x480``, ``PS C:\\> ...``. Only such lines are dropped: a ``# name: x`` metadata
+#: comment or a Windbg ``kd> rdmsr`` line is not a prompt followed by one of these tools.
+_PROMPT = re.compile(r"^\s*(?:\S*[$#%>]\s*)(?:sudo\s+)?(?:\S*/)?(?:python3?\s+\S*/?)?"
+                     r"(?:vmxcap|rdmsr|vmxcap\.py|cat|modprobe)\b")
+
+
+def _is_prompt(line: str) -> bool:
+    return bool(_PROMPT.match(line)) and not line.lstrip().startswith("# ")
+
+
+def clean_paste(text: str) -> str:
+    """``text`` with prompts, fences and quoting removed and odd spaces and tabs made plain spaces.
+
+    Leading indentation is left as it is (only the quoting before it is removed): the vmxcap parser decides
+    what an unindented line is, since it knows the section titles.
+    """
+    out = []
+    for raw in text.splitlines():
+        line = raw.translate(_ODD_SPACES).replace("\t", "  ").rstrip()
+        if _FENCE.match(line):
+            out.append("")
+            continue
+        if line.lstrip().startswith(">"):
+            # Markdown / e-mail quoting: "> " before the line ("  label" -> ">   label" -> "  label").
+            line = _QUOTE.sub("", line, count=1)
+        if _is_prompt(line):
+            out.append("")
+            continue
+        out.append(line)
+    return "\n".join(out) + ("\n" if text.endswith("\n") else "")
+
+
+__all__ = ["clean_paste"]

@@ -1,0 +1,129 @@
+"""Truncated and forum-mangled pastes, and raw-dump quirks (issue 12).
+
+The complete input is the bundled Skylake i7-6700K profile rendered as vmxcap output (a real CPU's values from
+the VirtualBox CPU database). Which MSRs must exist is written here from the SDM rules by hand:
+BASIC 0xda040000000004 has bit 55 set -> the four TRUE MSRs; primary allowed-1 0xfff9fffe has bit 31 -> CTLS2;
+CTLS2 allowed-1 0x1ffcff has bits 1/5 (EPT/VPID) -> EPT_VPID_CAP and bit 13 (VM functions) -> VMFUNC.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from qemu_evmcs.cli.commands.host import import_text
+from qemu_evmcs.core.enumeration import missing_msrs, quirks
+from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.core.profile import load_profile, load_profile_text, resolve_profile_path
+from qemu_evmcs.hostio import vmxcap
+from qemu_evmcs.policy.explain import explain_host
+from qemu_evmcs.policy.negotiate import negotiate
+
+SKY = load_profile(resolve_profile_path("skylake-6.3"))
+FULL = vmxcap.render_profile(SKY)
+
+
+def _cut_before(title: str) -> str:
+    return FULL[: FULL.index(title)]
+
+
+def test_the_full_paste_imports() -> None:
+    prof, fmt = import_text(FULL, file="p.txt", name="s", kernel="6.3")
+    assert fmt == "vmxcap" and not prof.unknown_msrs
+
+
+@pytest.mark.parametrize(("cut", "missing"), [
+    ("VM Functions", {"IA32_VMX_VMFUNC"}),
+    ("VPID and EPT capabilities", {"IA32_VMX_EPT_VPID_CAP", "IA32_VMX_VMFUNC"}),
+    ("VM-Exit controls", {"IA32_VMX_EXIT_CTLS", "IA32_VMX_TRUE_EXIT_CTLS", "IA32_VMX_ENTRY_CTLS",
+                          "IA32_VMX_TRUE_ENTRY_CTLS", "IA32_VMX_MISC", "IA32_VMX_EPT_VPID_CAP", "IA32_VMX_VMFUNC"}),
+])
+def test_half_a_paste_is_refused_naming_what_is_missing(cut: str, missing: set[str]) -> None:
+    text = _cut_before(cut)
+    with pytest.raises(InputError) as err:
+        import_text(text, file="p.txt", name="s", kernel="6.3")
+    for m in missing:
+        assert m in err.value.message
+    assert "--partial" in err.value.message
+    prof, _ = import_text(text, file="p.txt", name="s", kernel="6.3", partial=True)
+    assert set(prof.unknown_msrs) == missing
+
+
+def test_secondary_controls_require_ctls2() -> None:
+    # Primary allowed-1 bit 31 set (0xfff9fffe... has bit 63 of the MSR) but no PROCBASED_CTLS2 line.
+    dump = "\n".join(f"{n} {SKY.msrs[n]:#x}" for n in SKY.msrs if n != "IA32_VMX_PROCBASED_CTLS2")
+    with pytest.raises(InputError) as err:
+        import_text(dump, file="d.txt", name="s", kernel="6.3")
+    assert "IA32_VMX_PROCBASED_CTLS2" in err.value.message
+    assert "primary control 31" in err.value.message
+
+
+def test_partial_profile_answers_say_so(tmp_path: pytest.TempPathFactory) -> None:
+    prof, _ = import_text(_cut_before("VM Functions"), file="p.txt", name="partial-sky", kernel="6.3", partial=True)
+    import yaml
+    path = os.path.join(str(tmp_path), "p.yaml")
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(prof.to_mapping(), f)
+    again = load_profile(path)
+    assert again.unknown_msrs == ("IA32_VMX_VMFUNC",)
+    neg = negotiate("Skylake-Server-evmcs", [path])
+    assert any("IA32_VMX_VMFUNC unknown (partial import)" in n for n in neg.notes)
+    assert any("IA32_VMX_VMFUNC unknown" in n for n in explain_host(again).notes)
+
+
+def _mangled(text: str) -> str:
+    """What a forum does: prompt line, fences, "> " quoting, NBSP and tabs, stripped indentation."""
+    out = ["user@host:~$ sudo python3 ./vmxcap", "```"]
+    for i, line in enumerate(text.splitlines()):
+        if i % 3 == 0:
+            line = line.strip()                      # indentation stripped
+        elif i % 3 == 1:
+            line = line.replace("  ", "\u00a0\u00a0", 1).replace(" " * 4, "\t")   # NBSP and a tab
+        out.append("> " + line if i % 5 == 0 else line)
+    out.append("```")
+    return "\n".join(out) + "\n"
+
+
+def test_forum_paste_imports_like_the_clean_one() -> None:
+    clean, _ = import_text(FULL, file="p.txt", name="s", kernel="6.3")
+    mangled, fmt = import_text(_mangled(FULL), file="p.txt", name="s", kernel="6.3")
+    assert fmt == "vmxcap"
+    assert dict(mangled.msrs) == dict(clean.msrs)
+
+
+def _profile_text(section: str, extra: dict[str, int]) -> str:
+    msrs = dict(SKY.msrs)
+    body = "\n".join(f"  {k}: {v:#x}" for k, v in msrs.items())
+    quirky = "\n".join(f"  {k}: {v:#x}" for k, v in {**msrs, **extra}.items())
+    text = f"name: q\nvendor: GenuineIntel\nkernel: '6.3'\nmsrs:\n{body if section == 'cpu_msrs' else quirky}\n"
+    if section == "cpu_msrs":
+        text += f"cpu_msrs:\n{quirky}\n"
+    return text
+
+
+def test_raw_quirk_true_msrs_without_bit_55() -> None:
+    # BASIC with bit 55 cleared: 0xda040000000004 & ~(1 << 55) = 0x5a040000000004; the TRUE MSRs stay.
+    extra = {"IA32_VMX_BASIC": 0x5a040000000004}
+    assert [m for m, _ in quirks({**SKY.msrs, **extra})] == [
+        "IA32_VMX_TRUE_PINBASED_CTLS", "IA32_VMX_TRUE_PROCBASED_CTLS", "IA32_VMX_TRUE_EXIT_CTLS",
+        "IA32_VMX_TRUE_ENTRY_CTLS"]
+    prof = load_profile_text(_profile_text("cpu_msrs", extra), "q.yaml")
+    assert any("cpu_msrs.IA32_VMX_TRUE_PINBASED_CTLS" in w for w in prof.warnings)
+    with pytest.raises(InputError) as err:
+        load_profile_text(_profile_text("msrs", extra), "q.yaml")
+    assert err.value.key == "msrs.IA32_VMX_TRUE_PINBASED_CTLS"
+
+
+def test_raw_quirk_allowed1_halves_disagree() -> None:
+    # Plain PINBASED allowed-1 0x7f, TRUE 0x3f (bit 6, the preemption timer, only in the plain MSR).
+    extra = {"IA32_VMX_TRUE_PINBASED_CTLS": 0x3f00000016}
+    prof = load_profile_text(_profile_text("cpu_msrs", extra), "q.yaml")
+    assert any("cpu_msrs.IA32_VMX_PINBASED_CTLS" in w and "control bit 6" in w for w in prof.warnings)
+    with pytest.raises(InputError):
+        load_profile_text(_profile_text("msrs", extra), "q.yaml")
+
+
+def test_missing_msrs_of_a_cpu_without_vm_functions() -> None:
+    ivb = load_profile(resolve_profile_path("ivybridge-5.10"))
+    assert missing_msrs(ivb.msrs) == []   # no VMFUNC needed: CTLS2 allowed-1 0x8ff has no bit 13
