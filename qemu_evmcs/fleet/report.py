@@ -453,10 +453,11 @@ def write_report(text: str, out: str, *, force: bool = False) -> None:
     write_output(out, text, force=force, prefix=".report-", mode=0o644)  # a report is for sharing: world-readable
 
 
-def make_report(hosts: Sequence[str], out: str, *, force: bool = False,
+def make_report(hosts: Sequence[str] | Fleet, out: str, *, force: bool = False,
                 max_design_groups: int = DEFAULT_MAX_DESIGN_GROUPS, progress: bool | None = None) -> Fleet:
-    """Load ``hosts`` (files, directories or one inventory database), render and write ``out``."""
+    """Load ``hosts`` (files, directories or one inventory database; or an already selected fleet), render
+    and write ``out``."""
     check_output_target(out, force=force)  # before the (long) load: refuse early
-    fleet = load_fleet(list(hosts), progress=progress)
+    fleet = hosts if isinstance(hosts, Fleet) else load_fleet(list(hosts), progress=progress)
     write_report(render_html(fleet, max_design_groups=max_design_groups), out, force=force)
     return fleet

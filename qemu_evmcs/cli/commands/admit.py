@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from qemu_evmcs.cli.hostargs import add_selection_arguments, inventory_among, select_hosts, split_pool_values
 from qemu_evmcs.policy.admit import admit
 from qemu_evmcs.core.errors import EXIT_NEGATIVE, EXIT_OK
 from qemu_evmcs.output.jsonout import print_json
@@ -18,10 +19,12 @@ def register(subparsers: Any) -> None:
                               description="Admit the candidate when the pool's negotiated configuration starts on "
                                           "it and shows the guest identical VMX MSRs; otherwise refuse and say what "
                                           "admitting it would cost. Exit 0 admit, 1 refuse, 2 bad input.")
-    p.add_argument("--pool", nargs="+", required=True, metavar="PROFILE",
-                   help="the pool's hosts: files (multi-document, any size), dirs, SQLite inventories, bundled names")
-    p.add_argument("--candidate", required=True, metavar="PROFILE",
-                   help="the host that would join (file, SQLite inventory or bundled name; a file's first host)")
+    p.add_argument("--pool", nargs="+", action="extend", required=True, metavar="HOST|NAME",
+                   help="the pool's hosts: files (multi-document, any size), dirs, SQLite inventories, bundled "
+                        "names, host names of those inventories, or inventory pool names")
+    p.add_argument("--candidate", required=True, metavar="HOST",
+                   help="the host that would join (file, bundled name, or a host name with --inventory; "
+                        "a file's first host)")
     p.add_argument("--model", default=None, help="CPU model definition (default: every feature QEMU can set)")
     p.add_argument("--strategy", choices=STRATEGIES, default="pv-cpuid",
                    help="KVM eVMCS ABI design: pv-cpuid (default, what Linux shipped), revision or vmx-msrs")
@@ -29,6 +32,7 @@ def register(subparsers: Any) -> None:
                    help="qemu (default): the pool's guests run on a released QEMU; simulator: on qemu-evmcs-sim, "
                         "with this project's proposed options")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_selection_arguments(p, pool_option=False)
     p.set_defaults(func=run)
 
 
@@ -39,7 +43,12 @@ def run(args: argparse.Namespace) -> int:
     with what admitting it would cost; or the JSON object), and a refusal's reason in exactly one ``error:``
     line on stderr, which the text answer does not repeat.
     """
-    res = admit(args.pool, args.candidate, args.model, args.strategy, target=args.target)
+    pools, items = split_pool_values(args.pool)
+    pool = select_hosts(args, items, pools)
+    # The candidate may be a host name of the pool's inventory (or of --inventory).
+    candidate = select_hosts(argparse.Namespace(inventory=args.inventory or inventory_among(items)),
+                             [args.candidate])
+    res = admit(pool, candidate, args.model, args.strategy, target=args.target)
     if args.json:
         print_json(res.to_json())
     elif res.admit:

@@ -13,7 +13,9 @@ import textwrap
 from typing import Any
 
 from qemu_evmcs.qemu.models import load_model
-from qemu_evmcs.policy.resolve import BaselineResult, Loss, baseline, load_host_args
+from qemu_evmcs.cli.hostargs import add_selection_arguments, select_hosts, split_pool_values
+from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.policy.resolve import BaselineResult, Loss, baseline
 from qemu_evmcs.cli.commands.validate import snapshot_from_args
 
 
@@ -70,7 +72,11 @@ def run(args: argparse.Namespace) -> int:
     """Run the command; returns 0 (the baseline is an answer, not a check)."""
     snap = snapshot_from_args(args)
     model = load_model(args.model) if args.model else None
-    result = baseline(load_host_args(args.hosts), model, pv_perf_global_ctrl=args.pv_perf_global_ctrl,
+    if args.pool is None and model is None:
+        raise InputError("give --model NAME, or --pool for the largest set common to the hosts", key="--model")
+    pools, pool_hosts = split_pool_values(args.pool or [])
+    hosts = select_hosts(args, [*args.hosts, *pool_hosts], pools)
+    result = baseline(hosts, model, pv_perf_global_ctrl=args.pv_perf_global_ctrl,
                       snapshot=snap)
     if args.json:
         sys.stdout.write(json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
@@ -88,14 +94,17 @@ def register(subparsers: Any) -> None:
                     "HOSTs are profile files (multi-document, any size), directories, SQLite inventories from "
                     "`fleet import` or bundled profile names; 100,000 hosts are fine (each distinct profile is "
                     "computed once).")
-    who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--model", metavar="NAME", help="a model definition name (e.g. Skylake-Server-evmcs) or file")
-    who.add_argument("--pool", action="store_true", help="no model: the largest VMX set common to all hosts")
-    p.add_argument("hosts", nargs="+", metavar="HOST")
+    p.add_argument("--model", metavar="NAME", help="a model definition name (e.g. Skylake-Server-evmcs) or file")
+    p.add_argument("--pool", nargs="*", metavar="NAME",
+                   help="without --model: the largest VMX set common to all hosts; each NAME is an inventory pool "
+                        "to select (repeatable), or, when it names a profile file or bundled profile, a host")
+    p.add_argument("hosts", nargs="*", metavar="HOST",
+                   help="profile files, dirs, SQLite inventories, bundled names, host names of those inventories")
     p.add_argument("--pv-perf-global-ctrl", choices=("auto", "on", "off"), default=None,
                    help="override the model's setting (pool default: auto, i.e. QEMU's behaviour: bit clear)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--all", action="store_true",
                    help="text output: one row per feature, also those every host keeps (default: a summary line)")
     p.add_argument("--snapshot", metavar="DIR", help="a QEMU model snapshot directory (default: bundled 7.2)")
+    add_selection_arguments(p, pool_option=False)
     p.set_defaults(func=run)

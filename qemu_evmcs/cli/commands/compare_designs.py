@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from qemu_evmcs.cli.hostargs import add_selection_arguments, select_hosts
 from qemu_evmcs.policy.designs import compare_designs, comparison_text
 from qemu_evmcs.core.errors import EXIT_OK
 from qemu_evmcs.output.jsonout import print_json
@@ -20,16 +21,17 @@ def register(subparsers: Any) -> None:
                                           "could see), or no-start; 'wrong' counts unsafe verdicts and unnecessary "
                                           "blocks (the destination could have shown identical VMX MSRs). "
                                           "Always exit 0: a report, not a check.")
-    p.add_argument("--hosts", nargs="+", required=True, metavar="PROFILE|DIR",
-                   help="files (multi-document, any size), dirs, SQLite inventories, bundled names")
+    p.add_argument("--hosts", nargs="*", default=[], metavar="HOST",
+                   help="files (multi-document, any size), dirs, SQLite inventories, bundled names, host names")
     p.add_argument("--model", nargs="+", default=[], metavar="NAME", help="model definitions (default: max)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_selection_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Always exit 0 (a report, not a check)."""
-    cmp = compare_designs(args.hosts, args.model)
+    cmp = compare_designs(select_hosts(args, args.hosts), args.model)
     if args.json:
         print_json(cmp.to_json())
     else:

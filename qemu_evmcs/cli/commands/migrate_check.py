@@ -10,7 +10,10 @@ from typing import Any
 from qemu_evmcs.core.errors import EXIT_NEGATIVE, EXIT_OK, InputError, LaunchError
 from qemu_evmcs.output.jsonout import print_json
 from qemu_evmcs.policy.migrate import DESIGNS, migrate_check, source_config, verdict_from_view
-from qemu_evmcs.policy.negotiate import TARGETS, load_guest_model, load_hosts
+from qemu_evmcs.cli.hostargs import select_hosts
+from qemu_evmcs.core.hostgroup import Fleet
+from qemu_evmcs.core.profile import HostProfile
+from qemu_evmcs.policy.negotiate import TARGETS, load_guest_model
 
 
 def register(subparsers: Any) -> None:
@@ -32,8 +35,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--target", choices=TARGETS, default="qemu",
                    help="the QEMU the guest runs on: qemu (default, a released QEMU) or simulator (with this "
                         "project's proposed options: the PV CPUID bit, the eVMCS revision)")
+    p.add_argument("--inventory", metavar="DB", help="look host names given to --from/--to up in this inventory")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
+
+
+def _one_host(args: argparse.Namespace, item: str) -> HostProfile:
+    """The host ``item`` names: a profile file (its first host), a bundled name, or a host of --inventory."""
+    fleet: Fleet = select_hosts(args, [item])
+    return next(iter(fleet.iter_hosts()))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,9 +54,9 @@ def run(args: argparse.Namespace) -> int:
     exactly one ``error:`` line on stderr, which the text verdict does not repeat.
     """
     model = load_guest_model(args.model)
-    dest = load_hosts([args.dest])[0]
+    dest = _one_host(args, args.dest)
     if args.source:
-        source = load_hosts([args.source])[0]
+        source = _one_host(args, args.source)
         v = migrate_check(model, source, dest, args.design, target=args.target)
     else:
         from qemu.qmp import QMPError
@@ -61,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         if not profile:
             raise InputError("--from-running: the QEMU does not say which host it runs on; "
                              "give --source-profile PROFILE")
-        source = load_hosts([profile])[0]
+        source = _one_host(args, profile)
         v = verdict_from_view(source_config(model, source, args.design, target=args.target), msrs, source.name, dest)
     if args.json:
         print_json(v.to_json())

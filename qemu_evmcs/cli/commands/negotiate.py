@@ -8,7 +8,8 @@ from typing import Any
 
 from qemu_evmcs.core.errors import EXIT_NEGATIVE, EXIT_OK
 from qemu_evmcs.output.jsonout import print_json
-from qemu_evmcs.policy.negotiate import STRATEGIES, TARGETS, load_guest_model, load_pool, negotiate
+from qemu_evmcs.cli.hostargs import add_selection_arguments, select_hosts
+from qemu_evmcs.policy.negotiate import STRATEGIES, TARGETS, load_guest_model, negotiate
 from qemu_evmcs.output.render import (
     compare_strategies,
     cpu_string,
@@ -25,8 +26,9 @@ def register(subparsers: Any) -> None:
                               description="Decide the eVMCS request, CPUID 0x4000000A.EBX bit 0 and the vmx-*/hv-* "
                                           "flags that give a guest identical VMX MSRs on every host.")
     p.add_argument("--model", required=True, help="CPU model definition (name or file), or 'max'")
-    p.add_argument("--hosts", nargs="+", required=True, metavar="PROFILE",
-                   help="host profiles: files (multi-document, any size), dirs, SQLite inventories, bundled names")
+    p.add_argument("--hosts", nargs="*", default=[], metavar="HOST",
+                   help="host profiles: files (multi-document, any size), dirs, SQLite inventories, bundled names, "
+                        "and host names of those inventories")
     p.add_argument("--strategy", choices=[*STRATEGIES, "all"], default="pv-cpuid",
                    help="KVM eVMCS ABI design: pv-cpuid (default, what Linux shipped), revision or vmx-msrs "
                         "(never merged, simulated), or all three with a comparison")
@@ -38,6 +40,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--format", choices=("text", "cpu", "libvirt", "json"), default="text",
                    help="text (default): the report; cpu: only the -cpu value; libvirt: <cpu>/<features> XML; "
                         "json: one object")
+    add_selection_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     """
     fmt = "json" if args.json else args.format
     model = load_guest_model(args.model)
-    hosts = load_pool(args.hosts)   # one Fleet: each distinct profile parsed and simulated once
+    hosts = select_hosts(args, args.hosts)   # one Fleet: each distinct profile parsed and simulated once
     if args.strategy == "all":
         results = {s: negotiate(model, hosts, s, target=args.target) for s in STRATEGIES}
         ok = any(n.ok for n in results.values())

@@ -10,9 +10,9 @@ import json
 import sys
 from typing import Any
 
+from qemu_evmcs.cli.hostargs import add_selection_arguments, select_hosts
 from qemu_evmcs.qemu.models import QemuSnapshot, load_snapshot, load_snapshot_dir
 from qemu_evmcs.core.hostgroup import Fleet
-from qemu_evmcs.policy.resolve import load_host_args
 from qemu_evmcs.policy.validate import validate_paths
 
 
@@ -25,7 +25,8 @@ def snapshot_from_args(args: argparse.Namespace) -> QemuSnapshot:
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit code."""
     snap = snapshot_from_args(args)
-    hosts: Fleet | None = load_host_args(args.hosts) if args.hosts else None
+    selected = bool(args.hosts or args.inventory or args.hosts_from)
+    hosts: Fleet | None = select_hosts(args, args.hosts or []) if selected else None
     report = validate_paths(args.paths, snapshot=snap, hosts=hosts)
     if args.json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n")
@@ -47,5 +48,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--hosts", nargs="+", metavar="PROFILE",
                    help="also say on which hosts each model starts and what each would drop (files, dirs, names)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_selection_arguments(p)
     p.add_argument("--snapshot", metavar="DIR", help="a QEMU model snapshot directory (default: bundled 7.2)")
     p.set_defaults(func=run)

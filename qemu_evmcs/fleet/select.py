@@ -1,0 +1,262 @@
+"""One host selector for every command that takes hosts: sources, host names, ``--pool`` and ``--where``.
+
+Why a module of its own: an operator imports a fleet once and then asks about one pool, or "the Intel hosts
+with nested on", or the host names ``fleet query`` printed. Every host-taking command (negotiate, baseline,
+admit, migrate-check, compare-designs, validate, report, guest-msrs, explain, fleet plan) selects hosts the
+same way, so the rules live here once:
+
+- **items**: profile files, directories, SQLite inventories and bundled names contribute every host they
+  hold; any other word is a *host name* and is looked up in the inventories among the items (or given with
+  ``--inventory``). Once a host name is given, the inventories contribute only the named hosts.
+- ``--hosts-from FILE`` (``-``: standard input): more items, one per line (blank lines and ``#`` comments
+  skipped), so ``fleet query ... | qemu-evmcs negotiate --hosts fleet.db --hosts-from -`` works.
+- ``--pool NAME`` (repeatable): only inventory hosts of these pools (hosts from files have no pool and are
+  kept: a selection composes with files and bundled names).
+- ``--where EXPR`` (repeatable, all must hold): ``KEY=VALUE`` or ``KEY!=VALUE``; see :data:`WHERE_KEYS`.
+  Profile predicates are evaluated once per distinct profile, never per host, so a 100,000-host inventory
+  costs what its few dozen distinct profiles cost.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.core.hostgroup import Fleet
+from qemu_evmcs.core.kernel import era_table
+from qemu_evmcs.core.profile import HostProfile, bundled_name_hint, resolve_profile_path
+from qemu_evmcs.core.registry import registry
+from qemu_evmcs.fleet.inventory import FleetDb, guest_features, host_features, is_database
+from qemu_evmcs.fleet.sources import load_hosts_fleet
+
+#: ``--where`` keys and what they match (text for ``--help`` and error messages).
+WHERE_KEYS: dict[str, str] = {
+    "era": "eVMCS era id, e.g. 6.1-6.2",
+    "kernel": "kernel release, glob (5.10.*)",
+    "vendor": "CPU vendor (GenuineIntel, AuthenticAMD)",
+    "cpu": "CPU model name, case-insensitive glob (*Xeon*Gold*)",
+    "nested": "kvm_intel nested on|off",
+    "name": "host name, glob",
+    "pool": "inventory pool",
+    "feature": "VMX feature the eVMCS guest sees (any registry name)",
+    "host-feature": "VMX feature KVM reports on the host (QEMU/libvirt view)",
+}
+
+#: Size cap of a ``--hosts-from`` list: 64 MiB is over a million host names.
+MAX_HOSTS_FROM_BYTES = 64 * 1024 * 1024
+
+_TRUE = {"on", "yes", "true", "1"}
+_FALSE = {"off", "no", "false", "0"}
+
+
+@dataclass(frozen=True)
+class Where:
+    """One ``--where`` filter: ``key`` (one of :data:`WHERE_KEYS`) ``=``/``!=`` ``value``."""
+
+    key: str
+    value: str
+    negate: bool = False
+
+    def test_profile(self, profile: HostProfile) -> bool | None:
+        """The filter's answer for a profile, or None when it depends on the host (name, pool)."""
+        k, v = self.key, self.value
+        if k in ("name", "pool"):
+            return None
+        if k == "era":
+            hit = profile.era.id == v
+        elif k == "kernel":
+            hit = fnmatch.fnmatchcase(profile.kernel, v)
+        elif k == "vendor":
+            hit = profile.vendor.lower() == v.lower()
+        elif k == "cpu":
+            hit = fnmatch.fnmatch((profile.model_name or "").lower(), v.lower())
+        elif k == "nested":
+            hit = profile.nested == (v.lower() in _TRUE)
+        elif k == "feature":
+            hit = v in guest_features(profile)
+        else:   # host-feature
+            hit = v in host_features(profile)
+        return hit != self.negate
+
+    def test_host(self, name: str, pool: str | None) -> bool:
+        """The filter's answer for a host's name and pool (only for ``name`` and ``pool`` keys)."""
+        if self.key == "name":
+            hit = fnmatch.fnmatchcase(name, self.value)
+        else:
+            hit = pool == self.value
+        return hit != self.negate
+
+
+def parse_where(text: str) -> Where:
+    """``KEY=VALUE`` or ``KEY!=VALUE``; values checked (era ids, feature names, nested on/off).
+
+    :raise InputError: naming ``--where`` and what is wrong.
+    """
+    key, sep, value = text.partition("!=")
+    negate = bool(sep)
+    if not sep:
+        key, sep, value = text.partition("=")
+    key, value = key.strip().lower(), value.strip()
+    if not sep or not key or not value:
+        raise InputError(f"{text!r}: expected KEY=VALUE or KEY!=VALUE (keys: {', '.join(WHERE_KEYS)})",
+                         key="--where")
+    if key not in WHERE_KEYS:
+        raise InputError(f"{text!r}: unknown key {key!r} (keys: {', '.join(WHERE_KEYS)})", key="--where")
+    if key == "era":
+        era_table().by_id(value)
+    elif key in ("feature", "host-feature"):
+        value = registry().feature(value).name
+    elif key == "nested" and value.lower() not in _TRUE | _FALSE:
+        raise InputError(f"{text!r}: nested takes on or off", key="--where")
+    return Where(key, value, negate)
+
+
+@dataclass
+class HostSelection:
+    """What a command was asked for; :meth:`load` turns it into one :class:`Fleet`."""
+
+    items: list[str] = field(default_factory=list)
+    pools: list[str] = field(default_factory=list)
+    where: list[Where] = field(default_factory=list)
+    inventory: str | None = None
+
+    @property
+    def filtered(self) -> bool:
+        """Does anything narrow the hosts the items contribute?"""
+        return bool(self.pools or self.where)
+
+    def load(self, *, progress: bool | None = None) -> Fleet:
+        """The selected hosts, grouped by profile.
+
+        :raise InputError: an unknown host name (with the inventories searched), a source that does not
+            exist, or a selection that matches no host (naming the filters).
+        """
+        if not self.items and not self.inventory:
+            raise InputError("no hosts given (host profiles, bundled names, an inventory, or --hosts-from)")
+        sources: list[str] = []
+        names: list[str] = []
+        inventories: list[str] = [self.inventory] if self.inventory else []
+        for item in self.items:
+            path = resolve_profile_path(item)
+            if os.path.lexists(path):
+                sources.append(item)
+                if is_database(path):
+                    inventories.append(path)
+            else:
+                names.append(item)
+        if self.inventory and not is_database(self.inventory):
+            raise InputError("not a fleet inventory (made by `qemu-evmcs fleet import`)", file=self.inventory,
+                             key="--inventory")
+        if names and not inventories:
+            raw = names[0]
+            hint = bundled_name_hint(raw)
+            raise InputError(f"no such host profile {raw!r} (neither a file nor a bundled profile name; host names "
+                             "need an inventory: --inventory DB" + (f"; {hint})" if hint else ")"))
+        parts: list[str | Fleet] = []
+        named = set(names)
+        for src in sources:
+            path = resolve_profile_path(src)
+            if is_database(path):
+                parts.append(_from_inventory(path, named if names else None, self.pools))
+            else:
+                parts.append(src)
+        if self.inventory and self.inventory not in sources:
+            parts.append(_from_inventory(self.inventory, named if names else None, self.pools))
+        parts = [p for p in parts if not isinstance(p, Fleet) or p.members]   # an empty pool selection
+        fleet = load_hosts_fleet(parts, progress=progress) if parts else Fleet()
+        if names:
+            missing = named - {h for hosts in fleet.members.values() for h in hosts}
+            if missing:
+                first = sorted(missing)[0]
+                raise InputError(f"no host {first!r} in {', '.join(inventories)}"
+                                 + (f" (and {len(missing) - 1} more names)" if len(missing) > 1 else ""))
+        if self.where:
+            fleet = filter_fleet(fleet, self.where)
+        if not fleet.members:
+            what = [f"--pool {p}" for p in self.pools] + [f"--where {w.key}{'!=' if w.negate else '='}{w.value}"
+                                                          for w in self.where]
+            raise InputError("no host matches " + (" ".join(what) if what else "the selection"))
+        return fleet
+
+
+def _from_inventory(path: str, names: set[str] | None, pools: Sequence[str]) -> Fleet:
+    with FleetDb(path) as db:
+        fleet = db.load_fleet()
+    if names is None and not pools:
+        return fleet
+    pool_set = set(pools)
+
+    def keep(host: str) -> bool:
+        if names is not None and host not in names:
+            return False
+        return not pool_set or fleet.pools.get(host) in pool_set
+    return _subset(fleet, lambda fp, prof: True, keep)
+
+
+def filter_fleet(fleet: Fleet, where: Iterable[Where]) -> Fleet:
+    """The hosts of ``fleet`` that pass every filter (profile filters once per distinct profile)."""
+    conds = list(where)
+    prof_conds = [w for w in conds if w.key not in ("name", "pool")]
+    host_conds = [w for w in conds if w.key in ("name", "pool")]
+
+    def prof_ok(fp: str, prof: HostProfile) -> bool:
+        return all(w.test_profile(prof) for w in prof_conds)
+
+    def host_ok(host: str) -> bool:
+        pool = fleet.pools.get(host)
+        return all(w.test_host(host, pool) for w in host_conds)
+    return _subset(fleet, prof_ok, host_ok if host_conds else None)
+
+
+def _subset(fleet: Fleet, prof_ok: Callable[[str, HostProfile], bool],
+            host_ok: Callable[[str], bool] | None) -> Fleet:
+    out = Fleet(source=fleet.source)
+    for fp, hosts in fleet.members.items():
+        prof = fleet.distinct[fp]
+        if not prof_ok(fp, prof):
+            continue
+        kept = [h for h in hosts if host_ok(h)] if host_ok is not None else list(hosts)
+        if kept:
+            out.distinct[fp] = prof
+            out.members[fp] = kept
+    if fleet.pools:
+        kept_names = {h for hosts in out.members.values() for h in hosts}
+        out.pools = {h: p for h, p in fleet.pools.items() if h in kept_names}
+    return out
+
+
+def read_hosts_from(path: str) -> list[str]:
+    """Items from a ``--hosts-from`` file (``-``: standard input), one per line, capped in size.
+
+    :raise InputError: a file that is missing, not a regular file, too large or not UTF-8.
+    """
+    if path == "-":
+        data = sys.stdin.buffer.read(MAX_HOSTS_FROM_BYTES + 1)
+        where = "<stdin>"
+    else:
+        where = path
+        try:
+            st = os.stat(path)
+        except OSError as err:
+            raise InputError(err.strerror or "cannot read", file=path, key="--hosts-from") from None
+        if not os.path.isfile(path) or st.st_size > MAX_HOSTS_FROM_BYTES:
+            raise InputError(f"not a regular file of at most {MAX_HOSTS_FROM_BYTES} bytes", file=path,
+                             key="--hosts-from")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_HOSTS_FROM_BYTES + 1)
+    if len(data) > MAX_HOSTS_FROM_BYTES:
+        raise InputError(f"more than {MAX_HOSTS_FROM_BYTES} bytes", file=where, key="--hosts-from")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"not UTF-8 (byte {err.start})", file=where, key="--hosts-from") from None
+    out = []
+    for line in text.splitlines():
+        s = line.strip()
+        if s and not s.startswith("#"):
+            out.append(s)
+    return out
