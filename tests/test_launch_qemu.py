@@ -278,7 +278,6 @@ def test_wrapper_emulator_status_and_errors(tmp_path: Path) -> None:
     assert r.returncode == 0 and "QEMU emulator version" in r.stdout and r.stderr == ""
 
     for args, code, text in [
-        (["--check", "-cpu", "max"], 2, "error: --check needs --simulate PROFILE or --host PROFILE"),
         (["--qmp-timeout", "soon", "-cpu", "max"], 2, "error: --qmp-timeout 'soon': not a number"),
         (["--emulator", "/nonexistent/qemu", "-cpu", "max"], 2,
          "error: emulator /nonexistent/qemu: not found or not executable"),

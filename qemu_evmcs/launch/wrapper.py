@@ -21,10 +21,12 @@ them (or everything after ``--``) is passed to the emulator verbatim.
 
 - ``--emulator PATH``: default ``$QEMU_EVMCS_EMULATOR``, else ``qemu-system-x86_64`` on PATH.
 - ``--simulate PROFILE``: run ``python -m qemu_evmcs.simqemu --host PROFILE QEMU-ARGS`` instead.
-- ``--check``: before starting anything, refuse a configuration that would
-  abort or silently lose requested vmx features (prediction by
-  ``qemu_evmcs.simqemu.startup.predict``); needs ``--simulate`` or ``--host``.
-- ``--host PROFILE``: the host profile ``--check`` uses for a real emulator.
+- ``--check``: before starting anything, refuse a configuration the real emulator would reject (it is asked:
+  ``-machine none``, QMP ``query-cpu-definitions`` / ``qom-list-properties``, QEMU's own wording), and, with a
+  host profile (``--host`` or ``--simulate``), one that would abort or silently lose requested vmx features
+  (prediction by ``qemu_evmcs.simqemu.startup.predict``).
+- ``--host PROFILE``: the host profile ``--check`` and the verification use with a real emulator (the report
+  then says which applied vmx-* options the eVMCS filter hides from the guest).
 - ``--negotiate PROFILE...``: the guest must start on, and live-migrate among, these hosts: the
   ``-cpu MODEL`` argument (MODEL: a CPU model definition name or file, or ``max``) is replaced by
   ``qemu_evmcs.policy.negotiate.negotiate_cpu_arg(MODEL, PROFILES, STRATEGY)`` before anything starts. A pool
@@ -109,9 +111,10 @@ prints a short report on stderr prefixed '{PROG}:', then exits with the emulator
 Wrapper options (only before the first emulator argument, or before --):
   --emulator PATH        the emulator binary (default: ${ENV_EMULATOR}, else {DEFAULT_EMULATOR} on PATH)
   --simulate PROFILE     run the simulated QEMU/KVM (qemu-evmcs-sim) on a host profile instead
-  --check                refuse, before starting anything, a configuration that would abort or silently
-                         lose requested vmx features (one 'error:' line, exit 1); needs --simulate or --host
-  --host PROFILE         the host profile --check uses with a real emulator
+  --check                refuse, before starting anything, a -cpu the emulator lacks a model or property for
+                         (the binary is asked) and, with a host profile, a configuration that would abort or
+                         silently lose requested vmx features (one 'error:' line, exit 1)
+  --host PROFILE         the host profile --check and the report use with a real emulator
   --negotiate PROFILE... replace -cpu MODEL by the answer that starts on and migrates among these hosts
   --strategy S           with --negotiate: pv-cpuid (default, what Linux shipped), revision or vmx-msrs
   --report-json FILE     also write the verification report as JSON (refuses to overwrite without --force)
@@ -363,18 +366,45 @@ def emulator_argv(opts: WrapperOptions) -> list[str]:
     return [path, *opts.qemu_args]
 
 
-def run_check(opts: WrapperOptions) -> None:
-    """``--check``: ask the simulator's predictor whether this configuration is safe.
+def check_binary(binary: str, spec: CpuSpec | None, opts: WrapperOptions) -> None:
+    """``--check`` with a real emulator: ask ``binary`` (``-machine none``, QMP) for its CPU models and the
+    properties of the requested model's type, and refuse in QEMU's words what it would reject
+    (:mod:`qemu_evmcs.launch.capabilities`). Nothing else is started.
+
+    :raise NegativeAnswer: the binary lacks the model or a property.
+    :raise LaunchError: the binary does not start or answer.
+    """
+    if spec is None or spec.is_probe:
+        return
+    from qemu_evmcs.launch.capabilities import cpu_refusals, probe_cpu_capabilities
+
+    caps = asyncio.run(probe_cpu_capabilities(binary, [spec.model], qmp_timeout=opts.qmp_timeout))
+    refusals = cpu_refusals(spec, caps)
+    if refusals:
+        more = f" (and {len(refusals) - 1} more: {'; '.join(refusals[1:])})" if len(refusals) > 1 else ""
+        raise NegativeAnswer(f"--check: {os.path.basename(binary)}"
+                             + (f" {caps.version}" if caps.version else "") + f": {refusals[0]}{more}")
+
+
+def run_check(opts: WrapperOptions, run_argv: Sequence[str] | None = None) -> None:
+    """``--check``: the real binary's answer first (models, properties: :func:`check_binary`), then, with a host
+    profile (``--host``, or ``--simulate``'s), the simulator's predictor: would this configuration abort or
+    silently lose requested vmx features on that host?
 
     ``predict`` is imported lazily: it belongs to the simulator package and
     must not slow down (or break) plain launches.
 
-    :raise InputError: neither ``--simulate`` nor ``--host`` given.
-    :raise LaunchError: the predictor is not available.
-    :raise NegativeAnswer: the configuration would abort or lose vmx features.
+    :raise InputError: ``--simulate`` without a profile cannot happen; neither a real emulator nor a profile.
+    :raise LaunchError: the predictor is not available, or the real binary does not answer.
+    :raise NegativeAnswer: the configuration would be refused, abort or lose vmx features.
     """
+    if opts.simulate is None and run_argv:
+        cpu_arg = find_cpu_arg(opts.qemu_args)
+        check_binary(run_argv[0], parse_cpu_arg(cpu_arg) if cpu_arg is not None else None, opts)
     profile = opts.simulate if opts.simulate is not None else opts.host
     if profile is None:
+        if run_argv:
+            return      # the real binary was asked; without a host profile there is nothing to simulate
         raise InputError("--check needs --simulate PROFILE or --host PROFILE")
     try:
         from qemu_evmcs.simqemu.startup import predict  # type: ignore[import-not-found, unused-ignore]
@@ -554,9 +584,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         require_profiles(opts)
         if opts.negotiate:
             apply_negotiation(opts)
-        if opts.check:
-            run_check(opts)
         run_argv = emulator_argv(opts)
+        if opts.check:
+            run_check(opts, run_argv)
         cpu_arg = find_cpu_arg(opts.qemu_args)
         spec = parse_cpu_arg(cpu_arg) if cpu_arg is not None else None
         if spec is None or spec.is_probe:
