@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from importlib import resources
+import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
@@ -265,8 +265,19 @@ def parse_registry(data: Mapping[str, Any]) -> Registry:
 def load_data(name: str) -> Any:
     """Load a YAML file of ``qemu_evmcs/data`` with a safe loader (libyaml's ``CSafeLoader`` when present:
     the registry is read by every command, and the C loader saves ~0.1 s of start-up)."""
-    text = resources.files("qemu_evmcs").joinpath("data", name).read_text(encoding="utf-8")
+    with open(data_path(name), encoding="utf-8") as fh:
+        text = fh.read()
     return yaml.load(text, Loader=_SAFE_LOADER)
+
+
+#: ``qemu_evmcs/data``. Package data is read as plain files next to the code (how setuptools installs it);
+#: ``importlib.resources`` would cost every command ~5 ms of imports (pathlib, zipfile, tempfile) for nothing.
+DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
+
+
+def data_path(*parts: str) -> str:
+    """A file or directory under ``qemu_evmcs/data``."""
+    return os.path.join(DATA_DIR, *parts)
 
 
 @functools.lru_cache(maxsize=1)

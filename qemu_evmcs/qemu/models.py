@@ -37,7 +37,6 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import yaml
@@ -45,7 +44,7 @@ import yaml
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import read_capped, read_text_capped
 from qemu_evmcs.qemu.features import HV_ALIASES, HV_FEATURES, PLUGIN_PERF_GLOBAL_CTRL, VMX_CPUID_REQUIRES, hv_requires
-from qemu_evmcs.core.registry import Feature, Registry, registry
+from qemu_evmcs.core.registry import Feature, Registry, data_path, registry
 
 #: The snapshot shipped with the package (QEMU major.minor).
 DEFAULT_QEMU_VERSION = "7.2"
@@ -190,7 +189,7 @@ def package_models_dir() -> str:
 
     The one copy of these files; the checkout's ``cpu_models/`` is a symbolic link to it.
     """
-    return str(resources.files("qemu_evmcs").joinpath("data", "cpu_models"))
+    return data_path("cpu_models")
 
 
 def qemu_models_dirs() -> list[str]:
@@ -249,8 +248,8 @@ def load_model_features(name: str, snapshot: QemuSnapshot | None = None) -> froz
 @functools.lru_cache(maxsize=1)
 def model_releases() -> Mapping[str, Mapping[str, Any]]:
     """``model-releases.yaml``: first QEMU release of models absent from the snapshot."""
-    text = resources.files("qemu_evmcs").joinpath("data", "cpu_models", "qemu", "model-releases.yaml").read_text(
-        "utf-8")
+    with open(data_path("cpu_models", "qemu", "model-releases.yaml"), encoding="utf-8") as fh:
+        text = fh.read()
     data = yaml.safe_load(text) or {}
     return dict(data.get("models") or {})
 
