@@ -22,6 +22,7 @@ from qemu_evmcs.policy.negotiate import (
     start_guest,
 )
 from qemu_evmcs.output.render import compare_strategies, cpu_string, libvirt_xml, negotiation_json
+from qemu_evmcs.qemu.libvirt_cpumap import load_cpu_map
 
 HERE = os.path.dirname(__file__)
 DATA = os.path.join(HERE, "data", "negotiate")
@@ -164,11 +165,19 @@ def test_cpu_string_and_libvirt_xml() -> None:
     assert "-vmx-posted-intr" in cpu and "hv-vapic=on" in cpu and "hv-evmcs=on" in cpu
     assert cpu.endswith("enforce=on")
     assert negotiate_cpu_arg(MODEL, ["skylake-5.10", "skylake-6.3"]) == cpu
-    root = ET.fromstring("<r>" + libvirt_xml(neg) + "</r>")
+    # A libvirt whose cpu_map names vmx-* features (9.10+): the decision is a <feature>.
+    root = ET.fromstring("<r>" + libvirt_xml(neg, load_cpu_map("9.10")) + "</r>")
     cpu_el = root.find("cpu")
     assert cpu_el is not None and cpu_el.get("mode") == "custom" and cpu_el.get("match") == "exact"
     feats = {f.get("name"): f.get("policy") for f in cpu_el.findall("feature")}
     assert feats["vmx-posted-intr"] == "disable" and feats["vmx"] == "require"
+    # libvirt 9.0 (no vmx-* in its cpu_map): the same decision as a -global of QEMU's CPU type.
+    root = ET.fromstring("<r>" + libvirt_xml(neg, load_cpu_map("9.0")) + "</r>")
+    cpu_el = root.find("cpu")
+    assert cpu_el is not None and cpu_el.findtext("model") == "Skylake-Server-noTSX-IBRS"
+    assert all(not str(f.get("name")).startswith("vmx-") for f in cpu_el.findall("feature"))
+    args = [a.get("value") for a in root.iter("{http://libvirt.org/schemas/domain/qemu/1.0}arg")]
+    assert "Skylake-Server-noTSX-IBRS-x86_64-cpu.vmx-posted-intr=off" in args
     hv = root.find("features/hyperv")
     assert hv is not None and hv.get("mode") == "custom"
     assert hv.find("evmcs") is not None and hv.find("vapic") is not None
@@ -305,17 +314,17 @@ def test_cpu_string_round_trips_through_the_launch_parser() -> None:
 
 
 def _libvirt_root(neg: object) -> ET.Element:
-    return ET.fromstring("<domain>" + libvirt_xml(neg) + "</domain>")  # type: ignore[arg-type]
+    return ET.fromstring("<domain>" + libvirt_xml(neg, load_cpu_map("9.10")) + "</domain>")  # type: ignore[arg-type]
 
 
 def test_libvirt_xml_is_well_formed_and_uses_libvirt_names() -> None:
     from qemu_evmcs.core.registry import registry
 
     reg = registry()
-    libvirt_names = {f.libvirt for f in reg.features.values() if f.libvirt} | {"vmx"}
+    libvirt_names = {f.libvirt for f in reg.features.values() if f.libvirt} | {"vmx", "xsaves"}
     for model, hosts in (("Skylake-Server-evmcs", ["skylake-5.10", "skylake-6.3"]), ("max", ["sapphirerapids-6.6"])):
         neg = negotiate(model, hosts, "pv-cpuid")
-        xml = libvirt_xml(neg)
+        xml = libvirt_xml(neg, load_cpu_map("9.10"))
         root = _libvirt_root(neg)
         cpu = root.find("cpu")
         assert cpu is not None
@@ -328,13 +337,16 @@ def test_libvirt_xml_is_well_formed_and_uses_libvirt_names() -> None:
             # QEMU 7.2 has no vmx-nested-exception / vmx-entry-load-fred: an answer for real QEMU never names them
             # (libvirt has no name for them either; the simulator's answer lists them in the comment instead).
             assert "vmx-nested-exception" not in xml and "vmx-entry-load-fred" not in xml
-            sim = libvirt_xml(negotiate(model, hosts, "pv-cpuid", target="simulator"))
-            assert "not expressible in libvirt XML" in sim and "vmx-nested-exception=off" in sim
+            sim = libvirt_xml(negotiate(model, hosts, "pv-cpuid", target="simulator"), load_cpu_map("9.10"))
+            assert "not expressible in libvirt XML" in sim
+            assert "vmx-nested-exception=off (not a property of QEMU 7.2)" in sim
             # QEMU's misspelt INVVPID property comes out under libvirt's two correct names.
             assert {"vmx-invvpid-single-context", "vmx-invvpid-single-context-noglobals"} <= set(names)
             assert "vmx-invept-single-context-noglobals" not in names
         else:
-            assert cpu.get("mode") == "custom" and cpu.findtext("model") == "Skylake-Server-v5"
+            # Skylake-Server-v5 has no libvirt name: Skylake-Server-v3's alias plus xsaves, as QEMU defines both.
+            assert cpu.get("mode") == "custom" and cpu.findtext("model") == "Skylake-Server-noTSX-IBRS"
+            assert "xsaves" in names
         hv = root.find("features/hyperv")
         assert hv is not None and {c.tag for c in hv} <= {
             "relaxed", "vapic", "vpindex", "runtime", "synic", "stimer", "reset", "frequencies", "reenlightenment",

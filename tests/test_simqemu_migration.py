@@ -19,7 +19,7 @@ from qemu.qmp import ExecuteError, QMPClient
 from qemu_evmcs.cli.main import run
 from qemu_evmcs.policy.migrate import migrate_check, naive_config, source_config
 from qemu_evmcs.policy.negotiate import load_guest_model, load_hosts, max_model
-from qemu_evmcs.output.render import _hv_sorted
+from qemu_evmcs.output.libvirt import hv_sorted as _hv_sorted
 
 HERE = os.path.dirname(__file__)
 MODEL = os.path.join(HERE, "data", "negotiate", "models", "Skylake-evmcs.yaml")

@@ -6,15 +6,12 @@
   vmx-* properties are written as changes against the QEMU base model's defaults when the snapshot knows the
   base (``prop=on`` / ``-prop``), otherwise every property explicitly. ``enforce=on`` makes a host that lacks
   a negotiated feature refuse to start (a blocked migration) instead of silently dropping it.
-- libvirt: ``<cpu mode='custom' match='exact'>`` (``mode='maximum'`` for QEMU's ``max``) with
-  ``<feature policy='require|disable'/>`` under the registry's libvirt names -- a bit libvirt has no name for
-  is never written under its QEMU name but listed in a leading XML comment, like every option libvirt cannot
-  express -- and ``<features><hyperv mode='custom'>``.
+- libvirt: :mod:`qemu_evmcs.output.libvirt` (cpu_map model names, vmx-* under libvirt's names where its
+  cpu_map has them, a ``<qemu:commandline>`` ``-global`` fallback for the rest); re-exported here.
 """
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,55 +32,16 @@ from qemu_evmcs.policy.negotiate import (
     unique_group_names,
 )
 from qemu_evmcs.core.registry import Registry, registry
+from qemu_evmcs.output.libvirt import hv_sorted, vmx_prop_changes
+from qemu_evmcs.qemu.libvirt_cpumap import bundled_versions, load_cpu_map
+from qemu_evmcs.output.libvirt import libvirt_xml as libvirt_xml  # re-exported: callers import it from here
 from qemu_evmcs.kvm.simkvm import EVMCS_REVISION_2022, EVMCS_REVISION_LEGACY, SimKvm
-
-#: hv-* flag -> libvirt <hyperv> child (None: not a <hyperv> child; see _LIBVIRT_ELSEWHERE).
-LIBVIRT_HV: Mapping[str, str] = {
-    "hv-relaxed": "relaxed", "hv-vapic": "vapic", "hv-vpindex": "vpindex", "hv-runtime": "runtime",
-    "hv-synic": "synic", "hv-stimer": "stimer", "hv-reset": "reset", "hv-frequencies": "frequencies",
-    "hv-reenlightenment": "reenlightenment", "hv-tlbflush": "tlbflush", "hv-ipi": "ipi", "hv-evmcs": "evmcs",
-    "hv-avic": "avic", "hv-apicv": "avic", "hv-emsr-bitmap": "emsr_bitmap", "hv-xmm-input": "xmm_input",
-}
-#: Flags libvirt expresses as a sub-element of another <hyperv> child.
-LIBVIRT_HV_SUB: Mapping[str, tuple[str, str]] = {
-    "hv-tlbflush-direct": ("tlbflush", "direct"), "hv-tlbflush-ext": ("tlbflush", "extended"),
-    "hv-stimer-direct": ("stimer", "direct"),
-}
-#: QEMU's order of hv-* properties (qemu.md §1.6).
-HV_ORDER: tuple[str, ...] = (
-    "hv-relaxed", "hv-vapic", "hv-time", "hv-crash", "hv-reset", "hv-vpindex", "hv-runtime", "hv-synic",
-    "hv-stimer", "hv-frequencies", "hv-reenlightenment", "hv-tlbflush", "hv-evmcs", "hv-ipi", "hv-stimer-direct",
-    "hv-avic", "hv-apicv", "hv-emsr-bitmap", "hv-xmm-input", "hv-tlbflush-ext", "hv-tlbflush-direct", "hv-syndbg",
-)
-
-
-def _hv_sorted(flags: tuple[str, ...]) -> list[str]:
-    order = {n: i for i, n in enumerate(HV_ORDER)}
-    return sorted(flags, key=lambda f: (order.get(f, len(order)), f))
-
 
 def qemu_vmx_props(neg: Negotiation, reg: Registry | None = None) -> list[tuple[str, bool]]:
     """(QEMU property, on) for every vmx-* property the -cpu string must state, in registry order."""
-    reg = reg or registry()
     assert neg.config is not None
-    want = neg.config.vmx
-    base = neg.model.base_vmx
-    settable = target_properties(neg.target, reg)   # real QEMU 7.2 refuses a property it lacks
-    out: list[tuple[str, bool]] = []
-    seen = set()
-    for f in reg.features.values():
-        prop = f.qemu
-        if prop is None or prop in seen or prop not in settable:
-            continue
-        seen.add(prop)
-        bits = [b.name for b in reg.qemu_bits(prop)]
-        on = all(b in want for b in bits)
-        if base is not None:
-            base_on = all(b in base for b in bits)
-            if on == base_on:
-                continue
-        out.append((prop, on))
-    return out
+    return vmx_prop_changes(neg.config.vmx, neg.model.base_vmx, reg,
+                            settable=target_properties(neg.target, reg))   # real QEMU 7.2 refuses a property it lacks
 
 
 def cpu_string(neg: Negotiation) -> str:
@@ -93,7 +51,7 @@ def cpu_string(neg: Negotiation) -> str:
     parts = [cfg.base, "vmx=on"]
     for prop, on in qemu_vmx_props(neg):
         parts.append(f"{prop}=on" if on else f"-{prop}")
-    parts += [f"{flag}=on" for flag in _hv_sorted(cfg.hyperv)]
+    parts += [f"{flag}=on" for flag in hv_sorted(cfg.hyperv)]
     if cfg.pv_perf_global_ctrl:
         parts.append(f"{PERF_OPTION}=on")
     if _revision_option(neg):
@@ -119,69 +77,6 @@ def qemu_lacks(neg: Negotiation) -> list[str]:
     if neg.config and neg.config.design == "vmx-msrs":
         out.append("KVM_GET_EVMCS_VMX_MSRS never shipped: this list assumes the design-(b) kernel filter")
     return out
-
-
-def _indent(elem: ET.Element) -> str:
-    ET.indent(elem, space="  ")
-    return ET.tostring(elem, encoding="unicode")
-
-
-def libvirt_xml(neg: Negotiation, reg: Registry | None = None) -> str:
-    """A libvirt domain XML fragment: ``<cpu>`` and ``<features>`` (plus ``<clock>``/``<devices>`` if needed)."""
-    reg = reg or registry()
-    assert neg.ok and neg.config is not None
-    cfg = neg.config
-    unexpressible: list[str] = []
-    if cfg.base == "max":
-        # QEMU's "max" is no libvirt CPU model: libvirt spells it <cpu mode='maximum'> (-cpu max), where
-        # <feature> elements adjust it the same way.
-        cpu = ET.Element("cpu", {"mode": "maximum", "migratable": "on"})
-    else:
-        cpu = ET.Element("cpu", {"mode": "custom", "match": "exact"})
-        model = ET.SubElement(cpu, "model", {"fallback": "forbid"})
-        model.text = cfg.base
-    ET.SubElement(cpu, "feature", {"policy": "require", "name": "vmx"})
-    for prop, on in qemu_vmx_props(neg, reg):
-        for bit in reg.qemu_bits(prop):
-            if bit.libvirt is None:
-                unexpressible.append(f"{prop}={'on' if on else 'off'}")
-                continue
-            ET.SubElement(cpu, "feature", {"policy": "require" if on else "disable", "name": bit.libvirt})
-    features = ET.Element("features")
-    hyperv = ET.SubElement(features, "hyperv", {"mode": "custom"})
-    children: dict[str, ET.Element] = {}
-    extra: list[ET.Element] = []
-    for flag in _hv_sorted(cfg.hyperv):
-        if flag in LIBVIRT_HV:
-            tag = LIBVIRT_HV[flag]
-            if tag not in children:
-                children[tag] = ET.SubElement(hyperv, tag, {"state": "on"})
-        elif flag in LIBVIRT_HV_SUB:
-            parent, sub = LIBVIRT_HV_SUB[flag]
-            if parent not in children:
-                children[parent] = ET.SubElement(hyperv, parent, {"state": "on"})
-            ET.SubElement(children[parent], sub, {"state": "on"})
-        elif flag == "hv-time":
-            clock = ET.Element("clock", {"offset": "utc"})
-            ET.SubElement(clock, "timer", {"name": "hypervclock", "present": "yes"})
-            extra.append(clock)
-        elif flag == "hv-crash":
-            devices = ET.Element("devices")
-            ET.SubElement(devices, "panic", {"model": "hyperv"})
-            extra.append(devices)
-        else:
-            unexpressible.append(f"{flag}=on")
-    if cfg.pv_perf_global_ctrl:
-        unexpressible.append(f"{PERF_OPTION}=on (CPUID 0x4000000A.EBX bit 0; no libvirt element, no real QEMU "
-                             f"option)")
-    if _revision_option(neg):
-        unexpressible.append(f"x-hv-evmcs-revision={cfg.revision} (never shipped)")
-    out = [_indent(cpu), _indent(features)] + [_indent(e) for e in extra]
-    if unexpressible:
-        comment = ET.Comment(" not expressible in libvirt XML, pass to QEMU directly: " + "; ".join(unexpressible)
-                             .replace("--", "- -") + " ")
-        out.insert(0, ET.tostring(comment, encoding="unicode"))
-    return "\n".join(out) + "\n"
 
 
 def group_refs(hosts: Sequence[str], groups: Sequence[PoolGroup], names: Sequence[str]) -> list[str]:
@@ -254,10 +149,10 @@ def negotiation_json(neg: Negotiation, *, with_groups: bool = True) -> dict[str,
         "revision": cfg.revision,
         "vmx_on": [n for n in order if n in cfg.vmx],
         "vmx_off": [n for n in order if n in requested and n not in cfg.vmx],
-        "hyperv": _hv_sorted(cfg.hyperv),
+        "hyperv": hv_sorted(cfg.hyperv),
         "cpu": cpu_string(neg),
         "qemu_lacks": qemu_lacks(neg),
-        "libvirt": libvirt_xml(neg),
+        "libvirt": libvirt_xml(neg, load_cpu_map(bundled_versions()[-1])),  # not the installed: one answer anywhere
         "dropped": [drop_json(d) for d in neg.drops],
         "hv_dropped": [drop_json(d) for d in neg.hv_dropped],
         "guest_visible_msrs": {n: hex64(neg.guest_msrs[n]) for n in reg.msr_names() if n in neg.guest_msrs},

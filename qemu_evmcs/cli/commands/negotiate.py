@@ -6,7 +6,10 @@ import argparse
 import sys
 from typing import Any
 
-from qemu_evmcs.core.errors import EXIT_NEGATIVE, EXIT_OK
+from qemu_evmcs.core.errors import EXIT_NEGATIVE, EXIT_OK, InputError
+from qemu_evmcs.output.libvirt import merge_domain
+from qemu_evmcs.qemu.libvirt_cpumap import load_cpu_map
+from qemu_evmcs.qemu.models import read_text
 from qemu_evmcs.output.jsonout import print_json
 from qemu_evmcs.cli.hostargs import add_selection_arguments, select_hosts
 from qemu_evmcs.policy.negotiate import STRATEGIES, TARGETS, load_guest_model, negotiate
@@ -40,6 +43,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--format", choices=("text", "cpu", "libvirt", "json"), default="text",
                    help="text (default): the report; cpu: only the -cpu value; libvirt: <cpu>/<features> XML; "
                         "json: one object")
+    p.add_argument("--libvirt-version", metavar="X.Y",
+                   help="with --format libvirt: the libvirt whose cpu_map names to use (default: the installed "
+                        "one, /usr/share/libvirt/cpu_map, else the newest bundled snapshot)")
+    p.add_argument("--merge", metavar="DOMAIN.xml",
+                   help="with --format libvirt: print this domain XML with the answer merged in (replaces <cpu> and "
+                        "<hyperv>, adds the hypervclock timer, panic device and -global arguments; keeps the rest)")
     add_selection_arguments(p)
     p.set_defaults(func=run)
 
@@ -52,6 +61,12 @@ def run(args: argparse.Namespace) -> int:
     the reason in exactly one ``error:`` line on stderr, which the text report does not repeat.
     """
     fmt = "json" if args.json else args.format
+    if (args.merge or args.libvirt_version) and fmt != "libvirt":
+        raise InputError("--merge and --libvirt-version need --format libvirt")
+    if args.merge and args.strategy == "all":
+        raise InputError("--merge needs one --strategy (not all)")
+    cmap = load_cpu_map(args.libvirt_version) if fmt == "libvirt" else None
+    domain = read_text(args.merge) if args.merge else None
     model = load_guest_model(args.model)
     hosts = select_hosts(args, args.hosts)   # one Fleet: each distinct profile parsed and simulated once
     if args.strategy == "all":
@@ -65,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         elif fmt in ("cpu", "libvirt"):
             for s, n in results.items():
                 if n.ok:
-                    text = cpu_string(n) if fmt == "cpu" else libvirt_xml(n)
+                    text = cpu_string(n) if fmt == "cpu" else libvirt_xml(n, cmap)
                     label = f"# {s}" if fmt == "cpu" else f"<!-- {s} -->"   # an XML comment in XML
                     sys.stdout.write(f"{label}\n{text}" + ("" if text.endswith("\n") else "\n"))
         else:
@@ -91,8 +106,10 @@ def run(args: argparse.Namespace) -> int:
         print_json(negotiation_json(neg))
     elif neg.ok and fmt == "cpu":
         print(cpu_string(neg))
+    elif neg.ok and fmt == "libvirt" and domain is not None:
+        sys.stdout.write(merge_domain(domain, neg, source=args.merge, cmap=cmap))
     elif neg.ok and fmt == "libvirt":
-        sys.stdout.write(libvirt_xml(neg))
+        sys.stdout.write(libvirt_xml(neg, cmap))
     elif fmt == "text":
         sys.stdout.write(negotiation_text(neg, reason_on_stderr=True))
     if not neg.ok:
