@@ -305,7 +305,7 @@ def _merge_globals(root: ET.Element, frag: Fragment) -> None:
         cmd = ET.SubElement(root, f"{{{QEMU_NS}}}commandline")
     ours = {g.split("=", 1)[0] for g in frag.globals}
     for child in list(cmd):
-        if child.tag is ET.Comment and "cpu_map has no name for these CPU properties" in str(child.text):
+        if cast(object, child.tag) is ET.Comment and "cpu_map has no name for these CPU properties" in str(child.text):
             cmd.remove(child)   # our previous explanation: re-merging replaces it
     args = list(cmd)
     i = 0
