@@ -98,3 +98,17 @@ def test_existing_output_is_refused_without_force_and_replaced_whole_with_it(tmp
     # An existing empty directory is fine.
     (tmp_path / "empty").mkdir()
     assert make_fleet("--count", "5", "--out", str(tmp_path / "empty")).returncode == 0
+
+
+def test_real_cpus_pools_mix_generations_at_distribution_kernels(tmp_path: Path) -> None:
+    out = tmp_path / "real.yaml"
+    assert make_fleet("--count", "300", "--out", str(out), "--real-cpus", "--seed", "2").returncode == 0
+    manifest = json.loads((tmp_path / "real.yaml.manifest.json").read_text())
+    pools = manifest["pools"].values()
+    assert any(len(p["cpus"]) > 1 for p in pools)          # heterogeneous pools exist
+    profiles = load_profiles([str(out)])
+    assert len(profiles) == 300
+    models = {p.model for p in profiles}
+    assert len(models) >= 3                                  # several CPU generations (family 6 models)
+    assert {p.kernel.split("-")[0].rsplit(".", 1)[0] for p in profiles} <= {
+        "4.19", "5.4", "5.10", "5.14", "5.15", "6.1", "6.8"}
