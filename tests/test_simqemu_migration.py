@@ -233,11 +233,11 @@ async def test_migrate_check_from_running_simulator() -> None:
         loop = asyncio.get_running_loop()
         for dest in ("sapphirerapids-6.6", "skylake-5.10", "cascadelake-5.4"):
             expected = migrate_check(load_guest_model(MODEL), host("skylake-6.3"), host(dest), "shipped")
-            rc = await loop.run_in_executor(None, run, ["migrate-check", "--model", MODEL, "--from-running", sock,
+            rc = await loop.run_in_executor(None, run, ["migrate-check", "--from-running", sock,
                                                         "--source-profile", "skylake-6.3", "--to", dest])
             assert rc == (0 if expected.verdict == "fine" else 1), dest
         # Without --source-profile the host comes from the simulator itself.
-        rc = await loop.run_in_executor(None, run, ["migrate-check", "--model", MODEL, "--from-running", sock,
+        rc = await loop.run_in_executor(None, run, ["migrate-check", "--from-running", sock,
                                                     "--to", "sapphirerapids-6.6", "--json"])
         assert rc == 0
     finally:

@@ -22,7 +22,7 @@ Designs (how the source guest was configured; see :data:`DESIGNS`):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -75,6 +75,52 @@ def source_config(model: str | GuestModel, source: HostProfile, design: str, *,
     if not neg.ok or neg.config is None:
         raise NegativeAnswer(f"the guest cannot start on the source: {neg.error}")
     return neg.config
+
+
+def config_from_running(model: str, props: Mapping[str, bool], unavailable: Sequence[str],
+                        extra: Mapping[str, Any], design: str = "shipped") -> tuple[GuestConfig, list[str]]:
+    """The configuration a running guest was started with, rebuilt from its QOM properties; and notes.
+
+    ``props``: the CPU's ``vmx``/``vmx-*``/``hv-*`` booleans now; ``unavailable``: its ``unavailable-features``
+    (requested but filtered by the accelerator or host: under TCG every vmx bit). What was requested is what
+    is on plus what was filtered, and that is what the destination QEMU (same command line) is asked for;
+    the source host profile then decides what the guest sees. ``extra``: ``enforce`` and the simulator's
+    options (``hv-evmcs-perf-global-ctrl``, ``x-hv-evmcs-revision``) where the CPU has them.
+    """
+    reg = registry()
+    notes: list[str] = []
+    filtered = set(unavailable)
+    requested = {n for n, on in props.items() if on} | {n for n in filtered if n == "vmx" or n.startswith("vmx-")}
+    vmx: set[str] = set()
+    if "vmx" in requested:
+        for prop in sorted(n for n in requested if n.startswith("vmx-")):
+            bits = reg.qemu_bits(prop)
+            if not bits:
+                notes.append(f"{prop}: unknown to this tool's registry, left out")
+            vmx.update(b.name for b in bits)
+    hv = {n for n, on in props.items() if on and n.startswith("hv-") and n not in ("hv-passthrough",
+                                                                                  "hv-evmcs-perf-global-ctrl")}
+    if extra.get("hv-passthrough"):
+        notes.append("hv-passthrough: the guest has every hv-* flag its source KVM supports; the destination "
+                     "decides its own set (QEMU blocks such a migration)")
+    revision = extra.get("x-hv-evmcs-revision")
+    config = GuestConfig(model=model, base=model, vmx=frozenset(vmx), hyperv=tuple(sorted(hv)),
+                         pv_perf_global_ctrl=bool(extra.get("hv-evmcs-perf-global-ctrl")),
+                         revision=int(revision) if isinstance(revision, int) and revision > 0 else None,
+                         enforce=bool(extra.get("enforce")), design=design)
+    return config, notes
+
+
+def source_view(config: GuestConfig, source: HostProfile) -> dict[str, int]:
+    """What a guest configured as ``config`` reads on ``source`` (simulated start).
+
+    :raise NegativeAnswer: it could not have started there (the profile does not match the running QEMU).
+    """
+    src = start_guest(config, source)
+    if not src.ok:
+        raise NegativeAnswer(f"the running guest's configuration cannot start on the source profile "
+                             f"{source.name}: {src.reason.removeprefix('error: ')}")
+    return dict(src.guest_msrs)
 
 
 @dataclass
@@ -225,27 +271,3 @@ def parse_qmp_msrs(ret: object) -> dict[str, int]:
             name = reg.msr(int(name, 16) if isinstance(name, str) else name).name
         out[str(name)] = int(value, 16) if isinstance(value, str) else int(value)
     return out
-
-
-async def query_running(socket_path: str) -> dict[str, int]:
-    """Guest-visible VMX MSRs of a running (simulated) QEMU over QMP."""
-    return (await query_running_view(socket_path))[0]
-
-
-async def query_running_view(socket_path: str, timeout: float = 10.0) -> tuple[dict[str, int], str | None]:
-    """Guest-visible VMX MSRs of a running (simulated) QEMU, and its host profile (file) when it says.
-
-    :raise OSError | QMPError | asyncio.TimeoutError: no QMP server there, or it does not answer.
-    """
-    import asyncio
-
-    from qemu.qmp import QMPClient
-
-    client = QMPClient("qemu-evmcs-migrate-check")
-    await asyncio.wait_for(client.connect(socket_path), timeout)
-    try:
-        ret = await asyncio.wait_for(client.execute("x-evmcs-query-guest-vmx-msrs"), timeout)
-    finally:
-        await client.disconnect()
-    profile = ret.get("profile") if isinstance(ret, dict) else None
-    return parse_qmp_msrs(ret), profile if isinstance(profile, str) and profile else None

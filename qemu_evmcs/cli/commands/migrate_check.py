@@ -7,9 +7,15 @@ import asyncio
 import sys
 from typing import Any
 
-from qemu_evmcs.core.errors import EXIT_NEGATIVE, EXIT_OK, InputError, LaunchError
+from qemu_evmcs.core.errors import EXIT_NEGATIVE, EXIT_OK, InputError
 from qemu_evmcs.output.jsonout import print_json
-from qemu_evmcs.policy.migrate import DESIGNS, migrate_check, source_config, verdict_from_view
+from qemu_evmcs.policy.migrate import (
+    DESIGNS,
+    config_from_running,
+    migrate_check,
+    source_view,
+    verdict_from_view,
+)
 from qemu_evmcs.cli.hostargs import select_hosts
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.core.profile import HostProfile
@@ -21,14 +27,16 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("migrate-check", help="would an eVMCS guest migrate fine, be blocked, or break?",
                               description="Simulate the destination QEMU's VMX MSR writes and eVMCS enable, and "
                                           "compare the L1 guest's VMX MSRs before and after.")
-    p.add_argument("--model", required=True, help="CPU model definition (name or file), or 'max'")
+    p.add_argument("--model", help="CPU model definition (name or file), or 'max' (with --from; with "
+                                   "--from-running the configuration is the running guest's)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--from", dest="source", metavar="PROFILE", help="source host profile")
     src.add_argument("--from-running", metavar="SOCKET",
-                     help="QMP socket of a running simulated QEMU (x-evmcs-query-guest-vmx-msrs)")
+                     help="QMP socket of a running QEMU (real or simulated): its -cpu configuration is read over "
+                          "standard QMP (qom-get of vmx-*/hv-*, unavailable-features, query-kvm)")
     p.add_argument("--source-profile", metavar="PROFILE",
-                   help="with --from-running: the source host profile (default: the one a simulated QEMU "
-                        "reports in x-evmcs-query-guest-vmx-msrs)")
+                   help="with --from-running: the source host profile (needed for a real QEMU; a simulated one "
+                        "says its own)")
     p.add_argument("--to", dest="dest", required=True, metavar="PROFILE", help="destination host profile")
     p.add_argument("--design", choices=DESIGNS, default="shipped",
                    help="how the guest was configured for the source (default: shipped = what Linux merged)")
@@ -53,32 +61,45 @@ def run(args: argparse.Namespace) -> int:
     ``blocked``/``unsafe: A -> B (design)``; or the JSON object), and for blocked or unsafe the reason in
     exactly one ``error:`` line on stderr, which the text verdict does not repeat.
     """
-    model = load_guest_model(args.model)
     dest = _one_host(args, args.dest)
+    notes: list[str] = []
     if args.source:
+        if args.model is None:
+            raise InputError("--model is required with --from")
         source = _one_host(args, args.source)
-        v = migrate_check(model, source, dest, args.design, target=args.target)
+        v = migrate_check(load_guest_model(args.model), source, dest, args.design, target=args.target)
     else:
+        if args.model is not None:
+            raise InputError("--model: with --from-running the configuration is the running guest's; leave it out")
         from qemu.qmp import QMPError
 
-        from qemu_evmcs.policy.migrate import query_running_view
+        from qemu_evmcs.launch.running import read_running_cpu
 
         try:
-            msrs, running_profile = asyncio.run(query_running_view(args.from_running))
-        except (OSError, QMPError, asyncio.TimeoutError) as err:
-            raise LaunchError(f"QMP {args.from_running}: {err or 'no answer'}") from None
-        profile = args.source_profile or running_profile
+            cpu = asyncio.run(read_running_cpu(args.from_running))
+        except (OSError, QMPError, asyncio.TimeoutError, ValueError) as err:
+            raise InputError(f"--from-running {args.from_running}: {err or 'no answer'}") from None
+        profile = args.source_profile or cpu.profile
         if not profile:
-            raise InputError("--from-running: the QEMU does not say which host it runs on; "
+            raise InputError("--from-running: a real QEMU does not say which host it runs on; "
                              "give --source-profile PROFILE")
         source = _one_host(args, profile)
-        v = verdict_from_view(source_config(model, source, args.design, target=args.target), msrs, source.name, dest)
+        config, notes = config_from_running(cpu.model, cpu.props, cpu.unavailable, cpu.extra, args.design)
+        if cpu.kvm_enabled is False:
+            notes.append("the running QEMU does not use KVM (query-kvm: enabled=false): its -cpu is judged as it "
+                         f"would run under KVM on {source.name}")
+        # The simulator reports what its guest reads; for a real QEMU the source profile says it.
+        msrs = cpu.guest_msrs if cpu.guest_msrs is not None else source_view(config, source)
+        v = verdict_from_view(config, msrs, source.name, dest)
     if args.json:
-        print_json(v.to_json())
+        print_json({**v.to_json(), "notes": notes})
     elif v.verdict == "fine":
         print(f"{v.verdict}: {v.source} -> {v.destination} ({v.design}): {v.reason}")
     else:
         print(f"{v.verdict}: {v.source} -> {v.destination} ({v.design})")
+    if not args.json:
+        for note in notes:
+            print(f"  note: {note}")
     if v.verdict != "fine":
         print(f"error: {v.verdict}: {v.reason}", file=sys.stderr)
         return EXIT_NEGATIVE
