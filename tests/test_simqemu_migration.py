@@ -29,13 +29,14 @@ def host(name: str) -> Any:
     return load_hosts([name])[0]
 
 
-def shipped_cpu(source: str) -> str:
-    """The -cpu string the shipped design gives MODEL on ``source`` (what migrate-check assumes)."""
+def shipped_cpu(source: str, target: str = "qemu") -> str:
+    """The -cpu string the shipped design gives MODEL on ``source`` (what migrate-check assumes), for real QEMU
+    or (``target="simulator"``) with the simulated QEMU's PV-bit option."""
     from qemu_evmcs.policy.negotiate import negotiate
     from qemu_evmcs.output.render import cpu_string
 
-    neg = negotiate(MODEL, [source], "pv-cpuid")
-    assert neg.ok and neg.config == source_config(MODEL, host(source), "shipped")
+    neg = negotiate(MODEL, [source], "pv-cpuid", target=target)
+    assert neg.ok and neg.config == source_config(MODEL, host(source), "shipped", target=target)
     return cpu_string(neg)
 
 
@@ -138,9 +139,9 @@ async def test_fine_pair_completes_and_guest_view_is_identical() -> None:
 
 
 async def test_blocked_pair_destination_refuses_source_keeps_running() -> None:
-    expected = migrate_check(MODEL, host("icelake-6.1"), host("skylake-5.10"), "shipped")
+    expected = migrate_check(MODEL, host("icelake-6.1"), host("skylake-5.10"), "shipped", target="simulator")
     assert expected.verdict == "blocked" and expected.stage == "hv-feature"
-    cpu = shipped_cpu("icelake-6.1")
+    cpu = shipped_cpu("icelake-6.1", target="simulator")
     assert "hv-evmcs-perf-global-ctrl=on" in cpu
     # The destination was started without the Hyper-V flags its kernel lacks, so it starts; the incoming vCPU
     # state asks for them (QEMU's Hyper-V checks run again on the destination's KVM).
