@@ -230,7 +230,7 @@ def test_cpu_arg_parser(model: str, items: list[str]) -> None:
     assert spec.model and spec.model == spec.model.strip() and spec.raw == arg
     assert all(k and "_" not in k for k in spec.features)
     assert all(isinstance(v, bool) for v in spec.features.values())
-    assert not set(spec.features) & set(spec.props)
+    assert not set(spec.features) & set(spec.value_props)
 
 
 # --------------------------------------------------------------------------- pathological sizes and shapes
@@ -370,7 +370,7 @@ def test_subprocess_never_tracebacks(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the simulated QEMU's -cpu parser
 
 def _sim_names() -> tuple[list[str], list[str]]:
-    from qemu_evmcs.simqemu.cpu import list_models, vmx_prop_names
+    from qemu_evmcs.qemu.cpu import list_models, vmx_prop_names
     return vmx_prop_names(), list_models()
 
 
@@ -398,7 +398,8 @@ def test_simulator_cpu_option_to_boot(model: str, items: list[str], host: str) -
     """``qemu-evmcs-sim ... -cpu STRING``: the -cpu parser and the start-up that consumes it end in a running
     machine or in QEMU's one-line error with exit 1 or an abort (134), never in another exception."""
     from qemu_evmcs.core.profile import resolve_profile_path
-    from qemu_evmcs.simqemu.cmdline import QemuError, parse_args, parse_cpu_option
+    from qemu_evmcs.qemu.cpuspec import QemuError, parse_cpu as parse_cpu_option
+    from qemu_evmcs.simqemu.cmdline import parse_args
     from qemu_evmcs.simqemu.startup import boot
     arg = ",".join([model, *items])
     try:

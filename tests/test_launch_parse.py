@@ -90,7 +90,7 @@ def test_cpu_arg_precedence_and_spelling() -> None:
     assert s.model == "Skylake-Server-v5"
     assert s.features == {"vmx": True, "hv-evmcs": True, "hv-vapic": False, "vmx-ept": False,
                           "vmx-posted-intr": True}
-    assert s.props == {"hv-spinlocks": "0x1fff", "tsc-frequency": "1000000"}
+    assert s.value_props == {"hv-spinlocks": "0x1fff", "tsc-frequency": "1000000"}
     assert s.tracked() == s.features
     assert not s.is_probe
 

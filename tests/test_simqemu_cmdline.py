@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qemu_evmcs.simqemu.cmdline import (CpuSpec, QemuError, QmpAddress, parse_args, parse_cpu_option, split_opts,
-                                        strip_program)
+from qemu_evmcs.qemu.cpuspec import CpuSpec, QemuError
+from qemu_evmcs.qemu.cpuspec import parse_cpu as parse_cpu_option
+from qemu_evmcs.simqemu.cmdline import QmpAddress, parse_args, split_opts, strip_program
 
 
 def test_cpu_option_forms() -> None:

@@ -18,7 +18,7 @@ from qemu_evmcs.qemu.models import load_model, load_snapshot
 from qemu_evmcs.policy.negotiate import STRATEGIES, STRATEGY_VARIANT, load_hosts, negotiate, negotiate_cpu_arg
 from qemu_evmcs.output.render import cpu_string
 from qemu_evmcs.core.profile import bundled_profile_dir, load_profile, resolve_profile_path
-from qemu_evmcs.simqemu import cpu as cpumod
+from qemu_evmcs.qemu import cpu as cpumod
 from qemu_evmcs.simqemu.cmdline import parse_args
 from qemu_evmcs.simqemu.qmp_server import Connection, QmpServer
 from qemu_evmcs.simqemu.startup import boot, predict, read_vmx_msrs

@@ -10,9 +10,10 @@ from test_simqemu_helpers import SKYLAKE_MSRS, write_profile
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.registry import registry
-from qemu_evmcs.simqemu import cpu as cpumod
-from qemu_evmcs.simqemu.cmdline import CpuSpec, QemuError, parse_args
-from qemu_evmcs.simqemu.cpu import FunctionProvider, X86Cpu, load_model_features, make_vmx_msr_value
+from qemu_evmcs.qemu import cpu as cpumod
+from qemu_evmcs.qemu.cpuspec import CpuSpec, QemuError
+from qemu_evmcs.simqemu.cmdline import parse_args
+from qemu_evmcs.qemu.cpu import FunctionProvider, X86Cpu, load_model_features, make_vmx_msr_value
 from qemu_evmcs.simqemu.startup import boot, predict, read_vmx_msrs
 from qemu_evmcs.core.profile import load_profile
 
@@ -300,7 +301,7 @@ def test_function_provider_and_bad_names() -> None:
 def test_host_model_takes_named_optional_controls_only(tmp_path: Path) -> None:
     prof = load_profile(write_profile(str(tmp_path), "6.3"))
     from qemu_evmcs.kvm.simkvm import SimKvm
-    from qemu_evmcs.simqemu.cpu import KvmAccel, KvmLog
+    from qemu_evmcs.qemu.cpu import KvmAccel, KvmLog
     accel = KvmAccel(SimKvm(prof), KvmLog())
     cpu = X86Cpu.create(CpuSpec(model="host"), accel)
     cpu.expand()

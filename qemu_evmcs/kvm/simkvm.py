@@ -390,6 +390,11 @@ class SimKvm:
                            host=self.profile.name, layer="kvm")
         return self._hv_cpuid(self.evmcs_version())
 
+    def hv_cpuid(self) -> Dict[int, Dict[str, int]]:
+        """What kvm_get_hv_cpuid() reports for this kernel, whichever ioctl userspace must use to ask
+        (system fd from 5.11, vCPU fd before): the eVMCS-relevant Hyper-V CPUID registers."""
+        return self._hv_cpuid(self.evmcs_version())
+
     def _hv_cpuid(self, evmcs_ver: int) -> Dict[int, Dict[str, int]]:
         """The eVMCS-relevant registers of kvm_get_hv_cpuid() for a given evmcs_ver."""
         leaves: Dict[int, Dict[str, int]] = {HV_CPUID_ENLIGHTMENT_INFO: {"eax": 0, "ebx": 0, "ecx": 0, "edx": 0}}

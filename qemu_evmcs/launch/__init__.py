@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from qemu_evmcs.launch.qmp import EmulatorSession, check_runtime_parent, describe_status, shell_status
 from qemu_evmcs.launch.verify import (
-    CpuSpec,
     FeatureOutcome,
     LaunchReport,
     find_cpu_arg,
@@ -21,6 +20,7 @@ from qemu_evmcs.launch.verify import (
     verify_cpu,
 )
 from qemu_evmcs.launch.warnings import FeatureWarning, parse_warning, parse_warnings
+from qemu_evmcs.qemu.cpuspec import CpuSpec
 
 __all__ = [
     "CpuSpec",

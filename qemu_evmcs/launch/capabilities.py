@@ -83,7 +83,7 @@ def cpu_refusals(spec: CpuSpec, caps: CpuCapabilities) -> list[str]:
         return [f"unable to find CPU model '{spec.model}'"]
     known = caps.properties.get(typename, frozenset())
     out = []
-    items = [(k, "on" if v else "off") for k, v in spec.features.items()] + list(spec.props.items())
+    items = [(k, "on" if v else "off") for k, v in spec.features.items()] + list(spec.value_props.items())
     for key, value in items:
         if key not in known:
             out.append(f"can't apply global {typename}.{key}={value}: Property '{typename}.{key}' not found")

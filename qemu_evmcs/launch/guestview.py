@@ -16,7 +16,8 @@ from __future__ import annotations
 from qemu_evmcs.core.errors import NegativeAnswer
 from qemu_evmcs.core.profile import HostProfile, load_profile, resolve_profile_path
 from qemu_evmcs.core.registry import registry
-from qemu_evmcs.launch.verify import STATUS_APPLIED, STATUS_HIDDEN, CpuSpec, LaunchReport
+from qemu_evmcs.launch.verify import STATUS_APPLIED, STATUS_HIDDEN, LaunchReport
+from qemu_evmcs.qemu.cpuspec import CpuSpec
 from qemu_evmcs.policy.explain import explain_host
 from qemu_evmcs.qemu.features import PLUGIN_PERF_GLOBAL_CTRL
 

@@ -22,15 +22,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from qemu_evmcs.core.errors import InputError, LaunchError
-from qemu_evmcs.qemu.options import feat2prop, qapi_bool
+from qemu_evmcs.qemu.cpuspec import CpuSpec, is_tracked, parse_cpu
 from qemu_evmcs.launch.qmp import EmulatorSession
 from qemu_evmcs.launch.warnings import FeatureWarning, parse_warnings, warnings_by_feature
-
-#: ``-cpu`` model names that ask QEMU for a listing instead of a CPU.
-PROBE_MODELS = frozenset({"help", "?"})
 
 STATUS_APPLIED = "applied"
 STATUS_DROPPED = "dropped"
@@ -41,83 +38,21 @@ STATUS_UNKNOWN = "unknown"
 STATUS_HIDDEN = "hidden"
 
 
-def is_tracked(name: str) -> bool:
-    """The options this tool reports on: ``vmx``, ``vmx-*`` and ``hv-*``."""
-    return name == "vmx" or name.startswith(("vmx-", "hv-"))
-
-
-@dataclass
-class CpuSpec:
-    """A parsed ``-cpu`` argument.
-
-    :ivar raw: the argument verbatim.
-    :ivar model: the model name (``Skylake-Server-v5``, ``host``, ``max``...).
-    :ivar features: requested booleans with QEMU's precedence applied:
-        ``feat=on|off`` / bare ``feat`` first, then every ``+feat``, then every
-        ``-feat`` (QEMU applies the legacy +/- lists after the properties, and
-        minus after plus).
-    :ivar props: non-boolean ``key=value`` properties (``hv-spinlocks=0x1fff``).
-    """
-
-    raw: str
-    model: str
-    features: dict[str, bool] = field(default_factory=dict)
-    props: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def is_probe(self) -> bool:
-        """``-cpu help`` / ``-cpu ?``: a listing, nothing to verify."""
-        return self.model in PROBE_MODELS
-
-    def tracked(self) -> dict[str, bool]:
-        """The requested ``vmx``/``vmx-*``/``hv-*`` booleans."""
-        return {k: v for k, v in self.features.items() if is_tracked(k)}
-
-
 def parse_cpu_arg(arg: str) -> CpuSpec:
-    """Parse ``MODEL[,feat=on|off,+feat,-feat,feat,key=value...]`` like QEMU's ``x86_cpu_parse_featurestr``.
-
-    Empty items (``a,,b``) are skipped as ``strtok`` does; underscores become
-    dashes; ``tsc-freq`` is QEMU's alias of ``tsc-frequency``.
+    """The user's ``-cpu`` as QEMU reads it (:func:`qemu_evmcs.qemu.cpuspec.parse_cpu`), refusing what QEMU
+    would refuse anyway before the wrapper starts anything: an empty model, feature or property name.
 
     :raise InputError: empty model or empty feature name.
     """
-    model, _, rest = arg.partition(",")
-    model = model.strip()
+    model = arg.partition(",")[0].strip()
     if not model:
         raise InputError(f"-cpu {arg!r}: empty CPU model name")
-    props: dict[str, str] = {}
-    keyed: dict[str, bool] = {}
-    plus: list[str] = []
-    minus: list[str] = []
-    for item in rest.split(","):
-        if not item:
-            continue
-        if item[0] in "+-":
-            name = feat2prop(item[1:])
-            if not name:
-                raise InputError(f"-cpu {arg!r}: empty feature name in {item!r}")
-            (plus if item[0] == "+" else minus).append(name)
-            continue
-        key, eq, value = item.partition("=")
-        key = feat2prop(key)
-        if not key:
+    for item in arg.split(",")[1:]:
+        if item[:1] in ("+", "-") and not item[1:]:
+            raise InputError(f"-cpu {arg!r}: empty feature name in {item!r}")
+        if item and item[0] not in "+-" and not item.partition("=")[0]:
             raise InputError(f"-cpu {arg!r}: empty property name in {item!r}")
-        if key == "tsc-freq":
-            key = "tsc-frequency"
-        if not eq:
-            value = "on"
-        on = qapi_bool(value.lower())
-        if on is None:
-            props[key] = value
-        else:
-            keyed[key] = on
-    features = dict(keyed)
-    for name in plus:
-        features[name] = True
-    for name in minus:
-        features[name] = False
-    return CpuSpec(raw=arg, model=model, features=features, props=props)
+    return replace(parse_cpu(arg), model=model)
 
 
 def find_cpu_index(argv: Sequence[str]) -> int | None:

@@ -84,8 +84,10 @@ from qemu_evmcs.core.errors import EXIT_BAD_INPUT, EXIT_NEGATIVE, EvmcsError, In
 from qemu_evmcs.launch.config import KEYS, Setting, expand_report_path, load_settings
 from qemu_evmcs.launch.fds import inherited_fds
 from qemu_evmcs.launch.qmp import EmulatorSession, describe_status, shell_status
-from qemu_evmcs.launch.verify import CpuSpec, LaunchReport, find_cpu_arg, find_cpu_index, parse_cpu_arg, verify_cpu
+from qemu_evmcs.launch.verify import LaunchReport, find_cpu_arg, find_cpu_index, parse_cpu_arg, verify_cpu
 from qemu_evmcs.output.atomicio import check_output_target, write_text_file
+from qemu_evmcs.qemu.cpuspec import CpuSpec
+from qemu_evmcs.simqemu.startup import predict
 
 PROG = "qemu-evmcs-launch"
 ENV_EMULATOR = "QEMU_EVMCS_EMULATOR"
@@ -388,14 +390,11 @@ def check_binary(binary: str, spec: CpuSpec | None, opts: WrapperOptions) -> Non
 
 def run_check(opts: WrapperOptions, run_argv: Sequence[str] | None = None) -> None:
     """``--check``: the real binary's answer first (models, properties: :func:`check_binary`), then, with a host
-    profile (``--host``, or ``--simulate``'s), the simulator's predictor: would this configuration abort or
-    silently lose requested vmx features on that host?
-
-    ``predict`` is imported lazily: it belongs to the simulator package and
-    must not slow down (or break) plain launches.
+    profile (``--host``, or ``--simulate``'s), the one start-up model (:func:`qemu_evmcs.simqemu.startup.predict`):
+    would this configuration abort or silently lose requested vmx features on that host?
 
     :raise InputError: ``--simulate`` without a profile cannot happen; neither a real emulator nor a profile.
-    :raise LaunchError: the predictor is not available, or the real binary does not answer.
+    :raise LaunchError: the real binary does not answer.
     :raise NegativeAnswer: the configuration would be refused, abort or lose vmx features.
     """
     if opts.simulate is None and run_argv:
@@ -406,15 +405,9 @@ def run_check(opts: WrapperOptions, run_argv: Sequence[str] | None = None) -> No
         if run_argv:
             return      # the real binary was asked; without a host profile there is nothing to simulate
         raise InputError("--check needs --simulate PROFILE or --host PROFILE")
-    try:
-        from qemu_evmcs.simqemu.startup import predict  # type: ignore[import-not-found, unused-ignore]
-    except ImportError as err:
-        raise LaunchError(f"--check: the start-up predictor is not available ({err})", layer="qemu") from err
     variant = ["--variant", opts.variant] if opts.variant else []
     pred = predict(profile, [*variant, *opts.qemu_args])
-    ok = bool(getattr(pred, "ok", False))
-    reason = str(getattr(pred, "reason", "") or "")
-    lost = [str(x) for x in (getattr(pred, "lost", None) or [])]
+    ok, reason, lost = pred.ok, pred.reason, pred.lost
     if reason.startswith("error: "):
         reason = reason[len("error: "):]  # QEMU's own "error: failed to set MSR ..." prefix: one "error:" is enough
     if not ok:

@@ -143,6 +143,7 @@ def build_fragment(neg: Negotiation, cmap: CpuMap | None = None, reg: Registry |
     _feature(cpu, "vmx", True)
     unknown_to_qemu: list[str] = []
     vmx_changes = vmx_prop_changes(cfg.vmx, base_vmx, reg, settable=target_properties(neg.target, reg))
+    cpuid_changes += [(flag, False) for flag in cfg.cpuid_off]   # base-model CPUID flags a host lacks
     for name, on in [*cpuid_changes, *vmx_changes]:
         # A QEMU property controlling two bits (QEMU's misspelt INVEPT names) is two libvirt features.
         bits = reg.qemu_bits(name)

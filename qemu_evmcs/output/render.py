@@ -51,6 +51,7 @@ def cpu_string(neg: Negotiation) -> str:
     parts = [cfg.base, "vmx=on"]
     for prop, on in qemu_vmx_props(neg):
         parts.append(f"{prop}=on" if on else f"-{prop}")
+    parts += [f"-{flag}" for flag in cfg.cpuid_off]
     parts += [f"{flag}=on" for flag in hv_sorted(cfg.hyperv)]
     if cfg.pv_perf_global_ctrl:
         parts.append(f"{PERF_OPTION}=on")

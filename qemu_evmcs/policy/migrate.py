@@ -3,7 +3,7 @@
 A migration is simulated the way it happens: the guest runs on the source with
 some configuration; the destination QEMU is started with the *same* command
 line, composes its own VMX MSR writes and issues them on a destination vCPU in
-QEMU's order (:func:`~qemu_evmcs.policy.negotiate.start_guest`). Then:
+QEMU's order (the start-up model, through :func:`~qemu_evmcs.policy.negotiate.start_guest`). Then:
 
 - ``blocked``: the destination refuses (a hv-* feature or the PV CPUID bit unsupported, the eVMCS
   version or revision refused, a feature missing under ``enforce=on``, a KVM_SET_MSRS entry rejected so

@@ -19,9 +19,9 @@ This module decides, for a guest model and a pool of hosts:
 - the hv-* flags (``hv-evmcs`` needs ``hv-vapic``; ``hv-emsr-bitmap`` and
   ``hv-tlbflush-direct`` need newer kernels).
 
-It does so by *simulation*: every candidate configuration is started on a
-:class:`~qemu_evmcs.kvm.simkvm.SimKvm` of each host the way QEMU starts a vCPU
-(:func:`start_guest`), and the guest reads its VMX MSRs. The negotiated vmx
+It does so by *simulation*: every candidate configuration is started on each host by the one start-up
+model, :func:`qemu_evmcs.qemu.startup.start` (:func:`start_guest` spells the configuration as a ``-cpu``),
+and the guest reads its VMX MSRs. The negotiated vmx
 list is exactly the set of features the guest can see on every host, so what
 the -cpu string asks for is what the guest gets (features eVMCS hides
 everywhere, such as posted interrupts, are switched off explicitly).
@@ -39,15 +39,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import chain
 
-from qemu_evmcs.core.errors import InputError, KvmError, NegativeAnswer
+from qemu_evmcs.core.errors import InputError, NegativeAnswer
 from qemu_evmcs.core.evmcs_filter import filter_all
 from qemu_evmcs.core.hostgroup import Fleet, FleetHosts
 from qemu_evmcs.fleet.sources import load_hosts_fleet
 from qemu_evmcs.core.kernel import era_table
 from qemu_evmcs.core.msrval import word_source_msr
 from qemu_evmcs.core.profile import HostProfile
-from qemu_evmcs.qemu.features import HV_NESTED_EAX_BITS, PLUGIN_PERF_GLOBAL_CTRL, hv_requires
-from qemu_evmcs.qemu.compose import compose_vmx_msrs, feature_words, hv_evmcs_error, supported_msr_feature
+from qemu_evmcs.qemu.features import CPUID_BY_NAME, HV_NESTED_EAX_BITS, PLUGIN_PERF_GLOBAL_CTRL, hv_requires
+from qemu_evmcs.qemu.compose import supported_msr_feature
+from qemu_evmcs.qemu.cpu import EVMCS_REVISION_PROP
+from qemu_evmcs.qemu.cpuspec import CpuSpec
+from qemu_evmcs.qemu.startup import DESIGN_VARIANT, StartRequest, evmcs_start_error, evmcs_vmx_view, start
+from qemu_evmcs.core.views import BitChange, diff_views, partially_visible, visible_features
 from qemu_evmcs.qemu.models import DEFAULT_QEMU_VERSION, load_snapshot
 from qemu_evmcs.core.registry import Registry, registry
 from qemu_evmcs.kvm.simkvm import (
@@ -55,8 +59,6 @@ from qemu_evmcs.kvm.simkvm import (
     EVMCS_REVISION_LEGACY,
     HV_CPUID_NESTED_FEATURES,
     HV_NESTED_EVMCS1_PERF_GLOBAL_CTRL,
-    KVM_CAP_HYPERV_ENLIGHTENED_VMCS,
-    HvCpuid,
     SimKvm,
 )
 
@@ -193,45 +195,6 @@ def load_hosts(paths: Sequence[str | HostProfile]) -> list[HostProfile]:
 
 # =========================================================================== MSR helpers
 
-def _msr_bit(reg: Registry, msr: str, feat_bit: int) -> int:
-    """Mask of a feature's bit inside ``msr`` (allowed-1 half for control MSRs)."""
-    return 1 << (feat_bit + (32 if reg.msrs[msr].layout == "ctl" else 0))
-
-
-def visible_features(msrs: Mapping[str, int], reg: Registry | None = None) -> frozenset[str]:
-    """Features set in *every* MSR of ``msrs`` that carries their word (allowed-1 for controls).
-
-    A control filtered from one MSR but not its TRUE twin (5.15's forgotten TRUE_PINBASED) is *not*
-    visible: an L1 that trusts the unfiltered twin fails the eVMCS controls check at L2 VM-entry.
-    """
-    reg = reg or registry()
-    by_word: dict[str, list[str]] = {}
-    for name in msrs:
-        w = reg.msrs[name].word
-        if w is not None and name != "IA32_VMX_PROCBASED_CTLS3":
-            by_word.setdefault(w, []).append(name)
-    out = set()
-    for f in reg.features.values():
-        carriers = by_word.get(f.word)
-        if carriers and all(msrs[m] & _msr_bit(reg, m, f.bit) for m in carriers):
-            out.add(f.name)
-    return frozenset(out)
-
-
-def partially_visible(msrs: Mapping[str, int], reg: Registry | None = None) -> frozenset[str]:
-    """Features set in some, but not all, MSRs carrying their word."""
-    reg = reg or registry()
-    some = set()
-    for name, value in msrs.items():
-        w = reg.msrs[name].word
-        if w is None or name == "IA32_VMX_PROCBASED_CTLS3":
-            continue
-        for f in reg.word_features(w):
-            if value & _msr_bit(reg, name, f.bit):
-                some.add(f.name)
-    return frozenset(some - visible_features(msrs, reg))
-
-
 def qemu_supported(profile: HostProfile, reg: Registry | None = None) -> frozenset[str]:
     """Features QEMU treats as supported on ``profile`` (kvm_arch_get_supported_msr_feature).
 
@@ -254,98 +217,6 @@ def qemu_supported(profile: HostProfile, reg: Registry | None = None) -> frozens
     return frozenset(out)
 
 
-def compose_vmx_writes(features: Iterable[str], profile: HostProfile,
-                       reg: Registry | None = None) -> list[tuple[str, int]]:
-    """The VMX MSR values QEMU writes with KVM_SET_MSRS, in QEMU's order (kvm_msr_entry_add_vmx).
-
-    One implementation with the simulated QEMU: :func:`qemu_evmcs.qemu.compose.compose_vmx_msrs`.
-    Only MSRs KVM lists (present in the profile) are written. The EXIT word gets host-address-space-size
-    (QEMU derives it from ``lm``; every model here is 64-bit); BASIC and MISC take the host's non-feature
-    fields; EPT_VPID_CAP the host's UC/WB memory-type bits when EPT is on.
-    """
-    reg = reg or registry()
-    host = profile.msrs
-    return [(msr, value) for msr, value in compose_vmx_msrs(feature_words(features, reg), host, lm=True, reg=reg)
-            if msr in host]
-
-
-def comparable_mask(msr: str, reg: Registry | None = None) -> int:
-    """Bits of a guest-visible MSR that can differ between two hosts running one configuration.
-
-    Follows the registry's model of where the guest's value comes from (``guest``, kvm-evmcs.md §10.2): control
-    MSRs and VMFUNC (QEMU's feature words, and the non-TRUE forms KVM derives from them): every bit. BASIC, MISC,
-    EPT_VPID_CAP: the named feature bits (the fields QEMU copies from KVM's value are KVM constants for nested).
-    CR0/CR4_FIXED0 and VMCS_ENUM (QEMU's own constants), CR0/CR4_FIXED1 (KVM computes them from the guest's
-    CPUID) and PROCBASED_CTLS3 (not emulated for L1): nothing, whatever the hosts report.
-    """
-    reg = reg or registry()
-    m = reg.msrs[msr]
-    if not m.host_dependent:
-        return 0
-    if m.layout in ("ctl", "allowed1"):
-        return (1 << 64) - 1
-    mask = 0
-    for f in reg.word_features(m.word) if m.word else ():
-        mask |= f.mask
-    return mask
-
-
-@dataclass(frozen=True)
-class BitChange:
-    """A guest-visible bit that differs between two views."""
-
-    msr: str
-    bit: int
-    feature: str | None
-    change: str  # "lost" | "gained" | "now-required" | "no-longer-required"
-
-    def label(self) -> str:
-        """``vmx-posted-intr`` or ``IA32_VMX_MISC bit 3``."""
-        return self.feature or f"{self.msr} bit {self.bit}"
-
-    def to_json(self) -> dict[str, object]:
-        """Plain data."""
-        return {"msr": self.msr, "bit": self.bit, "feature": self.feature, "change": self.change}
-
-
-def diff_views(before: Mapping[str, int], after: Mapping[str, int],
-               reg: Registry | None = None) -> list[BitChange]:
-    """Every compared bit that differs from ``before`` to ``after`` (see :func:`comparable_mask`).
-
-    An MSR one view lacks reads as 0 there: KVM emulates 0x480-0x491 for every nested guest, and its value for
-    an MSR the CPU does not have (VMFUNC without VM functions) is 0. Every change names a real bit.
-    """
-    reg = reg or registry()
-    out: list[BitChange] = []
-    for msr in reg.msr_names():
-        mask = comparable_mask(msr, reg)
-        if not mask or (msr not in before and msr not in after):
-            continue
-        b, a = before.get(msr, 0) & mask, after.get(msr, 0) & mask
-        if b == a:
-            continue
-        m = reg.msrs[msr]
-        feats = {f.bit: f.name for f in reg.word_features(m.word)} if m.word else {}
-        if m.layout == "ctl":
-            for bit in range(32):
-                hb, ha = (b >> (bit + 32)) & 1, (a >> (bit + 32)) & 1
-                lb, la = (b >> bit) & 1, (a >> bit) & 1
-                if hb and not ha:
-                    out.append(BitChange(msr, bit, feats.get(bit), "lost"))
-                elif ha and not hb:
-                    out.append(BitChange(msr, bit, feats.get(bit), "gained"))
-                if la and not lb:
-                    out.append(BitChange(msr, bit, feats.get(bit), "now-required"))
-                elif lb and not la:
-                    out.append(BitChange(msr, bit, feats.get(bit), "no-longer-required"))
-        else:
-            for bit in range(64):
-                vb, va = (b >> bit) & 1, (a >> bit) & 1
-                if vb != va:
-                    out.append(BitChange(msr, bit, feats.get(bit), "lost" if vb else "gained"))
-    return out
-
-
 # =========================================================================== simulated QEMU start-up
 
 @dataclass(frozen=True)
@@ -358,6 +229,8 @@ class GuestConfig:
     :param revision: eVMCS revision requested (``revision`` design only).
     :param enforce: QEMU ``enforce=on`` (a missing feature fails the start instead of being dropped).
     :param design: ``shipped`` | ``revision`` | ``vmx-msrs`` | ``naive`` (the ABI the guest runs on).
+    :param cpuid_off: CPUID flags of the base model switched off (``-flag``) because a host lacks them: under
+        ``enforce=on`` QEMU refuses the model otherwise (``Host doesn't support requested features``).
     """
 
     model: str
@@ -369,12 +242,7 @@ class GuestConfig:
     revision: int | None = None
     enforce: bool = True
     design: str = "shipped"
-
-
-#: ABI variant of each design ("naive": KVM updated eVMCSv1 in place, PERF and TSC scaling visible on 6.1+
-#: without any gate; that is the ``vmx-msrs`` kernel filter with userspace ignoring the ioctl).
-DESIGN_VARIANT: Mapping[str, str] = {"shipped": "shipped", "revision": "revision", "vmx-msrs": "vmx-msrs",
-                                     "naive": "vmx-msrs"}
+    cpuid_off: tuple[str, ...] = ()
 
 
 @dataclass
@@ -393,6 +261,7 @@ class StartResult:
     guest_msrs: dict[str, int] = field(default_factory=dict)
     dropped: frozenset[str] = frozenset()
     writes: list[tuple[str, int]] = field(default_factory=list)
+    cpuid_filtered: tuple[str, ...] = ()
 
 
 def evmcs_incapable_reason(profile: HostProfile) -> str | None:
@@ -403,7 +272,7 @@ def evmcs_incapable_reason(profile: HostProfile) -> str | None:
     if not kvm.has_evmcs_hook():
         return f"host {profile.name}: {kvm.no_evmcs_reason()}"
     if not profile.nested or kvm.evmcs_version() == 0:
-        qemu_text = hv_evmcs_error(kvm) or "eVMCS cannot be enabled"
+        qemu_text = evmcs_start_error(profile) or "eVMCS cannot be enabled"
         return (f"host {profile.name}: kvm_intel.nested=0 (KVM reports eVMCS version 0 and no VMX MSRs; "
                 f"QEMU fails '{qemu_text}')")
     return None
@@ -413,117 +282,60 @@ def _hv_unsupported(flag: str, kvm: SimKvm) -> bool:
     bit = HV_NESTED_EAX_BITS.get(flag)
     if bit is None:
         return False
-    leaves = kvm._hv_cpuid(kvm.evmcs_version())
-    return not leaves.get(HV_CPUID_NESTED_FEATURES, {}).get("eax", 0) & bit
+    return not kvm.hv_cpuid().get(HV_CPUID_NESTED_FEATURES, {}).get("eax", 0) & bit
 
 
 def host_reports_perf_bit(kvm: SimKvm) -> bool:
-    """Does KVM_GET_SUPPORTED_HV_CPUID report 0x4000000A.EBX bit 0 (6.1+)?"""
-    leaves = kvm._hv_cpuid(kvm.evmcs_version())
-    return bool(leaves.get(HV_CPUID_NESTED_FEATURES, {}).get("ebx", 0) & HV_NESTED_EVMCS1_PERF_GLOBAL_CTRL)
+    """Does KVM report 0x4000000A.EBX bit 0 (6.1+)?"""
+    return bool(kvm.hv_cpuid().get(HV_CPUID_NESTED_FEATURES, {}).get("ebx", 0) & HV_NESTED_EVMCS1_PERF_GLOBAL_CTRL)
 
 
 def documented_evmcs_view(profile: HostProfile, *, variant: str = "vmx-msrs") -> dict[str, int]:
-    """Design (b): the filtered VMX MSRs userspace gets for a host.
-
-    KVM_GET_EVMCS_VMX_MSRS where the (counterfactual) ioctl exists (6.1+), else the documented filter of
-    the host's era applied to the MSRs KVM reports.
-    """
+    """Design (b): the filtered VMX MSRs userspace gets for a host (see
+    :func:`qemu_evmcs.qemu.startup.evmcs_vmx_view`, the start-up model's own check)."""
     kvm = SimKvm(profile, variant=variant)
-    vcpu = kvm.create_vcpu()
-    try:
-        return vcpu.get_evmcs_vmx_msrs()
-    except KvmError:
-        return {n: v for n, v in filter_all(profile.era, kvm.feature_msrs()).items()
-                if n != "IA32_VMX_PROCBASED_CTLS3"}
+    return evmcs_vmx_view(kvm, kvm.create_vcpu())
+
+
+def guest_cpu_spec(config: GuestConfig, reg: Registry | None = None) -> CpuSpec:
+    """``config`` as a fully explicit ``-cpu``: the base model, ``vmx=on``, every QEMU ``vmx-*`` property on or
+    off, the hv-* flags, the plug-in PV bit, the design-(a) revision and ``enforce``.
+
+    Every property is stated (not only the changes against the base model, as :func:`render.cpu_string`
+    writes for humans), so the start-up does not depend on knowing the base model's defaults.
+    """
+    reg = reg or registry()
+    props: list[tuple[str, str]] = [("vmx", "on")]
+    seen: set[str] = set()
+    for f in reg.features.values():
+        if f.qemu is None or f.qemu in seen:
+            continue
+        seen.add(f.qemu)
+        on = all(b.name in config.vmx for b in reg.qemu_bits(f.qemu))
+        props.append((f.qemu, "on" if on else "off"))
+    props += [(flag, "off") for flag in config.cpuid_off]
+    props += [(flag, "on") for flag in config.hyperv]
+    if config.pv_perf_global_ctrl:
+        props.append((PERF_OPTION, "on"))
+    if config.design == "revision":
+        props.append((EVMCS_REVISION_PROP, str(config.revision or EVMCS_REVISION_LEGACY)))
+    props.append(("enforce", "on" if config.enforce else "off"))
+    return CpuSpec(model=config.base, props=tuple(props))
 
 
 def start_guest(config: GuestConfig, profile: HostProfile) -> StartResult:
-    """Start ``config`` on ``profile`` the way QEMU does, on a SimKvm of the config's design.
-
-    Order (QEMU's realize + kvm_arch_init_vcpu): hv-* support, vmx features vs host, (design b: the
-    userspace check against the filtered MSRs), enable eVMCS on the vCPU and check the version range,
-    KVM_SET_CPUID2 with the Hyper-V leaves, then KVM_SET_MSRS of the composed VMX MSRs (a rejected entry
-    aborts QEMU). Finally the guest reads every VMX MSR.
-    """
+    """Start ``config`` on ``profile``: the one start-up model (:func:`qemu_evmcs.qemu.startup.start`) run
+    with :func:`guest_cpu_spec` on a simulated KVM of the config's design."""
     reg = registry()
-    variant = DESIGN_VARIANT[config.design]
-    kvm = SimKvm(profile, variant=variant)
-    name = profile.name
-    res = StartResult(host=name, ok=False)
-    # -- hv-* flags (kvm_hyperv_expand_features)
-    if "hv-evmcs" in config.hyperv and (not kvm.check_extension(KVM_CAP_HYPERV_ENLIGHTENED_VMCS)
-                                        or kvm.evmcs_version() == 0):
-        res.stage, res.reason = "evmcs-cap", ("Hyper-V enlightened VMCS (hv-evmcs) is not supported by kernel"
-                                              f" ({evmcs_incapable_reason(profile) or 'no eVMCS'})")
-        return res
-    for flag in config.hyperv:
-        if _hv_unsupported(flag, kvm):
-            res.stage, res.reason = "hv-feature", f"Hyper-V {flag} is not supported by kernel {profile.kernel}"
-            return res
-    if config.pv_perf_global_ctrl and not host_reports_perf_bit(kvm):
-        res.stage = "hv-feature"
-        res.reason = (f"{PERF_OPTION}: KVM {profile.kernel} does not report CPUID 0x4000000A.EBX bit 0 "
-                      f"(needs 6.1+)")
-        return res
-    # -- vmx features (x86_cpu_filter_features)
-    supported = qemu_supported(profile, reg)
-    missing = frozenset(config.vmx - supported)
-    if missing and config.enforce:
-        res.stage = "vmx-features"
-        res.reason = "host doesn't support requested features: " + ", ".join(sorted(missing))
-        return res
-    features = frozenset(config.vmx - missing)
-    res.dropped = missing
-    if config.design == "vmx-msrs":
-        view = visible_features(documented_evmcs_view(profile), reg)
-        hidden = sorted(features - view)
-        if hidden:
-            res.stage = "userspace-check"
-            res.reason = "not in this host's eVMCS-filtered VMX MSRs: " + ", ".join(hidden)
-            return res
-    # -- kvm_arch_init_vcpu: enable eVMCS, version range
-    vcpu = kvm.create_vcpu()
-    try:
-        if config.design == "revision" and kvm.max_evmcs_revision():
-            vcpu.enable_evmcs2(config.revision or EVMCS_REVISION_LEGACY)
-        elif config.design == "revision" and (config.revision or 1) > EVMCS_REVISION_LEGACY:
-            res.stage = "revision"
-            res.reason = (f"eVMCS revision {config.revision} requested but kernel {profile.kernel} has no "
-                          f"KVM_CAP_HYPERV_ENLIGHTENED_VMCS2 (legacy = revision 1 only)")
-            return res
-        else:
-            version = vcpu.enable_evmcs()
-            lo, hi = version & 0xFF, version >> 8
-            want_lo, want_hi = config.evmcs_version
-            if not version or want_lo < lo or want_hi > hi:
-                res.stage = "evmcs-version"
-                res.reason = (f"eVMCS version range [{want_lo}..{want_hi}] is not supported by kernel "
-                              f"(supported: [{lo}..{hi}])")
-                return res
-    except KvmError as err:
-        res.stage = "revision" if config.design == "revision" else "evmcs-cap"
-        res.reason = err.message
-        return res
-    # -- KVM_SET_CPUID2 with the Hyper-V leaves
-    nested_eax = 0x0101
-    for flag, bit in HV_NESTED_EAX_BITS.items():
-        if flag in config.hyperv:
-            nested_eax |= bit
-    ebx = HV_NESTED_EVMCS1_PERF_GLOBAL_CTRL if config.pv_perf_global_ctrl else 0
-    vcpu.set_hv_cpuid(HvCpuid(hyperv_enabled=True, nested_eax=nested_eax, nested_ebx=ebx))
-    # -- kvm_init_msrs: KVM_SET_MSRS, assert on failure
-    res.writes = compose_vmx_writes(features, profile, reg)
-    for msr, value in res.writes:
-        try:
-            vcpu.set_msr(msr, value)
-        except KvmError as err:
-            res.stage = "msr-write"
-            res.reason = (f"error: failed to set MSR {reg.msrs[msr].index:#x} to {value:#x} ({err.message}); "
-                          f"QEMU aborts")
-            return res
-    res.guest_msrs = vcpu.guest_msrs()
-    res.ok = True
+    run = start(profile, StartRequest(cpu=guest_cpu_spec(config, reg), design=config.design))
+    res = StartResult(host=profile.name, ok=run.ok, stage=run.stage, reason=run.reason if not run.ok else "",
+                      writes=run.writes, cpuid_filtered=tuple(run.cpuid_filtered))
+    if run.vcpus:
+        filtered = run.vcpus[0].cpu.host_filtered
+        res.dropped = frozenset(n for n in config.vmx
+                                if filtered.get(reg.features[n].word, 0) & reg.features[n].mask)
+    if run.ok:
+        res.guest_msrs = run.guest_msrs
     return res
 
 
@@ -692,6 +504,14 @@ def _invisible_cause(feature: str, profile: HostProfile, guest: Mapping[str, int
             and feature in era_table().revision2_exposes and kvm.max_evmcs_revision() >= EVMCS_REVISION_2022:
         return Drop(feature, "revision-1", (profile.name,), "hidden by eVMCS revision 1 (legacy)")
     return Drop(feature, "evmcs-filter", (profile.name,), f"filtered by the eVMCS filter of kernel era {era.id}")
+
+
+def _lacking_cpuid(starts: Sequence[StartResult], failed: Sequence[int]) -> set[str]:
+    """CPUID flags to switch off when every failed start failed only because its host lacks a flag of the
+    base model (stage ``vmx-features`` with CPUID flags filtered); empty otherwise."""
+    if not failed or not all(starts[i].stage == "vmx-features" and starts[i].cpuid_filtered for i in failed):
+        return set()
+    return {flag for i in failed for flag in starts[i].cpuid_filtered}
 
 
 def _merge_drops(drops: Iterable[Drop]) -> list[Drop]:
@@ -897,6 +717,21 @@ def _negotiate_groups(gm: GuestModel, groups: list[PoolGroup], strategy: str,
     for _ in range(16):
         starts = [start_guest(config, g.profile) for g in groups]
         failed = [i for i, s in enumerate(starts) if not s.ok]
+        no_cpuid = _lacking_cpuid(starts, failed)
+        if no_cpuid:
+            for flag in sorted(no_cpuid):
+                who = hosts_of(i for i in failed if flag in starts[i].cpuid_filtered)
+                neg.notes.append(f"-{flag}: base model {gm.base} sets CPUID {flag}, which {names_text(who)} "
+                                 f"lack{'s' if len(who) == 1 else ''}; QEMU refuses the model under enforce=on")
+                for gated in CPUID_BY_NAME[flag].gates:
+                    for bit in reg.qemu_bits(gated):
+                        if bit.name in features:
+                            features.discard(bit.name)
+                            drops.append(Drop(bit.name, "dependency", tuple(who),
+                                              f"QEMU drops it without CPUID {flag}"))
+            _close_under_qemu(features, drops, reg)
+            config = replace(config, vmx=frozenset(features), cpuid_off=tuple(sorted({*config.cpuid_off, *no_cpuid})))
+            continue
         if failed:
             s = starts[failed[0]]
             return _fail(neg, f"no safe answer: host {s.host}{_same_profile(groups[failed[0]])}: {s.reason}")
@@ -986,7 +821,6 @@ __all__ = [
     "Negotiation",
     "PoolGroup",
     "StartResult",
-    "compose_vmx_writes",
     "diff_views",
     "documented_evmcs_view",
     "evmcs_incapable_reason",

@@ -31,7 +31,8 @@ from qemu_evmcs.qemu.models import EffectiveModel, ModelDef, QemuSnapshot, effec
 from qemu_evmcs.core.msrval import feature_set, word_source_msr
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.fleet.sources import load_hosts_fleet
-from qemu_evmcs.qemu.compose import hv_evmcs_error
+from qemu_evmcs.qemu.compose import evmcs_range_supported
+from qemu_evmcs.qemu.startup import evmcs_start_error
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.registry import MASK32, MASK64, registry
 from qemu_evmcs.kvm.simkvm import SimKvm, guest_view
@@ -69,8 +70,14 @@ class HostViews:
 
 
 def _evmcs_check(profile: HostProfile, kvm: SimKvm, want: tuple[int, int]) -> str | None:
-    """``None`` if QEMU would enable eVMCS ``want`` here, else QEMU's error text."""
-    err = hv_evmcs_error(kvm, want)
+    """``None`` if QEMU would enable eVMCS ``want`` here, else QEMU's error text (the start-up model's for
+    ``hv-evmcs``; a model file's non-default version range is checked like ``hyperv_init_vcpu`` does)."""
+    err = evmcs_start_error(profile, kvm.variant)
+    if err is None and want != (1, 1):
+        version = kvm.evmcs_version()
+        if not evmcs_range_supported(want, version):
+            err = (f"eVMCS version range [{want[0]}..{want[1]}] is not supported by kernel "
+                   f"(supported: [{version & 0xFF}..{version >> 8}])")
     if err is None:
         return None
     if not kvm.has_evmcs_hook():

@@ -1,8 +1,6 @@
 """QEMU's VMX MSR composition (``make_vmx_msr_value`` / ``kvm_msr_entry_add_vmx``), in one place.
 
-Both simulations of QEMU use it: the simulated QEMU process
-(:meth:`qemu_evmcs.simqemu.cpu.X86Cpu.vmx_msr_entries`) and the negotiator's
-start-up model (:func:`qemu_evmcs.policy.negotiate.compose_vmx_writes`). Inputs are
+The start-up model uses it through :meth:`qemu_evmcs.qemu.cpu.X86Cpu.vmx_msr_entries`. Inputs are
 VMX feature words as bit masks (registry word name -> optional controls / bits
 the vCPU has) and the VMX MSRs KVM reports on the system fd; the output is the
 list of ``(MSR name, value)`` QEMU hands to KVM_SET_MSRS, in QEMU 7.2's order
@@ -23,16 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from qemu_evmcs.core.errors import KvmError
 from qemu_evmcs.core.msrval import names_to_word_masks
 from qemu_evmcs.core.registry import MASK32, Registry, registry
-from qemu_evmcs.kvm.simkvm import (
-    HV_CPUID_ENLIGHTMENT_INFO,
-    HV_ENLIGHTENED_VMCS_RECOMMENDED,
-    KVM_CAP_HYPERV_ENLIGHTENED_VMCS,
-    KVM_CAP_SYS_HYPERV_CPUID,
-    SimKvm,
-)
 
 #: ``DEFAULT_EVMCS_VERSION`` of QEMU's kvm.c: min version 1 (low byte), max version 1 (high byte).
 DEFAULT_EVMCS_VERSION = (1 << 8) | 1
@@ -97,36 +87,6 @@ def evmcs_range_supported(want: tuple[int, int], supported: int) -> bool:
     """
     lo, hi = supported & 0xFF, supported >> 8
     return bool(supported) and want[0] >= lo and want[1] <= hi
-
-
-#: QEMU's text when KVM does not offer eVMCS (``hyperv_feature_supported`` / ``hyperv_init_vcpu``).
-HV_EVMCS_NOT_SUPPORTED = "Hyper-V enlightened VMCS (hv-evmcs) is not supported by kernel"
-
-
-def hv_evmcs_error(kvm: SimKvm, want: tuple[int, int] = (1, 1)) -> str | None:
-    """QEMU's verdict on ``hv-evmcs`` for a host: ``None`` if it starts, else QEMU's error text.
-
-    The short form of the simulated QEMU's start-up (``simqemu.startup``), for the resolver and the
-    negotiator: at CPU expansion QEMU asks the system fd for Hyper-V features when the kernel has
-    KVM_CAP_SYS_HYPERV_CPUID (5.11+), where eVMCS is simply absent without nested VMX; older kernels take
-    the bit from KVM_CHECK_EXTENSION(KVM_CAP_HYPERV_ENLIGHTENED_VMCS). Then ``hyperv_init_vcpu`` enables
-    the capability and checks the version range.
-    """
-    if kvm.check_extension(KVM_CAP_SYS_HYPERV_CPUID):
-        leaves = kvm.get_supported_hv_cpuid()
-        offered = bool(leaves[HV_CPUID_ENLIGHTMENT_INFO]["eax"] & HV_ENLIGHTENED_VMCS_RECOMMENDED)
-    else:
-        offered = kvm.check_extension(KVM_CAP_HYPERV_ENLIGHTENED_VMCS) > 0
-    if not offered:
-        return HV_EVMCS_NOT_SUPPORTED
-    try:
-        version = kvm.create_vcpu().enable_evmcs()
-    except KvmError:
-        return HV_EVMCS_NOT_SUPPORTED
-    if not evmcs_range_supported(want, version):
-        return (f"eVMCS version range [{want[0]}..{want[1]}] is not supported by kernel "
-                f"(supported: [{version & 0xFF}..{version >> 8}])")
-    return None
 
 
 def compose_vmx_msrs(words: Mapping[str, int], host_msrs: Mapping[str, int], *, lm: bool = True,

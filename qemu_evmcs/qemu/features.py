@@ -1,6 +1,6 @@
 """QEMU's CPUID flags that gate VMX features, and its Hyper-V enlightenments, in one table each.
 
-Why one module: the simulated QEMU (``simqemu.cpu``), model validation (``models``/``validate``) and the
+Why one module: the start-up model (``qemu.cpu``), model validation (``models``/``validate``) and the
 negotiator all need QEMU's rules -- which ``hv-*`` flag needs which (``kvm_hyperv_properties[].dependencies``),
 which CPUID flag gates which ``vmx-*`` feature (``feature_dependencies[]``), which ``hv-*`` flag depends on a
 0x4000000A.EAX bit KVM reports only from some release. Keeping the tables here, and deriving every other view

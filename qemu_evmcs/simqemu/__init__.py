@@ -6,14 +6,17 @@ Hyper-V eVMCS (the exact error texts of ``hv-evmcs`` checks, VMX feature
 filtering and its warnings, the VMX MSR writes and the ``failed to set MSR``
 abort) against :mod:`qemu_evmcs.kvm.simkvm`, then serves QMP.
 
+The start-up itself (CPU model, expansion, filtering, Hyper-V checks, MSR writes, exact texts) is the one
+model in :mod:`qemu_evmcs.qemu.startup` / :mod:`qemu_evmcs.qemu.cpu`, shared with the policy layer; this
+package adds the process around it.
+
 Modules:
 
-- :mod:`.cmdline` -- the QEMU command-line subset, ``-cpu`` parsing, :class:`.cmdline.QemuError`;
-- :mod:`.cpu` -- QEMU's x86 CPU model (expansion, dependencies, filtering, MSR composition,
-  Hyper-V leaves) and the **model provider plug-in point** (:func:`.cpu.register_model_provider`,
-  :func:`.cpu.load_model_features`);
-- :mod:`.startup` -- the start-up sequence, shared by the server and by :func:`.startup.predict`;
+- :mod:`.cmdline` -- the QEMU command-line subset (``-cpu`` via :func:`qemu_evmcs.qemu.cpuspec.parse_cpu`);
+- :mod:`.startup` -- a command line run through the start-up model: the :class:`.startup.Machine` and
+  :func:`.startup.predict` (``qemu-evmcs-launch --check``);
 - :mod:`.qmp_server` -- the QMP server and the ``x-evmcs-*`` extension commands;
+- :mod:`.migration` -- simulated live migration;
 - :mod:`.server` -- the process entry point (``main``).
 
 **Project plug-in option (not in real QEMU):** ``-cpu ...,hv-evmcs-perf-global-ctrl=on`` sets

@@ -29,19 +29,11 @@ rest with ``strtok(",")``, so empty items are skipped.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
-from qemu_evmcs.core.errors import LaunchError
-from qemu_evmcs.qemu.options import feat2prop, qapi_bool
+from qemu_evmcs.qemu.cpuspec import CpuSpec, QemuError, parse_cpu
+from qemu_evmcs.qemu.options import qapi_bool
 
-
-#: The program name QEMU prefixes to every error and warning line.
-PROG = "qemu-system-x86_64"
-
-#: Exit status of QEMU's ``exit(1)`` error paths.
-EXIT_ERROR = 1
-#: Exit status a shell reports for a process killed by SIGABRT (128 + 6): QEMU's failed assertion.
-EXIT_ABORT = 134
 
 VARIANTS = ("shipped", "revision", "vmx-msrs")
 
@@ -49,42 +41,6 @@ VARIANTS = ("shipped", "revision", "vmx-msrs")
 _MACHINE_PREFIXES = ("pc", "q35", "none", "microvm", "isapc", "x-remote")
 #: Maximum vCPUs of the simulated machine (pc/q35 in QEMU 7.2).
 MAX_CPUS = 288
-
-
-class QemuError(LaunchError):
-    """A start-up failure of the simulated QEMU, with QEMU's text.
-
-    :param message: the text QEMU prints after ``qemu-system-x86_64: `` (no prefix).
-    :param status: the exit status (1 for ``exit(1)``, 134 for an abort).
-    :param extra: further stderr lines (full lines, already prefixed) printed after the message.
-    """
-
-    def __init__(self, message: str, *, status: int = EXIT_ERROR, extra: Sequence[str] = ()) -> None:
-        super().__init__(message, layer="qemu")
-        self.status = status
-        self.extra = list(extra)
-
-    def lines(self) -> List[str]:
-        """Every stderr line of this failure, prefixed like QEMU's ``error_report``."""
-        return [f"{PROG}: {self.message}", *self.extra]
-
-
-@dataclass(frozen=True)
-class CpuSpec:
-    """A parsed ``-cpu`` argument.
-
-    :ivar model: the model name as given (``host``, ``Skylake-Server-v5``).
-    :ivar props: ``key=value`` properties (and bare ``feat`` as ``feat=on``) in order, names normalised.
-    :ivar plus: ``+feat`` names in order.
-    :ivar minus: ``-feat`` names in order.
-    :ivar warnings: QEMU's warnings about the string itself (ambiguous ``+feat`` and ``feat=on`` mixes).
-    """
-
-    model: str
-    props: Tuple[Tuple[str, str], ...] = ()
-    plus: Tuple[str, ...] = ()
-    minus: Tuple[str, ...] = ()
-    warnings: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -143,48 +99,6 @@ def split_opts(text: str) -> List[str]:
         i += 1
     parts.append("".join(cur))
     return parts
-
-
-def parse_cpu_option(text: str) -> CpuSpec:
-    """Parse ``-cpu MODEL[,features]`` like ``x86_cpu_parse_featurestr()``.
-
-    :raise QemuError: empty model name.
-    """
-    # QEMU: g_strsplit(cpu_option, ",", 2), then strtok(features, ","): no ",," escape, empty items vanish.
-    model, _, rest = text.partition(",")
-    pieces = [model, *(p for p in rest.split(",") if p)]
-    if not model:
-        raise QemuError("unable to find CPU model ''")
-    props: List[Tuple[str, str]] = []
-    plus: List[str] = []
-    minus: List[str] = []
-    warnings: List[str] = []
-    ambiguous = False
-    for feat in pieces[1:]:
-        if not feat:
-            continue
-        if feat[0] == "+":
-            plus.append(feat2prop(feat[1:]))
-            continue
-        if feat[0] == "-":
-            minus.append(feat2prop(feat[1:]))
-            continue
-        if "=" in feat:
-            key, val = feat.split("=", 1)
-        else:
-            key, val = feat, "on"
-        key = feat2prop(key)
-        if key in plus:
-            warnings.append(f'{PROG}: warning: Ambiguous CPU model string. Don\'t mix both "+{key}" and "{key}={val}"')
-            ambiguous = True
-        if key in minus:
-            warnings.append(f'{PROG}: warning: Ambiguous CPU model string. Don\'t mix both "-{key}" and "{key}={val}"')
-            ambiguous = True
-        props.append((key, val))
-    if ambiguous:
-        warnings.append(f"{PROG}: warning: Compatibility of ambiguous CPU model strings won't be kept on future "
-                        f"QEMU versions")
-    return CpuSpec(model=model, props=tuple(props), plus=tuple(plus), minus=tuple(minus), warnings=tuple(warnings))
 
 
 def _kv(parts: Sequence[str]) -> Dict[str, str]:
@@ -358,7 +272,9 @@ def parse_args(argv: Sequence[str]) -> SimConfig:
             if val == "help":
                 cfg.cpu_help = True
                 continue
-            cfg.cpu = parse_cpu_option(val)
+            cfg.cpu = parse_cpu(val)
+            if not cfg.cpu.model:
+                raise QemuError("unable to find CPU model ''")
             cfg.cpu_given = True
         elif name == "smp":
             smp_arg = val

@@ -10,7 +10,7 @@ answers with one JSON line. The state (:func:`vcpu_state`):
 - ``guest-vmx-msrs``: the VMX MSRs the L1 guest read on the source (vCPU 0).
 
 The destination (:func:`apply_incoming`) replays QEMU's vCPU init for that state
-on *its own* simulated KVM, in QEMU's order (:func:`.startup.boot`): realize the
+on *its own* simulated KVM, in QEMU's order (:func:`qemu_evmcs.qemu.startup.start`): realize the
 CPU from the requested ``-cpu`` (host filtering, ``enforce``, Hyper-V checks),
 enable eVMCS and check the version range (or revision), KVM_SET_CPUID2 with the
 Hyper-V leaves, then KVM_SET_MSRS of the composed VMX MSRs in QEMU's order. A
@@ -30,7 +30,9 @@ import dataclasses
 import json
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from qemu_evmcs.simqemu.cmdline import PROG, CpuSpec, QemuError
+from qemu_evmcs.core.views import diff_views
+from qemu_evmcs.qemu.compose import DEFAULT_EVMCS_VERSION
+from qemu_evmcs.qemu.cpuspec import PROG, CpuSpec, QemuError
 from qemu_evmcs.simqemu.startup import Machine, StartupResult, boot, read_vmx_msrs
 
 #: Version of the JSON document the simulators exchange.
@@ -82,8 +84,6 @@ def vcpu_state(machine: Machine) -> Dict[str, object]:
     rev = v0.cpu.evmcs_revision if v0 is not None else None
     hv = {f"{leaf:#010x}": dict(regs) for leaf, regs in sorted(v0.hv_leaves.items())} if v0 is not None else {}
     evmcs = bool(v0 is not None and v0.kvm_vcpu is not None and v0.kvm_vcpu.evmcs_enabled)
-    from qemu_evmcs.qemu.compose import DEFAULT_EVMCS_VERSION
-
     return {
         "version": STATE_VERSION,
         "source": {"host": machine.profile.name, "kernel": machine.profile.kernel, "variant": machine.config.variant},
@@ -159,8 +159,6 @@ def apply_incoming(machine: Machine, state: Mapping[str, Any]) -> IncomingResult
 def verdict(status: str, error: str, source_msrs: Mapping[str, int], dest_msrs: Mapping[str, int],
             destination: str = "") -> Dict[str, object]:
     """``x-evmcs-query-migration-verdict``: fine / blocked / unsafe, with the changed guest-visible bits."""
-    from qemu_evmcs.policy.negotiate import diff_views
-
     out: Dict[str, object] = {"status": status, "source-msrs": _hexmap(source_msrs),
                               "destination-msrs": _hexmap(dest_msrs), "lost": [], "gained": []}
     where = f" on {destination}" if destination else ""

@@ -62,9 +62,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple, Union
 
-from qemu_evmcs.simqemu.cmdline import PROG, QmpAddress, QemuError
+from qemu_evmcs.qemu.cpuspec import PROG, CpuSpec, QemuError
+from qemu_evmcs.simqemu.cmdline import QmpAddress
 from qemu_evmcs.qemu.features import CPUID_BY_NAME, HV_BY_PROP
-from qemu_evmcs.simqemu.cpu import BUILTIN_MODELS, X86Cpu, list_models, model_info, vmx_prop_names
+from qemu_evmcs.qemu.cpu import BUILTIN_MODELS, X86Cpu, list_models, model_info, vmx_prop_names
 from qemu_evmcs.simqemu.migration import (LOAD_FAILED, MAX_STATE, IncomingResult, apply_incoming, decode, encode,
                                           guest_msrs, parse_uri, vcpu_state, verdict)
 from qemu_evmcs.simqemu.startup import Machine, VcpuState, read_vmx_msrs
@@ -544,7 +545,6 @@ class QmpServer:
                 for v in self.machine.vcpus]
 
     def _new_cpu(self, model: str, props: Mapping[str, object]) -> X86Cpu:
-        from qemu_evmcs.simqemu.cmdline import CpuSpec
         cpu = X86Cpu.create(CpuSpec(model=model), self.machine.accel)
         for key, val in props.items():
             if isinstance(val, bool):

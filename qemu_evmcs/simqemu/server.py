@@ -22,8 +22,9 @@ from typing import List, Optional, Sequence
 
 from qemu_evmcs.core.errors import EvmcsError
 from qemu_evmcs.core.profile import load_profile, resolve_profile_path
-from qemu_evmcs.simqemu.cmdline import EXIT_ABORT, EXIT_ERROR, PROG, QemuError, parse_args
-from qemu_evmcs.simqemu.cpu import list_models
+from qemu_evmcs.qemu.cpu import list_models
+from qemu_evmcs.qemu.cpuspec import EXIT_ABORT, EXIT_ERROR, PROG, QemuError
+from qemu_evmcs.simqemu.cmdline import parse_args
 from qemu_evmcs.simqemu.qmp_server import QmpServer, register_signal_handlers
 from qemu_evmcs.simqemu.startup import Machine, boot
 

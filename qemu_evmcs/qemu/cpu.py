@@ -73,7 +73,7 @@ from qemu_evmcs.kvm.simkvm import (HV_CPUID_ENLIGHTMENT_INFO, HV_CPUID_NESTED_FE
 from qemu_evmcs.qemu.features import (CPUID_BY_NAME, CPUID_FLAGS, HV_ALIASES, HV_BY_PROP, HV_CPUID_FEATURES,
                                       HV_FEATURES,
                              HvFeature)
-from qemu_evmcs.simqemu.cmdline import PROG, CpuSpec, QemuError
+from qemu_evmcs.qemu.cpuspec import PROG, CpuSpec, QemuError
 
 if TYPE_CHECKING:
     from qemu_evmcs.qemu.models import QemuSnapshot
@@ -703,7 +703,8 @@ class X86Cpu:
             if feat.prop not in self.hv:
                 continue
             if not self.hv_supported(feat, leaves):
-                raise QemuError(f"Hyper-V {feat.desc} is not supported by kernel")
+                raise QemuError(f"Hyper-V {feat.desc} is not supported by kernel",
+                                stage="evmcs-cap" if feat.prop == "hv-evmcs" else "hv-feature")
             for dep in feat.deps:
                 if dep not in self.hv:
                     raise QemuError(f"Hyper-V {feat.desc} requires Hyper-V {HV_BY_PROP[dep].desc}")
@@ -839,10 +840,15 @@ class X86Cpu:
         """``kvm_msr_entry_add_vmx``: the VMX MSRs QEMU writes, in QEMU's order.
 
         :param host_msrs: KVM's feature MSRs (system fd); empty means nested is off and nothing is written.
+
+        Simulation assumption: an MSR the host profile does not record (a synthetic what-if host without
+        CR0_FIXED0) is not written -- real KVM lists every one of them, and the profile cannot say what
+        it would accept.
         """
         if not host_msrs.get("IA32_VMX_BASIC", 0):
             return []
-        return compose_vmx_msrs(self.features, host_msrs, lm=self.cpuid["lm"])
+        return [(msr, value) for msr, value in compose_vmx_msrs(self.features, host_msrs, lm=self.cpuid["lm"])
+                if msr in host_msrs]
 
 
 def guest_visible_features(msrs: Mapping[str, int]) -> Dict[str, int]:
