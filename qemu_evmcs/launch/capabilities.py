@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from qemu_evmcs.core.errors import LaunchError
 from qemu_evmcs.launch.qmp import EmulatorSession
-from qemu_evmcs.launch.verify import CpuSpec
+from qemu_evmcs.qemu.cpuspec import CpuSpec
 
 #: How the binary is started for the questions: no machine, no devices, no display.
 PROBE_ARGS: tuple[str, ...] = ("-machine", "none", "-nodefaults", "-display", "none")
