@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -221,7 +222,13 @@ HOST = (Path(SAMPLES) / "skylake-6.3.yaml").read_text()
 
 
 def body(name: str, extra: str = "") -> str:
+    """The sample under another name, with ``extra`` top-level entries; an entry of ``extra`` replaces the
+    sample's own (duplicate keys are refused: the sample ends with ``provenance:`` and then ``notes:``)."""
     text = HOST.replace("name: skylake-6.3\n", f"name: {name}\n")
+    if re.search(r"(?m)^provenance:", extra):
+        text = text[:text.index("\nprovenance:") + 1] + text[text.index("\nnotes:") + 1:]
+    if re.search(r"(?m)^notes:", extra):
+        text = text[:text.index("\nnotes:") + 1]
     return text + extra
 
 

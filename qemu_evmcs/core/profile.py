@@ -35,6 +35,7 @@ from qemu_evmcs.core.enumeration import TRUE_MSRS, quirks
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import MAX_INPUT_BYTES, read_text_capped
 from qemu_evmcs.core.kernel import Era, KernelVersion, era_table, parse_release
+from qemu_evmcs.core.yamlsafe import StrictSafeLoader
 from qemu_evmcs.core.registry import MASK32, MASK64, Registry, registry
 
 
@@ -344,7 +345,7 @@ def _yaml_error(err: yaml.YAMLError, path: str) -> InputError:
     return InputError(f"invalid YAML: {problem}", file=path, line=(mark.line + 1) if mark is not None else None)
 
 
-class _DepthLimitedLoader(yaml.SafeLoader):
+class _DepthLimitedLoader(StrictSafeLoader):
     """The safe loader, refusing nesting deeper than :data:`MAX_YAML_DEPTH` while composing."""
 
     _depth = 0
@@ -367,7 +368,7 @@ class _RawFloat(float):
     raw: str
 
 
-class _ProfileLoader(yaml.SafeLoader):
+class _ProfileLoader(StrictSafeLoader):
     """The safe loader, except that floats keep their source text (see :class:`_RawFloat`)."""
 
 
@@ -382,6 +383,12 @@ _ProfileLoader.add_constructor("tag:yaml.org,2002:float", _construct_raw_float)
 
 def iter_documents(text: str, path: str) -> Iterator[Tuple[object, Dict[str, int]]]:
     """Each YAML document of ``text`` with its key->line map (safe loader only)."""
+    for data, lines, _ in _iter_documents(text, path):
+        yield data, lines
+
+
+def _iter_documents(text: str, path: str) -> Iterator[Tuple[object, Dict[str, int], int]]:
+    """:func:`iter_documents` plus each document's 1-based first line; empty documents included."""
     try:
         for node in yaml.compose_all(text, Loader=_DepthLimitedLoader):
             if node is None:
@@ -392,7 +399,7 @@ def iter_documents(text: str, path: str) -> Iterator[Tuple[object, Dict[str, int
                 data = loader.construct_document(node)
             finally:
                 loader.dispose()
-            yield data, lines
+            yield data, lines, node.start_mark.line + 1
     except yaml.YAMLError as err:
         raise _yaml_error(err, path) from None
     except RecursionError:
@@ -400,11 +407,17 @@ def iter_documents(text: str, path: str) -> Iterator[Tuple[object, Dict[str, int
 
 
 def load_profile_text(text: str, path: str = "<string>") -> HostProfile:
-    """Exactly one profile from YAML text."""
-    docs = list(iter_documents(text, path))
-    if len(docs) != 1:
-        raise InputError(f"expected one YAML document, found {len(docs)}", file=path)
-    data, lines = docs[0]
+    """Exactly one profile from YAML text; refused at the start of a second document (a million empty
+    documents must not be composed before saying so)."""
+    docs = _iter_documents(text, path)
+    first = next(docs, None)
+    if first is None:
+        raise InputError("expected one YAML document, found 0", file=path)
+    second = next(docs, None)
+    if second is not None:
+        raise InputError("expected one YAML document, found more (a second one starts here)", file=path,
+                         line=second[2])
+    data, lines, _ = first
     return profile_from_mapping(data, file=path, lines=lines)
 
 

@@ -43,6 +43,7 @@ import yaml
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import read_capped, read_text_capped
+from qemu_evmcs.core.yamlsafe import BoundedSafeLoader
 from qemu_evmcs.qemu.features import HV_ALIASES, HV_FEATURES, PLUGIN_PERF_GLOBAL_CTRL, VMX_CPUID_REQUIRES, hv_requires
 from qemu_evmcs.core.registry import Feature, Registry, data_path, registry
 
@@ -380,7 +381,7 @@ def compose_yaml(text: str, path: str) -> tuple[object, dict[KeyPath, int], list
     lines: dict[KeyPath, int] = {}
     dups: list[tuple[KeyPath, int, int]] = []
     _line_map(nodes[0], (), lines, dups)
-    loader = yaml.SafeLoader("")
+    loader = BoundedSafeLoader("")
     try:
         data = loader.construct_document(nodes[0])
     except yaml.YAMLError as err:
