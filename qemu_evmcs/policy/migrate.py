@@ -28,6 +28,7 @@ from typing import Any
 
 from qemu_evmcs.core.errors import NegativeAnswer
 from qemu_evmcs.core.msrval import hex64
+from qemu_evmcs.policy.hostmodel import host_config, layer_of
 from qemu_evmcs.policy.negotiate import (
     HV_EVMCS_DEPS,
     BitChange,
@@ -255,9 +256,40 @@ def _loss_cause(lost: list[BitChange], dropped: frozenset[str], written: frozens
 
 def migrate_check(model: str | GuestModel, source: HostProfile, destination: HostProfile,
                   design: str = "shipped", *, target: str = "qemu") -> MigrationVerdict:
-    """``migrate-check``: configure for the source with ``design`` (on ``target``), then check the destination."""
-    config = source_config(model, source, design, target=target)
+    """``migrate-check``: configure for the source with ``design`` (on ``target``), then check the destination.
+
+    For ``--model host`` (:mod:`qemu_evmcs.policy.hostmodel`) the destination's guest is configured from the
+    destination's own KVM, as ``-cpu host`` is: the verdict says what QEMU and libvirt would not.
+    """
+    gm = load_guest_model(model)
+    if gm.per_host:
+        return migrate_host(gm, source, destination, design, target=target)
+    config = source_config(gm, source, design, target=target)
     return check_migration(config, source, destination)
+
+
+def migrate_host(gm: GuestModel, source: HostProfile, destination: HostProfile, design: str = "shipped", *,
+                 target: str = "qemu") -> MigrationVerdict:
+    """A ``-cpu host`` guest migrating: each side configured from its own host.
+
+    :raise NegativeAnswer: the guest cannot even start on the source.
+    """
+    cfg_design = "shipped" if design == "naive" else design
+    src = start_guest(host_config(gm, source, cfg_design, target), source)
+    if not src.ok:
+        raise NegativeAnswer(f"-cpu {gm.name} cannot start on the source {source.name}: "
+                             f"{src.reason.removeprefix('error: ')}")
+    v = verdict_from_view(host_config(gm, destination, cfg_design, target), src.guest_msrs, source.name,
+                          destination)
+    v.design = design
+    if v.lost or v.gained:
+        layers = sorted({layer_of(c.feature or c.label(), source, destination) for c in [*v.lost, *v.gained]})
+        why = {"evmcs-filter": f"the eVMCS filters of kernels {source.kernel} and {destination.kernel} differ "
+                               f"(both hosts' KVM report these controls)",
+               "host": "the hosts' KVM report different VMX features"}
+        v.reason += (f" [-cpu {gm.name}: each host gives the guest its own KVM set; layer: "
+                     + "; ".join(why[x] for x in layers) + "; QEMU and libvirt do not check this]")
+    return v
 
 
 def parse_qmp_msrs(ret: object) -> dict[str, int]:

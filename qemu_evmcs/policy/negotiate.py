@@ -104,6 +104,8 @@ class GuestModel:
     pv_perf_global_ctrl: str = "auto"
     base_vmx: frozenset[str] | None = None
     required: frozenset[str] = frozenset(ESSENTIAL_FEATURES)
+    #: QEMU's ``host`` model: every guest gets its own host's KVM set (:mod:`qemu_evmcs.policy.hostmodel`).
+    per_host: bool = False
 
 
 def qemu_property_features(reg: Registry | None = None) -> frozenset[str]:
@@ -135,15 +137,45 @@ def max_model() -> GuestModel:
                               "hv-synic": True, "hv-evmcs": True})
 
 
+def host_model(text: str = "host", items: Mapping[str, bool] | None = None) -> GuestModel:
+    """QEMU's ``-cpu host[,items]``: every vmx feature the host's KVM offers (per host), hv-vapic + hv-evmcs
+    unless the items say otherwise (``hv-passthrough``: every enlightenment that host's KVM offers)."""
+    items = dict(items or {})
+    hyperv = {"hv-vapic": True, "hv-evmcs": True, **{k: v for k, v in items.items() if k.startswith("hv-")}}
+    off = _vmx_items_off(items)
+    return GuestModel(name=text, base="host", vmx=qemu_property_features() - off, hyperv=hyperv, per_host=True)
+
+
+def _vmx_items_off(items: Mapping[str, bool], reg: Registry | None = None) -> frozenset[str]:
+    """Canonical vmx features that ``-cpu`` items switch off (a QEMU property may switch two bits)."""
+    reg = reg or registry()
+    out: set[str] = set()
+    for key, on in items.items():
+        if not on:
+            bits = reg.qemu_bits(key)
+            feat = reg.get(key)
+            out.update(b.name for b in bits) if bits else out.update([feat.name] if feat else [])
+    return frozenset(out)
+
+
 def load_guest_model(name_or_path: str | GuestModel) -> GuestModel:
-    """A :class:`GuestModel` from a definition name or file (via :mod:`qemu_evmcs.qemu.models`), or ``max``."""
+    """A :class:`GuestModel` from anything ``--model`` takes (:mod:`qemu_evmcs.qemu.model_names`): ``host``,
+    ``max`` (each optionally with ``-cpu`` items), a QEMU or libvirt model name, a definition name or file."""
     if isinstance(name_or_path, GuestModel):
         return name_or_path
     if name_or_path == "max":
         return max_model()
-    from qemu_evmcs.qemu import models  # the CPU-model engineer's module; imported lazily to keep this one light
+    from qemu_evmcs.qemu import model_names, models  # lazily: keeps this module light for the simulator
 
-    mdef = models.load_model(name_or_path)
+    if not model_names.is_definition(name_or_path):
+        name, items = model_names.split_model_arg(name_or_path)
+        if name == "host":
+            return host_model(name_or_path, items)
+        if name == "max":
+            base = max_model()
+            hyperv = {**base.hyperv, **{k: v for k, v in items.items() if k.startswith("hv-")}}
+            return replace(base, name=name_or_path, vmx=base.vmx - _vmx_items_off(items), hyperv=hyperv)
+    mdef = model_names.load_any_model(name_or_path)
     eff = models.effective_model(mdef)
     return GuestModel(
         name=mdef.name, base=mdef.base, vendor=mdef.vendor, vmx=eff.vmx, hyperv=dict(mdef.hyperv),
@@ -557,6 +589,10 @@ def negotiate(model: str | GuestModel, hosts: Hosts, strategy: str = "pv-cpuid",
     if target not in TARGETS:
         raise InputError(f"unknown target {target!r} (known: {', '.join(TARGETS)})")
     gm = load_guest_model(model)
+    if gm.per_host:
+        # -cpu host is a different guest on each host: negotiate the custom model that pins one set
+        # (qemu_evmcs.policy.hostmodel.negotiate_model also says why host itself cannot migrate).
+        gm = replace(gm, name=f"max (custom model for -cpu {gm.name} guests)", base="max", per_host=False)
     fleet = load_pool(hosts)
     groups = pool_groups(fleet)
     neg = _negotiate_groups(gm, groups, strategy, FleetHosts(fleet), target)

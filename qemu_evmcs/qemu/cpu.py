@@ -71,7 +71,7 @@ from qemu_evmcs.core.registry import MASK32, Registry, registry
 from qemu_evmcs.kvm.simkvm import (HV_CPUID_ENLIGHTMENT_INFO, HV_CPUID_NESTED_FEATURES, KVM_CAP_SYS_HYPERV_CPUID,
                                    SimKvm)
 from qemu_evmcs.qemu.features import (CPUID_BY_NAME, CPUID_FLAGS, HV_ALIASES, HV_BY_PROP, HV_CPUID_FEATURES,
-                                      HV_FEATURES,
+                                      HV_FEATURES, hv_feature_supported,
                              HvFeature)
 from qemu_evmcs.qemu.cpuspec import PROG, CpuSpec, QemuError
 
@@ -682,12 +682,11 @@ class X86Cpu:
         """``hyperv_feature_supported``: eVMCS-related bits from KVM's HV CPUID, the rest by kernel support."""
         if not self.accel.hyperv_cap():
             return False
-        if feat.kvm_checked:
-            return all((leaves.get(leaf, {}).get(reg, 0) & mask) == mask for leaf, reg, mask in feat.cpuid)
-        if feat.since is not None and isinstance(self.accel, KvmAccel):
-            kvm = self.accel.kvm
-            return kvm.version_at_least(getattr(kvm.facts, feat.since))
-        return True
+        accel = self.accel
+        if isinstance(accel, KvmAccel):
+            return hv_feature_supported(feat, leaves,
+                                        lambda since: accel.kvm.version_at_least(getattr(accel.kvm.facts, since)))
+        return hv_feature_supported(feat, leaves, lambda since: True)
 
     def hyperv_expand(self, leaves: Mapping[int, Mapping[str, int]]) -> None:
         """``kvm_hyperv_expand_features`` after KVM's HV CPUID is known.

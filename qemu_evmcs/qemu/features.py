@@ -11,7 +11,7 @@ Hyper-V bits are TLFS CPUID bits, not VMX bits.)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 from qemu_evmcs.kvm.simkvm import (
     HV_CPUID_ENLIGHTMENT_INFO,
@@ -104,6 +104,20 @@ HV_BY_PROP: Dict[str, HvFeature] = {f.prop: f for f in HV_FEATURES}
 HV_ALIASES = {"hv-apicv": "hv-avic"}
 #: The project's plug-in option (documented in ``--help`` and the module docstrings).
 PLUGIN_PERF_GLOBAL_CTRL = "hv-evmcs-perf-global-ctrl"
+
+
+def hv_feature_supported(feat: HvFeature, leaves: Mapping[int, Mapping[str, int]],
+                         kernel_at_least: Callable[[str], bool]) -> bool:
+    """QEMU's ``hyperv_feature_supported`` once KVM_CAP_HYPERV is known to exist: eVMCS-related bits from KVM's
+    HV CPUID ``leaves``, the rest by kernel release (``kernel_at_least(facts attribute)``).
+
+    One rule for the simulated QEMU (``hv-passthrough`` and explicit flags) and for ``--model host,hv-passthrough``.
+    """
+    if feat.kvm_checked:
+        return all((leaves.get(leaf, {}).get(reg, 0) & mask) == mask for leaf, reg, mask in feat.cpuid)
+    if feat.since is not None:
+        return kernel_at_least(feat.since)
+    return True
 
 
 def hv_requires() -> Dict[str, Tuple[str, ...]]:

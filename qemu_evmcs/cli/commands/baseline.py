@@ -12,7 +12,9 @@ import sys
 import textwrap
 from typing import Any
 
-from qemu_evmcs.qemu.models import load_model
+from qemu_evmcs.qemu.model_names import BUILTIN, MODEL_HELP, load_any_model
+from qemu_evmcs.policy.hostmodel import host_pool_notes
+from qemu_evmcs.policy.negotiate import load_guest_model, load_pool, pool_groups
 from qemu_evmcs.cli.hostargs import add_selection_arguments, select_hosts, split_pool_values
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.policy.resolve import BaselineResult, Loss, baseline
@@ -71,17 +73,31 @@ def render(result: BaselineResult, *, show_all: bool = False) -> str:
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns 0 (the baseline is an answer, not a check)."""
     snap = snapshot_from_args(args)
-    model = load_model(args.model) if args.model else None
-    if args.pool is None and model is None:
+    builtin = args.model.split(",", 1)[0] in BUILTIN if args.model else False
+    model = load_any_model(args.model) if args.model and not builtin else None
+    if args.pool is None and model is None and not builtin:
         raise InputError("give --model NAME, or --pool for the largest set common to the hosts", key="--model")
     pools, pool_hosts = split_pool_values(args.pool or [])
     hosts = select_hosts(args, [*args.hosts, *pool_hosts], pools)
+    notes: list[str] = []
+    if builtin:
+        # host/max take each host's own set: the baseline is the largest set common to the hosts (as --pool),
+        # and for host the reasons its guests differ between hosts come first.
+        gm = load_guest_model(args.model)
+        if gm.per_host:
+            notes = host_pool_notes(gm, [g.profile for g in pool_groups(load_pool(hosts))])
+            notes = notes or [f"-cpu {args.model} guests see the same VMX MSRs on every host of this pool"]
+        notes.append(f"--model {args.model}: each host's own set; the baseline below is the largest set common to "
+                     f"the hosts (what a custom model can pin)")
     result = baseline(hosts, model, pv_perf_global_ctrl=args.pv_perf_global_ctrl,
                       snapshot=snap)
     if args.json:
-        sys.stdout.write(json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
+        data = result.to_json()
+        if notes:
+            data["notes"] = notes
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
     else:
-        sys.stdout.write(render(result, show_all=args.all))
+        sys.stdout.write("".join(f"note: {n}\n" for n in notes) + render(result, show_all=args.all))
     return 0
 
 
@@ -94,7 +110,7 @@ def register(subparsers: Any) -> None:
                     "HOSTs are profile files (multi-document, any size), directories, SQLite inventories from "
                     "`fleet import` or bundled profile names; 100,000 hosts are fine (each distinct profile is "
                     "computed once).")
-    p.add_argument("--model", metavar="NAME", help="a model definition name (e.g. Skylake-Server-evmcs) or file")
+    p.add_argument("--model", metavar="NAME", help=MODEL_HELP)
     p.add_argument("--pool", nargs="*", metavar="NAME",
                    help="without --model: the largest VMX set common to all hosts; each NAME is an inventory pool "
                         "to select (repeatable), or, when it names a profile file or bundled profile, a host")

@@ -7,6 +7,7 @@ import asyncio
 import sys
 from typing import Any
 
+from qemu_evmcs.qemu.model_names import MODEL_HELP
 from qemu_evmcs.core.errors import EXIT_NEGATIVE, EXIT_OK, InputError
 from qemu_evmcs.output.jsonout import print_json
 from qemu_evmcs.policy.migrate import (
@@ -27,8 +28,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("migrate-check", help="would an eVMCS guest migrate fine, be blocked, or break?",
                               description="Simulate the destination QEMU's VMX MSR writes and eVMCS enable, and "
                                           "compare the L1 guest's VMX MSRs before and after.")
-    p.add_argument("--model", help="CPU model definition (name or file), or 'max' (with --from; with "
-                                   "--from-running the configuration is the running guest's)")
+    p.add_argument("--model", help=MODEL_HELP + " (with --from; with --from-running the configuration is the "
+                                          "running guest's)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--from", dest="source", metavar="PROFILE", help="source host profile")
     src.add_argument("--from-running", metavar="SOCKET",

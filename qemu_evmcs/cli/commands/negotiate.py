@@ -6,13 +6,15 @@ import argparse
 import sys
 from typing import Any
 
+from qemu_evmcs.qemu.model_names import MODEL_HELP
 from qemu_evmcs.core.errors import EXIT_NEGATIVE, EXIT_OK, InputError
 from qemu_evmcs.output.libvirt import merge_domain
 from qemu_evmcs.qemu.libvirt_cpumap import load_cpu_map
 from qemu_evmcs.qemu.models import read_text
 from qemu_evmcs.output.jsonout import print_json
 from qemu_evmcs.cli.hostargs import add_selection_arguments, select_hosts
-from qemu_evmcs.policy.negotiate import STRATEGIES, TARGETS, load_guest_model, negotiate
+from qemu_evmcs.policy.hostmodel import negotiate_model
+from qemu_evmcs.policy.negotiate import STRATEGIES, TARGETS, load_guest_model
 from qemu_evmcs.output.render import (
     compare_strategies,
     cpu_string,
@@ -28,7 +30,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("negotiate", help="negotiate eVMCS, the PV CPUID bit and vmx-*/hv-* flags for a pool",
                               description="Decide the eVMCS request, CPUID 0x4000000A.EBX bit 0 and the vmx-*/hv-* "
                                           "flags that give a guest identical VMX MSRs on every host.")
-    p.add_argument("--model", required=True, help="CPU model definition (name or file), or 'max'")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--hosts", nargs="*", default=[], metavar="HOST",
                    help="host profiles: files (multi-document, any size), dirs, SQLite inventories, bundled names, "
                         "and host names of those inventories")
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_guest_model(args.model)
     hosts = select_hosts(args, args.hosts)   # one Fleet: each distinct profile parsed and simulated once
     if args.strategy == "all":
-        results = {s: negotiate(model, hosts, s, target=args.target) for s in STRATEGIES}
+        results = {s: negotiate_model(model, hosts, s, target=args.target) for s in STRATEGIES}
         ok = any(n.ok for n in results.values())
         if fmt == "json":
             first = next(iter(results.values()))
@@ -101,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: no safe answer under any strategy: {text}", file=sys.stderr)
             return EXIT_NEGATIVE
         return EXIT_OK
-    neg = negotiate(model, hosts, args.strategy, target=args.target)
+    neg = negotiate_model(model, hosts, args.strategy, target=args.target)
     if fmt == "json":
         print_json(negotiation_json(neg))
     elif neg.ok and fmt == "cpu":
