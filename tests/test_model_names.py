@@ -121,3 +121,15 @@ def test_skylake_client_v4_on_two_skylake_hosts(run: Run) -> None:
     for feat in FILTER_63_NOT_510 - {"vmx-ple"}:
         assert f"-{feat}," in cpu
     assert "hv-vapic=on" in cpu and "hv-evmcs=on" in cpu
+
+
+def test_wrapper_check_understands_host_hv_passthrough() -> None:
+    """The wrapper's --check reads -cpu host,hv-passthrough like QEMU: on a 5.4 host (enable-time filter) the
+    unfiltered pin controls are refused (0x48d, see test_host_on_54_aborts), before anything starts."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "qemu_evmcs.launch", "--check", "--simulate", "cascadelake-5.4",
+                           "--", "-accel", "kvm", "-cpu", "host,hv-passthrough", "-S", "-display", "none"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: --check: failed to set MSR 0x48d"), proc.stderr

@@ -13,6 +13,7 @@ from typing import Any
 from qemu_evmcs.cli.hostargs import add_selection_arguments, select_hosts
 from qemu_evmcs.qemu.models import QemuSnapshot, load_snapshot, load_snapshot_dir
 from qemu_evmcs.core.hostgroup import Fleet
+from qemu_evmcs.policy.qemu_models import qemu_models_report
 from qemu_evmcs.policy.validate import validate_paths
 
 
@@ -25,6 +26,13 @@ def snapshot_from_args(args: argparse.Namespace) -> QemuSnapshot:
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit code."""
     snap = snapshot_from_args(args)
+    if args.qemu_models:
+        table = qemu_models_report(snap)
+        if args.json:
+            sys.stdout.write(json.dumps(table.to_json(), indent=2, sort_keys=True) + "\n")
+        else:
+            sys.stdout.write(table.render())
+        return 0
     selected = bool(args.hosts or args.inventory or args.hosts_from)
     hosts: Fleet | None = select_hosts(args, args.hosts or []) if selected else None
     report = validate_paths(args.paths, snapshot=snap, hosts=hosts)
@@ -47,6 +55,9 @@ def register(subparsers: Any) -> None:
                         "$QEMU_EVMCS_CPU_MODELS if set; pass cpu_models/ to check a checkout's copies)")
     p.add_argument("--hosts", nargs="+", metavar="PROFILE",
                    help="also say on which hosts each model starts and what each would drop (files, dirs, names)")
+    p.add_argument("--qemu-models", action="store_true",
+                   help="instead: every QEMU model of the snapshot as an eVMCS guest with vmx=on, per kernel era "
+                        "(starts, aborts, what the L1 guest loses), and the models that need a newer QEMU")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add_selection_arguments(p)
     p.add_argument("--snapshot", metavar="DIR", help="a QEMU model snapshot directory (default: bundled 7.2)")
