@@ -27,10 +27,11 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
+from qemu_evmcs.core.cpuid import NAME as CPUID_NAME
 from qemu_evmcs.core.enumeration import TRUE_MSRS, quirks
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import MAX_INPUT_BYTES, read_text_capped
@@ -44,6 +45,7 @@ VENDORS = ("GenuineIntel", "AuthenticAMD", "HygonGenuine", "CentaurHauls")
 _OPTIONAL_KEYS = {
     "family": int, "model": int, "stepping": int, "model_name": str, "nested": bool, "kvm_hyperv": bool,
     "notes": str, "provenance": str, "synthetic": bool, "cpu_msrs": dict, "unknown_msrs": list,
+    "cpu_features": list,
 }
 _REQUIRED_KEYS = {"name": str, "vendor": str, "kernel": (str, int, float), "msrs": dict}
 
@@ -77,6 +79,9 @@ class HostProfile:
     #: MSRs the CPU enumerates that the input lacked (``host import --partial``): answers depending on them are
     #: conservative (the features in them count as absent) and say so.
     unknown_msrs: Tuple[str, ...] = ()
+    #: CPUID features QEMU can give a guest here, in QEMU's names (``host probe``, ``host import --cpuinfo`` or
+    #: libvirt XML); ``None``: not recorded, so base-model CPUID checks cannot look at this host.
+    cpu_features: Optional[FrozenSet[str]] = None
     source: Optional[str] = field(default=None, compare=False)
     #: Accepted oddities of the input (raw-hardware quirks in ``cpu_msrs``), one line each, for the CLI to print.
     warnings: Tuple[str, ...] = field(default=(), compare=False)
@@ -124,6 +129,8 @@ class HostProfile:
             out["cpu_msrs"] = {n: f"0x{self.cpu_msrs[n]:016x}" for n in reg.msr_names() if n in self.cpu_msrs}
         if self.unknown_msrs:
             out["unknown_msrs"] = list(self.unknown_msrs)
+        if self.cpu_features is not None:
+            out["cpu_features"] = sorted(self.cpu_features)
         for key in ("notes", "provenance"):
             val = getattr(self, key)
             if val is not None:
@@ -148,6 +155,8 @@ class HostProfile:
             key["stable_era"] = era.id
         if self.unknown_msrs:
             key["unknown_msrs"] = sorted(self.unknown_msrs)
+        if self.cpu_features is not None:
+            key["cpu_features"] = sorted(self.cpu_features)
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -324,6 +333,15 @@ def profile_from_mapping(data: object, *, file: Optional[str] = None,
             raise InputError(f"{u} is listed as unknown but has a value under msrs", file=file,
                              key=f"unknown_msrs[{i}]", line=lines.get("unknown_msrs"))
         unknown.append(u)
+    cpu_features = None
+    if data.get("cpu_features") is not None:
+        feats = set()
+        for i, f in enumerate(data["cpu_features"]):
+            if not isinstance(f, str) or not CPUID_NAME.match(f):
+                raise InputError(f"not a CPUID feature name (QEMU spelling, e.g. sse4.1): {f!r}", file=file,
+                                 key=f"cpu_features[{i}]", line=lines.get("cpu_features"))
+            feats.add(f)
+        cpu_features = frozenset(feats)
     return HostProfile(
         name=name, vendor=vendor, kernel=kernel, version=version, msrs=msrs,
         nested=bool(data.get("nested", True)), kvm_hyperv=bool(data.get("kvm_hyperv", True)),
@@ -331,6 +349,7 @@ def profile_from_mapping(data: object, *, file: Optional[str] = None,
         model_name=data.get("model_name"), notes=data.get("notes"), provenance=data.get("provenance"),
         synthetic=bool(data.get("synthetic", False)), source=file,
         unknown_msrs=tuple(n for n in reg.msr_names() if n in unknown), warnings=tuple(warnings),
+        cpu_features=cpu_features,
     )
 
 

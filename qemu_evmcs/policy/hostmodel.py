@@ -22,6 +22,7 @@ from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.registry import registry
 from qemu_evmcs.kvm.simkvm import SimKvm
 from qemu_evmcs.policy.negotiate import (
+    AUTO_MODEL,
     STRATEGY_VARIANT,
     GuestConfig,
     GuestModel,
@@ -138,6 +139,8 @@ def negotiate_model(model: str | GuestModel, hosts: Hosts, strategy: str = "pv-c
                     target: str = "qemu") -> Negotiation:
     """:func:`~qemu_evmcs.policy.negotiate.negotiate` for any ``--model``; for ``host`` the answer is the custom
     model that can migrate (:func:`custom_for_host`), with notes saying why ``host`` itself cannot."""
+    if model == AUTO_MODEL:
+        return negotiate(model, hosts, strategy, target=target)
     gm = load_guest_model(model)
     if not gm.per_host:
         return negotiate(gm, hosts, strategy, target=target)

@@ -52,6 +52,7 @@ from qemu_evmcs.qemu.cpu import EVMCS_REVISION_PROP
 from qemu_evmcs.qemu.cpuspec import CpuSpec
 from qemu_evmcs.qemu.startup import DESIGN_VARIANT, StartRequest, evmcs_start_error, evmcs_vmx_view, start
 from qemu_evmcs.core.views import BitChange, diff_views, partially_visible, visible_features
+from qemu_evmcs.qemu.basecpuid import check_base, newest_runnable
 from qemu_evmcs.qemu.models import DEFAULT_QEMU_VERSION, load_snapshot
 from qemu_evmcs.core.registry import Registry, registry
 from qemu_evmcs.kvm.simkvm import (
@@ -566,6 +567,31 @@ def _merge_drops(drops: Iterable[Drop]) -> list[Drop]:
     return sorted(merged, key=lambda d: (order.get(d.feature, 1 << 30), d.cause))
 
 
+#: ``--model auto``: the newest QEMU model every host can run, with the eVMCS settings of this definition.
+AUTO_MODEL = "auto"
+AUTO_TEMPLATE = "Skylake-Server-evmcs"
+
+
+def auto_model(groups: Sequence[PoolGroup]) -> GuestModel | str:
+    """The guest model ``--model auto`` stands for on these hosts, or why there is none (``no safe answer: ...``).
+
+    Base: :func:`~qemu_evmcs.qemu.basecpuid.newest_runnable`. VMX: that QEMU model's default vmx features minus the
+    ones the template definition switches off for an eVMCS L1; Hyper-V flags and eVMCS range: the template's.
+    """
+    profiles = [g.profile for g in groups]
+    if all(p.cpu_features is None for p in profiles):
+        return ("no safe answer: --model auto needs cpu_features in at least one host profile (host probe, host "
+                "import --cpuinfo or --libvirt); none of these hosts has them")
+    pick = newest_runnable(profiles)
+    if pick is None:
+        return "no safe answer: no Intel QEMU model's CPUID features are present on every host"
+    template = load_guest_model(AUTO_TEMPLATE)
+    switched_off = (template.base_vmx or frozenset()) - template.vmx
+    base_vmx = load_snapshot().get(pick).vmx_features
+    return replace(template, name=f"auto ({pick})", base=pick, vmx=frozenset(base_vmx - switched_off),
+                   base_vmx=base_vmx)
+
+
 def _fail(neg: Negotiation, message: str) -> Negotiation:
     neg.ok = False
     partial = [n for n in (g.profile.unknown_note() for g in neg.groups) if n]
@@ -588,14 +614,25 @@ def negotiate(model: str | GuestModel, hosts: Hosts, strategy: str = "pv-cpuid",
         raise InputError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)}, all)")
     if target not in TARGETS:
         raise InputError(f"unknown target {target!r} (known: {', '.join(TARGETS)})")
-    gm = load_guest_model(model)
-    if gm.per_host:
-        # -cpu host is a different guest on each host: negotiate the custom model that pins one set
-        # (qemu_evmcs.policy.hostmodel.negotiate_model also says why host itself cannot migrate).
-        gm = replace(gm, name=f"max (custom model for -cpu {gm.name} guests)", base="max", per_host=False)
     fleet = load_pool(hosts)
     groups = pool_groups(fleet)
+    if model == AUTO_MODEL:
+        picked = auto_model(groups)
+        if isinstance(picked, str):
+            neg = Negotiation(strategy=strategy, model=load_guest_model(AUTO_TEMPLATE), hosts=FleetHosts(fleet),
+                              groups=groups)
+            return _fail(neg, picked)
+        gm = picked
+    else:
+        gm = load_guest_model(model)
+        if gm.per_host:
+            # -cpu host is a different guest on each host: negotiate the custom model that pins one set
+            # (qemu_evmcs.policy.hostmodel.negotiate_model also says why host itself cannot migrate).
+            gm = replace(gm, name=f"max (custom model for -cpu {gm.name} guests)", base="max", per_host=False)
     neg = _negotiate_groups(gm, groups, strategy, FleetHosts(fleet), target)
+    if model == AUTO_MODEL:
+        neg.notes.insert(0, f"--model auto: {gm.base} is the newest QEMU {load_snapshot().version} Intel model whose "
+                            f"CPUID every host with cpu_features has (eVMCS settings of {AUTO_TEMPLATE})")
     if target == "qemu" and neg.ok and neg.options_withheld:
         # Same QEMU properties, only the proposed options allowed: the gain is the options' alone.
         sim = _negotiate_groups(gm, groups, strategy, FleetHosts(fleet), "simulator",
@@ -637,6 +674,12 @@ def _negotiate_groups(gm: GuestModel, groups: list[PoolGroup], strategy: str,
         reason = evmcs_incapable_reason(g.profile)
         if reason:
             return _fail(neg, f"no safe answer: {reason}{_same_profile(g)}")
+    # -- the base model's CPUID (QEMU enforce=on refuses a model whose CPUID features a host lacks)
+    base = check_base(gm.base, [g.profile for g in groups], counts=[len(g.hosts) for g in groups])
+    if not base.ok:
+        return _fail(neg, f"no safe answer: {base.failure()}")
+    if base.note():
+        neg.notes.append(str(base.note()))
     lo, hi = gm.evmcs_version
     if lo > 1:
         return _fail(neg, f"no safe answer: model wants eVMCS version range [{lo}..{hi}] but every KVM supports "

@@ -18,7 +18,8 @@ import yaml
 
 from qemu_evmcs.hostio import probe as probe_mod
 from qemu_evmcs.hostio import rdmsr
-from qemu_evmcs.hostio import vmxcap
+from qemu_evmcs.hostio import cpuinfo, libvirt_caps, vmxcap
+from qemu_evmcs.qemu.models import load_snapshot
 from qemu_evmcs.hostio.paste import clean_paste
 from qemu_evmcs.output.atomicio import write_text_file
 from qemu_evmcs.core.enumeration import missing_msrs
@@ -144,12 +145,56 @@ def _emit(text: str, out: str | None, force: bool) -> None:
 
 # --------------------------------------------------------------------------- commands
 
+def cpu_features_from(path: str) -> tuple[frozenset[str], dict[str, Any]]:
+    """CPUID features (QEMU names) and identification from /proc/cpuinfo text or libvirt capabilities XML."""
+    text = read_input_text(path)
+    if libvirt_caps.looks_like_libvirt(text) or text.lstrip().startswith("<"):   # XML: libvirt's parser decides
+        lv = libvirt_caps.parse(text, file=path)
+        ident: dict[str, Any] = {"family": lv.family, "model": lv.model_number, "stepping": lv.stepping}
+        if not lv.model_known:
+            raise InputError(f"libvirt model {lv.model!r} is not in the QEMU {load_snapshot().version} snapshot: "
+                             f"its features cannot be told", file=path)
+        return lv.features, ident
+    if cpuinfo.looks_like_cpuinfo(text):
+        ci = cpuinfo.parse(text, file=path)
+        return ci.features, {"family": ci.family, "model": ci.model, "stepping": ci.stepping,
+                             "model_name": ci.model_name}
+    raise InputError("neither /proc/cpuinfo output nor libvirt capabilities/domcapabilities XML", file=path)
+
+
+def with_cpu_features(profile: HostProfile, path: str) -> HostProfile:
+    """``profile`` with ``cpu_features`` (and missing identification) from ``path`` (cpuinfo or libvirt XML)."""
+    feats, ident = cpu_features_from(path)
+    data = profile.to_mapping()
+    data["cpu_features"] = sorted(feats)
+    for key, value in ident.items():
+        if value is not None and data.get(key) is None:
+            data[key] = value
+    note = f"cpu_features from {os.path.basename(path)}"
+    data["provenance"] = f"{data['provenance']}; {note}" if data.get("provenance") else note
+    return profile_from_mapping(data, file=profile.source)
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     """``host import``."""
+    if args.update:
+        if args.file or not (args.cpuinfo or args.libvirt):
+            raise InputError("--update PROFILE takes --cpuinfo FILE or --libvirt FILE and no dump", key="--update")
+        profile = load_profile_text(read_input_text(args.update), args.update)
+        for extra in (args.cpuinfo, args.libvirt):
+            if extra:
+                profile = with_cpu_features(profile, extra)
+        _emit(profile_yaml(profile), args.output, args.force)
+        return 0
+    if not args.file:
+        raise InputError("give a vmxcap/rdmsr dump FILE (or --update PROFILE)", key="FILE")
     path: str = args.file
     text = read_input_text(path)
     profile, _ = import_text(text, file=path, name=args.name, kernel=args.kernel, vendor=args.vendor,
                              partial=args.partial)
+    for extra in (args.cpuinfo, args.libvirt):
+        if extra:
+            profile = with_cpu_features(profile, extra)
     for line in profile.warnings:
         sys.stderr.write(f"warning: {line}\n")
     if profile.unknown_msrs:
@@ -189,12 +234,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        description="Build a host profile from QEMU scripts/kvm/vmxcap output or an rdmsr-style "
                                    "dump (0x481 0x7f00000016 / 481: 7f00000016 / msr[481] = 7f`00000016 / "
                                    "markdown table). The format is detected automatically.")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", nargs="?", help="vmxcap output or an rdmsr-style dump")
     p.add_argument("--name", help="profile name (required unless the input has a '# name:' line)")
     p.add_argument("--kernel", metavar="REL", help="kernel release, e.g. 6.1.55 (required unless in the input)")
     p.add_argument("--vendor", metavar="V", help=f"CPU vendor ({', '.join(VENDORS)}); default GenuineIntel")
     p.add_argument("-o", "--output", metavar="OUT", help="write the profile here (atomically) instead of stdout")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.add_argument("--cpuinfo", metavar="PATH",
+                   help="add cpu_features (CPUID, QEMU names) from /proc/cpuinfo output of the same host")
+    p.add_argument("--libvirt", metavar="XML",
+                   help="add cpu_features from `virsh capabilities` or `virsh domcapabilities` (host-model) XML")
+    p.add_argument("--update", metavar="PROFILE",
+                   help="add --cpuinfo/--libvirt cpu_features to an existing profile instead of importing a dump")
     p.add_argument("--partial", action="store_true",
                    help="import a dump that lacks MSRs the CPU enumerates; the profile lists them as unknown")
     p.set_defaults(func=cmd_import)

@@ -14,7 +14,7 @@ from qemu_evmcs.qemu.models import read_text
 from qemu_evmcs.output.jsonout import print_json
 from qemu_evmcs.cli.hostargs import add_selection_arguments, select_hosts
 from qemu_evmcs.policy.hostmodel import negotiate_model
-from qemu_evmcs.policy.negotiate import STRATEGIES, TARGETS, load_guest_model
+from qemu_evmcs.policy.negotiate import AUTO_MODEL, STRATEGIES, TARGETS, load_guest_model
 from qemu_evmcs.output.render import (
     compare_strategies,
     cpu_string,
@@ -30,7 +30,9 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("negotiate", help="negotiate eVMCS, the PV CPUID bit and vmx-*/hv-* flags for a pool",
                               description="Decide the eVMCS request, CPUID 0x4000000A.EBX bit 0 and the vmx-*/hv-* "
                                           "flags that give a guest identical VMX MSRs on every host.")
-    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--model", required=True,
+                   help=MODEL_HELP + "; or auto: the newest QEMU model every host's recorded CPUID (cpu_features) "
+                        "runs, with Skylake-Server-evmcs's eVMCS settings")
     p.add_argument("--hosts", nargs="*", default=[], metavar="HOST",
                    help="host profiles: files (multi-document, any size), dirs, SQLite inventories, bundled names, "
                         "and host names of those inventories")
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--merge needs one --strategy (not all)")
     cmap = load_cpu_map(args.libvirt_version) if fmt == "libvirt" else None
     domain = read_text(args.merge) if args.merge else None
-    model = load_guest_model(args.model)
+    model = args.model if args.model == AUTO_MODEL else load_guest_model(args.model)
     hosts = select_hosts(args, args.hosts)   # one Fleet: each distinct profile parsed and simulated once
     if args.strategy == "all":
         results = {s: negotiate_model(model, hosts, s, target=args.target) for s in STRATEGIES}

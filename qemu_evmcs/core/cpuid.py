@@ -1,0 +1,57 @@
+"""CPUID feature names: other tools' spellings to QEMU's, and what KVM gives every guest (``data/cpuid.yaml``).
+
+Why one module: host profiles, the /proc/cpuinfo and libvirt importers and the base-model checks must agree on
+one spelling (QEMU's property names), or a host would "lack" ``sse4.1`` because it said ``sse4_1``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from qemu_evmcs.core.registry import load_data
+
+#: A QEMU CPUID property name: lower case, digits, '-', '.', '_' (``sse4.1``, ``lahf-lm``, ``3dnowprefetch``).
+NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,40}$")
+
+
+@dataclass(frozen=True)
+class CpuidNames:
+    """The tables of ``data/cpuid.yaml``."""
+
+    linux_aliases: dict[str, str | None]
+    libvirt_aliases: dict[str, str]
+    kvm_emulated: frozenset[str]
+    intel_generations: tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=1)
+def cpuid_names() -> CpuidNames:
+    """The package's CPUID name tables (loaded once)."""
+    raw: Any = load_data("cpuid.yaml")
+    return CpuidNames(
+        linux_aliases=dict(raw["linux_aliases"]), libvirt_aliases=dict(raw["libvirt_aliases"]),
+        kvm_emulated=frozenset(raw["kvm_emulated"]), intel_generations=tuple(raw["intel_generations"]),
+    )
+
+
+def from_linux(flags: Iterable[str]) -> set[str]:
+    """QEMU names of /proc/cpuinfo ``flags`` (unknown names kept in QEMU spelling; synthetic flags dropped)."""
+    aliases = cpuid_names().linux_aliases
+    out: set[str] = set()
+    for flag in flags:
+        name = aliases.get(flag, flag.replace("_", "-")) if flag in aliases else flag.replace("_", "-")
+        if name:
+            out.add(name)
+    return out
+
+
+def from_libvirt(name: str) -> str:
+    """QEMU's name of a libvirt cpu_map feature name."""
+    return cpuid_names().libvirt_aliases.get(name, name.replace("_", "-"))
+
+
+__all__ = ["NAME", "CpuidNames", "cpuid_names", "from_libvirt", "from_linux"]
