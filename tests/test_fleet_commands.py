@@ -95,15 +95,15 @@ def test_negotiate_big_file_equals_deduplicated(fleet: dict[str, Any], capsys: p
     for name, c in big["comparison"].items():   # notes name hosts ("h00000, h00005 and 3,997 more")
         assert {**c, "notes": len(c["notes"])} == {**small["comparison"][name],
                                                    "notes": len(small["comparison"][name]["notes"])}
-    assert any(s["ok"] and s["dropped"] for s in big["strategies"].values())
+    assert any(s["ok"] and s["dropped"] for s in big["designs"].values())
     # Every host is listed once, in the top-level groups; strategies and drops refer to groups by name.
     assert big["hosts"] == HOSTS and sum(g["count"] for g in big["groups"]) == HOSTS
     assert [g["name"] for g in big["groups"]] == [g["name"] for g in small["groups"]]
     for g in big["groups"]:
         assert g["hosts"] == fleet["members"][g["name"]]
     counts = {g["name"]: g["count"] for g in big["groups"]}
-    for name, b in big["strategies"].items():
-        s = small["strategies"][name]
+    for name, b in big["designs"].items():
+        s = small["designs"][name]
         assert "groups" not in b and "hosts" not in b
         same = ("ok", "error", "evmcs_version", "pv_perf_global_ctrl", "revision", "vmx_on", "vmx_off", "hyperv",
                 "cpu", "libvirt", "qemu_lacks", "guest_visible_msrs")
@@ -120,7 +120,7 @@ def test_negotiate_big_file_equals_deduplicated(fleet: dict[str, Any], capsys: p
     assert run(["negotiate", "--model", MODEL, "--hosts", fleet["big"], "--format", "cpu"]) == 0
     cpu_big = capsys.readouterr().out
     assert run(["negotiate", "--model", MODEL, "--hosts", fleet["small"], "--format", "cpu"]) == 0
-    assert cpu_big == capsys.readouterr().out == big["strategies"]["pv-cpuid"]["cpu"] + "\n"
+    assert cpu_big == capsys.readouterr().out == big["designs"]["shipped"]["cpu"] + "\n"
 
 
 @pytest.mark.parametrize("candidate", ["skylake-6.3", "epyc-amd-6.6"])

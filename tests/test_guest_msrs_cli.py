@@ -169,7 +169,7 @@ def test_bad_input_is_one_line_exit_2(run: Run, command: str, argv: list[str], l
 
 @pytest.mark.parametrize("argv, prefix", [
     (["--host", core("skylake.yaml"), "--variant", "best"],
-     "error: qemu-evmcs guest-msrs: argument --variant: invalid choice: "),
+     "error: qemu-evmcs guest-msrs: argument --design/--strategy/--variant: invalid choice: "),
     ([], "error: qemu-evmcs guest-msrs: the following arguments are required: --host"),
     (["--host", core("skylake.yaml"), "--frobnicate"], "error: qemu-evmcs: unrecognized arguments: --frobnicate"),
 ])

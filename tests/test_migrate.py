@@ -82,7 +82,7 @@ def test_cli_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["migrate-check", "--model", "max", "--from", "skylake-5.10", "--to", "skylake-6.3", "--json"]) == 1
     out, err = capsys.readouterr()
     assert json.loads(out)["verdict"] == "unsafe"
-    assert err.startswith("error: unsafe") and err.count("\n") == 1
+    assert err == ""        # a negative answer, not an error
 
 
 def test_parse_qmp_reply_forms() -> None:
@@ -93,5 +93,6 @@ def test_parse_qmp_reply_forms() -> None:
 def test_cli_negative_verdict_reason_printed_once(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["migrate-check", "--model", "max", "--from", "skylake-5.10", "--to", "skylake-6.3"]) == 1
     out, err = capsys.readouterr()
-    assert out == "unsafe: skylake-5.10 -> skylake-6.3 (shipped)\n"
-    assert err.count("\n") == 1 and err.startswith("error: unsafe: guest-visible VMX controls disappear")
+    assert out.count("\n") == 1 and out.startswith("unsafe: skylake-5.10 -> skylake-6.3 (shipped): guest-visible VMX "
+                                                   "controls disappear")
+    assert err == ""

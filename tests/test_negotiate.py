@@ -195,8 +195,8 @@ def test_cli_json_failure_still_prints_object(capsys: pytest.CaptureFixture[str]
     rc = run(["negotiate", "--model", MODEL, "--hosts", "skylake-6.3", "epyc-amd-6.6", "--json"])
     out, err = capsys.readouterr()
     assert rc == 1
-    assert json.loads(out)["ok"] is False
-    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert json.loads(out)["ok"] is False and "AuthenticAMD" in json.loads(out)["error"]
+    assert err == ""                  # a negative answer is no error: the object says it
 
 
 def test_cli_formats(capsys: pytest.CaptureFixture[str]) -> None:
@@ -206,7 +206,7 @@ def test_cli_formats(capsys: pytest.CaptureFixture[str]) -> None:
     assert "<cpu mode=" in capsys.readouterr().out
     assert run(["negotiate", "--model", MODEL, "--hosts", "skylake-5.10", "skylake-6.3", "--strategy", "all"]) == 0
     out = capsys.readouterr().out
-    assert all(f"strategy {s}" in out for s in STRATEGIES)
+    assert all(f"design {s}:" in out for s in ("shipped", "revision", "vmx-msrs"))
 
 
 GOLDEN_CASES = {
@@ -385,7 +385,7 @@ def test_json_lists_every_host_once(tmp_path: object, capsys: pytest.CaptureFixt
     assert [g["count"] for g in data["groups"]] == [200, 200] and data["hosts"] == 400
     names = {g["name"] for g in data["groups"]}
     assert names == {"host-00000", "host-00001"}
-    dropped = [d for s in data["strategies"].values() for d in s["dropped"]]
+    dropped = [d for s in data["designs"].values() for d in s["dropped"]]
     assert dropped and all(set(d["groups"]) <= names and "hosts" not in d for d in dropped)
     assert run(["baseline", "--model", "Skylake-Server-evmcs", fleet, "--json"]) == 0
     raw = capsys.readouterr().out
@@ -414,13 +414,24 @@ def test_group_kernels_are_not_attributed_to_every_host(tmp_path: object,
 # --------------------------------------------------------------------------- negative answers (audit)
 
 def test_negative_answer_reason_is_printed_once(capsys: pytest.CaptureFixture[str]) -> None:
-    """Report on stdout, the reason in exactly one error: line on stderr, never both."""
+    """A negative answer is a verdict line, never an error: line (issue 13), printed once: in the text report
+    on stdout, or -- with --format cpu|libvirt, whose stdout is the format -- alone on stderr."""
     reason = "AuthenticAMD has no eVMCS (Intel VMX only)"
-    for argv in (["--strategy", "pv-cpuid"], ["--strategy", "all"], ["--format", "cpu"], ["--format", "libvirt"]):
+    for argv in (["--design", "shipped"], ["--strategy", "pv-cpuid"]):
         assert run(["negotiate", "--model", MODEL, "--hosts", "skylake-6.3", "epyc-amd-6.6", *argv]) == 1
         out, err = capsys.readouterr()
-        assert err.count("\n") == 1 and err.startswith("error: ") and reason in err, argv
-        assert reason not in out, argv
+        assert err == "" and out.count(reason) == 1, argv
+        assert [x for x in out.splitlines() if reason in x][0].startswith("no safe answer"), argv
+    # Every design's report ends in its verdict line; the last line is the overall verdict.
+    assert run(["negotiate", "--model", MODEL, "--hosts", "skylake-6.3", "epyc-amd-6.6", "--design", "all"]) == 1
+    out, err = capsys.readouterr()
+    verdicts = [x for x in out.splitlines() if reason in x]
+    assert err == "" and len(verdicts) == 4 and verdicts[-1] == out.splitlines()[-1]
+    assert verdicts[-1].startswith("no safe answer under any design: ")
+    for argv in (["--format", "cpu"], ["--format", "libvirt"]):
+        assert run(["negotiate", "--model", MODEL, "--hosts", "skylake-6.3", "epyc-amd-6.6", *argv]) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and err.startswith("no safe answer: ") and reason in err, argv
 
 
 def test_drop_details_name_only_their_hosts() -> None:

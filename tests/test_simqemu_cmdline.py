@@ -69,7 +69,7 @@ def test_smp_forms() -> None:
     (["-smp", "x"], "-smp x: Parameter 'cpus' expects a number"),
     (["-qmp", "unix:/tmp/x"], "-qmp unix:/tmp/x: the simulator only supports listening monitors"),
     (["-qmp", "unix:/tmp/x,server=maybe"], "-qmp: Parameter 'server' expects 'on' or 'off'"),
-    (["--variant", "other"], "--variant other: unknown KVM ABI variant"),
+    (["--variant", "other"], "--variant other: unknown KVM ABI design"),
     (["-machine", "sparc"], "unsupported machine type"),
 ])
 def test_errors(argv: list[str], message: str) -> None:

@@ -11,7 +11,7 @@ emulator's.
 Command line::
 
     qemu-evmcs-launch [--emulator PATH] [--simulate PROFILE] [--host PROFILE]
-                      [--negotiate PROFILE... [--strategy S]]
+                      [--negotiate PROFILE... [--design D]]
                       [--check] [--report-json FILE [--force]] [--qmp-timeout SECONDS]
                       [--] QEMU-ARGS...
     qemu-evmcs-launch --wrapper-help
@@ -32,7 +32,8 @@ them (or everything after ``--``) is passed to the emulator verbatim.
   ``qemu_evmcs.policy.negotiate.negotiate_cpu_arg(MODEL, PROFILES, STRATEGY)`` before anything starts. A pool
   without a safe answer is refused with one ``error:`` line and exit 1. The profiles are every argument
   up to the next one starting with ``-``.
-- ``--strategy pv-cpuid|revision|vmx-msrs``: the negotiation strategy (default ``pv-cpuid``, what
+- ``--design shipped|revision|vmx-msrs`` (alias ``--strategy``; ``pv-cpuid`` = ``shipped``): the design negotiated
+  for (default ``shipped``, what
   shipped); with ``--simulate`` the simulator runs the matching KVM ABI variant (``--variant``).
 - ``--report-json FILE``: also write the verification report as JSON (atomically: a temporary file
   in the same directory, then a rename). An existing FILE is refused before anything starts
@@ -98,7 +99,7 @@ SIM_PROGRAM = "qemu-evmcs-sim"
 
 USAGE = (
     f"usage: {PROG} [--emulator PATH] [--simulate PROFILE] [--host PROFILE] [--check]\n"
-    f"       {' ' * len(PROG)} [--negotiate PROFILE... [--strategy S]]\n"
+    f"       {' ' * len(PROG)} [--negotiate PROFILE... [--design D]]\n"
     f"       {' ' * len(PROG)} [--report-json FILE [--force]] [--qmp-timeout SECONDS] [--] QEMU-ARGS...\n"
     f"       {PROG} --wrapper-help\n"
 )
@@ -118,7 +119,8 @@ Wrapper options (only before the first emulator argument, or before --):
                          silently lose requested vmx features (one 'error:' line, exit 1)
   --host PROFILE         the host profile --check and the report use with a real emulator
   --negotiate PROFILE... replace -cpu MODEL by the answer that starts on and migrates among these hosts
-  --strategy S           with --negotiate: pv-cpuid (default, what Linux shipped), revision or vmx-msrs
+  --design D             with --negotiate: shipped (default, what Linux shipped), revision or vmx-msrs
+                         (--strategy is an alias; pv-cpuid is an alias of shipped)
   --report-json FILE     also write the verification report as JSON (refuses to overwrite without --force)
   --force                let --report-json replace an existing file
   --qmp-timeout SECONDS  spawn-to-QMP-greeting limit, and per QMP command (default {DEFAULT_QMP_TIMEOUT:g})
@@ -136,7 +138,7 @@ wrapper usage or input (an emulator binary not found, a --simulate/--host profil
 #: The emulator's help options: passed through (drop-in), with a hint about ``--wrapper-help`` on a terminal.
 QEMU_HELP_OPTS = frozenset({"-h", "-help", "--help"})
 
-_VALUE_OPTS = ("--emulator", "--simulate", "--host", "--report-json", "--qmp-timeout", "--strategy")
+_VALUE_OPTS = ("--emulator", "--simulate", "--host", "--report-json", "--qmp-timeout", "--design", "--strategy")
 _FLAG_OPTS = ("--check", "--force", "--wrapper-help")
 
 #: Signals the wrapper forwards to the emulator before cleaning up (QEMU terminates on each of them).
@@ -223,7 +225,7 @@ def parse_wrapper_args(argv: Sequence[str]) -> WrapperOptions:
             opts.host = value
         elif name == "--report-json":
             opts.report_json = value
-        elif name == "--strategy":
+        elif name in ("--design", "--strategy"):     # --strategy: the alias (qemu_evmcs/cli/designarg.py)
             opts.strategy = value
         else:
             opts.qmp_timeout = _timeout(value, "--qmp-timeout")
@@ -231,12 +233,11 @@ def parse_wrapper_args(argv: Sequence[str]) -> WrapperOptions:
     if opts.simulate is not None and opts.emulator is not None:
         raise InputError("--simulate and --emulator are mutually exclusive")
     if opts.strategy != "pv-cpuid" or opts.negotiate:
-        from qemu_evmcs.policy.negotiate import STRATEGIES, STRATEGY_VARIANT
+        from qemu_evmcs.policy.negotiate import STRATEGY_VARIANT, strategy_of
 
-        if opts.strategy not in STRATEGIES:
-            raise InputError(f"--strategy {opts.strategy!r}: unknown (known: {', '.join(STRATEGIES)})")
+        opts.strategy = strategy_of(opts.strategy)   # a design name (shipped) or its alias (pv-cpuid)
         if not opts.negotiate:
-            raise InputError("--strategy needs --negotiate PROFILE...")
+            raise InputError("--design needs --negotiate PROFILE...")
         variant = STRATEGY_VARIANT[opts.strategy]
         opts.variant = None if variant == "shipped" else variant
     return opts

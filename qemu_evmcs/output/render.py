@@ -20,6 +20,7 @@ from qemu_evmcs.core.kernel import era_table
 from qemu_evmcs.policy.negotiate import (
     PERF_OPTION,
     STRATEGIES,
+    STRATEGY_VARIANT,
     Drop,
     Negotiation,
     PoolGroup,
@@ -124,7 +125,7 @@ def negotiation_json(neg: Negotiation, *, with_groups: bool = True) -> dict[str,
     Hosts are listed once, in ``groups`` (one per distinct profile, named after its first host); ``dropped``
     and ``hv_dropped`` refer to groups by name (``groups``) and say how many hosts that is (``count``), so the
     output grows with the number of hosts only once, not once per dropped feature. ``with_groups=False``
-    leaves ``hosts`` and ``groups`` out (``negotiate --strategy all`` lists them once for every strategy).
+    leaves ``hosts`` and ``groups`` out (``negotiate --design all`` lists them once for every design).
     """
     reg = registry()
     groups = neg.host_groups()
@@ -134,7 +135,8 @@ def negotiation_json(neg: Negotiation, *, with_groups: bool = True) -> dict[str,
         return {"feature": d.feature, "cause": d.cause, "detail": d.detail,
                 "groups": group_refs(d.hosts, groups, gnames), "count": len(d.hosts)}
 
-    out: dict[str, Any] = {"ok": neg.ok, "strategy": neg.strategy, "model": neg.model.name}
+    out: dict[str, Any] = {"ok": neg.ok, "design": STRATEGY_VARIANT[neg.strategy], "target": neg.target,
+                           "model": neg.model.name}
     if with_groups:
         out.update(pool_groups_json(neg))
     if not neg.ok or neg.config is None:
@@ -162,11 +164,11 @@ def negotiation_json(neg: Negotiation, *, with_groups: bool = True) -> dict[str,
     return out
 
 
-def negotiation_text(neg: Negotiation, *, reason_on_stderr: bool = False) -> str:
-    """A short human report. ``reason_on_stderr``: the command prints a failure's reason as its one ``error:``
-    line, so the report says only that there is no safe answer (the reason is not printed twice)."""
+def negotiation_text(neg: Negotiation) -> str:
+    """A short human report. A pool without an answer ends in its verdict line, ``no safe answer: WHY`` (a
+    negative answer, not an ``error:``: exit 1)."""
     groups = neg.host_groups()
-    head = f"strategy {neg.strategy}: model {neg.model.name} on {len(neg.hosts)} host(s)"
+    head = f"design {STRATEGY_VARIANT[neg.strategy]}: model {neg.model.name} on {len(neg.hosts)} host(s)"
     if all(len(g.hosts) == 1 for g in groups):
         lines = [f"{head}: " + ", ".join(f"{g.hosts[0]} ({g.profile.kernel}, era {g.profile.era.id})"
                                          for g in groups)]
@@ -175,8 +177,7 @@ def negotiation_text(neg: Negotiation, *, reason_on_stderr: bool = False) -> str
         lines += [f"  {names_text(g.hosts, 3)}: {group_kernel_text(g.profile, len(g.hosts))}, era "
                   f"{g.profile.era.id} ({len(g.hosts):,} host{'s' if len(g.hosts) != 1 else ''})" for g in groups]
     if not neg.ok or neg.config is None:
-        lines.append("  NO SAFE ANSWER (the reason is the error: line)" if reason_on_stderr
-                     else f"  NO SAFE ANSWER: {neg.error}")
+        lines.append(neg.error if neg.error.startswith("no safe answer") else f"no safe answer: {neg.error}")
         return "\n".join(lines) + "\n"
     cfg = neg.config
     lines.append(f"  eVMCS version [{cfg.evmcs_version[0]}..{cfg.evmcs_version[1]}]"

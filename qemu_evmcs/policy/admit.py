@@ -18,6 +18,7 @@ from typing import Any
 
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.policy.negotiate import (
+    STRATEGY_VARIANT,
     GuestModel,
     Hosts,
     Negotiation,
@@ -51,7 +52,8 @@ class Admission:
     def to_json(self) -> dict[str, Any]:
         """Plain data."""
         return {
-            "admit": self.admit, "candidate": self.candidate, "strategy": self.strategy, "reason": self.reason,
+            "admit": self.admit, "candidate": self.candidate,
+            "design": STRATEGY_VARIANT.get(self.strategy, self.strategy), "reason": self.reason,
             "cost": {"vmx": self.cost_features, "hyperv": self.cost_hyperv,
                      "pv_perf_global_ctrl": self.cost_pv_perf_global_ctrl},
             "pool_guest_features": sorted(self.pool.guest_features) if self.pool else [],

@@ -71,6 +71,30 @@ STRATEGIES: tuple[str, ...] = ("pv-cpuid", "revision", "vmx-msrs")
 TARGETS: tuple[str, ...] = ("qemu", "simulator")
 #: SimKvm ABI variant each strategy runs against.
 STRATEGY_VARIANT: Mapping[str, str] = {"pv-cpuid": "shipped", "revision": "revision", "vmx-msrs": "vmx-msrs"}
+#: The one user-facing name of the three designs of the 2022 thread (``--design``; ``--strategy`` and
+#: ``--variant`` are aliases). A design is a KVM ABI (the SimKvm variant) together with the negotiation that
+#: uses it (the strategy), so the variant names are the design names.
+DESIGN_NAMES: tuple[str, ...] = ("shipped", "revision", "vmx-msrs")
+#: Other spellings accepted for a design: the negotiation strategy's own name.
+DESIGN_ALIASES: Mapping[str, str] = {"pv-cpuid": "shipped"}
+DESIGN_STRATEGY_OF: Mapping[str, str] = {v: k for k, v in STRATEGY_VARIANT.items()}
+
+
+def design_name(name: str) -> str:
+    """``shipped``/``revision``/``vmx-msrs`` for a design or strategy name (``pv-cpuid`` -> ``shipped``).
+
+    :raise InputError: neither.
+    """
+    design = DESIGN_ALIASES.get(name, name)
+    if design not in DESIGN_NAMES:
+        raise InputError(f"unknown design {name!r} (known: {', '.join(DESIGN_NAMES)}; "
+                         f"{', '.join(f'{a} = {d}' for a, d in DESIGN_ALIASES.items())})", key="--design")
+    return design
+
+
+def strategy_of(name: str) -> str:
+    """The negotiation strategy of a design (or strategy) name: ``shipped`` -> ``pv-cpuid``."""
+    return DESIGN_STRATEGY_OF[design_name(name)]
 
 #: The two controls the PV CPUID bit 0x4000000A.EBX[0] gates (6.1+).
 PERF_FEATURES: tuple[str, str] = ("vmx-exit-load-perf-global-ctrl", "vmx-entry-load-perf-global-ctrl")
@@ -610,8 +634,7 @@ def negotiate(model: str | GuestModel, hosts: Hosts, strategy: str = "pv-cpuid",
 
     :raise InputError: unknown strategy, target, model or profile.
     """
-    if strategy not in STRATEGIES:
-        raise InputError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)}, all)")
+    strategy = strategy_of(strategy)      # a design name (shipped) or a strategy name (pv-cpuid)
     if target not in TARGETS:
         raise InputError(f"unknown target {target!r} (known: {', '.join(TARGETS)})")
     fleet = load_pool(hosts)
@@ -890,6 +913,8 @@ def negotiate_cpu_arg(model: str | GuestModel, hosts: Hosts, strategy: str = "pv
 
 
 __all__ = [
+    "DESIGN_ALIASES",
+    "DESIGN_NAMES",
     "STRATEGIES",
     "TARGETS",
     "BitChange",
@@ -900,6 +925,7 @@ __all__ = [
     "Negotiation",
     "PoolGroup",
     "StartResult",
+    "design_name",
     "diff_views",
     "documented_evmcs_view",
     "evmcs_incapable_reason",
@@ -916,6 +942,7 @@ __all__ = [
     "pool_groups",
     "qemu_supported",
     "start_guest",
+    "strategy_of",
     "unique_group_names",
     "visible_features",
 ]

@@ -15,7 +15,7 @@ Accepted options (``-opt`` and ``--opt`` are the same, as in QEMU)::
     -incoming defer|unix:PATH|tcp:HOST:PORT|...   -vga TYPE   -serial DEV
     -version   -h|-help
     --host PROFILE            (simulator) host profile: a path or a bundled sample name
-    --variant shipped|revision|vmx-msrs   (simulator) KVM ABI variant
+    --design shipped|revision|vmx-msrs    (simulator) KVM ABI design; --variant is an alias
 
 ``-cpu`` is split like ``x86_cpu_parse_featurestr()``: the model name, then
 comma-separated features; ``+feat``/``-feat`` are the compatibility syntax
@@ -199,7 +199,7 @@ def _accel_value(opt: str, val: str) -> str:
 
 #: QEMU options that take an argument, and those that do not (simulator subset).
 _WITH_ARG = {"accel", "machine", "M", "cpu", "smp", "qmp", "display", "incoming", "name", "m", "vga", "serial",
-             "host", "variant"}
+             "host", "variant", "design"}
 _NO_ARG = {"S", "nodefaults", "nographic", "no-user-config", "enable-kvm", "version", "h", "help"}
 
 
@@ -218,7 +218,7 @@ def parse_args(argv: Sequence[str]) -> SimConfig:
             raise QemuError(f"{raw}: drive images are not supported by the simulator")
         name = raw[2:] if raw.startswith("--") else raw[1:]
         inline: Optional[str] = None
-        if raw.startswith("--") and "=" in name and name.split("=", 1)[0] in ("host", "variant"):
+        if raw.startswith("--") and "=" in name and name.split("=", 1)[0] in ("host", "variant", "design"):
             name, inline = name.split("=", 1)
         opt = f"-{name}"
         if name in _NO_ARG:
@@ -294,9 +294,9 @@ def parse_args(argv: Sequence[str]) -> SimConfig:
             cfg.memory = val
         elif name == "host":
             cfg.host = val
-        elif name == "variant":
+        elif name in ("design", "variant"):     # one option; --variant is its alias (as in qemu-evmcs)
             if val not in VARIANTS:
-                raise QemuError(f"--variant {val}: unknown KVM ABI variant (known: {', '.join(VARIANTS)})")
+                raise QemuError(f"--{name} {val}: unknown KVM ABI design (known: {', '.join(VARIANTS)})")
             cfg.variant = val
         # -vga / -serial: accepted and ignored.
     if smp_arg is not None:

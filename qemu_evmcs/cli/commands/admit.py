@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from qemu_evmcs.cli.hostargs import add_selection_arguments, inventory_among, select_hosts, split_pool_values
 from qemu_evmcs.policy.admit import admit
 from qemu_evmcs.core.errors import EXIT_NEGATIVE, EXIT_OK
 from qemu_evmcs.output.jsonout import print_json
-from qemu_evmcs.policy.negotiate import STRATEGIES, TARGETS
+from qemu_evmcs.cli.designarg import add_design_argument
+from qemu_evmcs.policy.negotiate import TARGETS
 
 
 def register(subparsers: Any) -> None:
@@ -26,8 +26,7 @@ def register(subparsers: Any) -> None:
                    help="the host that would join (file, bundled name, or a host name with --inventory; "
                         "a file's first host)")
     p.add_argument("--model", default=None, help="CPU model definition (default: every feature QEMU can set)")
-    p.add_argument("--strategy", choices=STRATEGIES, default="pv-cpuid",
-                   help="KVM eVMCS ABI design: pv-cpuid (default, what Linux shipped), revision or vmx-msrs")
+    add_design_argument(p)
     p.add_argument("--target", choices=TARGETS, default="qemu",
                    help="qemu (default): the pool's guests run on a released QEMU; simulator: on qemu-evmcs-sim, "
                         "with this project's proposed options")
@@ -39,22 +38,22 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Exit 0 admit, 1 refuse.
 
-    As every command with a negative answer: the answer on stdout (``admit: ...``, or ``refuse: CANDIDATE``
-    with what admitting it would cost; or the JSON object), and a refusal's reason in exactly one ``error:``
-    line on stderr, which the text answer does not repeat.
+    As every command with a negative answer: the answer is a verdict line on stdout (``admit: ...``, or
+    ``refuse: CANDIDATE: why`` followed by what admitting it would cost; or the JSON object), never an
+    ``error:`` line: ``error:`` is for bad input (exit 2).
     """
     pools, items = split_pool_values(args.pool)
     pool = select_hosts(args, items, pools)
     # The candidate may be a host name of the pool's inventory (or of --inventory).
     candidate = select_hosts(argparse.Namespace(inventory=args.inventory or inventory_among(items)),
                              [args.candidate])
-    res = admit(pool, candidate, args.model, args.strategy, target=args.target)
+    res = admit(pool, candidate, args.model, args.design, target=args.target)
     if args.json:
         print_json(res.to_json())
     elif res.admit:
         print(f"admit: {res.reason}")
     else:
-        print(f"refuse: {res.candidate}")
+        print(f"refuse: {res.candidate}: {res.why or res.reason}")
         joined = res.with_candidate
         if res.cost_features and joined is not None and not joined.ok:
             # No configuration at all with the candidate: naming every feature would hide the reason.
@@ -67,6 +66,5 @@ def run(args: argparse.Namespace) -> int:
         if res.cost_pv_perf_global_ctrl:
             print("  CPUID 0x4000000A.EBX bit 0 would have to be cleared")
     if not res.admit:
-        print(f"error: refuse {res.candidate}: {res.why or res.reason}", file=sys.stderr)
         return EXIT_NEGATIVE
     return EXIT_OK

@@ -24,7 +24,7 @@ from qemu_evmcs.policy.explain import LAYER_FILTER, HostExplanation, MsrView, ex
 from qemu_evmcs.output.jsonout import print_json
 from qemu_evmcs.core.msrval import hex64
 from qemu_evmcs.core.profile import HostProfile, load_profile, require_profile_path
-from qemu_evmcs.kvm.simkvm import VARIANTS
+from qemu_evmcs.cli.designarg import add_design_argument
 
 
 def add_host_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,10 +36,8 @@ def add_host_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not enable eVMCS (no hv-evmcs): show KVM's unfiltered nested view")
     parser.add_argument("--pv-perf-global-ctrl", action="store_true",
                         help="set the guest's CPUID 0x4000000A.EBX bit 0 (QEMU never does; 6.1+ honours it)")
-    parser.add_argument("--variant", choices=VARIANTS, default="shipped",
-                        help="KVM ABI design of the 2022 thread: shipped (default), revision "
-                             "(KVM_CAP_HYPERV_ENLIGHTENED_VMCS2, latest revision) or vmx-msrs "
-                             "(KVM_GET_EVMCS_VMX_MSRS)")
+    add_design_argument(parser, what="the KVM eVMCS ABI design (revision: KVM_CAP_HYPERV_ENLIGHTENED_VMCS2, "
+                                     "latest revision; vmx-msrs: KVM_GET_EVMCS_VMX_MSRS)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -57,7 +55,7 @@ def host_from_args(args: argparse.Namespace) -> HostProfile:
 def explain_from_args(args: argparse.Namespace) -> HostExplanation:
     """:func:`~qemu_evmcs.policy.explain.explain_host` for the parsed options."""
     return explain_host(host_from_args(args), evmcs=args.evmcs, pv_perf_global_ctrl=args.pv_perf_global_ctrl,
-                        variant=args.variant)
+                        variant=args.design)
 
 
 def header_lines(exp: HostExplanation) -> list[str]:

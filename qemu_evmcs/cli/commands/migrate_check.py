@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from typing import Any
 
 from qemu_evmcs.qemu.model_names import MODEL_HELP
 from qemu_evmcs.core.errors import EXIT_NEGATIVE, EXIT_OK, InputError
 from qemu_evmcs.output.jsonout import print_json
+from qemu_evmcs.cli.designarg import add_design_argument
 from qemu_evmcs.policy.migrate import (
-    DESIGNS,
     config_from_running,
     migrate_check,
     source_view,
@@ -39,8 +38,8 @@ def register(subparsers: Any) -> None:
                    help="with --from-running: the source host profile (needed for a real QEMU; a simulated one "
                         "says its own)")
     p.add_argument("--to", dest="dest", required=True, metavar="PROFILE", help="destination host profile")
-    p.add_argument("--design", choices=DESIGNS, default="shipped",
-                   help="how the guest was configured for the source (default: shipped = what Linux merged)")
+    add_design_argument(p, extra=("naive",), what="how the guest was configured for the source (naive: the model "
+                                                  "as is, no negotiation)")
     p.add_argument("--target", choices=TARGETS, default="qemu",
                    help="the QEMU the guest runs on: qemu (default, a released QEMU) or simulator (with this "
                         "project's proposed options: the PV CPUID bit, the eVMCS revision)")
@@ -58,9 +57,8 @@ def _one_host(args: argparse.Namespace, item: str) -> HostProfile:
 def run(args: argparse.Namespace) -> int:
     """Exit 0 for fine, 1 for blocked or unsafe.
 
-    As every command with a negative answer: the verdict on stdout (``fine: A -> B (design): why``, or
-    ``blocked``/``unsafe: A -> B (design)``; or the JSON object), and for blocked or unsafe the reason in
-    exactly one ``error:`` line on stderr, which the text verdict does not repeat.
+    As every command with a negative answer: the verdict line on stdout (``fine|blocked|unsafe: A -> B (design):
+    why``; or the JSON object), never an ``error:`` line (that is for bad input, exit 2).
     """
     dest = _one_host(args, args.dest)
     notes: list[str] = []
@@ -94,14 +92,11 @@ def run(args: argparse.Namespace) -> int:
         v = verdict_from_view(config, msrs, source.name, dest)
     if args.json:
         print_json({**v.to_json(), "notes": notes})
-    elif v.verdict == "fine":
-        print(f"{v.verdict}: {v.source} -> {v.destination} ({v.design}): {v.reason}")
     else:
-        print(f"{v.verdict}: {v.source} -> {v.destination} ({v.design})")
+        print(f"{v.verdict}: {v.source} -> {v.destination} ({v.design}): {v.reason}")
     if not args.json:
         for note in notes:
             print(f"  note: {note}")
     if v.verdict != "fine":
-        print(f"error: {v.verdict}: {v.reason}", file=sys.stderr)
         return EXIT_NEGATIVE
     return EXIT_OK

@@ -13,8 +13,9 @@ from qemu_evmcs.qemu.libvirt_cpumap import load_cpu_map
 from qemu_evmcs.qemu.models import read_text
 from qemu_evmcs.output.jsonout import print_json
 from qemu_evmcs.cli.hostargs import add_selection_arguments, select_hosts
+from qemu_evmcs.cli.designarg import add_design_argument
 from qemu_evmcs.policy.hostmodel import negotiate_model
-from qemu_evmcs.policy.negotiate import AUTO_MODEL, STRATEGIES, TARGETS, load_guest_model
+from qemu_evmcs.policy.negotiate import AUTO_MODEL, STRATEGIES, STRATEGY_VARIANT, TARGETS, load_guest_model, strategy_of
 from qemu_evmcs.output.render import (
     compare_strategies,
     cpu_string,
@@ -36,9 +37,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--hosts", nargs="*", default=[], metavar="HOST",
                    help="host profiles: files (multi-document, any size), dirs, SQLite inventories, bundled names, "
                         "and host names of those inventories")
-    p.add_argument("--strategy", choices=[*STRATEGIES, "all"], default="pv-cpuid",
-                   help="KVM eVMCS ABI design: pv-cpuid (default, what Linux shipped), revision or vmx-msrs "
-                        "(never merged, simulated), or all three with a comparison")
+    add_design_argument(p, extra=("all",), what="the KVM eVMCS ABI design (all: the three, with a comparison)")
     p.add_argument("--target", choices=TARGETS, default="qemu",
                    help="qemu (default): only options a released QEMU has, with a note on what this project's "
                         "proposed options would add; simulator: use them (hv-evmcs-perf-global-ctrl, "
@@ -60,52 +59,57 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the command.
 
-    Like every command with a negative answer (``admit``, ``migrate-check``, ``explain``): the answer goes to
-    stdout (the text report, JSON, ``-cpu`` string or XML) and, when there is no safe answer, exit 1 with
-    the reason in exactly one ``error:`` line on stderr, which the text report does not repeat.
+    Like every command with a negative answer (``admit``, ``migrate-check``): the answer goes to stdout (the text
+    report, JSON, ``-cpu`` string or XML); without a safe answer the text report ends in the verdict line
+    ``no safe answer: WHY`` (with ``--format cpu|libvirt`` that line goes to stderr, so stdout stays the format)
+    and the exit status is 1. ``error:`` lines are for bad input (exit 2).
     """
     fmt = "json" if args.json else args.format
     if (args.merge or args.libvirt_version) and fmt != "libvirt":
         raise InputError("--merge and --libvirt-version need --format libvirt")
-    if args.merge and args.strategy == "all":
-        raise InputError("--merge needs one --strategy (not all)")
+    if args.merge and args.design == "all":
+        raise InputError("--merge needs one --design (not all)")
     cmap = load_cpu_map(args.libvirt_version) if fmt == "libvirt" else None
     domain = read_text(args.merge) if args.merge else None
     model = args.model if args.model == AUTO_MODEL else load_guest_model(args.model)
     hosts = select_hosts(args, args.hosts)   # one Fleet: each distinct profile parsed and simulated once
-    if args.strategy == "all":
+    if args.design == "all":
         results = {s: negotiate_model(model, hosts, s, target=args.target) for s in STRATEGIES}
         ok = any(n.ok for n in results.values())
         if fmt == "json":
             first = next(iter(results.values()))
             print_json({"ok": ok, **pool_groups_json(first),
-                        "strategies": {s: negotiation_json(n, with_groups=False) for s, n in results.items()},
-                        "comparison": compare_strategies(results)})
+                        "designs": {STRATEGY_VARIANT[s]: negotiation_json(n, with_groups=False)
+                                    for s, n in results.items()},
+                        "comparison": {STRATEGY_VARIANT[s]: c for s, c in compare_strategies(results).items()}})
         elif fmt in ("cpu", "libvirt"):
             for s, n in results.items():
                 if n.ok:
                     text = cpu_string(n) if fmt == "cpu" else libvirt_xml(n, cmap)
-                    label = f"# {s}" if fmt == "cpu" else f"<!-- {s} -->"   # an XML comment in XML
+                    d = STRATEGY_VARIANT[s]
+                    label = f"# {d}" if fmt == "cpu" else f"<!-- {d} -->"   # an XML comment in XML
                     sys.stdout.write(f"{label}\n{text}" + ("" if text.endswith("\n") else "\n"))
         else:
             for n in results.values():
-                sys.stdout.write(negotiation_text(n, reason_on_stderr=not ok))
+                sys.stdout.write(negotiation_text(n))
             compared = {s: c for s, c in compare_strategies(results).items() if c["ok"]}
             if compared:    # a failed strategy's reason is in its report above (or, if all fail, the error: line)
                 sys.stdout.write("comparison (allows: VMX features only this design shows the guest; blocks: "
                                  "features another design shows but this one hides):\n")
             for s, c in compared.items():
-                sys.stdout.write(f"{s}: allows {', '.join(c['allows']) or '-'}; blocks {', '.join(c['blocks']) or '-'}"
+                sys.stdout.write(f"{STRATEGY_VARIANT[s]}: allows {', '.join(c['allows']) or '-'}; "
+                                 f"blocks {', '.join(c['blocks']) or '-'}"
                                  f"; gets wrong: {'; '.join(c['gets_wrong']) or '-'}"
                                  + "".join(f"; note: {x}" for x in c["notes"]) + "\n")
         if not ok:
-            why = {s: n.error.removeprefix("no safe answer: ") for s, n in results.items()}
+            why = {STRATEGY_VARIANT[s]: n.error.removeprefix("no safe answer: ") for s, n in results.items()}
             text = (next(iter(why.values())) if len(set(why.values())) == 1
                     else "; ".join(f"{s}: {w}" for s, w in why.items()))
-            print(f"error: no safe answer under any strategy: {text}", file=sys.stderr)
+            verdict = f"no safe answer under any design: {text}"
+            print(verdict, file=sys.stdout if fmt == "text" else sys.stderr)
             return EXIT_NEGATIVE
         return EXIT_OK
-    neg = negotiate_model(model, hosts, args.strategy, target=args.target)
+    neg = negotiate_model(model, hosts, strategy_of(args.design), target=args.target)
     if fmt == "json":
         print_json(negotiation_json(neg))
     elif neg.ok and fmt == "cpu":
@@ -115,8 +119,9 @@ def run(args: argparse.Namespace) -> int:
     elif neg.ok and fmt == "libvirt":
         sys.stdout.write(libvirt_xml(neg, cmap))
     elif fmt == "text":
-        sys.stdout.write(negotiation_text(neg, reason_on_stderr=True))
+        sys.stdout.write(negotiation_text(neg))
     if not neg.ok:
-        print(f"error: {neg.error}", file=sys.stderr)
+        if fmt in ("cpu", "libvirt"):   # stdout stays what the format promises: the verdict line goes aside
+            print(neg.error, file=sys.stderr)
         return EXIT_NEGATIVE
     return EXIT_OK
