@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -283,6 +284,24 @@ def _check_consistency(msrs: Mapping[str, int], section: str, file: Optional[str
                                  file=file, key=key, line=lines.get(key), msr=name, bit=bit)
 
 
+#: Unicode categories refused in host names (and pool names): C0/C1 controls and DEL (``\n``, ANSI escape
+#: sequences), format characters (bidirectional overrides, zero-width joiners) and line/paragraph separators.
+_CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def control_character(text: str) -> Optional[str]:
+    """The first character of ``text`` that would let it forge or hide output lines, or ``None``.
+
+    Why: ``fleet query`` prints one host name a line; ``"a\nforged-host"`` showed as two hosts, and an ANSI
+    escape could rewrite the terminal. Such names are refused at import (and when read back from an
+    inventory), rather than escaped on each of the many outputs.
+    """
+    for ch in text:
+        if unicodedata.category(ch) in _CONTROL_CATEGORIES:
+            return ch
+    return None
+
+
 def profile_from_mapping(data: object, *, file: Optional[str] = None,
                          lines: Optional[Mapping[str, int]] = None) -> HostProfile:
     """Validate one YAML document and build a :class:`HostProfile`."""
@@ -309,6 +328,11 @@ def profile_from_mapping(data: object, *, file: Optional[str] = None,
     name = data["name"]
     if not name.strip():
         raise InputError("must not be empty", file=file, key="name", line=lines.get("name"))
+    bad = control_character(name)
+    if bad is not None:
+        raise InputError(f"contains the control character U+{ord(bad):04X}; host names are printed one a line, "
+                         "so line breaks, escape sequences and format characters are refused",
+                         file=file, key="name", line=lines.get("name"))
     vendor = data["vendor"]
     if vendor not in VENDORS:
         raise InputError(f"unknown vendor {vendor!r} (known: {', '.join(VENDORS)})",

@@ -8,26 +8,125 @@ a stored profile is re-validated, and its fingerprint recomputed, whenever it is
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import os
 import sqlite3
-from collections.abc import Sequence
+import stat
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Self, Union
+from typing import Any, ParamSpec, Self, TypeVar, Union
 
 from qemu_evmcs.core.errors import InputError, KvmError
-from qemu_evmcs.core.inputfile import open_regular
+from qemu_evmcs.core.inputfile import describe_mode, open_regular
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.core.kernel import era_table
 from qemu_evmcs.core.msrval import feature_set
-from qemu_evmcs.core.profile import HostProfile, profile_from_mapping
+from qemu_evmcs.core.profile import MAX_PROFILE_BYTES, HostProfile, control_character, profile_from_mapping
 from qemu_evmcs.core.registry import registry
 from qemu_evmcs.fleet.loader import CHUNK_BYTES, FleetLoader, profile_files, subdir_hint
 from qemu_evmcs.kvm.simkvm import guest_view
 from qemu_evmcs.output.progress import Progress
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+#: How long a client waits for another one's lock before saying "busy" (``QEMU_EVMCS_DB_TIMEOUT`` overrides).
+BUSY_TIMEOUT_S = 30.0
+#: Longest text read back from a name, pool, path or fingerprint column; a longer value is damage, not data.
+MAX_TEXT_CHARS = 4096
+#: Longest stored profile (JSON); a profile file is at most 4 MiB of YAML, its JSON is smaller.
+MAX_DATA_CHARS = MAX_PROFILE_BYTES
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def busy_timeout() -> float:
+    """:data:`BUSY_TIMEOUT_S`, or ``$QEMU_EVMCS_DB_TIMEOUT`` seconds when that is a number."""
+    try:
+        return max(0.0, float(os.environ.get("QEMU_EVMCS_DB_TIMEOUT", BUSY_TIMEOUT_S)))
+    except ValueError:
+        return BUSY_TIMEOUT_S
+
+
+def database_error(err: sqlite3.Error, path: str) -> InputError:
+    """The one translation of an SQLite failure into an ``error:`` line naming the database (exit 2).
+
+    SQLite's result code decides: another client's lock (after waiting :func:`busy_timeout`) is "busy",
+    never "not a fleet database"; a full disk and a read-only file system say so and that nothing changed
+    (every write is one transaction); damage says "damaged". The raw message never carries stored text
+    (a row's value could be 300 MB or contain escape sequences).
+    """
+    name = getattr(err, "sqlite_errorname", "") or ""
+    text = str(err)
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+        return InputError(f"database is busy: another client holds its lock (waited {busy_timeout():g} s; "
+                          "retry later)", file=path)
+    if name == "SQLITE_FULL" or "disk is full" in text:
+        return InputError("cannot write: no space left on the device (the database is unchanged)", file=path)
+    if name.startswith("SQLITE_READONLY") or "readonly" in text:
+        return InputError("cannot write: read-only database or file system (the database is unchanged)",
+                          file=path)
+    if name.startswith("SQLITE_IOERR"):
+        return InputError(f"I/O error ({name}; the database is unchanged)", file=path)
+    if name.startswith("SQLITE_CANTOPEN"):
+        return InputError("cannot open the database (missing or unwritable directory)", file=path)
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+        return InputError(f"damaged or not a fleet database ({name})", file=path)
+    if "decode" in text:
+        return InputError("damaged fleet database: a text value is not UTF-8", file=path)
+    return InputError(f"damaged or not a fleet database ({name or type(err).__name__}: {text[:200]})", file=path)
+
+
+def _sqlite_boundary(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Decorate a :class:`FleetDb` method: any ``sqlite3.Error`` leaves it as :func:`database_error`."""
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.Error as err:
+            raise database_error(err, getattr(args[0], "path", "?")) from None
+    return wrapper
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``; on any failure roll back if a transaction is still open.
+
+    SQLite itself rolls back on some errors (a full disk during COMMIT); a second ROLLBACK then failed with
+    "cannot rollback - no transaction is active" and hid the real error. The original exception is the one
+    raised; KeyboardInterrupt and cancellation included, never swallowed.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
+def _stored_text(value: object, what: str, path: str) -> str:
+    """A text value read back from the inventory, checked: type, length, no control characters."""
+    if not isinstance(value, str):
+        raise InputError(f"damaged fleet database: {what} is {type(value).__name__}, not text", file=path)
+    if len(value) > MAX_TEXT_CHARS:
+        raise InputError(f"damaged fleet database: {what} is {len(value)} characters long (at most "
+                         f"{MAX_TEXT_CHARS})", file=path)
+    bad = control_character(value)
+    if bad is not None:
+        raise InputError(f"damaged fleet database: {what} contains the control character U+{ord(bad):04X}",
+                         file=path)
+    return value
+
+
+def _stored_opt(value: object, what: str, path: str) -> str | None:
+    """:func:`_stored_text`, or ``None`` for SQL NULL."""
+    return None if value is None else _stored_text(value, what, path)
 
 
 def is_database(path: PathLike) -> bool:
@@ -130,38 +229,53 @@ class FleetDb:
 
     def __init__(self, path: PathLike, *, create: bool = False) -> None:
         self.path = os.fspath(path)
-        exists = os.path.exists(self.path)
-        if not exists and not create:
+        if not self.path:
+            raise InputError("empty database path", key="--db")
+        try:
+            st: os.stat_result | None = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        except OSError as err:
+            raise InputError(err.strerror or str(err), file=self.path) from None
+        if st is None and not create:
             raise InputError("no such fleet database (create it with `qemu-evmcs fleet import`)", file=self.path)
-        if exists and os.path.getsize(self.path) > 0 and not is_database(self.path):
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise InputError(f"is {describe_mode(st.st_mode)}, not a fleet database file", file=self.path)
+        if st is not None and st.st_size > 0 and not is_database(self.path):
             raise InputError("not an SQLite fleet database", file=self.path)
         try:
-            self.conn = sqlite3.connect(self.path, isolation_level=None)
+            self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout())
         except sqlite3.Error as err:
-            raise InputError(f"cannot open database: {err}", file=self.path) from None
-        self.conn.execute("PRAGMA foreign_keys = ON")
+            raise database_error(err, self.path) from None
         try:
+            self.conn.execute("PRAGMA foreign_keys = ON")
             self._check_schema(create)
-        except sqlite3.DatabaseError as err:
+        except BaseException as err:
             self.conn.close()
-            raise InputError(f"not a fleet database: {err}", file=self.path) from None
+            if isinstance(err, sqlite3.Error):
+                raise database_error(err, self.path) from None
+            raise
+
+    def _tables(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
     def _check_schema(self, create: bool) -> None:
-        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if not tables:
+        """Check the schema, creating it in a new database.
+
+        Race-free: two first imports into the same new file both see no tables; the second one's
+        ``BEGIN IMMEDIATE`` waits for the first one's transaction and then finds the schema made, instead
+        of failing with "table schema_version already exists".
+        """
+        if not self._tables():
             if not create:
                 raise InputError("empty database, not a fleet inventory", file=self.path)
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                for stmt in _SCHEMA.strip().split(";"):
-                    if stmt.strip():
-                        self.conn.execute(stmt)
-                self.conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-                self.conn.execute("COMMIT")
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            return
+            with _transaction(self.conn):
+                if not self._tables():
+                    for stmt in _SCHEMA.strip().split(";"):
+                        if stmt.strip():
+                            self.conn.execute(stmt)
+                    self.conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        tables = self._tables()
         if "schema_version" not in tables:
             raise InputError("not a fleet database (no schema_version table)", file=self.path)
         row = self.conn.execute("SELECT version FROM schema_version").fetchone()
@@ -181,6 +295,7 @@ class FleetDb:
         self.close()
 
     # ------------------------------------------------------------------ import
+    @_sqlite_boundary
     def import_paths(self, paths: Sequence[PathLike], *, pool: str | None = None,
                      progress: bool | None = None) -> ImportResult:
         """Import (or re-import) profile files and directories, incrementally, in ONE transaction.
@@ -190,6 +305,11 @@ class FleetDb:
         with their hosts. ``pool`` sets the pool of every host of these paths; without it, a re-imported
         file keeps its pool. Any error rolls everything back and is raised (naming the file).
         """
+        for p in paths:
+            if not os.fspath(p):
+                raise InputError("empty path (it would import the current directory)", key="PATH")
+        if pool is not None and control_character(pool) is not None:
+            raise InputError("contains a control character", key="--pool")
         res = ImportResult()
         loader = FleetLoader()
         known: dict[str, tuple[int, int, str, str | None, str]] = {
@@ -255,8 +375,7 @@ class FleetDb:
         res.parsed_documents = loader.parsed
         # Phase 2: write everything in one transaction.
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
             for path in gone:
                 conn.execute("DELETE FROM hosts WHERE file = ?", (path,))
                 conn.execute("DELETE FROM files WHERE path = ?", (path,))
@@ -278,10 +397,6 @@ class FleetDb:
             conn.execute("DELETE FROM profiles WHERE fingerprint NOT IN (SELECT DISTINCT fingerprint FROM hosts)")
             res.hosts = conn.execute("SELECT COUNT(*) FROM hosts").fetchone()[0]
             res.distinct = conn.execute("SELECT COUNT(*) FROM profiles").fetchone()[0]
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return res
 
     def _duplicate(self, f: str, hosts: list[tuple[str, str]]) -> InputError:
@@ -300,14 +415,76 @@ class FleetDb:
              json.dumps(data, sort_keys=True), prof.source))
 
     # ------------------------------------------------------------------ reading
+    def _check_rows(self) -> None:
+        """Refuse damaged rows before reading any: wrong types, NULL names, values far too long.
+
+        One scan in SQL (``typeof``/``length``), so a hostile long value is never fetched into Python. The
+        profile data column is measured by :meth:`_stored_data` instead (``length()`` of a text value makes
+        SQLite load all of it; a blob handle knows the size without reading).
+        """
+        t = MAX_TEXT_CHARS
+        bad = self.conn.execute(
+            "SELECT rowid FROM hosts WHERE typeof(name) != 'text' OR length(name) > ? "
+            "OR typeof(fingerprint) != 'text' OR length(fingerprint) > ? "
+            "OR (pool IS NOT NULL AND (typeof(pool) != 'text' OR length(pool) > ?)) "
+            "OR (file IS NOT NULL AND (typeof(file) != 'text' OR length(file) > ?)) LIMIT 1", (t, t, t, t)).fetchone()
+        if bad is not None:
+            raise InputError(f"damaged fleet database: hosts row {bad[0]} has a missing, non-text or over-long "
+                             f"name, fingerprint, pool or file (text of at most {t} characters)", file=self.path)
+        bad = self.conn.execute(
+            "SELECT rowid FROM profiles WHERE typeof(fingerprint) != 'text' OR length(fingerprint) > ? "
+            "OR typeof(data) != 'text' "
+            "OR (source IS NOT NULL AND (typeof(source) != 'text' OR length(source) > ?)) "
+            "OR typeof(vendor) NOT IN ('text', 'null') OR length(vendor) > ? "
+            "OR typeof(era) NOT IN ('text', 'null') OR length(era) > ? "
+            "OR typeof(model_name) NOT IN ('text', 'null') OR length(model_name) > ? LIMIT 1",
+            (t, t, t, t, t)).fetchone()
+        if bad is not None:
+            raise InputError(f"damaged fleet database: profiles row {bad[0]} has a missing, non-text or over-long "
+                             f"value (text of at most {t} characters)", file=self.path)
+
+    def _stored_data(self, rowid: int, fp: str) -> str:
+        """Profile ``rowid``'s JSON text, read through a blob handle: its size is known before reading, so a
+        300 MB hostile value is refused without being loaded (memory stays bounded by the number of
+        distinct profiles times :data:`MAX_DATA_CHARS`)."""
+        with self.conn.blobopen("profiles", "data", rowid, readonly=True) as blob:
+            size = len(blob)
+            if size > MAX_DATA_CHARS:
+                raise InputError(f"damaged fleet database: profile {fp} is {size} bytes (at most {MAX_DATA_CHARS})",
+                                 file=self.path)
+            raw = blob.read()
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"damaged fleet database: profile {fp} is not UTF-8 text", file=self.path) from None
+
+    @_sqlite_boundary
     def profiles(self) -> dict[str, HostProfile]:
-        """Stored fingerprint -> representative profile (re-validated)."""
+        """Stored fingerprint -> representative profile (re-validated: JSON, profile rules, text checks)."""
+        self._check_rows()
         out: dict[str, HostProfile] = {}
-        rows = self.conn.execute("SELECT fingerprint, data, source FROM profiles ORDER BY fingerprint")
-        for fp, data, source in rows:
-            out[fp] = profile_from_mapping(json.loads(data), file=source or self.path)
+        rows = self.conn.execute("SELECT rowid, fingerprint, source FROM profiles ORDER BY fingerprint").fetchall()
+        for rowid, fp, source in rows:
+            fp = _stored_text(fp, "a profile fingerprint", self.path)
+            data = self._stored_data(rowid, fp)
+            try:
+                mapping = json.loads(data)
+            except (ValueError, RecursionError) as err:  # not JSON, a 5,000-digit integer, deep nesting
+                reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)[:200]
+                raise InputError(f"damaged fleet database: profile {fp} is not valid JSON ({reason})",
+                                 file=self.path) from None
+            try:
+                src = _stored_opt(source, f"profile {fp}'s source", self.path)
+            except InputError:
+                src = None
+            try:
+                out[fp] = profile_from_mapping(mapping, file=src or self.path)
+            except RecursionError:
+                raise InputError(f"damaged fleet database: profile {fp} is nested too deeply",
+                                 file=self.path) from None
         return out
 
+    @_sqlite_boundary
     def load_fleet(self, *, pool: str | None = None) -> Fleet:
         """The inventory as a :class:`Fleet` (optionally one pool only)."""
         stored = self.profiles()
@@ -324,13 +501,23 @@ class FleetDb:
             sql += " WHERE pool = ?"
             args = (pool,)
         for name, fp, hpool in self.conn.execute(sql + " ORDER BY rowid", args):
-            real = remap[fp]
+            name = _stored_text(name, "a host name", self.path)
+            real = self._real_fingerprint(remap, name, fp)
             fleet.members.setdefault(real, []).append(name)
             if hpool is not None:
-                fleet.pools[name] = hpool
+                fleet.pools[name] = _stored_text(hpool, f"host {name}'s pool", self.path)
         fleet.distinct = {fp: p for fp, p in fleet.distinct.items() if fp in fleet.members}
         return fleet
 
+    def _real_fingerprint(self, remap: dict[str, str], name: str, fp: object) -> str:
+        """The recomputed fingerprint of host ``name``'s stored one; a dangling reference is damage."""
+        real = remap.get(fp) if isinstance(fp, str) else None
+        if real is None:
+            raise InputError(f"damaged fleet database: host {name} refers to a profile that is not stored",
+                             file=self.path)
+        return real
+
+    @_sqlite_boundary
     def query(self, *, era: str | None = None, feature: str | None = None, view: str = "guest",
               pool: str | None = None) -> list[dict[str, Any]]:
         """Hosts matching every given filter: ``[{name, pool, fingerprint, kernel, era, vendor, file}]``.
@@ -363,17 +550,29 @@ class FleetDb:
             sql += " WHERE pool = ?"
             args = (pool,)
         out: list[dict[str, Any]] = []
+        remap = {fp: fp for fp in profiles}
         for name, fp, hpool, f in self.conn.execute(sql + " ORDER BY name", args):
+            name = _stored_text(name, "a host name", self.path)
+            self._real_fingerprint(remap, name, fp)
             hit = keep.get(fp)
             if hit is None:
                 continue
+            hpool = _stored_opt(hpool, f"host {name}'s pool", self.path)
+            f = _stored_opt(f, f"host {name}'s file", self.path)
             out.append({"name": name, "pool": hpool, "fingerprint": fp, "vendor": hit.vendor,
                         "kernel": f"{hit.version.major}.{hit.version.minor}", "era": hit.era.id, "file": f})
         return out
 
+    @_sqlite_boundary
     def stats(self) -> dict[str, Any]:
-        """Counts: hosts, files, distinct profiles, by pool, era, vendor and CPU."""
+        """Counts: hosts, files, distinct profiles, by pool, era, vendor and CPU.
+
+        The inventory is read and re-validated first (profiles once per distinct profile, then every host
+        row), so a damaged row fails here as in every other reader instead of being counted.
+        """
+        self.load_fleet()
         c = self.conn
+        path = self.path
         by_era: dict[str, int] = {}
         by_vendor: dict[str, int] = {}
         by_cpu: dict[str, int] = {}
@@ -381,13 +580,16 @@ class FleetDb:
         for era, vendor, model, nested, n in c.execute(
                 "SELECT p.era, p.vendor, p.model_name, p.nested, COUNT(*) FROM hosts h "
                 "JOIN profiles p ON p.fingerprint = h.fingerprint GROUP BY p.fingerprint"):
+            era = _stored_text(era, "a profile's era", path)
+            vendor = _stored_text(vendor, "a profile's vendor", path)
+            model = _stored_opt(model, "a profile's CPU model name", path)
             by_era[era] = by_era.get(era, 0) + n
             by_vendor[vendor] = by_vendor.get(vendor, 0) + n
             cpu = model or vendor
             by_cpu[cpu] = by_cpu.get(cpu, 0) + n
             if not nested:
                 nested_off += n
-        pools = {(p if p is not None else "(none)"): n
+        pools = {(_stored_text(p, "a pool name", path) if p is not None else "(none)"): n
                  for p, n in c.execute("SELECT pool, COUNT(*) FROM hosts GROUP BY pool ORDER BY pool")}
         return {
             "database": self.path,

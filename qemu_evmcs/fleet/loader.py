@@ -33,7 +33,8 @@ from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import open_regular
 from qemu_evmcs.core.yamlsafe import BoundedIntLoader
 from qemu_evmcs.core.hostgroup import Fleet
-from qemu_evmcs.core.profile import MAX_PROFILE_BYTES, HostProfile, iter_documents, profile_from_mapping
+from qemu_evmcs.core.profile import (MAX_PROFILE_BYTES, HostProfile, control_character, iter_documents,
+                                     profile_from_mapping)
 from qemu_evmcs.output.progress import Progress
 
 _Loader: Any = BoundedIntLoader  # libyaml's CSafeLoader when present, integers bounded
@@ -351,7 +352,8 @@ class FleetLoader:
         if plain is not None:
             return None if plain.lower() in _YAML11_WORDS else plain
         name = single if single is not None else double
-        return name if name and name.strip() else None
+        # A control character (raw ESC, CR, U+2028...) sends the document to the full parse, which refuses it.
+        return name if name and name.strip() and control_character(name) is None else None
 
     def _text_block_ok(self, kind: str, block: str) -> bool:
         """Is this ``notes``/``provenance`` entry a string (or null) on its own?"""
