@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.core.inputfile import read_text_capped
 
 SYSTEM_CONF = "/etc/qemu-evmcs/launch.conf"
 USER_CONF = os.path.join("qemu-evmcs", "launch.conf")
@@ -99,16 +100,10 @@ def read_conf(path: str) -> dict[str, Setting]:
 
     :raise InputError: unreadable (other than missing), not UTF-8, or bad contents.
     """
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read(1024 * 1024)
-    except FileNotFoundError:
+    if not os.path.exists(path):
         return {}
-    except UnicodeDecodeError:
-        raise InputError("not UTF-8 text", file=path) from None
-    except OSError as err:
-        raise InputError(err.strerror or str(err), file=path) from err
-    return parse_conf(text, path)
+    # The one capped reader: a FIFO or device named as the configuration is refused, not waited on.
+    return parse_conf(read_text_capped(path, 1024 * 1024, what="configuration files"), path)
 
 
 def _passwd_home() -> str | None:
