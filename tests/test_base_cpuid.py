@@ -82,7 +82,8 @@ def test_import_adds_cpu_features(tmp_path: Path) -> None:
 def test_names_in_the_tables_are_qemu_names() -> None:
     known = set(json.loads((SNAP / "index.json").read_text())["all-features"])
     names = cpuid_names()
-    for target in [*names.linux_aliases.values(), *names.libvirt_aliases.values(), *names.kvm_emulated]:
+    for target in [*names.linux_aliases.values(), *names.libvirt_aliases.values(), *names.kvm_emulated,
+                   *names.msr_features]:
         assert target is None or target in known, target
 
 
@@ -108,7 +109,7 @@ def test_enforce_names_only_features_every_host_has() -> None:
     cpu = cpu_string(neg)
     assert cpu.endswith("enforce=on")
     base = cpu.split(",")[0]
-    need = _snapshot_features(base) - {"vmx"} - set(cpuid_names().kvm_emulated)
+    need = _snapshot_features(base) - {"vmx"} - set(cpuid_names().kvm_emulated) - set(cpuid_names().msr_features)
     plus = {item.lstrip("+").split("=")[0] for item in cpu.split(",")[1:]
             if not item.startswith(("vmx", "-vmx", "hv-", "-", "enforce")) and not item.endswith("=off")}
     for host in (a, b):
@@ -124,3 +125,24 @@ def test_unchecked_hosts_are_counted() -> None:
     neg = negotiate("Skylake-Server-evmcs", [checked, "skylake-5.10"])
     assert "base model CPUID not checked on 1 host " in " ".join(neg.notes)
     assert os.path.exists(CPUINFO)
+
+
+def test_baseline_and_validate_check_the_base_model(tmp_path: Path) -> None:
+    import yaml
+
+    from qemu_evmcs.policy.resolve import baseline
+    from qemu_evmcs.policy.validate import validate_paths
+    from qemu_evmcs.qemu.models import effective_model, load_model, resolve_model_path
+
+    client = _with(SKY, _snapshot_features("Skylake-Client-v4") - {"vmx"}, "i7-6700k")
+    eff = effective_model(load_model("Icelake-Server-evmcs"))
+    res = baseline([client, load_profile(resolve_profile_path("skylake-5.10"))], eff)
+    assert res.not_starting == ("i7-6700k",)
+    reason = next(g.reason for g in res.groups if not g.starts)
+    assert reason is not None and "avx512f" in reason and eff.base.name in reason
+    assert res.base_cpuid_note() is not None and "not checked on 1 host " in res.base_cpuid_note()  # type: ignore[operator]
+    path = tmp_path / "client.yaml"
+    path.write_text(yaml.safe_dump(client.to_mapping()))
+    report = validate_paths([resolve_model_path("Icelake-Server-evmcs")], hosts=[load_profile(str(path))])
+    text = report.render()
+    assert "i7-6700k" in text and "does not start" in text and "avx512f" in text

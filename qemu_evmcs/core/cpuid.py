@@ -25,6 +25,7 @@ class CpuidNames:
     linux_aliases: dict[str, str | None]
     libvirt_aliases: dict[str, str]
     kvm_emulated: frozenset[str]
+    msr_features: frozenset[str]
     intel_generations: tuple[str, ...]
 
 
@@ -34,7 +35,8 @@ def cpuid_names() -> CpuidNames:
     raw: Any = load_data("cpuid.yaml")
     return CpuidNames(
         linux_aliases=dict(raw["linux_aliases"]), libvirt_aliases=dict(raw["libvirt_aliases"]),
-        kvm_emulated=frozenset(raw["kvm_emulated"]), intel_generations=tuple(raw["intel_generations"]),
+        kvm_emulated=frozenset(raw["kvm_emulated"]), msr_features=frozenset(raw["msr_features"]),
+        intel_generations=tuple(raw["intel_generations"]),
     )
 
 

@@ -31,6 +31,7 @@ from qemu_evmcs.qemu.models import EffectiveModel, ModelDef, QemuSnapshot, effec
 from qemu_evmcs.core.msrval import feature_set, word_source_msr
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.fleet.sources import load_hosts_fleet
+from qemu_evmcs.qemu.basecpuid import check_base
 from qemu_evmcs.qemu.compose import evmcs_range_supported
 from qemu_evmcs.qemu.startup import evmcs_start_error
 from qemu_evmcs.core.profile import HostProfile
@@ -240,6 +241,16 @@ class BaselineResult:
     groups: tuple[HostGroup, ...]
     losses: tuple[Loss, ...]
     not_starting: tuple[str, ...] = field(default=())
+    #: Hosts whose profiles record no ``cpu_features``: the base model's CPUID was not checked there.
+    base_cpuid_unchecked: int = 0
+
+    def base_cpuid_note(self) -> str | None:
+        """``base model CPUID not checked on N hosts (...)`` when some hosts could not be checked."""
+        if self.base is None or not self.base_cpuid_unchecked:
+            return None
+        n = self.base_cpuid_unchecked
+        return (f"base model CPUID not checked on {n} host{'s' if n != 1 else ''} (no cpu_features in the profile: "
+                f"host probe, host import --cpuinfo or --libvirt record them)")
 
     def group_names(self) -> dict[str, str]:
         """fingerprint -> the group's name: its first host (made unique if two groups share one)."""
@@ -299,12 +310,22 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
 
     views: dict[str, HostViews] = {}
     names: dict[str, list[str]] = {}
+    base_missing: dict[str, list[str] | None] = {}   # fingerprint -> CPUID features the base needs and it lacks
+    base_name = eff.base.name if eff is not None else None
+
+    def check_cpuid(fp: str, profile: HostProfile) -> None:
+        if base_name is None:
+            return
+        chk = check_base(base_name, [profile])
+        base_missing[fp] = None if chk.unchecked else chk.missing.get(profile.name, [])
+
     count = 0
     if isinstance(hosts, Fleet):
         for fp, members in hosts.members.items():
             if fp not in views:
                 views[fp] = compute_host_views(hosts.distinct[fp], pv_perf_global_ctrl=pv_bit, variant=variant,
                                                evmcs_version=version)
+                check_cpuid(fp, hosts.distinct[fp])
                 names[fp] = []
             names[fp].extend(members)
             count += len(members)
@@ -315,6 +336,7 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
             if fp not in views:
                 views[fp] = compute_host_views(profile, pv_perf_global_ctrl=pv_bit, variant=variant,
                                                evmcs_version=version)
+                check_cpuid(fp, profile)
                 names[fp] = []
             names[fp].append(profile.name)
     if count == 0:
@@ -331,9 +353,18 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
     loss_hosts: dict[tuple[str, str, str, str], list[str]] = {}
     loss_groups: dict[tuple[str, str, str, str], list[str]] = {}
     not_starting: list[str] = []
+    unchecked = 0
     for fp, v in views.items():
         hosts_here = sorted(names[fp])
         starts = v.evmcs_ok or not want_evmcs
+        reason = None if starts else v.evmcs_reason
+        lacking = base_missing.get(fp)
+        if base_name is not None and fp in base_missing and lacking is None:
+            unchecked += len(hosts_here)
+        if lacking:
+            starts = False
+            reason = (f"base model {base_name} needs CPUID features these hosts lack: {', '.join(lacking)} (QEMU "
+                      f"refuses with enforce=on; without it the guest silently loses them)")
         unfiltered = wanted & v.kvm
         evmcs_view: frozenset[str]
         if not want_evmcs:
@@ -341,7 +372,7 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
         else:
             evmcs_view = unfiltered & v.guest
         groups.append(HostGroup(fingerprint=fp, hosts=tuple(hosts_here), vendor=v.vendor, kernel=v.kernel,
-                                era=v.era, starts=starts, reason=None if starts else v.evmcs_reason,
+                                era=v.era, starts=starts, reason=reason,
                                 unfiltered=unfiltered, evmcs=evmcs_view, kernel_series=v.kernel_series))
         if not starts:
             not_starting.extend(hosts_here)
@@ -376,7 +407,7 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
     return BaselineResult(
         model=mdef.name if mdef is not None else None, base=eff.base.name if eff is not None else None,
         pv_perf_global_ctrl=pv, host_count=count, wanted=frozenset(wanted), unfiltered=uf, evmcs=ev,
-        groups=tuple(groups), losses=losses, not_starting=tuple(sorted(not_starting)),
+        groups=tuple(groups), losses=losses, not_starting=tuple(sorted(not_starting)), base_cpuid_unchecked=unchecked,
     )
 
 

@@ -141,6 +141,8 @@ class FileReport:
     model: str | None
     findings: list[Finding] = field(default_factory=list)
     hosts: list[HostResult] | None = None
+    #: ``base model CPUID not checked on N hosts`` (text report only).
+    base_note: str | None = None
     unreadable: bool = False
 
     def count(self, severity: str) -> int:
@@ -204,6 +206,8 @@ class ValidationReport:
                 lines.append(f"  {who} ({h.kernel_text}, era {h.era}): starts, drops {len(h.drops)}:")
                 for d in h.drops:
                     lines.append(f"    {d['feature']:<40} {d['view']:<10} {d['layer']}: {d['detail']}")
+            if rep.base_note:
+                lines.append(f"  note: {rep.base_note}")
         lines.append(f"{len(self.files)} file(s), {self.errors} error(s), {self.warnings} warning(s) "
                      f"(QEMU {self.snapshot} snapshot)")
         return "\n".join(lines) + "\n"
@@ -490,7 +494,9 @@ def validate_file(path: str, snap: QemuSnapshot | None = None,
         if eff is None:
             rep.hosts = []
         else:
-            rep.hosts = _host_results(baseline(hosts, eff))
+            result = baseline(hosts, eff)
+            rep.hosts = _host_results(result)
+            rep.base_note = result.base_cpuid_note()
     return rep
 
 

@@ -4,7 +4,9 @@ Why: a ``-cpu Skylake-Server-v5,...,enforce=on`` answer is only an answer if eve
 features: QEMU refuses to start otherwise ("Host doesn't support requested features"), e.g. on an i7-6700K
 (no AVX-512). The model's features come from the bundled QEMU 7.2 snapshot; a host's from its profile's
 ``cpu_features`` (hosts without them cannot be checked, and answers say how many). Features KVM emulates for every
-guest (``data/cpuid.yaml`` ``kvm_emulated``) and ``vmx`` (the VMX MSRs' business) are not asked of the host.
+guest (``data/cpuid.yaml`` ``kvm_emulated``), ``vmx`` (the VMX MSRs' business) and the features of QEMU's other
+MSR feature words (``msr_features``: IA32_ARCH_CAPABILITIES bits and the like, which no CPUID source lists) are not
+asked of the host.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ def model_cpuid(name: str, snap: QemuSnapshot | None = None) -> frozenset[str] |
     snap = snap or load_snapshot()
     if not snap.has(name):
         return None
-    return snap.get(name).features - {"vmx"} - cpuid_names().kvm_emulated
+    names = cpuid_names()
+    return snap.get(name).features - {"vmx"} - names.kvm_emulated - names.msr_features
 
 
 @dataclass

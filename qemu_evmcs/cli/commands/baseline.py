@@ -35,6 +35,8 @@ def render(result: BaselineResult, *, show_all: bool = False) -> str:
                f"pv-perf-global-ctrl={result.pv_perf_global_ctrl}")
     out.append(f"unfiltered baseline (QEMU/libvirt view): {len(result.unfiltered)} of {len(result.wanted)} features")
     out.append(f"eVMCS baseline (L1 Hyper-V guest view):  {len(result.evmcs)} of {len(result.wanted)} features")
+    if result.base_cpuid_note():
+        out.append(f"note: {result.base_cpuid_note()}")
     if result.not_starting:
         out.append(f"does not start on: {_hosts_text(list(result.not_starting))}")
         for g in result.groups:
