@@ -146,3 +146,15 @@ def test_baseline_and_validate_check_the_base_model(tmp_path: Path) -> None:
     report = validate_paths([resolve_model_path("Icelake-Server-evmcs")], hosts=[load_profile(str(path))])
     text = report.render()
     assert "i7-6700k" in text and "does not start" in text and "avx512f" in text
+
+
+def test_cpuid_leaves_to_names() -> None:
+    from qemu_evmcs.core.cpuid import from_cpuid
+
+    # Hand-picked bits (QEMU cpu.c feature_word_info): leaf 1 ECX 0 (pni), 28 (avx); leaf 7.0 EBX 16 (avx512f),
+    # leaf 7.1 EAX 5 (avx512-bf16); leaf 0xd.1 EAX 3 (xsaves); 0x80000001 ECX 0 (lahf-lm), EDX 29 (lm).
+    got = from_cpuid([(1, 0, 0, 0, 1 | (1 << 28), 0), (7, 0, 0, 1 << 16, 0, 0), (7, 1, 1 << 5, 0, 0, 0),
+                      (0xD, 1, 1 << 3, 0, 0, 0), (0x80000001, 0, 0, 0, 1, 1 << 29)])
+    assert got == {"pni", "avx", "avx512f", "avx512-bf16", "xsaves", "lahf-lm", "lm"}
+    # Sub-leaf 0 of leaf 7 must not be read as sub-leaf 1.
+    assert from_cpuid([(7, 0, 1 << 5, 0, 0, 0)]) == set()

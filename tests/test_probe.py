@@ -42,6 +42,7 @@ def test_ioctl_numbers_match_kvm_h() -> None:
     assert probe.KVM_GET_MSR_FEATURE_INDEX_LIST == 0xC004AE0A
     assert probe.KVM_GET_MSRS == 0xC008AE88
     assert probe.KVM_GET_SUPPORTED_HV_CPUID == 0xC008AEC1
+    assert probe.KVM_GET_SUPPORTED_CPUID == 0xC008AE05       # _IOWR(KVMIO, 0x05, struct kvm_cpuid2)
 
 
 def test_ioc_macros() -> None:
@@ -136,6 +137,16 @@ class FakeKvm:
             struct.pack_into("=10I", arg, 8, 0x40000000, 0, 0, 0x4000000A, 0, 0, 0, 0, 0, 0)
             struct.pack_into("=10I", arg, 48, 0x4000000A, 0, 0, 0x0101, 1, 0, 0, 0, 0, 0)
             return 0
+        if request == probe.KVM_GET_SUPPORTED_CPUID:
+            (n,) = struct.unpack_from("=I", arg, 0)
+            if n < 2:
+                raise OSError(errno.E2BIG, "")
+            struct.pack_into("=II", arg, 0, 2, 0)
+            # leaf 1: ECX bits 19, 20, 21 (sse4.1, sse4.2, x2apic), EDX bits 0, 26 (fpu, sse2);
+            # leaf 7.0 (flags 1 = KVM_CPUID_FLAG_SIGNIFCANT_INDEX): EBX bits 5, 16 (avx2, avx512f).
+            struct.pack_into("=10I", arg, 8, 1, 0, 0, 0, 0, (1 << 19) | (1 << 20) | (1 << 21), 1 | (1 << 26), 0, 0, 0)
+            struct.pack_into("=10I", arg, 48, 7, 0, 1, 0, (1 << 5) | (1 << 16), 0, 0, 0, 0, 0)
+            return 0
         raise OSError(errno.ENOTTY, "")
 
 
@@ -167,6 +178,7 @@ def test_intel_probe_reads_every_msr(fake_host: dict[str, str]) -> None:
     assert "ebx=0x1" in (p.notes or "")
     assert probe.KVM_GET_SUPPORTED_HV_CPUID in kvm.calls
     assert res.to_mapping()["profile"]["msrs"]["IA32_VMX_BASIC"] == "0x00da040000000004"
+    assert p.cpu_features == {"sse4.1", "sse4.2", "x2apic", "fpu", "sse2", "avx2", "avx512f"}
 
 
 def test_no_hv_cpuid_without_cap(fake_host: dict[str, str]) -> None:

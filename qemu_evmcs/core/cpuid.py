@@ -27,6 +27,8 @@ class CpuidNames:
     kvm_emulated: frozenset[str]
     msr_features: frozenset[str]
     intel_generations: tuple[str, ...]
+    #: ``(leaf, subleaf or None, register) -> QEMU name per bit``.
+    leaves: dict[tuple[int, int | None, str], tuple[str | None, ...]]
 
 
 @functools.lru_cache(maxsize=1)
@@ -37,6 +39,7 @@ def cpuid_names() -> CpuidNames:
         linux_aliases=dict(raw["linux_aliases"]), libvirt_aliases=dict(raw["libvirt_aliases"]),
         kvm_emulated=frozenset(raw["kvm_emulated"]), msr_features=frozenset(raw["msr_features"]),
         intel_generations=tuple(raw["intel_generations"]),
+        leaves={(int(e["leaf"]), e["subleaf"], str(e["reg"])): tuple(e["bits"]) for e in raw["leaves"]},
     )
 
 
@@ -51,9 +54,25 @@ def from_linux(flags: Iterable[str]) -> set[str]:
     return out
 
 
+def from_cpuid(entries: Iterable[tuple[int, int, int, int, int, int]]) -> set[str]:
+    """QEMU names of the bits set in CPUID ``(function, index, eax, ebx, ecx, edx)`` entries (KVM_GET_SUPPORTED_CPUID,
+    a raw dump). A leaf without sub-leaves matches any index; unknown leaves and unnamed bits are ignored."""
+    table = cpuid_names().leaves
+    out: set[str] = set()
+    for function, index, eax, ebx, ecx, edx in entries:
+        regs = {"eax": eax, "ebx": ebx, "ecx": ecx, "edx": edx}
+        for (leaf, subleaf, reg), bits in table.items():
+            if leaf != function or (subleaf is not None and subleaf != index):
+                continue
+            for bit, name in enumerate(bits):
+                if name and regs[reg] >> bit & 1:
+                    out.add(name)
+    return out
+
+
 def from_libvirt(name: str) -> str:
     """QEMU's name of a libvirt cpu_map feature name."""
     return cpuid_names().libvirt_aliases.get(name, name.replace("_", "-"))
 
 
-__all__ = ["NAME", "CpuidNames", "cpuid_names", "from_libvirt", "from_linux"]
+__all__ = ["NAME", "CpuidNames", "cpuid_names", "from_cpuid", "from_libvirt", "from_linux"]

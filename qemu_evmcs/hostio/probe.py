@@ -32,9 +32,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from qemu_evmcs.core.cpuid import from_cpuid
 from qemu_evmcs.core.errors import EvmcsError, ProbeError
 from qemu_evmcs.core.profile import HostProfile, profile_from_mapping
 from qemu_evmcs.core.registry import Registry, registry
+from qemu_evmcs.qemu.models import load_snapshot
 
 # KVM capability numbers and the Hyper-V CPUID leaf: defined once, in the simulator of the same kernel ABI.
 from qemu_evmcs.kvm.simkvm import (HV_CPUID_NESTED_FEATURES, KVM_CAP_GET_MSR_FEATURES, KVM_CAP_HYPERV_ENLIGHTENED_VMCS,
@@ -81,6 +83,7 @@ KVM_GET_MSR_INDEX_LIST = iowr(KVMIO, 0x02, MSR_LIST_HEADER.size)
 KVM_GET_MSR_FEATURE_INDEX_LIST = iowr(KVMIO, 0x0A, MSR_LIST_HEADER.size)
 KVM_GET_MSRS = iowr(KVMIO, 0x88, MSRS_HEADER.size)
 KVM_GET_SUPPORTED_HV_CPUID = iowr(KVMIO, 0xC1, CPUID2_HEADER.size)
+KVM_GET_SUPPORTED_CPUID = iowr(KVMIO, 0x05, CPUID2_HEADER.size)
 
 KVM_API_VERSION = 12
 
@@ -269,19 +272,27 @@ def _get_msrs(fd: int, indices: list[int], ioctl: IoctlFn) -> dict[int, int]:
     return dict(unpack_msrs(buf, n))
 
 
-def _get_hv_cpuid(fd: int, ioctl: IoctlFn) -> list[CpuidEntry]:
-    capacity = 16
+def _get_cpuid2(fd: int, ioctl: IoctlFn, request: int, name: str, capacity: int) -> list[CpuidEntry]:
     for _ in range(6):
         buf = pack_cpuid2(capacity)
         try:
-            ioctl(fd, KVM_GET_SUPPORTED_HV_CPUID, buf)
+            ioctl(fd, request, buf)
         except OSError as err:
             if err.errno == errno.E2BIG:
                 capacity *= 2
                 continue
-            raise ProbeError(f"KVM_GET_SUPPORTED_HV_CPUID failed: {os.strerror(err.errno or 0)}") from None
+            raise ProbeError(f"{name} failed: {os.strerror(err.errno or 0)}") from None
         return unpack_cpuid2(buf)
-    raise ProbeError("KVM_GET_SUPPORTED_HV_CPUID kept returning E2BIG")
+    raise ProbeError(f"{name} kept returning E2BIG")
+
+
+def _get_hv_cpuid(fd: int, ioctl: IoctlFn) -> list[CpuidEntry]:
+    return _get_cpuid2(fd, ioctl, KVM_GET_SUPPORTED_HV_CPUID, "KVM_GET_SUPPORTED_HV_CPUID", 16)
+
+
+def _get_supported_cpuid(fd: int, ioctl: IoctlFn) -> list[CpuidEntry]:
+    """KVM_GET_SUPPORTED_CPUID on the system fd: the CPUID KVM can give a guest (E2BIG until the buffer fits)."""
+    return _get_cpuid2(fd, ioctl, KVM_GET_SUPPORTED_CPUID, "KVM_GET_SUPPORTED_CPUID", 64)
 
 
 def probe(device: str | None = None, *, ioctl: IoctlFn = _default_ioctl,
@@ -375,6 +386,11 @@ def _probe_fd(fd: int, device: str, ioctl: IoctlFn, cpuinfo_path: str, nested_pa
         val = getattr(cpu, key)
         if val is not None:
             data[key] = val
+    # CPUID features in QEMU's names (base-model checks); names the bundled QEMU snapshot does not know are dropped.
+    supported = _get_supported_cpuid(fd, ioctl)
+    known = load_snapshot().all_features
+    data["cpu_features"] = sorted(f for f in from_cpuid((e.function, e.index, e.eax, e.ebx, e.ecx, e.edx)
+                                                        for e in supported) if f in known)
     try:
         profile = profile_from_mapping(data, file=device)
     except EvmcsError as err:  # a KVM report that fails validation is a probe failure, not bad user input
