@@ -11,6 +11,7 @@ from golden_models_util import check_golden
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from qemu_evmcs.fleet.sources import load_hosts_fleet
 from qemu_evmcs.cli import main as cli
 from qemu_evmcs.policy import resolve
 from qemu_evmcs.core.errors import InputError
@@ -148,7 +149,7 @@ def test_thousands_of_files_one_computation_per_fingerprint(tmp_path: Path, monk
 
     monkeypatch.setattr(resolve, "compute_host_views", counting)
     model = load_model("Skylake-Server-evmcs")
-    big = baseline(resolve.iter_host_args([str(d)]), model)
+    big = baseline(load_hosts_fleet([str(d)]).iter_hosts(), model)
     assert len(calls) == len(distinct) == len(set(calls))
     assert big.host_count == 3000 and len(big.groups) == len(distinct)
     small = baseline(distinct, model)

@@ -18,10 +18,9 @@ from qemu_evmcs.policy.negotiate import (
     load_hosts,
     max_model,
     negotiate,
-    negotiate_cpu_arg,
     start_guest,
 )
-from qemu_evmcs.output.render import compare_strategies, cpu_string, libvirt_xml, negotiation_json
+from qemu_evmcs.output.render import compare_strategies, cpu_string, libvirt_xml, negotiate_cpu_arg, negotiation_json
 from qemu_evmcs.qemu.libvirt_cpumap import load_cpu_map
 
 HERE = os.path.dirname(__file__)

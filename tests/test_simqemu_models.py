@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from qemu_evmcs.launch.wrapper import main as launch_main
 from qemu_evmcs.qemu.models import load_model, load_snapshot
-from qemu_evmcs.policy.negotiate import STRATEGIES, STRATEGY_VARIANT, load_hosts, negotiate, negotiate_cpu_arg
+from qemu_evmcs.output.render import negotiate_cpu_arg
+from qemu_evmcs.policy.negotiate import STRATEGIES, STRATEGY_VARIANT, load_hosts, negotiate
 from qemu_evmcs.output.render import cpu_string
 from qemu_evmcs.core.profile import bundled_profile_dir, load_profile, resolve_profile_path
 from qemu_evmcs.qemu import cpu as cpumod

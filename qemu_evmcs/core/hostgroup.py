@@ -16,11 +16,13 @@ readers in ``fleet/`` fill it.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
-from qemu_evmcs.core.profile import HostProfile
+from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.core.profile import HostProfile, iter_profiles, resolve_profile_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,4 +157,33 @@ class FleetHosts(Sequence[HostProfile]):
         raise IndexError("host index out of range")
 
 
-__all__ = ["Fleet", "FleetHosts", "HostGroup"]
+#: What the policy layer takes as hosts: a loaded :class:`Fleet`, or profiles (a string is a bundled profile name
+#: or a profile file -- multi-document or a directory -- read by :mod:`qemu_evmcs.core.profile`; inventories and
+#: fleet-scale files are loaded by :mod:`qemu_evmcs.fleet` first).
+Hosts = Fleet | Sequence[HostProfile | str]
+
+
+def as_fleet(hosts: Hosts) -> Fleet:
+    """``hosts`` grouped by fingerprint (a :class:`Fleet` is returned as is), in the order given.
+
+    :raise InputError: a string that names no readable profile (an SQLite inventory must come loaded), or no
+        host at all.
+    """
+    if isinstance(hosts, Fleet):
+        return hosts
+    fleet = Fleet(source=", ".join(h if isinstance(h, str) else h.name for h in hosts))
+    for item in hosts:
+        if isinstance(item, HostProfile):
+            fleet.add(item)
+            continue
+        path = resolve_profile_path(item)
+        if not os.path.exists(path):
+            raise InputError(f"no such host profile {item!r} (neither a file nor a bundled profile name)")
+        for profile in iter_profiles([path]):
+            fleet.add(profile)
+    if not fleet.members:
+        raise InputError("no host profiles given")
+    return fleet
+
+
+__all__ = ["Fleet", "FleetHosts", "HostGroup", "Hosts", "as_fleet"]

@@ -38,6 +38,9 @@ from typing import Any
 from qemu_evmcs.output.atomicio import check_output_target, write_output
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.fleet.sources import load_fleet
+from qemu_evmcs.policy.designs import compare_designs
+from qemu_evmcs.policy.migrate import DESIGNS
+from qemu_evmcs.policy.resolve import compute_host_views
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.registry import registry
 
@@ -105,7 +108,6 @@ def _short_cpu(p: HostProfile) -> str:
 
 def _views(p: HostProfile) -> tuple[bool, str | None, frozenset[str], frozenset[str], dict[str, str]]:
     """(eVMCS ok, reason, unfiltered, guest, state per feature) with resolve.compute_host_views."""
-    from qemu_evmcs.policy.resolve import compute_host_views
     v = compute_host_views(p, pv_perf_global_ctrl=False)
     states: dict[str, str] = {}
     for name in registry().features:
@@ -154,11 +156,6 @@ def partition(groups: Sequence[Group]) -> tuple[list[list[Group]], list[Group]]:
 
 def design_matrix(groups: Sequence[Group], max_groups: int) -> dict[str, Any] | None:
     """Verdict matrices per design for the largest ``max_groups`` eVMCS-capable groups (``None``: module absent)."""
-    try:
-        from qemu_evmcs.policy.designs import compare_designs
-        from qemu_evmcs.policy.migrate import DESIGNS
-    except ImportError:  # pragma: no cover - designs.py is part of the package
-        return None
     chosen = [g for g in groups if g.evmcs_ok][:max_groups]
     reps = [dataclasses.replace(g.profile, name=g.gid) for g in chosen]
     ids = [g.gid for g in chosen]

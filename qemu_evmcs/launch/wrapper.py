@@ -87,6 +87,12 @@ from qemu_evmcs.launch.fds import inherited_fds
 from qemu_evmcs.launch.qmp import EmulatorSession, describe_status, shell_status
 from qemu_evmcs.launch.verify import LaunchReport, find_cpu_arg, find_cpu_index, parse_cpu_arg, verify_cpu
 from qemu_evmcs.output.atomicio import check_output_target, write_text_file
+from qemu_evmcs.core.profile import bundled_name_hint
+from qemu_evmcs.fleet.sources import load_hosts_fleet
+from qemu_evmcs.launch.capabilities import cpu_refusals, probe_cpu_capabilities
+from qemu_evmcs.launch.guestview import apply_guest_view, load_host
+from qemu_evmcs.output.render import negotiate_cpu_arg
+from qemu_evmcs.policy.negotiate import STRATEGY_VARIANT, strategy_of
 from qemu_evmcs.qemu.cpuspec import CpuSpec
 from qemu_evmcs.simqemu.startup import predict
 
@@ -233,8 +239,6 @@ def parse_wrapper_args(argv: Sequence[str]) -> WrapperOptions:
     if opts.simulate is not None and opts.emulator is not None:
         raise InputError("--simulate and --emulator are mutually exclusive")
     if opts.strategy != "pv-cpuid" or opts.negotiate:
-        from qemu_evmcs.policy.negotiate import STRATEGY_VARIANT, strategy_of
-
         opts.strategy = strategy_of(opts.strategy)   # a design name (shipped) or its alias (pv-cpuid)
         if not opts.negotiate:
             raise InputError("--design needs --negotiate PROFILE...")
@@ -316,8 +320,6 @@ def apply_negotiation(opts: WrapperOptions) -> str:
     :raise InputError: no ``-cpu MODEL``, or an unknown model, profile or strategy.
     :raise NegativeAnswer: the pool has no safe answer.
     """
-    from qemu_evmcs.policy.negotiate import negotiate_cpu_arg
-
     idx = find_cpu_index(opts.qemu_args)
     if idx is None:
         raise InputError("--negotiate needs -cpu MODEL (a CPU model definition) among the emulator arguments")
@@ -326,7 +328,7 @@ def apply_negotiation(opts: WrapperOptions) -> str:
         raise InputError("--negotiate: -cpu needs a model definition name")
     try:
         # The simulated QEMU has this project's proposed options; a real emulator gets only what QEMU has.
-        cpu = negotiate_cpu_arg(model, opts.negotiate, opts.strategy,
+        cpu = negotiate_cpu_arg(model, load_hosts_fleet(opts.negotiate), opts.strategy,
                                 target="simulator" if opts.simulate is not None else "qemu")
     except NegativeAnswer as err:
         raise NegativeAnswer(f"--negotiate: {err.message}") from None
@@ -347,8 +349,6 @@ def require_profiles(opts: WrapperOptions) -> None:
                                value + ".yaml")
         if os.path.exists(bundled):
             continue
-        from qemu_evmcs.core.profile import bundled_name_hint
-
         hint = bundled_name_hint(value)
         raise InputError(f"no such host profile {value!r} (neither a file nor a bundled profile name"
                          + (f"; {hint})" if hint else ")"), key=flag)
@@ -379,8 +379,6 @@ def check_binary(binary: str, spec: CpuSpec | None, opts: WrapperOptions) -> Non
     """
     if spec is None or spec.is_probe:
         return
-    from qemu_evmcs.launch.capabilities import cpu_refusals, probe_cpu_capabilities
-
     caps = asyncio.run(probe_cpu_capabilities(binary, [spec.model], qmp_timeout=opts.qmp_timeout))
     refusals = cpu_refusals(spec, caps)
     if refusals:
@@ -444,12 +442,10 @@ def write_report(path: str, report: LaunchReport, *, force: bool = False) -> Non
 
 def judge_guest_view(report: LaunchReport, spec: CpuSpec, opts: WrapperOptions) -> None:
     """With a host profile (``--host``, or ``--simulate``'s), report what the L1 guest cannot see although QEMU
-    applied it (:mod:`qemu_evmcs.launch.guestview`). Imported only then: plain launches stay light."""
+    applied it (:mod:`qemu_evmcs.launch.guestview`)."""
     profile = opts.host if opts.host is not None else opts.simulate
     if profile is None:
         return
-    from qemu_evmcs.launch.guestview import apply_guest_view, load_host
-
     try:
         apply_guest_view(report, spec, load_host(profile), variant=opts.variant or "shipped")
     except EvmcsError as err:

@@ -17,11 +17,14 @@ from typing import Any
 
 from qemu_evmcs.core.msrval import hex64
 from qemu_evmcs.core.kernel import era_table
+from qemu_evmcs.core.errors import NegativeAnswer
+from qemu_evmcs.core.hostgroup import Hosts
 from qemu_evmcs.policy.negotiate import (
     PERF_OPTION,
     STRATEGIES,
     STRATEGY_VARIANT,
     Drop,
+    GuestModel,
     Negotiation,
     PoolGroup,
     group_kernel_text,
@@ -29,6 +32,7 @@ from qemu_evmcs.policy.negotiate import (
     names_text,
     qemu_property_features,
     qemu_supported,
+    negotiate,
     target_properties,
     unique_group_names,
 )
@@ -67,6 +71,21 @@ def _revision_option(neg: Negotiation) -> bool:
     cfg = neg.config
     return (neg.target == "simulator" and cfg is not None and cfg.design == "revision"
             and cfg.revision is not None)
+
+
+def negotiate_cpu_arg(model: str | GuestModel, hosts: Hosts, strategy: str = "pv-cpuid", *,
+                      target: str = "qemu") -> str:
+    """The ``-cpu`` argument for a guest that must start on, and migrate among, ``hosts``.
+
+    For the launch wrapper's ``--negotiate PROFILE...``.
+
+    :raise NegativeAnswer: the pool has no safe answer (message: the reason).
+    :raise InputError: unknown model, profile or strategy.
+    """
+    neg = negotiate(model, hosts, strategy, target=target)
+    if not neg.ok:
+        raise NegativeAnswer(neg.error)
+    return cpu_string(neg)
 
 
 def qemu_lacks(neg: Negotiation) -> list[str]:

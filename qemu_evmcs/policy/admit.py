@@ -27,6 +27,7 @@ from qemu_evmcs.policy.negotiate import (
     load_pool,
     max_model,
     negotiate,
+    qemu_supported,
     start_guest,
 )
 from qemu_evmcs.core.profile import HostProfile
@@ -123,6 +124,4 @@ def admit(pool: Hosts, candidate: str | HostProfile | Fleet,
 
 
 def _supported(profile: HostProfile) -> frozenset[str]:
-    from qemu_evmcs.policy.negotiate import qemu_supported
-
     return qemu_supported(profile)

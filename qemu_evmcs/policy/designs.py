@@ -12,9 +12,10 @@ group's hosts once (``groups``) and rows refer to groups by name.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from qemu_evmcs.core.errors import NegativeAnswer
 from qemu_evmcs.policy.migrate import DESIGNS, MigrationVerdict, check_migration, source_config
@@ -29,7 +30,6 @@ from qemu_evmcs.policy.negotiate import (
     names_text,
     pool_groups,
 )
-from qemu_evmcs.output.progress import Progress
 
 
 @dataclass
@@ -106,14 +106,34 @@ def _group_names(groups: Sequence[DesignGroup]) -> None:
         used.add(g.name)
 
 
+class ProgressBar(Protocol):
+    """What :func:`compare_designs` reports progress to (:class:`qemu_evmcs.output.progress.Progress` is one)."""
+
+    def update(self, amount: int = 1) -> None:
+        """``amount`` more units done."""
+
+
+#: Opens a progress bar for ``total`` units under ``label``: the caller (CLI) decides where it is drawn.
+ProgressFactory = Callable[[int, str], AbstractContextManager[ProgressBar]]
+
+
+class _NoBar:
+    def update(self, amount: int = 1) -> None:
+        """Nothing to draw."""
+
+
+def _no_progress(total: int, label: str) -> AbstractContextManager[ProgressBar]:
+    return nullcontext(_NoBar())
+
+
 def compare_designs(hosts: Hosts, models: Sequence[str | GuestModel] = (), *,
-                    progress: bool | None = None) -> DesignComparison:
+                    progress: ProgressFactory | None = None) -> DesignComparison:
     """Run every design over every ordered host pair (identical profiles once) and model.
 
-    ``hosts``: see :data:`~qemu_evmcs.policy.negotiate.Hosts`. ``progress``: a bar on stderr over the group pairs
-    (default: when stderr is a terminal).
+    ``hosts``: see :data:`~qemu_evmcs.core.hostgroup.Hosts`. ``progress``: opens a bar over the group pairs
+    (the CLI's draws on stderr when it is a terminal; default: none).
     """
-    fleet = load_pool(hosts, progress=progress)
+    fleet = load_pool(hosts)
     gms = [load_guest_model(m) for m in models] or [max_model()]
     all_groups = [DesignGroup(g.profile.name, g.fingerprint, g.hosts, evmcs_incapable_reason(g.profile))
                   for g in pool_groups(fleet)]
@@ -125,7 +145,7 @@ def compare_designs(hosts: Hosts, models: Sequence[str | GuestModel] = (), *,
     totals = {d: {"fine": 0, "blocked": 0, "unsafe": 0, "source-fails": 0, "wrong": 0} for d in DESIGNS}
     wrong: dict[str, list[str]] = {d: [] for d in DESIGNS}
     rows: list[PairResult] = []
-    with Progress(len(gms) * len(groups) ** 2, "comparing designs", enabled=progress) as bar:
+    with (progress or _no_progress)(len(gms) * len(groups) ** 2, "comparing designs") as bar:
         for gm in gms:
             configs: dict[tuple[str, str], GuestConfig | str] = {}
             for g in groups:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from qemu_evmcs.core.errors import NegativeAnswer
+from qemu_evmcs.core.evmcs_filter import filter_all
 from qemu_evmcs.core.msrval import hex64
 from qemu_evmcs.policy.hostmodel import host_config, layer_of
 from qemu_evmcs.policy.negotiate import (
@@ -172,8 +173,6 @@ def _relaxed(config: GuestConfig, dest: HostProfile) -> GuestConfig:
     kvm = SimKvm(dest, variant="revision")
     vmx = config.vmx & qemu_supported(dest)
     if dest.era.filter_at == "enable":
-        from qemu_evmcs.core.evmcs_filter import filter_all
-
         vmx -= visible_features(dest.msrs) - visible_features(filter_all(dest.era, dest.msrs))
     if config.design == "vmx-msrs":
         vmx &= visible_features(documented_evmcs_view(dest))

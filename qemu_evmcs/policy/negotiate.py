@@ -39,10 +39,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import chain
 
-from qemu_evmcs.core.errors import InputError, NegativeAnswer
+from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.evmcs_filter import filter_all
-from qemu_evmcs.core.hostgroup import Fleet, FleetHosts
-from qemu_evmcs.fleet.sources import load_hosts_fleet
+from qemu_evmcs.core.hostgroup import Fleet, FleetHosts, Hosts, as_fleet
 from qemu_evmcs.core.kernel import era_table
 from qemu_evmcs.core.msrval import word_source_msr
 from qemu_evmcs.core.profile import HostProfile
@@ -52,8 +51,9 @@ from qemu_evmcs.qemu.cpu import EVMCS_REVISION_PROP
 from qemu_evmcs.qemu.cpuspec import CpuSpec
 from qemu_evmcs.qemu.startup import DESIGN_VARIANT, StartRequest, evmcs_start_error, evmcs_vmx_view, start
 from qemu_evmcs.core.views import BitChange, diff_views, partially_visible, visible_features
+from qemu_evmcs.qemu import model_names, models
 from qemu_evmcs.qemu.basecpuid import check_base, newest_runnable
-from qemu_evmcs.qemu.models import DEFAULT_QEMU_VERSION, load_snapshot
+from qemu_evmcs.qemu.models import DEFAULT_QEMU_VERSION, load_snapshot, vmx_requires
 from qemu_evmcs.core.registry import Registry, registry
 from qemu_evmcs.kvm.simkvm import (
     EVMCS_REVISION_2022,
@@ -190,8 +190,6 @@ def load_guest_model(name_or_path: str | GuestModel) -> GuestModel:
         return name_or_path
     if name_or_path == "max":
         return max_model()
-    from qemu_evmcs.qemu import model_names, models  # lazily: keeps this module light for the simulator
-
     if not model_names.is_definition(name_or_path):
         name, items = model_names.split_model_arg(name_or_path)
         if name == "host":
@@ -209,45 +207,14 @@ def load_guest_model(name_or_path: str | GuestModel) -> GuestModel:
     )
 
 
-#: What negotiate(), admit() and compare_designs() accept as hosts: paths, directories, SQLite inventories,
-#: bundled profile names and :class:`HostProfile` objects in any mix, or a loaded
-#: :class:`~qemu_evmcs.core.hostgroup.Fleet`.
-Hosts = Fleet | Sequence[str | HostProfile]
+def load_pool(hosts: Hosts) -> Fleet:
+    """Hosts as a :class:`~qemu_evmcs.core.hostgroup.Fleet` (see :data:`~qemu_evmcs.core.hostgroup.Hosts`)."""
+    return as_fleet(hosts)
 
 
-def load_pool(hosts: Hosts, *, progress: bool | None = None) -> Fleet:
-    """Hosts as a :class:`~qemu_evmcs.core.hostgroup.Fleet` (grouped by fingerprint; see
-    :func:`qemu_evmcs.fleet.sources.load_hosts_fleet`): multi-document files of any size and inventories included."""
-    return load_hosts_fleet(hosts, progress=progress)
-
-
-def load_hosts(paths: Sequence[str | HostProfile]) -> list[HostProfile]:
-    """One profile per host, from paths, directories, inventories or bundled names (``skylake-6.3``);
-    HostProfile objects pass through. A file's hosts come grouped by fingerprint.
-
-    For small pools; fleet-scale callers use :func:`load_pool` (one profile per distinct fingerprint).
-    """
-    out: list[HostProfile] = []
-    run: list[str] = []
-
-    def flush() -> None:
-        if run:
-            fleet = load_pool(run)
-            for fp, names in fleet.members.items():
-                rep = fleet.distinct[fp]
-                out.extend(rep if n == rep.name else replace(rep, name=n) for n in names)
-            run.clear()
-
-    for p in paths:
-        if isinstance(p, HostProfile):
-            flush()
-            out.append(p)
-        else:
-            run.append(p)
-    flush()
-    if not out:
-        raise InputError("no host profiles given")
-    return out
+def load_hosts(hosts: Hosts) -> list[HostProfile]:
+    """One profile per host (a group's representative under each host's name): for small pools."""
+    return list(as_fleet(hosts).iter_hosts())
 
 
 # =========================================================================== MSR helpers
@@ -525,8 +492,6 @@ def _same_profile(group: PoolGroup) -> str:
 
 def _close_under_qemu(features: set[str], drops: list[Drop], reg: Registry) -> None:
     """Drop bits coupled to dropped bits by one QEMU property, and features whose QEMU gate is off."""
-    from qemu_evmcs.qemu.models import vmx_requires
-
     changed = True
     while changed:
         changed = False
@@ -895,23 +860,6 @@ def negotiate_all(model: str | GuestModel, hosts: Hosts, *, target: str = "qemu"
     return {s: negotiate(gm, pool, s, target=target) for s in STRATEGIES}
 
 
-def negotiate_cpu_arg(model: str | GuestModel, hosts: Hosts, strategy: str = "pv-cpuid", *,
-                      target: str = "qemu") -> str:
-    """The ``-cpu`` argument for a guest that must start on, and migrate among, ``hosts``.
-
-    For the launch wrapper's ``--negotiate PROFILE...``.
-
-    :raise NegativeAnswer: the pool has no safe answer (message: the reason).
-    :raise InputError: unknown model, profile or strategy.
-    """
-    from qemu_evmcs.output.render import cpu_string
-
-    neg = negotiate(model, hosts, strategy, target=target)
-    if not neg.ok:
-        raise NegativeAnswer(neg.error)
-    return cpu_string(neg)
-
-
 __all__ = [
     "DESIGN_ALIASES",
     "DESIGN_NAMES",
@@ -938,7 +886,6 @@ __all__ = [
     "names_text",
     "negotiate",
     "negotiate_all",
-    "negotiate_cpu_arg",
     "pool_groups",
     "qemu_supported",
     "start_guest",

@@ -13,7 +13,7 @@ feature off), ``cpu`` (the profile's raw ``cpu_msrs`` lack it), ``kvm`` (KVM
 does not report it, or eVMCS cannot be enabled at all), ``evmcs-filter``
 (with the era) or ``perf-cpuid-gate``.
 
-Scale: hosts come as a :class:`~qemu_evmcs.core.hostgroup.Fleet` (:func:`load_host_args`: files of any size,
+Scale: hosts come as a :class:`~qemu_evmcs.core.hostgroup.Fleet` (loaded by :mod:`qemu_evmcs.fleet`: files of any size,
 directories, SQLite inventories) or are streamed, and the simulation runs once per distinct
 :meth:`HostProfile.fingerprint` (:func:`compute_host_views`); per host only the name is kept. Output is
 sorted, so host order never changes the result.
@@ -21,19 +21,20 @@ sorted, so host order never changes the result.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from qemu_evmcs.core.errors import InputError, KvmError
 from qemu_evmcs.policy.explain import removed_bits
+from qemu_evmcs.policy.negotiate import unique_group_names
 from qemu_evmcs.qemu.models import EffectiveModel, ModelDef, QemuSnapshot, effective_model
 from qemu_evmcs.core.msrval import feature_set, word_source_msr
 from qemu_evmcs.core.hostgroup import Fleet
-from qemu_evmcs.fleet.sources import load_hosts_fleet
 from qemu_evmcs.qemu.basecpuid import check_base
 from qemu_evmcs.qemu.compose import evmcs_range_supported
 from qemu_evmcs.qemu.startup import evmcs_start_error
+from qemu_evmcs.core.kernel import parse_release
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.registry import MASK32, MASK64, registry
 from qemu_evmcs.kvm.simkvm import SimKvm, guest_view
@@ -254,8 +255,6 @@ class BaselineResult:
 
     def group_names(self) -> dict[str, str]:
         """fingerprint -> the group's name: its first host (made unique if two groups share one)."""
-        from qemu_evmcs.policy.negotiate import unique_group_names
-
         names = unique_group_names([(g.hosts[0] if g.hosts else "", g.fingerprint) for g in self.groups])
         return {g.fingerprint: n for g, n in zip(self.groups, names, strict=True)}
 
@@ -411,18 +410,6 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
     )
 
 
-def load_host_args(args: Sequence[str], *, progress: bool | None = None) -> Fleet:
-    """Hosts from command-line arguments -- files (multi-document, any size), directories, SQLite inventories
-    (``fleet import``) or bundled profile names -- grouped by fingerprint (see
-    :func:`qemu_evmcs.fleet.sources.load_hosts_fleet`); ``progress``: a loading bar on stderr when it is a terminal."""
-    return load_hosts_fleet(args, progress=progress)
-
-
-def iter_host_args(args: Sequence[str]) -> Iterable[HostProfile]:
-    """Every host of :func:`load_host_args` as a profile (one copy per host: for small pools)."""
-    return load_host_args(args).iter_hosts()
-
-
 # =========================================================================== synthetic hosts
 
 def msrs_from_features(features: Iterable[str]) -> dict[str, int]:
@@ -453,8 +440,6 @@ def profile_from_features(name: str, features: Iterable[str], *, kernel: str = "
                           vendor: str = "GenuineIntel", nested: bool = True, kvm_hyperv: bool = True,
                           cpu_features: Iterable[str] | None = None) -> HostProfile:
     """A synthetic :class:`HostProfile` whose KVM reports exactly ``features``."""
-    from qemu_evmcs.core.kernel import parse_release
-
     feats: set[str] = set(features)
     return HostProfile(
         name=name, vendor=vendor, kernel=kernel, version=parse_release(kernel), msrs=msrs_from_features(feats),

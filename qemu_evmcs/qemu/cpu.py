@@ -58,7 +58,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-from typing import (TYPE_CHECKING, AbstractSet, Callable, Dict, FrozenSet, List, Mapping, Optional, Protocol,
+from typing import (AbstractSet, Callable, Dict, FrozenSet, List, Mapping, Optional, Protocol,
                     Sequence, Set, Tuple, runtime_checkable)
 
 from qemu_evmcs.core.msrval import word_bits
@@ -74,9 +74,9 @@ from qemu_evmcs.qemu.features import (CPUID_BY_NAME, CPUID_FLAGS, HV_ALIASES, HV
                                       HV_FEATURES, hv_feature_supported,
                              HvFeature)
 from qemu_evmcs.qemu.cpuspec import PROG, CpuSpec, QemuError
+from qemu_evmcs.qemu.models import DEFAULT_QEMU_VERSION, QemuSnapshot, load_snapshot
+from qemu_evmcs.core.errors import InputError
 
-if TYPE_CHECKING:
-    from qemu_evmcs.qemu.models import QemuSnapshot
 
 
 # --------------------------------------------------------------------------- constants (QEMU / TLFS)
@@ -240,9 +240,6 @@ class SnapshotModelProvider:
         self.version = version
 
     def _snapshot(self) -> "QemuSnapshot":
-        from qemu_evmcs.core.errors import InputError
-        from qemu_evmcs.qemu.models import DEFAULT_QEMU_VERSION, load_snapshot
-
         try:
             return load_snapshot(self.version or DEFAULT_QEMU_VERSION)
         except InputError as err:

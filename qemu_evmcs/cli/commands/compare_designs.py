@@ -10,6 +10,7 @@ from qemu_evmcs.cli.hostargs import add_selection_arguments, select_hosts
 from qemu_evmcs.policy.designs import compare_designs, comparison_text
 from qemu_evmcs.core.errors import EXIT_OK
 from qemu_evmcs.output.jsonout import print_json
+from qemu_evmcs.output.progress import Progress
 
 
 def register(subparsers: Any) -> None:
@@ -31,7 +32,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Always exit 0 (a report, not a check)."""
-    cmp = compare_designs(select_hosts(args, args.hosts), args.model)
+    cmp = compare_designs(select_hosts(args, args.hosts), args.model, progress=Progress)
     if args.json:
         print_json(cmp.to_json())
     else:

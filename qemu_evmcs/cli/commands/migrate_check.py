@@ -6,6 +6,8 @@ import argparse
 import asyncio
 from typing import Any
 
+from qemu.qmp import QMPError
+
 from qemu_evmcs.qemu.model_names import MODEL_HELP
 from qemu_evmcs.core.errors import EXIT_NEGATIVE, EXIT_OK, InputError
 from qemu_evmcs.output.jsonout import print_json
@@ -19,6 +21,7 @@ from qemu_evmcs.policy.migrate import (
 from qemu_evmcs.cli.hostargs import select_hosts
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.core.profile import HostProfile
+from qemu_evmcs.launch.running import read_running_cpu
 from qemu_evmcs.policy.negotiate import TARGETS, load_guest_model
 
 
@@ -70,10 +73,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.model is not None:
             raise InputError("--model: with --from-running the configuration is the running guest's; leave it out")
-        from qemu.qmp import QMPError
-
-        from qemu_evmcs.launch.running import read_running_cpu
-
         try:
             cpu = asyncio.run(read_running_cpu(args.from_running))
         except (OSError, QMPError, asyncio.TimeoutError, ValueError) as err:

@@ -1,0 +1,105 @@
+"""Imports only go down the layers, and never hide inside a function (README "Design", issue 10).
+
+core -> kvm -> qemu -> policy -> {hostio, fleet, output, launch, simqemu} -> cli. A module may import its own
+layer and any layer below; the five I/O packages share one level and may import each other. An import inside
+a function (or under ``if TYPE_CHECKING``-free conditionals in a function) is how cycles were hidden before, so
+it is refused everywhere. The expected rank of every package is written here by hand, not read from the code.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parent.parent / "qemu_evmcs"
+
+#: Rank of each sub-package (lower = more basic). Top-level modules of the package (``__init__``,
+#: ``__main__``) rank with the CLI.
+RANK = {"core": 0, "kvm": 1, "qemu": 2, "policy": 3,
+        "hostio": 4, "fleet": 4, "output": 4, "launch": 4, "simqemu": 4,
+        "cli": 5}
+
+
+def _layer(module: str) -> str:
+    """``qemu_evmcs.policy.negotiate`` (or ``qemu_evmcs.policy``) -> ``policy``; the package itself and its
+    top-level modules (``qemu_evmcs.__main__``) -> ``cli``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) >= 2 and parts[1] in RANK else "cli"
+
+
+def _modules() -> list[tuple[str, Path]]:
+    out = []
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(PKG.parent).with_suffix("")
+        name = ".".join(rel.parts)
+        out.append((name.removesuffix(".__init__"), path))
+    return out
+
+
+def _imports(tree: ast.Module, module: str, is_pkg: bool) -> list[tuple[str, int, bool]]:
+    """(imported qemu_evmcs module, line, inside a function) for every import in ``tree``."""
+    found: list[tuple[str, int, bool]] = []
+
+    def visit(node: ast.AST, in_func: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            func = in_func or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, ast.Import):
+                found.extend((a.name, child.lineno, in_func) for a in child.names if a.name.startswith("qemu_evmcs"))
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    pkg = module.split(".") if is_pkg else module.split(".")[:-1]
+                    pkg = pkg[:len(pkg) - (child.level - 1)]
+                    base = ".".join([*pkg, base] if base else pkg)
+                if base.startswith("qemu_evmcs"):
+                    found.append((base, child.lineno, in_func))
+            visit(child, func)
+
+    visit(tree, False)
+    return found
+
+
+def _violations() -> tuple[list[str], list[str]]:
+    upward: list[str] = []
+    in_function: list[str] = []
+    for module, path in _modules():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        mine = _layer(module)
+        for target, line, in_func in _imports(tree, module, path.name == "__init__.py"):
+            where = f"{path.relative_to(PKG.parent)}:{line} imports {target}"
+            if in_func:
+                in_function.append(where)
+            theirs = _layer(target) if target != "qemu_evmcs" else "cli"
+            if RANK[theirs] > RANK[mine]:
+                upward.append(f"{where} ({mine} -> {theirs})")
+    return upward, in_function
+
+
+def test_layer_of_a_module_is_its_sub_package() -> None:
+    assert _layer("qemu_evmcs.core.registry") == "core"
+    assert _layer("qemu_evmcs.qemu") == "qemu"          # "from qemu_evmcs.qemu import models"
+    assert _layer("qemu_evmcs.__main__") == "cli"
+    assert _layer("qemu_evmcs") == "cli"
+
+
+def test_the_check_sees_an_upward_and_an_in_function_import() -> None:
+    """The checker itself can fail: a made-up policy module importing fleet inside a function."""
+    tree = ast.parse("from qemu_evmcs.core import errors\n"
+                     "def f():\n    from qemu_evmcs.fleet import loader\n")
+    got = _imports(tree, "qemu_evmcs.policy.x", False)
+    assert got == [("qemu_evmcs.core", 1, False), ("qemu_evmcs.fleet", 3, True)]
+    assert RANK[_layer("qemu_evmcs.fleet.loader")] > RANK[_layer("qemu_evmcs.policy.x")]
+
+
+def test_every_package_has_a_rank() -> None:
+    packages = {p.name for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert packages == set(RANK)
+
+
+@pytest.mark.parametrize("kind", ["upward", "in-function"])
+def test_imports_go_down_and_stay_at_module_level(kind: str) -> None:
+    upward, in_function = _violations()
+    bad = upward if kind == "upward" else in_function
+    assert not bad, f"{len(bad)} {kind} import(s):\n" + "\n".join(bad)
