@@ -4,7 +4,9 @@
   leaves the database as it was, and the ``error:`` line names the file);
 - ``fleet query --db DB [--era ID] [--feature NAME [--view host|guest]] [--pool NAME] [--json]``:
   matching host names, one a line (or JSON);
-- ``fleet stats --db DB [--json]``: counts by pool, era, vendor and CPU.
+- ``fleet stats --db DB [--json]``: counts by pool, era, vendor and CPU;
+- ``fleet plan --db DB [--model M] [--design D] [--format text|json|cpu|libvirt --out-dir DIR]``: every pool's
+  negotiated answer, the hosts it leaves out and why, migrations between pools, the most useful upgrades.
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ import json
 import sys
 from typing import Any
 
-from qemu_evmcs.core.errors import EXIT_OK, InputError
+from qemu_evmcs.cli.hostargs import add_selection_arguments, select_hosts
+from qemu_evmcs.core.errors import EXIT_NEGATIVE, EXIT_OK, InputError
+from qemu_evmcs.output.jsonout import print_json
+from qemu_evmcs.output.plan import plan_cpu_lines, plan_json, plan_text, write_libvirt_fragments
+from qemu_evmcs.output.progress import Progress
+from qemu_evmcs.policy.migrate import DESIGN_STRATEGY
+from qemu_evmcs.policy.negotiate import TARGETS, load_guest_model, max_model
+from qemu_evmcs.policy.plan import plan_fleet, split_pools
 from qemu_evmcs.policy.explain import find_features
 from qemu_evmcs.fleet.inventory import FleetDb
 from qemu_evmcs.core.registry import registry
@@ -71,6 +80,29 @@ def _stats(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _plan(args: argparse.Namespace) -> int:
+    if args.out_dir is not None and args.format != "libvirt":
+        raise InputError("--out-dir goes with --format libvirt", key="--out-dir")
+    model = load_guest_model(args.model) if args.model else max_model()
+    fleet = select_hosts(args, [args.db])
+    npools = len(split_pools(fleet))
+    with Progress(npools, "planning pools", unit="pools") as bar:
+        plan = plan_fleet(fleet, model, design=args.design, target=args.target, upgrades=not args.no_upgrades,
+                          tick=bar.update)
+    if args.format == "json":
+        print_json(plan_json(plan))
+    elif args.format == "cpu":
+        sys.stdout.write(plan_cpu_lines(plan))
+    elif args.format == "libvirt":
+        if args.out_dir is None:
+            raise InputError("--format libvirt writes one file per pool: give --out-dir DIR", key="--format")
+        for path in write_libvirt_fragments(plan, args.out_dir, force=args.force):
+            print(path)
+    else:
+        sys.stdout.write(plan_text(plan))
+    return EXIT_OK if all(p.ok for p in plan.pools) else EXIT_NEGATIVE
+
+
 def register(subparsers: Any) -> None:
     """Add ``fleet`` and its sub-commands."""
     p = subparsers.add_parser("fleet", help="fleet inventory in SQLite (import, query, stats)",
@@ -103,3 +135,23 @@ def register(subparsers: Any) -> None:
     s.add_argument("--db", required=True, metavar="PATH", help="inventory database made by `fleet import`")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=_stats)
+
+    pl = sub.add_parser("plan", help="every pool's answer: -cpu, libvirt, who is left out, migrations, upgrades",
+                        description="Per pool of the inventory: the negotiated eVMCS answer (-cpu, libvirt fragment, "
+                                    "JSON), the hosts it leaves out and the layer that excludes them, the migrations "
+                                    "between pools that are fine, blocked or unsafe (counted in hosts), and the hosts "
+                                    "whose kernel upgrade would widen the pool's guest feature set the most. Exit 0 "
+                                    "when every pool has an answer, 1 when some pool has none (said in the output).")
+    pl.add_argument("--db", required=True, metavar="PATH", help="inventory database made by `fleet import`")
+    pl.add_argument("--model", metavar="NAME", help="CPU model definition (name or file); default max")
+    pl.add_argument("--design", choices=sorted(DESIGN_STRATEGY), default="shipped",
+                    help="KVM eVMCS ABI design: shipped (default, what Linux merged), revision or vmx-msrs")
+    pl.add_argument("--target", choices=TARGETS, default="qemu",
+                    help="qemu (default: options a released QEMU has) or simulator (this project's proposed options)")
+    pl.add_argument("--format", choices=("text", "json", "cpu", "libvirt"), default="text",
+                    help="text (default), json, cpu (POOL: -cpu value), libvirt (one file per pool, --out-dir)")
+    pl.add_argument("--out-dir", metavar="DIR", help="with --format libvirt: write DIR/POOL.xml per pool")
+    pl.add_argument("--force", action="store_true", help="overwrite existing files in --out-dir")
+    pl.add_argument("--no-upgrades", action="store_true", help="skip the upgrade suggestions (faster)")
+    add_selection_arguments(pl)
+    pl.set_defaults(func=_plan)
