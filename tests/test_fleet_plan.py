@@ -103,8 +103,8 @@ def test_plan_answer_is_negotiate_answer(run: Run, inventory: str) -> None:
 
 
 def test_plan_migrations_between_pools(run: Run, inventory: str) -> None:
-    _, plan = _plan(run, "--db", inventory, "--no-upgrades")
-    mig = {(m["from"], m["to"]): m for m in plan["migrations"]}  # type: ignore[union-attr, index]
+    _, plan = _plan(run, "--db", inventory, "--no-upgrades", "--migrations", "all")
+    mig = {(m["from"], m["to"]): m for m in plan["pairs"]}  # type: ignore[union-attr, index]
     old_new = mig[("old", "new")]
     assert old_new["verdict"] == "unsafe"
     assert old_new["host_counts"] == {"unsafe": 1}
@@ -114,6 +114,13 @@ def test_plan_migrations_between_pools(run: Run, inventory: str) -> None:
     assert new_old["host_counts"] == {"fine": 2}
     assert mig[("odd", "old")]["verdict"] == "no-answer"
     assert mig[("old", "odd")]["verdict"] == "no-answer"
+    # The summary per source pool counts the same verdicts in pools and hosts.
+    summary = {s["from"]: s for s in plan["migrations"]}  # type: ignore[union-attr, index]
+    assert summary["old"]["pool_counts"] == {"unsafe": 1, "no-answer": 1}
+    assert summary["old"]["host_counts"] == {"unsafe": 1}
+    assert summary["new"]["pool_counts"] == {"fine": 1, "no-answer": 1}
+    assert summary["new"]["host_counts"] == {"fine": 2}
+    assert LOST_OLD_TO_NEW <= set(summary["old"]["lost"])
 
 
 def test_plan_upgrade_opens_the_pv_gate_for_the_simulator(run: Run, tmp_path: Path) -> None:
@@ -143,7 +150,11 @@ def test_plan_text_and_cpu_formats(run: Run, inventory: str) -> None:
     assert rc == 1 and err == ""
     assert "pool odd (2 hosts): no answer:" in out
     assert "  left out (CPU): amd-1: AuthenticAMD has no eVMCS (Intel VMX only)" in out
-    assert "  old -> new: unsafe (unsafe 1 host): " in out
+    assert "  migrations to other pools: unsafe 1, no-answer 1 pools; unsafe 1 hosts" in out
+    assert "    e.g. unsafe: new: new-1: " in out
+    assert "  old -> new" not in out          # pairs only with --migrations all
+    rc, out, err = run("fleet", "plan", "--db", inventory, "--no-upgrades", "--migrations", "all")
+    assert "  old -> new: unsafe (unsafe 1 hosts): " in out
     assert "  new -> old: fine (fine 2 hosts)" in out
     rc, out, _ = run("fleet", "plan", "--db", inventory, "--no-upgrades", "--format", "cpu")
     lines = out.splitlines()

@@ -9,36 +9,37 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from qemu_evmcs.output.atomicio import check_output_target, write_output
-from qemu_evmcs.output.render import cpu_string, libvirt_xml, negotiation_json
+from qemu_evmcs.output.render import cpu_string, libvirt_xml
 from qemu_evmcs.policy.negotiate import names_text
-from qemu_evmcs.policy.plan import FleetPlan, PoolMigration, PoolPlan
+from qemu_evmcs.policy.plan import FleetPlan, MigrationSummary, PoolMigration, PoolPlan
 
 
 def _hosts(n: int) -> str:
     return f"{n:,} host" + ("" if n == 1 else "s")
 
 
-def pool_json(p: PoolPlan) -> dict[str, Any]:
+def pool_json(p: PoolPlan, cpu: str | None) -> dict[str, Any]:
     """One pool: its answer (or why none), who is left out and why, the best upgrades."""
     neg = p.negotiation
-    out: dict[str, Any] = {
+    return {
         "pool": p.name,
         "host_count": p.host_count,
         "ok": p.ok,
         "error": (neg.error if neg is not None and not neg.ok else
                   "" if neg is not None else "no host of the pool can run an eVMCS guest"),
-        "cpu": cpu_string(neg) if neg is not None and neg.ok else None,
+        "cpu": cpu,
+        "guest_feature_count": len(p.features),
+        "dropped": [{"feature": d.feature, "cause": d.cause} for d in neg.drops] if neg is not None else [],
+        "notes": list(neg.notes) if neg is not None else [],
         "left_out": [{"layer": x.layer, "reason": x.reason, "host_count": len(x.hosts), "hosts": list(x.hosts)}
                      for x in p.left_out],
         "upgrades": [{"hosts": list(u.hosts), "kernel": u.kernel, "to_kernel": u.to_kernel, "gain": list(u.gain),
                       "joins": u.joins} for u in p.upgrades],
     }
-    if neg is not None:
-        out["negotiation"] = negotiation_json(neg)
-    return out
 
 
 def migration_json(m: PoolMigration) -> dict[str, Any]:
@@ -47,16 +48,48 @@ def migration_json(m: PoolMigration) -> dict[str, Any]:
             "reason": m.reason, "lost": list(m.lost)}
 
 
+def summary_json(s: MigrationSummary) -> dict[str, Any]:
+    """Where one pool's guests can migrate, counted in pools and hosts."""
+    return {"from": s.source, "pool_counts": dict(s.pools), "host_counts": dict(s.hosts),
+            "examples": dict(s.examples), "lost": list(s.lost)}
+
+
+class _CpuStrings:
+    """``-cpu`` strings, rendered once per answer (pools with the same profiles share one)."""
+
+    def __init__(self) -> None:
+        self._memo: dict[int, str | None] = {}
+
+    def __call__(self, p: PoolPlan) -> str | None:
+        neg = p.negotiation
+        key = id(neg)
+        if key not in self._memo:
+            self._memo[key] = cpu_string(neg).strip() if neg is not None and neg.ok else None
+        return self._memo[key]
+
+
 def plan_json(plan: FleetPlan) -> dict[str, Any]:
-    """The whole plan as one JSON object."""
-    return {"design": plan.design, "model": plan.model, "ok": all(p.ok for p in plan.pools),
-            "pools": [pool_json(p) for p in plan.pools],
-            "migrations": [migration_json(m) for m in plan.migrations], "notes": list(plan.notes)}
+    """The whole plan as one JSON object (``pairs`` only when the plan computed every pool pair)."""
+    cpu = _CpuStrings()
+    out: dict[str, Any] = {
+        "design": plan.design, "model": plan.model, "ok": all(p.ok for p in plan.pools),
+        "host_count": sum(p.host_count for p in plan.pools), "pool_count": len(plan.pools),
+        "pools": [pool_json(p, cpu(p)) for p in plan.pools],
+        "migrations": [summary_json(s) for s in plan.summaries], "notes": list(plan.notes)}
+    if plan.migrations:
+        out["pairs"] = [migration_json(m) for m in plan.migrations]
+    return out
+
+
+def _counts(c: Mapping[str, int], unit: str) -> str:
+    return ", ".join(f"{v} {n:,}" for v, n in c.items()) + f" {unit}"
 
 
 def plan_text(plan: FleetPlan) -> str:
-    """The readable plan: one block per pool, then the migrations between pools."""
+    """The readable plan: one block per pool with where its guests can migrate; every pair if computed."""
+    cpu = _CpuStrings()
     hosts = sum(p.host_count for p in plan.pools)
+    summaries = {s.source: s for s in plan.summaries}
     lines = [f"fleet plan: {_hosts(hosts)} in {len(plan.pools)} pool(s); model {plan.model}, design {plan.design}"]
     for p in plan.pools:
         lines.append("")
@@ -64,8 +97,8 @@ def plan_text(plan: FleetPlan) -> str:
         answered = p.host_count - sum(len(x.hosts) for x in p.left_out)
         if neg is not None and neg.ok:
             lines.append(f"pool {p.name} ({_hosts(p.host_count)}): answer for {_hosts(answered)}, "
-                         f"the guest sees {len(neg.guest_features)} VMX features")
-            lines.append(f"  -cpu {cpu_string(neg).strip()}")
+                         f"the guest sees {len(p.features)} VMX features")
+            lines.append(f"  -cpu {cpu(p)}")
         else:
             why = neg.error if neg is not None else "no host of the pool can run an eVMCS guest"
             lines.append(f"pool {p.name} ({_hosts(p.host_count)}): no answer: {why}")
@@ -76,12 +109,20 @@ def plan_text(plan: FleetPlan) -> str:
                     if u.gain else "")
             what = "joins the answer" + (f", {gain}" if gain else "") if u.joins else gain
             lines.append(f"  upgrade {names_text(list(u.hosts), 3)} ({u.kernel} -> {u.to_kernel}): {what}")
+        s = summaries.get(p.name)
+        if s is not None and s.pools:
+            lines.append(f"  migrations to other pools: {_counts(s.pools, 'pools')}; {_counts(s.hosts, 'hosts')}"
+                         if s.hosts else f"  migrations to other pools: {_counts(s.pools, 'pools')}")
+            for verdict, example in s.examples.items():
+                lines.append(f"    e.g. {verdict}: {example}")
+            if s.lost:
+                lines.append(f"    lost somewhere: {', '.join(s.lost)}")
     if plan.migrations:
         lines.append("")
         lines.append("migrations between pools (a guest of the first pool's answer onto the second pool's hosts):")
         for m in plan.migrations:
-            counts = ", ".join(f"{v} {_hosts(n)}" for v, n in m.hosts.items())
-            head = f"  {m.source} -> {m.destination}: {m.verdict}" + (f" ({counts})" if counts else "")
+            head = f"  {m.source} -> {m.destination}: {m.verdict}" + (f" ({_counts(m.hosts, 'hosts')})"
+                                                                     if m.hosts else "")
             if m.verdict != "fine":
                 head += f": {m.reason}"
             if m.lost:
@@ -94,13 +135,11 @@ def plan_text(plan: FleetPlan) -> str:
 
 def plan_cpu_lines(plan: FleetPlan) -> str:
     """``POOL: -cpu VALUE`` for each pool with an answer (``POOL: no answer: ...`` otherwise)."""
+    cpu = _CpuStrings()
     out = []
     for p in plan.pools:
-        neg = p.negotiation
-        if neg is not None and neg.ok:
-            out.append(f"{p.name}: {cpu_string(neg).strip()}")
-        else:
-            out.append(f"{p.name}: no answer")
+        text = cpu(p)
+        out.append(f"{p.name}: {text}" if text is not None else f"{p.name}: no answer")
     return "\n".join(out) + "\n"
 
 

@@ -19,12 +19,14 @@ host profile (a 100,000-host inventory has a few dozen), so the plan costs what 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from qemu_evmcs.core.errors import NegativeAnswer
 from qemu_evmcs.core.hostgroup import Fleet, HostGroup
+from qemu_evmcs.core.errors import KvmError
 from qemu_evmcs.core.kernel import era_table
-from qemu_evmcs.policy.migrate import DESIGN_STRATEGY, check_migration
+from qemu_evmcs.core.msrval import feature_set
+from qemu_evmcs.kvm.simkvm import guest_view
+from qemu_evmcs.policy.migrate import DESIGN_STRATEGY, verdict_from_view
 from qemu_evmcs.policy.negotiate import GuestModel, Negotiation, evmcs_incapable_reason, negotiate
 
 #: Pool label for inventory hosts imported without ``--pool``.
@@ -76,6 +78,8 @@ class PoolPlan:
     negotiation: Negotiation | None
     left_out: list[LeftOut] = field(default_factory=list)
     upgrades: list[Upgrade] = field(default_factory=list)
+    #: What the answer's guest sees on every answered host (empty without an answer).
+    features: frozenset[str] = frozenset()
 
     @property
     def ok(self) -> bool:
@@ -83,13 +87,26 @@ class PoolPlan:
         return self.negotiation is not None and self.negotiation.ok
 
 
+@dataclass(frozen=True)
+class MigrationSummary:
+    """Where a guest of one pool's answer can go: destination pools and hosts counted by verdict, with one
+    example destination per verdict that is not ``fine``."""
+
+    source: str
+    pools: Mapping[str, int]          # verdict -> number of destination pools
+    hosts: Mapping[str, int]          # verdict -> number of destination hosts
+    examples: Mapping[str, str]       # verdict -> "POOL: reason" (blocked, unsafe)
+    lost: tuple[str, ...] = ()        # features lost on some unsafe destination
+
+
 @dataclass
 class FleetPlan:
-    """Every pool's plan and the migration matrix between pools."""
+    """Every pool's plan, where each pool's guests can migrate (summary), and optionally every pool pair."""
 
     design: str
     model: str
     pools: list[PoolPlan]
+    summaries: list[MigrationSummary]
     migrations: list[PoolMigration]
     notes: list[str] = field(default_factory=list)
 
@@ -142,95 +159,195 @@ def _newest_kernel() -> str:
     return f"{first.major}.{first.minor}"
 
 
-def _upgrades(model: GuestModel, pool: Fleet, neg: Negotiation, strategy: str, target: str,
-              left_by_kernel: Sequence[HostGroup]) -> list[Upgrade]:
-    newest = era_table().eras[-1]
-    to_kernel = _newest_kernel()
-    have = neg.guest_features
-    out: list[Upgrade] = []
-    for g in left_by_kernel:
-        upgraded = g.profile.with_kernel(to_kernel)
-        if evmcs_incapable_reason(upgraded) is not None:
-            continue
-        trial = Fleet(distinct=dict(pool.distinct), members={k: list(v) for k, v in pool.members.items()},
-                      source=pool.source)
-        trial.distinct[g.fingerprint] = upgraded
-        trial.members[g.fingerprint] = list(g.hosts)
-        after = negotiate(model, trial, strategy, target=target)
-        if after.ok:
-            out.append(Upgrade(tuple(g.hosts), g.profile.kernel, to_kernel,
-                               tuple(sorted(after.guest_features - have)), joins=True))
-    for g in pool.host_groups():
-        if g.profile.era.id == newest.id:
-            continue
-        trial = Fleet(source=pool.source)
-        for other in pool.host_groups():
-            prof = g.profile.with_kernel(to_kernel) if other.fingerprint == g.fingerprint else other.profile
-            trial.distinct[other.fingerprint] = prof
-            trial.members[other.fingerprint] = list(other.hosts)
-        after = negotiate(model, trial, strategy, target=target)
-        gain = tuple(sorted(after.guest_features - have)) if after.ok else ()
-        if gain:
-            out.append(Upgrade(tuple(g.hosts), g.profile.kernel, to_kernel, gain))
-    out.sort(key=lambda u: (not u.joins, -len(u.gain), -len(u.hosts), u.hosts[0]))
-    return out[:MAX_UPGRADES]
+def _fleet_of(groups: Sequence[HostGroup], source: str) -> Fleet:
+    out = Fleet(source=source)
+    for g in groups:
+        out.distinct[g.fingerprint] = g.profile
+        out.members[g.fingerprint] = list(g.hosts)
+    return out
 
 
-def _migration(src_name: str, src: PoolPlan, src_group: HostGroup | None, dst_name: str,
-               dst_groups: Sequence[HostGroup]) -> PoolMigration:
+@dataclass
+class _Planner:
+    """Memoised answers: everything is keyed by profiles (fingerprints), never by host names, so a fleet of
+    400 pools over a few dozen distinct profiles costs what those profiles cost."""
+
+    model: GuestModel
+    strategy: str
+    target: str
+    answers: dict[tuple[str, ...], Negotiation] = field(default_factory=dict)
+    alone: dict[tuple[str, bool], frozenset[str]] = field(default_factory=dict)
+    seen: dict[int, frozenset[str]] = field(default_factory=dict)
+    gains: dict[tuple[tuple[str, ...], str], tuple[str, ...] | None] = field(default_factory=dict)
+    verdicts: dict[tuple[object, str], tuple[str, str, tuple[str, ...]]] = field(default_factory=dict)
+
+    def answer(self, pool: Fleet) -> Negotiation:
+        """The pool's negotiation, shared by every pool with the same distinct profiles."""
+        key = tuple(sorted(pool.members))
+        neg = self.answers.get(key)
+        if neg is None:
+            neg = self.answers[key] = negotiate(self.model, pool, self.strategy, target=self.target)
+        return neg
+
+    def features(self, neg: Negotiation) -> frozenset[str]:
+        """``neg.guest_features``, computed once per answer."""
+        got = self.seen.get(id(neg))
+        if got is None:
+            got = self.seen[id(neg)] = neg.guest_features
+        return got
+
+    def features_alone(self, g: HostGroup, upgraded: bool) -> frozenset[str]:
+        """A superset of what any configuration shows a guest on this group's hosts (booted on the newest
+        kernel if ``upgraded``): the ``-cpu host`` guest view (PV PERF_GLOBAL_CTRL bit set only for the
+        simulator target, the only QEMU that can set it) within the model's features. Cheap (one filter
+        application), and sound for pruning: a negotiated guest never sees more."""
+        key = (g.fingerprint, upgraded)
+        got = self.alone.get(key)
+        if got is None:
+            prof = g.profile.with_kernel(_newest_kernel()) if upgraded else g.profile
+            try:
+                view = guest_view(prof, evmcs=True, pv_perf_global_ctrl=self.target == "simulator")
+                got = feature_set(view) & self.model.vmx
+            except KvmError:
+                got = frozenset()
+            self.alone[key] = got
+        return got
+
+    def verdict(self, neg: Negotiation, dst: HostGroup) -> tuple[str, str, tuple[str, ...]]:
+        """A guest of ``neg``'s answer moved onto ``dst``'s hosts: ``(verdict, reason, lost features)``."""
+        assert neg.config is not None
+        key = (neg.config, dst.fingerprint)
+        got = self.verdicts.get(key)
+        if got is None:
+            v = verdict_from_view(neg.config, neg.guest_msrs, "the pool", dst.profile)
+            lost = tuple(sorted({c.feature for c in v.lost if c.feature})) if v.verdict == "unsafe" else ()
+            got = self.verdicts[key] = (v.verdict, v.reason, lost)
+        return got
+
+    def upgrades(self, pool: Fleet, neg: Negotiation, left_by_kernel: Sequence[HostGroup]) -> list[Upgrade]:
+        """The groups whose kernel upgrade widens the pool (see the module docstring), best first."""
+        newest = era_table().eras[-1]
+        to_kernel = _newest_kernel()
+        have = self.features(neg)
+        groups = pool.host_groups()
+        out: list[Upgrade] = []
+        for g in left_by_kernel:
+            upgraded = g.profile.with_kernel(to_kernel)
+            if evmcs_incapable_reason(upgraded) is not None:
+                continue
+            trial = _fleet_of(groups, pool.source)
+            trial.distinct[g.fingerprint] = upgraded
+            trial.members[g.fingerprint] = list(g.hosts)
+            after = negotiate(self.model, trial, self.strategy, target=self.target)
+            if after.ok:
+                out.append(Upgrade(tuple(g.hosts), g.profile.kernel, to_kernel,
+                                   tuple(sorted(self.features(after) - have)), joins=True))
+        composition = tuple(sorted(pool.members))
+        for g in groups:
+            if g.profile.era.id == newest.id:
+                continue
+            key = (composition, g.fingerprint)
+            if key not in self.gains:
+                self.gains[key] = self._gain(groups, g, have, pool.source)
+            gain = self.gains[key]
+            if gain:
+                out.append(Upgrade(tuple(g.hosts), g.profile.kernel, to_kernel, gain))
+        out.sort(key=lambda u: (not u.joins, -len(u.gain), -len(u.hosts), u.hosts[0]))
+        return out[:MAX_UPGRADES]
+
+
+    def _gain(self, groups: Sequence[HostGroup], g: HostGroup, have: frozenset[str],
+              source: str) -> tuple[str, ...] | None:
+        # A feature can only be gained if the upgraded group shows it alone and every other group does too:
+        # checked on memoised single-group views before the (costly) whole-pool negotiation.
+        maybe = self.features_alone(g, True) - have
+        for other in groups:
+            if other.fingerprint != g.fingerprint:
+                maybe &= self.features_alone(other, False)
+        if not maybe:
+            return None
+        trial = _fleet_of(groups, source)
+        trial.distinct[g.fingerprint] = g.profile.with_kernel(_newest_kernel())
+        after = negotiate(self.model, trial, self.strategy, target=self.target)
+        return tuple(sorted(self.features(after) - have)) if after.ok else None
+
+
+def _migration(planner: _Planner, src: PoolPlan, dst: PoolPlan, dst_groups: Sequence[HostGroup]) -> PoolMigration:
     neg = src.negotiation
-    if neg is None or not neg.ok or neg.config is None or src_group is None:
-        return PoolMigration(src_name, dst_name, "no-answer", {}, f"pool {src_name} has no answer")
+    if neg is None or not neg.ok or neg.config is None:
+        return PoolMigration(src.name, dst.name, "no-answer", {}, "the source pool has no answer")
     if not dst_groups:
-        return PoolMigration(src_name, dst_name, "no-answer", {},
-                             f"pool {dst_name} has no host that can run an eVMCS guest")
+        return PoolMigration(src.name, dst.name, "no-answer", {},
+                             f"pool {dst.name} has no host that can run an eVMCS guest")
     counts = {"fine": 0, "blocked": 0, "unsafe": 0}
     first_reason: dict[str, str] = {}
     lost: set[str] = set()
     for g in dst_groups:
-        try:
-            v = check_migration(neg.config, src_group.profile, g.profile)
-        except NegativeAnswer as err:     # pragma: no cover - the answer starts on its own pool by construction
-            verdict, reason = "blocked", str(err)
-        else:
-            verdict, reason = v.verdict, v.reason
-            lost.update(c.feature for c in v.lost if c.feature)
+        verdict, reason, glost = planner.verdict(neg, g)
         counts[verdict] += g.count
         first_reason.setdefault(verdict, f"{g.hosts[0]}: {reason}")
+        lost.update(glost)
     verdict = "unsafe" if counts["unsafe"] else "blocked" if counts["blocked"] else "fine"
-    return PoolMigration(src_name, dst_name, verdict, {k: n for k, n in counts.items() if n},
-                         first_reason.get(verdict, ""), tuple(sorted(lost)) if verdict == "unsafe" else ())
+    return PoolMigration(src.name, dst.name, verdict, {k: n for k, n in counts.items() if n},
+                         first_reason.get(verdict, ""), tuple(sorted(lost)))
+
+
+def _summary(source: str, row: Mapping[str, PoolMigration], skip: str | None = None) -> MigrationSummary:
+    """Counts over one row of destination verdicts (``skip``: the source pool itself)."""
+    pools: dict[str, int] = {}
+    hosts: dict[str, int] = {}
+    examples: dict[str, str] = {}
+    lost: set[str] = set()
+    for dst, m in row.items():
+        if dst == skip:
+            continue
+        pools[m.verdict] = pools.get(m.verdict, 0) + 1
+        for verdict, n in m.hosts.items():
+            hosts[verdict] = hosts.get(verdict, 0) + n
+        if m.verdict in ("blocked", "unsafe"):
+            examples.setdefault(m.verdict, f"{dst}: {m.reason}")
+        lost.update(m.lost)
+    return MigrationSummary(source, pools, hosts, examples, tuple(sorted(lost)))
 
 
 def plan_fleet(fleet: Fleet, model: GuestModel, *, design: str = "shipped", target: str = "qemu",
-               upgrades: bool = True, tick: Callable[[], None] | None = None) -> FleetPlan:
+               upgrades: bool = True, all_pairs: bool = False,
+               tick: Callable[[], None] | None = None) -> FleetPlan:
     """The plan of every pool of ``fleet`` (see the module docstring).
 
     :param design: ``shipped``, ``revision`` or ``vmx-msrs`` (the negotiation strategy of each).
+    :param all_pairs: also return every ordered pool pair's verdict (the summaries are always computed; the
+        verdicts are memoised per answer and destination pool, so pools sharing an answer cost one).
     :param tick: called once per pool planned (for a progress bar counted in pools).
     """
-    strategy = DESIGN_STRATEGY[design]
+    planner = _Planner(model, DESIGN_STRATEGY[design], target)
     pools = split_pools(fleet)
     plans: list[PoolPlan] = []
-    capable_of: dict[str, Fleet] = {}
+    capable_of: dict[str, list[HostGroup]] = {}
     for name, pool in pools.items():
         keep, left, left_by_kernel = _capable(pool)
-        capable_of[name] = keep
-        neg = negotiate(model, keep, strategy, target=target) if keep.members else None
-        plan = PoolPlan(name, pool.host_count, neg, left)
+        capable_of[name] = keep.host_groups()
+        neg = planner.answer(keep) if keep.members else None
+        plan = PoolPlan(name, pool.host_count, neg, left,
+                        features=planner.features(neg) if neg is not None and neg.ok else frozenset())
         if upgrades and neg is not None and neg.ok:
-            plan.upgrades = _upgrades(model, keep, neg, strategy, target, left_by_kernel)
+            plan.upgrades = planner.upgrades(keep, neg, left_by_kernel)
         plans.append(plan)
         if tick is not None:
             tick()
-    migrations: list[PoolMigration] = []
+    # Pools with the same answer migrate alike: one row of verdicts per distinct answer, shared; a pool's
+    # summary is its answer's row without the pool itself.
+    by_answer: dict[int, dict[str, PoolMigration]] = {}
+    summaries: list[MigrationSummary] = []
+    pairs: list[PoolMigration] = []
     for src in plans:
-        src_groups = capable_of[src.name].host_groups()
-        for dst in plans:
-            if dst.name == src.name:
-                continue
-            migrations.append(_migration(src.name, src, src_groups[0] if src_groups else None, dst.name,
-                                         capable_of[dst.name].host_groups()))
+        key = id(src.negotiation)
+        row = by_answer.get(key)
+        if row is None:
+            row = by_answer[key] = {dst.name: _migration(planner, src, dst, capable_of[dst.name]) for dst in plans}
+        summaries.append(_summary(src.name, row, skip=src.name))
+        if all_pairs:
+            pairs += [replace(m, source=src.name) for dst, m in row.items() if dst != src.name]
     notes = ["upgrades: kernel upgrades only (to the newest eVMCS era's first release, "
              f"{_newest_kernel()}); a QEMU upgrade is not modelled: one QEMU model snapshot is bundled"]
-    return FleetPlan(design, model.name, plans, migrations, notes)
+    return FleetPlan(design, model.name, plans, summaries, pairs, notes)

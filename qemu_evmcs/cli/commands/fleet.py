@@ -23,7 +23,7 @@ from qemu_evmcs.output.plan import plan_cpu_lines, plan_json, plan_text, write_l
 from qemu_evmcs.output.progress import Progress
 from qemu_evmcs.policy.migrate import DESIGN_STRATEGY
 from qemu_evmcs.policy.negotiate import TARGETS, load_guest_model, max_model
-from qemu_evmcs.policy.plan import plan_fleet, split_pools
+from qemu_evmcs.policy.plan import plan_fleet
 from qemu_evmcs.policy.explain import find_features
 from qemu_evmcs.fleet.inventory import FleetDb
 from qemu_evmcs.core.registry import registry
@@ -85,10 +85,10 @@ def _plan(args: argparse.Namespace) -> int:
         raise InputError("--out-dir goes with --format libvirt", key="--out-dir")
     model = load_guest_model(args.model) if args.model else max_model()
     fleet = select_hosts(args, [args.db])
-    npools = len(split_pools(fleet))
+    npools = len(set(fleet.pools.values())) + (1 if fleet.host_count > len(fleet.pools) else 0)
     with Progress(npools, "planning pools", unit="pools") as bar:
         plan = plan_fleet(fleet, model, design=args.design, target=args.target, upgrades=not args.no_upgrades,
-                          tick=bar.update)
+                          all_pairs=args.migrations == "all", tick=bar.update)
     if args.format == "json":
         print_json(plan_json(plan))
     elif args.format == "cpu":
@@ -153,5 +153,8 @@ def register(subparsers: Any) -> None:
     pl.add_argument("--out-dir", metavar="DIR", help="with --format libvirt: write DIR/POOL.xml per pool")
     pl.add_argument("--force", action="store_true", help="overwrite existing files in --out-dir")
     pl.add_argument("--no-upgrades", action="store_true", help="skip the upgrade suggestions (faster)")
+    pl.add_argument("--migrations", choices=("summary", "all"), default="summary",
+                    help="summary (default): per pool, destination pools and hosts by verdict with examples; "
+                         "all: also every ordered pool pair (pools x pools rows)")
     add_selection_arguments(pl)
     pl.set_defaults(func=_plan)
