@@ -36,7 +36,7 @@ def test_identical_profiles_are_simulated_once(tmp_path: Path) -> None:
     cmp = compare_designs([str(tmp_path)])
     assert len(cmp.rows) == 3  # twins->twins, twins->5.10, 5.10->twins
     assert sum(r.weight for r in cmp.rows) == 4 * 3
-    assert sum(cmp.totals["shipped"][k] for k in ("fine", "blocked", "unsafe", "source-fails")) == 12
+    assert sum(cmp.totals["shipped"][k] for k in ("fine", "blocked", "unsafe", "source_fails")) == 12
 
 
 def test_golden_json(golden: Callable[[str, str], None], capsys: pytest.CaptureFixture[str]) -> None:

@@ -32,7 +32,8 @@ def test_json_is_exactly_one_object_in_index_order(run: Run) -> None:
     rc, out, err = run("guest-msrs", "--host", core("skylake.yaml"), "--json")
     assert (rc, err) == (0, "")
     doc = json.loads(out)
-    assert list(doc) == ["host", "kernel", "era", "evmcs", "pv_perf_global_ctrl", "msrs"]
+    assert list(doc) == ["host", "kernel", "era", "evmcs", "pv_perf_global_ctrl", "design", "msrs", "host_msrs",
+                         "emulated", "removed", "notes"]
     assert doc["host"] == "core-skylake" and doc["kernel"] == "6.3" and doc["era"] == "6.3+"
     assert doc["evmcs"] is True and doc["pv_perf_global_ctrl"] is False
     assert list(doc["msrs"]) == [n for n in registry().msr_names() if n != "IA32_VMX_PROCBASED_CTLS3"]
@@ -43,6 +44,12 @@ def test_json_is_exactly_one_object_in_index_order(run: Run) -> None:
     assert doc["msrs"]["IA32_VMX_PROCBASED_CTLS2"] == "0x001998fe00000000"
     assert doc["msrs"]["IA32_VMX_EXIT_CTLS"] == "0x01bfefff00036dff"
     assert doc["msrs"]["IA32_VMX_TRUE_ENTRY_CTLS"] == "0x0003d3ff000011fb"
+    # What the text table shows besides (issue 13): the host value and the removed features with their layer.
+    # 0x7f -> 0x3f in the allowed-1 half of TRUE_PINBASED is control bit 6, the VMX-preemption timer.
+    assert doc["host_msrs"]["IA32_VMX_TRUE_PINBASED_CTLS"] == "0x0000007f00000016"
+    assert doc["removed"]["IA32_VMX_TRUE_PINBASED_CTLS"] == [
+        {"feature": "vmx-preemption-timer", "bit": 6, "layer": "evmcs-filter"}]
+    assert "IA32_VMX_BASIC" not in doc["removed"] and doc["design"] == "shipped" and doc["notes"]
     assert doc["msrs"]["IA32_VMX_VMFUNC"] == "0x0000000000000000"
 
 

@@ -77,7 +77,7 @@ class PairResult:
                 out["designs"][d] = {"verdict": "source-fails", "reason": self.source_fails.get(d, "")}
             else:
                 out["designs"][d] = {"verdict": v.verdict, "wrong": v.wrong, "unnecessary_block": v.unnecessary,
-                                     "lost": sorted({c.label() for c in v.lost}), "reason": v.reason}
+                                     "lost": [c.to_json() for c in v.lost], "reason": v.reason}
         return out
 
 
@@ -142,7 +142,7 @@ def compare_designs(hosts: Hosts, models: Sequence[str | GuestModel] = (), *,
     excluded = [f"{g.hosts[0]}" + (f" (+{len(g.hosts) - 1:,} with the same profile)" if len(g.hosts) > 1 else "")
                 + f": {g.excluded}" for g in all_groups if g.excluded]
     groups = [g for g in all_groups if not g.excluded]
-    totals = {d: {"fine": 0, "blocked": 0, "unsafe": 0, "source-fails": 0, "wrong": 0} for d in DESIGNS}
+    totals = {d: {"fine": 0, "blocked": 0, "unsafe": 0, "source_fails": 0, "wrong": 0} for d in DESIGNS}
     wrong: dict[str, list[str]] = {d: [] for d in DESIGNS}
     rows: list[PairResult] = []
     with (progress or _no_progress)(len(gms) * len(groups) ** 2, "comparing designs") as bar:
@@ -171,13 +171,13 @@ def compare_designs(hosts: Hosts, models: Sequence[str | GuestModel] = (), *,
                         cfg = configs[(sg.fingerprint, d)]
                         if isinstance(cfg, str):
                             row.verdicts[d], row.source_fails[d] = None, cfg
-                            totals[d]["source-fails"] += weight
+                            totals[d]["source_fails"] += weight
                             continue
                         try:
                             v = check_migration(cfg, src, dst)
                         except NegativeAnswer as err:
                             row.verdicts[d], row.source_fails[d] = None, str(err)
-                            totals[d]["source-fails"] += weight
+                            totals[d]["source_fails"] += weight
                             continue
                         row.verdicts[d] = v
                         totals[d][v.verdict] += weight
@@ -196,7 +196,7 @@ def comparison_text(cmp: DesignComparison) -> str:
     lines = [f"{'design':<10} {'allowed':>8} {'blocked':>8} {'unsafe':>7} {'no-start':>9} {'wrong':>6}"]
     for d in DESIGNS:
         t = cmp.totals[d]
-        lines.append(f"{d:<10} {t['fine']:>8} {t['blocked']:>8} {t['unsafe']:>7} {t['source-fails']:>9} "
+        lines.append(f"{d:<10} {t['fine']:>8} {t['blocked']:>8} {t['unsafe']:>7} {t['source_fails']:>9} "
                      f"{t['wrong']:>6}")
     for d in DESIGNS:
         if cmp.wrong[d]:

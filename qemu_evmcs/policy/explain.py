@@ -182,8 +182,19 @@ class HostExplanation:
                 "pv_perf_global_ctrl": self.pv_perf_global_ctrl}
 
     def guest_msrs_json(self) -> dict[str, object]:
-        """The ``guest-msrs --json`` document."""
-        return {**self._head(), "msrs": {m.name: hex64(m.guest) for m in self.msrs}}
+        """The ``guest-msrs --json`` document: everything the text table shows (docs/json.md).
+
+        ``msrs``: what the guest reads; ``host_msrs``: what KVM reports to userspace; ``removed``: for each MSR
+        the guest reads differently, the bits it loses with their feature and layer; ``emulated``: false for an
+        MSR KVM does not emulate for L1 (the guest's read faults; ``msrs`` says 0).
+        """
+        return {**self._head(), "design": self.variant,
+                "msrs": {m.name: hex64(m.guest) for m in self.msrs},
+                "host_msrs": {m.name: hex64(m.host) for m in self.msrs},
+                "emulated": {m.name: m.emulated for m in self.msrs},
+                "removed": {m.name: [{"feature": r.feature, "bit": r.bit, "layer": r.layer} for r in m.removed]
+                            for m in self.msrs if m.removed},
+                "notes": list(self.notes)}
 
     def explain_json(self, features: list[FeatureExplanation] | None = None) -> dict[str, object]:
         """The ``explain --json`` document (all features, or only ``features``)."""

@@ -43,7 +43,7 @@ class ModelRow:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "alias_of": self.alias_of, "vendor": self.vendor, "deprecated": self.deprecated,
-                "vmx_features": self.vmx_features, "outcome": self.outcome, "lost": self.lost, "note": self.note}
+                "vmx_features": self.vmx_features, "outcome": self.outcome, "lost_by_era": self.lost, "note": self.note}
 
 
 @dataclass

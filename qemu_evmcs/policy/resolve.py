@@ -263,15 +263,20 @@ class BaselineResult:
 
         Hosts are listed once, under ``groups`` (one per distinct profile, ``name``: its first host); each
         loss names its groups (``groups``) and counts their hosts (``count``), so 100,000 hosts are listed
-        once, not once per lost feature. ``not-starting`` names groups the same way.
+        once, not once per lost feature. ``not_starting`` names groups the same way. Keys as in every command
+        (docs/json.md): ``pv_perf_global_ctrl`` is whether the guests' CPUID 0x4000000A.EBX bit 0 is set (the
+        ``auto``/``on``/``off`` setting that decided it is ``pv_perf_global_ctrl_setting``), ``distinct_profiles``
+        the number of groups.
         """
         names = self.group_names()
         return {
-            "model": self.model, "base": self.base, "pv-perf-global-ctrl": self.pv_perf_global_ctrl,
-            "hosts": self.host_count, "distinct-hosts": len(self.groups),
+            "model": self.model, "base": self.base,
+            "pv_perf_global_ctrl": PV_PERF_SETS_BIT[self.pv_perf_global_ctrl],
+            "pv_perf_global_ctrl_setting": self.pv_perf_global_ctrl,
+            "hosts": self.host_count, "distinct_profiles": len(self.groups),
             "wanted": sorted(self.wanted),
             "baseline": {"unfiltered": sorted(self.unfiltered), "evmcs": sorted(self.evmcs)},
-            "not-starting": sorted(names[g.fingerprint] for g in self.groups if not g.starts),
+            "not_starting": sorted(names[g.fingerprint] for g in self.groups if not g.starts),
             "losses": [x.to_json(names) for x in self.losses],
             "groups": [g.to_json(names[g.fingerprint]) for g in self.groups],
         }

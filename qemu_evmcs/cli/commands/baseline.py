@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if args.pool is None and model is None and not builtin:
         raise InputError("give --model NAME, or --pool for the largest set common to the hosts", key="--model")
     pools, pool_hosts = split_pool_values(args.pool or [])
-    hosts = select_hosts(args, [*args.hosts, *pool_hosts], pools)
+    hosts = select_hosts(args, [*args.hosts, *(args.hosts_opt or []), *pool_hosts], pools)
     notes: list[str] = []
     if builtin:
         # host/max take each host's own set: the baseline is the largest set common to the hosts (as --pool),
@@ -118,6 +118,8 @@ def register(subparsers: Any) -> None:
                         "to select (repeatable), or, when it names a profile file or bundled profile, a host")
     p.add_argument("hosts", nargs="*", metavar="HOST",
                    help="profile files, dirs, SQLite inventories, bundled names, host names of those inventories")
+    p.add_argument("--hosts", dest="hosts_opt", nargs="*", action="extend", metavar="HOST",
+                   help="the same as the positional HOSTs, spelt as every other command takes them")
     p.add_argument("--pv-perf-global-ctrl", choices=("auto", "on", "off"), default=None,
                    help="override the model's setting (pool default: auto, i.e. QEMU's behaviour: bit clear)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
