@@ -84,6 +84,9 @@ class FleetLoader:
         self._where: dict[str, str] = {}         # host name -> file (duplicate detection)
         self.parsed = 0
         self.documents = 0
+        #: Return ``(host, fingerprint)`` per document from the ``add_*`` methods (the inventory needs them;
+        #: :func:`~qemu_evmcs.fleet.sources.load_fleet` reads only :attr:`fleet` and turns it off).
+        self.collect = True
 
     # ------------------------------------------------------------------ entry points
     def add_path(self, path: str) -> list[tuple[str, str]]:
@@ -210,7 +213,10 @@ class FleetLoader:
         """:meth:`add_text` for text whose only document markers are plain ``---`` lines (the common case).
 
         ``t`` is the text with a ``"\\n"`` in front. Per document: one C-level split, a dict look-up and a
-        name regex; line numbers are computed only when a document needs the full treatment.
+        name regex; line numbers are computed only when a document needs the full treatment. This loop is
+        most of the cost of loading a large fleet, so it avoids per-document work that can be done per
+        group or per chunk (positions are summed only before a document that needs them; consecutive
+        documents of one group reuse its member list).
         """
         out: list[tuple[str, str]] = []
         segs = t.split("\n---")          # every piece starts with "\n" (the end of the previous line)
@@ -221,14 +227,15 @@ class FleetLoader:
         words = _YAML11_WORDS
         where = self._where
         members = self.fleet.members
+        collect = self.collect
         add = out.append
         fast = 0
-        pos = 0
+        acc_i = acc_pos = 0            # document acc_i starts at offset acc_pos of t
         seen_pos = seen_lines = 0      # newlines of t before seen_pos
+        last_fp = ""
+        group: list[str] = []
         for i, seg in enumerate(segs):
-            start = pos
-            pos += len(seg) + 4
-            if seg.endswith("\n"):
+            if seg[-1:] == "\n":
                 seg = seg[:-1]            # the last document of a text: same key as the others
             if len(seg) <= MAX_PROFILE_BYTES:
                 parts = cut_split(seg)
@@ -243,21 +250,32 @@ class FleetLoader:
                     name = m[1] if m is not None else None
                     if name is None or name.lower() in words:
                         name = self._fast_name(parts[ni])
-                    if (name is not None and name not in where
-                            and (not tix or all(parts[j] in text_ok or self._text_block_ok(parts[j - 1], parts[j])
-                                                for j in tix))):
+                    ok = name is not None and name not in where
+                    if ok and tix:
+                        for j in tix:
+                            block = parts[j]
+                            if block not in text_ok and not self._text_block_ok(parts[j - 1], block):
+                                ok = False
+                                break
+                    if ok:
+                        assert name is not None
                         fast += 1
                         where[name] = path
-                        group = members.get(fp)
-                        if group is None:
-                            members[fp] = [name]
-                        else:
-                            group.append(name)
-                        add((name, fp))
+                        if fp != last_fp:
+                            got = members.get(fp)
+                            if got is None:
+                                got = members[fp] = []
+                            group, last_fp = got, fp
+                        group.append(name)
+                        if collect:
+                            add((name, fp))
                         continue
             # The full treatment (first of its kind, odd name, duplicate, ...), with the real line number.
-            seen_lines += t.count("\n", seen_pos, start + 1)
-            seen_pos = start + 1
+            acc_pos += sum(map(len, segs[acc_i:i])) + 4 * (i - acc_i)
+            acc_i = i
+            seen_lines += t.count("\n", seen_pos, acc_pos + 1)
+            seen_pos = acc_pos + 1
+            last_fp = ""                  # the full treatment may have created or extended any group
             out += self._generic(seg[1:], path, line0 + seen_lines - 1, i > 0)
         self.documents += fast
         return out

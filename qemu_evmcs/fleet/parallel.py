@@ -137,6 +137,7 @@ def _child(units: list[Unit], wfd: int) -> None:  # pragma: no cover - runs in a
         payload = b""
         try:
             sub = FleetLoader()
+            sub.collect = False
             run_units(sub, units, None, exact_lines=False)
             payload = pickle.dumps((sub.fleet.members, sub.fleet.distinct, sub.documents, sub.parsed),
                                    protocol=pickle.HIGHEST_PROTOCOL)

@@ -55,6 +55,7 @@ def load_fleet(source: PathLike | Sequence[PathLike], *, progress: bool | None =
     nworkers = workers if workers is not None else default_workers()
     with_dirs = any(os.path.isdir(p) for p in paths)
     loader = FleetLoader()
+    loader.collect = False
     loader.fleet.source = ", ".join(paths)
     if with_dirs:
         # Progress in files (a directory's listing is its unit of work).

@@ -21,6 +21,9 @@ sorted, so host order never changes the result.
 
 from __future__ import annotations
 
+import heapq
+import itertools
+
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -197,16 +200,35 @@ class Loss:
     :param layer: one of :data:`LAYERS`.
     :param history: ``added: <reason>`` when the definition marks the feature as added later, so a host
         lacking it is a definition change, not a host incompatibility for older guests.
-    :param groups: the fingerprints of the host groups concerned (``hosts`` are all their hosts).
+    :param group_hosts: the host names of each group concerned (each sorted; the groups' own tuples, shared, so
+        a loss costs one entry per group, not per host: 30 losses x 1M hosts would be 30M names).
+    :param groups: the fingerprints of the host groups concerned (:attr:`hosts` are all their hosts).
     """
 
     feature: str
     view: str
     layer: str
     detail: str
-    hosts: tuple[str, ...]
+    group_hosts: tuple[tuple[str, ...], ...]
     history: str | None = None
     groups: tuple[str, ...] = ()
+
+    @property
+    def count(self) -> int:
+        """Number of hosts concerned."""
+        return sum(map(len, self.group_hosts))
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """Every host concerned, sorted (built on each access: at fleet scale use :attr:`count` and
+        :meth:`first_hosts`)."""
+        if len(self.group_hosts) == 1:
+            return self.group_hosts[0]
+        return tuple(heapq.merge(*self.group_hosts))
+
+    def first_hosts(self, n: int) -> list[str]:
+        """The first ``n`` of :attr:`hosts`, without building the rest."""
+        return list(itertools.islice(heapq.merge(*self.group_hosts), n))
 
     def to_json(self, group_names: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Plain data. With ``group_names`` (fingerprint -> name) the loss names its groups instead of listing
@@ -217,7 +239,7 @@ class Loss:
             out["groups"] = sorted(group_names[fp] for fp in self.groups)
         else:
             out["hosts"] = list(self.hosts)
-        out["count"] = len(self.hosts)
+        out["count"] = self.count
         if self.history is not None:
             out["history"] = self.history
         return out
@@ -330,8 +352,9 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
                 views[fp] = compute_host_views(hosts.distinct[fp], pv_perf_global_ctrl=pv_bit, variant=variant,
                                                evmcs_version=version)
                 check_cpuid(fp, hosts.distinct[fp])
-                names[fp] = []
-            names[fp].extend(members)
+                names[fp] = members        # a Fleet's fingerprints are unique: no copy
+            else:  # pragma: no cover - a Fleet has each fingerprint once
+                names[fp] = names[fp] + members
             count += len(members)
     else:
         for profile in hosts:
@@ -354,12 +377,12 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
         wanted = frozenset().union(*(v.kvm for v in views.values()))
         considered = wanted
     groups: list[HostGroup] = []
-    loss_hosts: dict[tuple[str, str, str, str], list[str]] = {}
+    loss_hosts: dict[tuple[str, str, str, str], list[tuple[str, ...]]] = {}
     loss_groups: dict[tuple[str, str, str, str], list[str]] = {}
     not_starting: list[str] = []
     unchecked = 0
     for fp, v in views.items():
-        hosts_here = sorted(names[fp])
+        hosts_here = tuple(sorted(names[fp]))
         starts = v.evmcs_ok or not want_evmcs
         reason = None if starts else v.evmcs_reason
         lacking = base_missing.get(fp)
@@ -375,7 +398,7 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
             evmcs_view = frozenset()   # no eVMCS requested: there is no eVMCS L1 view
         else:
             evmcs_view = unfiltered & v.guest
-        groups.append(HostGroup(fingerprint=fp, hosts=tuple(hosts_here), vendor=v.vendor, kernel=v.kernel,
+        groups.append(HostGroup(fingerprint=fp, hosts=hosts_here, vendor=v.vendor, kernel=v.kernel,
                                 era=v.era, starts=starts, reason=reason,
                                 unfiltered=unfiltered, evmcs=evmcs_view, kernel_series=v.kernel_series))
         if not starts:
@@ -391,16 +414,16 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
                 key = (feat, "evmcs", layer, detail)
             else:
                 continue
-            loss_hosts.setdefault(key, []).extend(hosts_here)
+            loss_hosts.setdefault(key, []).append(hosts_here)
             loss_groups.setdefault(key, []).append(fp)
     if eff is not None:
         for feat in eff.dropped_by_model:
             key = (feat, "unfiltered", "model", f"{eff.model.name} switches off this {eff.base.name} feature")
-            loss_hosts[key] = [h for g in groups for h in g.hosts]
+            loss_hosts[key] = [g.hosts for g in groups]
             loss_groups[key] = [g.fingerprint for g in groups]
     added = mdef.added if mdef is not None else {}
     losses = tuple(
-        Loss(feature=f, view=view, layer=layer, detail=detail, hosts=tuple(sorted(hs)),
+        Loss(feature=f, view=view, layer=layer, detail=detail, group_hosts=tuple(hs),
              history=f"added: {added[f]}" if f in added else None,
              groups=tuple(loss_groups[(f, view, layer, detail)]))
         for (f, view, layer, detail), hs in sorted(loss_hosts.items(), key=lambda kv: (

@@ -62,7 +62,8 @@ def render(result: BaselineResult, *, show_all: bool = False) -> str:
             label = feat if first else ""
             cols = f"{uf:<6}  {ev:<5}" if first else f"{'':<6}  {'':<5}"
             hist = f" [{loss.history}]" if loss.history else ""
-            out.append(f"{label:<{width}}  {cols}  {_hosts_text(list(loss.hosts))}: {loss.layer}: {loss.detail}{hist}")
+            shown = ",".join(loss.first_hosts(3)) + (f" +{loss.count - 3}" if loss.count > 3 else "")
+            out.append(f"{label:<{width}}  {cols}  {shown}: {loss.layer}: {loss.detail}{hist}")
             first = False
     if kept and not show_all:
         out.append("")
