@@ -1,0 +1,93 @@
+"""Shared helpers of the ``scripts/bench-*`` benchmarks: a byte-compiled copy of the package, timed runs.
+
+Why a byte-compiled copy: ``pip install .`` byte-compiles every module it installs, so an installed
+``qemu-evmcs`` starts from ``.pyc`` files. The development setup (``PYTHONPATH`` on the checkout, run under
+``PYTHONDONTWRITEBYTECODE=1`` as on the build machines) compiles every imported module from source at each
+start, which costs start-up time an installed copy never pays. The benchmarks therefore copy
+``qemu_evmcs/`` to a temporary directory and byte-compile it there (``compileall``, what pip runs after
+copying the files), and run it from that copy with ``PYTHONPATH``. ``--source`` measures the checkout
+as it is instead (and says so).
+
+Why medians of interleaved runs and CPU time next to wall time: the build machine is shared (about eight
+engineers on 2 cores); every figure is a median, the load average is printed before and after, and
+CPU time (user + system of the child) is reported beside wall time because it moves much less with the
+load than wall time does.
+"""
+
+from __future__ import annotations
+
+import compileall
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def byte_compiled_copy(tmp: str) -> str:
+    """Copy ``qemu_evmcs/`` under ``tmp`` and byte-compile it (like ``pip install .``); returns the directory
+    to put on ``PYTHONPATH``."""
+    dest = os.path.join(tmp, "site")
+    shutil.copytree(os.path.join(ROOT, "qemu_evmcs"), os.path.join(dest, "qemu_evmcs"),
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if not compileall.compile_dir(os.path.join(dest, "qemu_evmcs"), quiet=1):
+        raise SystemExit("error: byte-compiling the package copy failed")
+    return dest
+
+
+def package_path(source: bool, tmp: str) -> tuple[str, str]:
+    """(``PYTHONPATH`` to run with, what it is) for ``--source`` or the byte-compiled default."""
+    if source:
+        return ROOT, "the checkout, compiled from source at each start (PYTHONDONTWRITEBYTECODE=1)"
+    return byte_compiled_copy(tmp), "a byte-compiled copy of the package (what `pip install .` gives)"
+
+
+def child_env(pythonpath: str, source: bool) -> dict[str, str]:
+    """The environment of a measured child: ``PYTHONPATH``; no byte-code writing for ``--source``."""
+    env = dict(os.environ, PYTHONPATH=pythonpath)
+    if source:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+@dataclass
+class Timing:
+    """Medians of several runs of one command."""
+
+    wall: float
+    cpu: float
+    runs: int
+
+
+def run_timed(argv: Sequence[str], env: dict[str, str], *, check: bool = True) -> tuple[float, float, str]:
+    """(wall seconds, child CPU seconds, stdout) of one run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    out = subprocess.run(list(argv), env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if check and out.returncode not in (0, 1):
+        raise SystemExit(f"error: {' '.join(argv)} exited {out.returncode}: {out.stderr.strip()[-500:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, out.stdout
+
+
+def medians(samples: Sequence[tuple[float, float]]) -> Timing:
+    """Median wall and median CPU of ``(wall, cpu)`` samples."""
+    return Timing(statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples), len(samples))
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages, for the report."""
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def python() -> str:
+    """The interpreter every side is run with (the floor ``python -c pass`` uses the same one)."""
+    return sys.executable
