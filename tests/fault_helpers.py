@@ -23,6 +23,13 @@ socket and then misbehaves as configured:
     write this many megabytes to stderr first, then ``fake-qemu: last words``.
 ``marker``
     ``{command: path}``: create ``path`` when that command arrives (so a test knows the phase).
+``log``
+    a file the fake appends one line to: ``listening`` once its socket accepts connections, and
+    ``served`` each time it is done with a connection (it misbehaved and the client went away), so a
+    test can wait for "the client has seen the fault" instead of guessing how long that takes.
+
+The socket appears atomically (bound under a temporary name, listening, then renamed), so a client that
+sees the path never gets ECONNREFUSED from a socket that is bound but not yet listening.
 
 The fake writes its pid to ``pidfile`` first thing, so a test can check in
 /proc that no orphan is left, and exits 0 on SIGINT/SIGTERM/SIGHUP like QEMU
@@ -168,6 +175,12 @@ def _serve(conn: socket.socket, cfg: dict[str, Any]) -> None:
                 os._exit(0)
 
 
+def _log(cfg: dict[str, Any], line: str) -> None:
+    if cfg.get("log"):
+        with open(cfg["log"], "a") as fh:
+            fh.write(line + "\n")
+
+
 def fake_main(cfg: dict[str, Any]) -> None:
     """Entry point of the fake emulator (runs in the child)."""
     pidfile = cfg.get("pidfile")
@@ -199,8 +212,11 @@ def fake_main(cfg: dict[str, Any]) -> None:
         time.sleep(3600)
         return
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(path)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    srv.bind(tmp)
     srv.listen(4)
+    os.rename(tmp, path)
+    _log(cfg, "listening")
     while True:  # like QEMU: the monitor keeps listening after a client leaves
         conn, _ = srv.accept()
         try:
@@ -209,6 +225,7 @@ def fake_main(cfg: dict[str, Any]) -> None:
             pass
         finally:
             conn.close()
+            _log(cfg, "served")
 
 
 def make_fake(directory: Path, name: str = "fake-qemu", **cfg: Any) -> tuple[str, Path]:
@@ -228,7 +245,18 @@ def make_fake(directory: Path, name: str = "fake-qemu", **cfg: Any) -> tuple[str
     return str(script), pidfile
 
 
-def read_pid(pidfile: Path, timeout: float = 10.0) -> int:
+# The two waits below are bounded generously (like proc_helpers.PATIENCE; this module stays import-free for
+# the fake): they end as soon as the file is there, the bound only fails a test that would otherwise hang.
+
+def log_lines(path: Path) -> list[str]:
+    """The lines the fake wrote to its ``log`` so far (none yet: empty)."""
+    try:
+        return path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def read_pid(pidfile: Path, timeout: float = 120.0) -> int:
     """The pid the fake wrote (waits for it, bounded)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -242,7 +270,7 @@ def read_pid(pidfile: Path, timeout: float = 10.0) -> int:
     raise AssertionError(f"{pidfile} never written")
 
 
-def wait_for_file(path: Path, timeout: float = 10.0) -> None:
+def wait_for_file(path: Path, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         if time.monotonic() > deadline:

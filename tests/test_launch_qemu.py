@@ -7,18 +7,17 @@ only when the binary is absent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
 import subprocess
+import socket
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from launch_helpers import BASE_ARGS, qemu_argv, qemu_path
-from proc_helpers import children_of, pid_alive, pid_exists, read_until, wait_gone
+from proc_helpers import PATIENCE, children_of, pid_alive, pid_exists, read_until, wait_gone
 
 from qemu_evmcs.core.errors import InputError, LaunchError
 from qemu_evmcs.launch.qmp import EmulatorSession
@@ -38,7 +37,7 @@ def _private_parent(tmp_path: Path) -> str:
 async def test_start_verify_quit(tmp_path: Path) -> None:
     parent = _private_parent(tmp_path)
     cpu = SKYLAKE + ",vmx-ept=on,hv-evmcs=on,hv-vapic=on"
-    async with EmulatorSession(qemu_argv(cpu), runtime_dir=parent, qmp_timeout=20) as s:
+    async with EmulatorSession(qemu_argv(cpu), runtime_dir=parent, qmp_timeout=PATIENCE) as s:
         assert s.runtime_dir is not None and os.stat(s.runtime_dir).st_mode & 0o777 == 0o700
         assert s.socket_path is not None and os.path.exists(s.socket_path)
         status = await s.execute("query-status")
@@ -85,15 +84,18 @@ async def test_kill9_during_command(tmp_path: Path) -> None:
             pid = s.pid
             assert pid is not None
 
+            answered = asyncio.Event()
+
             async def hammer() -> None:
                 while True:
                     await s.execute("query-cpu-model-expansion",
                                     {"type": "full", "model": {"name": "Skylake-Server-v5"}})
+                    answered.set()
 
             task = asyncio.ensure_future(hammer())
-            await asyncio.sleep(0.2)
+            await asyncio.wait_for(answered.wait(), PATIENCE)  # commands are flowing: kill in the middle
             os.kill(pid, signal.SIGKILL)
-            await asyncio.wait_for(task, 10)
+            await asyncio.wait_for(task, PATIENCE)
     assert "killed by signal 9 (SIGKILL)" in str(info.value)
     assert "during QMP command" in str(info.value) or "before QMP command" in str(info.value)
     assert s.pid is not None and not pid_exists(s.pid)
@@ -102,14 +104,13 @@ async def test_kill9_during_command(tmp_path: Path) -> None:
 
 async def test_bad_cpu_model_shows_qemu_error(tmp_path: Path) -> None:
     parent = _private_parent(tmp_path)
-    t0 = time.monotonic()
     with pytest.raises(LaunchError) as info:
-        async with EmulatorSession(qemu_argv("nosuchmodel"), runtime_dir=parent, qmp_timeout=20):
+        async with EmulatorSession(qemu_argv("nosuchmodel"), runtime_dir=parent, qmp_timeout=PATIENCE):
             pass
     msg = str(info.value)
     assert msg.endswith("qemu-system-x86_64: unable to find CPU model 'nosuchmodel'")
+    # The session ended on QEMU's exit, not on the QMP budget (that message would say "no QMP greeting").
     assert "exited with status 1 before QMP was ready" in msg
-    assert time.monotonic() - t0 < 10
     assert os.listdir(parent) == []
 
 
@@ -118,11 +119,10 @@ async def test_greeting_timeout_reaps_child(tmp_path: Path) -> None:
     # A program that accepts any arguments and never opens the socket.
     argv = [sys.executable, "-c", "import time; time.sleep(30)"]
     s = EmulatorSession(argv, runtime_dir=parent, qmp_timeout=0.7, term_timeout=2)
-    t0 = time.monotonic()
     with pytest.raises(LaunchError, match=r"no QMP greeting .* within 0.7 s \(socket never appeared\)"):
         async with s:
             pass
-    assert time.monotonic() - t0 < 4
+    # Not waited out: the child was terminated by the session (it would have slept 30 s and exited 0).
     assert s.pid is not None and not pid_exists(s.pid)
     assert s.returncode == -signal.SIGTERM
     assert os.listdir(parent) == []
@@ -178,7 +178,9 @@ def _wrapper_env(tmp_path: Path) -> tuple[dict[str, str], Path]:
 
 def _start_wrapper(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
     env, run = _wrapper_env(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "qemu_evmcs.launch.wrapper", *args],
+    # The default 10 s QMP budget is not what these tests are about: a loaded machine may need more.
+    proc = subprocess.Popen([sys.executable, "-m", "qemu_evmcs.launch.wrapper", "--qmp-timeout", f"{PATIENCE:g}",
+                             *args],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     return proc, run
 
@@ -188,7 +190,7 @@ def test_wrapper_sigterm(tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     proc, run = _start_wrapper(tmp_path, "--report-json", str(report), *BASE_ARGS, "-cpu", SKYLAKE)
     try:
-        err = read_until(proc, b"model features dropped by QEMU", 30)
+        err = read_until(proc, b"model features dropped by QEMU")
         kids = children_of(proc.pid)
         assert len(kids) == 1 and pid_alive(kids[0])
         assert len(os.listdir(run)) == 1
@@ -196,7 +198,7 @@ def test_wrapper_sigterm(tmp_path: Path) -> None:
                 b"MSR(48DH).vmx-posted-intr [bit 7]") in err
         proc.send_signal(signal.SIGTERM)
         try:
-            _, rest = proc.communicate(timeout=20)
+            _, rest = proc.communicate(timeout=PATIENCE)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGABRT)  # faulthandler dumps the wrapper's stacks
             _, rest = proc.communicate(timeout=10)
@@ -207,7 +209,7 @@ def test_wrapper_sigterm(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 128 + signal.SIGTERM
-    assert wait_gone(kids[0], 5)
+    assert wait_gone(kids[0])
     assert os.listdir(run) == []
     data = json.loads(report.read_text())
     assert "vmx-posted-intr" in data["dropped"] and data["kvm"]["enabled"] is False
@@ -220,10 +222,10 @@ def test_wrapper_passes_exit_status(tmp_path: Path) -> None:
     proc, run = _start_wrapper(tmp_path, *BASE_ARGS, "-cpu", "qemu64",
                                "-qmp", f"unix:{user_sock},server=on,wait=off")
     try:
-        read_until(proc, b"requested vmx/hv options applied", 30)
+        read_until(proc, b"requested vmx/hv options applied")
         (qemu,) = children_of(proc.pid)
         os.kill(qemu, signal.SIGKILL)  # the emulator dies by a signal: wrapper reports 128+9
-        _, err = proc.communicate(timeout=20)
+        _, err = proc.communicate(timeout=PATIENCE)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -236,17 +238,16 @@ def test_wrapper_passes_exit_status(tmp_path: Path) -> None:
     proc, run = _start_wrapper(tmp_path, *BASE_ARGS, "-cpu", "qemu64",
                                "-qmp", f"unix:{user_sock},server=on,wait=off")
     try:
-        read_until(proc, b"requested vmx/hv options applied", 30)
-        from qemu.qmp.legacy import QEMUMonitorProtocol
-
-        mon = QEMUMonitorProtocol(str(user_sock))
-        mon.connect()
-        # QEMU may close the socket before the reply (or the close) completes.
-        with contextlib.suppress(EOFError):
-            mon.cmd("quit")
-        with contextlib.suppress(EOFError):
-            mon.close()
-        proc.communicate(timeout=20)
+        read_until(proc, b"requested vmx/hv options applied")
+        # A plain socket, not qemu.qmp's legacy client: that one makes an event loop it never closes.
+        with socket.socket(socket.AF_UNIX) as mon, mon.makefile("rwb") as f:
+            mon.settimeout(PATIENCE)
+            mon.connect(str(user_sock))
+            assert b'"QMP"' in f.readline()
+            f.write(b'{"execute": "qmp_capabilities"}\n{"execute": "quit"}\n')
+            f.flush()
+            assert f.read() is not None  # QEMU answers and closes the socket (or just closes it)
+        proc.communicate(timeout=PATIENCE)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -264,7 +265,7 @@ def test_wrapper_emulator_status_and_errors(tmp_path: Path) -> None:
 
     def run_(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*cmd, *args], check=False, capture_output=True, text=True,
-                              env=env, timeout=30)
+                              env=env, timeout=PATIENCE)
 
     r = run_("--emulator", str(fake), "-cpu", "max")
     assert r.returncode == 3

@@ -11,9 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from proc_helpers import PATIENCE
+
 from qemu_evmcs.launch.wrapper import _FLAG_OPTS, _VALUE_OPTS, WRAPPER_HELP
 
 LAUNCH = [sys.executable, "-m", "qemu_evmcs.launch"]
+#: The simulated emulator is a Python program: at load 10 its start-up can outlast the default 10 s QMP budget,
+#: which is not what these tests are about (generous; the runs end on the emulator's exit or greeting).
+SIM_BUDGET = ["--qmp-timeout", "300"]
 HOST_EVMCS = ["-accel", "kvm", "-cpu", "host,vmx=on,hv-evmcs=on,hv-vapic=on", "-display", "none", "-S"]
 
 
@@ -26,7 +31,7 @@ def _fake_emulator(tmp_path: Path) -> str:
 
 
 def test_wrapper_help_lists_every_wrapper_option() -> None:
-    res = subprocess.run([*LAUNCH, "--wrapper-help"], capture_output=True, text=True, timeout=60)
+    res = subprocess.run([*LAUNCH, "--wrapper-help"], capture_output=True, text=True, timeout=PATIENCE)
     assert (res.returncode, res.stderr) == (0, "")
     assert res.stdout == WRAPPER_HELP
     for opt in (*_VALUE_OPTS, *_FLAG_OPTS, "--negotiate"):
@@ -37,7 +42,7 @@ def test_wrapper_help_lists_every_wrapper_option() -> None:
 def test_help_passes_through_to_the_emulator_silently(tmp_path: Path) -> None:
     fake = _fake_emulator(tmp_path)
     for opt in ("--help", "-h", "-help"):
-        res = subprocess.run([*LAUNCH, "--emulator", fake, opt], capture_output=True, text=True, timeout=60)
+        res = subprocess.run([*LAUNCH, "--emulator", fake, opt], capture_output=True, text=True, timeout=PATIENCE)
         # Drop-in: exactly the emulator's output, nothing added when not on a terminal (scripts, libvirt).
         assert (res.returncode, res.stdout, res.stderr) == (0, f"FAKE-QEMU {opt}\n", ""), opt
 
@@ -47,7 +52,7 @@ def test_help_on_a_terminal_points_at_wrapper_help(tmp_path: Path) -> None:
     master, slave = pty.openpty()
     try:
         res = subprocess.run([*LAUNCH, "--emulator", fake, "--help"], stdout=subprocess.PIPE, stderr=slave,
-                             text=True, timeout=60)
+                             text=True, timeout=PATIENCE)
         os.close(slave)
         slave = -1
         err = os.read(master, 4096).decode()
@@ -62,8 +67,8 @@ def test_help_on_a_terminal_points_at_wrapper_help(tmp_path: Path) -> None:
 
 def test_simulated_pre57_abort_names_the_simulator() -> None:
     # cascadelake-5.4: QEMU's KVM_SET_MSRS of 0x48d fails after enable-time sanitization; QEMU aborts.
-    res = subprocess.run([*LAUNCH, "--simulate", "cascadelake-5.4", *HOST_EVMCS], capture_output=True, text=True,
-                         timeout=60, stdin=subprocess.DEVNULL)
+    res = subprocess.run([*LAUNCH, *SIM_BUDGET, "--simulate", "cascadelake-5.4", *HOST_EVMCS], capture_output=True,
+                         text=True, timeout=PATIENCE, stdin=subprocess.DEVNULL)
     lines = res.stderr.splitlines()
     assert res.returncode == 128 + signal.SIGABRT
     assert lines[0] == "qemu-system-x86_64: error: failed to set MSR 0x48d to 0xff00000016"
@@ -72,8 +77,9 @@ def test_simulated_pre57_abort_names_the_simulator() -> None:
 
 
 def test_simulated_startup_error_names_the_simulator() -> None:
-    res = subprocess.run([*LAUNCH, "--simulate", "skylake-6.3", "-accel", "kvm", "-cpu", "host,hv-evmcs=on",
-                          "-display", "none"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    res = subprocess.run([*LAUNCH, *SIM_BUDGET, "--simulate", "skylake-6.3", "-accel", "kvm", "-cpu",
+                          "host,hv-evmcs=on", "-display", "none"], capture_output=True, text=True, timeout=PATIENCE,
+                         stdin=subprocess.DEVNULL)
     assert res.returncode == 1
     assert res.stderr.splitlines() == [
         "qemu-system-x86_64: Hyper-V enlightened VMCS (hv-evmcs) requires Hyper-V virtual APIC (hv-vapic)",
@@ -83,7 +89,7 @@ def test_simulated_startup_error_names_the_simulator() -> None:
 
 
 def test_simulated_510_starts_and_is_verified() -> None:
-    proc = subprocess.Popen([*LAUNCH, "--simulate", "skylake-5.10", *HOST_EVMCS], stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen([*LAUNCH, *SIM_BUDGET, "--simulate", "skylake-5.10", *HOST_EVMCS], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
@@ -91,5 +97,5 @@ def test_simulated_510_starts_and_is_verified() -> None:
         assert line == "qemu-evmcs-launch: cpu host (kvm): 3 of 3 requested vmx/hv options applied\n", line
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
+        proc.communicate(timeout=PATIENCE)
     assert proc.returncode == 128 + signal.SIGTERM

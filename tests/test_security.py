@@ -255,7 +255,7 @@ def test_wrapper_report_json_refuses_overwrite(tmp_path: Path) -> None:
                             stdout=subprocess.DEVNULL, env=env)
     try:
         from proc_helpers import read_until
-        read_until(proc, b"requested vmx/hv options applied", 20)
+        read_until(proc, b"requested vmx/hv options applied")
         proc.terminate()
         proc.communicate(timeout=20)
     finally:
