@@ -191,8 +191,11 @@ def fake_main(cfg: dict[str, Any]) -> None:
         os.write(2, f"fake-qemu: terminating on signal {signum}\n".encode())
         os._exit(0)
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    if cfg.get("signals") == "ignore-term":      # only SIGKILL ends it (the wrapper escalates)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    elif cfg.get("signals") != "default":        # "default": killed by the signal, like QEMU
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, on_signal)
     argv = sys.argv[1:]
     path = None
     for i, arg in enumerate(argv[:-1]):

@@ -73,9 +73,9 @@ class StrictSafeLoader(BoundedSafeLoader):
 
 
 
-class BoundedIntLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+class BoundedCSafeLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """libyaml's ``CSafeLoader`` (when present) with bounded integers, for the fleet loader's fast path
     (duplicate keys there are caught by the full parse of every new document shape)."""
 
 
-BoundedIntLoader.add_constructor(_INT_TAG, construct_bounded_int)
+BoundedCSafeLoader.add_constructor(_INT_TAG, construct_bounded_int)

@@ -31,13 +31,13 @@ import yaml
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import open_regular
-from qemu_evmcs.core.yamlsafe import BoundedIntLoader
+from qemu_evmcs.core.yamlsafe import BoundedCSafeLoader
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.core.profile import (MAX_PROFILE_BYTES, HostProfile, control_character, iter_documents,
                                      profile_from_mapping)
 from qemu_evmcs.output.progress import Progress
 
-_Loader: Any = BoundedIntLoader  # libyaml's CSafeLoader when present, integers bounded
+_Loader: Any = BoundedCSafeLoader  # libyaml's CSafeLoader when present, integers bounded
 
 #: Read multi-document files in pieces of this many bytes (memory stays flat for any file size).
 CHUNK_BYTES = 8 * 1024 * 1024

@@ -40,6 +40,7 @@ from typing import IO, Self
 
 from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
 
+from qemu_evmcs.core import stale
 from qemu_evmcs.core.errors import InputError, LaunchError
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,14 @@ UNIX_PATH_MAX = 107
 
 #: Name of the socket inside the private runtime directory.
 SOCKET_NAME = "qmp.sock"
+
+#: Name prefix of the private runtime directories (``qemu-evmcs-<random>``, owner file inside).
+RUNTIME_PREFIX = "qemu-evmcs-"
+
+
+def _socket_path_len(parent: str) -> int:
+    """Bytes of the socket path a runtime directory in ``parent`` gives (``mkdtemp`` adds 8 characters)."""
+    return len(os.path.join(parent, RUNTIME_PREFIX + "XXXXXXXX", SOCKET_NAME).encode())
 
 #: How much of the emulator's stderr a session keeps: the first bytes (start-up warnings) and the last ones.
 STDERR_HEAD = 1024 * 1024
@@ -266,18 +275,28 @@ class EmulatorSession:
         await self.close()
 
     def _make_runtime_dir(self) -> str:
-        """Create the private 0700 directory; :func:`tempfile.mkdtemp` guarantees the mode and uniqueness."""
+        """Create the private 0700 directory (``mkdtemp``: mode and uniqueness), named after its owner.
+
+        Leftovers of dead wrappers of this user in the same parent (a ``SIGKILL`` cannot be cleaned up after)
+        are swept first (:mod:`qemu_evmcs.core.stale`). When the default parent (``$XDG_RUNTIME_DIR``) is
+        too long for a unix socket path (107 bytes), the system temp dir is used instead, as when
+        ``$XDG_RUNTIME_DIR`` is unset; a parent given explicitly is never replaced.
+        """
         if self._runtime_parent is not None:
             check_runtime_parent(self._runtime_parent)
-            parent = self._runtime_parent
+            parents = [self._runtime_parent]
         else:
-            parent = default_runtime_parent()
-        sock_len = len(os.path.join(parent, "qemu-evmcs-XXXXXXXX", SOCKET_NAME).encode())
-        if sock_len > UNIX_PATH_MAX:
+            parents = list(dict.fromkeys([default_runtime_parent(), tempfile.gettempdir()]))
+        parent = parents[0]
+        for parent in parents:
+            if _socket_path_len(parent) <= UNIX_PATH_MAX:
+                break
+        else:
             raise InputError(f"runtime directory {parent}: too long for a unix socket path "
-                             f"({sock_len} > {UNIX_PATH_MAX})")
+                             f"({_socket_path_len(parent)} > {UNIX_PATH_MAX})")
+        stale.sweep(parent, RUNTIME_PREFIX)
         try:
-            path = tempfile.mkdtemp(prefix="qemu-evmcs-", dir=parent)
+            path = stale.make_owned_dir(parent, RUNTIME_PREFIX)
         except OSError as err:
             raise InputError(f"runtime directory {parent}: {err.strerror}") from err
         os.chmod(path, 0o700)

@@ -452,18 +452,32 @@ def judge_guest_view(report: LaunchReport, spec: CpuSpec, opts: WrapperOptions) 
         _say(f"warning: guest view not judged: {err}")
 
 
+def refuse_daemonize(qemu_args: Sequence[str]) -> None:
+    """Refuse ``-daemonize``: QEMU would fork away from the wrapper, which then returned 0 while the VM kept
+    running unmanaged, its QMP socket's directory already removed.
+
+    :raise InputError: ``-daemonize`` (or ``--daemonize``) is among the emulator's arguments.
+    """
+    if any(a in ("-daemonize", "--daemonize") for a in qemu_args):
+        raise InputError(f"-daemonize is not supported: {PROG} supervises the emulator until it exits (run "
+                         f"{PROG} itself in the background, or under libvirt or a service manager)")
+
+
 async def _supervise(session: EmulatorSession, spec: CpuSpec, opts: WrapperOptions) -> int:
     """Start, verify, report, then wait for the emulator; returns the wrapper's exit status."""
     try:
         await session.start()
     except LaunchError as err:
+        # Did the emulator end on its own (its status is the answer), or do we stop it (no greeting in
+        # time: our SIGTERM must not become the exit status 143; the documented answer is 1)?
+        died_by_itself = session.exited
         # Stop and reap the emulator first: whatever it prints while dying is relayed before our
         # reason, so the reason stays the last line on stderr.
         with contextlib.suppress(EvmcsError, OSError):
             await session.close()
         _error(err)
         rc = session.returncode
-        return shell_status(rc) if rc is not None and rc != 0 else EXIT_NEGATIVE
+        return shell_status(rc) if died_by_itself and rc is not None and rc != 0 else EXIT_NEGATIVE
     try:
         report = await verify_cpu(session, spec)
     except LaunchError as err:
@@ -572,6 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         apply_settings(opts, load_settings())
         opts.pass_fds = inherited
         require_profiles(opts)
+        refuse_daemonize(opts.qemu_args)
         if opts.negotiate:
             apply_negotiation(opts)
         run_argv = emulator_argv(opts)
