@@ -58,7 +58,8 @@ def test_greeting_timeout_exits_1_whatever_our_signal_did(signals: str, tmp_path
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err.decode()
     assert err.decode().splitlines()[-1].startswith("error: no QMP greeting from fake-qemu within 0.5 s")
-    assert wait_dead(read_pid(pidfile)) and os.listdir(xdg) == []
+    # On a loaded machine the fake may be stopped before it even wrote its pid: then it is gone anyway.
+    assert (not pidfile.exists() or wait_dead(read_pid(pidfile))) and os.listdir(xdg) == []
 
 
 def test_daemonize_is_refused_before_anything_starts(tmp_path: Path) -> None:
