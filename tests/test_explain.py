@@ -10,7 +10,8 @@ import pytest
 from cli_helpers import Run, cli_runner
 
 from qemu_evmcs.core.errors import InputError, NegativeAnswer
-from qemu_evmcs.policy.explain import LAYERS, HostExplanation, explain_host, find_features
+from qemu_evmcs.policy.explain import HostExplanation, explain_host, find_features
+from qemu_evmcs.qemu.attribution import LAYERS
 from qemu_evmcs.core.profile import HostProfile, load_profile
 from qemu_evmcs.core.registry import registry
 

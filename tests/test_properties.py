@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qemu_evmcs.core.evmcs_filter import filter_all
-from qemu_evmcs.policy.explain import LAYERS, explain_host
+from qemu_evmcs.policy.explain import explain_host
+from qemu_evmcs.qemu.attribution import LAYERS
 from qemu_evmcs.core.kernel import era_table
 from qemu_evmcs.core.msrval import feature_present, hex64
 from qemu_evmcs.core.profile import HostProfile, profile_from_mapping

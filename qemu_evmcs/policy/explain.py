@@ -38,16 +38,10 @@ from qemu_evmcs.core.evmcs_filter import filter_msr
 from qemu_evmcs.core.kernel import Era, Rule, era_table
 from qemu_evmcs.core.msrval import feature_present, hex64, word_source_msr
 from qemu_evmcs.core.profile import HostProfile
-from qemu_evmcs.core.registry import MASK64, Feature, Msr, Registry, registry
+from qemu_evmcs.core.registry import Feature, Msr, Registry, registry
+from qemu_evmcs.qemu.attribution import (LAYER_CPU, LAYER_FILTER, LAYER_KVM, LAYER_NOT_EMULATED, LAYER_PERF,
+                                          RemovedBit, missing_layer, removed_bits)
 from qemu_evmcs.kvm.simkvm import EVMCS_REVISION_LATEST, NOT_EMULATED_MSRS, VARIANTS, SimKvm, guest_view
-
-LAYER_CPU = "cpu"
-LAYER_NOT_EMULATED = "not-emulated"
-LAYER_KVM = "kvm"
-LAYER_FILTER = "evmcs-filter"
-LAYER_PERF = "perf-cpuid-gate"
-#: Every layer, in the order they are checked (and listed).
-LAYERS: tuple[str, ...] = (LAYER_CPU, LAYER_NOT_EMULATED, LAYER_KVM, LAYER_FILTER, LAYER_PERF)
 
 #: Linux mask-name suffix of each feature word (EVMCS1_{UN,}SUPPORTED_<suffix>, kvm-evmcs.md §3).
 MASK_SUFFIX: Mapping[str, str] = {
@@ -66,24 +60,6 @@ LITERAL_FILTER_ERAS = frozenset({"5.6-5.14"})
 
 
 # --------------------------------------------------------------------------- result types
-
-@dataclass(frozen=True)
-class RemovedBit:
-    """One bit KVM reports in an MSR that the guest does not read.
-
-    :ivar bit: the bit in the feature word (the control bit for control MSRs: allowed-1 bit ``bit + 32``).
-    :ivar feature: the registry's canonical name, or ``None`` for a bit the registry does not name.
-    :ivar layer: :data:`LAYER_FILTER`, :data:`LAYER_PERF` or :data:`LAYER_NOT_EMULATED`.
-    """
-
-    bit: int
-    feature: str | None
-    layer: str
-
-    def label(self) -> str:
-        """The feature name, or ``bit N`` for an unnamed bit."""
-        return self.feature if self.feature is not None else f"bit {self.bit}"
-
 
 @dataclass(frozen=True)
 class MsrView:
@@ -256,44 +232,6 @@ def _check_answerable(profile: HostProfile, kvm: SimKvm, evmcs: bool) -> None:
         raise NegativeAnswer(why, file=profile.source or profile.name, host=profile.name, layer=LAYER_KVM)
 
 
-def removed_bits(era: Era, msr: Msr, host: int, guest: int, emulated: bool,
-                 named: Mapping[tuple[str, int], Feature] | None = None,
-                 reg: Registry | None = None, *, perf_gate_open: bool = False) -> tuple[RemovedBit, ...]:
-    """Attribute every bit of ``host`` missing from ``guest`` (allowed-1 half for control MSRs) to a layer.
-
-    The one attribution of a hidden bit, shared by :func:`explain_host` and
-    :func:`qemu_evmcs.policy.resolve.compute_host_views`: :data:`LAYER_NOT_EMULATED` when the guest cannot read the
-    MSR at all, :data:`LAYER_PERF` when the era's filter would keep the bit with the guest's CPUID
-    0x4000000A.EBX bit 0 set (and that bit is clear: ``perf_gate_open`` false), else :data:`LAYER_FILTER`.
-    Which bits are missing is the simulation's answer (``guest``), never recomputed here.
-
-    :param named: ``{(word, bit): feature}`` (built from the registry when omitted).
-    :param perf_gate_open: the guest's CPUID 0x4000000A.EBX bit 0 is set, so the gate hides nothing.
-    """
-    reg = reg or registry()
-    if named is None:
-        named = {(f.word, f.bit): f for f in reg.features.values()}
-    if msr.word is None:
-        return ()
-    shift = 32 if msr.layout == "ctl" else 0
-    gone = (host & ~guest & MASK64) >> shift
-    with_perf = filter_msr(era, msr.name, host, perf_global_ctrl=True, reg=reg) >> shift
-    out: list[RemovedBit] = []
-    bit = 0
-    while gone >> bit:
-        if gone >> bit & 1:
-            if not emulated:
-                layer = LAYER_NOT_EMULATED
-            elif with_perf >> bit & 1 and not perf_gate_open:
-                layer = LAYER_PERF
-            else:
-                layer = LAYER_FILTER
-            feat = named.get((msr.word, bit))
-            out.append(RemovedBit(bit=bit, feature=feat.name if feat else None, layer=layer))
-        bit += 1
-    return tuple(out)
-
-
 def _filter_reason(era: Era, msr: Msr, feat: Feature) -> tuple[str, str | None]:
     """Reason text and mask name for a bit the era's eVMCS filter removes."""
     rule = next((r for r in era.rules_for(msr.name)
@@ -401,9 +339,10 @@ def _explain_feature(feat: Feature, profile: HostProfile, guest: Mapping[str, in
         return FeatureExplanation(name=feat.name, qemu=feat.qemu, linux=feat.linux, word=feat.word, msr=msr.name,
                                   bit=feat.bit, visible=visible, layer=layer, reason=reason, mask=mask)
 
-    cpu_src = word_source_msr(feat.word, profile.cpu_msrs, reg) if profile.cpu_msrs is not None else None
-    if cpu_src is not None and profile.cpu_msrs is not None and not feature_present(feat, profile.cpu_msrs, reg):
-        # Only an MSR the profile captured from the hardware can prove the CPU lacks a bit.
+    if missing_layer(feat, profile, reg) == LAYER_CPU:
+        assert profile.cpu_msrs is not None
+        cpu_src = word_source_msr(feat.word, profile.cpu_msrs, reg)
+        assert cpu_src is not None
         return verdict(False, LAYER_CPU, f"the CPU lacks it: {bit_position(reg.msrs[cpu_src], feat.bit)} is "
                                          f"clear in the hardware values (cpu_msrs)")
     if msr.name in NOT_EMULATED_MSRS:

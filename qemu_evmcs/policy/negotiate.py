@@ -46,6 +46,7 @@ from qemu_evmcs.core.kernel import era_table
 from qemu_evmcs.core.msrval import word_source_msr
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.qemu.features import CPUID_BY_NAME, HV_NESTED_EAX_BITS, PLUGIN_PERF_GLOBAL_CTRL, hv_requires
+from qemu_evmcs.qemu.attribution import LAYER_PERF, hidden_layers
 from qemu_evmcs.qemu.compose import supported_msr_feature
 from qemu_evmcs.qemu.cpu import EVMCS_REVISION_PROP
 from qemu_evmcs.qemu.cpuspec import CpuSpec
@@ -512,15 +513,18 @@ def _close_under_qemu(features: set[str], drops: list[Drop], reg: Registry) -> N
                 changed = True
 
 
-def _invisible_cause(feature: str, profile: HostProfile, guest: Mapping[str, int], config: GuestConfig) -> Drop:
-    """Why ``feature`` is not (fully) visible to the guest on ``profile``."""
+def _invisible_cause(feature: str, profile: HostProfile, start: StartResult, config: GuestConfig) -> Drop:
+    """Why ``feature`` is not (fully) visible to the guest on ``profile``: the layer from the one attribution
+    (:func:`qemu_evmcs.qemu.attribution.hidden_layers` over what QEMU wrote and what the guest read), refined
+    by the negotiator's own cases (a filter that misses one of two MSRs; a design-(a) revision)."""
     kvm = SimKvm(profile, variant=DESIGN_VARIANT[config.design])
     era = profile.era
+    guest = start.guest_msrs
     if feature in partially_visible(guest):
         return Drop(feature, "inconsistent-filter", (profile.name,),
                     f"kernel era {era.id} filters it from one MSR but not the other (L2 VM-entry would fail)")
-    if feature in PERF_FEATURES and kvm.honours_perf_cpuid_bit() and not config.pv_perf_global_ctrl \
-            and config.design == "shipped":
+    layer = hidden_layers(era, dict(start.writes), guest, perf_gate_open=config.pv_perf_global_ctrl).get(feature)
+    if layer == LAYER_PERF and config.design == "shipped":
         return Drop(feature, "perf-cpuid-gate", (profile.name,), "CPUID 0x4000000A.EBX bit 0 is clear")
     if config.design == "revision" and (config.revision or 1) == EVMCS_REVISION_LEGACY \
             and feature in era_table().revision2_exposes and kvm.max_evmcs_revision() >= EVMCS_REVISION_2022:
@@ -806,7 +810,7 @@ def _negotiate_groups(gm: GuestModel, groups: list[PoolGroup], strategy: str,
         for i, (g, s) in enumerate(zip(groups, starts, strict=True)):
             vis = visible_features(s.guest_msrs, reg)
             for f in sorted(features - vis):
-                d = _invisible_cause(f, g.profile, s.guest_msrs, config)
+                d = _invisible_cause(f, g.profile, s, config)
                 invisible.setdefault(f, []).append(replace(d, hosts=names[i]))
         if not invisible:
             break

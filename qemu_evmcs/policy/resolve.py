@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qemu_evmcs.core.errors import InputError, KvmError
-from qemu_evmcs.policy.explain import removed_bits
+from qemu_evmcs.qemu.attribution import LAYER_CPU, LAYER_FILTER, LAYER_PERF, hidden_layers, missing_layer
 from qemu_evmcs.policy.negotiate import unique_group_names
 from qemu_evmcs.qemu.models import EffectiveModel, ModelDef, QemuSnapshot, effective_model
-from qemu_evmcs.core.msrval import feature_set, word_source_msr
+from qemu_evmcs.core.msrval import feature_present, feature_set
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.qemu.basecpuid import check_base
 from qemu_evmcs.qemu.compose import evmcs_range_supported
@@ -103,18 +103,17 @@ def compute_host_views(profile: HostProfile, *, pv_perf_global_ctrl: bool = Fals
     kvm = SimKvm(profile, variant=variant)
     reported = kvm.feature_msrs()
     kvm_set = feature_set(reported, reg) if reported else frozenset()
-    cpu_set = feature_set(profile.cpu_msrs, reg) if profile.cpu_msrs is not None else None
     missing: dict[str, tuple[str, str]] = {}
-    for name in reg.features:
+    for name, feat in reg.features.items():
         if name in kvm_set:
             continue
         if not profile.is_intel:
             missing[name] = ("kvm", f"{profile.vendor}: KVM has no VMX (Intel only)")
         elif not profile.nested:
             missing[name] = ("kvm", "kvm_intel.nested=0: KVM reports no VMX MSRs")
-        elif cpu_set is not None and name not in cpu_set:
+        elif missing_layer(feat, profile, reg) == LAYER_CPU:
             missing[name] = ("cpu", "the CPU does not have it (cpu_msrs)")
-        elif cpu_set is not None:
+        elif profile.cpu_msrs is not None and feature_present(feat, profile.cpu_msrs, reg):
             missing[name] = ("kvm", f"KVM {profile.kernel} does not expose it to L1 (the CPU has it)")
         else:
             missing[name] = ("kvm", f"KVM {profile.kernel} does not report it")
@@ -134,20 +133,11 @@ def compute_host_views(profile: HostProfile, *, pv_perf_global_ctrl: bool = Fals
         for name in kvm_set:
             hidden[name] = ("kvm", reason)
     else:
-        # The layer of each hidden bit: the same attribution as ``explain`` (explain.removed_bits).
-        causes: dict[str, str] = {}
-        named = {(f.word, f.bit): f for f in reg.features.values()}
-        for word in reg.words:
-            src = word_source_msr(word, reported, reg)
-            if src is None:
-                continue
-            for rb in removed_bits(era, reg.msrs[src], reported[src], guest_msrs.get(src, 0), src in guest_msrs,
-                                   named, reg, perf_gate_open=pv_perf_global_ctrl):
-                if rb.feature is not None:
-                    causes[rb.feature] = rb.layer
+        # The layer of each hidden bit: the one attribution (qemu.attribution), as ``explain`` says it.
+        causes = hidden_layers(era, reported, guest_msrs, perf_gate_open=pv_perf_global_ctrl, reg=reg)
         for name in kvm_set - guest:
-            cause = causes.get(name, "evmcs-filter")
-            if cause == "perf-cpuid-gate":
+            cause = causes.get(name, LAYER_FILTER)
+            if cause == LAYER_PERF:
                 hidden[name] = (cause, "CPUID 0x4000000A.EBX bit 0 is clear (QEMU never sets it)"
                                 if not pv_perf_global_ctrl else "CPUID 0x4000000A.EBX bit 0 gate")
             else:

@@ -37,13 +37,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from qemu_evmcs.core.errors import KvmError
-from qemu_evmcs.core.evmcs_filter import filter_all, removals
+from qemu_evmcs.core.evmcs_filter import filter_all
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.registry import registry
 from qemu_evmcs.core.views import visible_features
 from qemu_evmcs.kvm.simkvm import (EVMCS_REVISION_LEGACY, HV_CPUID_ENLIGHTMENT_INFO, HV_CPUID_NESTED_FEATURES,
                                    HV_ENLIGHTENED_VMCS_RECOMMENDED, KVM_CAP_HYPERV_CPUID,
                                    KVM_CAP_HYPERV_ENLIGHTENED_VMCS, HvCpuid, SimKvm, SimVcpu)
+from qemu_evmcs.qemu.attribution import LAYER_FILTER, LAYER_KVM, LAYER_PERF, hidden_layers
 from qemu_evmcs.qemu.compose import DEFAULT_EVMCS_VERSION, evmcs_range_supported
 from qemu_evmcs.qemu.cpu import VMX_WORDS, Accel, KvmAccel, KvmLog, X86Cpu, check_model, feature_names, \
     guest_visible_features
@@ -70,12 +71,13 @@ STAGE_REVISION = "revision"         # design (a): the eVMCS revision is refused
 STAGE_EVMCS_VERSION = "evmcs-version"  # hyperv_init_vcpu's version-range check
 STAGE_MSR_WRITE = "msr-write"       # KVM_SET_MSRS rejected an entry: QEMU aborts
 
-#: Causes of a lost feature (``Startup.lost_detail`` values).
+#: Causes of a lost feature (``Startup.lost_detail`` values): QEMU's two, then the layers of
+#: :mod:`qemu_evmcs.qemu.attribution` that hid it.
 LOST_HOST = "host"                  # KVM does not support it (QEMU warned and dropped it)
 LOST_DEPENDENCY = "dependency"      # a feature it depends on is off
-LOST_EVMCS = "evmcs-filter"         # KVM hides it from the eVMCS L1 (no warning anywhere)
-LOST_PERF_GATE = "perf-cpuid-gate"  # hidden because CPUID 0x4000000A.EBX bit 0 is clear (6.1+)
-LOST_OTHER = "kvm"                  # not visible to L1 for another reason
+LOST_EVMCS = LAYER_FILTER           # KVM hides it from the eVMCS L1 (no warning anywhere)
+LOST_PERF_GATE = LAYER_PERF         # hidden because CPUID 0x4000000A.EBX bit 0 is clear (6.1+)
+LOST_OTHER = LAYER_KVM              # not visible to L1 for another reason
 
 
 @dataclass(frozen=True)
@@ -302,14 +304,9 @@ def _lost(run: Startup) -> tuple[list[str], dict[str, str]]:
     perf_gated: set[str] = set()
     if vcpu is not None and run.kvm is not None and vcpu.evmcs_active():
         reg = registry()
-        for name, value in guest.items():
-            word = reg.msrs[name].word
-            if word is None:
-                continue
-            for rem in removals(run.kvm.era, name, vcpu.msrs.get(name, value),
-                                perf_global_ctrl=vcpu.hv.perf_global_ctrl, reg=reg):
-                if rem.cause == "perf-cpuid-gate":
-                    perf_gated |= set(feature_names({word: 1 << rem.bit}))
+        kvm_side = {name: vcpu.msrs.get(name, value) for name, value in guest.items()}
+        layers = hidden_layers(run.kvm.era, kvm_side, guest, perf_gate_open=vcpu.hv.perf_global_ctrl, reg=reg)
+        perf_gated = {q for f, layer in layers.items() if layer == LAYER_PERF and (q := reg.features[f].qemu)}
     lost: list[str] = []
     detail: dict[str, str] = {}
     for name in cpu.requested_vmx:

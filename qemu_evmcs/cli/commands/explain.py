@@ -22,7 +22,8 @@ import argparse
 import textwrap
 from typing import Any
 
-from qemu_evmcs.policy.explain import LAYERS, FeatureExplanation, HostExplanation, find_features
+from qemu_evmcs.policy.explain import FeatureExplanation, HostExplanation, find_features
+from qemu_evmcs.qemu.attribution import LAYERS
 from qemu_evmcs.output.jsonout import print_json
 from qemu_evmcs.cli.commands.guest_msrs import add_host_arguments, explain_from_args, header_lines
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from qemu_evmcs.policy.explain import LAYER_FILTER, HostExplanation, MsrView, explain_host
+from qemu_evmcs.policy.explain import HostExplanation, MsrView, explain_host
+from qemu_evmcs.qemu.attribution import LAYER_FILTER
 from qemu_evmcs.output.jsonout import print_json
 from qemu_evmcs.core.msrval import hex64
 from qemu_evmcs.core.profile import HostProfile, load_profile, require_profile_path
