@@ -36,7 +36,9 @@ def test_fleet_is_realistic_and_names_are_unique(tmp_path: Path) -> None:
     names = [p.name for p in profiles]
     assert len(set(names)) == len(names)
     eras = {p.era.id for p in profiles}
-    assert len(eras) >= 4, eras
+    # Distribution kernels converge on few eras once stable backports count (kvm-evmcs.md §10.3/§10.4):
+    # Ubuntu 5.15.0-91 and Debian 5.10.197 are both 5.17-6.0.
+    assert len(eras) >= 3, eras
     assert {"GenuineIntel", "AuthenticAMD"} <= {p.vendor for p in profiles}
     assert any(not p.nested for p in profiles)
     assert len({p.model_name for p in profiles}) >= 4

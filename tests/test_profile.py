@@ -78,8 +78,8 @@ BAD = [
     ("invalid-yaml", HEAD + "msrs:\n  IA32_VMX_BASIC: [\n",
      "{f}:6: invalid YAML: expected the node content, but found '<stream end>'"),
     ("unknown-key", HEAD + "colour: red\nmsrs: {}\n",
-     ("{f}:4: colour: unknown key 'colour' (known: cpu_features, cpu_msrs, family, kernel, kvm_hyperv, model, "
-      "model_name, msrs, name, nested, notes, provenance, stepping, synthetic, unknown_msrs, vendor)")),
+     ("{f}:4: colour: unknown key 'colour' (known: cpu_features, cpu_msrs, family, kernel, kernel_version, kvm_hyperv, "
+      "model, model_name, msrs, name, nested, notes, provenance, stepping, synthetic, unknown_msrs, vendor)")),
     ("missing-msrs", HEAD, "{f}: msrs: missing required key"),
     ("unknown-vendor", 'name: h\nvendor: Intel\nkernel: "6.3"\nmsrs: {}\n',
      "{f}:2: vendor: unknown vendor 'Intel' (known: GenuineIntel, AuthenticAMD, HygonGenuine, CentaurHauls)"),
@@ -130,7 +130,7 @@ def test_all_samples_load_and_are_consistent() -> None:
 def test_skylake_sample_is_the_real_dump() -> None:
     """skylake-5.10 holds vmx-dumps.md Source 1 verbatim (0x480-0x491)."""
     sky = load_profile(resolve_profile_path("skylake-5.10"))
-    assert not sky.synthetic and sky.kernel == "5.10.0-26-amd64"
+    assert not sky.synthetic and sky.kernel == "5.10.46"
     assert sky.msrs["IA32_VMX_BASIC"] == 0xDA040000000004
     assert sky.msrs["IA32_VMX_PROCBASED_CTLS"] == 0xFFF9FFFE0401E172
     assert sky.msrs["IA32_VMX_TRUE_PROCBASED_CTLS"] == 0xFFF9FFFE04006172

@@ -110,6 +110,23 @@ class Fleet:
             for n in names:
                 yield _as_host(rep, n)
 
+    def with_candidates(self) -> Fleet:
+        """This fleet with every host whose kernel's era is ambiguous (a distribution build no source places,
+        :mod:`qemu_evmcs.core.kernelid`) split into one host per candidate era, named ``"host (if era X)"``:
+        a negotiation over the result holds whichever era each host is really in. ``self`` if none is."""
+        if not any(rep.identity.ambiguous for rep in self.distinct.values()):
+            return self
+        out = Fleet(pools={}, source=self.source)
+        for fp, names in self.members.items():
+            rep = self.distinct[fp]
+            for cand in rep.candidate_profiles():
+                suffix = cand.name[len(rep.name):] if cand is not rep else ""
+                for n in names:
+                    out.add(cand, n + suffix)
+                    if n in self.pools:
+                        out.pools[n + suffix] = self.pools[n]
+        return out
+
     def add(self, profile: HostProfile, name: str | None = None) -> str:
         """Add one host (``name`` overrides ``profile.name``); returns its fingerprint."""
         fp = profile.fingerprint()

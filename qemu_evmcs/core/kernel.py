@@ -343,6 +343,10 @@ def era_table() -> EraTable:
 
 
 def era_of(release: str | KernelVersion) -> Era:
-    """Convenience: the era of a release string or version."""
+    """Convenience: the era of an upstream release (string or version).
+
+    Distribution builds (``5.10.0-26-amd64``) do not name their upstream point release: resolve those with
+    :func:`qemu_evmcs.core.kernelid.identify`, which knows the distribution table and reports ambiguity.
+    """
     v = release if isinstance(release, KernelVersion) else parse_release(release)
     return era_table().era_of(v)

@@ -36,17 +36,19 @@ from qemu_evmcs.core.cpuid import NAME as CPUID_NAME
 from qemu_evmcs.core.enumeration import TRUE_MSRS, quirks
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import MAX_INPUT_BYTES, read_text_capped
-from qemu_evmcs.core.kernel import Era, KernelVersion, era_table, parse_release
+from qemu_evmcs.core.kernel import Era, KernelVersion, parse_release
+from qemu_evmcs.core.kernelid import AmbiguousKernel, KernelIdentity, identify
 from qemu_evmcs.core.yamlsafe import StrictSafeLoader
 from qemu_evmcs.core.registry import MASK32, MASK64, Registry, registry
 
 
 VENDORS = ("GenuineIntel", "AuthenticAMD", "HygonGenuine", "CentaurHauls")
 
-_OPTIONAL_KEYS = {
+_OPTIONAL_KEYS: Dict[str, Any] = {
     "family": int, "model": int, "stepping": int, "model_name": str, "nested": bool, "kvm_hyperv": bool,
     "notes": str, "provenance": str, "synthetic": bool, "cpu_msrs": dict, "unknown_msrs": list,
     "cpu_features": list,
+    "kernel_version": (str, float),
 }
 _REQUIRED_KEYS = {"name": str, "vendor": str, "kernel": (str, int, float), "msrs": dict}
 
@@ -86,11 +88,40 @@ class HostProfile:
     source: Optional[str] = field(default=None, compare=False)
     #: Accepted oddities of the input (raw-hardware quirks in ``cpu_msrs``), one line each, for the CLI to print.
     warnings: Tuple[str, ...] = field(default=(), compare=False)
+    #: The upstream point release a distribution build is based on (``/proc/version``: "Debian 5.10.197-1").
+    kernel_version: Optional[str] = None
+
+    @property
+    def identity(self) -> KernelIdentity:
+        """What ``kernel`` (+ ``kernel_version``) says about the KVM code: one era or the candidate eras."""
+        return identify(self.kernel, self.kernel_version, file=self.source)
 
     @property
     def era(self) -> Era:
-        """The eVMCS era of this host's kernel."""
-        return era_table().era_of(self.version)
+        """The eVMCS era of this host's kernel.
+
+        :raise AmbiguousKernel: no source tells which era the build is in (exit 2, naming every candidate);
+            callers that can compute against every candidate use :meth:`candidate_profiles` instead.
+        """
+        ident = self.identity
+        if ident.ambiguous:
+            raise AmbiguousKernel(ident, file=self.source or self.name, host=self.name)
+        return ident.candidates[0].era
+
+    @property
+    def era_label(self) -> str:
+        """The era id, or ``"5.15-5.16|5.17-6.0"`` for a build whose era is ambiguous (for listings)."""
+        return "|".join(self.identity.era_ids())
+
+    def candidate_profiles(self) -> List["HostProfile"]:
+        """This host once per era its kernel may be in (itself if the era is known), each pinned by
+        ``kernel_version`` to a representative upstream release and named ``"host (if era X)"``."""
+        ident = self.identity
+        if not ident.ambiguous:
+            return [self]
+        return [HostProfile(**{**self.__dict__, "name": f"{self.name} (if era {c.era.id})",
+                               "kernel_version": str(c.version), "version": c.version})
+                for c in ident.candidates]
 
     @property
     def is_intel(self) -> bool:
@@ -105,9 +136,11 @@ class HostProfile:
                 f"carry count as absent there, so this answer may be more conservative than the host needs")
 
     def with_kernel(self, kernel: str) -> "HostProfile":
-        """The same host booted with another kernel release (``--kernel``)."""
-        v = parse_release(kernel, key="--kernel")
-        return HostProfile(**{**self.__dict__, "kernel": kernel, "version": v})
+        """The same host booted with another kernel (``--kernel``): an upstream release (``5.10.101``) or a
+        distribution build (``5.10.0-26-amd64``); the profile's ``kernel_version`` does not carry over."""
+        ident = identify(kernel, key="--kernel")
+        v = ident.version if not ident.ambiguous else parse_release(kernel, key="--kernel")
+        return HostProfile(**{**self.__dict__, "kernel": kernel, "version": v, "kernel_version": None})
 
     def with_nested(self, nested: bool) -> "HostProfile":
         """The same host with ``kvm_intel.nested`` set as given (KVM then reports no VMX MSRs if off)."""
@@ -117,6 +150,8 @@ class HostProfile:
         """Plain data (for YAML/JSON output); MSR values as ``0x`` + 16 hex digits."""
         reg = registry()
         out: Dict[str, Any] = {"name": self.name, "vendor": self.vendor, "kernel": self.kernel}
+        if self.kernel_version is not None:
+            out["kernel_version"] = self.kernel_version
         for key in ("family", "model", "stepping", "model_name"):
             val = getattr(self, key)
             if val is not None:
@@ -149,8 +184,11 @@ class HostProfile:
             "msrs": sorted(self.msrs.items()),
             "cpu_msrs": sorted(self.cpu_msrs.items()) if self.cpu_msrs is not None else None,
         }
-        era = self.era
-        if era.backports:
+        ident = self.identity
+        if ident.ambiguous:
+            key["candidate_eras"] = ident.era_ids()
+        elif ident.candidates[0].era.backports:
+            era = ident.candidates[0].era
             # The series decides the kernel facts (version_at_least); a stable point release with backports has
             # its own filter on top. Added only then, so mainline-era fingerprints stay what they were.
             key["stable_era"] = era.id
@@ -338,11 +376,15 @@ def profile_from_mapping(data: object, *, file: Optional[str] = None,
         raise InputError(f"unknown vendor {vendor!r} (known: {', '.join(VENDORS)})",
                          file=file, key="vendor", line=lines.get("vendor"))
     kernel = str(getattr(data["kernel"], "raw", data["kernel"]))
+    raw_kv = data.get("kernel_version")
+    kernel_version = None if raw_kv is None else str(getattr(raw_kv, "raw", raw_kv))
     try:
-        version = parse_release(data["kernel"], file=file, key="kernel")
+        parse_release(data["kernel"], file=file, key="kernel")
+        ident = identify(kernel, kernel_version, file=file)
     except InputError as err:
-        err.line = lines.get("kernel")
+        err.line = lines.get(err.key or "kernel")
         raise
+    version = ident.version if not ident.ambiguous else parse_release(kernel, file=file)
     msrs = _parse_msrs(data["msrs"], "msrs", file, lines, reg)
     warnings: List[str] = []
     cpu_msrs = None
@@ -371,7 +413,7 @@ def profile_from_mapping(data: object, *, file: Optional[str] = None,
         nested=bool(data.get("nested", True)), kvm_hyperv=bool(data.get("kvm_hyperv", True)),
         cpu_msrs=cpu_msrs, family=data.get("family"), model=data.get("model"), stepping=data.get("stepping"),
         model_name=data.get("model_name"), notes=data.get("notes"), provenance=data.get("provenance"),
-        synthetic=bool(data.get("synthetic", False)), source=file,
+        synthetic=bool(data.get("synthetic", False)), source=file, kernel_version=kernel_version,
         unknown_msrs=tuple(n for n in reg.msr_names() if n in unknown), warnings=tuple(warnings),
         cpu_features=cpu_features,
     )

@@ -411,7 +411,7 @@ class FleetDb:
         self.conn.execute(
             "INSERT OR IGNORE INTO profiles (fingerprint, vendor, kernel, era, model_name, nested, data, source) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (fp, prof.vendor, prof.kernel, prof.era.id, prof.model_name, int(prof.nested),
+            (fp, prof.vendor, prof.kernel, prof.era_label, prof.model_name, int(prof.nested),
              json.dumps(data, sort_keys=True), prof.source))
 
     # ------------------------------------------------------------------ reading
@@ -537,7 +537,7 @@ class FleetDb:
         profiles = self.profiles()
         keep: dict[str, HostProfile] = {}
         for fp, prof in profiles.items():
-            if era is not None and prof.era.id != era:
+            if era is not None and era not in prof.identity.era_ids():
                 continue
             if canon is not None:
                 feats = host_features(prof) if view == "host" else guest_features(prof)
@@ -560,7 +560,7 @@ class FleetDb:
             hpool = _stored_opt(hpool, f"host {name}'s pool", self.path)
             f = _stored_opt(f, f"host {name}'s file", self.path)
             out.append({"name": name, "pool": hpool, "fingerprint": fp, "vendor": hit.vendor,
-                        "kernel": f"{hit.version.major}.{hit.version.minor}", "era": hit.era.id, "file": f})
+                        "kernel": f"{hit.version.major}.{hit.version.minor}", "era": hit.era_label, "file": f})
         return out
 
     @_sqlite_boundary

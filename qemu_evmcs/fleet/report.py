@@ -136,7 +136,7 @@ def build_groups(fleet: Fleet) -> list[Group]:
             knobs.append("KVM_HYPERV=n")
         label = (f"{_short_cpu(prof)} · kernel {prof.version.major}.{prof.version.minor} · "
                  f"{len(hosts):,} host{'s' if len(hosts) != 1 else ''}" + (f" · {', '.join(knobs)}" if knobs else ""))
-        out.append(Group(gid=f"G{i + 1}", fingerprint=fp, profile=prof, hosts=hosts, label=label, era=prof.era.id,
+        out.append(Group(gid=f"G{i + 1}", fingerprint=fp, profile=prof, hosts=hosts, label=label, era=prof.era_label,
                          evmcs_ok=ok, reason=reason, unfiltered=kvm, guest=guest, states=states))
     return out
 

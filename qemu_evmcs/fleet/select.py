@@ -67,7 +67,7 @@ class Where:
         if k in ("name", "pool"):
             return None
         if k == "era":
-            hit = profile.era.id == v
+            hit = profile.era_label == v
         elif k == "kernel":
             hit = fnmatch.fnmatchcase(profile.kernel, v)
         elif k == "vendor":

@@ -291,6 +291,37 @@ def migrate_host(gm: GuestModel, source: HostProfile, destination: HostProfile, 
     return v
 
 
+def migrate_check_candidates(model: str | GuestModel, source: HostProfile, destination: HostProfile,
+                             design: str = "shipped", *, target: str = "qemu") -> MigrationVerdict:
+    """:func:`migrate_check` for hosts whose kernel era may be ambiguous (a distribution build no source places,
+    :mod:`qemu_evmcs.core.kernelid`): checked for every pair of candidate eras. ``fine`` only if every pair is
+    fine and the guest sees the same VMX MSRs whichever era each host is in; otherwise the first failing pair's
+    verdict, or ``unsafe`` naming the eras whose views differ."""
+    sources, dests = source.candidate_profiles(), destination.candidate_profiles()
+    if len(sources) == 1 and len(dests) == 1:
+        return migrate_check(model, source, destination, design, target=target)
+    checked = [(s, d, migrate_check(model, s, d, design, target=target)) for s in sources for d in dests]
+
+    def which(s: HostProfile, d: HostProfile) -> str:
+        return f"if {source.name} is in era {s.era.id} and {destination.name} in era {d.era.id}"
+    for s, d, v in checked:
+        if v.verdict != "fine":
+            return replace(v, reason=f"{which(s, d)}: {v.reason}", source=source.name,
+                           destination=destination.name)
+    first = checked[0][2]
+    for s, d, v in checked[1:]:
+        if v.source_msrs != first.source_msrs or v.destination_msrs != first.destination_msrs:
+            s0, d0 = checked[0][0], checked[0][1]
+            return replace(first, verdict="unsafe", stage="ambiguous-kernel", source=source.name,
+                           destination=destination.name,
+                           reason=f"the guest's VMX MSRs depend on which era the kernel builds are in: "
+                                  f"{which(s0, d0)} differs from {which(s, d)}; give kernel_version: "
+                                  f"({source.identity.describe()}; {destination.identity.describe()})")
+    eras = sorted({f"{s.era.id} -> {d.era.id}" for s, d, _ in checked})
+    return replace(first, reason=f"{first.reason} (holds for every candidate era pair: {', '.join(eras)})",
+                   source=source.name, destination=destination.name)
+
+
 def parse_qmp_msrs(ret: object) -> dict[str, int]:
     """The reply of ``x-evmcs-query-guest-vmx-msrs``: ``{"msrs": {NAME: "0x..."|int}}`` or ``[{name,value}]``."""
     reg = registry()

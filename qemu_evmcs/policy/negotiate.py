@@ -209,8 +209,11 @@ def load_guest_model(name_or_path: str | GuestModel) -> GuestModel:
 
 
 def load_pool(hosts: Hosts) -> Fleet:
-    """Hosts as a :class:`~qemu_evmcs.core.hostgroup.Fleet` (see :data:`~qemu_evmcs.core.hostgroup.Hosts`)."""
-    return as_fleet(hosts)
+    """Hosts as a :class:`~qemu_evmcs.core.hostgroup.Fleet` (see :data:`~qemu_evmcs.core.hostgroup.Hosts`).
+
+    A host whose kernel build no source places in one era (``5.10.0-26-amd64`` without ``kernel_version``) is
+    negotiated once per candidate era (``"host (if era 5.17-6.0)"``): the answer must hold whichever it is."""
+    return as_fleet(hosts).with_candidates()
 
 
 def load_hosts(hosts: Hosts) -> list[HostProfile]:

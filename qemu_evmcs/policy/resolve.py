@@ -37,7 +37,7 @@ from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.qemu.basecpuid import check_base
 from qemu_evmcs.qemu.compose import evmcs_range_supported
 from qemu_evmcs.qemu.startup import evmcs_start_error
-from qemu_evmcs.core.kernel import parse_release
+from qemu_evmcs.core.kernelid import identify
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.registry import MASK32, MASK64, registry
 from qemu_evmcs.kvm.simkvm import SimKvm, guest_view
@@ -460,7 +460,7 @@ def profile_from_features(name: str, features: Iterable[str], *, kernel: str = "
     """A synthetic :class:`HostProfile` whose KVM reports exactly ``features``."""
     feats: set[str] = set(features)
     return HostProfile(
-        name=name, vendor=vendor, kernel=kernel, version=parse_release(kernel), msrs=msrs_from_features(feats),
+        name=name, vendor=vendor, kernel=kernel, version=identify(kernel).version, msrs=msrs_from_features(feats),
         nested=nested, kvm_hyperv=kvm_hyperv,
         cpu_msrs=msrs_from_features(cpu_features) if cpu_features is not None else None, synthetic=True,
     )

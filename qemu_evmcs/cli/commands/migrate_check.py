@@ -14,7 +14,7 @@ from qemu_evmcs.output.jsonout import print_json
 from qemu_evmcs.cli.designarg import add_design_argument
 from qemu_evmcs.policy.migrate import (
     config_from_running,
-    migrate_check,
+    migrate_check_candidates,
     source_view,
     verdict_from_view,
 )
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         if args.model is None:
             raise InputError("--model is required with --from")
         source = _one_host(args, args.source)
-        v = migrate_check(load_guest_model(args.model), source, dest, args.design, target=args.target)
+        v = migrate_check_candidates(load_guest_model(args.model), source, dest, args.design, target=args.target)
     else:
         if args.model is not None:
             raise InputError("--model: with --from-running the configuration is the running guest's; leave it out")
