@@ -22,7 +22,8 @@ from qemu_evmcs.core.errors import KvmError
 from qemu_evmcs.core.kernel import era_of
 from qemu_evmcs.core.profile import load_profile
 from qemu_evmcs.kvm.simkvm import KVM_CAP_HYPERV_ENLIGHTENED_VMCS, SimKvm
-from qemu_evmcs.simqemu.startup import ASSERT_LINE, predict
+from qemu_evmcs.qemu.startup import ASSERT_LINE
+from qemu_evmcs.simqemu.startup import predict
 
 CORE = Path(__file__).resolve().parent / "data" / "core"
 SKYLAKE = load_profile(str(CORE / "skylake.yaml"))
