@@ -421,6 +421,13 @@ def _notes(profile: HostProfile, kvm: SimKvm, era: Era, evmcs: bool, pv_perf: bo
         if not view.emulated:
             notes.append(f"{name} ({view.index:#x}) is not emulated for L1: the guest's read faults "
                          f"(shown as 0)")
+    ident = profile.identity
+    if ident.how != "upstream release":
+        notes.append(f"kernel {profile.kernel}: {ident.how}")
+    if era.backports:
+        notes.append(f"era {era.id} by stable backports (the series' mainline era is {era.base}): "
+                     + "; ".join(f"{a.backport.commit} \"{a.backport.title}\" (mainline {a.backport.mainline}, "
+                                 f"since {a.since})" for a in era.backports))
     if evmcs and era.unverified:
         notes.append(f"caveat (era {era.id}): {era.unverified}")
     return notes
