@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-
-import pytest
+from needs import need_program
 
 QEMU = "qemu-system-x86_64"
 #: A small, fast TCG machine: no devices, no display, paused.
@@ -14,12 +11,7 @@ BASE_ARGS = ["-accel", "tcg", "-machine", "q35", "-nodefaults", "-display", "non
 
 def qemu_path() -> str:
     """The emulator path; in CI (CI=true) a missing binary FAILS, elsewhere it skips with a reason."""
-    path = shutil.which(QEMU)
-    if path is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"{QEMU} is required in CI but is not on PATH")
-        pytest.skip(f"{QEMU} not installed (install qemu-system-x86 to run these tests)")
-    return path
+    return need_program(QEMU, "apt-get install qemu-system-x86")
 
 
 def qemu_argv(cpu: str = "qemu64", *extra: str) -> list[str]:

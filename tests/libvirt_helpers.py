@@ -32,6 +32,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from needs import unavailable
 
 import qemu_evmcs
 
@@ -41,17 +42,6 @@ QEMU = "/usr/bin/qemu-system-x86_64"
 PROGRAMS = ("virsh", "libvirtd", "virt-xml-validate")
 #: Upper bound for things that happen on their own (a report written, a process gone): a hang guard, not a budget.
 EVENT_LIMIT = 60.0
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def unavailable(reason: str) -> None:
-    """Skip with ``reason``; in CI (CI=true) fail: the libvirt tests must run there."""
-    if in_ci():
-        pytest.fail(f"libvirt tests must run in CI: {reason}")
-    pytest.skip(reason)
 
 
 def wait_for(predicate: object, what: str) -> None:
