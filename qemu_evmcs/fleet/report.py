@@ -36,9 +36,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from qemu_evmcs.output.atomicio import check_output_target, write_output
+from qemu_evmcs.core.cpugen import generation
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.fleet.sources import load_fleet
+from qemu_evmcs.output.render import cpu_string
 from qemu_evmcs.policy.designs import compare_designs
+from qemu_evmcs.policy.negotiate import GuestModel, max_model, negotiate
+from qemu_evmcs.policy.plan import PoolPlan, plan_fleet
 from qemu_evmcs.policy.migrate import DESIGNS
 from qemu_evmcs.policy.resolve import compute_host_views
 from qemu_evmcs.core.profile import HostProfile
@@ -89,7 +93,10 @@ class Group:
     fingerprint: str
     profile: HostProfile
     hosts: Sequence[str]
+    #: What an operator recognises, shown on every chart axis: CPU generation, kernel, knobs, host count.
     label: str
+    #: The longer form for tables and tooltips (model name, full kernel release).
+    detail: str
     era: str
     evmcs_ok: bool
     reason: str | None
@@ -123,21 +130,33 @@ def _views(p: HostProfile) -> tuple[bool, str | None, frozenset[str], frozenset[
     return v.evmcs_ok, v.evmcs_reason, v.kvm, v.guest, states
 
 
+def _operator_label(prof: HostProfile, hosts: int) -> str:
+    """``Skylake 5.10 nested=0 ×1,234``: generation (or a short model name), kernel series, knobs, hosts."""
+    knobs = []
+    if not prof.nested:
+        knobs.append("nested=0")
+    if not prof.kvm_hyperv:
+        knobs.append("KVM_HYPERV=n")
+    cpu = generation(prof) or _short_cpu(prof)
+    return " ".join([cpu, f"{prof.version.major}.{prof.version.minor}", *knobs, f"×{hosts:,}"])
+
+
 def build_groups(fleet: Fleet) -> list[Group]:
-    """Groups, largest first, with their views (computed once per fingerprint)."""
+    """Groups, largest first, with their views (computed once per fingerprint) and operator labels (made
+    unique with ``#2``, ``#3`` where two groups would read alike)."""
     out: list[Group] = []
+    seen: dict[str, int] = {}
     for i, g in enumerate(fleet.groups()):
         fp, prof, hosts = g.fingerprint, g.profile, g.hosts
         ok, reason, kvm, guest, states = _views(prof)
-        knobs = []
-        if not prof.nested:
-            knobs.append("nested=0")
-        if not prof.kvm_hyperv:
-            knobs.append("KVM_HYPERV=n")
-        label = (f"{_short_cpu(prof)} · kernel {prof.version.major}.{prof.version.minor} · "
-                 f"{len(hosts):,} host{'s' if len(hosts) != 1 else ''}" + (f" · {', '.join(knobs)}" if knobs else ""))
-        out.append(Group(gid=f"G{i + 1}", fingerprint=fp, profile=prof, hosts=hosts, label=label, era=prof.era_label,
-                         evmcs_ok=ok, reason=reason, unfiltered=kvm, guest=guest, states=states))
+        label = _operator_label(prof, len(hosts))
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 1:
+            label = f"{label} #{seen[label]}"
+        detail = (f"{_short_cpu(prof)} · kernel {prof.kernel} · {len(hosts):,} host{'s' if len(hosts) != 1 else ''}"
+                  + ("" if prof.nested else " · nested=0") + ("" if prof.kvm_hyperv else " · KVM_HYPERV=n"))
+        out.append(Group(gid=f"G{i + 1}", fingerprint=fp, profile=prof, hosts=hosts, label=label, detail=detail,
+                         era=prof.era_label, evmcs_ok=ok, reason=reason, unfiltered=kvm, guest=guest, states=states))
     return out
 
 
@@ -184,7 +203,19 @@ def design_matrix(groups: Sequence[Group], max_groups: int) -> dict[str, Any] | 
             if cell.get("wrong"):
                 t["wrong"] += w
         host_totals[d] = t
-    return {"designs": list(DESIGNS), "groups": ids, "cells": cells, "group_pair_totals": totals,
+    # Hosts and groups: for each verdict, the source groups (and their hosts) that have at least one
+    # destination group with that verdict; host pairs are kept for the "pairs" details only.
+    by_source: dict[str, dict[str, dict[str, int]]] = {}
+    for d in DESIGNS:
+        counts: dict[str, dict[str, int]] = {v: {"groups": 0, "hosts": 0}
+                                              for v in ("fine", "blocked", "unsafe", "source-fails")}
+        for s in ids:
+            for v in {cells[d][f"{s}>{e}"]["v"] for e in ids if f"{s}>{e}" in cells[d]}:
+                counts[v]["groups"] += 1
+                counts[v]["hosts"] += weight[s]
+        by_source[d] = counts
+    return {"designs": list(DESIGNS), "groups": ids, "labels": {g.gid: g.label for g in chosen},
+            "cells": cells, "group_pair_totals": totals, "source_totals": by_source,
             "host_pair_totals": host_totals, "omitted": max(0, sum(1 for g in groups if g.evmcs_ok) - len(ids))}
 
 
@@ -206,6 +237,9 @@ border-radius:3px;font-size:12px;display:none;max-width:520px;z-index:9}.gid{fon
 dl.key{display:grid;grid-template-columns:max-content 1fr;gap:3px 10px;margin:6px 0 10px;max-width:1100px}
 dl.key dt{white-space:nowrap;font-weight:600}dl.key dd{margin:0;color:#3a4550}
 .panel .sub{color:#5a6570;font-size:12px;margin:0 0 4px;max-width:560px}.uniform{max-width:1100px;color:#3a4550}
+code.cpu{display:block;max-width:1100px;white-space:pre-wrap;word-break:break-all;user-select:all;background:#eef1f4;
+padding:3px 5px;font-size:11px}.answer{margin-top:3px}ul.reasons{margin:2px 0;padding-left:18px}
+details.why li:target{background:#fff3c4}
 """
 
 _JS = """
@@ -236,13 +270,18 @@ def _e(s: object) -> str:
     return html.escape(str(s), quote=True)
 
 
+def _label_px(labels: Sequence[str], size: float = 10) -> int:
+    """Room for the longest label at ``size`` px (about 0.6 em a character)."""
+    return 8 + int(0.6 * size * max((len(x) for x in labels), default=4))
+
+
 def _heatmap_svg(groups: Sequence[Group], features: Sequence[str], view: str) -> str:
-    """One panel: rows = features, columns = groups (labelled G1, G2, ... as in the host-group table)."""
+    """One panel: rows = features, columns = groups, each column labelled as an operator knows the group
+    (generation, kernel, knobs, hosts); the group id and the long form are the label's tooltip."""
     n = max(1, len(groups))
-    cw = 20 if n <= 30 else 14 if n <= 60 else 9
+    cw = 20 if n <= 30 else 14 if n <= 60 else 11
     ch = 15
-    rotate = cw < 20
-    top = 44 if rotate else 22
+    top = _label_px([g.label for g in groups])
     left = 8 + int(6.6 * max((len(f) for f in features), default=8))
     width = left + cw * len(groups) + 6
     height = top + ch * len(features) + 4
@@ -250,13 +289,10 @@ def _heatmap_svg(groups: Sequence[Group], features: Sequence[str], view: str) ->
            f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(view)} heatmap">']
     for j, g in enumerate(groups):
         x = left + j * cw + cw / 2
-        tip = _e(g.gid + ": " + g.label)
-        if rotate:
-            out.append(f'<text x="{x + 3:.1f}" y="{top - 4}" font-size="10" '
-                       f'transform="rotate(-90 {x + 3:.1f} {top - 4})" data-tip="{tip}">{_e(g.gid)}</text>')
-        else:
-            out.append(f'<text x="{x:.1f}" y="{top - 6}" font-size="10.5" font-weight="600" text-anchor="middle" '
-                       f'data-tip="{tip}">{_e(g.gid)}</text>')
+        tip = _e(f"{g.gid}: {g.detail}")
+        out.append(f'<text x="{x + 3:.1f}" y="{top - 4}" font-size="10" class="glabel" '
+                   f'transform="rotate(-90 {x + 3:.1f} {top - 4})" data-tip="{tip}"><title>{tip}</title>'
+                   f'{_e(g.label)}</text>')
     for i, f in enumerate(features):
         y = top + i * ch
         out.append(f'<text x="{left - 5}" y="{y + ch - 4}" font-size="11" text-anchor="end">{_e(f)}</text>')
@@ -265,7 +301,7 @@ def _heatmap_svg(groups: Sequence[Group], features: Sequence[str], view: str) ->
             if view == "unfiltered":
                 st = "nrp" if f not in g.unfiltered else "vis"
             out.append(f'<rect x="{left + j * cw}" y="{y}" width="{cw - 2}" height="{ch - 2}" '
-                       f'fill="{STATES[st][1]}" data-tip="{_e(f"{g.gid} {g.label} | {f}: {STATES[st][0]}")}"/>')
+                       f'fill="{STATES[st][1]}" data-tip="{_e(f"{g.label} ({g.gid}) | {f}: {STATES[st][0]}")}"/>')
     out.append("</svg>")
     return "".join(out)
 
@@ -281,11 +317,18 @@ def _legend(items: dict[str, tuple[str, str]], keys: Sequence[str], helps: dict[
         extra + "</div>"
 
 
+def _cell_id(design: str, src: str, dst: str) -> str:
+    return f"why-{design}-{src}-{dst}"
+
+
 def _design_svg(design: str, dm: dict[str, Any]) -> str:
     ids: list[str] = dm["groups"]
+    labels: dict[str, str] = dm["labels"]
     cells: dict[str, dict[str, Any]] = dm["cells"][design]
     c = 22 if len(ids) <= 16 else 15
-    left, top = 62, 42
+    fs = 10 if c >= 22 else 8.5
+    room = _label_px([labels[g] for g in ids], fs)
+    left, top = room + 16, room + 16
     size_w = left + c * len(ids) + 6
     size_h = top + c * len(ids) + 6
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{size_w}" height="{size_h}" '
@@ -293,12 +336,12 @@ def _design_svg(design: str, dm: dict[str, Any]) -> str:
            f'<text x="{left}" y="11" font-size="11" fill="#5a6570">to (destination) &#8594;</text>',
            f'<text x="11" y="{top + 4}" font-size="11" fill="#5a6570" transform="rotate(90 11 {top + 4})">'
            "from (source) &#8594;</text>"]
-    fs = 10 if c >= 22 else 8.5
     for j, gid in enumerate(ids):
         x = left + j * c + c / 2
-        out.append(f'<text x="{x:.1f}" y="{top - 6}" font-size="{fs}" text-anchor="middle">{_e(gid)}</text>')
-        out.append(f'<text x="{left - 4}" y="{top + j * c + c / 2 + 3.5:.1f}" font-size="{fs}" text-anchor="end">'
-                   f"{_e(gid)}</text>")
+        out.append(f'<text x="{x + 3:.1f}" y="{top - 4}" font-size="{fs}" class="glabel" '
+                   f'transform="rotate(-90 {x + 3:.1f} {top - 4})"><title>{_e(gid)}</title>{_e(labels[gid])}</text>')
+        out.append(f'<text x="{left - 4}" y="{top + j * c + c / 2 + 3.5:.1f}" font-size="{fs}" text-anchor="end" '
+                   f'class="glabel"><title>{_e(gid)}</title>{_e(labels[gid])}</text>')
     for i, src in enumerate(ids):
         for j, dst in enumerate(ids):
             cell = cells.get(f"{src}>{dst}")
@@ -309,12 +352,64 @@ def _design_svg(design: str, dm: dict[str, Any]) -> str:
             if cell and cell.get("wrong"):
                 tip += " [WRONG]"
             stroke = ' stroke="#000" stroke-width="2"' if cell and cell.get("wrong") else ""
-            out.append(f'<rect x="{left + j * c + 1}" y="{top + i * c + 1}" width="{c - 3}" height="{c - 3}" '
-                       f'fill="{VERDICTS[v][1]}"{stroke} data-tip="{_e(tip)}"/>')
+            rect = (f'<rect x="{left + j * c + 1}" y="{top + i * c + 1}" width="{c - 3}" height="{c - 3}" '
+                    f'fill="{VERDICTS[v][1]}"{stroke} data-tip="{_e(tip)}"/>')
+            if v in ("blocked", "unsafe"):   # a link to the features and layer that decide it
+                rect = f'<a href="#{_cell_id(design, src, dst)}">{rect}</a>'
+            out.append(rect)
             if v == "self":
                 out.append(f'<line x1="{left + j * c + 3}" y1="{top + i * c + c - 3}" x2="{left + j * c + c - 3}" '
                            f'y2="{top + i * c + 3}" stroke="#b0b6bd" stroke-width="1"/>')
     out.append("</svg>")
+    return "".join(out)
+
+
+def _why_list(dm: dict[str, Any]) -> str:
+    """The target of each blocked or unsafe cell's link: the features and the layer that decide it."""
+    labels: dict[str, str] = dm["labels"]
+    out = []
+    for d in dm["designs"]:
+        items = []
+        for key, cell in dm["cells"][d].items():
+            if cell["v"] not in ("blocked", "unsafe"):
+                continue
+            src, dst = key.split(">")
+            items.append(f'<li id="{_cell_id(d, src, dst)}"><b>{_e(cell["v"])}</b>: {_e(labels[src])} &#8594; '
+                         f'{_e(labels[dst])}: {_e(cell.get("why", ""))}</li>')
+        if items:
+            out.append(f"<details class=why><summary>{_e(d)}: {len(items)} blocked or unsafe group pairs, "
+                       f"with the features and layer that decide each</summary><ul>{''.join(items)}</ul></details>")
+    return "".join(out)
+
+
+def _pool_answers(fleet: Fleet, model: GuestModel) -> str:
+    """Each inventory pool's answer (``fleet plan``), pools with the same answer in one row."""
+    plan = plan_fleet(fleet, model, upgrades=False)
+    rows: dict[str, list[PoolPlan]] = {}
+    for p in plan.pools:
+        neg = p.negotiation
+        key = cpu_string(neg).strip() if neg is not None and neg.ok else ""
+        rows.setdefault(key, []).append(p)
+    out = ["<h2>Pool answers</h2><p class=meta>Each inventory pool's negotiated guest configuration (model max, "
+           "design shipped, for a released QEMU), as <code>qemu-evmcs fleet plan</code> gives it; pools with the "
+           "same answer share a row. Select the line to copy it.</p><table><thead><tr><th>pools</th>"
+           "<th class=num>hosts</th><th>answer</th></tr></thead><tbody>"]
+    for key, pools in sorted(rows.items(), key=lambda kv: -sum(p.host_count for p in kv[1])):
+        names = ", ".join(p.name for p in pools[:12]) + (f" and {len(pools) - 12} more" if len(pools) > 12 else "")
+        n = sum(p.host_count for p in pools)
+        if key:
+            answer = f'-cpu <code class="cpu">{_e(key)}</code>'
+        else:
+            first = pools[0]
+            why = first.negotiation.error if first.negotiation is not None else \
+                "no host of the pool can run an eVMCS guest"
+            answer = f'<span class=bad>no answer</span>: {_e(why)}'
+        parts = [f"<tr><td>{_e(names)}</td><td class=num>{n:,}</td><td>{answer}"]
+        left = {x.reason for p in pools for x in p.left_out}
+        if left:
+            parts.append("<ul class=reasons>" + "".join(f"<li>left out: {_e(r)}</li>" for r in sorted(left)) + "</ul>")
+        out.append("".join(parts) + "</td></tr>")
+    out.append("</tbody></table>")
     return "".join(out)
 
 
@@ -348,22 +443,25 @@ def render_html(fleet: Fleet, *, max_design_groups: int = DEFAULT_MAX_DESIGN_GRO
     parts.append(f"<!DOCTYPE html><html lang=\"en\" data-rendered=\"pending\"><head><meta charset=\"utf-8\">"
                  f"<meta name=\"viewport\" content=\"width=device-width\"><title>{_e(title)}</title>"
                  f"<style>{_CSS}</style></head><body><div id=\"tip\"></div>")
-    parts.append(f"<h1>{_e(title)}</h1><p class=\"meta\">{hosts:,} hosts in "
-                 f"<span id=\"summary-groups\">{len(groups)}</span> distinct host groups, from {_e(fleet.source)}; "
-                 f"generated {_e(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}. Hosts with identical profiles (CPU, "
-                 f"kernel, KVM settings, VMX MSRs) form one group, G1 being the largest; every chart has one "
-                 f"column per group. Hover any cell for details.</p>")
+    npools = len(set(fleet.pools.values()))
+    parts.append(f"<h1>{_e(title)}</h1><p class=\"meta\">{hosts:,} hosts"
+                 + (f" in {npools:,} pools" if npools else "")
+                 + f", <span id=\"summary-groups\">{len(groups)}</span> distinct host groups, from "
+                 f"{_e(fleet.source)}; generated {_e(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}. Hosts with identical "
+                 f"profiles (CPU, kernel, KVM settings, VMX MSRs) form one group, labelled by CPU generation, "
+                 f"kernel series, KVM knobs and host count (×N); every chart has one column per group. Hover a "
+                 f"label or cell for details; click a blocked or unsafe cell for what decides it.</p>")
     # 1. groups: the key to the charts' columns
-    parts.append("<h2>Host groups</h2><details open><summary>one row per distinct profile (the G1, G2, ... of the "
-                 "charts)</summary>"
-                 "<table><thead><tr><th>group</th><th>CPU · kernel · hosts</th>"
+    parts.append("<h2>Host groups</h2><details open><summary>one row per distinct profile, largest first"
+                 "</summary><table><thead><tr><th>group</th><th>CPU · kernel release · hosts</th>"
                  "<th>eVMCS era</th><th class=num>KVM features</th><th>eVMCS guest features</th>"
                  "<th>example hosts</th></tr></thead><tbody>")
     for g in groups:
         ex = ", ".join(g.hosts[:3]) + (f" … (+{len(g.hosts) - 3:,})" if len(g.hosts) > 3 else "")
         guest = str(len(g.guest)) if g.evmcs_ok else f'<span class="bad">no eVMCS</span>: {_e(g.reason or "")}'
-        parts.append(f"<tr><td class=gid>{g.gid}</td><td>{_e(g.label)}</td><td>{_e(g.era)}</td>"
-                     f"<td class=num>{len(g.unfiltered)}</td><td>{guest}</td><td>{_e(ex)}</td></tr>")
+        parts.append(f"<tr><td class=gid title=\"{_e(g.gid)}\">{_e(g.label)}</td><td>{_e(g.detail)}</td>"
+                     f"<td>{_e(g.era)}</td><td class=num>{len(g.unfiltered)}</td><td>{guest}</td>"
+                     f"<td>{_e(ex)}</td></tr>")
     parts.append("</tbody></table></details>")
     # 2. heatmap
     parts.append("<h2>VMX feature visibility by host group</h2><p class=meta>One row per VMX feature, one column "
@@ -388,21 +486,33 @@ def render_html(fleet: Fleet, *, max_design_groups: int = DEFAULT_MAX_DESIGN_GRO
                  "share a migration pool (a guest using everything it sees migrates freely inside a class).</p>"
                  "<table><thead><tr><th>pool class</th><th class=num>hosts</th><th class=num>features</th>"
                  "<th>groups</th></tr></thead><tbody>")
+    model = max_model()
     for k, cl in enumerate(classes):
         n = sum(len(g.hosts) for g in cl)
+        neg = negotiate(model, [g.profile for g in cl], "pv-cpuid")
+        answer = (f'<div class="answer">-cpu <code class="cpu">{_e(cpu_string(neg).strip())}</code></div>'
+                  if neg.ok else f'<div class="answer bad">no answer: {_e(neg.error)}</div>')
         parts.append(f"<tr><td class=gid>P{k + 1}</td><td class=num>{n:,}</td><td class=num>{len(cl[0].guest)}</td>"
-                     f"<td>{_e(', '.join(g.gid + ' (' + g.label + ')' for g in cl))}</td></tr>")
+                     f"<td>{_e(', '.join(g.label for g in cl))}{answer}</td></tr>")
     if incapable:
         n = sum(len(g.hosts) for g in incapable)
+        reasons: dict[str, list[Group]] = {}
+        for g in incapable:   # one line per distinct reason, with the groups it applies to
+            text = (g.reason or "").split(": ", 1)[1] if (g.reason or "").startswith("host ") else (g.reason or "")
+            reasons.setdefault(text, []).append(g)
+        why = "".join(f"<li>{_e(r)}: {_e(', '.join(g.label for g in gs))} "
+                      f"({sum(len(g.hosts) for g in gs):,} hosts)</li>" for r, gs in reasons.items())
         parts.append(f"<tr><td class=bad>none</td><td class=num>{n:,}</td><td class=num>–</td><td>cannot run an "
-                     f"eVMCS guest: {_e(', '.join(f'{g.gid} ({g.reason})' for g in incapable))}</td></tr>")
+                     f"eVMCS guest:<ul class=reasons>{why}</ul></td></tr>")
     parts.append("</tbody></table>")
+    if npools:
+        parts.append(_pool_answers(fleet, model))
     # 4. designs
     parts.append("<h2>Design comparison: migration between groups</h2>")
     if dm is None or not dm["groups"]:
         parts.append("<p class=meta>No eVMCS-capable groups (or compare-designs is unavailable).</p>")
     else:
-        left_out = [g.gid for g in incapable]
+        left_out = [g.label for g in incapable]
         note = (f" The {dm['omitted']} smallest eVMCS-capable groups are left out (compare-designs is quadratic)."
                 if dm["omitted"] else "")
         if left_out:
@@ -425,18 +535,24 @@ def render_html(fleet: Fleet, *, max_design_groups: int = DEFAULT_MAX_DESIGN_GRO
                      "<th class=num>blocked</th><th class=num>unsafe</th><th class=num>no start</th>"
                      "<th class=num>wrong</th></tr></thead><tbody>")
         for d in dm["designs"]:
-            t = dm["host_pair_totals"][d]
-            wrong = f'<span class="{"bad" if t["wrong"] else "ok"}">{t["wrong"]:,}</span>'
+            t = dm["source_totals"][d]
+            wrong_pairs = dm["host_pair_totals"][d]["wrong"]
+            wrong = f'<span class="{"bad" if wrong_pairs else "ok"}">{"yes" if wrong_pairs else "none"}</span>'
+
+            def cell(v: str, t: dict[str, dict[str, int]] = t) -> str:
+                return f"<td class=num>{t[v]['hosts']:,} hosts<br><small>{t[v]['groups']} groups</small></td>"
             parts.append(f"<tr><td class=gid>{_e(d)}</td><td>{_e(DESIGN_HELP.get(d, ''))}</td>"
-                         f"<td class=num>{t['fine']:,}</td><td class=num>{t['blocked']:,}</td>"
-                         f"<td class=num>{t['unsafe']:,}</td><td class=num>{t['source-fails']:,}</td>"
+                         f"{cell('fine')}{cell('blocked')}{cell('unsafe')}{cell('source-fails')}"
                          f"<td class=num>{wrong}</td></tr>")
-        parts.append("</tbody></table><p class=meta>The counts are ordered pairs of hosts (a group of n hosts "
-                     "weighs n × m against a group of m), so they show how much of the fleet each verdict "
-                     "covers.</p><div class=designs>")
+        pairs = "".join(f"<li>{_e(d)}: " + ", ".join(f"{v} {n:,}" for v, n in dm["host_pair_totals"][d].items())
+                        + "</li>" for d in dm["designs"])
+        parts.append("</tbody></table><p class=meta>Each count is the source hosts (and their groups) whose guests "
+                     "have at least one destination group with that verdict.</p><details><summary>the same in "
+                     f"ordered host pairs</summary><ul>{pairs}</ul></details><div class=designs>")
         for d in dm["designs"]:
             parts.append(f'<div class="panel"><h3>{_e(d)}</h3>{_design_svg(d, dm)}</div>')
         parts.append("</div>")
+        parts.append(_why_list(dm))
     data = {"hosts": hosts, "groups": len(groups), "features": len(shown), "drawn_features": len(rows),
             "classes": len(classes), "designs": dm["designs"] if dm else []}
     blob = json.dumps(data, sort_keys=True).replace("</", "<\\/")
