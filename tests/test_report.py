@@ -76,12 +76,12 @@ def test_report_explains_colours_columns_and_designs(fleet_file: Path) -> None:
     assert "black outline" in text and "to (destination)" in text and "from (source)" in text
     for d, help_text in DESIGN_HELP.items():             # each design says what it is
         assert f"<td class=gid>{d}</td><td>{html.escape(help_text)}</td>" in text
-    # The group table (the key to the G1, G2, ... columns) comes before the charts.
+    # The group table (the key to the charts' column labels) comes before the charts.
     assert text.index("<h2>Host groups</h2>") < text.index('id="heat-unfiltered"') < text.index("Design comparison")
     # Groups without eVMCS are said to be left out of the design matrices.
     groups = build_groups(fleet)
-    incapable = [g.gid for g in groups if not g.evmcs_ok]
-    assert incapable and f"({', '.join(incapable)}) have no row or column" in text
+    incapable = [g.label for g in groups if not g.evmcs_ok]
+    assert incapable and f"({html.escape(', '.join(incapable))}) have no row or column" in text
     # Legible: labels of at least 10 px; features everyone sees alike are listed, not drawn.
     sizes = [float(x) for x in re.findall(r'<text [^>]*font-size="([0-9.]+)"', text)]
     assert sizes and min(sizes) >= 8.5 and sorted(sizes)[len(sizes) // 2] >= 10
