@@ -31,6 +31,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
+from qemu_evmcs.core.hyperv import (  # the TLFS constants, re-exported for this module's users
+    HV_CPUID_ENLIGHTMENT_INFO as HV_CPUID_ENLIGHTMENT_INFO,
+    HV_CPUID_NESTED_FEATURES as HV_CPUID_NESTED_FEATURES,
+    HV_ENLIGHTENED_VMCS_RECOMMENDED as HV_ENLIGHTENED_VMCS_RECOMMENDED,
+    HV_NESTED_DIRECT_FLUSH as HV_NESTED_DIRECT_FLUSH,
+    HV_NESTED_EVMCS1_PERF_GLOBAL_CTRL as HV_NESTED_EVMCS1_PERF_GLOBAL_CTRL,
+    HV_NESTED_MSR_BITMAP as HV_NESTED_MSR_BITMAP,
+)
 from qemu_evmcs.core.errors import KvmError
 from qemu_evmcs.core.evmcs_filter import filter_msr
 from qemu_evmcs.core.kernel import Era, KernelFacts, era_table
@@ -47,12 +55,6 @@ KVM_CAP_HYPERV_CPUID = 167
 #: v2 06/28 proposed 221; in mainline 221 is KVM_CAP_S390_ZPCI_OP. Simulation only.
 KVM_CAP_HYPERV_ENLIGHTENED_VMCS2 = 221
 
-HV_CPUID_ENLIGHTMENT_INFO = 0x40000004
-HV_CPUID_NESTED_FEATURES = 0x4000000A
-HV_ENLIGHTENED_VMCS_RECOMMENDED = 1 << 14      # 0x40000004.EAX
-HV_NESTED_DIRECT_FLUSH = 1 << 17               # 0x4000000A.EAX
-HV_NESTED_MSR_BITMAP = 1 << 19                 # 0x4000000A.EAX
-HV_NESTED_EVMCS1_PERF_GLOBAL_CTRL = 1 << 0     # 0x4000000A.EBX
 
 VARIANTS = ("shipped", "revision", "vmx-msrs")
 #: Revisions of design (a): 1 = legacy filter, 2 = 2022 update (PERF_GLOBAL_CTRL + TSC scaling).
