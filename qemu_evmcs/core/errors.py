@@ -13,6 +13,8 @@ Tree::
      +-- ProbeError                 the live host cannot answer -> exit 1
      +-- LaunchError                starting / talking to an emulator failed -> exit 1
      +-- NegativeAnswer             a check whose answer is "no"  -> exit 1
+     +-- QmpCommandError            a simulated QMP command failed (simqemu.qmp_server; becomes the
+                                    QMP error reply, never an exit status)
 
 Exit codes used by every command: 0 success, 1 negative answer, 2 bad input
 or usage. ``BaseException`` subclasses (``KeyboardInterrupt``,

@@ -35,8 +35,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from enum import Enum
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Any, Self
 
 from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
 
@@ -50,6 +51,56 @@ UNIX_PATH_MAX = 107
 
 #: Name of the socket inside the private runtime directory.
 SOCKET_NAME = "qmp.sock"
+
+class Runstate(Enum):
+    """Where an :class:`EmulatorSession` is in its life cycle (qemu.qmp's ``Runstate`` discipline).
+
+    Transitions, each made by one method and checked by :meth:`EmulatorSession._require`::
+
+        IDLE --spawn--> SPAWNED --connect--> CONNECTED --disconnect--> DETACHED
+          any state --close--> CLOSING --> CLOSED
+    """
+
+    #: Nothing started: no process, no directory.
+    IDLE = "idle"
+    #: The emulator runs (or has just exited); the runtime directory exists; no QMP session.
+    SPAWNED = "spawned"
+    #: A negotiated QMP session: commands may be sent.
+    CONNECTED = "connected"
+    #: The QMP session was dropped on purpose; the emulator runs on (the wrapper waits for it).
+    DETACHED = "detached"
+    #: :meth:`EmulatorSession.close` is stopping and reaping the emulator.
+    CLOSING = "closing"
+    #: Reaped, socket and directory removed; the session cannot be used again.
+    CLOSED = "closed"
+
+
+class StateError(LaunchError):
+    """A session method was called in a state that does not allow it.
+
+    :param action: what was attempted; :param state: the state it was in; :param required: the states
+        that would have allowed it.
+    """
+
+    def __init__(self, action: str, state: Runstate, required: Sequence[Runstate]) -> None:
+        need = " or ".join(r.value for r in required)
+        super().__init__(f"{action}: the emulator session is {state.value}, not {need}", layer="qemu")
+        self.state = state
+        self.required = tuple(required)
+
+
+async def cancel_and_reap(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait until it has finished, without swallowing *our own* cancellation.
+
+    ``asyncio.wait`` never raises the task's outcome, so nothing has to be suppressed around the ``await``
+    (a ``suppress(BaseException)`` there also swallowed the caller's ``CancelledError``); the task's own
+    exception is then retrieved so asyncio does not log "exception was never retrieved".
+    """
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()
+
 
 #: Name prefix of the private runtime directories (``qemu-evmcs-<random>``, owner file inside).
 RUNTIME_PREFIX = "qemu-evmcs-"
@@ -215,6 +266,17 @@ class EmulatorSession:
         self.socket_path: str | None = None
         #: Seconds from spawn to a negotiated QMP session.
         self.ready_seconds: float | None = None
+        #: Where the session is (see :class:`Runstate`); changed only by :meth:`_set_state`.
+        self.runstate = Runstate.IDLE
+
+    def _require(self, action: str, *states: Runstate) -> None:
+        """Raise :class:`StateError` unless the session is in one of ``states``."""
+        if self.runstate not in states:
+            raise StateError(action, self.runstate, states)
+
+    def _set_state(self, new: Runstate) -> None:
+        logger.debug("%s: runstate %s -> %s", self.name, self.runstate.value, new.value)
+        self.runstate = new
 
     # ------------------------------------------------------------------ state
 
@@ -308,8 +370,7 @@ class EmulatorSession:
         :raise InputError: bad runtime directory.
         :raise LaunchError: the program cannot be executed.
         """
-        if self._proc is not None:
-            raise LaunchError("emulator session already started", layer="qemu")
+        self._require("spawn", Runstate.IDLE)
         self.runtime_dir = self._make_runtime_dir()
         self.socket_path = os.path.join(self.runtime_dir, SOCKET_NAME)
         argv = self.argv + ["-qmp", f"unix:{self.socket_path},server=on,wait=off"]
@@ -343,6 +404,7 @@ class EmulatorSession:
         self._stderr_transport = transport
         self._stderr_task = asyncio.create_task(self._pump_stderr(reader), name="emulator-stderr")
         self._wait_task = asyncio.create_task(self._proc.wait(), name="emulator-wait")
+        self._set_state(Runstate.SPAWNED)
 
     async def _pump_stderr(self, stream: asyncio.StreamReader) -> None:
         """Keep the whole stderr (for parsing) and echo it live (so the user sees QEMU's words verbatim)."""
@@ -418,6 +480,7 @@ class EmulatorSession:
         :raise LaunchError: the emulator exited first (with its last stderr
             line), or no greeting within the timeout.
         """
+        self._require("connect", Runstate.SPAWNED)
         assert self._wait_task is not None and self.socket_path is not None
         deadline = self._t0 + self.qmp_timeout
         delay = FAST_POLL_INTERVAL
@@ -447,13 +510,12 @@ class EmulatorSession:
                 if connect in done and connect.exception() is None:
                     self.client = client
                     self.ready_seconds = time.monotonic() - self._t0
+                    self._set_state(Runstate.CONNECTED)
                     return
                 if connect in done:
                     last_err = connect.exception()
                 else:
-                    connect.cancel()
-                    with contextlib.suppress(BaseException):
-                        await connect
+                    await cancel_and_reap(connect)
                     with contextlib.suppress(QMPError, OSError):
                         await client.disconnect()
                     continue  # loop re-checks exit / deadline
@@ -481,8 +543,8 @@ class EmulatorSession:
         :raise LaunchError: not connected, emulator died, timeout, or QEMU
             answered with an error (QEMU's ``desc`` is in the message).
         """
-        if self.client is None or self._wait_task is None:
-            raise LaunchError(f"QMP command {cmd}: not connected", layer="qemu")
+        self._require(f"QMP command {cmd}", Runstate.CONNECTED)
+        assert self.client is not None and self._wait_task is not None
         if self._wait_task.done():
             raise await self._exit_error(f"before QMP command {cmd}")
         limit = self.qmp_timeout if timeout is None else timeout
@@ -494,9 +556,7 @@ class EmulatorSession:
             task.cancel()
             raise
         if task not in done:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            await cancel_and_reap(task)
             if self._wait_task.done():
                 raise await self._exit_error(f"during QMP command {cmd}")
             raise LaunchError(f"QMP command {cmd}: no answer within {limit:g} s", layer="qemu")
@@ -520,8 +580,8 @@ class EmulatorSession:
 
         Remove it with ``session.client.remove_listener(l)`` or just close the session.
         """
-        if self.client is None:
-            raise LaunchError("QMP events: not connected", layer="qemu")
+        self._require("QMP events", Runstate.CONNECTED)
+        assert self.client is not None
         lst = EventListener(names)
         self.client.register_listener(lst)
         return lst
@@ -531,6 +591,8 @@ class EmulatorSession:
         client, self.client = self.client, None
         if client is None:
             return
+        if self.runstate is Runstate.CONNECTED:
+            self._set_state(Runstate.DETACHED)
         task = asyncio.ensure_future(client.disconnect())
         try:
             done, _ = await asyncio.wait({task}, timeout=self.quit_timeout)
@@ -547,8 +609,9 @@ class EmulatorSession:
 
     async def wait(self) -> int:
         """Wait (unbounded) for the emulator to exit; returns asyncio's return code."""
-        if self._wait_task is None:
-            raise LaunchError("emulator not started", layer="qemu")
+        self._require("wait", Runstate.SPAWNED, Runstate.CONNECTED, Runstate.DETACHED, Runstate.CLOSING,
+                      Runstate.CLOSED)
+        assert self._wait_task is not None
         return await asyncio.shield(self._wait_task)
 
     async def _wait_bounded(self, timeout: float) -> bool:
@@ -597,9 +660,7 @@ class EmulatorSession:
             await self._drain_stderr()
             for task in (self._stderr_task, self._wait_task):
                 if task is not None and not task.done():
-                    task.cancel()
-                    with contextlib.suppress(BaseException):
-                        await task
+                    await cancel_and_reap(task)
             if self._stderr_transport is not None:
                 self._stderr_transport.close()  # closes our read end if EOF never came
                 self._stderr_transport = None
@@ -607,6 +668,7 @@ class EmulatorSession:
             if self.runtime_dir is not None:
                 shutil.rmtree(self.runtime_dir, ignore_errors=True)
                 self.runtime_dir = None
+            self._set_state(Runstate.CLOSED)
 
     async def close(self) -> None:
         """Shut down, reap the child, and remove socket and directory; idempotent.
@@ -616,6 +678,7 @@ class EmulatorSession:
         is then re-raised so that ``asyncio.CancelledError`` propagates unwrapped.
         """
         if self._close_task is None:
+            self._set_state(Runstate.CLOSING)
             self._close_task = asyncio.create_task(self._close(), name="emulator-close")
         cancelled = False
         while not self._close_task.done():

@@ -62,6 +62,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple, Union
 
+from qemu_evmcs.core.errors import EXIT_NEGATIVE, EvmcsError
 from qemu_evmcs.qemu.cpuspec import PROG, CpuSpec, QemuError
 from qemu_evmcs.simqemu.cmdline import QmpAddress
 from qemu_evmcs.qemu.features import CPUID_BY_NAME, HV_BY_PROP
@@ -85,11 +86,20 @@ MAX_BACKLOG = 4 << 20
 UNIX_PATH_MAX = 107
 
 
-class QmpCommandError(Exception):
-    """A command failed: ``{"error": {"class": cls, "desc": desc}}``."""
+class QmpCommandError(EvmcsError):
+    """A simulated QMP command failed: answered ``{"error": {"class": cls, "desc": desc}}``.
+
+    Part of the one error tree (:class:`~qemu_evmcs.core.errors.EvmcsError`) like every other failure of
+    the package; it never reaches a command line (the server turns it into the QMP error reply).
+
+    :param desc: QEMU's error text (``message`` too).
+    :param cls: QEMU's error class (``GenericError``, ``CommandNotFound``, ...).
+    """
+
+    exit_code = EXIT_NEGATIVE
 
     def __init__(self, desc: str, cls: str = "GenericError") -> None:
-        super().__init__(desc)
+        super().__init__(desc, layer="qemu")
         self.desc = desc
         self.cls = cls
 
