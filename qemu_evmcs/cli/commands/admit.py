@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from qemu_evmcs.qemu.model_names import MODEL_HELP
+
 from qemu_evmcs.cli.hostargs import add_selection_arguments, inventory_among, select_hosts, split_pool_values
 from qemu_evmcs.policy.admit import admit
 from qemu_evmcs.core.errors import EXIT_NEGATIVE, EXIT_OK
@@ -25,7 +27,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--candidate", required=True, metavar="HOST",
                    help="the host that would join (file, bundled name, or a host name with --inventory; "
                         "a file's first host)")
-    p.add_argument("--model", default=None, help="CPU model definition (default: every feature QEMU can set)")
+    p.add_argument("--model", default=None, help=MODEL_HELP + " (default: max, every feature QEMU can set)")
     add_design_argument(p)
     p.add_argument("--target", choices=TARGETS, default="qemu",
                    help="qemu (default): the pool's guests run on a released QEMU; simulator: on qemu-evmcs-sim, "

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from qemu_evmcs.qemu.model_names import MODEL_HELP
+
 from qemu_evmcs.cli.hostargs import add_selection_arguments, select_hosts
 from qemu_evmcs.policy.designs import compare_designs, comparison_text
 from qemu_evmcs.core.errors import EXIT_OK
@@ -24,7 +26,8 @@ def register(subparsers: Any) -> None:
                                           "Always exit 0: a report, not a check.")
     p.add_argument("--hosts", nargs="*", default=[], metavar="HOST",
                    help="files (multi-document, any size), dirs, SQLite inventories, bundled names, host names")
-    p.add_argument("--model", nargs="+", default=[], metavar="NAME", help="model definitions (default: max)")
+    p.add_argument("--model", nargs="+", default=[], metavar="NAME",
+                   help=MODEL_HELP + "; several allowed (default: max)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_selection_arguments(p)
     p.set_defaults(func=run)
