@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,7 +48,7 @@ def _profile(bundled: str, name: str, kernel: str | None = None) -> str:
     return text
 
 
-POOLS = {
+POOLS: dict[str, list[tuple[str, str, str | None]]] = {
     "old": [("skylake-6.3", "old-1", "5.10.50"), ("skylake-6.3", "old-2", "5.10.50")],
     "new": [("skylake-6.3", "new-1", "6.3.0")],
     "odd": [("epyc-amd-6.6", "amd-1", None), ("skylake-nested-off-6.1", "nonest-1", None)],
@@ -72,7 +73,7 @@ def inventory(tmp_path: Path, run: Run) -> str:
     return db
 
 
-def _plan(run: Run, *argv: str) -> tuple[int, dict[str, object]]:
+def _plan(run: Run, *argv: str) -> tuple[int, Any]:
     rc, out, err = run("fleet", "plan", *argv, "--format", "json")
     assert rc in (0, 1), err
     return rc, json.loads(out)
@@ -81,7 +82,7 @@ def _plan(run: Run, *argv: str) -> tuple[int, dict[str, object]]:
 def test_plan_pools_answers_and_left_out(run: Run, inventory: str) -> None:
     rc, plan = _plan(run, "--db", inventory)
     assert rc == 1                      # pool odd has no answer
-    pools = {p["pool"]: p for p in plan["pools"]}  # type: ignore[union-attr, index]
+    pools = {p["pool"]: p for p in plan["pools"]}
     assert sorted(pools) == ["new", "odd", "old"]
     assert (pools["old"]["ok"], pools["new"]["ok"], pools["odd"]["ok"]) == (True, True, False)
     assert pools["old"]["host_count"] == 2
@@ -91,7 +92,7 @@ def test_plan_pools_answers_and_left_out(run: Run, inventory: str) -> None:
 
 def test_plan_answer_is_negotiate_answer(run: Run, inventory: str) -> None:
     _, plan = _plan(run, "--db", inventory)
-    pools = {p["pool"]: p for p in plan["pools"]}  # type: ignore[union-attr, index]
+    pools = {p["pool"]: p for p in plan["pools"]}
     for pool in ("old", "new"):
         rc, out, err = run("negotiate", "--model", "max", "--hosts", inventory, "--pool", pool, "--format", "cpu")
         assert rc == 0, err
@@ -104,7 +105,7 @@ def test_plan_answer_is_negotiate_answer(run: Run, inventory: str) -> None:
 
 def test_plan_migrations_between_pools(run: Run, inventory: str) -> None:
     _, plan = _plan(run, "--db", inventory, "--no-upgrades", "--migrations", "all")
-    mig = {(m["from"], m["to"]): m for m in plan["pairs"]}  # type: ignore[union-attr, index]
+    mig = {(m["from"], m["to"]): m for m in plan["pairs"]}
     old_new = mig[("old", "new")]
     assert old_new["verdict"] == "unsafe"
     assert old_new["host_counts"] == {"unsafe": 1}
@@ -115,7 +116,7 @@ def test_plan_migrations_between_pools(run: Run, inventory: str) -> None:
     assert mig[("odd", "old")]["verdict"] == "no-answer"
     assert mig[("old", "odd")]["verdict"] == "no-answer"
     # The summary per source pool counts the same verdicts in pools and hosts.
-    summary = {s["from"]: s for s in plan["migrations"]}  # type: ignore[union-attr, index]
+    summary = {s["from"]: s for s in plan["migrations"]}
     assert summary["old"]["pool_counts"] == {"unsafe": 1, "no-answer": 1}
     assert summary["old"]["host_counts"] == {"unsafe": 1}
     assert summary["new"]["pool_counts"] == {"fine": 1, "no-answer": 1}
@@ -136,13 +137,13 @@ def test_plan_upgrade_opens_the_pv_gate_for_the_simulator(run: Run, tmp_path: Pa
     assert rc == 0, err
     rc, plan = _plan(run, "--db", db, "--target", "simulator")
     assert rc == 0
-    (pool,) = plan["pools"]  # type: ignore[misc]
+    (pool,) = plan["pools"]
     ups = pool["upgrades"]
     assert [u["hosts"] for u in ups] == [["mix-old"]]
     assert {"vmx-exit-load-perf-global-ctrl", "vmx-entry-load-perf-global-ctrl"} <= set(ups[0]["gain"])
     # A released QEMU cannot set the bit: no upgrade widens the pool.
     rc, plan = _plan(run, "--db", db)
-    assert plan["pools"][0]["upgrades"] == []  # type: ignore[index]
+    assert plan["pools"][0]["upgrades"] == []
 
 
 def test_plan_text_and_cpu_formats(run: Run, inventory: str) -> None:
@@ -181,7 +182,7 @@ def test_plan_libvirt_fragments_per_pool(run: Run, inventory: str, tmp_path: Pat
 def test_plan_with_selection(run: Run, inventory: str) -> None:
     rc, plan = _plan(run, "--db", inventory, "--pool", "old", "--pool", "new")
     assert rc == 0
-    assert [p["pool"] for p in plan["pools"]] == ["new", "old"]  # type: ignore[union-attr]
+    assert [p["pool"] for p in plan["pools"]] == ["new", "old"]
 
 
 def test_plan_usage_errors(run: Run, inventory: str, tmp_path: Path) -> None:

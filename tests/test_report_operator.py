@@ -31,7 +31,7 @@ def _profile(bundled: str, name: str, kernel: str | None = None) -> str:
     return text
 
 
-POOLS = {
+POOLS: dict[str, list[tuple[str, str, str | None]]] = {
     "web": [("skylake-6.3", "web-1", "6.3.0"), ("skylake-6.3", "web-2", "5.10.50")],
     "misc": [("epyc-amd-6.6", "amd-1", None), ("skylake-nested-off-6.1", "nonest-1", None),
              ("skylake-nested-off-6.1", "nonest-2", None)],

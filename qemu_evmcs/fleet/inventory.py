@@ -129,6 +129,13 @@ def _stored_opt(value: object, what: str, path: str) -> str | None:
     return None if value is None else _stored_text(value, what, path)
 
 
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
 def is_database(path: PathLike) -> bool:
     """Is ``path`` an existing SQLite file (by its 16-byte header)?"""
     try:
@@ -336,11 +343,12 @@ class FleetDb:
                 listings.append((root, []))   # an imported file that was deleted: remove its hosts
             else:
                 raise InputError("no such file or directory", file=os.fspath(root))
-        total = sum(len(files) for _, files in listings)
-        with Progress(total, "importing files", enabled=progress) as bar:
+        # Progress in bytes, the unit that moves (one 100 MB file is one file, but a hundred million bytes).
+        sizes = {f: _size(f) for _, files in listings for f in files}
+        with Progress(sum(sizes.values()), "importing", enabled=progress, unit="B") as bar:
+            loader.progress = bar if bar.enabled else None
             for root, files in listings:
                 for f in files:
-                    bar.update(1)
                     if f in seen:
                         continue
                     seen.add(f)
@@ -351,12 +359,14 @@ class FleetDb:
                     old = known.get(f)
                     new_pool = pool if pool is not None else (old[3] if old else None)
                     if old and old[0] == st.st_mtime_ns and old[1] == st.st_size:
+                        bar.update(sizes[f])
                         res.unchanged += 1
                         if new_pool != old[3] or root != old[4]:
                             touch.append((st.st_mtime_ns, st.st_size, old[2], new_pool, root, f))
                         continue
                     sha = _file_sha256(f)  # streamed: memory does not grow with the file
                     if old and old[2] == sha:
+                        bar.update(sizes[f])
                         res.unchanged += 1
                         touch.append((st.st_mtime_ns, st.st_size, sha, new_pool, root, f))
                         continue

@@ -145,7 +145,9 @@ def compare_designs(hosts: Hosts, models: Sequence[str | GuestModel] = (), *,
     totals = {d: {"fine": 0, "blocked": 0, "unsafe": 0, "source_fails": 0, "wrong": 0} for d in DESIGNS}
     wrong: dict[str, list[str]] = {d: [] for d in DESIGNS}
     rows: list[PairResult] = []
-    with (progress or _no_progress)(len(gms) * len(groups) ** 2, "comparing designs") as bar:
+    # Progress in the unit that moves: host pairs (a group pair weighs n x m hosts).
+    nhosts = sum(len(g.hosts) for g in groups)
+    with (progress or _no_progress)(len(gms) * nhosts * nhosts, "comparing designs (host pairs)") as bar:
         for gm in gms:
             configs: dict[tuple[str, str], GuestConfig | str] = {}
             for g in groups:
@@ -158,7 +160,7 @@ def compare_designs(hosts: Hosts, models: Sequence[str | GuestModel] = (), *,
             for sg in groups:
                 src = reps[sg.fingerprint]
                 for dg in groups:
-                    bar.update()
+                    bar.update(len(sg.hosts) * len(dg.hosts))
                     dst = reps[dg.fingerprint]
                     weight = len(sg.hosts) * len(dg.hosts)
                     if sg is dg:
