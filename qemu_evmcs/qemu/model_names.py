@@ -29,10 +29,10 @@ from __future__ import annotations
 import difflib
 import os
 
-from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.core.errors import EvmcsError, InputError
+from qemu_evmcs.qemu.cpuspec import parse_cpu
 from qemu_evmcs.qemu.libvirt_cpumap import load_cpu_map
 from qemu_evmcs.qemu.models import ModelDef, load_model, load_snapshot, model_files, resolve_model_path
-from qemu_evmcs.qemu.options import feat2prop, qapi_bool
 
 #: QEMU's built-in models that take the host's features.
 BUILTIN = ("host", "max")
@@ -45,33 +45,22 @@ EVMCS_MINIMUM_HYPERV = {"hv-vapic": True, "hv-evmcs": True}
 
 
 def split_model_arg(text: str) -> tuple[str, dict[str, bool]]:
-    """``NAME[,item...]`` -> (NAME, boolean items with QEMU's precedence; ``_`` spelt ``-``).
+    """``NAME[,item...]`` -> (NAME, boolean items with QEMU's precedence), read by the one ``-cpu`` parser
+    (:func:`qemu_evmcs.qemu.cpuspec.parse_cpu`).
 
-    :raise InputError: an empty name or item, or a non-boolean ``key=value`` (a model takes booleans only).
+    :raise InputError: an empty name, or a non-boolean ``key=value`` (a model takes booleans only).
     """
-    name, _, rest = text.partition(",")
-    if not name.strip():
+    try:
+        spec = parse_cpu(text)
+    except EvmcsError as err:
+        raise InputError(f"--model {text!r}: {err.message}") from None
+    if not spec.model.strip():
         raise InputError(f"--model {text!r}: empty model name")
-    keyed: dict[str, bool] = {}
-    plus: list[str] = []
-    minus: list[str] = []
-    for item in rest.split(",") if rest else []:
-        if not item:
-            continue
-        if item[0] in "+-":
-            (plus if item[0] == "+" else minus).append(feat2prop(item[1:]))
-            continue
-        key, eq, value = item.partition("=")
-        on = qapi_bool(value) if eq else True
-        if on is None or not key:
-            raise InputError(f"--model {text!r}: {item!r} is not a boolean CPU option (feature=on|off, +feature, "
-                             f"-feature)")
-        keyed[feat2prop(key)] = on
-    for n in plus:
-        keyed[n] = True
-    for n in minus:
-        keyed[n] = False
-    return name.strip(), keyed
+    if spec.value_props:
+        key, value = next(iter(spec.value_props.items()))
+        raise InputError(f"--model {text!r}: {key}={value} is not a boolean CPU option (feature=on|off, +feature, "
+                         f"-feature)")
+    return spec.model.strip(), dict(spec.features)
 
 
 def is_definition(name: str) -> bool:
