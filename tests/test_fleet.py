@@ -505,7 +505,7 @@ def test_query_and_stats_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert cli(["fleet", "query", "--db", db, "--pool", "nope"], capsys)[1] == ""
     code, out, _ = cli(["fleet", "stats", "--db", db, "--json"], capsys)
     st = json.loads(out)
-    assert st["hosts"] == 8 and st["pools"] == {"samples": 8} and st["vendors"]["AuthenticAMD"] == 1
+    assert st["host_count"] == 8 and st["pools"] == {"samples": 8} and st["vendors"]["AuthenticAMD"] == 1
     code, out, _ = cli(["fleet", "stats", "--db", db], capsys)
     assert code == 0 and "distinct profiles" in out
 

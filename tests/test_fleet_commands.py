@@ -70,17 +70,18 @@ def test_baseline_big_file_equals_deduplicated(fleet: dict[str, Any], capsys: py
     for who in (["--model", "Skylake-Server-evmcs"], ["--pool"]):
         big = _json(capsys, ["baseline", *who, fleet["big"]])
         small = _json(capsys, ["baseline", *who, fleet["small"]])
-        assert big["hosts"] == HOSTS and small["hosts"] == len(DISTINCT) == big["distinct_profiles"]
+        assert big["host_count"] == HOSTS and small["host_count"] == len(DISTINCT) == big["distinct_profiles"]
         for key in ("wanted", "baseline", "not_starting", "model", "base"):
             assert big[key] == small[key], key
         assert [(g["name"], g["fingerprint"], g["evmcs"], g["unfiltered"]) for g in big["groups"]] == \
                [(g["name"], g["fingerprint"], g["evmcs"], g["unfiltered"]) for g in small["groups"]]
         for bg, sg in zip(big["groups"], small["groups"], strict=True):
-            assert bg["hosts"] == _expand(sg["hosts"], fleet["members"]) and bg["count"] == HOSTS // len(DISTINCT)
+            assert bg["hosts"] == _expand(sg["hosts"], fleet["members"]) and bg["host_count"] == HOSTS // len(DISTINCT)
         # Losses name groups (the same names as de-duplicated) and count their hosts; hosts are listed once.
-        assert [{**x, "count": None} for x in big["losses"]] == [{**x, "count": None} for x in small["losses"]]
-        counts = {g["name"]: g["count"] for g in big["groups"]}
-        assert all(x["count"] == sum(counts[n] for n in x["groups"]) and "hosts" not in x for x in big["losses"])
+        assert [{**x, "host_count": None} for x in big["losses"]] == \
+               [{**x, "host_count": None} for x in small["losses"]]
+        counts = {g["name"]: g["host_count"] for g in big["groups"]}
+        assert all(x["host_count"] == sum(counts[n] for n in x["groups"]) and "hosts" not in x for x in big["losses"])
     # The human output summarises groups: no line per host.
     assert run(["baseline", "--model", "Skylake-Server-evmcs", fleet["big"]]) == 0
     text = capsys.readouterr().out
@@ -97,11 +98,11 @@ def test_negotiate_big_file_equals_deduplicated(fleet: dict[str, Any], capsys: p
                                                    "notes": len(small["comparison"][name]["notes"])}
     assert any(s["ok"] and s["dropped"] for s in big["designs"].values())
     # Every host is listed once, in the top-level groups; strategies and drops refer to groups by name.
-    assert big["hosts"] == HOSTS and sum(g["count"] for g in big["groups"]) == HOSTS
+    assert big["host_count"] == HOSTS and sum(g["host_count"] for g in big["groups"]) == HOSTS
     assert [g["name"] for g in big["groups"]] == [g["name"] for g in small["groups"]]
     for g in big["groups"]:
         assert g["hosts"] == fleet["members"][g["name"]]
-    counts = {g["name"]: g["count"] for g in big["groups"]}
+    counts = {g["name"]: g["host_count"] for g in big["groups"]}
     for name, b in big["designs"].items():
         s = small["designs"][name]
         assert "groups" not in b and "hosts" not in b
@@ -110,9 +111,10 @@ def test_negotiate_big_file_equals_deduplicated(fleet: dict[str, Any], capsys: p
         assert {k: b.get(k) for k in same} == {k: s.get(k) for k in same}, name
         assert len(b["notes"]) == len(s["notes"])
         for key in ("dropped", "hv_dropped"):
-            assert [{**d, "count": None} for d in b.get(key, [])] == [{**d, "count": None} for d in s.get(key, [])]
+            assert [{**d, "host_count": None} for d in b.get(key, [])] == \
+                   [{**d, "host_count": None} for d in s.get(key, [])]
             for d in b.get(key, []):
-                assert d["count"] == sum(counts[g] for g in d["groups"]) and "hosts" not in d
+                assert d["host_count"] == sum(counts[g] for g in d["groups"]) and "hosts" not in d
     # Text: one line per distinct profile, and the same -cpu string.
     assert run(["negotiate", "--model", MODEL, "--hosts", fleet["big"]]) == 0
     text = capsys.readouterr().out
@@ -139,7 +141,7 @@ def test_compare_designs_big_file_equals_deduplicated(fleet: dict[str, Any],
     assert big["wrong"] == small["wrong"] and big["excluded"] == small["excluded"] == []
     assert [g["name"] for g in big["groups"]] == [g["name"] for g in small["groups"]]
     for g in big["groups"]:
-        assert g["hosts"] == fleet["members"][g["name"]] and g["count"] == HOSTS // len(DISTINCT)
+        assert g["hosts"] == fleet["members"][g["name"]] and g["host_count"] == HOSTS // len(DISTINCT)
     rows = {(r["source"], r["destination"]): r for r in small["rows"]}
     n = HOSTS // len(DISTINCT)
     totals: dict[str, Counter[str]] = {d: Counter() for d in big["designs"]}
@@ -250,11 +252,11 @@ def test_inventory_and_files_mix_and_duplicates_are_refused(fleet: dict[str, Any
     extra = tmp_path / "extra.yaml"
     extra.write_text(_doc("skylake-6.3", "new-host"))
     out = _json(capsys, ["baseline", "--pool", fleet["db"], str(extra), "skylake-5.10"])
-    assert out["hosts"] == HOSTS + 2
+    assert out["host_count"] == HOSTS + 2
     dup = tmp_path / "dup.yaml"
     dup.write_text(_doc("skylake-6.3", "h00007"))
     assert run(["baseline", "--pool", fleet["db"], str(dup)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "duplicate host name 'h00007'" in err
     # The same path twice is read once (not a duplicate).
-    assert _json(capsys, ["baseline", "--pool", fleet["small"], fleet["small"]])["hosts"] == len(DISTINCT)
+    assert _json(capsys, ["baseline", "--pool", fleet["small"], fleet["small"]])["host_count"] == len(DISTINCT)

@@ -385,7 +385,7 @@ def test_json_lists_every_host_once(tmp_path: object, capsys: pytest.CaptureFixt
     raw = capsys.readouterr().out
     data = json.loads(raw)
     assert raw.count('"host-00003"') == 1 and raw.count('"host-00398"') == 1
-    assert [g["count"] for g in data["groups"]] == [200, 200] and data["hosts"] == 400
+    assert [g["host_count"] for g in data["groups"]] == [200, 200] and data["host_count"] == 400
     names = {g["name"] for g in data["groups"]}
     assert names == {"host-00000", "host-00001"}
     dropped = [d for s in data["designs"].values() for d in s["dropped"]]
@@ -411,7 +411,7 @@ def test_group_kernels_are_not_attributed_to_every_host(tmp_path: object,
     assert "host-00001, host-00003, host-00005 and 1 more: kernel 6.1.x (first host: 6.1.55), era 6.1-6.2" in text
     assert run(["baseline", "--pool", fleet, "--json"]) == 0
     g61 = next(g for g in json.loads(capsys.readouterr().out)["groups"] if g["era"] == "6.1-6.2")
-    assert (g61["kernel_series"], g61["first_host_kernel"], g61["count"]) == ("6.1", "6.1.55", 4)
+    assert (g61["kernel_series"], g61["first_host_kernel"], g61["host_count"]) == ("6.1", "6.1.55", 4)
 
 
 # --------------------------------------------------------------------------- negative answers (audit)

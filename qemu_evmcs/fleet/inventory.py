@@ -222,8 +222,11 @@ class ImportResult:
     parsed_documents: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        """Plain data for ``--json``."""
-        return dict(self.__dict__)
+        """Plain data for ``--json``; the distinct-profile count is ``distinct_profiles`` as in every command."""
+        out = dict(self.__dict__)
+        out["distinct_profiles"] = out.pop("distinct")
+        out["host_count"] = out.pop("hosts")
+        return out
 
 
 class FleetDb:
@@ -530,7 +533,9 @@ class FleetDb:
     @_sqlite_boundary
     def query(self, *, era: str | None = None, feature: str | None = None, view: str = "guest",
               pool: str | None = None) -> list[dict[str, Any]]:
-        """Hosts matching every given filter: ``[{name, pool, fingerprint, kernel, era, vendor, file}]``.
+        """Hosts matching every given filter: ``[{name, pool, fingerprint, kernel_series, era, vendor, file}]``
+        (``kernel_series``: major.minor, the part of the kernel a profile's fingerprint keeps; ``kernel`` means a
+        full release in every command's JSON, and the inventory does not keep each host's).
 
         :param era: an era id (``"6.1-6.2"``); :class:`InputError` if unknown.
         :param feature: a VMX feature by any registry name; :class:`InputError` if unknown.
@@ -570,7 +575,8 @@ class FleetDb:
             hpool = _stored_opt(hpool, f"host {name}'s pool", self.path)
             f = _stored_opt(f, f"host {name}'s file", self.path)
             out.append({"name": name, "pool": hpool, "fingerprint": fp, "vendor": hit.vendor,
-                        "kernel": f"{hit.version.major}.{hit.version.minor}", "era": hit.era_label, "file": f})
+                        "kernel_series": f"{hit.version.major}.{hit.version.minor}", "era": hit.era_label,
+                        "file": f})
         return out
 
     @_sqlite_boundary
@@ -604,7 +610,7 @@ class FleetDb:
         return {
             "database": self.path,
             "schema_version": SCHEMA_VERSION,
-            "hosts": c.execute("SELECT COUNT(*) FROM hosts").fetchone()[0],
+            "host_count": c.execute("SELECT COUNT(*) FROM hosts").fetchone()[0],
             "files": c.execute("SELECT COUNT(*) FROM files").fetchone()[0],
             "distinct_profiles": c.execute("SELECT COUNT(*) FROM profiles").fetchone()[0],
             "nested_off_hosts": nested_off,

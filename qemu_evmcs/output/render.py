@@ -125,16 +125,16 @@ def group_refs(hosts: Sequence[str], groups: Sequence[PoolGroup], names: Sequenc
 def pool_group_json(name: str, g: PoolGroup) -> dict[str, Any]:
     """One fingerprint group, its hosts listed once (``kernel_series`` is every host's; ``first_host_kernel``
     is the full release of the first host only: the others' may differ after major.minor)."""
-    return {"name": name, "fingerprint": g.fingerprint, "count": len(g.hosts), "hosts": list(g.hosts),
+    return {"name": name, "fingerprint": g.fingerprint, "host_count": len(g.hosts), "hosts": list(g.hosts),
             "kernel_series": kernel_series(g.profile), "first_host_kernel": g.profile.kernel,
             "era": g.profile.era.id}
 
 
 def pool_groups_json(neg: Negotiation) -> dict[str, Any]:
-    """``{"hosts": N, "groups": [...]}``: every host once, by fingerprint group (see :func:`pool_group_json`)."""
+    """``{"host_count": N, "groups": [...]}``: every host once, by fingerprint group (see :func:`pool_group_json`)."""
     groups = neg.host_groups()
     gnames = unique_group_names([(g.hosts[0] if g.hosts else "", g.fingerprint) for g in groups])
-    return {"hosts": sum(len(g.hosts) for g in groups),
+    return {"host_count": sum(len(g.hosts) for g in groups),
             "groups": [pool_group_json(n, g) for n, g in zip(gnames, groups, strict=True)]}
 
 
@@ -152,7 +152,7 @@ def negotiation_json(neg: Negotiation, *, with_groups: bool = True) -> dict[str,
 
     def drop_json(d: Drop) -> dict[str, Any]:
         return {"feature": d.feature, "cause": d.cause, "detail": d.detail,
-                "groups": group_refs(d.hosts, groups, gnames), "count": len(d.hosts)}
+                "groups": group_refs(d.hosts, groups, gnames), "host_count": len(d.hosts)}
 
     out: dict[str, Any] = {"ok": neg.ok, "design": STRATEGY_VARIANT[neg.strategy], "target": neg.target,
                            "model": neg.model.name}

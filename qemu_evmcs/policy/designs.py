@@ -46,7 +46,7 @@ class DesignGroup:
 
     def to_json(self) -> dict[str, Any]:
         """Plain data."""
-        return {"name": self.name, "fingerprint": self.fingerprint, "count": len(self.hosts),
+        return {"name": self.name, "fingerprint": self.fingerprint, "host_count": len(self.hosts),
                 "hosts": list(self.hosts), "excluded": self.excluded}
 
 

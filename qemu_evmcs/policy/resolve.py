@@ -175,7 +175,7 @@ class HostGroup:
     def to_json(self, name: str | None = None) -> dict[str, Any]:
         """Plain data; ``name`` is how losses refer to the group (default: its first host)."""
         return {"name": name if name is not None else (self.hosts[0] if self.hosts else ""),
-                "fingerprint": self.fingerprint, "hosts": list(self.hosts), "count": len(self.hosts),
+                "fingerprint": self.fingerprint, "hosts": list(self.hosts), "host_count": len(self.hosts),
                 "vendor": self.vendor, "kernel_series": self.kernel_series, "first_host_kernel": self.kernel,
                 "era": self.era, "starts": self.starts, "reason": self.reason,
                 "unfiltered": sorted(self.unfiltered), "evmcs": sorted(self.evmcs)}
@@ -229,7 +229,7 @@ class Loss:
             out["groups"] = sorted(group_names[fp] for fp in self.groups)
         else:
             out["hosts"] = list(self.hosts)
-        out["count"] = self.count
+        out["host_count"] = self.count
         if self.history is not None:
             out["history"] = self.history
         return out
@@ -285,7 +285,7 @@ class BaselineResult:
             "model": self.model, "base": self.base,
             "pv_perf_global_ctrl": PV_PERF_SETS_BIT[self.pv_perf_global_ctrl],
             "pv_perf_global_ctrl_setting": self.pv_perf_global_ctrl,
-            "hosts": self.host_count, "distinct_profiles": len(self.groups),
+            "host_count": self.host_count, "distinct_profiles": len(self.groups),
             "wanted": sorted(self.wanted),
             "baseline": {"unfiltered": sorted(self.unfiltered), "evmcs": sorted(self.evmcs)},
             "not_starting": sorted(names[g.fingerprint] for g in self.groups if not g.starts),

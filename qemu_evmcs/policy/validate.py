@@ -184,7 +184,7 @@ class ValidationReport:
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for ``--json``."""
-        return {"qemu-snapshot": self.snapshot, "errors": self.errors, "warnings": self.warnings,
+        return {"qemu_snapshot": self.snapshot, "errors": self.errors, "warnings": self.warnings,
                 "files": [f.to_json() for f in self.files]}
 
     def render(self) -> str:

@@ -69,7 +69,7 @@ def _stats(args: argparse.Namespace) -> int:
         print(json.dumps(st, indent=2, sort_keys=True))
         return EXIT_OK
     print(f"database:          {st['database']} (schema {st['schema_version']})")
-    print(f"hosts:             {st['hosts']}")
+    print(f"hosts:             {st['host_count']}")
     print(f"files:             {st['files']}")
     print(f"distinct profiles: {st['distinct_profiles']}")
     print(f"nested=0 hosts:    {st['nested_off_hosts']}")
