@@ -181,6 +181,19 @@ def test_intel_probe_reads_every_msr(fake_host: dict[str, str]) -> None:
     assert p.cpu_features == {"sse4.1", "sse4.2", "x2apic", "fpu", "sse2", "avx2", "avx512f"}
 
 
+def test_probe_records_the_upstream_point_release(fake_host: dict[str, str], tmp_path: Path) -> None:
+    sig = tmp_path / "version_signature"
+    sig.write_text("Ubuntu 5.4.0-131.147-generic 5.4.210\n")
+    res = probe.probe(ioctl=FakeKvm(SKY), release="5.4.0-131-generic", version_signature_path=str(sig),
+                      **fake_host)
+    assert res.profile.kernel_version == "5.4.210" and res.profile.era.id == "4.20-5.5+7a601e2cf615"
+    ver = tmp_path / "version"
+    ver.write_text("Linux version 5.10.0-26-amd64 (debian-kernel@lists.debian.org) (gcc-10 (Debian 10.2.1-6) "
+                   "10.2.1 20210110) #1 SMP Debian 5.10.197-1 (2023-09-29)\n")
+    res = probe.probe(ioctl=FakeKvm(SKY), release="5.10.0-26-amd64", proc_version_path=str(ver), **fake_host)
+    assert res.profile.kernel_version == "5.10.197" and res.profile.era.id == "5.17-6.0"
+
+
 def test_no_hv_cpuid_without_cap(fake_host: dict[str, str]) -> None:
     kvm = FakeKvm(SKY, caps={153: 1})
     res = probe.probe(ioctl=kvm, release="5.10", **fake_host)

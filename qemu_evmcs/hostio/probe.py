@@ -10,7 +10,9 @@ What is read, in order:
 5. ``KVM_GET_MSR_FEATURE_INDEX_LIST`` and ``KVM_GET_MSRS`` on the system fd for the VMX capability MSRs
    (KVM lists them only with nested enabled; a missing or zero IA32_VMX_BASIC means nested is off);
 6. ``KVM_GET_SUPPORTED_HV_CPUID`` on the system fd when KVM_CAP_SYS_HYPERV_CPUID is present;
-7. ``os.uname().release`` for the kernel.
+7. ``os.uname().release`` for the kernel, and its upstream point release (``kernel_version``) from
+   ``/proc/version_signature`` (Ubuntu) or ``/proc/version`` (Debian), which decides the era of a
+   distribution build (:mod:`qemu_evmcs.core.kernelid`).
 
 Any of these failing raises :class:`~qemu_evmcs.core.errors.ProbeError` with one line saying what is missing. No
 value is ever invented. Structures follow include/uapi/linux/kvm.h::
@@ -27,6 +29,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -295,10 +298,31 @@ def _get_supported_cpuid(fd: int, ioctl: IoctlFn) -> list[CpuidEntry]:
     return _get_cpuid2(fd, ioctl, KVM_GET_SUPPORTED_CPUID, "KVM_GET_SUPPORTED_CPUID", 64)
 
 
+_DEBIAN_VERSION = re.compile(r"\bDebian (\d+\.\d+\.\d+)-")
+_UPSTREAM_RELEASE = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+def kernel_version_from_proc(version: str | None, signature: str | None) -> str | None:
+    """The upstream point release of a distribution kernel, from ``/proc/version_signature`` (Ubuntu: its last
+    field, "Ubuntu 5.4.0-131.147-generic 5.4.210") or ``/proc/version`` (Debian: "... Debian 5.10.197-1
+    (2023-09-29)"); ``None`` when neither says (the profile then relies on the distribution table)."""
+    if signature:
+        fields = signature.split()
+        if len(fields) >= 3 and fields[0] == "Ubuntu" and _UPSTREAM_RELEASE.match(fields[-1]):
+            return fields[-1]
+    if version:
+        # the last one: the compiler's "(Debian 10.2.1-6)" comes first, the kernel's "Debian 5.10.197-1" last
+        found = _DEBIAN_VERSION.findall(version)
+        if found:
+            return str(found[-1])
+    return None
+
+
 def probe(device: str | None = None, *, ioctl: IoctlFn = _default_ioctl,
           cpuinfo_path: str = "/proc/cpuinfo", nested_param: str = NESTED_PARAM,
           release: str | None = None, name: str | None = None,
-          reg: Registry | None = None) -> ProbeResult:
+          reg: Registry | None = None, proc_version_path: str | None = None,
+          version_signature_path: str | None = None) -> ProbeResult:
     """Read this machine's KVM; :class:`ProbeError` when it cannot answer (see the module docstring).
 
     ``device`` defaults to ``$QEMU_EVMCS_KVM_DEVICE`` or ``/dev/kvm``; ``ioctl`` and the paths are
@@ -312,13 +336,19 @@ def probe(device: str | None = None, *, ioctl: IoctlFn = _default_ioctl,
         raise ProbeError(f"cannot open {device}: {err.strerror or err} (KVM is not available or not accessible "
                          f"to this user)") from None
     try:
-        return _probe_fd(fd, device, ioctl, cpuinfo_path, nested_param, release, name, reg)
+        if release is None:  # the running kernel: its /proc files describe it (an injected release: only if given)
+            proc_version_path = proc_version_path or "/proc/version"
+            version_signature_path = version_signature_path or "/proc/version_signature"
+        kv = kernel_version_from_proc(_read(proc_version_path) if proc_version_path else None,
+                                      _read(version_signature_path) if version_signature_path else None)
+        return _probe_fd(fd, device, ioctl, cpuinfo_path, nested_param, release, name, reg, kv)
     finally:
         os.close(fd)
 
 
 def _probe_fd(fd: int, device: str, ioctl: IoctlFn, cpuinfo_path: str, nested_param: str,
-              release: str | None, name: str | None, reg: Registry) -> ProbeResult:
+              release: str | None, name: str | None, reg: Registry,
+              kernel_version: str | None = None) -> ProbeResult:
     try:
         api = ioctl(fd, KVM_GET_API_VERSION, 0)
     except OSError as err:
@@ -382,6 +412,8 @@ def _probe_fd(fd: int, device: str, ioctl: IoctlFn, cpuinfo_path: str, nested_pa
         "msrs": msrs, "provenance": f"qemu-evmcs host probe ({device}, KVM_GET_MSRS on the system fd)",
         "notes": "; ".join(notes),
     }
+    if kernel_version is not None:
+        data["kernel_version"] = kernel_version
     for key in ("family", "model", "stepping", "model_name"):
         val = getattr(cpu, key)
         if val is not None:

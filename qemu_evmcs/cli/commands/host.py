@@ -16,7 +16,10 @@ from typing import Any
 
 import yaml
 
+from qemu_evmcs.hostio import guestview
 from qemu_evmcs.hostio import probe as probe_mod
+from qemu_evmcs.core.errors import ProbeError
+from qemu_evmcs.kvm.simkvm import guest_view
 from qemu_evmcs.hostio import rdmsr
 from qemu_evmcs.hostio import cpuinfo, libvirt_caps, vmxcap
 from qemu_evmcs.qemu.models import load_snapshot
@@ -212,8 +215,42 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_guest_view(args: argparse.Namespace) -> int:
+    """``host probe --guest-view``: run a real guest through /dev/kvm, read its VMX MSRs, compare with the
+    simulation. Exit 1 (one line) where this KVM cannot run a guest or has no eVMCS; 0 once probed (the
+    differences are the report)."""
+    device = args.device or os.environ.get(probe_mod.DEVICE_ENV) or probe_mod.DEFAULT_DEVICE
+    try:
+        test = guestview.self_test(device)
+    except ProbeError as err:
+        raise ProbeError(f"cannot run a KVM guest on {device}: {err.message}") from None
+    views = [guestview.probe_guest_view(device, pv_perf_global_ctrl=pv) for pv in (False, True)]
+    profile = probe_mod.probe(args.device, name=args.name).profile
+    lines = [f"guest runner: CPUID leaf 0 and RDMSR {test.msr_index:#x} = {test.guest_msr:#x} read in the guest "
+             f"(KVM_GET_MSRS: {test.host_msr if test.host_msr is None else hex(test.host_msr)})"]
+    doc: dict[str, Any] = {"device": device, "kernel": profile.kernel, "kernel_version": profile.kernel_version,
+                           "candidates": []}
+    for cand in profile.candidate_profiles():
+        pairs = [(v, guestview.compare(v, guest_view(cand, pv_perf_global_ctrl=v.pv_perf_global_ctrl)))
+                 for v in views]
+        lines += guestview.report_lines(pairs, cand.era.id, profile.kernel)
+        doc["candidates"].append({"era": cand.era.id, "matches": not any(d for _, d in pairs),
+                                  "differences": [{"pv_perf_global_ctrl": v.pv_perf_global_ctrl,
+                                                   "msr": d.msr, "probed": d.probed, "simulated": d.simulated,
+                                                   "only_probed": list(d.only_probed),
+                                                   "only_simulated": list(d.only_simulated)}
+                                                  for v, ds in pairs for d in ds]})
+    doc["views"] = [{"pv_perf_global_ctrl": v.pv_perf_global_ctrl, "evmcs_version": v.evmcs_version,
+                     "msrs": {k: f"{x:#018x}" for k, x in v.msrs.items()}, "faults": v.faults} for v in views]
+    text = json.dumps(doc, indent=2) + "\n" if args.json else "\n".join(lines) + "\n"
+    _emit(text, args.output, args.force)
+    return 0
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     """``host probe``."""
+    if args.guest_view:
+        return cmd_guest_view(args)
     result = probe_mod.probe(args.device, name=args.name)
     if args.json:
         text = json.dumps(result.to_mapping(), indent=2) + "\n"
@@ -264,6 +301,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help=f"KVM device (default: ${probe_mod.DEVICE_ENV} or {probe_mod.DEFAULT_DEVICE})")
     p.add_argument("--name", help="profile name (default: this host's node name)")
     p.add_argument("--json", action="store_true", help="print JSON with the profile and the raw probe data")
+    p.add_argument("--guest-view", action="store_true",
+                   help="run a real guest through /dev/kvm with VMX, Hyper-V CPUID and eVMCS enabled, read "
+                        "0x480-0x491 in it (0x4000000A.EBX bit 0 clear and set) and compare with the simulation")
     p.add_argument("-o", "--output", metavar="OUT", help="write here (atomically) instead of stdout")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.set_defaults(func=cmd_probe)
