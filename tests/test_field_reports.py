@@ -2,7 +2,8 @@
 
 Each test starts the simulated QEMU (the start-up model every command uses; QEMU 7.2.0's rules; the reports
 ran QEMU 6.0-7.x, assumed to write the MSRs in the same order with the same text [M]) on a host profile with
-the kernel of the report, and checks what the report saw. Expected values are the reports' own texts or are derived by hand:
+the kernel of the report, and checks what the report saw. Expected values are the reports' own texts or are
+derived by hand:
   - TRUE_PINBASED 0x48d: QEMU writes default1 0x16 | allowed-1 << 32; a host without posted interrupts (bit 7)
     gives 0x7f00000016, one with them 0xff00000016. The 4.20-5.5 enable-time filter clears bits 6 and 7
     (EVMCS1_UNSUPPORTED_PINCTRL 0xc0) from the vCPU's copy, so that write is refused and QEMU aborts.
