@@ -133,8 +133,17 @@ Wrapper options (only before the first emulator argument, or before --):
   --wrapper-help         this text
   --                     end of wrapper options
 
-Everything else goes to the emulator verbatim, including -h/--help (QEMU's own help). Without -cpu, or
-with -cpu help, the emulator is exec'd directly: nothing to verify.
+Everything else goes to the emulator verbatim, including -h/--help (QEMU's own help). Without -cpu, with
+-cpu help or with -machine none (libvirt's capability probe), the emulator is exec'd directly.
+
+As libvirt's <emulator> (which takes no options): descriptors the wrapper inherits (libvirt's monitor
+socket, -chardev socket,fd=N) reach the emulator under the same numbers. Options also come from the
+environment -- QEMU_EVMCS_HOST, QEMU_EVMCS_CHECK, QEMU_EVMCS_REPORT_JSON, QEMU_EVMCS_FORCE,
+QEMU_EVMCS_EMULATOR, QEMU_EVMCS_SIMULATE, QEMU_EVMCS_QMP_TIMEOUT (a domain sets them with
+<qemu:commandline><qemu:env .../>) -- and from 'key = value' files: /etc/qemu-evmcs/launch.conf, then
+$XDG_CONFIG_HOME/qemu-evmcs/launch.conf or ~/.config/qemu-evmcs/launch.conf (or the one file named by
+QEMU_EVMCS_LAUNCH_CONF); keys are the option names without '--'. Command line > environment > files.
+In report-json, {{guest}} is the guest's -name and {{pid}} the wrapper's pid.
 
 Exit status: the emulator's (128+N if killed by signal N); 128+N if the wrapper gets SIGINT/SIGTERM/SIGHUP;
 1 if the emulator cannot be started or never answers QMP, or --check or --negotiate refuses; 2 for bad
