@@ -15,7 +15,6 @@ from qemu_evmcs.core.profile import load_profile, resolve_profile_path
 from qemu_evmcs.policy.negotiate import (
     PERF_FEATURES,
     STRATEGIES,
-    diff_views,
     load_hosts,
     max_model,
     negotiate,
@@ -31,24 +30,50 @@ NOPERF_63 = os.path.join(DATA, "hosts", "noperf-6.3.yaml")
 NOPERF_510 = os.path.join(DATA, "hosts", "noperf-5.10.yaml")
 
 
-def _identical_everywhere(neg_hosts: list[str], strategy: str) -> None:
-    neg = negotiate(MODEL, neg_hosts, strategy)
-    assert neg.ok, neg.error
-    assert neg.config is not None
-    views = [start_guest(neg.config, h) for h in load_hosts(neg_hosts)]
-    assert all(v.ok for v in views)
-    for v in views[1:]:
-        assert diff_views(views[0].guest_msrs, v.guest_msrs) == []
+# The guest's view of the negotiated Skylake-evmcs config on skylake-5.10 and skylake-6.3, by hand. (Was: "the
+# views are identical", which the negotiator checks itself before it says ok.) Inputs: QEMU's Skylake-Server-v5
+# VMX features (qemu.md §2.4), the -cpu's removals, QEMU's make_vmx_msr_value (qemu.md §2.2: can_be_one =
+# features | default1 in bits 63:32, must_be_one = default1 & ~features in 31:0), the i7-6700K host (vmx-dumps.md
+# Source 1, both profiles) and the era filters (kvm-evmcs.md §2-3: 5.10 clears only PERF x2 and VAPIC; 6.3 keeps
+# PIN 0x3f, 2NDEXEC 0xc51998fe, EXIT 0x3bfefff and ENTRY 0x7d3ff without the PV bit).
+#   removed on some host: pin 6 preemption-timer (6.3), 7 posted-intr (6.3); 2nd 0 apicv-xapic (both), 8 apicv-
+#   register, 9 apicv-vid, 13 vmfunc, 14 shadow-vmcs, 17 pml (6.3); exit 12 load-perf (both), 22 save-preemption-
+#   timer (6.3); entry 13 load-perf (both); vmfunc 0 eptp-switching (6.3)
+#   PIN   kept 0, 3, 5 = 0x29:  can = 0x29 | 0x16 = 0x3f; must = 0x16 & ~0x29 = 0x16  -> 0x0000003f_00000016
+#   2ND   kept 1-7, 11, 12, 16, 20 = 0xfe | 0x1800 | 0x10000 | 0x100000 = 0x1118fe; default1 0 -> 0x001118fe_00000000
+#   PROC  all 21 named bits, default1 0x0401e172: can = 0xfff9fffe (bits 0, 17, 18 never); must = 0x0401e172 &
+#         ~(bit 15 | bit 16) = 0x04006172                                           -> 0xfff9fffe_04006172
+#   EXIT  kept 2, 15, 18, 19, 20, 21 + 9 host-addr-space-size (lm) = 0x3c8204; default1 0x36dff:
+#         can = 0x3c8204 | 0x36dff = 0x3fefff; must = 0x36dff & ~0x3c8204 = 0x36dfb  -> 0x003fefff_00036dfb
+#   ENTRY kept 2, 9, 14, 15 = 0xc204; default1 0x11ff: can = 0xd3ff; must = 0x11ff & ~0xc204 = 0x11fb
+#                                                                                    -> 0x0000d3ff_000011fb
+#   VMFUNC eptp-switching removed                                                    -> 0
+SKYLAKE_PAIR_GUEST = {
+    "IA32_VMX_TRUE_PINBASED_CTLS": (0x29 | 0x16) << 32 | (0x16 & ~0x29),
+    "IA32_VMX_PROCBASED_CTLS2": 0x1118FE << 32,
+    "IA32_VMX_TRUE_PROCBASED_CTLS": 0xFFF9FFFE << 32 | 0x04006172,
+    "IA32_VMX_TRUE_EXIT_CTLS": (0x3C8204 | 0x36DFF) << 32 | (0x36DFF & ~0x3C8204),
+    "IA32_VMX_TRUE_ENTRY_CTLS": (0xC204 | 0x11FF) << 32 | (0x11FF & ~0xC204),
+    "IA32_VMX_VMFUNC": 0,
+}
+
+
+def test_hand_computed_guest_view_constants() -> None:
+    assert SKYLAKE_PAIR_GUEST["IA32_VMX_TRUE_PINBASED_CTLS"] == 0x0000003F00000016
+    assert SKYLAKE_PAIR_GUEST["IA32_VMX_TRUE_EXIT_CTLS"] == 0x003FEFFF00036DFB
+    assert SKYLAKE_PAIR_GUEST["IA32_VMX_TRUE_ENTRY_CTLS"] == 0x0000D3FF000011FB
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("hosts", [
-    ["skylake-5.10", "skylake-6.3"],
-    ["cascadelake-5.4", "icelake-5.15", "icelake-6.1", "sapphirerapids-6.6"],
-    ["icelake-6.1", "sapphirerapids-6.6"],
-])
-def test_every_strategy_gives_identical_guest_views(hosts: list[str], strategy: str) -> None:
-    _identical_everywhere(hosts, strategy)
+@pytest.mark.parametrize("host", ["skylake-5.10", "skylake-6.3"])
+def test_every_strategy_gives_the_hand_computed_guest_view(host: str, strategy: str) -> None:
+    neg = negotiate(MODEL, ["skylake-5.10", "skylake-6.3"], strategy)
+    assert neg.ok and neg.config is not None, neg.error
+    (profile,) = load_hosts([host])
+    view = start_guest(neg.config, profile)
+    assert view.ok
+    assert {k: hex(view.guest_msrs[k]) for k in SKYLAKE_PAIR_GUEST} == \
+        {k: hex(v) for k, v in SKYLAKE_PAIR_GUEST.items()}
 
 
 def test_pv_cpuid_sets_bit_only_when_every_host_honours_it() -> None:
