@@ -26,18 +26,15 @@ import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 
 import yaml
 
 from qemu_evmcs.core.errors import InputError
-from qemu_evmcs.core.registry import registry
+from qemu_evmcs.core.registry import data_path, registry
 from qemu_evmcs.qemu.models import QemuSnapshot
 
 INSTALLED = "/usr/share/libvirt/cpu_map"
 ENV_CPU_MAP = "QEMU_EVMCS_LIBVIRT_CPU_MAP"
-#: First libvirt release known to have vmx-* features in its cpu_map (see the module docstring).
-VMX_NAMES_KNOWN_FROM = (9, 10)
 
 
 @dataclass(frozen=True)
@@ -120,7 +117,7 @@ def _x86_files(index: str, directory: str) -> Iterable[ET.Element]:
 
 
 def _bundled_dir() -> str:
-    return str(resources.files("qemu_evmcs").joinpath("data", "libvirt"))
+    return data_path("libvirt")
 
 
 def bundled_versions() -> list[str]:
@@ -137,6 +134,13 @@ def _version_key(v: str) -> tuple[int, ...]:
         return tuple(int(x) for x in v.split("."))
     except ValueError:
         raise InputError(f"--libvirt-version {v!r}: expected MAJOR.MINOR such as 9.0") from None
+
+
+@functools.lru_cache(maxsize=1)
+def vmx_names_known_from() -> tuple[int, ...]:
+    """The first libvirt release known to name vmx-* features (``data/libvirt/facts.yaml``, with its sources)."""
+    with open(os.path.join(_bundled_dir(), "facts.yaml"), encoding="utf-8") as fh:
+        return _version_key(str(yaml.safe_load(fh)["vmx_names_known_from"]))
 
 
 @functools.lru_cache(maxsize=None)
@@ -179,7 +183,7 @@ def load_cpu_map(version: str | None = None) -> CpuMap:
         raise InputError(f"--libvirt-version {version}: older than every bundled cpu_map snapshot "
                          f"({', '.join(bundled_versions())})")
     cmap = _load_bundled(older[-1])
-    if want >= VMX_NAMES_KNOWN_FROM and not cmap.vmx_names():
+    if want >= vmx_names_known_from() and not cmap.vmx_names():
         return with_registry_vmx(cmap, version)
     return CpuMap(version, cmap.source, cmap.models, cmap.features, cmap.qemu_aliases)
 
