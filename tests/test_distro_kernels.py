@@ -13,6 +13,7 @@ from qemu_evmcs.core.kernelid import AmbiguousKernel, identify
 from qemu_evmcs.core.profile import HostProfile, load_profile, load_profile_text
 from qemu_evmcs.policy.migrate import migrate_check_candidates
 from qemu_evmcs.policy.negotiate import max_model, negotiate
+from qemu_evmcs.simqemu.server import main
 
 SKYLAKE = load_profile(str(Path(__file__).resolve().parent / "data" / "core" / "skylake.yaml"))
 
@@ -123,3 +124,18 @@ def test_migration_checked_against_every_candidate_pair() -> None:
     # an ambiguous source: the guest would look different depending on the era
     v2 = migrate_check_candidates(max_model(), _host("5.10.0-26-amd64", "deb11"), _host("5.10.92", "dst"))
     assert v2.verdict == "unsafe" and v2.stage == "ambiguous-kernel"
+
+
+def test_non_intel_host_is_never_ambiguous() -> None:
+    amd = replace(load_profile(str(Path(__file__).resolve().parent / "data" / "core" / "amd.yaml")),
+                  kernel="5.10.0-26-amd64")
+    assert amd.identity.ambiguous and amd.candidate_profiles() == [amd]
+    assert amd.era.id == "5.15-5.16"  # no eVMCS on AMD whatever the era: the first candidate stands for all
+
+
+def test_simulator_refuses_an_ambiguous_host_in_one_line(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "h.yaml"
+    path.write_text("name: h\nvendor: GenuineIntel\nkernel: 5.10.0-8-amd64\nmsrs: {}\n")
+    assert main(["--host", str(path), "-accel", "kvm", "-cpu", "host"]) == 1
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "5.6-5.14 (5.10.0-5.10.70) or 5.15-5.16 (5.10.71-5.10.84)" in err

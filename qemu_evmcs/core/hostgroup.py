@@ -114,7 +114,7 @@ class Fleet:
         """This fleet with every host whose kernel's era is ambiguous (a distribution build no source places,
         :mod:`qemu_evmcs.core.kernelid`) split into one host per candidate era, named ``"host (if era X)"``:
         a negotiation over the result holds whichever era each host is really in. ``self`` if none is."""
-        if not any(rep.identity.ambiguous for rep in self.distinct.values()):
+        if not any(rep.is_intel and rep.identity.ambiguous for rep in self.distinct.values()):
             return self
         out = Fleet(pools={}, source=self.source)
         for fp, names in self.members.items():

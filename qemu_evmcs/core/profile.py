@@ -104,8 +104,9 @@ class HostProfile:
             callers that can compute against every candidate use :meth:`candidate_profiles` instead.
         """
         ident = self.identity
-        if ident.ambiguous:
+        if ident.ambiguous and self.is_intel:
             raise AmbiguousKernel(ident, file=self.source or self.name, host=self.name)
+        # A non-Intel host has no eVMCS whatever its era: the first candidate stands for all of them.
         return ident.candidates[0].era
 
     @property
@@ -117,7 +118,7 @@ class HostProfile:
         """This host once per era its kernel may be in (itself if the era is known), each pinned by
         ``kernel_version`` to a representative upstream release and named ``"host (if era X)"``."""
         ident = self.identity
-        if not ident.ambiguous:
+        if not ident.ambiguous or not self.is_intel:
             return [self]
         return [HostProfile(**{**self.__dict__, "name": f"{self.name} (if era {c.era.id})",
                                "kernel_version": str(c.version), "version": c.version})

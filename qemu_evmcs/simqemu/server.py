@@ -111,6 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_ERROR
     try:
         profile = load_profile(resolve_profile_path(config.host))
+        profile.era  # noqa: B018 - a distribution build of unknown era: refuse here, naming every candidate
     except EvmcsError as err:
         _err(f"{PROG}: --host {config.host}: {err}")
         return EXIT_ERROR
