@@ -76,7 +76,7 @@ def era_visibility(perf_global_ctrl: bool) -> tuple[tuple[str, frozenset[str]], 
     reg = registry()
     every = msrs_from_features(reg.features)
     out = []
-    for era in era_table().eras:
+    for era in era_table().known_eras():
         if era.evmcs_cap:
             out.append((era.id, feature_set(filter_all(era, every, perf_global_ctrl=perf_global_ctrl, reg=reg), reg)))
     return tuple(out)
