@@ -6,6 +6,7 @@ Why one module: ``fault_helpers`` and ``launch_helpers`` each carried a copy of 
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import select
@@ -87,6 +88,33 @@ def wait_gone(pid: int, timeout: float = PATIENCE) -> bool:
 def wait_dead(pid: int, timeout: float = PATIENCE) -> bool:
     """Wait (bounded) until ``pid`` is gone or a zombie someone else must reap."""
     return wait_until(lambda: not pid_alive(pid), timeout)
+
+
+def unix_listening(path: str) -> bool:
+    """True once a socket bound to ``path`` is listening (from /proc/net/unix: flag __SO_ACCEPTCON).
+
+    Not "the path exists": bind() creates the path a moment before listen(), and a connect in between is
+    refused (at load 5 that is what failed). Reading /proc does not connect, so it is safe for sockets
+    where a probing connection would mean something (a migration stream).
+    """
+    try:
+        with open("/proc/net/unix") as fh:
+            next(fh)
+            for line in fh:
+                fields = line.split()
+                if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & 0x10000:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+async def async_wait_until(done: Callable[[], bool], what: str, timeout: float = PATIENCE) -> None:
+    """Poll ``done`` from a coroutine until it holds; fail naming ``what`` after ``timeout`` (a hang guard)."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        await asyncio.sleep(0.01)
 
 
 def read_until(proc: subprocess.Popen[bytes], needle: bytes, timeout: float = PATIENCE) -> bytes:

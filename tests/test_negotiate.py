@@ -249,7 +249,8 @@ GOLDEN_CASES = {
 @pytest.mark.parametrize("name", sorted(GOLDEN_CASES))
 def test_golden_json(name: str, golden: Callable[[str, str], None], capsys: pytest.CaptureFixture[str]) -> None:
     hosts, strategy = GOLDEN_CASES[name]
-    run(["negotiate", "--model", MODEL, "--hosts", *hosts, "--strategy", strategy, "--json"])
+    # Every golden case negotiates a config (exit 0); a refusal (1) would still print JSON and could match.
+    assert run(["negotiate", "--model", MODEL, "--hosts", *hosts, "--strategy", strategy, "--json"]) == 0
     out = capsys.readouterr().out
     # The model path is machine-independent (name from the file), hosts are bundled names.
     golden(name, out)

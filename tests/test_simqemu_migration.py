@@ -14,6 +14,7 @@ import tempfile
 from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Tuple
 
 import pytest
+from proc_helpers import PATIENCE, async_wait_until, unix_listening
 from qemu.qmp import ExecuteError, QMPClient
 
 from qemu_evmcs.cli.main import run
@@ -54,7 +55,7 @@ class Sim:
         self.qmp = qmp
         self.events: List[Dict[str, Any]] = []
 
-    async def stderr_and_status(self, timeout: float = 15) -> Tuple[int, str]:
+    async def stderr_and_status(self, timeout: float = PATIENCE) -> Tuple[int, str]:
         assert self.proc.stderr is not None
         err = await asyncio.wait_for(self.proc.stderr.read(), timeout)
         return await asyncio.wait_for(self.proc.wait(), timeout), err.decode()
@@ -70,11 +71,8 @@ async def simulator(profile: str, args: Sequence[str], variant: str = "shipped")
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     qmp: Optional[QMPClient] = None
     try:
-        for _ in range(400):
-            if os.path.exists(sock) or proc.returncode is not None:
-                break
-            await asyncio.sleep(0.025)
-        assert os.path.exists(sock), "simulator did not create its QMP socket"
+        await async_wait_until(lambda: unix_listening(sock) or proc.returncode is not None, "the QMP socket")
+        assert proc.returncode is None, "the simulator exited before listening"
         qmp = QMPClient(f"sim-{profile}")
         await qmp.connect(sock)
         yield Sim(proc, qmp)
@@ -117,16 +115,13 @@ async def test_fine_pair_completes_and_guest_view_is_identical() -> None:
                 simulator("skylake-6.3", ["-accel", "kvm", "-cpu", cpu]) as src:
             assert (await dst.qmp.execute("query-status"))["status"] == "inmigrate"  # type: ignore[index]
             await dst.qmp.execute("migrate-incoming", {"uri": f"unix:{mig}"})
-            for _ in range(200):
-                if os.path.exists(mig):
-                    break
-                await asyncio.sleep(0.02)
+            await async_wait_until(lambda: unix_listening(mig), "the migration socket")
             seen, verdict = await migrate(src, f"unix:{mig}")
             assert seen == ["setup", "active", "completed"]
             assert verdict["verdict"] == expected.verdict and verdict["lost"] == []
             assert await src.qmp.execute("query-migrate") == {"status": "completed"}
             assert (await src.qmp.execute("query-status"))["status"] == "postmigrate"  # type: ignore[index]
-            for _ in range(100):
+            for _ in range(int(PATIENCE / 0.02)):  # the destination resumes on its own schedule
                 if (await dst.qmp.execute("query-status"))["status"] == "running":  # type: ignore[index]
                     break
                 await asyncio.sleep(0.02)
@@ -227,10 +222,7 @@ async def test_migrate_check_from_running_simulator() -> None:
         "-qmp", f"unix:{sock},server=on,wait=off", stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL)
     try:
-        for _ in range(400):
-            if os.path.exists(sock):
-                break
-            await asyncio.sleep(0.025)
+        await async_wait_until(lambda: unix_listening(sock) or proc.returncode is not None, "the QMP socket")
         loop = asyncio.get_running_loop()
         for dest in ("sapphirerapids-6.6", "skylake-5.10", "cascadelake-5.4"):
             expected = migrate_check(load_guest_model(MODEL), host("skylake-6.3"), host(dest), "shipped")

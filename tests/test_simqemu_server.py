@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import AsyncIterator, List, Optional, Tuple
 
 import pytest
+from proc_helpers import PATIENCE, async_wait_until, unix_listening
 from qemu.qmp import ExecuteError, QMPClient
 from test_simqemu_helpers import write_profile
 
@@ -32,7 +33,7 @@ def sockdir() -> AsyncIterator[str]:  # type: ignore[misc]
     shutil.rmtree(d, ignore_errors=True)
 
 
-async def _run(args: List[str], timeout: float = 30) -> Tuple[int, str]:
+async def _run(args: List[str], timeout: float = PATIENCE) -> Tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "qemu_evmcs.simqemu", *args,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -52,7 +53,7 @@ class Sim:
         await qmp.connect(self.sock)
         return qmp
 
-    async def wait(self, timeout: float = 10) -> Tuple[int, str]:
+    async def wait(self, timeout: float = PATIENCE) -> Tuple[int, str]:
         assert self.proc.stderr is not None
         err = await asyncio.wait_for(self.proc.stderr.read(), timeout)
         rc = await asyncio.wait_for(self.proc.wait(), timeout)
@@ -67,11 +68,8 @@ async def sim(profile: str, sockdir: str, *args: str) -> AsyncIterator[Sim]:
         "-qmp", f"unix:{sock},server=on,wait=off", "-display", "none",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     try:
-        for _ in range(400):
-            if os.path.exists(sock) or proc.returncode is not None:
-                break
-            await asyncio.sleep(0.025)
-        assert os.path.exists(sock), "simulator did not create its QMP socket"
+        await async_wait_until(lambda: unix_listening(sock) or proc.returncode is not None, "the QMP socket")
+        assert proc.returncode is None, "the simulator exited before listening"
         yield Sim(proc, sock)
     finally:
         if proc.returncode is None:
@@ -120,16 +118,23 @@ async def test_bad_options_exit_1(tmp_path: Path, sockdir: str) -> None:
     assert await _run(["--host", prof, "-foo"]) == (1, "qemu-system-x86_64: -foo: invalid option\n")
     assert await _run(["--host", prof, "-cpu", "host"]) == (
         1, "qemu-system-x86_64: CPU model 'host' requires KVM or HVF\n")
-    rc, err = await _run(["-accel", "kvm"])
-    assert rc == 1 and "--host PROFILE is required" in err
-    rc, out = await _run(["--help"])
-    assert rc == 0
+    assert await _run(["-accel", "kvm"]) == (
+        1, "qemu-system-x86_64: --host PROFILE is required (simulator option; see --help)\n")
+    assert await _run(["--help"]) == (0, "")  # the help goes to stdout; nothing on stderr
 
 
 async def test_bundled_sample_name(sockdir: str) -> None:
-    # resolve_profile_path: a bundled sample name works as --host.
-    rc, err = await _run(["--host", "definitely-not-a-profile", "-accel", "kvm"])
-    assert rc == 1 and "--host definitely-not-a-profile" in err
+    # resolve_profile_path: a bundled sample name works as --host (the i7-6700K booted with 6.3) ...
+    async with sim("skylake-6.3", sockdir, *HOST_EVMCS) as s:
+        qmp = await s.client()
+        guest = await qmp.execute("x-evmcs-query-guest-vmx-msrs")
+        assert isinstance(guest, dict) and (guest["era"], guest["kernel"]) == ("6.3+", "6.3.0")
+        await _quit(qmp)
+        assert await s.wait() == (0, "")
+    # ... and a name that is neither a file nor a bundled sample is QEMU-style bad input.
+    assert await _run(["--host", "definitely-not-a-profile", "-accel", "kvm"]) == (
+        1, "qemu-system-x86_64: --host definitely-not-a-profile: definitely-not-a-profile: No such file or "
+           "directory\n")
 
 
 # --------------------------------------------------------------------------- successful starts
