@@ -179,7 +179,7 @@ class Session:
             pid = self.daemon_pid(daemon)
             if pid is not None and pid_alive(pid):
                 self.run(["kill", str(pid)], check=False)
-                wait_for(lambda pid=pid: not pid_alive(pid), f"{daemon} {pid} to exit")  # type: ignore[misc]
+                wait_for(lambda pid=pid: not pid_alive(pid), f"{daemon} {pid} to exit")
         for path in (self.runtime, self.stage, self.reports):
             shutil.rmtree(path, ignore_errors=True)
 

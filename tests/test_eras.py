@@ -138,7 +138,7 @@ def test_filter_timing_per_era() -> None:
 #            VMFUNC} (no EXEC_CTRL row in the MSR filter: that mask only sanitised KVM-on-Hyper-V's own config);
 #   5.6-5.14 (31de3d2500e4) clears literal bits, no mask;
 #   6.3+     allow-lists in hyperv.c: EVMCS1_SUPPORTED_{PINCTRL,EXEC_CTRL,2NDEXEC,VMEXIT_CTRL,VMENTRY_CTRL,VMFUNC}.
-_DENY = {"pinbased": "EVMCS1_UNSUPPORTED_PINCTRL", "exit": "EVMCS1_UNSUPPORTED_VMEXIT_CTRL",
+_DENY: dict[str, str | None] = {"pinbased": "EVMCS1_UNSUPPORTED_PINCTRL", "exit": "EVMCS1_UNSUPPORTED_VMEXIT_CTRL",
          "entry": "EVMCS1_UNSUPPORTED_VMENTRY_CTRL", "secondary": "EVMCS1_UNSUPPORTED_2NDEXEC",
          "vmfunc": "EVMCS1_UNSUPPORTED_VMFUNC"}
 LINUX_MASKS: dict[str, dict[str, str | None]] = {

@@ -18,6 +18,7 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -102,7 +103,7 @@ def _fast_forward(monkeypatch: pytest.MonkeyPatch, clock: _FastForward) -> None:
     ({"startup_delay": 3600}, "(socket never appeared)"),
 ], ids=["no-greeting", "garbage", "partial-json-close", "wrong-greeting", "endless-line", "50MB-greeting",
         "no-socket"])
-async def test_startup_faults(cfg: dict[str, object], expected: str, tmp_path: Path,
+async def test_startup_faults(cfg: dict[str, Any], expected: str, tmp_path: Path,
                               monkeypatch: pytest.MonkeyPatch) -> None:
     run = _parent(tmp_path)
     log = tmp_path / "fake.log"
@@ -179,7 +180,7 @@ async def test_50mb_message_is_bounded_in_memory(where: str, tmp_path: Path,
     """qemu.qmp's 10 MB line limit holds: a 50 MB greeting or reply is refused, not buffered."""
     run = _parent(tmp_path)
     log = tmp_path / "fake.log"
-    cfg: dict[str, object] = {"greeting": "huge"} if where == "greeting" else {"commands": {"*": "huge"}}
+    cfg: dict[str, Any] = {"greeting": "huge"} if where == "greeting" else {"commands": {"*": "huge"}}
     fake, pidfile = make_fake(tmp_path, log=str(log), **cfg)
     _fast_forward(monkeypatch, _FastForward(GENEROUS, lambda: "served" in log_lines(log)))
     tracemalloc.start()
@@ -275,7 +276,7 @@ def _finish(proc: subprocess.Popen[bytes], timeout: float = GENEROUS) -> bytes:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
 def test_wrapper_signal_in_every_phase(sig: signal.Signals, phase: str, tmp_path: Path) -> None:
     marker = tmp_path / "verifying"
-    cfg: dict[str, object] = {}
+    cfg: dict[str, Any] = {}
     if phase == "before-qmp":
         cfg = {"startup_delay": 60}
     elif phase == "verifying":

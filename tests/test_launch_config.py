@@ -140,7 +140,7 @@ def test_wrapper_hands_an_inherited_monitor_socket_to_qemu(tmp_path: Path) -> No
             client.sendall(b'{"execute":"qmp_capabilities"}\n')
             assert b'"return"' in _recv_line(client)
             assert proc.stderr is not None
-            seen = []
+            seen: list[str] = []
             while not seen or not seen[-1].startswith("qemu-evmcs-launch: cpu qemu64"):  # the wrapper's report
                 line = proc.stderr.readline()
                 assert line, f"stderr ended before the wrapper's report: {seen}"

@@ -21,6 +21,11 @@ from qemu_evmcs.launch.qmp import EmulatorSession, Runstate, StateError
 from qemu_evmcs.simqemu.qmp_server import QmpCommandError
 
 
+def _state(s: EmulatorSession) -> Runstate:
+    """The run state, read afresh (mypy would otherwise keep an earlier assert's narrowing across an await)."""
+    return s.runstate
+
+
 class _Recording(EmulatorSession):
     """Records every transition (the qemu.qmp tests' runstate watcher, synchronously)."""
 
@@ -43,16 +48,16 @@ async def test_transitions_and_guards(tmp_path: Path) -> None:
     fake, pidfile = make_fake(tmp_path)
     run = _run_parent()
     s = _Recording([fake], runtime_dir=run, qmp_timeout=60, quit_timeout=5, term_timeout=5)
-    assert s.runstate is Runstate.IDLE
+    assert _state(s) is Runstate.IDLE
     with pytest.raises(StateError, match="QMP command query-status: the emulator session is idle, not connected"):
         await s.execute("query-status")
     await s.start()
-    assert s.runstate is Runstate.CONNECTED
+    assert _state(s) is Runstate.CONNECTED
     with pytest.raises(StateError, match="spawn: the emulator session is connected, not idle"):
         await s.spawn()
     await s.execute("query-status")
     await s.disconnect()
-    assert s.runstate is Runstate.DETACHED
+    assert _state(s) is Runstate.DETACHED
     with pytest.raises(StateError) as info:
         await s.execute("query-status")
     assert info.value.state is Runstate.DETACHED and info.value.required == (Runstate.CONNECTED,)
@@ -77,9 +82,9 @@ async def test_cancellation_during_connect_propagates_and_cleans_up(tmp_path: Pa
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert s.runstate is Runstate.SPAWNED
+    assert _state(s) is Runstate.SPAWNED
     await s.close()
-    assert s.runstate is Runstate.CLOSED
+    assert _state(s) is Runstate.CLOSED
     assert wait_dead(read_pid(pidfile)) and os.listdir(run) == []
     os.rmdir(run)
 

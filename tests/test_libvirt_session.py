@@ -99,7 +99,7 @@ def _wrapper_runtime_dir(argv: list[str]) -> str:
 def _destroy_and_check_gone(sess: Session, name: str, pids: list[int], leftovers: list[str]) -> None:
     sess.virsh("destroy", name)
     for pid in pids:
-        wait_for(lambda pid=pid: not pid_alive(pid), f"process {pid} of {name} to exit")  # type: ignore[misc]
+        wait_for(lambda pid=pid: not pid_alive(pid), f"process {pid} of {name} to exit")
     assert processes_of_guest(name) == []
     for path in leftovers:
         assert not os.path.lexists(path), f"{path} left behind after destroy"

@@ -1,4 +1,4 @@
-"""Linters as tests (the qemu.qmp way): mypy --strict on the package and ruff on everything Python."""
+"""Linters as tests (the qemu.qmp way): mypy --strict on the package and the tests, ruff on everything Python."""
 
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ def _scripts() -> list[str]:
 
 
 def test_mypy_strict() -> None:
-    proc = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", "qemu_evmcs"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600, check=False)
+    """The package and the tests, in one run (the tests call the package's API, so a wrong annotation on either
+    side shows; one run costs a few seconds less than two)."""
+    proc = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", "--strict", "qemu_evmcs", "tests"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

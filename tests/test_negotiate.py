@@ -264,12 +264,18 @@ def _compare(model: object, hosts: list[object]) -> dict[str, dict[str, object]]
     return compare_strategies(negotiate_all(model, hosts, target="simulator"))  # type: ignore[arg-type]
 
 
+def _strs(value: object) -> list[str]:
+    """A list of strings from the comparison's JSON-like dict (checked, so the type checker may rely on it)."""
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value), value
+    return [str(v) for v in value]
+
+
 def test_revision_forced_by_old_host_names_the_model_not_the_hardware() -> None:
     """Skylake hardware HAS PERF_GLOBAL_CTRL: with a model that switches it off nothing is 'wrong', and the note
     says the model excludes it -- never that the hardware lacks it."""
     rev = _compare("Skylake-Server-evmcs", ["skylake-5.10", "skylake-6.3", "icelake-6.1"])["revision"]
     assert rev["gets_wrong"] == []
-    (note,) = rev["notes"]  # type: ignore[misc]
+    (note,) = _strs(rev["notes"])
     assert "forced by pre-6.1 host(s) skylake-5.10" in note and "costs nothing here" in note
     assert "the model switches off vmx-tsc-scaling, vmx-exit-load-perf-global-ctrl, " \
            "vmx-entry-load-perf-global-ctrl" in note
@@ -279,7 +285,7 @@ def test_revision_forced_by_old_host_names_the_model_not_the_hardware() -> None:
 def test_revision_forced_hides_perf_that_old_hosts_filter_anyway() -> None:
     rev = _compare(max_model(), ["skylake-5.10", "skylake-6.3", "icelake-6.1"])["revision"]
     assert rev["gets_wrong"] == []
-    (note,) = rev["notes"]  # type: ignore[misc]
+    (note,) = _strs(rev["notes"])
     assert ("hides vmx-exit-load-perf-global-ctrl, vmx-entry-load-perf-global-ctrl on skylake-6.3, icelake-6.1 "
             "(the hardware has them), but the pre-6.1 hosts' eVMCS filter hides them anyway") in note
     assert "the hardware of skylake-6.3 lacks vmx-tsc-scaling" in note       # skylake has no TSC scaling
@@ -288,7 +294,7 @@ def test_revision_forced_hides_perf_that_old_hosts_filter_anyway() -> None:
 def test_revision_forced_where_the_hardware_lacks_the_controls() -> None:
     rev = _compare(max_model(), [NOPERF_510, NOPERF_63])["revision"]
     assert rev["gets_wrong"] == []
-    (note,) = rev["notes"]  # type: ignore[misc]
+    (note,) = _strs(rev["notes"])
     assert ("the hardware of noperf-6.3 lacks vmx-tsc-scaling, vmx-exit-load-perf-global-ctrl, "
             "vmx-entry-load-perf-global-ctrl") in note
 
@@ -302,13 +308,13 @@ def test_revision_forced_is_wrong_only_when_old_hosts_show_the_control() -> None
     every = frozenset(registry().features)
     hosts = [profile_from_features("old510", every, kernel="5.10"), profile_from_features("new63", every)]
     cmp = _compare(max_model(), hosts)  # type: ignore[arg-type]
-    (wrong,) = cmp["revision"]["gets_wrong"]  # type: ignore[misc]
+    (wrong,) = _strs(cmp["revision"]["gets_wrong"])
     assert ("hides vmx-tsc-scaling on new63, whose hardware has it, although the pre-6.1 hosts show it too") in wrong
     assert "PERF" not in wrong and "perf-global-ctrl" not in wrong
-    assert any("the pre-6.1 hosts' eVMCS filter hides them anyway" in n for n in cmp["revision"]["notes"])
-    assert "vmx-tsc-scaling" in cmp["vmx-msrs"]["allows"]
+    assert any("the pre-6.1 hosts' eVMCS filter hides them anyway" in n for n in _strs(cmp["revision"]["notes"]))
+    assert "vmx-tsc-scaling" in _strs(cmp["vmx-msrs"]["allows"])
     assert any("TSC scaling stays hidden although the hardware has it (vmx-msrs shows it)" in w
-               for w in cmp["pv-cpuid"]["gets_wrong"])
+               for w in _strs(cmp["pv-cpuid"]["gets_wrong"]))
 
 
 # --------------------------------------------------------------------------- outputs users paste (audit)

@@ -9,7 +9,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 
@@ -122,7 +122,7 @@ class FakeKvm:
             struct.pack_into(f"={len(self.indices)}I", arg, 4, *self.indices)
             return 0
         if request == probe.KVM_GET_MSRS:
-            (n,) = struct.unpack_from("=I", arg, 0)
+            n = int(struct.unpack_from("=I", arg, 0)[0])
             for i in range(n):
                 idx, _, _ = struct.unpack_from("=IIQ", arg, 8 + 16 * i)
                 if idx not in self.values:
@@ -154,18 +154,26 @@ INTEL_CPUINFO = ("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmo
                  "model name\t: Intel(R) Core(TM) i7-6700K CPU @ 4.00GHz\nstepping\t: 3\n\n")
 
 
+class FakeHost(TypedDict):
+    """The probe's file paths, faked (passed on as keyword arguments)."""
+
+    device: str
+    cpuinfo_path: str
+    nested_param: str
+
+
 @pytest.fixture
-def fake_host(tmp_path: Path) -> dict[str, str]:
+def fake_host(tmp_path: Path) -> FakeHost:
     dev = tmp_path / "kvm"
     dev.write_text("")
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(INTEL_CPUINFO)
     nested = tmp_path / "nested"
     nested.write_text("Y\n")
-    return {"device": str(dev), "cpuinfo_path": str(cpuinfo), "nested_param": str(nested)}
+    return FakeHost(device=str(dev), cpuinfo_path=str(cpuinfo), nested_param=str(nested))
 
 
-def test_intel_probe_reads_every_msr(fake_host: dict[str, str]) -> None:
+def test_intel_probe_reads_every_msr(fake_host: FakeHost) -> None:
     kvm = FakeKvm(SKY)
     res = probe.probe(ioctl=kvm, release="6.1.55", name="box", **fake_host)
     assert res.msrs == SKY
@@ -178,10 +186,10 @@ def test_intel_probe_reads_every_msr(fake_host: dict[str, str]) -> None:
     assert "ebx=0x1" in (p.notes or "")
     assert probe.KVM_GET_SUPPORTED_HV_CPUID in kvm.calls
     assert res.to_mapping()["profile"]["msrs"]["IA32_VMX_BASIC"] == "0x00da040000000004"
-    assert p.cpu_features == {"sse4.1", "sse4.2", "x2apic", "fpu", "sse2", "avx2", "avx512f"}
+    assert p.cpu_features == frozenset({"sse4.1", "sse4.2", "x2apic", "fpu", "sse2", "avx2", "avx512f"})
 
 
-def test_probe_records_the_upstream_point_release(fake_host: dict[str, str], tmp_path: Path) -> None:
+def test_probe_records_the_upstream_point_release(fake_host: FakeHost, tmp_path: Path) -> None:
     sig = tmp_path / "version_signature"
     sig.write_text("Ubuntu 5.4.0-131.147-generic 5.4.210\n")
     res = probe.probe(ioctl=FakeKvm(SKY), release="5.4.0-131-generic", version_signature_path=str(sig),
@@ -194,7 +202,7 @@ def test_probe_records_the_upstream_point_release(fake_host: dict[str, str], tmp
     assert res.profile.kernel_version == "5.10.197" and res.profile.era.id == "5.17-6.0"
 
 
-def test_no_hv_cpuid_without_cap(fake_host: dict[str, str]) -> None:
+def test_no_hv_cpuid_without_cap(fake_host: FakeHost) -> None:
     kvm = FakeKvm(SKY, caps={153: 1})
     res = probe.probe(ioctl=kvm, release="5.10", **fake_host)
     assert res.hv_cpuid == [] and probe.KVM_GET_SUPPORTED_HV_CPUID not in kvm.calls
@@ -208,9 +216,9 @@ def test_no_hv_cpuid_without_cap(fake_host: dict[str, str]) -> None:
     ("no-feature-cap", "KVM lacks KVM_CAP_GET_MSR_FEATURES"),
     ("amd", "no Intel VMX (AMD CPUs have SVM, not VMX)"),
 ])
-def test_probe_failures(case: str, message: str, fake_host: dict[str, str]) -> None:
+def test_probe_failures(case: str, message: str, fake_host: FakeHost) -> None:
     msrs = dict(SKY)
-    caps = None
+    caps: dict[int, int] | None = None
     if case == "nested-param":
         Path(fake_host["nested_param"]).write_text("N\n")
     elif case == "no-basic":

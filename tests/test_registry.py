@@ -25,7 +25,7 @@ def test_msrs_are_0x480_to_0x492_in_order() -> None:
 
 
 def test_every_bit_defined_once() -> None:
-    seen = {}
+    seen: dict[tuple[str, int], str] = {}
     for f in REG.features.values():
         assert (f.word, f.bit) not in seen, f"{f.name} and {seen[(f.word, f.bit)]} share a bit"
         seen[(f.word, f.bit)] = f.name

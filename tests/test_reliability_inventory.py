@@ -14,7 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -194,7 +194,7 @@ def _fault_fs(tmp_path: Path, kind: str) -> Path | None:
 
 
 @pytest.fixture
-def tiny_fs(tmp_path: Path) -> Path:
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     mnt = _fault_fs(tmp_path, "tiny")
     if mnt is None:
         pytest.skip("cannot mount a tmpfs (not root, or no CAP_SYS_ADMIN)")

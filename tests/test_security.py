@@ -16,7 +16,7 @@ from fault_helpers import make_fake, read_pid
 from proc_helpers import wait_dead
 
 import qemu_evmcs
-from qemu_evmcs.cli.commands import host as host_cmd
+from qemu_evmcs.hostio import probe as probe_mod
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.launch.qmp import EmulatorSession, check_runtime_parent, default_runtime_parent
 from qemu_evmcs.core.profile import bundled_profile_dir, load_profile
@@ -226,7 +226,7 @@ def test_host_probe_output_refuses_overwrite(run: Run, tmp_path: Path, monkeypat
         def to_mapping(self) -> dict[str, object]:
             return {"profile": profile.to_mapping()}
 
-    monkeypatch.setattr(host_cmd.probe_mod, "probe", lambda device, name=None: Result())
+    monkeypatch.setattr(probe_mod, "probe", lambda device, name=None: Result())  # what host_cmd calls
     out = tmp_path / "probe.yaml"
     out.write_text("precious\n")
     rc, _, err = run("host", "probe", "-o", str(out))

@@ -95,8 +95,10 @@ async def migrate(src: Sim, uri: str) -> Tuple[List[str], Dict[str, Any]]:
         async def collect() -> None:
             async for ev in listener:
                 if ev["event"] == "MIGRATION":
-                    seen.append(ev["data"]["status"])
-                    if ev["data"]["status"] in ("completed", "failed"):
+                    data = ev["data"]
+                    assert isinstance(data, dict)
+                    seen.append(data["status"])
+                    if data["status"] in ("completed", "failed"):
                         return
         await asyncio.wait_for(collect(), 20)
     ret = await src.qmp.execute("x-evmcs-query-migration-verdict")

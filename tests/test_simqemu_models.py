@@ -69,7 +69,9 @@ def test_query_cpu_definitions_lists_the_snapshot_with_unavailable_features() ->
     conn.negotiated = True
     defs = srv.dispatch(conn, {"execute": "query-cpu-definitions"})
     assert defs is not None
-    by_name = {d["name"]: d for d in defs["return"]}  # type: ignore[union-attr, index]
+    listed = defs["return"]
+    assert isinstance(listed, list)
+    by_name = {d["name"]: d for d in listed}
     assert set(load_snapshot().names()) <= set(by_name)
     assert by_name["Skylake-Server"]["alias-of"] == "Skylake-Server-v1"
     assert by_name["Skylake-Server-v5"]["unavailable-features"] == []

@@ -250,7 +250,8 @@ async def test_events_and_errors(tmp_path: Path, sockdir: str) -> None:
         with qmp.listener(("STOP", "RESUME", "SHUTDOWN")) as events:
             await qmp.execute("cont")
             ev = await asyncio.wait_for(events.get(), 5)
-            assert ev["event"] == "RESUME" and set(ev["timestamp"]) == {"seconds", "microseconds"}
+            stamp = ev["timestamp"]
+            assert ev["event"] == "RESUME" and isinstance(stamp, dict) and set(stamp) == {"seconds", "microseconds"}
             assert (await qmp.execute("query-status"))["status"] == "running"  # type: ignore[index]
             await qmp.execute("stop")
             assert (await asyncio.wait_for(events.get(), 5))["event"] == "STOP"
