@@ -18,7 +18,8 @@ from qemu_evmcs.core.profile import load_profile, resolve_profile_path
 from qemu_evmcs.hostio import vmxcap
 from qemu_evmcs.policy.admit import admit
 from qemu_evmcs.policy.migrate import migrate_check
-from qemu_evmcs.policy.negotiate import diff_views, load_hosts, negotiate, start_guest
+from qemu_evmcs.core.views import diff_views
+from qemu_evmcs.policy.negotiate import load_hosts, negotiate, start_guest
 
 MODEL = "Skylake-Server-evmcs"
 

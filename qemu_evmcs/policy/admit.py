@@ -17,12 +17,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from qemu_evmcs.core.hostgroup import Fleet
+from qemu_evmcs.core.views import diff_views
 from qemu_evmcs.policy.negotiate import (
     STRATEGY_VARIANT,
     GuestModel,
     Hosts,
     Negotiation,
-    diff_views,
     load_guest_model,
     load_pool,
     max_model,

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.registry import registry
 from qemu_evmcs.kvm.simkvm import SimKvm
+from qemu_evmcs.core.views import diff_views
 from qemu_evmcs.policy.negotiate import (
     AUTO_MODEL,
     STRATEGY_VARIANT,
@@ -29,7 +30,6 @@ from qemu_evmcs.policy.negotiate import (
     Hosts,
     Negotiation,
     StartResult,
-    diff_views,
     load_guest_model,
     load_pool,
     negotiate,

@@ -30,12 +30,11 @@ from qemu_evmcs.core.errors import NegativeAnswer
 from qemu_evmcs.core.evmcs_filter import filter_all
 from qemu_evmcs.core.msrval import hex64
 from qemu_evmcs.policy.hostmodel import host_config, layer_of
+from qemu_evmcs.core.views import BitChange, diff_views, visible_features
 from qemu_evmcs.policy.negotiate import (
     HV_EVMCS_DEPS,
-    BitChange,
     GuestConfig,
     GuestModel,
-    diff_views,
     documented_evmcs_view,
     host_reports_perf_bit,
     load_guest_model,
@@ -43,7 +42,6 @@ from qemu_evmcs.policy.negotiate import (
     qemu_property_features,
     qemu_supported,
     start_guest,
-    visible_features,
 )
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.registry import registry

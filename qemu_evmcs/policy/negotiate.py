@@ -51,7 +51,7 @@ from qemu_evmcs.qemu.compose import supported_msr_feature
 from qemu_evmcs.qemu.cpu import EVMCS_REVISION_PROP
 from qemu_evmcs.qemu.cpuspec import CpuSpec
 from qemu_evmcs.qemu.startup import DESIGN_VARIANT, StartRequest, evmcs_start_error, evmcs_vmx_view, start
-from qemu_evmcs.core.views import BitChange, diff_views, partially_visible, visible_features
+from qemu_evmcs.core.views import diff_views, partially_visible, visible_features
 from qemu_evmcs.qemu import model_names, models
 from qemu_evmcs.qemu.basecpuid import check_base, newest_runnable
 from qemu_evmcs.qemu.models import DEFAULT_QEMU_VERSION, load_snapshot, vmx_requires
@@ -872,7 +872,6 @@ __all__ = [
     "DESIGN_NAMES",
     "STRATEGIES",
     "TARGETS",
-    "BitChange",
     "Drop",
     "GuestConfig",
     "GuestModel",
@@ -881,7 +880,6 @@ __all__ = [
     "PoolGroup",
     "StartResult",
     "design_name",
-    "diff_views",
     "documented_evmcs_view",
     "evmcs_incapable_reason",
     "group_kernel_text",
@@ -898,5 +896,4 @@ __all__ = [
     "start_guest",
     "strategy_of",
     "unique_group_names",
-    "visible_features",
 ]
