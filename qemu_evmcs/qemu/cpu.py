@@ -73,6 +73,9 @@ from qemu_evmcs.kvm.simkvm import (HV_CPUID_ENLIGHTMENT_INFO, HV_CPUID_NESTED_FE
 from qemu_evmcs.qemu.features import (CPUID_BY_NAME, CPUID_FLAGS, HV_ALIASES, HV_BY_PROP, HV_CPUID_FEATURES,
                                       HV_FEATURES, hv_feature_supported,
                              HvFeature)
+from qemu_evmcs.core.hyperv import (HV_APIC_ACCESS_RECOMMENDED, HV_CPU_DYNAMIC_PARTITIONING_AVAILABLE,
+                                    HV_CPUID_IMPLEMENT_LIMITS, HV_CPUID_VENDOR_AND_MAX_FUNCTIONS,
+                                    HV_HYPERCALL_AVAILABLE)
 from qemu_evmcs.qemu.cpuspec import PROG, CpuSpec, QemuError
 from qemu_evmcs.qemu.models import DEFAULT_QEMU_VERSION, QemuSnapshot, load_snapshot
 from qemu_evmcs.core.errors import InputError
@@ -89,11 +92,6 @@ CTL_WORDS = tuple(word for _, word in CTL_WRITES)
 
 #: ``hv-spinlocks`` default: never notify.
 HYPERV_SPINLOCK_NEVER_NOTIFY = 0xFFFFFFFF
-HV_CPUID_VENDOR_AND_MAX_FUNCTIONS = 0x40000000
-HV_CPUID_IMPLEMENT_LIMITS = 0x40000005
-HV_HYPERCALL_AVAILABLE = 1 << 5            # 0x40000003.EAX
-HV_CPU_DYNAMIC_PARTITIONING_AVAILABLE = 1 << 3  # 0x40000003.EDX
-HV_APIC_ACCESS_RECOMMENDED = 1 << 3        # 0x40000004.EAX
 
 
 #: Flags a host without VMX MSRs is assumed to have (simulation assumption, see the module docstring).
