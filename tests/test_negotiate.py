@@ -12,7 +12,6 @@ import pytest
 from qemu_evmcs.cli.main import run
 from qemu_evmcs.core.errors import NegativeAnswer
 from qemu_evmcs.core.profile import load_profile, resolve_profile_path
-from qemu_evmcs.core.views import diff_views
 from qemu_evmcs.policy.negotiate import (
     PERF_FEATURES,
     STRATEGIES,

@@ -11,7 +11,6 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qemu_evmcs.core.views import diff_views, visible_features
 from qemu_evmcs.policy.negotiate import (
     STRATEGIES,
     GuestModel,
