@@ -127,3 +127,17 @@ def test_raw_quirk_allowed1_halves_disagree() -> None:
 def test_missing_msrs_of_a_cpu_without_vm_functions() -> None:
     ivb = load_profile(resolve_profile_path("ivybridge-5.10"))
     assert missing_msrs(ivb.msrs) == []   # no VMFUNC needed: CTLS2 allowed-1 0x8ff has no bit 13
+
+
+def test_forum_rdmsr_paste_imports() -> None:
+    # `sudo rdmsr -a 0x480`-style lines as pasted in a forum: prompt, fence, quoting, NBSP and tabs.
+    from qemu_evmcs.core.registry import registry
+    reg = registry()
+    lines = ["[root@h ~]# for m in 480 481; do sudo rdmsr 0x$m; done", "```"]
+    for i, (name, value) in enumerate(SKY.msrs.items()):
+        line = f"{reg.msrs[name].index:#x}\t{value:#x}" if i % 2 else f"{reg.msrs[name].index:#x}\u00a0{value:#x}"
+        lines.append(("> " if i % 3 == 0 else "") + line)
+    lines.append("```")
+    prof, fmt = import_text("\n".join(lines) + "\n", file="forum.txt", name="s", kernel="6.3")
+    assert fmt == "rdmsr"
+    assert dict(prof.msrs) == dict(SKY.msrs)

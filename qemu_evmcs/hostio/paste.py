@@ -17,7 +17,7 @@ _QUOTE = re.compile(r"^\s*(?:>\s?)+")
 #: A shell prompt running the dump tool: ``$ sudo ./vmxcap``, ``root@host:~# python3 vmxcap``,
 #: ``[user@h ~]$ sudo rdmsr -a 0x480``, ``PS C:\\> ...``. Only such lines are dropped: a ``# name: x`` metadata
 #: comment or a Windbg ``kd> rdmsr`` line is not a prompt followed by one of these tools.
-_PROMPT = re.compile(r"^\s*(?:\S*[$#%>]\s*)(?:sudo\s+)?(?:\S*/)?(?:python3?\s+\S*/?)?"
+_PROMPT = re.compile(r"^\s*(?:\[[^\]\n]*\]|\S*)[$#%>]\s*(?:sudo\s+)?(?:\S*/)?(?:python3?\s+\S*/?)?"
                      r"(?:vmxcap|rdmsr|vmxcap\.py|cat|modprobe)\b")
 
 
