@@ -126,7 +126,8 @@ Wrapper options (only before the first emulator argument, or before --):
   --host PROFILE         the host profile --check and the report use with a real emulator
   --negotiate PROFILE... replace -cpu MODEL by the answer that starts on and migrates among these hosts
   --design D             with --negotiate: shipped (default, what Linux shipped), revision or vmx-msrs
-                         (--strategy is an alias; pv-cpuid is an alias of shipped)
+                         (pv-cpuid is an alias of shipped)
+  --strategy D           alias of --design
   --report-json FILE     also write the verification report as JSON (refuses to overwrite without --force)
   --force                let --report-json replace an existing file
   --qmp-timeout SECONDS  spawn-to-QMP-greeting limit, and per QMP command (default {DEFAULT_QMP_TIMEOUT:g})
