@@ -45,10 +45,10 @@ from qemu_evmcs.core.hostgroup import Fleet, FleetHosts, Hosts, as_fleet
 from qemu_evmcs.core.kernel import era_table
 from qemu_evmcs.core.msrval import word_source_msr
 from qemu_evmcs.core.profile import HostProfile
-from qemu_evmcs.qemu.features import CPUID_BY_NAME, HV_NESTED_EAX_BITS, PLUGIN_PERF_GLOBAL_CTRL, hv_requires
+from qemu_evmcs.qemu.features import CPUID_BY_NAME, HV_BY_PROP, PLUGIN_PERF_GLOBAL_CTRL, hv_requires
 from qemu_evmcs.qemu.attribution import LAYER_PERF, hidden_layers
 from qemu_evmcs.qemu.compose import supported_msr_feature
-from qemu_evmcs.qemu.cpu import EVMCS_REVISION_PROP
+from qemu_evmcs.qemu.cpu import EVMCS_REVISION_PROP, hv_flag_supported
 from qemu_evmcs.qemu.cpuspec import CpuSpec
 from qemu_evmcs.qemu.startup import DESIGN_VARIANT, StartRequest, evmcs_start_error, evmcs_vmx_view, start
 from qemu_evmcs.core.views import diff_views, partially_visible, visible_features
@@ -59,8 +59,6 @@ from qemu_evmcs.core.registry import Registry, registry
 from qemu_evmcs.kvm.simkvm import (
     EVMCS_REVISION_2022,
     EVMCS_REVISION_LEGACY,
-    HV_CPUID_NESTED_FEATURES,
-    HV_NESTED_EVMCS1_PERF_GLOBAL_CTRL,
     SimKvm,
 )
 
@@ -307,15 +305,12 @@ def evmcs_incapable_reason(profile: HostProfile) -> str | None:
 
 
 def _hv_unsupported(flag: str, kvm: SimKvm) -> bool:
-    bit = HV_NESTED_EAX_BITS.get(flag)
-    if bit is None:
-        return False
-    return not kvm.hv_cpuid().get(HV_CPUID_NESTED_FEATURES, {}).get("eax", 0) & bit
+    return flag in HV_BY_PROP and not hv_flag_supported(flag, kvm)
 
 
 def host_reports_perf_bit(kvm: SimKvm) -> bool:
-    """Does KVM report 0x4000000A.EBX bit 0 (6.1+)?"""
-    return bool(kvm.hv_cpuid().get(HV_CPUID_NESTED_FEATURES, {}).get("ebx", 0) & HV_NESTED_EVMCS1_PERF_GLOBAL_CTRL)
+    """Does KVM report 0x4000000A.EBX bit 0 (6.1+), so that QEMU accepts the plug-in option?"""
+    return hv_flag_supported(PLUGIN_PERF_GLOBAL_CTRL, kvm)
 
 
 def documented_evmcs_view(profile: HostProfile, *, variant: str = "vmx-msrs") -> dict[str, int]:

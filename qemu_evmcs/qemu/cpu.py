@@ -433,6 +433,13 @@ class KvmAccel(Accel):
         return self._sys_hv
 
 
+def hv_flag_supported(prop: str, kvm: SimKvm) -> bool:
+    """Would QEMU find ``hv-*`` flag ``prop`` supported by this host's KVM (``hyperv_feature_supported`` over what
+    KVM reports for Hyper-V)? The negotiator's question before it simulates; the same rule as a vCPU's."""
+    return p_kvm_hyperv(kvm) and hv_feature_supported(HV_BY_PROP[HV_ALIASES.get(prop, prop)], kvm.hv_cpuid(),
+                                                      lambda since: kvm.version_at_least(getattr(kvm.facts, since)))
+
+
 def p_kvm_hyperv(kvm: SimKvm) -> bool:
     """``KVM_CAP_HYPERV``: absent only with CONFIG_KVM_HYPERV=n (6.8+)."""
     return kvm.profile.kvm_hyperv or not kvm.version_at_least(kvm.facts.kvm_hyperv_config_since)
