@@ -53,7 +53,9 @@ def parse_uri(uri: str) -> Tuple[str, str, int]:
         return "unix", uri[len("unix:"):], 0
     if uri.startswith("tcp:"):
         host, sep, port = uri[len("tcp:"):].rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
+        # At most 5 ASCII digits before int(): a 5,000-digit port raised ValueError (CPython's integer-string
+        # limit) and "²" is isdigit() but not int()-able.
+        if not sep or not (port.isascii() and port.isdigit() and len(port) <= 5) or not 0 < int(port) <= 65535:
             raise QemuError(f"Invalid migration URI '{uri}': expected tcp:HOST:PORT")
         if host not in LOOPBACK:
             raise QemuError(f"Migration to {host}: the simulator migrates over UNIX sockets or loopback TCP only")
@@ -97,6 +99,12 @@ def vcpu_state(machine: Machine) -> Dict[str, object]:
     }
 
 
+def _brief(err: BaseException, limit: int = 200) -> str:
+    """An exception as one short line: the peer controls what it says."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _spec(raw: Mapping[str, Any]) -> CpuSpec:
     props = tuple((str(k), str(v)) for k, v in raw.get("props", []))
     return CpuSpec(model=str(raw["model"]), props=props, plus=tuple(map(str, raw.get("plus", []))),
@@ -130,15 +138,15 @@ def apply_incoming(machine: Machine, state: Mapping[str, Any]) -> IncomingResult
                                       LOAD_FAILED])
     try:
         spec = _spec(state["cpu"])
-    except (KeyError, TypeError, ValueError) as err:
-        return IncomingResult(False, [f"{PROG}: invalid vCPU state: {err}", LOAD_FAILED])
+        want_hv = {str(k): _intmap(v) for k, v in dict(state.get("hv-cpuid") or {}).items()}
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
+        return IncomingResult(False, [f"{PROG}: invalid vCPU state: {_brief(err)}", LOAD_FAILED])
     config = dataclasses.replace(machine.config, cpu=spec)
     res = boot(config, machine.profile)
     errors = [ln for ln in res.stderr if ": warning: " not in ln]
     if not res.ok or res.machine is None:
         return IncomingResult(False, [*errors, LOAD_FAILED], res)
     new = res.machine
-    want_hv = {k: _intmap(v) for k, v in dict(state.get("hv-cpuid") or {}).items()}
     got_hv = {f"{leaf:#010x}": dict(regs) for leaf, regs in sorted(new.vcpus[0].hv_leaves.items())} \
         if new.vcpus else {}
     if want_hv != got_hv:
@@ -191,7 +199,15 @@ def decode(line: bytes) -> Dict[str, Any]:
 
     :raise ValueError: not a JSON object.
     """
-    obj = json.loads(line)
+    try:
+        obj = json.loads(line, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
     return obj
+
+
+def _no_constant(name: str) -> object:
+    """``NaN``/``Infinity`` are not JSON (Python's parser accepts them by default)."""
+    raise ValueError(f"{name} is not valid JSON")

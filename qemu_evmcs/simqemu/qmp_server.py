@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -80,8 +81,14 @@ PACKAGE = "qemu-evmcs-sim"
 MAX_MESSAGE = 1 << 20
 #: Deepest JSON nesting accepted (QEMU's parser limit is 1024 as well).
 MAX_DEPTH = 1024
-#: A client whose unread output exceeds this is disconnected (it stopped reading).
+#: A client whose unread output exceeds this is disconnected (it stopped reading) ...
 MAX_BACKLOG = 4 << 20
+#: ... and all clients together may hold at most this much unread output: with N clients each one's
+#: limit is ``max(MIN_BACKLOG, MAX_TOTAL_BACKLOG // N)`` (400 clients that never read took the simulator
+#: from 94 to 1,931 MiB with only the per-client limit).
+MAX_TOTAL_BACKLOG = 64 << 20
+#: A client's limit never drops below this (one large reply, such as qom-list, must fit).
+MIN_BACKLOG = 128 << 10
 #: Longest UNIX socket path (sun_path minus the NUL).
 UNIX_PATH_MAX = 107
 
@@ -188,30 +195,86 @@ class JsonSplitter:
 
 @dataclass(eq=False)
 class Connection:
-    """One client."""
+    """One client.
+
+    :ivar peers: every connection of the server (this one included): the backlog limit is shared.
+    :ivar peak_backlog: the most unread output this client ever had (the server gives memory back after
+        a big one leaves).
+    """
 
     writer: asyncio.StreamWriter
     negotiated: bool = False
     oob: bool = False
     closed: bool = False
+    peers: Set["Connection"] = field(default_factory=set)
+    peak_backlog: int = 0
+    _summed_at: int = 0
+
+    def backlog_limit(self) -> int:
+        """This client's share of :data:`MAX_TOTAL_BACKLOG` (see there)."""
+        return min(MAX_BACKLOG, max(MIN_BACKLOG, MAX_TOTAL_BACKLOG // max(1, len(self.peers))))
+
+    def _total_exceeded(self, backlog: int) -> bool:
+        """Whether all clients together hold more than :data:`MAX_TOTAL_BACKLOG` (shares alone are not
+        enough: a client that filled its share while it was alone keeps it when others arrive).
+
+        Summed only when this client grew by :data:`MIN_BACKLOG` since its last sum, so a well-behaved
+        client (small backlog) never pays for it.
+        """
+        if backlog < self._summed_at + MIN_BACKLOG:
+            return False
+        self._summed_at = backlog
+        total = sum(p.writer.transport.get_write_buffer_size() for p in self.peers if not p.closed)
+        return total > MAX_TOTAL_BACKLOG
 
     def send(self, obj: Mapping[str, object]) -> None:
         """Queue one message (``\\r\\n``-terminated); drop the client if it stopped reading."""
         if self.closed or self.writer.is_closing():
             self.closed = True
             return
-        transport = self.writer.transport
-        if transport.get_write_buffer_size() > MAX_BACKLOG:
+        backlog = self.writer.transport.get_write_buffer_size()
+        self.peak_backlog = max(self.peak_backlog, backlog)
+        if backlog > self.backlog_limit() or self._total_exceeded(backlog):
             logger.warning("QMP client stopped reading; closing it")
-            self.close()
+            self.abort()
             return
-        self.writer.write(json.dumps(obj, separators=(", ", ": ")).encode() + b"\r\n")
+        self.writer.write(json.dumps(obj, separators=(", ", ": "), allow_nan=False).encode() + b"\r\n")
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """Close the connection (idempotent); unsent output is dropped if the client is not reading it."""
         self.closed = True
         with contextlib.suppress(Exception):
-            self.writer.close()
+            if self.writer.transport.get_write_buffer_size() > 0:
+                self.abort()  # close() would wait, holding the socket and the buffer, for a reader that never comes
+            else:
+                self.writer.close()
+
+    def abort(self) -> None:
+        """Drop the connection and its unsent output at once (``transport.abort``)."""
+        self.closed = True
+        with contextlib.suppress(Exception):
+            self.writer.transport.abort()
+
+
+def _brief(obj: object, limit: int = 300) -> str:
+    """``str(obj)`` on one line, cut to ``limit`` characters: a peer controls these bytes."""
+    text = " ".join(str(obj).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _no_json_constant(name: str) -> object:
+    """``NaN``, ``Infinity`` and ``-Infinity`` are not JSON: echoing ``"id": NaN`` produced invalid JSON."""
+    raise ValueError(f"{name} is not a valid JSON value")
+
+
+def trim_memory() -> None:
+    """Ask glibc to return free heap memory to the system (``malloc_trim(0)``); a no-op elsewhere.
+
+    Why: after hundreds of clients' buffers are freed, CPython and glibc keep the pages (415 MiB stayed
+    in the issue's reproduction); ``malloc_trim`` releases free pages inside the heap too (glibc >= 2.8).
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _timestamp() -> Dict[str, int]:
@@ -256,6 +319,7 @@ class QmpServer:
     _incoming: Optional[asyncio.base_events.Server] = None
     _incoming_path: Optional[str] = None
     _incoming_busy: bool = False
+    _big_backlogs: int = 0
 
     def __post_init__(self) -> None:
         cfg = self.machine.config
@@ -391,7 +455,7 @@ class QmpServer:
 
     # ------------------------------------------------------------------ per client
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = Connection(writer)
+        conn = Connection(writer, peers=self.conns)
         self.conns.add(conn)
         try:
             conn.send({"QMP": {"version": {"qemu": dict(QEMU_VERSION), "package": PACKAGE},
@@ -424,10 +488,16 @@ class QmpServer:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(writer.drain(), 1.0)
                 conn.close()
+            self._big_backlogs += conn.peak_backlog
+            if not self.conns and self._big_backlogs > MIN_BACKLOG:
+                # The last client left after buffering a lot: give the freed memory back to the system.
+                self._big_backlogs = 0
+                await asyncio.sleep(0)  # let the transport's close callbacks drop their buffers first
+                trim_memory()
 
     def _handle_raw(self, conn: Connection, raw: bytes) -> None:
         try:
-            obj = json.loads(raw)
+            obj = json.loads(raw, parse_constant=_no_json_constant)
         except (ValueError, UnicodeDecodeError, RecursionError) as err:
             conn.send({"error": {"class": "GenericError", "desc": f"JSON parse error, {err}"}})
             return
@@ -693,14 +763,22 @@ class QmpServer:
             return
         self._incoming_busy = True
         self._close_incoming()
+        # From here on the destination ends as "running"/"paused" or exits 1 with a reason: a stream that
+        # cannot be decoded or applied (deep nesting, wrong types, a bug) never leaves it "inmigrate" with
+        # its socket gone.
+        result = IncomingResult(False, [f"{PROG}: invalid migration stream", LOAD_FAILED])
         try:
             try:
                 line = await asyncio.wait_for(reader.readline(), 30.0)
                 state = decode(line)
             except (asyncio.TimeoutError, ValueError, ConnectionError, OSError) as err:
-                result = IncomingResult(False, [f"{PROG}: invalid migration stream: {err}", LOAD_FAILED])
+                result = IncomingResult(False, [f"{PROG}: invalid migration stream: {_brief(err)}", LOAD_FAILED])
             else:
-                result = apply_incoming(self.machine, state)
+                try:
+                    result = apply_incoming(self.machine, state)
+                except Exception as err:  # a bug or an unforeseen shape: fail this migration, never wedge
+                    logger.exception("incoming migration failed")
+                    result = IncomingResult(False, [f"{PROG}: invalid vCPU state: {_brief(err)}", LOAD_FAILED])
             if result.ok:
                 reply: Dict[str, object] = {"status": "completed",
                                             "guest-vmx-msrs": {k: _hex64(v) for k, v in
@@ -767,6 +845,15 @@ class QmpServer:
         self.broadcast("MIGRATION", {"status": status})
 
     async def _run_migration(self, target: Tuple[str, str, int]) -> None:
+        """Run one outgoing migration; whatever happens it ends ``completed`` or ``failed`` (never stays
+        ``setup``/``active``, which refused every later ``migrate``)."""
+        try:
+            await self._migrate_once(target)
+        finally:
+            if self.migration is not None and self.migration["status"] in ("setup", "active"):
+                self._migration_status("failed", "internal error of the simulated migration")
+
+    async def _migrate_once(self, target: Tuple[str, str, int]) -> None:
         kind, host, port = target
         self.broadcast("MIGRATION", {"status": "setup"})
         try:
@@ -784,17 +871,25 @@ class QmpServer:
             line = await asyncio.wait_for(reader.readline(), 60.0)
             reply = decode(line)
         except (OSError, ValueError, asyncio.TimeoutError) as err:
-            self._migration_status("failed", f"the destination closed the migration stream ({err or 'EOF'})")
+            self._migration_status("failed", f"the destination closed the migration stream ({_brief(err) or 'EOF'})")
             return
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
-        if reply.get("status") != "completed":
-            self._migration_status("failed", str(reply.get("error") or "the destination refused the migration"))
+        try:
+            if reply.get("status") != "completed":
+                self._migration_status("failed", _brief(reply.get("error") or "the destination refused the migration"))
+                return
+            dest_msrs = parse_msrs(reply.get("guest-vmx-msrs") or {})
+            destination = _brief(reply.get("host") or "")
+        except (TypeError, ValueError, AttributeError, OverflowError) as err:
+            # A destination answering nonsense (bad MSR values): this migration failed; "active" for good
+            # refused every later migrate.
+            self._migration_status("failed", f"invalid answer from the destination: {_brief(err)}")
             return
         assert self.migration is not None
-        self.migration["destination-msrs"] = parse_msrs(reply.get("guest-vmx-msrs") or {})
-        self.migration["destination"] = str(reply.get("host") or "")
+        self.migration["destination-msrs"] = dest_msrs
+        self.migration["destination"] = destination
         if self.status == "running":
             self.broadcast("STOP")
         self.status = "postmigrate"
