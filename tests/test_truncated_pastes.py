@@ -141,3 +141,16 @@ def test_forum_rdmsr_paste_imports() -> None:
     prof, fmt = import_text("\n".join(lines) + "\n", file="forum.txt", name="s", kernel="6.3")
     assert fmt == "rdmsr"
     assert dict(prof.msrs) == dict(SKY.msrs)
+
+
+def test_admit_of_a_partial_host_says_so(tmp_path: pytest.TempPathFactory) -> None:
+    import yaml
+
+    from qemu_evmcs.policy.admit import admit
+
+    prof, _ = import_text(_cut_before("VM Functions"), file="p.txt", name="partial-sky", kernel="6.3", partial=True)
+    path = os.path.join(str(tmp_path), "p.yaml")
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(prof.to_mapping(), f)
+    res = admit(["skylake-6.3"], path)
+    assert "IA32_VMX_VMFUNC unknown (partial import)" in res.reason

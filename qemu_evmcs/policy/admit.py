@@ -103,6 +103,8 @@ def admit(pool: Hosts, candidate: str | HostProfile | Fleet,
                       + (" (it lacks only controls eVMCS hides anyway)"
                          if set(base.config.vmx) - set(_supported(cand)) == set() and
                          set(gm.vmx) - set(_supported(cand)) else ""))
+        if cand.unknown_note():
+            res.reason += f" (note: {cand.unknown_note()})"
         return res
     if start.ok:
         changes = list(dict.fromkeys(f"{c.label()} {c.change}"
@@ -120,6 +122,8 @@ def admit(pool: Hosts, candidate: str | HostProfile | Fleet,
         costs.append("CPUID 0x4000000A.EBX bit 0 must be cleared")
     res.why = why
     res.reason = f"refuse {cand.name}: {why}" + ("; admitting it would cost: " + "; ".join(costs) if costs else "")
+    if cand.unknown_note():
+        res.reason += f" (note: {cand.unknown_note()})"
     return res
 
 
