@@ -147,3 +147,19 @@ def test_every_json_command_is_documented() -> None:
                 if any(any("--json" in b.option_strings for b in sp._actions) for sp in a.choices.values()):
                     with_json.add(name)
     assert with_json - covered <= {"host"}, with_json - covered
+
+
+def test_feature_counts_agree_between_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    """negotiate's "guest sees N VMX features" is its JSON guest_features and admit's pool_guest_features for the
+    same pool; vmx_on (what -cpu sets) is a subset, the rest named in the text (issue 13)."""
+    pool = ["skylake-6.3", "skylake-5.10"]
+    assert run(["negotiate", "--model", "max", "--hosts", *pool]) == 0
+    text = capsys.readouterr().out
+    n = int(re.search(r"guest sees (\d+) VMX features", text).group(1))  # type: ignore[union-attr]
+    neg = _json(capsys, ["negotiate", "--model", "max", "--hosts", *pool, "--json"])
+    adm = _json(capsys, ["admit", "--pool", *pool, "--candidate", "skylake-6.3", "--json"])
+    assert n == len(neg["guest_features"]) == len(adm["pool_guest_features"])
+    assert sorted(neg["guest_features"]) == adm["pool_guest_features"]
+    implied = [f for f in neg["guest_features"] if f not in neg["vmx_on"]]
+    assert set(neg["vmx_on"]) <= set(neg["guest_features"])
+    assert f"({n - len(implied)} set by -cpu; {', '.join(implied)}:" in text

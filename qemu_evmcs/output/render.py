@@ -170,6 +170,7 @@ def negotiation_json(neg: Negotiation, *, with_groups: bool = True) -> dict[str,
         "pv_perf_global_ctrl": cfg.pv_perf_global_ctrl,
         "revision": cfg.revision,
         "vmx_on": [n for n in order if n in cfg.vmx],
+        "guest_features": [n for n in order if n in neg.guest_features],
         "vmx_off": [n for n in order if n in requested and n not in cfg.vmx],
         "hyperv": hv_sorted(cfg.hyperv),
         "cpu": cpu_string(neg),
@@ -202,7 +203,10 @@ def negotiation_text(neg: Negotiation) -> str:
     lines.append(f"  eVMCS version [{cfg.evmcs_version[0]}..{cfg.evmcs_version[1]}]"
                  + (f", revision {cfg.revision}" if cfg.revision is not None else "")
                  + f"; CPUID 0x4000000A.EBX bit 0 {'set' if cfg.pv_perf_global_ctrl else 'clear'}")
-    lines.append(f"  guest sees {len(neg.guest_features)} VMX features, identical on every host")
+    implied = [f for f in registry().features if f in neg.guest_features and f not in cfg.vmx]
+    lines.append(f"  guest sees {len(neg.guest_features)} VMX features, identical on every host"
+                 + (f" ({len(neg.guest_features) - len(implied)} set by -cpu; {', '.join(implied)}: from the host's "
+                    f"MSRs or implied by QEMU, not -cpu properties)" if implied else ""))
     causes: dict[str, list[str]] = {}
     for d in neg.drops:
         causes.setdefault(d.cause, []).append(d.feature)
