@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from qemu_evmcs.core.evmcs_filter import filter_msr
+from qemu_evmcs.core.evmcs_filter import removals
 from qemu_evmcs.core.kernel import Era
 from qemu_evmcs.core.msrval import feature_present, word_source_msr
 from qemu_evmcs.core.profile import HostProfile
@@ -60,8 +60,9 @@ def removed_bits(era: Era, msr: Msr, host: int, guest: int, emulated: bool,
     """Attribute every bit of ``host`` missing from ``guest`` (allowed-1 half for control MSRs) to a layer.
 
     :data:`LAYER_NOT_EMULATED` when the guest cannot read the
-    MSR at all, :data:`LAYER_PERF` when the era's filter would keep the bit with the guest's CPUID
-    0x4000000A.EBX bit 0 set (and that bit is clear: ``perf_gate_open`` false), else :data:`LAYER_FILTER`.
+    MSR at all, :data:`LAYER_PERF` when the era's filter removes the bit only because the guest's CPUID
+    0x4000000A.EBX bit 0 is clear (``perf_gate_open`` false; :func:`qemu_evmcs.core.evmcs_filter.removals`
+    decides), else :data:`LAYER_FILTER`.
     Which bits are missing is the simulation's answer (``guest``), never recomputed here.
 
     :param named: ``{(word, bit): feature}`` (built from the registry when omitted).
@@ -74,14 +75,16 @@ def removed_bits(era: Era, msr: Msr, host: int, guest: int, emulated: bool,
         return ()
     shift = 32 if msr.layout == "ctl" else 0
     gone = (host & ~guest & MASK64) >> shift
-    with_perf = filter_msr(era, msr.name, host, perf_global_ctrl=True, reg=reg) >> shift
+    # The filter's own verdict on each bit it removes from ``host`` (core.evmcs_filter.removals: the gate or
+    # the filter); a missing bit it does not explain is the filter's too (the ABI variant's filter).
+    cause = {r.bit: r.cause for r in removals(era, msr.name, host, perf_global_ctrl=perf_gate_open, reg=reg)}
     out: list[RemovedBit] = []
     bit = 0
     while gone >> bit:
         if gone >> bit & 1:
             if not emulated:
                 layer = LAYER_NOT_EMULATED
-            elif with_perf >> bit & 1 and not perf_gate_open:
+            elif cause.get(bit) == LAYER_PERF:
                 layer = LAYER_PERF
             else:
                 layer = LAYER_FILTER
