@@ -335,6 +335,8 @@ def control_character(text: str) -> Optional[str]:
     escape could rewrite the terminal. Such names are refused at import (and when read back from an
     inventory), rather than escaped on each of the many outputs.
     """
+    if text.isascii() and text.isprintable():
+        return None      # the common case, at C speed: ASCII has no Cf/Zl/Zp and its Cc are not printable
     for ch in text:
         if unicodedata.category(ch) in _CONTROL_CATEGORIES:
             return ch
