@@ -19,6 +19,7 @@ import asyncio
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -166,3 +167,34 @@ def test_command_line_agrees_with_the_qmp_check(printed: dict[str, tuple[str, st
     assert rc == 1 and "can't apply global max-x86_64-cpu." in err and "' not found" in err, err
     rc, err = start("max,vmx=on,hv-evmcs-perf-global-ctrl=on")
     assert rc == 1 and "Property 'max-x86_64-cpu.hv-evmcs-perf-global-ctrl' not found" in err, err
+
+
+def test_answer_for_the_asked_binary_uses_exactly_its_properties(qemu: Qemu) -> None:
+    """``launch --negotiate`` asks the binary for its CPU properties; negotiate(properties=...) then uses exactly
+    those, and this project's options only if the binary has them ("or a QEMU that has them")."""
+    props = frozenset(p["name"] for p in qemu.execute("qom-list-properties", {"typename": "max-x86_64-cpu"}))
+    assert "vmx-ept" in props and "hv-evmcs-perf-global-ctrl" not in props
+    for model, strategy in [*((m, "shipped") for m in MODELS), ("max", "revision"), ("max", "vmx-msrs")]:
+        neg = negotiate(model, ["skylake-6.3", "icelake-6.1"], strategy, properties=props)
+        assert neg.ok and qemu.refusal(cpu_string(neg)) is None, (model, strategy)
+    # A QEMU that has the proposed PV option (this set is hand-made: no released QEMU has it).
+    patched = props | {"hv-evmcs-perf-global-ctrl"}
+    neg = negotiate("max", ["icelake-6.1"], "shipped", properties=patched)
+    assert neg.config is not None and neg.config.pv_perf_global_ctrl
+    assert "hv-evmcs-perf-global-ctrl=on" in cpu_string(neg).split(",")
+    assert not any(p.startswith("vmx-") and p not in props for p in
+                   (x.lstrip("-").split("=")[0] for x in cpu_string(neg).split(",")))
+    # Without x-hv-evmcs-revision the revision design stays at the kernel's default revision.
+    rev = negotiate("max", ["icelake-6.1"], "revision", properties=patched)
+    assert rev.config is not None and rev.config.revision == 1 and "x-hv-evmcs-revision" not in cpu_string(rev)
+
+
+def test_launch_negotiate_asks_the_binary(tmp_path: object) -> None:
+    """With a real emulator the negotiated -cpu passes QEMU's property checks; under TCG QEMU then stops at
+    vCPU init on hv-vpindex ("kernel doesn't allow setting HyperV VP_INDEX", qemu.md), which shows it got there."""
+    proc = subprocess.run([sys.executable, "-m", "qemu_evmcs.launch", "--emulator", qemu_path(), "--negotiate",
+                           "skylake-6.3", "icelake-6.1", "--", "-accel", "tcg", "-machine", "q35", "-nodefaults",
+                           "-display", "none", "-S", "-cpu", "max"],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "not found" not in proc.stderr
+    assert "kernel doesn't allow setting HyperV VP_INDEX" in proc.stderr, proc.stderr

@@ -336,10 +336,19 @@ def apply_negotiation(opts: WrapperOptions) -> str:
     model = opts.qemu_args[idx].split(",", 1)[0]
     if not model:
         raise InputError("--negotiate: -cpu needs a model definition name")
+    properties = None
+    if opts.simulate is None:
+        # A real emulator is asked which CPU properties it has (-machine none, QMP qom-list-properties): the
+        # answer uses exactly those, and this project's proposed options only if the binary has them.
+        from qemu_evmcs.launch.capabilities import probe_cpu_capabilities
+
+        binary = emulator_argv(opts)[0]
+        caps = asyncio.run(probe_cpu_capabilities(binary, ["max"], qmp_timeout=opts.qmp_timeout))
+        properties = caps.properties.get(caps.models.get("max", ""))
     try:
-        # The simulated QEMU has this project's proposed options; a real emulator gets only what QEMU has.
+        # The simulated QEMU has this project's proposed options; a real emulator gets only what it has.
         cpu = negotiate_cpu_arg(model, load_hosts_fleet(opts.negotiate), opts.strategy,
-                                target="simulator" if opts.simulate is not None else "qemu")
+                                target="simulator" if opts.simulate is not None else "qemu", properties=properties)
     except NegativeAnswer as err:
         raise NegativeAnswer(f"--negotiate: {err.message}") from None
     opts.qemu_args[idx] = cpu

@@ -21,6 +21,7 @@ from qemu_evmcs.core.errors import NegativeAnswer
 from qemu_evmcs.core.hostgroup import Hosts
 from qemu_evmcs.policy.negotiate import (
     PERF_OPTION,
+    REVISION_OPTION,
     STRATEGIES,
     STRATEGY_VARIANT,
     Drop,
@@ -46,7 +47,7 @@ def qemu_vmx_props(neg: Negotiation, reg: Registry | None = None) -> list[tuple[
     """(QEMU property, on) for every vmx-* property the -cpu string must state, in registry order."""
     assert neg.config is not None
     return vmx_prop_changes(neg.config.vmx, neg.model.base_vmx, reg,
-                            settable=target_properties(neg.target, reg))   # real QEMU 7.2 refuses a property it lacks
+                            settable=target_properties(neg.target, reg, neg.properties))  # QEMU refuses one it lacks
 
 
 def cpu_string(neg: Negotiation) -> str:
@@ -61,7 +62,7 @@ def cpu_string(neg: Negotiation) -> str:
     if cfg.pv_perf_global_ctrl:
         parts.append(f"{PERF_OPTION}=on")
     if _revision_option(neg):
-        parts.append(f"x-hv-evmcs-revision={cfg.revision}")
+        parts.append(f"{REVISION_OPTION}={cfg.revision}")
     parts.append("enforce=on")
     return ",".join(parts)
 
@@ -70,11 +71,11 @@ def _revision_option(neg: Negotiation) -> bool:
     """Does the answer carry ``x-hv-evmcs-revision`` (the simulator's option; never for real QEMU)?"""
     cfg = neg.config
     return (neg.target == "simulator" and cfg is not None and cfg.design == "revision"
-            and cfg.revision is not None)
+            and cfg.revision is not None and (neg.properties is None or REVISION_OPTION in neg.properties))
 
 
 def negotiate_cpu_arg(model: str | GuestModel, hosts: Hosts, strategy: str = "pv-cpuid", *,
-                      target: str = "qemu") -> str:
+                      target: str = "qemu", properties: frozenset[str] | None = None) -> str:
     """The ``-cpu`` argument for a guest that must start on, and migrate among, ``hosts``.
 
     For the launch wrapper's ``--negotiate PROFILE...``.
@@ -82,7 +83,7 @@ def negotiate_cpu_arg(model: str | GuestModel, hosts: Hosts, strategy: str = "pv
     :raise NegativeAnswer: the pool has no safe answer (message: the reason).
     :raise InputError: unknown model, profile or strategy.
     """
-    neg = negotiate(model, hosts, strategy, target=target)
+    neg = negotiate(model, hosts, strategy, target=target, properties=properties)
     if not neg.ok:
         raise NegativeAnswer(neg.error)
     return cpu_string(neg)

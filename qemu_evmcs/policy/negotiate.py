@@ -99,6 +99,8 @@ def strategy_of(name: str) -> str:
 PERF_FEATURES: tuple[str, str] = ("vmx-exit-load-perf-global-ctrl", "vmx-entry-load-perf-global-ctrl")
 #: This project's proposed QEMU option for 0x4000000A.EBX bit 0; the simulated QEMU implements it, real QEMU does not.
 PERF_OPTION = PLUGIN_PERF_GLOBAL_CTRL
+#: The simulated QEMU's option asking KVM for an eVMCS revision (the never-merged revision design).
+REVISION_OPTION = "x-hv-evmcs-revision"
 #: Without these, Hyper-V cannot run as L1 (it requires SLAT); losing them is an error, not a dropped feature.
 ESSENTIAL_FEATURES: tuple[str, ...] = ("vmx-ept", "vmx-unrestricted-guest")
 #: Hyper-V flags QEMU requires for hv-evmcs (qemu.md §1.4).
@@ -138,8 +140,12 @@ def qemu_property_features(reg: Registry | None = None) -> frozenset[str]:
     return frozenset(f.name for f in reg.features.values() if f.qemu is not None)
 
 
-def target_properties(target: str = "qemu", reg: Registry | None = None) -> frozenset[str]:
+def target_properties(target: str = "qemu", reg: Registry | None = None,
+                      properties: frozenset[str] | None = None) -> frozenset[str]:
     """QEMU vmx-* property names the answer may use for ``target`` (:data:`TARGETS`).
+
+    ``properties``: the CPU properties of the QEMU binary the answer is for, when it was asked (``launch
+    --negotiate`` asks it over QMP): then exactly the registry's vmx-* properties it has, whatever ``target``.
 
     The simulator has every property of the registry. Real QEMU: those the bundled QEMU snapshot knows
     (``cpu_models/qemu/7.2/index.json`` ``all-features``, measured from QEMU 7.2 by scripts/sync-qemu-models):
@@ -148,6 +154,8 @@ def target_properties(target: str = "qemu", reg: Registry | None = None) -> froz
     """
     reg = reg or registry()
     props = {f.qemu for f in reg.features.values() if f.qemu is not None}
+    if properties is not None:
+        return frozenset(props & properties)
     if target == "qemu":
         snapshot = load_snapshot(DEFAULT_QEMU_VERSION)
         props = {p for p in props if snapshot.knows_property(p)}
@@ -427,6 +435,8 @@ class Negotiation:
     gains: list[str] = field(default_factory=list)
     #: With ``target="qemu"``: the simulator would have used a proposed option here (so :attr:`gains` is computed).
     options_withheld: bool = False
+    #: The CPU properties of the QEMU binary the answer is for, when it was asked (None: :data:`TARGETS` decide).
+    properties: frozenset[str] | None = None
 
     @property
     def guest_features(self) -> frozenset[str]:
@@ -591,7 +601,7 @@ def _fail(neg: Negotiation, message: str) -> Negotiation:
 
 
 def negotiate(model: str | GuestModel, hosts: Hosts, strategy: str = "pv-cpuid", *,
-              target: str = "qemu") -> Negotiation:
+              target: str = "qemu", properties: frozenset[str] | None = None) -> Negotiation:
     """Negotiate one strategy over a pool; never raises for a pool without a safe answer (``ok`` false).
 
     ``hosts``: see :data:`Hosts`. Every simulation runs once per distinct host profile (fingerprint); drops
@@ -604,6 +614,11 @@ def negotiate(model: str | GuestModel, hosts: Hosts, strategy: str = "pv-cpuid",
     strategy = strategy_of(strategy)      # a design name (shipped) or a strategy name (pv-cpuid)
     if target not in TARGETS:
         raise InputError(f"unknown target {target!r} (known: {', '.join(TARGETS)})")
+    if properties is not None:
+        # A binary that was asked: it may have this project's options ("a QEMU that has them"); the answer
+        # then uses them, and only the vmx-* properties it has.
+        has_options = PERF_OPTION in properties and (strategy != "revision" or REVISION_OPTION in properties)
+        target = "simulator" if has_options else "qemu"
     fleet = load_pool(hosts)
     groups = pool_groups(fleet)
     if model == AUTO_MODEL:
@@ -619,14 +634,16 @@ def negotiate(model: str | GuestModel, hosts: Hosts, strategy: str = "pv-cpuid",
             # -cpu host is a different guest on each host: negotiate the custom model that pins one set
             # (qemu_evmcs.policy.hostmodel.negotiate_model also says why host itself cannot migrate).
             gm = replace(gm, name=f"max (custom model for -cpu {gm.name} guests)", base="max", per_host=False)
-    neg = _negotiate_groups(gm, groups, strategy, FleetHosts(fleet), target)
+    neg = _negotiate_groups(gm, groups, strategy, FleetHosts(fleet), target,
+                            settable=None if properties is None else target_properties(target, properties=properties))
+    neg.properties = properties
     if model == AUTO_MODEL:
         neg.notes.insert(0, f"--model auto: {gm.base} is the newest QEMU {load_snapshot().version} Intel model whose "
                             f"CPUID every host with cpu_features has (eVMCS settings of {AUTO_TEMPLATE})")
     if target == "qemu" and neg.ok and neg.options_withheld:
         # Same QEMU properties, only the proposed options allowed: the gain is the options' alone.
         sim = _negotiate_groups(gm, groups, strategy, FleetHosts(fleet), "simulator",
-                                settable=target_properties("qemu"))
+                                settable=target_properties("qemu", properties=properties))
         if sim.ok and sim.config is not None and (sim.config.pv_perf_global_ctrl
                                                   or (sim.config.revision or 1) > EVMCS_REVISION_LEGACY):
             order = {n: i for i, n in enumerate(registry().features)}
