@@ -49,6 +49,10 @@ def check(value: Any, schema: Any, path: str = "$") -> None:
         for i, item in enumerate(value):
             check(item, schema[0], f"{path}[{i}]")
         return
+    if set(schema) == {"null|"}:
+        if value is not None:
+            check(value, schema["null|"], path)
+        return
     assert isinstance(value, dict), f"{path}: not an object"
     if set(schema) == {"*"}:
         for key, item in value.items():
@@ -74,7 +78,7 @@ def test_doc_schemas_are_snake_case_and_well_formed() -> None:
             walk(schema[0], path + "[]")
         else:
             for key, sub in schema.items():
-                assert key == "*" or SNAKE.match(key.rstrip("?")), f"{path}.{key}"
+                assert key in ("*", "null|") or SNAKE.match(key.rstrip("?")), f"{path}.{key}"
                 walk(sub, f"{path}.{key}")
     for name, schema in schemas().items():
         walk(schema, name)
@@ -134,6 +138,7 @@ def test_fleet_json_matches_the_documented_schema(tmp_path: Path, capsys: pytest
 def test_every_json_command_is_documented() -> None:
     """A command gaining --json must gain a schema here too (host probe, report: see docs/json.md)."""
     covered = {c[1][0] for c in CASES} | {"fleet"}
+    assert "launch-report" in schemas()     # checked by tests/test_launch_guestview.py (a started emulator)
     from qemu_evmcs.cli.main import build_parser
 
     parser = build_parser()

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from test_json_schema import check, schemas
+
 from qemu_evmcs.launch.guestview import apply_guest_view, load_host
 from qemu_evmcs.launch.verify import STATUS_APPLIED, FeatureOutcome, LaunchReport, parse_cpu_arg
 
@@ -42,6 +44,9 @@ def test_hidden_on_63() -> None:
     assert not rep.ok and rep.to_dict()["ok"] is False
     assert rep.summary_lines()[0].endswith("4 of 5 requested vmx/hv options applied")
     assert rep.to_dict()["host"] == {"name": "skylake-6.3", "kernel": "6.3.0"}
+    check(rep.to_dict(), schemas()["launch-report"])
+    no_host = _report(CPU)
+    check(no_host.to_dict(), schemas()["launch-report"])      # host: null without a profile
 
 
 def test_visible_on_510() -> None:
@@ -88,5 +93,6 @@ def test_wrapper_reports_hidden_with_the_simulator(tmp_path: Path) -> None:
     assert "4 of 5 requested vmx/hv options applied" in text, text
     assert "hidden vmx-preemption-timer: QEMU applied it, but the L1 guest on skylake-6.3" in text
     data = json.loads(report.read_text())
+    check(data, schemas()["launch-report"])       # docs/json.md
     assert data["ok"] is False
     assert [f["status"] for f in data["features"] if f["name"] == "vmx-preemption-timer"] == ["hidden"]
