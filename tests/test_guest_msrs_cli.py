@@ -144,11 +144,13 @@ def test_golden_json(run: Run, golden: Callable[[str, str], None], command: str,
 KERNEL_HINT = '(expected e.g. "5.15", "6.1.55", "6.8.0-45-generic")'
 BAD_INPUT = [
     (["--host", core("missing.yaml")], f"error: {core('missing.yaml')}: No such file or directory"),
-    (["--host", str(CORE)], f"error: {CORE}: Is a directory"),
+    (["--host", str(CORE)], f"error: {CORE}: is a directory, expected a file"),
     (["--host", core("bad-yaml.yaml")],
      f"error: {core('bad-yaml.yaml')}:2: invalid YAML: expected ',' or ']', but got ':'"),
     (["--host", core("empty.yaml")], f"error: {core('empty.yaml')}: expected one YAML document, found 0"),
-    (["--host", core("two-docs.yaml")], f"error: {core('two-docs.yaml')}: expected one YAML document, found 2"),
+    # line 6 of two-docs.yaml is the first line after its "---": where the second document starts
+    (["--host", core("two-docs.yaml")],
+     f"error: {core('two-docs.yaml')}:6: expected one YAML document, found more (a second one starts here)"),
     (["--host", core("unknown-key.yaml")],
      f"error: {core('unknown-key.yaml')}:5: colour: unknown key 'colour' (known: cpu_features, cpu_msrs, family, "
      "kernel, kernel_version, kvm_hyperv, model, model_name, msrs, name, nested, notes, provenance, stepping, "
