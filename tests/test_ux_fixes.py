@@ -28,8 +28,9 @@ def test_typo_of_a_bundled_profile_name_suggests_the_name(run: Run) -> None:
         assert run(*argv) == (2, "", "error: skylake-63: no such file, and no bundled profile of that name "
                                      "(did you mean skylake-6.3?)\n"), argv
     rc, _, err = run("negotiate", "--model", "max", "--hosts", "skylake-6.3", "icelake61")
+    # Without --inventory a bare word cannot be an inventory host name either: the error says so.
     assert (rc, err) == (2, "error: no such host profile 'icelake61' (neither a file nor a bundled profile name; "
-                            "did you mean icelake-6.1?)\n")
+                            "host names need an inventory: --inventory DB; did you mean icelake-6.1?)\n")
     # A path keeps the reader's own error; a name far from every sample lists them.
     assert run("host", "show", "./nope.yaml") == (2, "", "error: ./nope.yaml: No such file or directory\n")
     rc, _, err = run("host", "show", "zzz")
