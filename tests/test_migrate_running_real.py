@@ -19,13 +19,13 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from launch_helpers import qemu_path
+from proc_helpers import unix_listening, wait_until
 from qemu_evmcs.cli.main import run
 
 pytestmark = pytest.mark.qemu
@@ -40,11 +40,8 @@ def _qemu(cpu: str) -> Iterator[str]:
                              "-cpu", cpu, "-qmp", f"unix:{sock},server=on,wait=off"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(1000):
-            if os.path.exists(sock) or proc.poll() is not None:
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, "QEMU did not start"
+        wait_until(lambda: unix_listening(sock) or proc.poll() is not None)
+        assert proc.poll() is None and unix_listening(sock), "QEMU did not start"
         yield sock
     finally:
         proc.kill()

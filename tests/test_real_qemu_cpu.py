@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from launch_helpers import qemu_path
+from proc_helpers import unix_listening, wait_until
 from qemu_evmcs.output.render import cpu_string
 from qemu_evmcs.policy.negotiate import STRATEGIES, negotiate
 
@@ -66,10 +67,8 @@ class Qemu:
 
         self.loop = asyncio.new_event_loop()
         self.client = QMPClient("test-real-qemu-cpu")
-        for _ in range(500):     # QEMU creates the socket then waits for us (wait=on): poll for the file
-            if os.path.exists(sock) or self.proc.poll() is not None:
-                break
-            self.loop.run_until_complete(asyncio.sleep(0.01))
+        # QEMU listens, then waits for us (wait=on): poll for the listening socket (not just its file)
+        wait_until(lambda: unix_listening(sock) or self.proc.poll() is not None)
         self.loop.run_until_complete(self.client.connect(sock))
 
     def execute(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
