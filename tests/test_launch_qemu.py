@@ -246,7 +246,12 @@ def test_wrapper_passes_exit_status(tmp_path: Path) -> None:
             assert b'"QMP"' in f.readline()
             f.write(b'{"execute": "qmp_capabilities"}\n{"execute": "quit"}\n')
             f.flush()
-            assert f.read() is not None  # QEMU answers and closes the socket (or just closes it)
+            # QEMU answers and closes the socket, or just closes it -- with a reset when it exits before
+            # reading all we sent (Linux: ECONNRESET to the peer of a UNIX socket closed with unread data).
+            try:
+                assert f.read() is not None
+            except ConnectionResetError:
+                pass
         proc.communicate(timeout=PATIENCE)
     finally:
         if proc.poll() is None:
