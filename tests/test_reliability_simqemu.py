@@ -123,7 +123,9 @@ async def test_bad_destination_answer_fails_the_source_and_a_new_attempt_works(s
                 with src.qmp.listener("MIGRATION") as listener:
                     await src.qmp.execute("migrate", {"uri": f"unix:{mig}"})
                     async for ev in listener:
-                        if ev["data"]["status"] in ("completed", "failed"):
+                        data = ev["data"]
+                        assert isinstance(data, dict)
+                        if data["status"] in ("completed", "failed"):
                             break
                 got = await src.qmp.execute("query-migrate")
                 assert isinstance(got, dict) and got["status"] == want, got
