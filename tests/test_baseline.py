@@ -222,3 +222,49 @@ def test_text_lists_losses_and_summarises_what_every_host_keeps(tmp_path: Path,
     full = capsys.readouterr().out
     full_rows = {line.split()[0] for line in full.splitlines() if line.startswith("vmx-")}
     assert lost < full_rows and "kept on every host" not in full
+
+
+# ---- whether the guest starts is the start-up model's answer (issue 10) --------------------------------------
+# cascadelake-5.4 (Ubuntu 5.4.0-150 = 5.4.250, era 4.20-5.5+7a601e2cf615) sanitizes the vCPU's nested MSRs when
+# eVMCS is enabled (kvm-evmcs.md §4.2, §10.3: UNSUPPORTED_PINCTRL = preemption timer bit 6 | posted interrupts
+# bit 7). QEMU 7.2 writes TRUE_PROCBASED first, then TRUE_PINBASED (0x48d, §10.1). The profile's TRUE_PINBASED is
+# 0x000000ff00000016: allowed-1 0xff = bits 0-7 (ext-intr 0, NMI 3, vNMI 5, preemption timer 6, posted-intr 7,
+# plus the default1 bits 1,2,4 = 0x16). A model keeping bits 6 and 7 asks for 0xff00000016, which the sanitized
+# vCPU rejects: "error: failed to set MSR 0x48d to 0xff00000016", the abort of kvm-evmcs.md §10.3.
+ABORT_5_4 = "error: failed to set MSR 0x48d to 0xff00000016"
+
+KEEPS_PIN = ("name: keeps-pin\nbase: Skylake-Server-v5\nvendor: GenuineIntel\nfeatures: {vmx: on}\n"
+             "hyperv: {hv-vapic: on, hv-evmcs: on}\n")
+
+
+def test_model_aborting_on_an_enable_time_kernel_does_not_start(tmp_path: Path) -> None:
+    m = tmp_path / "keeps-pin.yaml"
+    m.write_text(KEEPS_PIN)
+    hosts = load_hosts_fleet(["cascadelake-5.4", "skylake-5.10"])
+    result = baseline(hosts, load_model(str(m)))
+    assert result.not_starting == ("cascadelake-5.4",)
+    group = next(g for g in result.groups if g.hosts == ("cascadelake-5.4",))
+    assert group.reason is not None and group.reason.startswith(ABORT_5_4 + " (QEMU aborts:")
+    assert group.evmcs == frozenset() and result.evmcs == frozenset()
+    # 5.10 (read-time filter) starts it: the guest only loses what the filter hides there
+    assert next(g for g in result.groups if g.hosts == ("skylake-5.10",)).starts
+
+
+def test_shipped_model_switching_the_sanitized_controls_off_starts_on_5_4() -> None:
+    # Skylake-Server-evmcs switches off vmx-preemption-timer and vmx-posted-intr (cpu_models/, 'off' list), so its
+    # TRUE_PINBASED write keeps to 0x3f00000016 and passes.
+    result = baseline(load_hosts_fleet(["cascadelake-5.4"]), load_model("Skylake-Server-evmcs"))
+    assert result.not_starting == () and "vmx-ept" in result.evmcs
+
+
+def test_baseline_model_host_on_5_4_does_not_start(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.run(["baseline", "--model", "host", "cascadelake-5.4", "skylake-6.3", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["not_starting"] == ["cascadelake-5.4"]
+    bad = next(g for g in data["groups"] if g["name"] == "cascadelake-5.4")
+    assert bad["reason"].startswith(ABORT_5_4) and bad["evmcs"] == []
+    assert data["baseline"]["evmcs"] == []
+    # --pool (what a custom model can pin) still counts the 5.4 host's sanitized set
+    assert cli.run(["baseline", "--pool", "cascadelake-5.4", "skylake-6.3", "--json"]) == 0
+    pool_data = json.loads(capsys.readouterr().out)
+    assert pool_data["not_starting"] == [] and "vmx-ept" in pool_data["baseline"]["evmcs"]

@@ -205,3 +205,17 @@ def test_hosts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     assert "epyc (kernel 6.6): does not start" in text
     assert "sky-510 (kernel 5.10, era 5.6-5.14): starts, drops 1:" in text
+
+
+def test_hosts_model_aborting_on_5_4(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A Skylake-Server-v5 eVMCS model keeping vmx-preemption-timer (pin bit 6) and vmx-posted-intr (pin bit 7):
+    # cascadelake-5.4's TRUE_PINBASED allowed-1 is 0xff; enable-time sanitizing clears bits 6 and 7, so QEMU's
+    # write of 0xff00000016 to 0x48d fails and QEMU aborts (kvm-evmcs.md §4.2, §10.3). 6.3 filters on reads only.
+    m = tmp_path / "keeps-pin.yaml"
+    m.write_text("name: keeps-pin\nbase: Skylake-Server-v5\nvendor: GenuineIntel\nfeatures: {vmx: on}\n"
+                 "hyperv: {hv-vapic: on, hv-evmcs: on}\n")
+    cli.run(["validate", "--json", str(m), "--hosts", "cascadelake-5.4", "skylake-6.3"])
+    hosts = {h["hosts"][0]: h for h in json.loads(capsys.readouterr().out)["files"][0]["hosts"]}
+    assert not hosts["cascadelake-5.4"]["starts"] and hosts["cascadelake-5.4"]["drops"] == []
+    assert hosts["cascadelake-5.4"]["reason"].startswith("error: failed to set MSR 0x48d to 0xff00000016")
+    assert hosts["skylake-6.3"]["starts"]

@@ -24,13 +24,14 @@ from __future__ import annotations
 import heapq
 import itertools
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from qemu_evmcs.core.errors import InputError, KvmError
 from qemu_evmcs.qemu.attribution import LAYER_CPU, LAYER_FILTER, LAYER_PERF, hidden_layers, missing_layer
-from qemu_evmcs.policy.negotiate import unique_group_names
+from qemu_evmcs.policy.negotiate import GuestConfig, StartResult, qemu_property_features, start_guest, \
+    unique_group_names
 from qemu_evmcs.qemu.models import EffectiveModel, ModelDef, QemuSnapshot, effective_model
 from qemu_evmcs.core.msrval import feature_present, feature_set
 from qemu_evmcs.core.hostgroup import Fleet
@@ -304,13 +305,50 @@ def _pv_setting(model: ModelDef | None, override: str | None) -> str:
     return model.pv_perf_global_ctrl if model is not None else "auto"
 
 
+#: A host's start-up configuration: what QEMU is started with there (the same for every host of a named
+#: model; each host's own set for ``-cpu host``).
+StartConfig = Callable[[HostProfile], GuestConfig]
+
+
+def model_start_config(eff: EffectiveModel, design: str = "shipped") -> StartConfig:
+    """The model as a user starts it: ``-cpu BASE,vmx=on`` with its vmx-* and hv-* settings and QEMU's default
+    ``check`` (a feature the host lacks is dropped with a warning, never fatal).
+
+    The PV CPUID bit is left clear: QEMU never sets it (qemu.md §1.3), and whether it is set changes only
+    what the guest sees (the perf gate, which the views attribute), never whether QEMU starts.
+    """
+    m = eff.model
+    config = GuestConfig(model=m.name, base=eff.base.name, vmx=frozenset(eff.vmx & qemu_property_features()),
+                         hyperv=tuple(sorted(k for k, on in m.hyperv.items() if on)), enforce=False, design=design)
+    return lambda _profile: config
+
+
+def _not_started(res: StartResult, profile: HostProfile) -> tuple[str, str, str]:
+    """(layer, the group's reason, the shorter per-feature loss detail) for a configuration QEMU does not start:
+    QEMU's own text, and for a rejected VMX MSR write on an enable-time era why the kernel refused."""
+    era = profile.era
+    if res.stage == "msr-write" and era.filter_at == "enable":
+        why = (f"QEMU aborts: kernel era {era.id} applies the eVMCS filter when eVMCS is enabled, so KVM_SET_MSRS "
+               f"of a control the filter clears fails (kvm-evmcs.md §4.2, §10.3)")
+        return "evmcs-filter", f"{res.reason} ({why})", f"QEMU does not start here ({res.reason}, era {era.id})"
+    return "kvm", res.reason, f"QEMU does not start here ({res.reason})"
+
+
 def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveModel | None = None, *,
              pv_perf_global_ctrl: str | None = None, variant: str = "shipped",
-             snapshot: QemuSnapshot | None = None) -> BaselineResult:
+             snapshot: QemuSnapshot | None = None, start_config: StartConfig | None = None) -> BaselineResult:
     """The baseline of ``hosts`` (a fleet, or streamed) for ``model``, or the pool's own common set without a model.
+
+    Whether a host's guest starts is the start-up model's answer (:func:`qemu_evmcs.qemu.startup.start`, via
+    :func:`~qemu_evmcs.policy.negotiate.start_guest`) for the configuration QEMU is really started with:
+    the model's (:func:`model_start_config`) or ``start_config``'s. A host where it does not start gives the
+    guest nothing, and says QEMU's text: on 4.20-5.5 kernels a model asking for a control that KVM's
+    enable-time eVMCS filter clears aborts (``failed to set MSR 0x48d``). Without a model and without
+    ``start_config`` (``--pool``: the set a custom model can pin) only eVMCS itself is checked.
 
     :param model: a definition (resolved against ``snapshot``) or an already resolved model.
     :param pv_perf_global_ctrl: overrides the model's setting (``auto``/``on``/``off``).
+    :param start_config: the configuration started on each host (``-cpu host``: :func:`host_config`).
     :raise InputError: no hosts, or the model's base is not in the snapshot.
     """
     eff: EffectiveModel | None = None
@@ -323,13 +361,22 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
     pv_bit = PV_PERF_SETS_BIT[pv]
     want_evmcs = mdef.evmcs if mdef is not None else True
     version = (mdef.evmcs_version or (1, 1)) if mdef is not None else (1, 1)
+    if start_config is None and eff is not None and want_evmcs:
+        start_config = model_start_config(eff, variant)
 
     views: dict[str, HostViews] = {}
+    # fingerprint -> (layer, reason, loss detail) when QEMU does not start the configuration there
+    not_started: dict[str, tuple[str, str, str]] = {}
     names: dict[str, list[str]] = {}
     base_missing: dict[str, list[str] | None] = {}   # fingerprint -> CPUID features the base needs and it lacks
     base_name = eff.base.name if eff is not None else None
 
-    def check_cpuid(fp: str, profile: HostProfile) -> None:
+    def check_host(fp: str, profile: HostProfile) -> None:
+        """The start-up model's verdict and the base model's CPUID, once per fingerprint."""
+        if start_config is not None and views[fp].evmcs_ok:
+            res = start_guest(start_config(profile), profile)
+            if not res.ok:
+                not_started[fp] = _not_started(res, profile)
         if base_name is None:
             return
         chk = check_base(base_name, [profile])
@@ -341,7 +388,7 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
             if fp not in views:
                 views[fp] = compute_host_views(hosts.distinct[fp], pv_perf_global_ctrl=pv_bit, variant=variant,
                                                evmcs_version=version)
-                check_cpuid(fp, hosts.distinct[fp])
+                check_host(fp, hosts.distinct[fp])
                 names[fp] = members        # a Fleet's fingerprints are unique: no copy
             else:  # pragma: no cover - a Fleet has each fingerprint once
                 names[fp] = names[fp] + members
@@ -353,7 +400,7 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
             if fp not in views:
                 views[fp] = compute_host_views(profile, pv_perf_global_ctrl=pv_bit, variant=variant,
                                                evmcs_version=version)
-                check_cpuid(fp, profile)
+                check_host(fp, profile)
                 names[fp] = []
             names[fp].append(profile.name)
     if count == 0:
@@ -375,6 +422,8 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
         hosts_here = tuple(sorted(names[fp]))
         starts = v.evmcs_ok or not want_evmcs
         reason = None if starts else v.evmcs_reason
+        if starts and fp in not_started:
+            starts, reason = False, not_started[fp][1]
         lacking = base_missing.get(fp)
         if base_name is not None and fp in base_missing and lacking is None:
             unchecked += len(hosts_here)
@@ -384,8 +433,8 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
                       f"refuses with enforce=on; without it the guest silently loses them)")
         unfiltered = wanted & v.kvm
         evmcs_view: frozenset[str]
-        if not want_evmcs:
-            evmcs_view = frozenset()   # no eVMCS requested: there is no eVMCS L1 view
+        if not want_evmcs or fp in not_started:
+            evmcs_view = frozenset()   # no eVMCS requested, or QEMU does not start: there is no eVMCS L1 view
         else:
             evmcs_view = unfiltered & v.guest
         groups.append(HostGroup(fingerprint=fp, hosts=hosts_here, vendor=v.vendor, kernel=v.kernel,
@@ -399,6 +448,8 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
             if feat not in v.kvm:
                 layer, detail = v.missing.get(feat, ("kvm", "KVM does not report it"))
                 key = (feat, "unfiltered", layer, detail)
+            elif want_evmcs and fp in not_started:
+                key = (feat, "evmcs", not_started[fp][0], not_started[fp][2])
             elif want_evmcs and feat not in v.guest:
                 layer, detail = v.hidden.get(feat, ("evmcs-filter", f"eVMCS filter of kernel era {v.era}"))
                 key = (feat, "evmcs", layer, detail)

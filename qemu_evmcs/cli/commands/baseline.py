@@ -7,13 +7,14 @@ has), whether it is in the unfiltered and the eVMCS baseline, and if not, where 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import textwrap
 from typing import Any
 
 from qemu_evmcs.qemu.model_names import BUILTIN, MODEL_HELP, load_any_model
-from qemu_evmcs.policy.hostmodel import host_pool_notes
+from qemu_evmcs.policy.hostmodel import host_config, host_pool_notes
 from qemu_evmcs.policy.negotiate import load_guest_model, load_pool, pool_groups
 from qemu_evmcs.cli.hostargs import add_selection_arguments, select_hosts, split_pool_values
 from qemu_evmcs.core.errors import InputError
@@ -83,17 +84,25 @@ def run(args: argparse.Namespace) -> int:
     pools, pool_hosts = split_pool_values(args.pool or [])
     hosts = select_hosts(args, [*args.hosts, *(args.hosts_opt or []), *pool_hosts], pools)
     notes: list[str] = []
+    start_config = None
     if builtin:
         # host/max take each host's own set: the baseline is the largest set common to the hosts (as --pool),
         # and for host the reasons its guests differ between hosts come first.
         gm = load_guest_model(args.model)
         if gm.per_host:
             notes = host_pool_notes(gm, [g.profile for g in pool_groups(load_pool(hosts))])
+            # Each host starts its own -cpu host set: where QEMU does not start it, the host gives the guest nothing.
+            start_config = functools.partial(host_config, gm)
             notes = notes or [f"-cpu {args.model} guests see the same VMX MSRs on every host of this pool"]
-        notes.append(f"--model {args.model}: each host's own set; the baseline below is the largest set common to "
-                     f"the hosts (what a custom model can pin)")
+        if gm.per_host:
+            notes.append(f"--model {args.model}: each host's own set; the baseline below is what such guests get on "
+                         f"every host (none where QEMU does not start them); --pool gives the largest set a custom "
+                         f"model can pin")
+        else:
+            notes.append(f"--model {args.model}: each host's own set; the baseline below is the largest set common "
+                         f"to the hosts (what a custom model can pin)")
     result = baseline(hosts, model, pv_perf_global_ctrl=args.pv_perf_global_ctrl,
-                      snapshot=snap)
+                      snapshot=snap, start_config=start_config)
     if args.json:
         data = result.to_json()
         if notes:
