@@ -13,6 +13,7 @@ from qemu_evmcs.core.kernelid import AmbiguousKernel, identify
 from qemu_evmcs.core.profile import HostProfile, load_profile, load_profile_text
 from qemu_evmcs.policy.migrate import migrate_check_candidates
 from qemu_evmcs.policy.negotiate import max_model, negotiate
+from qemu_evmcs.policy.resolve import baseline
 from qemu_evmcs.simqemu.server import main
 
 SKYLAKE = load_profile(str(Path(__file__).resolve().parent / "data" / "core" / "skylake.yaml"))
@@ -139,3 +140,12 @@ def test_simulator_refuses_an_ambiguous_host_in_one_line(tmp_path: Path, capfd: 
     assert main(["--host", str(path), "-accel", "kvm", "-cpu", "host"]) == 1
     err = capfd.readouterr().err
     assert err.count("\n") == 1 and "5.6-5.14 (5.10.0-5.10.70) or 5.15-5.16 (5.10.71-5.10.84)" in err
+
+
+def test_baseline_counts_every_candidate_era() -> None:
+    # Debian ABI 26 is 5.15-5.16 or 5.17-6.0: VM_EXIT_SAVE_VMX_PREEMPTION_TIMER is hidden only in the latter,
+    # so the eVMCS baseline must not keep it; the pool's own 5.10.92 host alone keeps it.
+    alone = baseline([_host("5.10.92", "k92")])
+    both = baseline([_host("5.10.0-26-amd64", "deb11")])
+    assert "vmx-exit-save-preemption-timer" in alone.evmcs
+    assert "vmx-exit-save-preemption-timer" not in both.evmcs

@@ -555,8 +555,9 @@ class FleetDb:
             if era is not None and era not in prof.identity.era_ids():
                 continue
             if canon is not None:
-                feats = host_features(prof) if view == "host" else guest_features(prof)
-                if canon not in feats:
+                # a kernel build of unknown era matches only if the feature is there whichever era it is in
+                if not all(canon in (host_features(c) if view == "host" else guest_features(c))
+                           for c in prof.candidate_profiles()):
                     continue
             keep[fp] = prof
         sql = "SELECT name, fingerprint, pool, file FROM hosts"

@@ -383,6 +383,11 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
         base_missing[fp] = None if chk.unchecked else chk.missing.get(profile.name, [])
 
     count = 0
+    # A kernel build of unknown era counts once per candidate era ("host (if era X)"): the baseline holds for all.
+    if isinstance(hosts, Fleet):
+        hosts = hosts.with_candidates()
+    else:
+        hosts = (c for p in hosts for c in p.candidate_profiles())
     if isinstance(hosts, Fleet):
         for fp, members in hosts.members.items():
             if fp not in views:
