@@ -321,7 +321,8 @@ def plan_fleet(fleet: Fleet, model: GuestModel, *, design: str = "shipped", targ
     :param tick: called once per pool planned (for a progress bar counted in pools).
     """
     planner = _Planner(model, DESIGN_STRATEGY[design], target)
-    pools = split_pools(fleet)
+    # a kernel build of unknown era is planned once per candidate era ("host (if era X)")
+    pools = split_pools(fleet.with_candidates())
     plans: list[PoolPlan] = []
     capable_of: dict[str, list[HostGroup]] = {}
     for name, pool in pools.items():
