@@ -259,4 +259,4 @@ def all_candidates() -> List[Candidate]:
     for bp in table.backports:
         for _, first in bp.stable:
             reps.setdefault(table.era_of(first).id, first)
-    return [Candidate(e, reps[e.id], f"like {e.id}") for e in table.known_eras() if e.evmcs_cap]
+    return [Candidate(e, reps[e.id], f"as {reps[e.id]}") for e in table.known_eras() if e.evmcs_cap]
