@@ -10,6 +10,10 @@ from test_simqemu_helpers import SKYLAKE_MSRS, write_profile
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.registry import registry
+from qemu_evmcs.core.views import visible_properties
+from qemu_evmcs.fleet.sources import load_hosts_fleet
+from qemu_evmcs.qemu.cpuspec import parse_cpu
+from qemu_evmcs.qemu.startup import StartRequest, start
 from qemu_evmcs.qemu import cpu as cpumod
 from qemu_evmcs.qemu.cpuspec import CpuSpec, QemuError
 from qemu_evmcs.simqemu.cmdline import parse_args
@@ -354,3 +358,21 @@ def test_420_with_every_control_still_aborts_like_qemu(tmp_path: Path) -> None:
     # The legacy path lets hv-evmcs through; the enable-time sanitization then makes the MSR write fail.
     p = predict(write_profile(str(tmp_path), "4.20"), HOST_EVMCS)
     assert p.exit_status == 134 and p.reason == "error: failed to set MSR 0x48d to 0xff00000016"
+
+
+def test_lost_uses_the_one_visibility_rule_of_core_views() -> None:
+    """sandybridge-e-5.15 (i7-3960X, kernel 5.15.0, before 5.15.24): 8d68bad6d869 filters PINBASED_CTLS on guest
+    reads (EVMCS1_UNSUPPORTED_PINCTRL = posted-intr bit 7 | preemption timer bit 6) but not TRUE_PINBASED_CTLS
+    (f80ae0ef089a, 5.17 / 5.15.24; kvm-evmcs.md §10.3). The CPU's pin allowed-1 is 0x7f (no posted-intr), so the
+    L1 reads PINBASED 0x3f00000016 and TRUE_PINBASED 0x7f00000016: the preemption timer is in one form only, and
+    an L1 trusting TRUE fails the eVMCS controls check at L2 entry. The start-up model now counts it lost, as
+    core.views.visible_features (and so negotiate and migrate-check) always did; before, only TRUE was read."""
+    profile = next(iter(load_hosts_fleet(["sandybridge-e-5.15"]).distinct.values()))
+    run = start(profile, StartRequest(cpu=parse_cpu("Skylake-Server-v5,vmx=on,hv-vapic=on,hv-evmcs=on")))
+    assert run.ok
+    assert run.guest_msrs["IA32_VMX_PINBASED_CTLS"] >> 32 == 0x3f
+    assert run.guest_msrs["IA32_VMX_TRUE_PINBASED_CTLS"] >> 32 == 0x7f
+    assert run.lost_detail["vmx-preemption-timer"] == "evmcs-filter"
+    assert "vmx-preemption-timer" not in visible_properties(run.guest_msrs)
+    # both forms allow NMI exiting (bit 3): visible
+    assert "vmx-nmi-exit" in visible_properties(run.guest_msrs)

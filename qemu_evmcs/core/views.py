@@ -42,6 +42,18 @@ def visible_features(msrs: Mapping[str, int], reg: Registry | None = None) -> fr
     return frozenset(out)
 
 
+def visible_properties(msrs: Mapping[str, int], reg: Registry | None = None) -> frozenset[str]:
+    """QEMU ``vmx-*`` property names whose every bit is visible (:func:`visible_features`): the same rule in
+    QEMU's vocabulary, for the start-up model's "requested but lost" list."""
+    reg = reg or registry()
+    vis = visible_features(msrs, reg)
+    props: dict[str, bool] = {}
+    for f in reg.features.values():
+        if f.qemu is not None:
+            props[f.qemu] = props.get(f.qemu, True) and f.name in vis
+    return frozenset(name for name, ok in props.items() if ok)
+
+
 def partially_visible(msrs: Mapping[str, int], reg: Registry | None = None) -> frozenset[str]:
     """Features set in some, but not all, MSRs carrying their word."""
     reg = reg or registry()
@@ -133,4 +145,5 @@ def diff_views(before: Mapping[str, int], after: Mapping[str, int],
     return out
 
 
-__all__ = ["BitChange", "comparable_mask", "diff_views", "partially_visible", "visible_features"]
+__all__ = ["BitChange", "comparable_mask", "diff_views", "partially_visible", "visible_features",
+           "visible_properties"]

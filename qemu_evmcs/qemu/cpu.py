@@ -61,7 +61,6 @@ import os
 from typing import (AbstractSet, Callable, Dict, FrozenSet, List, Mapping, Optional, Protocol,
                     Sequence, Set, Tuple, runtime_checkable)
 
-from qemu_evmcs.core.msrval import word_bits
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.qemu.options import BOOL_TRUE, qapi_bool
 from qemu_evmcs.qemu.compose import CTL_WRITES, compose_vmx_msrs, supported_msr_feature
@@ -850,12 +849,6 @@ class X86Cpu:
             return []
         return [(msr, value) for msr, value in compose_vmx_msrs(self.features, host_msrs, lm=self.cpuid["lm"])
                 if msr in host_msrs]
-
-
-def guest_visible_features(msrs: Mapping[str, int]) -> Dict[str, int]:
-    """VMX word -> bits an L1 reading ``msrs`` may use (allowed-1 of the TRUE form for control words)."""
-    reg = registry()
-    return {w: word_bits(w, msrs, reg) for w in VMX_WORDS}
 
 
 def feature_names(word_masks: Mapping[str, int]) -> List[str]:

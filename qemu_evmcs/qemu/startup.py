@@ -40,14 +40,13 @@ from qemu_evmcs.core.errors import KvmError
 from qemu_evmcs.core.evmcs_filter import filter_all
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.registry import registry
-from qemu_evmcs.core.views import visible_features
+from qemu_evmcs.core.views import visible_features, visible_properties
 from qemu_evmcs.kvm.simkvm import (EVMCS_REVISION_LEGACY, HV_CPUID_ENLIGHTMENT_INFO, HV_CPUID_NESTED_FEATURES,
                                    HV_ENLIGHTENED_VMCS_RECOMMENDED, KVM_CAP_HYPERV_CPUID,
                                    KVM_CAP_HYPERV_ENLIGHTENED_VMCS, HvCpuid, SimKvm, SimVcpu)
 from qemu_evmcs.qemu.attribution import LAYER_FILTER, LAYER_KVM, LAYER_PERF, hidden_layers
 from qemu_evmcs.qemu.compose import DEFAULT_EVMCS_VERSION, evmcs_range_supported
-from qemu_evmcs.qemu.cpu import VMX_WORDS, Accel, KvmAccel, KvmLog, X86Cpu, check_model, feature_names, \
-    guest_visible_features
+from qemu_evmcs.qemu.cpu import Accel, KvmAccel, KvmLog, X86Cpu, check_model, feature_names
 from qemu_evmcs.qemu.cpuspec import EXIT_ABORT, EXIT_ERROR, PROG, CpuSpec, QemuError
 
 #: Where glibc's assertion message says QEMU 7.2.0's ``kvm_buf_set_msrs`` assertion is
@@ -291,13 +290,13 @@ def _lost(run: Startup) -> tuple[list[str], dict[str, str]]:
     cpu = state.cpu
     if not cpu.requested_vmx:
         return [], {}
-    visible_words: dict[str, int] = {w: 0 for w in VMX_WORDS}
     guest: dict[str, int] = {}
     vcpu = state.kvm_vcpu
     if vcpu is not None and cpu.has_vmx():
         guest = read_vmx_msrs(vcpu, host_initiated=False)
-        visible_words = guest_visible_features(guest)
-    visible = set(feature_names(visible_words))
+    # The one rule of "visible" (core.views): set in every MSR of its word, so a control the filter clears from
+    # one form only (5.15's forgotten TRUE_PINBASED) is lost, as the negotiator and migrate-check count it.
+    visible = visible_properties(guest)
     configured = set(feature_names(cpu.features))
     host_lost = set(feature_names(cpu.host_filtered))
     dep_lost = set(feature_names(cpu.dep_dropped))
