@@ -102,3 +102,70 @@ def test_guest_view_command_here(run: Run) -> None:
         assert "KVM_CAP_HYPERV_ENLIGHTENED_VMCS is 0" in err
     else:  # pragma: no cover - needs an Intel host with nested=1
         assert rc in (0, 1) and ("matches the simulation" in out or "differ" in out or err)
+
+
+# ---- the run loop against a scripted fake KVM (runs everywhere, /dev/kvm or not) ------------------------------
+
+class ScriptedKvm:
+    """Answers the runner's ioctls; KVM_RUN plays ``exits`` into the vCPU's kvm_run page (a temp file)."""
+
+    def __init__(self, tmp: str, exits: list[tuple[int, int, int]]) -> None:
+        self.tmp = tmp
+        self.exits = list(exits)      # (exit_reason, port, value); port/value unused for non-IO exits
+        self.run_fd = -1
+        self.regs: list[int] = []
+
+    def __call__(self, fd: int, request: int, arg: object) -> int:
+        if request == kvmrun.KVM_CREATE_VM:
+            return os.open(os.path.join(self.tmp, "vm"), os.O_RDWR | os.O_CREAT)
+        if request == kvmrun.KVM_CREATE_VCPU:
+            path = os.path.join(self.tmp, "run")
+            with open(path, "wb") as fh:
+                fh.write(bytes(4096))
+            self.run_fd = os.open(path, os.O_RDWR)
+            return self.run_fd
+        if request == kvmrun.KVM_GET_VCPU_MMAP_SIZE:
+            return 4096
+        if request == kvmrun.KVM_SET_REGS:
+            assert isinstance(arg, bytearray)
+            self.regs = list(kvmrun.REGS.unpack(arg))
+            return 0
+        if request == kvmrun.KVM_RUN:
+            reason, port, value = self.exits.pop(0)
+            page = bytearray(4096)
+            kvmrun.RUN_HEADER.pack_into(page, 0, 0, 0, reason)
+            kvmrun.RUN_IO.pack_into(page, kvmrun.RUN_UNION_OFFSET, kvmrun.KVM_EXIT_IO_OUT, 4, port, 1, 512)
+            page[512:516] = value.to_bytes(4, "little")
+            os.pwrite(self.run_fd, bytes(page), 0)
+            return 0
+        return 0   # KVM_SET_USER_MEMORY_REGION, KVM_GET/SET_SREGS
+
+
+def _scripted(tmp_path: "os.PathLike[str]", exits: list[tuple[int, int, int]]) -> tuple[kvmrun.KvmGuest, ScriptedKvm]:
+    dev = os.path.join(os.fspath(tmp_path), "kvm")
+    with open(dev, "w", encoding="utf-8"):
+        pass
+    fake = ScriptedKvm(os.fspath(tmp_path), exits)
+    return kvmrun.KvmGuest(dev, ioctl=fake), fake
+
+
+def test_run_loop_collects_port_writes_until_hlt(tmp_path: "os.PathLike[str]") -> None:
+    io_, hlt = kvmrun.KVM_EXIT_IO, kvmrun.KVM_EXIT_HLT
+    g, fake = _scripted(tmp_path, [(io_, 0xE9, 0xFEE00900), (io_, 0xE9, 0x1), (hlt, 0, 0)])
+    with g:
+        assert g.guest_rdmsr(0x1B) == 0x1_FEE00900
+        rcx, rip = fake.regs[kvmrun.REG_NAMES.index("rcx")], fake.regs[kvmrun.REG_NAMES.index("rip")]
+        assert (rcx, rip) == (0x1B, kvmrun.RDMSR_AT)
+        # the programs and the #GP vector are in guest memory: IVT[13] -> the handler
+        assert bytes(g.mem[kvmrun.RDMSR_AT:kvmrun.RDMSR_AT + 2]) == b"\x0f\x32"
+        assert int.from_bytes(g.mem[13 * 4:13 * 4 + 2], "little") == kvmrun.FAULT_AT + 16
+
+
+def test_run_loop_reports_faults_and_bad_exits(tmp_path: "os.PathLike[str]") -> None:
+    g, _ = _scripted(tmp_path, [(kvmrun.KVM_EXIT_IO, kvmrun.FAULT_PORT, 13), (kvmrun.KVM_EXIT_SHUTDOWN, 0, 0)])
+    with g:
+        with pytest.raises(kvmrun.GuestFault) as fault:
+            g.guest_rdmsr(0x480)
+        assert fault.value.vector == 13
+        with pytest.raises(ProbeError, match="KVM_EXIT_SHUTDOWN: triple fault"):
+            g.guest_rdmsr(0x480)
