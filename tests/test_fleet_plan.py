@@ -31,21 +31,10 @@ from typing import Any
 import pytest
 
 from cli_helpers import Run, cli_runner
-from qemu_evmcs.core.profile import bundled_profile_dir
+from inventory_helpers import build_inventory, renamed_profile
 
 LOST_OLD_TO_NEW = {"vmx-ple", "vmx-vmfunc", "vmx-shadow-vmcs", "vmx-pml", "vmx-preemption-timer",
                    "vmx-exit-save-preemption-timer"}
-
-
-def _profile(bundled: str, name: str, kernel: str | None = None) -> str:
-    text = Path(bundled_profile_dir(), f"{bundled}.yaml").read_text(encoding="utf-8")
-    text = text.replace(f"name: {bundled}\n", f"name: {name}\n", 1)
-    assert f"name: {name}\n" in text
-    if kernel is not None:
-        lines = [f'kernel: "{kernel}"' if ln.startswith("kernel:") else ln for ln in text.splitlines()]
-        lines = [ln for ln in lines if not ln.startswith("kernel_version:")]
-        text = "\n".join(lines) + "\n"
-    return text
 
 
 POOLS: dict[str, list[tuple[str, str, str | None]]] = {
@@ -62,15 +51,7 @@ def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.fixture
 def inventory(tmp_path: Path, run: Run) -> str:
-    db = str(tmp_path / "fleet.db")
-    for pool, hosts in POOLS.items():
-        d = tmp_path / pool
-        d.mkdir()
-        for bundled, name, kernel in hosts:
-            (d / f"{name}.yaml").write_text(_profile(bundled, name, kernel), encoding="utf-8")
-        rc, _, err = run("fleet", "import", str(d), "--db", db, "--pool", pool)
-        assert rc == 0, err
-    return db
+    return build_inventory(run, tmp_path, POOLS)
 
 
 def _plan(run: Run, *argv: str) -> tuple[int, Any]:
@@ -130,8 +111,8 @@ def test_plan_upgrade_opens_the_pv_gate_for_the_simulator(run: Run, tmp_path: Pa
     # 13 in 0x3ffff); 5.10 hides them whatever the bit. Upgrading the 5.10 host opens them for the pool.
     d = tmp_path / "mix"
     d.mkdir()
-    (d / "a.yaml").write_text(_profile("skylake-6.3", "mix-new", "6.3.0"), encoding="utf-8")
-    (d / "b.yaml").write_text(_profile("skylake-6.3", "mix-old", "5.10.50"), encoding="utf-8")
+    (d / "a.yaml").write_text(renamed_profile("skylake-6.3", "mix-new", "6.3.0"), encoding="utf-8")
+    (d / "b.yaml").write_text(renamed_profile("skylake-6.3", "mix-old", "5.10.50"), encoding="utf-8")
     db = str(tmp_path / "m.db")
     rc, _, err = run("fleet", "import", str(d), "--db", db, "--pool", "mix")
     assert rc == 0, err

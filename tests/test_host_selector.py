@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import Run, cli_runner
-from qemu_evmcs.core.profile import bundled_profile_dir
+from inventory_helpers import build_inventory
 
 HOSTS = {
     "fra1": {"fra1-web01": "skylake-5.10", "fra1-web02": "skylake-6.3"},
@@ -35,18 +35,8 @@ def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.fixture
 def inventory(tmp_path: Path, run: Run) -> str:
-    db = str(tmp_path / "fleet.db")
-    for pool, hosts in HOSTS.items():
-        d = tmp_path / pool
-        d.mkdir()
-        for host, bundled in hosts.items():
-            text = Path(bundled_profile_dir(), f"{bundled}.yaml").read_text(encoding="utf-8")
-            text = text.replace(f"name: {bundled}\n", f"name: {host}\n", 1)
-            assert f"name: {host}\n" in text
-            (d / f"{host}.yaml").write_text(text, encoding="utf-8")
-        rc, _, err = run("fleet", "import", str(d), "--db", db, "--pool", pool)
-        assert rc == 0, err
-    return db
+    return build_inventory(run, tmp_path, {pool: [(bundled, host, None) for host, bundled in hosts.items()]
+                                           for pool, hosts in HOSTS.items()})
 
 
 def _negotiated_hosts(out: str) -> list[str]:

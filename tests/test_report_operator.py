@@ -10,25 +10,15 @@ The inventory is built by the real ``fleet import`` from bundled profiles in two
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from cli_helpers import Run, cli_runner
-from qemu_evmcs.core.profile import bundled_profile_dir
-
-
-def _profile(bundled: str, name: str, kernel: str | None = None) -> str:
-    text = Path(bundled_profile_dir(), f"{bundled}.yaml").read_text(encoding="utf-8")
-    text = text.replace(f"name: {bundled}\n", f"name: {name}\n", 1)
-    if kernel is not None:
-        lines = [f'kernel: "{kernel}"' if ln.startswith("kernel:") else ln for ln in text.splitlines()]
-        text = "\n".join(ln for ln in lines if not ln.startswith("kernel_version:")) + "\n"
-    return text
+from inventory_helpers import build_inventory
+from needs import need_program
 
 
 POOLS: dict[str, list[tuple[str, str, str | None]]] = {
@@ -45,14 +35,7 @@ def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.fixture
 def report(tmp_path: Path, run: Run) -> str:
-    db = str(tmp_path / "fleet.db")
-    for pool, hosts in POOLS.items():
-        d = tmp_path / pool
-        d.mkdir()
-        for bundled, name, kernel in hosts:
-            (d / f"{name}.yaml").write_text(_profile(bundled, name, kernel), encoding="utf-8")
-        rc, _, err = run("fleet", "import", str(d), "--db", db, "--pool", pool)
-        assert rc == 0, err
+    db = build_inventory(run, tmp_path, POOLS)
     out = tmp_path / "r.html"
     rc, _, err = run("report", "--hosts", db, "--out", str(out))
     assert rc == 0, err
@@ -108,21 +91,9 @@ def test_blocked_and_unsafe_cells_link_to_their_reason(report: str) -> None:
     assert "filter" in reason or "refuses" in reason       # ... and the layer or refusal that decides
 
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
 @pytest.mark.browser
 def test_labels_render_in_headless_chromium(report: str, tmp_path: Path) -> None:
-    browser = _chromium()
-    if browser is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is missing in CI (apt-get install chromium)")
-        pytest.skip("chromium not installed (Debian: apt-get install chromium)")
+    browser = need_program("chromium", "Debian: apt-get install chromium")
     page = tmp_path / "r.html"
     page.write_text(report, encoding="utf-8")
     dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
