@@ -340,8 +340,6 @@ def apply_negotiation(opts: WrapperOptions) -> str:
     if opts.simulate is None:
         # A real emulator is asked which CPU properties it has (-machine none, QMP qom-list-properties): the
         # answer uses exactly those, and this project's proposed options only if the binary has them.
-        from qemu_evmcs.launch.capabilities import probe_cpu_capabilities
-
         binary = emulator_argv(opts)[0]
         caps = asyncio.run(probe_cpu_capabilities(binary, ["max"], qmp_timeout=opts.qmp_timeout))
         properties = caps.properties.get(caps.models.get("max", ""))
