@@ -142,11 +142,11 @@ def test_sigkilled_wrapper_leftovers_are_swept_by_the_next_run(tmp_path: Path, s
     try:
         read_until(first, b"requested vmx/hv options applied", 60)
         first.kill()
-        first.wait()
+        first.communicate()  # reaps it and closes its pipes (wait() left the stderr pipe to the GC)
     finally:
         if first.poll() is None:
             first.kill()
-            first.wait()
+            first.communicate()
     assert wait_dead(read_pid(pidfile))  # PR_SET_PDEATHSIG took the emulator with it
     leftovers = os.listdir(xdg)
     assert len(leftovers) == 1 and os.path.exists(xdg / leftovers[0] / SOCKET_NAME)
