@@ -9,6 +9,11 @@ hardware has every feature.
 The candidate is admitted when the pool's negotiated configuration (same strategy) starts on it and shows the
 guest exactly the same VMX MSRs -- running guests can then migrate to it unchanged. Otherwise the report
 names what admitting it would cost: the guest-visible features and hv-* flags the re-negotiated pool loses.
+
+``--model host`` is per host (:mod:`qemu_evmcs.policy.hostmodel`): nothing is negotiated for the pool, each
+host's QEMU gives a ``-cpu host`` guest its own KVM set. The candidate is admitted when such a guest starts on
+it and sees exactly the VMX MSRs it sees on every pool host where it starts, so guests migrate both ways
+unchanged (the check QEMU and libvirt do not make, :func:`admit_host`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.core.views import diff_views
+from qemu_evmcs.policy.hostmodel import host_config, host_starts, layer_of
 from qemu_evmcs.policy.negotiate import (
     STRATEGY_VARIANT,
     GuestModel,
@@ -27,6 +33,7 @@ from qemu_evmcs.policy.negotiate import (
     load_pool,
     max_model,
     negotiate,
+    pool_groups,
     qemu_supported,
     start_guest,
 )
@@ -78,6 +85,8 @@ def admit(pool: Hosts, candidate: str | HostProfile | Fleet,
     cand = cand_fleet.distinct[fp]
     if cand.name != names[0]:   # a host of another Fleet: its group's representative, renamed
         cand = replace(cand, name=names[0])
+    if gm.per_host:
+        return admit_host(gm, hosts, cand, strategy, target=target)
     joined = Fleet(distinct=dict(hosts.distinct), members={k: list(v) for k, v in hosts.members.items()},
                    source=hosts.source)
     joined.add(cand)
@@ -124,6 +133,54 @@ def admit(pool: Hosts, candidate: str | HostProfile | Fleet,
     res.reason = f"refuse {cand.name}: {why}" + ("; admitting it would cost: " + "; ".join(costs) if costs else "")
     if cand.unknown_note():
         res.reason += f" (note: {cand.unknown_note()})"
+    return res
+
+
+def admit_host(gm: GuestModel, hosts: Fleet, cand: HostProfile, strategy: str = "pv-cpuid", *,
+               target: str = "qemu") -> Admission:
+    """``admit --model host``: the candidate's own ``-cpu host`` guest against each pool host's (see the module
+    docstring). ``cost_features``: the features pool guests see that they would lose migrating to it."""
+    design = STRATEGY_VARIANT.get(strategy, "shipped")   # the variant names are the design names
+    res = Admission(cand.name, strategy, False, "")
+    mine = start_guest(host_config(gm, cand, design, target), cand)
+    if not mine.ok:
+        res.why = f"-cpu {gm.name} does not start on {cand.name} (kernel {cand.kernel}): {mine.reason}"
+        res.reason = f"refuse {cand.name}: {res.why}"
+        return res
+    order = [f.name for f in registry().features.values()]
+    lost: set[str] = set()
+    differ: list[str] = []
+    started = 0
+    for p, theirs in host_starts(gm, [g.profile for g in pool_groups(hosts)], design, target):
+        if not theirs.ok:
+            continue   # no -cpu host guest runs there, none migrates from or to it
+        started += 1
+        changes = diff_views(theirs.guest_msrs, mine.guest_msrs)
+        if not changes:
+            continue
+        lost |= {c.feature for c in changes if c.change == "lost" and c.feature}
+        layers = sorted({layer_of(c.feature or c.label(), p, cand) for c in changes})
+        why = {"evmcs-filter": f"the eVMCS filters of kernels {p.kernel} and {cand.kernel} differ",
+               "host": "the hosts' KVM report different VMX features"}
+        labels = list(dict.fromkeys(f"{c.label()} {c.change}" for c in changes))
+        differ.append(f"{p.name}: {', '.join(labels[:8])}" + (f" and {len(labels) - 8} more" if len(labels) > 8
+                                                               else "") + f" ({'; '.join(why[x] for x in layers)})")
+    res.cost_features = [f for f in order if f in lost]
+    if not started:
+        res.why = f"the pool itself has no -cpu {gm.name} guest: it starts on none of the pool's hosts"
+        res.reason = f"refuse {cand.name}: {res.why}"
+        return res
+    if not differ:
+        res.admit = True
+        plural = "s" if started != 1 else ""
+        res.reason = (f"a -cpu {gm.name} guest sees the same VMX MSRs on {cand.name} as on every pool host where it "
+                      f"starts ({started} distinct profile{plural}); each host gives it its own KVM set, so this is "
+                      f"what decides migration")
+        return res
+    res.why = (f"a -cpu {gm.name} guest's VMX MSRs differ between {cand.name} and " + "; ".join(differ[:3])
+               + (f"; and {len(differ) - 3} more hosts" if len(differ) > 3 else "")
+               + " (QEMU and libvirt would let it migrate)")
+    res.reason = f"refuse {cand.name}: {res.why}"
     return res
 
 

@@ -8,6 +8,10 @@ could have shown identical VMX MSRs). Hosts with identical :meth:`~qemu_evmcs.co
 are simulated once and counted with their multiplicity: the work is proportional to the square of the number
 of *distinct* profiles, never to the number of hosts. A group is named after its first host; JSON lists each
 group's hosts once (``groups``) and rows refer to groups by name.
+
+``--model host`` gets its per-host treatment (:func:`~qemu_evmcs.policy.migrate.migrate_host`, as
+``migrate-check --model host``): no design configures a ``-cpu host`` guest for the pool, each side's QEMU gives
+it its own host's KVM set (under the design's KVM ABI and VMM), so a pair is judged on the two host guests.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from qemu_evmcs.core.errors import NegativeAnswer
-from qemu_evmcs.policy.migrate import DESIGNS, MigrationVerdict, check_migration, source_config
+from qemu_evmcs.policy.migrate import DESIGNS, MigrationVerdict, check_migration, migrate_host, source_config
 from qemu_evmcs.policy.negotiate import (
     GuestConfig,
     GuestModel,
@@ -90,11 +94,17 @@ class DesignComparison:
     totals: dict[str, dict[str, int]]
     wrong: dict[str, list[str]]
     groups: list[DesignGroup] = field(default_factory=list)
+    #: How a model was treated, when not as a custom model (``-cpu host``: per host).
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        """Plain data."""
-        return {"designs": list(DESIGNS), "totals": self.totals, "wrong": self.wrong, "excluded": self.excluded,
-                "groups": [g.to_json() for g in self.groups], "rows": [r.to_json() for r in self.rows]}
+        """Plain data (``notes`` only when there are some)."""
+        out: dict[str, Any] = {"designs": list(DESIGNS), "totals": self.totals, "wrong": self.wrong,
+                               "excluded": self.excluded, "groups": [g.to_json() for g in self.groups],
+                               "rows": [r.to_json() for r in self.rows]}
+        if self.notes:
+            out["notes"] = self.notes
+        return out
 
 
 def _group_names(groups: Sequence[DesignGroup]) -> None:
@@ -150,7 +160,7 @@ def compare_designs(hosts: Hosts, models: Sequence[str | GuestModel] = (), *,
     with (progress or _no_progress)(len(gms) * nhosts * nhosts, "comparing designs (host pairs)") as bar:
         for gm in gms:
             configs: dict[tuple[str, str], GuestConfig | str] = {}
-            for g in groups:
+            for g in groups if not gm.per_host else ():
                 for d in DESIGNS:
                     try:
                         # Each design with its VMM side (PV bit, revision request): the simulated QEMU.
@@ -170,13 +180,14 @@ def compare_designs(hosts: Hosts, models: Sequence[str | GuestModel] = (), *,
                     row = PairResult(gm.name, sg.hosts, dg.hosts, weight, source_group=sg.name,
                                      destination_group=dg.name)
                     for d in DESIGNS:
-                        cfg = configs[(sg.fingerprint, d)]
-                        if isinstance(cfg, str):
+                        cfg = configs.get((sg.fingerprint, d), "")
+                        if isinstance(cfg, str) and not gm.per_host:
                             row.verdicts[d], row.source_fails[d] = None, cfg
                             totals[d]["source_fails"] += weight
                             continue
                         try:
-                            v = check_migration(cfg, src, dst)
+                            v = (migrate_host(gm, src, dst, d, target="simulator") if isinstance(cfg, str)
+                                 else check_migration(cfg, src, dst))
                         except NegativeAnswer as err:
                             row.verdicts[d], row.source_fails[d] = None, str(err)
                             totals[d]["source_fails"] += weight
@@ -189,13 +200,17 @@ def compare_designs(hosts: Hosts, models: Sequence[str | GuestModel] = (), *,
                                     if v.verdict == "unsafe" else "blocked unnecessarily: " + v.reason.split("; ")[0])
                             wrong[d].append(f"{gm.name}: {sg.name} -> {dg.name}: {what}")
                     rows.append(row)
-    return DesignComparison(rows=rows, excluded=excluded, totals=totals, wrong=wrong, groups=all_groups)
+    notes = [f"-cpu {gm.name}: per host, as migrate-check --model {gm.name}: no design configures it for the pool; "
+             f"each side's QEMU gives the guest its own host's KVM set, so a pair is judged on the two host guests "
+             f"(QEMU and libvirt do not compare them)" for gm in gms if gm.per_host]
+    return DesignComparison(rows=rows, excluded=excluded, totals=totals, wrong=wrong, groups=all_groups, notes=notes)
 
 
 def comparison_text(cmp: DesignComparison) -> str:
     """Human report: totals table (host pairs), then the wrong cases per design (group pairs, a group named
     after its first host), then the groups of more than one host."""
-    lines = [f"{'design':<10} {'allowed':>8} {'blocked':>8} {'unsafe':>7} {'no-start':>9} {'wrong':>6}"]
+    lines = [f"note: {n}" for n in cmp.notes]
+    lines += [f"{'design':<10} {'allowed':>8} {'blocked':>8} {'unsafe':>7} {'no-start':>9} {'wrong':>6}"]
     for d in DESIGNS:
         t = cmp.totals[d]
         lines.append(f"{d:<10} {t['fine']:>8} {t['blocked']:>8} {t['unsafe']:>7} {t['source_fails']:>9} "
