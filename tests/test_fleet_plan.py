@@ -171,3 +171,18 @@ def test_plan_usage_errors(run: Run, inventory: str, tmp_path: Path) -> None:
     assert rc == 2 and err.startswith("error: --out-dir: ")
     rc, _, err = run("fleet", "plan", "--db", inventory, "--format", "libvirt")
     assert rc == 2 and err.startswith("error: --format: ")
+
+
+def test_plan_counts_real_hosts_when_an_era_is_unknown(run: Run, tmp_path: Path) -> None:
+    # Debian's 5.10.0-26-amd64 without kernel_version: the era is not known (5.15-5.16 or 5.17-6.0 per
+    # data/distro_kernels.yaml), so each host is planned once per candidate era -- but it is still one host.
+    db = build_inventory(run, tmp_path, {"deb": [("skylake-6.3", "deb-1", "5.10.0-26-amd64"),
+                                                 ("skylake-6.3", "deb-2", "5.10.0-26-amd64")],
+                                         "new": [("skylake-6.3", "new-1", "6.3.0")]})
+    rc, plan = _plan(run, "--db", db, "--no-upgrades", "--migrations", "all")
+    pools = {p["pool"]: p for p in plan["pools"]}
+    assert pools["deb"]["host_count"] == 2
+    pairs = {(m["from"], m["to"]): m for m in plan["pairs"]}
+    assert sum(pairs[("new", "deb")]["host_counts"].values()) == 2
+    summary = {s["from"]: s for s in plan["migrations"]}
+    assert sum(summary["new"]["host_counts"].values()) == 2

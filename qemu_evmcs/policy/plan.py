@@ -179,6 +179,8 @@ class _Planner:
     alone: dict[tuple[str, bool], frozenset[str]] = field(default_factory=dict)
     seen: dict[int, frozenset[str]] = field(default_factory=dict)
     gains: dict[tuple[tuple[str, ...], str], tuple[str, ...] | None] = field(default_factory=dict)
+    #: Fingerprints of groups that stand for one candidate era of hosts whose era is unknown.
+    ambiguous: set[str] = field(default_factory=set)
     verdicts: dict[tuple[object, str], tuple[str, str, tuple[str, ...]]] = field(default_factory=dict)
 
     def answer(self, pool: Fleet) -> Negotiation:
@@ -272,6 +274,13 @@ class _Planner:
         return tuple(sorted(self.features(after) - have)) if after.ok else None
 
 
+#: Severity of a verdict, for the worst over a host's candidate eras.
+_RANK = {"fine": 0, "blocked": 1, "unsafe": 2}
+
+#: How :meth:`HostProfile.candidate_profiles` names a host once per candidate era.
+CANDIDATE_SUFFIX = " (if era "
+
+
 def _migration(planner: _Planner, src: PoolPlan, dst: PoolPlan, dst_groups: Sequence[HostGroup]) -> PoolMigration:
     neg = src.negotiation
     if neg is None or not neg.ok or neg.config is None:
@@ -282,11 +291,22 @@ def _migration(planner: _Planner, src: PoolPlan, dst: PoolPlan, dst_groups: Sequ
     counts = {"fine": 0, "blocked": 0, "unsafe": 0}
     first_reason: dict[str, str] = {}
     lost: set[str] = set()
+    # A host of unknown era stands once per candidate era ("h (if era X)"): it counts once, with the worst
+    # verdict over its candidates (the migration must be safe whichever era it is in).
+    worst: dict[str, str] = {}
     for g in dst_groups:
         verdict, reason, glost = planner.verdict(neg, g)
-        counts[verdict] += g.count
         first_reason.setdefault(verdict, f"{g.hosts[0]}: {reason}")
         lost.update(glost)
+        if g.fingerprint in planner.ambiguous:
+            for h in g.hosts:
+                base = h.split(CANDIDATE_SUFFIX, 1)[0]
+                if _RANK[verdict] > _RANK.get(worst.get(base, "fine"), 0) or base not in worst:
+                    worst[base] = verdict
+        else:
+            counts[verdict] += g.count
+    for verdict in worst.values():
+        counts[verdict] += 1
     verdict = "unsafe" if counts["unsafe"] else "blocked" if counts["blocked"] else "fine"
     return PoolMigration(src.name, dst.name, verdict, {k: n for k, n in counts.items() if n},
                          first_reason.get(verdict, ""), tuple(sorted(lost)))
@@ -321,15 +341,21 @@ def plan_fleet(fleet: Fleet, model: GuestModel, *, design: str = "shipped", targ
     :param tick: called once per pool planned (for a progress bar counted in pools).
     """
     planner = _Planner(model, DESIGN_STRATEGY[design], target)
-    # a kernel build of unknown era is planned once per candidate era ("host (if era X)")
-    pools = split_pools(fleet.with_candidates())
+    # a kernel build of unknown era is planned once per candidate era ("host (if era X)"); host counts
+    # stay counts of real hosts
+    expanded = fleet.with_candidates()
+    if expanded is not fleet:
+        planner.ambiguous = {fp for fp, p in expanded.distinct.items() if CANDIDATE_SUFFIX in p.name}
+    real_counts = {name: pool.host_count for name, pool in split_pools(fleet).items()} if expanded is not fleet \
+        else None
+    pools = split_pools(expanded)
     plans: list[PoolPlan] = []
     capable_of: dict[str, list[HostGroup]] = {}
     for name, pool in pools.items():
         keep, left, left_by_kernel = _capable(pool)
         capable_of[name] = keep.host_groups()
         neg = planner.answer(keep) if keep.members else None
-        plan = PoolPlan(name, pool.host_count, neg, left,
+        plan = PoolPlan(name, real_counts[name] if real_counts is not None else pool.host_count, neg, left,
                         features=planner.features(neg) if neg is not None and neg.ok else frozenset())
         if upgrades and neg is not None and neg.ok:
             plan.upgrades = planner.upgrades(keep, neg, left_by_kernel)
