@@ -137,7 +137,7 @@ async def test_emulator_exits_during_startup(tmp_path: Path) -> None:
     run = _parent(tmp_path)
     fake, pidfile = make_fake(tmp_path, exit_before=3)
     with pytest.raises(LaunchError) as info:
-        async with EmulatorSession([fake], runtime_dir=str(run), qmp_timeout=10):
+        async with EmulatorSession([fake], runtime_dir=str(run), qmp_timeout=GENEROUS):
             pass
     assert _one_line(info.value) == ("fake-qemu exited with status 3 before QMP was ready: "
                                      "fake-qemu: cannot start: broken on purpose")
@@ -204,7 +204,7 @@ async def test_stderr_flood_is_bounded(tmp_path: Path) -> None:
     fake, pidfile = make_fake(tmp_path, stderr_flood=40, exit_before=3)
     tracemalloc.start()
     try:
-        s = EmulatorSession([fake], runtime_dir=str(run), qmp_timeout=20)
+        s = EmulatorSession([fake], runtime_dir=str(run), qmp_timeout=GENEROUS)
         with pytest.raises(LaunchError) as info:
             async with s:
                 pass
@@ -289,7 +289,7 @@ def test_wrapper_signal_in_every_phase(sig: signal.Signals, phase: str, tmp_path
         if phase == "verifying":
             wait_for_file(marker)
         elif phase == "running":
-            err = read_until(proc, READY, 20)
+            err = read_until(proc, READY)
         assert descendants(proc.pid) == [pid]
         assert len(os.listdir(xdg)) == 1
         proc.send_signal(sig)

@@ -339,7 +339,7 @@ def test_line_without_newline(text: str, run: Run, tmp_path: Path) -> None:
     rc, _, err = results[0]
     assert_contract(rc, err, ok=(2,))
     assert peak < 128 * 1024 * 1024, peak
-    assert elapsed < 30, elapsed  # generous: the quadratic regexes this replaced took hours
+    assert elapsed < 120, elapsed  # generous (a loaded machine): the quadratic regexes this replaced took hours
 
 
 # --------------------------------------------------------------------------- real processes

@@ -72,7 +72,7 @@ async def test_applied_feature_and_events(tmp_path: Path) -> None:
         assert report.ok
         listener = s.listener(["RESUME"])
         await s.execute("cont")
-        ev = await asyncio.wait_for(listener.get(), 10)
+        ev = await asyncio.wait_for(listener.get(), PATIENCE)
         assert ev["event"] == "RESUME"
 
 
@@ -139,7 +139,7 @@ async def test_cancellation_propagates_and_cleans(tmp_path: Path) -> None:
             await asyncio.sleep(60)
 
     task = asyncio.ensure_future(body())
-    await asyncio.wait_for(started.wait(), 20)
+    await asyncio.wait_for(started.wait(), PATIENCE)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

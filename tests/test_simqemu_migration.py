@@ -100,7 +100,7 @@ async def migrate(src: Sim, uri: str) -> Tuple[List[str], Dict[str, Any]]:
                     seen.append(data["status"])
                     if data["status"] in ("completed", "failed"):
                         return
-        await asyncio.wait_for(collect(), 20)
+        await asyncio.wait_for(collect(), PATIENCE)
     ret = await src.qmp.execute("x-evmcs-query-migration-verdict")
     assert isinstance(ret, dict)
     return seen, ret

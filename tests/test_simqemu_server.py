@@ -249,12 +249,12 @@ async def test_events_and_errors(tmp_path: Path, sockdir: str) -> None:
         assert await qmp.execute("query-status") == {"running": False, "singlestep": False, "status": "prelaunch"}
         with qmp.listener(("STOP", "RESUME", "SHUTDOWN")) as events:
             await qmp.execute("cont")
-            ev = await asyncio.wait_for(events.get(), 5)
+            ev = await asyncio.wait_for(events.get(), PATIENCE)
             stamp = ev["timestamp"]
             assert ev["event"] == "RESUME" and isinstance(stamp, dict) and set(stamp) == {"seconds", "microseconds"}
             assert (await qmp.execute("query-status"))["status"] == "running"  # type: ignore[index]
             await qmp.execute("stop")
-            assert (await asyncio.wait_for(events.get(), 5))["event"] == "STOP"
+            assert (await asyncio.wait_for(events.get(), PATIENCE))["event"] == "STOP"
             assert await qmp.execute("query-status") == {"running": False, "singlestep": False,
                                                          "status": "paused"}
             with pytest.raises(ExecuteError) as info:
@@ -265,7 +265,7 @@ async def test_events_and_errors(tmp_path: Path, sockdir: str) -> None:
                 await qmp.execute("cont", {"bogus": 1})
             assert info.value.error_class == "GenericError"
             await qmp.execute("quit")
-            ev = await asyncio.wait_for(events.get(), 5)
+            ev = await asyncio.wait_for(events.get(), PATIENCE)
             assert ev["event"] == "SHUTDOWN" and ev["data"] == {"guest": False, "reason": "host-qmp-quit"}
         with contextlib.suppress(EOFError):
             await qmp.disconnect()
@@ -315,7 +315,7 @@ async def test_sigterm_is_a_clean_shutdown(tmp_path: Path, sockdir: str) -> None
         qmp = await s.client()
         with qmp.listener("SHUTDOWN") as events:
             s.proc.send_signal(signal.SIGTERM)
-            ev = await asyncio.wait_for(events.get(), 5)
+            ev = await asyncio.wait_for(events.get(), PATIENCE)
         assert ev["data"] == {"guest": False, "reason": "host-signal"}
         with contextlib.suppress(EOFError):
             await qmp.disconnect()
@@ -340,7 +340,7 @@ async def test_fifty_concurrent_clients(tmp_path: Path, sockdir: str) -> None:
             assert all(r == results[0] for r in results)
             await clients[0].execute("cont")
             for c in clients:  # every negotiated client gets the event
-                ev = await asyncio.wait_for(c.events.get(), 5)
+                ev = await asyncio.wait_for(c.events.get(), PATIENCE)
                 assert ev["event"] == "RESUME"
         finally:
             for ctx in listeners:
@@ -361,13 +361,13 @@ async def test_garbage_input_does_not_crash(tmp_path: Path, sockdir: str) -> Non
         writer.write(b'garbage {"execute": 1} {"nope"} [1,2] {"execute":"query-status"} \xff\xfe {"a":')
         writer.write(b'"\\"}"}')  # completes the object: an unexpected member
         await writer.drain()
-        replies = [await asyncio.wait_for(reader.readline(), 5) for _ in range(7)]
+        replies = [await asyncio.wait_for(reader.readline(), PATIENCE) for _ in range(7)]
         assert all(b'"error"' in r for r in replies)
         assert b"Expecting capabilities negotiation" in replies[4]
         writer.write(b"[" * 2000)  # too deep: the server drops this connection
         await writer.drain()
-        assert b"nesting too deep" in await asyncio.wait_for(reader.readline(), 5)
-        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert b"nesting too deep" in await asyncio.wait_for(reader.readline(), PATIENCE)
+        assert await asyncio.wait_for(reader.read(), PATIENCE) == b""
         writer.close()
         # Half-open junk connections must not bother other clients.
         junk = socket.socket(socket.AF_UNIX)
