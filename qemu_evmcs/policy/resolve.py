@@ -35,6 +35,7 @@ from qemu_evmcs.policy.negotiate import GuestConfig, StartResult, qemu_property_
 from qemu_evmcs.qemu.models import EffectiveModel, ModelDef, QemuSnapshot, effective_model
 from qemu_evmcs.core.msrval import feature_present, feature_set
 from qemu_evmcs.core.hostgroup import Fleet
+from qemu_evmcs.core.views import visible_features
 from qemu_evmcs.qemu.basecpuid import check_base
 from qemu_evmcs.qemu.compose import evmcs_range_supported
 from qemu_evmcs.qemu.startup import evmcs_start_error
@@ -126,7 +127,7 @@ def compute_host_views(profile: HostProfile, *, pv_perf_global_ctrl: bool = Fals
     if reason is None:
         try:
             guest_msrs = guest_view(profile, evmcs=True, pv_perf_global_ctrl=pv_perf_global_ctrl, variant=variant)
-            guest = feature_set(guest_msrs, reg)
+            guest = visible_features(guest_msrs, reg)   # the one rule of 'visible' (core.views)
         except KvmError as err:  # pragma: no cover - _evmcs_check mirrors enable_evmcs
             reason = str(err)
     if reason is not None:
