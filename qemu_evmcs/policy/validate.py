@@ -82,14 +82,24 @@ def era_visibility(perf_global_ctrl: bool) -> tuple[tuple[str, frozenset[str]], 
     return tuple(out)
 
 
+#: Why a feature is missing on an era that filters when eVMCS is enabled (4.20-5.5, 5.4.y): the guest is not
+#: merely without it, QEMU's KVM_SET_MSRS of the control the filter cleared fails and QEMU aborts, as the
+#: start-up model says (qemu/startup.py, stage msr-write; kvm-evmcs.md §4.2, §10.1, §10.3).
+ABORT_REASON = "enable-time eVMCS filter: QEMU aborts, 'failed to set MSR'"
+
+
 def hidden_eras(feature: str, perf_global_ctrl: bool) -> list[tuple[str, str]]:
-    """``[(era, reason)]`` for each eVMCS era whose guest cannot see ``feature``."""
+    """``[(era, reason)]`` for each eVMCS era whose guest cannot see ``feature`` (on an enable-time era:
+    because QEMU does not start, :data:`ABORT_REASON`)."""
     with_pv = dict(era_visibility(True))
+    at_enable = {e.id for e in era_table().known_eras() if e.filter_at == "enable"}
     out = []
     for era, visible in era_visibility(perf_global_ctrl):
         if feature not in visible:
             if feature in with_pv[era]:
                 out.append((era, "perf-cpuid-gate: CPUID 0x4000000A.EBX bit 0 is clear (QEMU never sets it)"))
+            elif era in at_enable:
+                out.append((era, ABORT_REASON))
             else:
                 out.append((era, "eVMCS filter"))
     return out
@@ -422,8 +432,10 @@ class _Checker:
                          f"{feat}{origin} is on but an eVMCS guest never sees it on any kernel "
                          f"({_era_summary(ever)}); switch it off", *key)
             else:
-                self.add("warning", "evmcs-some-eras",
-                         f"{feat}{origin} is hidden from the eVMCS guest on kernel eras {_era_summary(hidden)}", *key)
+                what = ("is hidden from the eVMCS guest, or makes QEMU abort,"
+                        if any(r == ABORT_REASON for _, r in hidden) else "is hidden from the eVMCS guest")
+                self.add("warning", "evmcs-some-eras", f"{feat}{origin} {what} on kernel eras {_era_summary(hidden)}",
+                         *key)
 
 
 def validate_model(model: ModelDef, snap: QemuSnapshot | None = None) -> tuple[list[Finding], EffectiveModel | None]:
