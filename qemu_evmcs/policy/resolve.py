@@ -25,13 +25,13 @@ import heapq
 import itertools
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from qemu_evmcs.core.errors import InputError, KvmError
 from qemu_evmcs.qemu.attribution import LAYER_CPU, LAYER_FILTER, LAYER_PERF, hidden_layers, missing_layer
-from qemu_evmcs.policy.negotiate import GuestConfig, StartResult, qemu_property_features, start_guest, \
-    unique_group_names
+from qemu_evmcs.policy.negotiate import GuestConfig, StartResult, host_reports_perf_bit, qemu_property_features, \
+    start_guest, unique_group_names
 from qemu_evmcs.qemu.models import EffectiveModel, ModelDef, QemuSnapshot, effective_model
 from qemu_evmcs.core.msrval import feature_present, feature_set
 from qemu_evmcs.core.hostgroup import Fleet
@@ -311,17 +311,19 @@ def _pv_setting(model: ModelDef | None, override: str | None) -> str:
 StartConfig = Callable[[HostProfile], GuestConfig]
 
 
-def model_start_config(eff: EffectiveModel, design: str = "shipped") -> StartConfig:
+def model_start_config(eff: EffectiveModel, design: str = "shipped", pv_perf_global_ctrl: bool = False) -> StartConfig:
     """The model as a user starts it: ``-cpu BASE,vmx=on`` with its vmx-* and hv-* settings and QEMU's default
     ``check`` (a feature the host lacks is dropped with a warning, never fatal).
 
-    The PV CPUID bit is left clear: QEMU never sets it (qemu.md §1.3), and whether it is set changes only
-    what the guest sees (the perf gate, which the views attribute), never whether QEMU starts.
+    ``pv_perf_global_ctrl`` (a VMM that sets CPUID 0x4000000A.EBX bit 0; QEMU never does, qemu.md §1.3) is
+    passed only where KVM offers the bit (6.1+): older kernels ignore it, it never stops the start there.
     """
     m = eff.model
     config = GuestConfig(model=m.name, base=eff.base.name, vmx=frozenset(eff.vmx & qemu_property_features()),
                          hyperv=tuple(sorted(k for k, on in m.hyperv.items() if on)), enforce=False, design=design)
-    return lambda _profile: config
+    if not pv_perf_global_ctrl:
+        return lambda _profile: config
+    return lambda profile: replace(config, pv_perf_global_ctrl=host_reports_perf_bit(SimKvm(profile)))
 
 
 def _not_started(res: StartResult, profile: HostProfile) -> tuple[str, str, str]:
@@ -363,11 +365,13 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
     want_evmcs = mdef.evmcs if mdef is not None else True
     version = (mdef.evmcs_version or (1, 1)) if mdef is not None else (1, 1)
     if start_config is None and eff is not None and want_evmcs:
-        start_config = model_start_config(eff, variant)
+        start_config = model_start_config(eff, variant, pv_bit)
 
     views: dict[str, HostViews] = {}
     # fingerprint -> (layer, reason, loss detail) when QEMU does not start the configuration there
     not_started: dict[str, tuple[str, str, str]] = {}
+    # fingerprint -> what the started guest sees (core.views' rule over the start-up model's guest MSRs)
+    started_view: dict[str, frozenset[str]] = {}
     names: dict[str, list[str]] = {}
     base_missing: dict[str, list[str] | None] = {}   # fingerprint -> CPUID features the base needs and it lacks
     base_name = eff.base.name if eff is not None else None
@@ -378,6 +382,8 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
             res = start_guest(start_config(profile), profile)
             if not res.ok:
                 not_started[fp] = _not_started(res, profile)
+            else:
+                started_view[fp] = visible_features(res.guest_msrs)
         if base_name is None:
             return
         chk = check_base(base_name, [profile])
@@ -438,11 +444,14 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
             reason = (f"base model {base_name} needs CPUID features these hosts lack: {', '.join(lacking)} (QEMU "
                       f"refuses with enforce=on; without it the guest silently loses them)")
         unfiltered = wanted & v.kvm
+        # The guest's view: the started configuration's (the start-up model) where one was started, else
+        # (--pool: a custom model's largest set) the -cpu host view of KVM's set.
+        seen = started_view.get(fp, v.guest)
         evmcs_view: frozenset[str]
         if not want_evmcs or fp in not_started:
             evmcs_view = frozenset()   # no eVMCS requested, or QEMU does not start: there is no eVMCS L1 view
         else:
-            evmcs_view = unfiltered & v.guest
+            evmcs_view = unfiltered & seen
         groups.append(HostGroup(fingerprint=fp, hosts=hosts_here, vendor=v.vendor, kernel=v.kernel,
                                 era=v.era, starts=starts, reason=reason,
                                 unfiltered=unfiltered, evmcs=evmcs_view, kernel_series=v.kernel_series))
@@ -456,7 +465,7 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
                 key = (feat, "unfiltered", layer, detail)
             elif want_evmcs and fp in not_started:
                 key = (feat, "evmcs", not_started[fp][0], not_started[fp][2])
-            elif want_evmcs and feat not in v.guest:
+            elif want_evmcs and feat not in seen:
                 layer, detail = v.hidden.get(feat, ("evmcs-filter", f"eVMCS filter of kernel era {v.era}"))
                 key = (feat, "evmcs", layer, detail)
             else:
