@@ -329,14 +329,14 @@ def test_wrapper_emulator_exits_mid_verification(tmp_path: Path) -> None:
 def test_wrapper_no_usable_greeting(greeting: str, tmp_path: Path) -> None:
     fake, pidfile = make_fake(tmp_path, greeting=greeting)
     # The bound is the point here; the detail in brackets depends on what the machine let happen within it
-    # (test_startup_faults' business). 2 s, not less: the fake must have started and installed its SIGTERM
-    # handler by then, or the wrapper reports the signal that killed it (143) instead of exit 1.
-    proc, xdg = _wrapper(tmp_path, fake, qmp_timeout=2)
+    # (test_startup_faults' business), and so does whether the fake got as far as writing its pid. The exit
+    # status is 1 whatever our SIGTERM did to a fake that had no handler yet (test_reliability_launch).
+    proc, xdg = _wrapper(tmp_path, fake, qmp_timeout=0.5)
     text = _finish(proc).decode()
     assert proc.returncode == 1, text
     line = text.splitlines()[-1]  # the emulator's own dying words may come first, the reason comes last
-    assert line.startswith("error: no QMP greeting from fake-qemu within 2 s ("), line
-    assert wait_dead(read_pid(pidfile)) and os.listdir(xdg) == []
+    assert line.startswith("error: no QMP greeting from fake-qemu within 0.5 s ("), line
+    assert (not pidfile.exists() or wait_dead(read_pid(pidfile))) and os.listdir(xdg) == []
 
 
 @pytest.mark.parametrize("action", ["hang", "close", "garbage"])
