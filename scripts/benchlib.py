@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:     # the scripts' own helpers (make-fleet's fleet reading) use the checkout
+    sys.path.insert(1, ROOT)
 
 
 def byte_compiled_copy(tmp: str) -> str:

@@ -1,12 +1,24 @@
-"""Shared pytest configuration: the golden-file regenerate switch."""
+"""Shared pytest configuration: the golden-file regenerate switch; a private parse cache for the run."""
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from typing import Callable
 
 import pytest
 
 from golden_util import compare_or_regen, regen_from_env
+
+
+# The per-user parse cache (qemu_evmcs/core/parsecache.py) of this test run: in a directory of its own, so the
+# tests neither read nor leave entries in the user's ~/.cache (subprocesses inherit it).
+if "QEMU_EVMCS_CACHE_DIR" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="qemu-evmcs-test-cache-")
+    os.environ["QEMU_EVMCS_CACHE_DIR"] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, True)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

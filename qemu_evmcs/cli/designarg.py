@@ -3,7 +3,7 @@
 Three spellings used to name the same concept (``--variant shipped`` on guest-msrs/explain, ``--strategy
 pv-cpuid`` on negotiate/admit, ``--design shipped`` on migrate-check). Now ``--design`` is the name and the others
 are aliases of it: ``--strategy``/``--variant`` are the same option, and the strategy name ``pv-cpuid`` is the
-same value as ``shipped`` (:data:`qemu_evmcs.policy.negotiate.DESIGN_ALIASES`).
+same value as ``shipped`` (:data:`qemu_evmcs.policy.designnames.DESIGN_ALIASES`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 
-from qemu_evmcs.policy.negotiate import DESIGN_ALIASES, DESIGN_NAMES
+from qemu_evmcs.policy.designnames import DESIGN_ALIASES, DESIGN_NAMES
 
 #: What every --design help ends with.
 ALIASES_HELP = "--strategy and --variant are aliases of --design; pv-cpuid is an alias of shipped"

@@ -24,6 +24,7 @@ the key and, when known, the line.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import unicodedata
@@ -38,6 +39,9 @@ from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import MAX_INPUT_BYTES, read_text_capped
 from qemu_evmcs.core.kernel import Era, KernelVersion, parse_release
 from qemu_evmcs.core.kernelid import AmbiguousKernel, KernelIdentity, identify
+from qemu_evmcs.core import yamlsafe
+from qemu_evmcs.core.parsecache import cached_parse
+from qemu_evmcs.core.yamlfast import HAVE_LIBYAML, CComposeSafeLoader
 from qemu_evmcs.core.yamlsafe import StrictSafeLoader
 from qemu_evmcs.core.registry import MASK32, MASK64, Registry, registry
 
@@ -454,18 +458,11 @@ class _PyDepthLimitedLoader(_DepthLimit, StrictSafeLoader):
     """The pure-Python safe loader, depth-limited: its error messages are the ones users see."""
 
 
-_CSafeLoader: Any = getattr(yaml, "CSafeLoader", None)
-
-if _CSafeLoader is not None:
-    class _DepthLimitedLoader(_DepthLimit, yaml.composer.Composer, _CSafeLoader):  # type: ignore[misc]
-        """PyYAML's (Python, depth-limited) composer on libyaml's C scanner and parser: about 7x faster than
-        the pure-Python loader on a profile (the scanner is where the time goes), with the same nodes and
-        marks (only a plain scalar's ``style`` is ``''`` instead of ``None``). Any YAML error is reported by
-        re-reading the text with :class:`_PyDepthLimitedLoader`, so messages do not depend on libyaml."""
-
-        def __init__(self, stream: str) -> None:
-            _CSafeLoader.__init__(self, stream)
-            yaml.composer.Composer.__init__(self)
+if HAVE_LIBYAML:
+    class _DepthLimitedLoader(_DepthLimit, CComposeSafeLoader):
+        """The depth-limited composer on libyaml's C scanner and parser (:mod:`~qemu_evmcs.core.yamlfast`):
+        about 7x faster than the pure-Python loader on a profile. Any YAML error is reported by re-reading
+        the text with :class:`_PyDepthLimitedLoader`, so messages do not depend on libyaml."""
 else:  # pragma: no cover - PyYAML built without libyaml
     _DepthLimitedLoader = _PyDepthLimitedLoader  # type: ignore[misc, assignment]
 
@@ -535,12 +532,18 @@ def _compose_documents(text: str, *, fast: bool) -> Iterator[Tuple[object, Dict[
 
 def load_profile_text(text: str, path: str = "<string>") -> HostProfile:
     """Exactly one profile from YAML text; refused at the start of a second document (a million empty
-    documents must not be composed before saying so)."""
-    docs = _iter_documents(text, path)
-    first = next(docs, None)
-    if first is None:
+    documents must not be composed before saying so). The parse goes through the per-user parse cache
+    (:mod:`~qemu_evmcs.core.parsecache`); validation runs every time."""
+
+    def first_two(t: str) -> List[Tuple[object, Dict[str, int], int]]:
+        return list(itertools.islice(_iter_documents(t, path), 2))
+
+    docs = cached_parse(text, first_two, parser="profile", parser_files=(__file__, yamlsafe.__file__),
+                        yaml_version=yaml.__version__)
+    if not docs:
         raise InputError("expected one YAML document, found 0", file=path)
-    second = next(docs, None)
+    first = docs[0]
+    second = docs[1] if len(docs) > 1 else None
     if second is not None:
         raise InputError("expected one YAML document, found more (a second one starts here)", file=path,
                          line=second[2])

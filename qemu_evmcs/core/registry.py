@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import yaml
 
 from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.core.parsecache import cached_parse
 
 
 MASK32 = 0xFFFF_FFFF
@@ -264,9 +265,15 @@ def parse_registry(data: Mapping[str, Any]) -> Registry:
 
 def load_data(name: str) -> Any:
     """Load a YAML file of ``qemu_evmcs/data`` with a safe loader (libyaml's ``CSafeLoader`` when present:
-    the registry is read by every command, and the C loader saves ~0.1 s of start-up)."""
+    the registry is read by every command, and the C loader saves ~0.1 s of start-up), through the per-user
+    parse cache (:mod:`~qemu_evmcs.core.parsecache`: the same text is parsed once, not at every start)."""
     with open(data_path(name), encoding="utf-8") as fh:
         text = fh.read()
+    return cached_parse(text, _parse_data, parser=f"data-{_SAFE_LOADER.__name__}", parser_files=(__file__,),
+                        yaml_version=yaml.__version__)
+
+
+def _parse_data(text: str) -> Any:
     return yaml.load(text, Loader=_SAFE_LOADER)
 
 

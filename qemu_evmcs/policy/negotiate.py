@@ -55,6 +55,7 @@ from qemu_evmcs.core.views import diff_views, partially_visible, visible_feature
 from qemu_evmcs.qemu import model_names, models
 from qemu_evmcs.qemu.basecpuid import check_base, newest_runnable
 from qemu_evmcs.qemu.models import DEFAULT_QEMU_VERSION, load_snapshot, vmx_requires
+from qemu_evmcs.policy.designnames import DESIGN_ALIASES, DESIGN_NAMES
 from qemu_evmcs.core.registry import Registry, registry
 from qemu_evmcs.kvm.simkvm import (
     EVMCS_REVISION_2022,
@@ -70,12 +71,7 @@ STRATEGIES: tuple[str, ...] = ("pv-cpuid", "revision", "vmx-msrs")
 TARGETS: tuple[str, ...] = ("qemu", "simulator")
 #: SimKvm ABI variant each strategy runs against.
 STRATEGY_VARIANT: Mapping[str, str] = {"pv-cpuid": "shipped", "revision": "revision", "vmx-msrs": "vmx-msrs"}
-#: The one user-facing name of the three designs of the 2022 thread (``--design``; ``--strategy`` and
-#: ``--variant`` are aliases). A design is a KVM ABI (the SimKvm variant) together with the negotiation that
-#: uses it (the strategy), so the variant names are the design names.
-DESIGN_NAMES: tuple[str, ...] = ("shipped", "revision", "vmx-msrs")
-#: Other spellings accepted for a design: the negotiation strategy's own name.
-DESIGN_ALIASES: Mapping[str, str] = {"pv-cpuid": "shipped"}
+# The design names and their aliases (DESIGN_NAMES, DESIGN_ALIASES): policy/designnames.py.
 DESIGN_STRATEGY_OF: Mapping[str, str] = {v: k for k, v in STRATEGY_VARIANT.items()}
 
 

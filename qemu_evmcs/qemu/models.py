@@ -43,6 +43,7 @@ import yaml
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import read_capped, read_text_capped
+from qemu_evmcs.core.yamlfast import CComposeSafeLoader
 from qemu_evmcs.core.yamlsafe import BoundedSafeLoader
 from qemu_evmcs.qemu.features import HV_ALIASES, HV_FEATURES, PLUGIN_PERF_GLOBAL_CTRL, VMX_CPUID_REQUIRES, hv_requires
 from qemu_evmcs.core.registry import Feature, Registry, data_path, registry
@@ -368,7 +369,12 @@ def compose_yaml(text: str, path: str) -> tuple[object, dict[KeyPath, int], list
     :raise InputError: malformed YAML (with the line) or more than one document.
     """
     try:
-        nodes = [n for n in yaml.compose_all(text, Loader=yaml.SafeLoader) if n is not None]
+        try:
+            nodes = [n for n in yaml.compose_all(text, Loader=CComposeSafeLoader) if n is not None]
+        except (yaml.YAMLError, RecursionError):
+            # Report what the pure-Python loader says (libyaml's messages differ), and accept what only it
+            # accepts: the fast composer is an optimisation, never a change of answer.
+            nodes = [n for n in yaml.compose_all(text, Loader=yaml.SafeLoader) if n is not None]
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]

@@ -1,0 +1,137 @@
+"""A per-user cache of parsed YAML (plain data only), addressed by content, so a command does not re-parse
+the same text at every start.
+
+Why: every command parses ``registry.yaml`` and ``eras.yaml`` (about a fifth of an interactive command's
+start-up, even with libyaml) and usually a host profile, and these texts almost never change. The cache
+maps *what was parsed and how* to the result:
+
+- the key is the SHA-256 of a format tag, the parser's name, the PyYAML version, the bytes of the source
+  files of the code that parses (``parser_files``: a changed parser is a different key), and the text itself.
+  So an edited data file, a changed loader or another PyYAML can never be served an old result: there is
+  nothing to invalidate, only entries nobody asks for any more;
+- values are stored with :mod:`marshal` and only when they are plain data (dict, list, tuple, str, int,
+  float, bool, None; no subclasses), so loading one runs no code;
+- entries live in ``$QEMU_EVMCS_CACHE_DIR``, else ``$XDG_CACHE_HOME/qemu-evmcs/parsed``, else
+  ``~/.cache/qemu-evmcs/parsed`` (created mode 0700); ``QEMU_EVMCS_CACHE_DIR=off`` turns the cache off. An
+  entry is read only if it is a regular file owned by this user and writable by no one else; it is
+  written to a temporary file and renamed into place, so readers never see half an entry. Any failure
+  (read-only home, full disk, a damaged entry) falls back to parsing: the cache never changes an answer
+  or an error, it only saves time. Nothing of it is shipped or committed.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import marshal
+import os
+import stat
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: Bump when the layout of an entry changes.
+CACHE_FORMAT = "qemu-evmcs-parsed-1"
+#: Texts longer than this are parsed every time (fleets go through the fleet loader, not through here).
+MAX_CACHED_TEXT = 1024 * 1024
+#: Entries larger than this are ignored.
+MAX_ENTRY_BYTES = 16 * 1024 * 1024
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def cache_dir() -> str | None:
+    """Where entries live, or ``None`` when the cache is off."""
+    env = os.environ.get("QEMU_EVMCS_CACHE_DIR")
+    if env is not None:
+        return None if env.strip().lower() in ("", "off", "0", "no") else env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "qemu-evmcs", "parsed")
+
+
+@functools.lru_cache(maxsize=None)
+def _code_id(parser: str, parser_files: tuple[str, ...], yaml_version: str) -> bytes | None:
+    """The part of the key that names the parsing code; ``None`` if a source file cannot be read."""
+    h = hashlib.sha256(f"{CACHE_FORMAT}\0{parser}\0{yaml_version}\0{sys.version_info[:2]}\0".encode())
+    for path in parser_files:
+        try:
+            with open(path, "rb") as fh:
+                h.update(fh.read())
+        except OSError:
+            return None
+        h.update(b"\0")
+    return h.digest()
+
+
+def is_plain(value: object) -> bool:
+    """Only exact built-in containers and scalars (what marshal restores exactly, with no code run)."""
+    t = type(value)
+    if t in _PLAIN:
+        return True
+    if t is dict:
+        return all(is_plain(k) and is_plain(v) for k, v in value.items())  # type: ignore[attr-defined]
+    if t is list or t is tuple:
+        return all(is_plain(v) for v in value)  # type: ignore[attr-defined]
+    return False
+
+
+def cached_parse(text: str, parse: Callable[[str], T], *, parser: str, parser_files: Sequence[str],
+                 yaml_version: str) -> T:
+    """``parse(text)``, from the cache when this text was parsed by this code before.
+
+    ``parse`` must be a pure function of ``text`` implemented by ``parser_files``; its exceptions propagate
+    (nothing is cached for them). A result that is not plain data (:func:`is_plain`) is returned uncached.
+    """
+    where = cache_dir()
+    code = _code_id(parser, tuple(parser_files), yaml_version) if where is not None else None
+    if where is None or code is None or len(text) > MAX_CACHED_TEXT:
+        return parse(text)
+    key = hashlib.sha256(code + text.encode("utf-8", "surrogatepass")).hexdigest()
+    path = os.path.join(where, f"{parser}-{key}.marshal")
+    hit, value = _read(path)
+    if hit:
+        return value  # type: ignore[no-any-return]
+    value = parse(text)
+    if is_plain(value):
+        _write(where, path, value)
+    return value
+
+
+def _read(path: str) -> tuple[bool, Any]:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return False, None
+    try:
+        st = os.fstat(fd)
+        if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022
+                or st.st_size > MAX_ENTRY_BYTES):
+            return False, None
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(MAX_ENTRY_BYTES + 1)
+        return True, marshal.loads(data)
+    except (OSError, ValueError, EOFError, TypeError):
+        return False, None
+    finally:
+        os.close(fd)
+
+
+def _write(where: str, path: str, value: Any) -> None:
+    try:
+        os.makedirs(where, mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=where)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(marshal.dumps(value))
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except (OSError, ValueError):
+        pass    # a read-only or full cache directory only costs the time it would have saved
+
+
+__all__ = ["CACHE_FORMAT", "cache_dir", "cached_parse", "is_plain"]
