@@ -92,3 +92,12 @@ def test_package_data_and_profiles_read_the_same_through_the_cache(cache: Path) 
     # cached, and still right.
     floaty = text.replace("kernel: ", "kernel: 5.10 #", 1)
     assert load_profile_text(floaty).version.minor == 10
+
+
+def test_shared_containers_are_checked_once() -> None:
+    """A "billion laughs" graph: 9 levels of 9 references to the level below is checked in linear time."""
+    node: object = {"lol": 1}
+    for _ in range(30):
+        node = {f"k{j}": node for j in range(9)}
+    assert parsecache.is_plain(node)
+    assert not parsecache.is_plain({"a": [node, {1.5, 2}]})

@@ -67,15 +67,29 @@ def _code_id(parser: str, parser_files: tuple[str, ...], yaml_version: str) -> b
 
 
 def is_plain(value: object) -> bool:
-    """Only exact built-in containers and scalars (what marshal restores exactly, with no code run)."""
-    t = type(value)
-    if t in _PLAIN:
-        return True
-    if t is dict:
-        return all(is_plain(k) and is_plain(v) for k, v in value.items())  # type: ignore[attr-defined]
-    if t is list or t is tuple:
-        return all(is_plain(v) for v in value)  # type: ignore[attr-defined]
-    return False
+    """Only exact built-in containers and scalars (what marshal restores exactly, with no code run).
+
+    Each container is visited once (an explicit stack and the ids seen): a YAML "billion laughs" document
+    constructs a small graph of shared containers that a naive recursive walk would expand exponentially.
+    """
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t in _PLAIN:
+            continue
+        if t is not dict and t is not list and t is not tuple:
+            return False
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        if t is dict:
+            stack.extend(v.keys())  # type: ignore[attr-defined]
+            stack.extend(v.values())  # type: ignore[attr-defined]
+        else:
+            stack.extend(v)  # type: ignore[arg-type]
+    return True
 
 
 def cached_parse(text: str, parse: Callable[[str], T], *, parser: str, parser_files: Sequence[str],
