@@ -39,7 +39,7 @@ from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import MAX_INPUT_BYTES, read_text_capped
 from qemu_evmcs.core.kernel import Era, KernelVersion, parse_release
 from qemu_evmcs.core.kernelid import AmbiguousKernel, KernelIdentity, identify
-from qemu_evmcs.core import yamlsafe
+from qemu_evmcs.core import yamlfast, yamlsafe
 from qemu_evmcs.core.parsecache import cached_parse
 from qemu_evmcs.core.yamlfast import HAVE_LIBYAML, CComposeSafeLoader
 from qemu_evmcs.core.yamlsafe import StrictSafeLoader
@@ -538,7 +538,8 @@ def load_profile_text(text: str, path: str = "<string>") -> HostProfile:
     def first_two(t: str) -> List[Tuple[object, Dict[str, int], int]]:
         return list(itertools.islice(_iter_documents(t, path), 2))
 
-    docs = cached_parse(text, first_two, parser="profile", parser_files=(__file__, yamlsafe.__file__),
+    docs = cached_parse(text, first_two, parser="profile",
+                        parser_files=(__file__, yamlsafe.__file__, yamlfast.__file__),
                         yaml_version=yaml.__version__)
     if not docs:
         raise InputError("expected one YAML document, found 0", file=path)
