@@ -122,11 +122,15 @@ async def test_bad_destination_answer_fails_the_source_and_a_new_attempt_works(s
             for want in ("failed", "failed", "completed"):
                 with src.qmp.listener("MIGRATION") as listener:
                     await src.qmp.execute("migrate", {"uri": f"unix:{mig}"})
-                    async for ev in listener:
-                        data = ev["data"]
-                        assert isinstance(data, dict)
-                        if data["status"] in ("completed", "failed"):
-                            break
+
+                    async def finished(events: Any = listener) -> None:
+                        async for ev in events:
+                            data = ev["data"]
+                            assert isinstance(data, dict)
+                            if data["status"] in ("completed", "failed"):
+                                return
+                    # A hang guard, not a budget: before the fix the migration stayed "active" for good.
+                    await asyncio.wait_for(finished(), PATIENCE)
                 got = await src.qmp.execute("query-migrate")
                 assert isinstance(got, dict) and got["status"] == want, got
                 if want == "failed":
