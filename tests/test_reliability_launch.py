@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -67,7 +68,16 @@ def test_daemonize_is_refused_before_anything_starts(tmp_path: Path) -> None:
     xdg = _xdg(tmp_path)
     for flag in ("-daemonize", "--daemonize"):
         proc = _wrapper(xdg, fake, "-cpu", CPU, flag)
-        _, err = proc.communicate(timeout=120)
+        try:
+            _, err = proc.communicate(timeout=120)
+        finally:  # before the fix the wrapper ran the emulator: never leave it behind
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            text = pidfile.read_text().strip() if pidfile.exists() else ""
+            if text.isdigit() and int(text) > 1:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(text), 9)
         text = err.decode()
         assert proc.returncode == 2 and text.count("\n") == 1, text
         assert text.startswith("error: -daemonize is not supported: qemu-evmcs-launch supervises"), text
