@@ -164,3 +164,11 @@ def test_host_name_without_inventory_says_so(run: Run) -> None:
     rc, _, err = run("negotiate", "--model", "max", "--hosts", "fra1-web01")
     assert rc == 2
     assert "host names need an inventory" in err
+
+
+def test_hosts_from_refuses_what_is_not_a_regular_file(run: Run, inventory: str, tmp_path: Path) -> None:
+    fifo = tmp_path / "names.fifo"
+    os.mkfifo(fifo)                      # a FIFO nobody writes would block a plain open() for good
+    rc, out, err = run("negotiate", "--model", "max", "--inventory", inventory, "--hosts-from", str(fifo))
+    assert rc == 2 and out == ""
+    assert err.startswith(f"error: {fifo}") and len(err.splitlines()) == 1, err

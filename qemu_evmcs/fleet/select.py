@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.hostgroup import Fleet
+from qemu_evmcs.core.inputfile import read_capped
 from qemu_evmcs.core.kernel import era_table
 from qemu_evmcs.core.profile import HostProfile, bundled_name_hint, resolve_profile_path
 from qemu_evmcs.core.registry import registry
@@ -239,15 +240,7 @@ def read_hosts_from(path: str) -> list[str]:
         where = "<stdin>"
     else:
         where = path
-        try:
-            st = os.stat(path)
-        except OSError as err:
-            raise InputError(err.strerror or "cannot read", file=path, key="--hosts-from") from None
-        if not os.path.isfile(path) or st.st_size > MAX_HOSTS_FROM_BYTES:
-            raise InputError(f"not a regular file of at most {MAX_HOSTS_FROM_BYTES} bytes", file=path,
-                             key="--hosts-from")
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_HOSTS_FROM_BYTES + 1)
+        data = read_capped(path, MAX_HOSTS_FROM_BYTES, what="--hosts-from lists")   # the one capped reader
     if len(data) > MAX_HOSTS_FROM_BYTES:
         raise InputError(f"more than {MAX_HOSTS_FROM_BYTES} bytes", file=where, key="--hosts-from")
     try:
