@@ -20,7 +20,8 @@ import sys
 import time
 import tracemalloc
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
+from collections.abc import Callable
 
 import pytest
 import yaml

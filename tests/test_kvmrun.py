@@ -141,7 +141,7 @@ class ScriptedKvm:
         return 0   # KVM_SET_USER_MEMORY_REGION, KVM_GET/SET_SREGS
 
 
-def _scripted(tmp_path: "os.PathLike[str]", exits: list[tuple[int, int, int]]) -> tuple[kvmrun.KvmGuest, ScriptedKvm]:
+def _scripted(tmp_path: os.PathLike[str], exits: list[tuple[int, int, int]]) -> tuple[kvmrun.KvmGuest, ScriptedKvm]:
     dev = os.path.join(os.fspath(tmp_path), "kvm")
     with open(dev, "w", encoding="utf-8"):
         pass
@@ -149,7 +149,7 @@ def _scripted(tmp_path: "os.PathLike[str]", exits: list[tuple[int, int, int]]) -
     return kvmrun.KvmGuest(dev, ioctl=fake), fake
 
 
-def test_run_loop_collects_port_writes_until_hlt(tmp_path: "os.PathLike[str]") -> None:
+def test_run_loop_collects_port_writes_until_hlt(tmp_path: os.PathLike[str]) -> None:
     io_, hlt = kvmrun.KVM_EXIT_IO, kvmrun.KVM_EXIT_HLT
     g, fake = _scripted(tmp_path, [(io_, 0xE9, 0xFEE00900), (io_, 0xE9, 0x1), (hlt, 0, 0)])
     with g:
@@ -161,7 +161,7 @@ def test_run_loop_collects_port_writes_until_hlt(tmp_path: "os.PathLike[str]") -
         assert int.from_bytes(g.mem[13 * 4:13 * 4 + 2], "little") == kvmrun.FAULT_AT + 16
 
 
-def test_run_loop_reports_faults_and_bad_exits(tmp_path: "os.PathLike[str]") -> None:
+def test_run_loop_reports_faults_and_bad_exits(tmp_path: os.PathLike[str]) -> None:
     g, _ = _scripted(tmp_path, [(kvmrun.KVM_EXIT_IO, kvmrun.FAULT_PORT, 13), (kvmrun.KVM_EXIT_SHUTDOWN, 0, 0)])
     with g:
         with pytest.raises(kvmrun.GuestFault) as fault:

@@ -119,7 +119,7 @@ class _Sim:
     def rss(self) -> int:
         return rss_kib(self.proc.pid)
 
-    def client(self, negotiate: bool = True) -> "_Client":
+    def client(self, negotiate: bool = True) -> _Client:
         return _Client(self.sock, negotiate)
 
     def stop(self) -> int:

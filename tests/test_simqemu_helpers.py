@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
 
 #: Skylake-S VMX MSRs (VirtualBox CPU database, Intel_Core_i7_6700K.h) with posted interrupts added to the pin-based
 #: controls (bit 7), as on server parts.
-SKYLAKE_MSRS: Dict[str, int] = {
+SKYLAKE_MSRS: dict[str, int] = {
     "IA32_VMX_BASIC": 0xda040000000004,
     "IA32_VMX_PINBASED_CTLS": 0xff00000016,
     "IA32_VMX_PROCBASED_CTLS": 0xfff9fffe0401e172,
@@ -29,8 +28,8 @@ SKYLAKE_MSRS: Dict[str, int] = {
 }
 
 
-def write_profile(directory: str, kernel: str, *, name: Optional[str] = None, vendor: str = "GenuineIntel",
-                  nested: bool = True, msrs: Optional[Dict[str, int]] = None) -> str:
+def write_profile(directory: str, kernel: str, *, name: str | None = None, vendor: str = "GenuineIntel",
+                  nested: bool = True, msrs: dict[str, int] | None = None) -> str:
     """Write a one-host profile YAML and return its path."""
     name = name or f"test-{vendor[:5].lower()}-{kernel}{'' if nested else '-nested-off'}"
     values = SKYLAKE_MSRS if msrs is None else msrs

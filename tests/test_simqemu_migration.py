@@ -11,7 +11,8 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Tuple
+from typing import Any
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 from proc_helpers import PATIENCE, async_wait_until, unix_listening
@@ -53,9 +54,9 @@ class Sim:
     def __init__(self, proc: asyncio.subprocess.Process, qmp: QMPClient) -> None:
         self.proc = proc
         self.qmp = qmp
-        self.events: List[Dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
 
-    async def stderr_and_status(self, timeout: float = PATIENCE) -> Tuple[int, str]:
+    async def stderr_and_status(self, timeout: float = PATIENCE) -> tuple[int, str]:
         assert self.proc.stderr is not None
         err = await asyncio.wait_for(self.proc.stderr.read(), timeout)
         return await asyncio.wait_for(self.proc.wait(), timeout), err.decode()
@@ -69,7 +70,7 @@ async def simulator(profile: str, args: Sequence[str], variant: str = "shipped")
         sys.executable, "-m", "qemu_evmcs.simqemu", "--host", profile, "--variant", variant, *args,
         "-qmp", f"unix:{sock},server=on,wait=off", "-display", "none",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    qmp: Optional[QMPClient] = None
+    qmp: QMPClient | None = None
     try:
         await async_wait_until(lambda: unix_listening(sock) or proc.returncode is not None, "the QMP socket")
         assert proc.returncode is None, "the simulator exited before listening"
@@ -86,11 +87,11 @@ async def simulator(profile: str, args: Sequence[str], variant: str = "shipped")
         shutil.rmtree(d, ignore_errors=True)
 
 
-async def migrate(src: Sim, uri: str) -> Tuple[List[str], Dict[str, Any]]:
+async def migrate(src: Sim, uri: str) -> tuple[list[str], dict[str, Any]]:
     """Run ``migrate`` on the source; return the MIGRATION statuses and the verdict."""
     with src.qmp.listener("MIGRATION") as listener:
         await src.qmp.execute("migrate", {"uri": uri})
-        seen: List[str] = []
+        seen: list[str] = []
 
         async def collect() -> None:
             async for ev in listener:

@@ -15,7 +15,7 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import AsyncIterator, List, Optional, Tuple
+from collections.abc import AsyncIterator
 
 import pytest
 from proc_helpers import PATIENCE, async_wait_until, unix_listening
@@ -33,7 +33,7 @@ def sockdir() -> AsyncIterator[str]:  # type: ignore[misc]
     shutil.rmtree(d, ignore_errors=True)
 
 
-async def _run(args: List[str], timeout: float = PATIENCE) -> Tuple[int, str]:
+async def _run(args: list[str], timeout: float = PATIENCE) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "qemu_evmcs.simqemu", *args,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -53,7 +53,7 @@ class Sim:
         await qmp.connect(self.sock)
         return qmp
 
-    async def wait(self, timeout: float = PATIENCE) -> Tuple[int, str]:
+    async def wait(self, timeout: float = PATIENCE) -> tuple[int, str]:
         assert self.proc.stderr is not None
         err = await asyncio.wait_for(self.proc.stderr.read(), timeout)
         rc = await asyncio.wait_for(self.proc.wait(), timeout)
@@ -185,7 +185,7 @@ async def test_63_perf_global_ctrl_visible_only_with_plugin(tmp_path: Path, sock
         assert bool(exit_allowed1 & (1 << 12)) is plugin
         assert bool(entry_allowed1 & (1 << 13)) is plugin
         assert hv["hyperv"] is True
-        assert hv["leaves"]["0x4000000a"] == {"eax": "0x00000101", "ebx": "0x0000000%d" % plugin,
+        assert hv["leaves"]["0x4000000a"] == {"eax": "0x00000101", "ebx": f"0x0000000{int(plugin)}",
                                               "ecx": "0x00000000", "edx": "0x00000000"}
         assert int(hv["leaves"]["0x40000004"]["eax"], 16) & (1 << 14)
         log = await qmp.execute("x-evmcs-query-kvm-log")
@@ -332,7 +332,7 @@ async def test_fifty_concurrent_clients(tmp_path: Path, sockdir: str) -> None:
         for ctx in listeners:
             ctx.__enter__()
         try:
-            async def work(c: QMPClient) -> Optional[object]:
+            async def work(c: QMPClient) -> object | None:
                 for _ in range(5):
                     assert (await c.execute("query-status"))["status"] == "prelaunch"  # type: ignore[index]
                 return await c.execute("x-evmcs-query-guest-vmx-msrs")

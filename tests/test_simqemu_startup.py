@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import AbstractSet, Optional
+from collections.abc import Set as AbstractSet
 
 import pytest
 from test_simqemu_helpers import SKYLAKE_MSRS, write_profile
@@ -262,7 +262,7 @@ class _Models:
                           "vmx-secondary-ctls", "vmx-ept", "vmx-exit-load-perf-global-ctrl", "vmx-rdseed-exit",
                           "vmx-entry-ia32e-mode", "vmx-true-ctls"})
 
-    def features(self, name: str) -> Optional[AbstractSet[str]]:
+    def features(self, name: str) -> AbstractSet[str] | None:
         return self.FEATURES if name == "Test-Server" else None
 
     def names(self) -> list[str]:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Callable, List, Optional, Sequence, cast
+from typing import cast
+from collections.abc import Callable, Sequence
 
 from qemu_evmcs.core.errors import EXIT_BAD_INPUT, EvmcsError
 
@@ -40,17 +41,17 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
 )
 
 #: The command modules that may be registered (tests narrow it to the modules they are about).
-COMMAND_MODULES: List[str] = [module for _, module, _ in COMMANDS]
+COMMAND_MODULES: list[str] = [module for _, module, _ in COMMANDS]
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one ``error:`` line and exit 2."""
 
-    def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+    def error(self, message: str) -> NoReturn:  # type: ignore[name-defined]  # noqa: F821
         self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {message}\n")
 
 
-def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser. ``only=None``: every command registered (each module imported). ``only=NAME``: only that
     command's module is imported and registered (``""``: none); every other command is listed in ``--help`` by
     its summary."""
@@ -67,7 +68,7 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     return parser
 
 
-def command_of(argv: Sequence[str]) -> Optional[str]:
+def command_of(argv: Sequence[str]) -> str | None:
     """The sub-command ``argv`` runs: its first argument that is not an option (the top level has only
     ``-h``), or ``None``."""
     for arg in argv:
@@ -78,7 +79,7 @@ def command_of(argv: Sequence[str]) -> Optional[str]:
     return None
 
 
-def run(argv: Optional[Sequence[str]] = None) -> int:
+def run(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the command; returns the exit code (never raises for bad input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(only=command_of(argv) or "")

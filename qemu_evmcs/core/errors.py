@@ -23,7 +23,6 @@ or usage. ``BaseException`` subclasses (``KeyboardInterrupt``,
 
 from __future__ import annotations
 
-from typing import Optional
 
 
 EXIT_OK = 0
@@ -53,13 +52,13 @@ class EvmcsError(Exception):
         self,
         message: str,
         *,
-        file: Optional[str] = None,
-        key: Optional[str] = None,
-        line: Optional[int] = None,
-        host: Optional[str] = None,
-        msr: Optional[str] = None,
-        bit: Optional[int] = None,
-        layer: Optional[str] = None,
+        file: str | None = None,
+        key: str | None = None,
+        line: int | None = None,
+        host: str | None = None,
+        msr: str | None = None,
+        bit: int | None = None,
+        layer: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message

@@ -11,7 +11,7 @@ property-tested.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional
+from collections.abc import Mapping
 
 from qemu_evmcs.core.kernel import Era, Rule
 from qemu_evmcs.core.registry import MASK32, Registry, registry
@@ -37,7 +37,7 @@ def rule_mask(rule: Rule, perf_global_ctrl: bool) -> int:
 
 
 def filter_msr(era: Era, msr: str, value: int, *, perf_global_ctrl: bool = False,
-               reg: Optional[Registry] = None) -> int:
+               reg: Registry | None = None) -> int:
     """Apply the era's filter to one MSR value.
 
     :param perf_global_ctrl: the guest's CPUID 0x4000000A.EBX bit 0 (6.1+ gate).
@@ -60,20 +60,20 @@ def filter_msr(era: Era, msr: str, value: int, *, perf_global_ctrl: bool = False
 
 
 def filter_all(era: Era, msrs: Mapping[str, int], *, perf_global_ctrl: bool = False,
-               reg: Optional[Registry] = None) -> Dict[str, int]:
+               reg: Registry | None = None) -> dict[str, int]:
     """:func:`filter_msr` over a whole MSR set."""
     return {name: filter_msr(era, name, v, perf_global_ctrl=perf_global_ctrl, reg=reg) for name, v in msrs.items()}
 
 
 def removals(era: Era, msr: str, value: int, *, perf_global_ctrl: bool = False,
-             reg: Optional[Registry] = None) -> List[Removal]:
+             reg: Registry | None = None) -> list[Removal]:
     """Each set allowed-1 bit of ``msr`` the filter clears, with its cause.
 
     A bit removed only because the PERF_GLOBAL_CTRL CPUID bit is clear is
     attributed to the gate; anything the era removes regardless is the filter.
     """
     reg = reg or registry()
-    out: List[Removal] = []
+    out: list[Removal] = []
     m = reg.msrs[msr]
     if m.word is None:
         return out

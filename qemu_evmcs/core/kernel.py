@@ -14,7 +14,8 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.registry import Registry, load_data, registry
@@ -39,12 +40,12 @@ class KernelVersion:
         return f"{self.major}.{self.minor}" + (f".{self.patch}" if self.patch else "")
 
     @property
-    def mm(self) -> Tuple[int, int]:
+    def mm(self) -> tuple[int, int]:
         """(major, minor): what decides the era."""
         return (self.major, self.minor)
 
 
-def parse_release(text: object, *, file: Optional[str] = None, key: Optional[str] = "kernel") -> KernelVersion:
+def parse_release(text: object, *, file: str | None = None, key: str | None = "kernel") -> KernelVersion:
     """Parse a kernel release string; :class:`InputError` for anything without major.minor."""
     if isinstance(text, bool) or not isinstance(text, (str, int, float)):
         raise InputError(f"kernel release must be a string such as \"6.1.55\", got {type(text).__name__}",
@@ -61,10 +62,10 @@ def parse_release(text: object, *, file: Optional[str] = None, key: Optional[str
 class Rule:
     """One filter rule of an era: which MSRs, and the deny/allow/perf-gated masks per word."""
 
-    msrs: Tuple[str, ...]
+    msrs: tuple[str, ...]
     word: str
     deny: int          # bits removed
-    allow: Optional[int]  # if not None: only these bits (with the word's always_on bits) survive
+    allow: int | None  # if not None: only these bits (with the word's always_on bits) survive
     perf_gated: int    # removed unless guest CPUID 0x4000000A.EBX bit 0 is set
 
 
@@ -75,18 +76,18 @@ class Backport:
     commit: str
     title: str
     mainline: KernelVersion
-    stable: Tuple[Tuple[str, KernelVersion], ...]   # ("5.10", 5.10.71): first point release of that series
-    not_in: Tuple[str, ...]
-    unchecked: Tuple[str, ...]
+    stable: tuple[tuple[str, KernelVersion], ...]   # ("5.10", 5.10.71): first point release of that series
+    not_in: tuple[str, ...]
+    unchecked: tuple[str, ...]
     evidence: str
-    inferred: Tuple[Tuple[str, str], ...]          # ("5.15", why that series' entry is only inferred)
-    effect: Tuple[Rule, ...]
+    inferred: tuple[tuple[str, str], ...]          # ("5.15", why that series' entry is only inferred)
+    effect: tuple[Rule, ...]
 
-    def inferred_for(self, series: Tuple[int, int]) -> Optional[str]:
+    def inferred_for(self, series: tuple[int, int]) -> str | None:
         """Why this change's status in stable ``series`` is inferred rather than verified, if it is."""
         return dict(self.inferred).get(f"{series[0]}.{series[1]}")
 
-    def first_in(self, series: Tuple[int, int]) -> Optional[KernelVersion]:
+    def first_in(self, series: tuple[int, int]) -> KernelVersion | None:
         """The first point release of stable ``series`` that has this change, if any does."""
         return next((v for s, v in self.stable if v.mm == series), None)
 
@@ -114,14 +115,14 @@ class Era:
 
     id: str
     first: KernelVersion
-    last: Optional[KernelVersion]
+    last: KernelVersion | None
     evmcs_cap: bool
     filter_at: str        # "enable" | "read" | "none"
     active_needs_hyperv: bool
-    rules: Tuple[Rule, ...]
-    unverified: Optional[str]
-    base: Optional[str] = None
-    backports: Tuple[AppliedBackport, ...] = ()
+    rules: tuple[Rule, ...]
+    unverified: str | None
+    base: str | None = None
+    backports: tuple[AppliedBackport, ...] = ()
 
     def contains(self, v: KernelVersion) -> bool:
         """Is ``v`` (by major.minor) in this era?"""
@@ -129,7 +130,7 @@ class Era:
             return False
         return self.last is None or v.mm <= self.last.mm
 
-    def rules_for(self, msr: str) -> List[Rule]:
+    def rules_for(self, msr: str) -> list[Rule]:
         """Rules that touch an MSR (usually zero or one)."""
         return [r for r in self.rules if msr in r.msrs]
 
@@ -156,12 +157,12 @@ class KernelFacts:
 class EraTable:
     """All eras plus kernel facts, from ``data/eras.yaml``."""
 
-    eras: Tuple[Era, ...]
+    eras: tuple[Era, ...]
     facts: KernelFacts
-    revision2_exposes: Tuple[str, ...]
+    revision2_exposes: tuple[str, ...]
 
-    backports: Tuple[Backport, ...] = ()
-    _memo: Dict[Tuple[Tuple[int, int], bool, Tuple[str, ...]], Era] = field(
+    backports: tuple[Backport, ...] = ()
+    _memo: dict[tuple[tuple[int, int], bool, tuple[str, ...]], Era] = field(
         default_factory=dict, compare=False, hash=False, repr=False)
 
     def mainline_era_of(self, v: KernelVersion) -> Era:
@@ -171,7 +172,7 @@ class EraTable:
                 return era
         raise InputError(f"no eVMCS era covers kernel {v}")  # pragma: no cover - table covers 0.0+
 
-    def applied_backports(self, v: KernelVersion) -> Tuple[AppliedBackport, ...]:
+    def applied_backports(self, v: KernelVersion) -> tuple[AppliedBackport, ...]:
         """The backports point release ``v`` has (changes newer than its series that its series got by ``v``)."""
         out = []
         for bp in self.backports:
@@ -191,7 +192,7 @@ class EraTable:
             era = self._memo[key] = self._era_of(v.mm, v.patch > 0, applied)
         return era
 
-    def _era_of(self, mm: Tuple[int, int], stable: bool, applied: Tuple[AppliedBackport, ...]) -> Era:
+    def _era_of(self, mm: tuple[int, int], stable: bool, applied: tuple[AppliedBackport, ...]) -> Era:
         base = self.mainline_era_of(KernelVersion(*mm))
         series = f"{mm[0]}.{mm[1]}"
         unchecked = [bp for bp in self.backports if stable and bp.mainline.mm > mm and series in bp.unchecked]
@@ -212,7 +213,7 @@ class EraTable:
         return replace(base, id=era_id, rules=twin.rules if twin is not None else rules,
                        unverified="; ".join(caveats) or None, base=base.id, backports=applied)
 
-    def deciding_backport(self, era: Era, msr: str, mask: int) -> Optional[AppliedBackport]:
+    def deciding_backport(self, era: Era, msr: str, mask: int) -> AppliedBackport | None:
         """The backport that makes ``era`` remove word bits ``mask`` from ``msr`` where its series' mainline
         era keeps them (``None`` if the mainline era already removes them or nothing removes them)."""
         if not era.backports or era.base is None:
@@ -237,7 +238,7 @@ class EraTable:
                 return era
         raise InputError(f"unknown era {era_id!r}; known: {', '.join(e.id for e in self.known_eras())}")
 
-    def known_eras(self) -> Tuple[Era, ...]:
+    def known_eras(self) -> tuple[Era, ...]:
         """The mainline eras, then every era only a stable series has (mainline era + backports)."""
         out = list(self.eras)
         for bp in self.backports:
@@ -248,9 +249,9 @@ class EraTable:
         return tuple(out)
 
 
-def rules_by_msr(rules: Sequence[Rule]) -> Dict[str, Tuple[int, Optional[int], int]]:
+def rules_by_msr(rules: Sequence[Rule]) -> dict[str, tuple[int, int | None, int]]:
     """Each MSR's effective (deny, allow, perf_gated): what two rule lists must agree on to be the same filter."""
-    out: Dict[str, Tuple[int, Optional[int], int]] = {}
+    out: dict[str, tuple[int, int | None, int]] = {}
     for r in rules:
         for m in r.msrs:
             deny, allow, perf = out.get(m, (0, None, 0))
@@ -259,12 +260,12 @@ def rules_by_msr(rules: Sequence[Rule]) -> Dict[str, Tuple[int, Optional[int], i
     return out
 
 
-def merge_rules(base: Sequence[Rule], extra: Sequence[Rule]) -> Tuple[Rule, ...]:
+def merge_rules(base: Sequence[Rule], extra: Sequence[Rule]) -> tuple[Rule, ...]:
     """``base`` with ``extra`` applied (deny bits unioned per MSR), regrouped so MSRs that end up with the same
     masks share one rule again (the order of first appearance is kept)."""
     per = rules_by_msr(list(base) + list(extra))
     words = {m: r.word for r in list(base) + list(extra) for m in r.msrs}
-    groups: Dict[Tuple[str, int, Optional[int], int], List[str]] = {}
+    groups: dict[tuple[str, int, int | None, int], list[str]] = {}
     for m, (deny, allow, perf) in per.items():
         groups.setdefault((words[m], deny, allow, perf), []).append(m)
     return tuple(Rule(msrs=tuple(ms), word=w, deny=d, allow=a, perf_gated=p) for (w, d, a, p), ms in groups.items())
@@ -305,7 +306,7 @@ def parse_eras(data: Mapping[str, Any], reg: Registry) -> EraTable:
             rules=tuple(_parse_rule(r, reg, f"{where}.rules[{j}]") for j, r in enumerate(e.get("rules") or [])),
             unverified=e.get("unverified"),
         ))
-    f: Dict[str, Any] = dict(data["kernel_facts"])
+    f: dict[str, Any] = dict(data["kernel_facts"])
     facts = KernelFacts(
         evmcs_version_range=int(f.pop("evmcs_version_range")),
         **{k: parse_release(v, file="eras.yaml", key=k) for k, v in f.items()},

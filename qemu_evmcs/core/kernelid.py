@@ -13,7 +13,8 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any
+from collections.abc import Mapping
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.kernel import Era, KernelVersion, era_table, parse_release
@@ -38,9 +39,9 @@ class KernelIdentity:
     """What a release string (plus ``kernel_version``) says about the kernel's KVM code."""
 
     text: str
-    distro: Optional[str]            # "Ubuntu", "Debian", "RHEL 9", "RHEL 8", None (upstream or custom build)
+    distro: str | None            # "Ubuntu", "Debian", "RHEL 9", "RHEL 8", None (upstream or custom build)
     how: str                         # how it was resolved, with the source (or why it could not be)
-    candidates: Tuple[Candidate, ...]
+    candidates: tuple[Candidate, ...]
 
     @property
     def ambiguous(self) -> bool:
@@ -52,7 +53,7 @@ class KernelIdentity:
         """The upstream release of an unambiguous identity (of the first candidate otherwise)."""
         return self.candidates[0].version
 
-    def era_ids(self) -> List[str]:
+    def era_ids(self) -> list[str]:
         """Candidate era ids, in order."""
         return [c.era.id for c in self.candidates]
 
@@ -68,7 +69,7 @@ class AmbiguousKernel(InputError):
     Carries the candidates; the message names each and how to settle it (``kernel_version:``).
     """
 
-    def __init__(self, ident: KernelIdentity, *, file: Optional[str] = None, host: Optional[str] = None) -> None:
+    def __init__(self, ident: KernelIdentity, *, file: str | None = None, host: str | None = None) -> None:
         super().__init__(f"{ident.describe()}; the era is ambiguous: give the upstream point release as "
                          f"kernel_version: in the profile (host probe reads it from /proc/version or "
                          f"/proc/version_signature) or as --kernel X.Y.Z", file=file, key="kernel", host=host)
@@ -77,17 +78,17 @@ class AmbiguousKernel(InputError):
 
 @dataclass(frozen=True)
 class _Table:
-    ubuntu_flavours: Tuple[str, ...]
-    debian_flavours: Tuple[str, ...]
-    abi: Mapping[Tuple[str, str], Mapping[str, Tuple[KernelVersion, str]]]   # (distro, "5.10") -> abi -> (v, src)
-    rhel9: Tuple[Tuple[int, int, KernelVersion, str], ...]                   # (minor, ga_build, kvm, source)
-    unknown: Tuple[Tuple[str, str, str], ...]                                # (el tag, name, why)
+    ubuntu_flavours: tuple[str, ...]
+    debian_flavours: tuple[str, ...]
+    abi: Mapping[tuple[str, str], Mapping[str, tuple[KernelVersion, str]]]   # (distro, "5.10") -> abi -> (v, src)
+    rhel9: tuple[tuple[int, int, KernelVersion, str], ...]                   # (minor, ga_build, kvm, source)
+    unknown: tuple[tuple[str, str, str], ...]                                # (el tag, name, why)
 
 
 @functools.lru_cache(maxsize=1)
 def _table() -> _Table:
     data: Mapping[str, Any] = load_data("distro_kernels.yaml")
-    abi: Dict[Tuple[str, str], Dict[str, Tuple[KernelVersion, str]]] = {}
+    abi: dict[tuple[str, str], dict[str, tuple[KernelVersion, str]]] = {}
     for distro in ("ubuntu", "debian"):
         for series, entries in (data[distro].get("abi") or {}).items():
             for n, e in entries.items():
@@ -101,7 +102,7 @@ def _table() -> _Table:
                   abi=abi, rhel9=rhel9, unknown=unknown)
 
 
-def parse_upstream(text: object, *, file: Optional[str] = None, key: str = "kernel_version") -> KernelVersion:
+def parse_upstream(text: object, *, file: str | None = None, key: str = "kernel_version") -> KernelVersion:
     """A plain upstream release ``X.Y[.Z]`` (no distribution suffix): what ``kernel_version`` holds."""
     s = str(getattr(text, "raw", text)) if isinstance(text, (str, float, int)) and not isinstance(text, bool) else ""
     m = _UPSTREAM.match(s)
@@ -111,7 +112,7 @@ def parse_upstream(text: object, *, file: Optional[str] = None, key: str = "kern
     return KernelVersion(int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
 
 
-def identify(kernel: str, kernel_version: Optional[str] = None, *, file: Optional[str] = None,
+def identify(kernel: str, kernel_version: str | None = None, *, file: str | None = None,
              key: str = "kernel") -> KernelIdentity:
     """Resolve a release string (and optional upstream ``kernel_version``) to its era or candidate eras.
 
@@ -127,7 +128,7 @@ def identify(kernel: str, kernel_version: Optional[str] = None, *, file: Optiona
 
 
 @functools.lru_cache(maxsize=4096)
-def _identify(kernel: str, kernel_version: Optional[str]) -> KernelIdentity:
+def _identify(kernel: str, kernel_version: str | None) -> KernelIdentity:
     base = parse_release(kernel, key="kernel")
     t = _table()
     rhel = _RHEL.match(kernel)
@@ -188,7 +189,7 @@ def _abi(kernel: str, distro: str, series: str, abi_no: str, base: KernelVersion
     return KernelIdentity(kernel, distro, how, cands)
 
 
-def _rhel(kernel: str, m: "re.Match[str]", t: _Table) -> KernelIdentity:
+def _rhel(kernel: str, m: re.Match[str], t: _Table) -> KernelIdentity:
     major = m.group(5)
     if major != "9":
         name, why = next(((n, w) for p, n, w in t.unknown if p == f"el{major}"),
@@ -217,24 +218,24 @@ def _rhel(kernel: str, m: "re.Match[str]", t: _Table) -> KernelIdentity:
     return KernelIdentity(kernel, "RHEL 9", how, tuple(cands))
 
 
-def _rhel_candidate(row: Tuple[int, int, KernelVersion, str]) -> Candidate:
+def _rhel_candidate(row: tuple[int, int, KernelVersion, str]) -> Candidate:
     return Candidate(era_table().era_of(row[2]), row[2], f"RHEL 9.{row[0]}, KVM of {row[2]}")
 
 
-def _dedupe(cands: List[Candidate]) -> List[Candidate]:
-    out: List[Candidate] = []
+def _dedupe(cands: list[Candidate]) -> list[Candidate]:
+    out: list[Candidate] = []
     for c in cands:
         if all(o.era.id != c.era.id for o in out):
             out.append(c)
     return out
 
 
-def series_candidates(base: KernelVersion, lo: int, hi: Optional[int]) -> List[Candidate]:
+def series_candidates(base: KernelVersion, lo: int, hi: int | None) -> list[Candidate]:
     """The distinct eras of point releases ``lo``..``hi`` (``None``: no upper bound) of ``base``'s series."""
     table = era_table()
     cuts = sorted({lo} | {first.patch for bp in table.backports for _, first in bp.stable
                           if first.mm == base.mm and first.patch > lo and (hi is None or first.patch <= hi)})
-    spans: List[Tuple[Era, int, Optional[int]]] = []
+    spans: list[tuple[Era, int, int | None]] = []
     for i, start in enumerate(cuts):
         end = cuts[i + 1] - 1 if i + 1 < len(cuts) else hi
         era = table.era_of(KernelVersion(base.major, base.minor, start))
@@ -245,17 +246,17 @@ def series_candidates(base: KernelVersion, lo: int, hi: Optional[int]) -> List[C
     return [Candidate(era, KernelVersion(base.major, base.minor, a), _range(base, a, b)) for era, a, b in spans]
 
 
-def _range(base: KernelVersion, start: int, end: Optional[int]) -> str:
+def _range(base: KernelVersion, start: int, end: int | None) -> str:
     s = f"{base.major}.{base.minor}.{start}"
     if end is None:
         return s + "+"
     return s if end == start else f"{s}-{base.major}.{base.minor}.{end}"
 
 
-def all_candidates() -> List[Candidate]:
+def all_candidates() -> list[Candidate]:
     """Every known era with eVMCS, each with a representative release (a build no source places)."""
     table = era_table()
-    reps: Dict[str, KernelVersion] = {e.id: e.first for e in table.eras}
+    reps: dict[str, KernelVersion] = {e.id: e.first for e in table.eras}
     for bp in table.backports:
         for _, first in bp.stable:
             reps.setdefault(table.era_of(first).id, first)

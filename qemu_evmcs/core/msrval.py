@@ -8,7 +8,7 @@ the set of features a reader of those MSRs may enable, and back.
 
 from __future__ import annotations
 
-from typing import Dict, FrozenSet, Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
 
 from qemu_evmcs.core.registry import MASK32, Feature, Registry, registry
 
@@ -31,7 +31,7 @@ def ctl_value(allowed0_bits: int, allowed1_bits: int) -> int:
     return (allowed0_bits & MASK32) | ((allowed1_bits & MASK32) << 32)
 
 
-def word_source_msr(word: str, msrs: MsrValues, reg: Optional[Registry] = None) -> Optional[str]:
+def word_source_msr(word: str, msrs: MsrValues, reg: Registry | None = None) -> str | None:
     """The MSR whose value defines ``word`` in ``msrs``: QEMU's choice (the TRUE form) when present,
     else the non-TRUE form. ``None`` if the profile has neither."""
     reg = reg or registry()
@@ -46,7 +46,7 @@ def word_source_msr(word: str, msrs: MsrValues, reg: Optional[Registry] = None) 
     return None
 
 
-def word_bits(word: str, msrs: MsrValues, reg: Optional[Registry] = None) -> int:
+def word_bits(word: str, msrs: MsrValues, reg: Registry | None = None) -> int:
     """The bits of ``word`` a reader may set: allowed-1 half for control words, the plain value otherwise."""
     reg = reg or registry()
     src = word_source_msr(word, msrs, reg)
@@ -58,22 +58,22 @@ def word_bits(word: str, msrs: MsrValues, reg: Optional[Registry] = None) -> int
     return value
 
 
-def feature_present(feat: Feature, msrs: MsrValues, reg: Optional[Registry] = None) -> bool:
+def feature_present(feat: Feature, msrs: MsrValues, reg: Registry | None = None) -> bool:
     """Is the feature's bit set (allowed-1 for controls) in these MSR values?"""
     return bool(word_bits(feat.word, msrs, reg) & feat.mask)
 
 
-def feature_set(msrs: MsrValues, reg: Optional[Registry] = None) -> FrozenSet[str]:
+def feature_set(msrs: MsrValues, reg: Registry | None = None) -> frozenset[str]:
     """Canonical names of every registry feature present in ``msrs``."""
     reg = reg or registry()
-    words: Dict[str, int] = {w: word_bits(w, msrs, reg) for w in reg.words}
+    words: dict[str, int] = {w: word_bits(w, msrs, reg) for w in reg.words}
     return frozenset(f.name for f in reg.features.values() if words[f.word] & f.mask)
 
 
-def names_to_word_masks(names: Iterable[str], reg: Optional[Registry] = None) -> Dict[str, int]:
+def names_to_word_masks(names: Iterable[str], reg: Registry | None = None) -> dict[str, int]:
     """Group feature names into ``{word: mask}``."""
     reg = reg or registry()
-    out: Dict[str, int] = {}
+    out: dict[str, int] = {}
     for name in names:
         feat = reg.feature(name)
         out[feat.word] = out.get(feat.word, 0) | feat.mask

@@ -52,7 +52,7 @@ def cache_dir() -> str | None:
     return os.path.join(base, "qemu-evmcs", "parsed")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _code_id(parser: str, parser_files: tuple[str, ...], yaml_version: str) -> bytes | None:
     """The part of the key that names the parsing code; ``None`` if a source file cannot be read."""
     h = hashlib.sha256(f"{CACHE_FORMAT}\0{parser}\0{yaml_version}\0{sys.version_info[:2]}\0".encode())

@@ -29,7 +29,8 @@ import json
 import os
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
 
 import yaml
 
@@ -48,7 +49,7 @@ from qemu_evmcs.core.registry import MASK32, MASK64, Registry, registry
 
 VENDORS = ("GenuineIntel", "AuthenticAMD", "HygonGenuine", "CentaurHauls")
 
-_OPTIONAL_KEYS: Dict[str, Any] = {
+_OPTIONAL_KEYS: dict[str, Any] = {
     "family": int, "model": int, "stepping": int, "model_name": str, "nested": bool, "kvm_hyperv": bool,
     "notes": str, "provenance": str, "synthetic": bool, "cpu_msrs": dict, "unknown_msrs": list,
     "cpu_features": list,
@@ -75,25 +76,25 @@ class HostProfile:
     msrs: Mapping[str, int]
     nested: bool = True
     kvm_hyperv: bool = True
-    cpu_msrs: Optional[Mapping[str, int]] = None
-    family: Optional[int] = None
-    model: Optional[int] = None
-    stepping: Optional[int] = None
-    model_name: Optional[str] = None
-    notes: Optional[str] = None
-    provenance: Optional[str] = None
+    cpu_msrs: Mapping[str, int] | None = None
+    family: int | None = None
+    model: int | None = None
+    stepping: int | None = None
+    model_name: str | None = None
+    notes: str | None = None
+    provenance: str | None = None
     synthetic: bool = False
     #: MSRs the CPU enumerates that the input lacked (``host import --partial``): answers depending on them are
     #: conservative (the features in them count as absent) and say so.
-    unknown_msrs: Tuple[str, ...] = ()
+    unknown_msrs: tuple[str, ...] = ()
     #: CPUID features QEMU can give a guest here, in QEMU's names (``host probe``, ``host import --cpuinfo`` or
     #: libvirt XML); ``None``: not recorded, so base-model CPUID checks cannot look at this host.
-    cpu_features: Optional[FrozenSet[str]] = None
-    source: Optional[str] = field(default=None, compare=False)
+    cpu_features: frozenset[str] | None = None
+    source: str | None = field(default=None, compare=False)
     #: Accepted oddities of the input (raw-hardware quirks in ``cpu_msrs``), one line each, for the CLI to print.
-    warnings: Tuple[str, ...] = field(default=(), compare=False)
+    warnings: tuple[str, ...] = field(default=(), compare=False)
     #: The upstream point release a distribution build is based on (``/proc/version``: "Debian 5.10.197-1").
-    kernel_version: Optional[str] = None
+    kernel_version: str | None = None
 
     @property
     def identity(self) -> KernelIdentity:
@@ -118,7 +119,7 @@ class HostProfile:
         """The era id, or ``"5.15-5.16|5.17-6.0"`` for a build whose era is ambiguous (for listings)."""
         return "|".join(self.identity.era_ids())
 
-    def candidate_profiles(self) -> List["HostProfile"]:
+    def candidate_profiles(self) -> list[HostProfile]:
         """This host once per era its kernel may be in (itself if the era is known), each pinned by
         ``kernel_version`` to a representative upstream release and named ``"host (if era X)"``."""
         ident = self.identity
@@ -133,28 +134,28 @@ class HostProfile:
         """Only Intel VMX has eVMCS."""
         return self.vendor == "GenuineIntel"
 
-    def unknown_note(self) -> Optional[str]:
+    def unknown_note(self) -> str | None:
         """The sentence every answer about this host carries when its profile is partial (else ``None``)."""
         if not self.unknown_msrs:
             return None
         return (f"host {self.name}: {', '.join(self.unknown_msrs)} unknown (partial import): the features they "
                 f"carry count as absent there, so this answer may be more conservative than the host needs")
 
-    def with_kernel(self, kernel: str) -> "HostProfile":
+    def with_kernel(self, kernel: str) -> HostProfile:
         """The same host booted with another kernel (``--kernel``): an upstream release (``5.10.101``) or a
         distribution build (``5.10.0-26-amd64``); the profile's ``kernel_version`` does not carry over."""
         ident = identify(kernel, key="--kernel")
         v = ident.version if not ident.ambiguous else parse_release(kernel, key="--kernel")
         return HostProfile(**{**self.__dict__, "kernel": kernel, "version": v, "kernel_version": None})
 
-    def with_nested(self, nested: bool) -> "HostProfile":
+    def with_nested(self, nested: bool) -> HostProfile:
         """The same host with ``kvm_intel.nested`` set as given (KVM then reports no VMX MSRs if off)."""
         return HostProfile(**{**self.__dict__, "nested": nested})
 
-    def to_mapping(self) -> Dict[str, Any]:
+    def to_mapping(self) -> dict[str, Any]:
         """Plain data (for YAML/JSON output); MSR values as ``0x`` + 16 hex digits."""
         reg = registry()
-        out: Dict[str, Any] = {"name": self.name, "vendor": self.vendor, "kernel": self.kernel}
+        out: dict[str, Any] = {"name": self.name, "vendor": self.vendor, "kernel": self.kernel}
         if self.kernel_version is not None:
             out["kernel_version"] = self.kernel_version
         for key in ("family", "model", "stepping", "model_name"):
@@ -206,13 +207,13 @@ class HostProfile:
 
 # --------------------------------------------------------------------------- line numbers
 
-def _line_map(node: yaml.Node, prefix: str = "", _seen: Optional[set[int]] = None) -> Dict[str, int]:
+def _line_map(node: yaml.Node, prefix: str = "", _seen: set[int] | None = None) -> dict[str, int]:
     """Map dotted key paths to 1-based lines, from a composed (not constructed) YAML node.
 
     Each node is walked once: an alias (``*a``) is the same node object as its anchor, and following
     it again would make a "billion laughs" document expand exponentially here.
     """
-    out: Dict[str, int] = {}
+    out: dict[str, int] = {}
     seen = _seen if _seen is not None else set()
     if isinstance(node, yaml.MappingNode) and id(node) not in seen:
         seen.add(id(node))
@@ -231,7 +232,7 @@ def _type_name(t: Any) -> str:
 
 # --------------------------------------------------------------------------- parsing
 
-def parse_msr_value(raw: object, *, file: Optional[str], key: str, line: Optional[int]) -> int:
+def parse_msr_value(raw: object, *, file: str | None, key: str, line: int | None) -> int:
     """An MSR value: a YAML integer or a hex string (``"0x7f00000016"``, ``"7f00000016"``)."""
     if isinstance(raw, bool):
         raise InputError("MSR value must be an integer or hex string, got bool", file=file, key=key, line=line)
@@ -252,9 +253,9 @@ def parse_msr_value(raw: object, *, file: Optional[str], key: str, line: Optiona
     return value
 
 
-def _parse_msrs(raw: Mapping[Any, Any], section: str, file: Optional[str], lines: Mapping[str, int],
-                reg: Registry, warnings: Optional[List[str]] = None) -> Dict[str, int]:
-    out: Dict[str, int] = {}
+def _parse_msrs(raw: Mapping[Any, Any], section: str, file: str | None, lines: Mapping[str, int],
+                reg: Registry, warnings: list[str] | None = None) -> dict[str, int]:
+    out: dict[str, int] = {}
     for name, val in raw.items():
         key = f"{section}.{name}"
         line = lines.get(key)
@@ -287,8 +288,8 @@ def _parse_msrs(raw: Mapping[Any, Any], section: str, file: Optional[str], lines
     return out
 
 
-def _check_consistency(msrs: Mapping[str, int], section: str, file: Optional[str], lines: Mapping[str, int],
-                       reg: Registry, skip: Optional[set[str]] = None) -> None:
+def _check_consistency(msrs: Mapping[str, int], section: str, file: str | None, lines: Mapping[str, int],
+                       reg: Registry, skip: set[str] | None = None) -> None:
     """allowed-0 within allowed-1; TRUE and non-TRUE allowed-1 halves equal, and their allowed-0 halves differ
     only in the default1 bits, which the non-TRUE form reports as must-be-1 (SDM A.3)."""
     for name, value in msrs.items():
@@ -332,7 +333,7 @@ def _check_consistency(msrs: Mapping[str, int], section: str, file: Optional[str
 _CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
-def control_character(text: str) -> Optional[str]:
+def control_character(text: str) -> str | None:
     """The first character of ``text`` that would let it forge or hide output lines, or ``None``.
 
     Why: ``fleet query`` prints one host name a line; ``"a\nforged-host"`` showed as two hosts, and an ANSI
@@ -347,8 +348,8 @@ def control_character(text: str) -> Optional[str]:
     return None
 
 
-def profile_from_mapping(data: object, *, file: Optional[str] = None,
-                         lines: Optional[Mapping[str, int]] = None) -> HostProfile:
+def profile_from_mapping(data: object, *, file: str | None = None,
+                         lines: Mapping[str, int] | None = None) -> HostProfile:
     """Validate one YAML document and build a :class:`HostProfile`."""
     lines = lines or {}
     reg = registry()
@@ -393,11 +394,11 @@ def profile_from_mapping(data: object, *, file: Optional[str] = None,
         raise
     version = ident.version if not ident.ambiguous else parse_release(kernel, file=file)
     msrs = _parse_msrs(data["msrs"], "msrs", file, lines, reg)
-    warnings: List[str] = []
+    warnings: list[str] = []
     cpu_msrs = None
     if data.get("cpu_msrs") is not None:
         cpu_msrs = _parse_msrs(data["cpu_msrs"], "cpu_msrs", file, lines, reg, warnings)
-    unknown: List[str] = []
+    unknown: list[str] = []
     for i, u in enumerate(data.get("unknown_msrs") or []):
         if not isinstance(u, str) or u not in reg.msrs:
             raise InputError(f"unknown MSR name {u!r}", file=file, key=f"unknown_msrs[{i}]",
@@ -442,7 +443,7 @@ class _DepthLimit:
 
     _depth = 0
 
-    def compose_node(self, parent: Optional[yaml.Node], index: Any) -> Optional[yaml.Node]:
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         self._depth += 1
         try:
             if self._depth > MAX_YAML_DEPTH:
@@ -486,13 +487,13 @@ def _construct_raw_float(loader: yaml.SafeLoader, node: yaml.Node) -> float:
 _ProfileLoader.add_constructor("tag:yaml.org,2002:float", _construct_raw_float)
 
 
-def iter_documents(text: str, path: str) -> Iterator[Tuple[object, Dict[str, int]]]:
+def iter_documents(text: str, path: str) -> Iterator[tuple[object, dict[str, int]]]:
     """Each YAML document of ``text`` with its key->line map (safe loader only)."""
     for data, lines, _ in _iter_documents(text, path):
         yield data, lines
 
 
-def _iter_documents(text: str, path: str) -> Iterator[Tuple[object, Dict[str, int], int]]:
+def _iter_documents(text: str, path: str) -> Iterator[tuple[object, dict[str, int], int]]:
     """:func:`iter_documents` plus each document's 1-based first line; empty documents included."""
     done = 0
     try:
@@ -515,7 +516,7 @@ def _iter_documents(text: str, path: str) -> Iterator[Tuple[object, Dict[str, in
         raise InputError("YAML nesting too deep", file=path) from None
 
 
-def _compose_documents(text: str, *, fast: bool) -> Iterator[Tuple[object, Dict[str, int], int]]:
+def _compose_documents(text: str, *, fast: bool) -> Iterator[tuple[object, dict[str, int], int]]:
     nodes = (yaml.compose_all(text, Loader=_DepthLimitedLoader) if fast
              else yaml.compose_all(text, Loader=_PyDepthLimitedLoader))
     for node in nodes:
@@ -535,7 +536,7 @@ def load_profile_text(text: str, path: str = "<string>") -> HostProfile:
     documents must not be composed before saying so). The parse goes through the per-user parse cache
     (:mod:`~qemu_evmcs.core.parsecache`); validation runs every time."""
 
-    def first_two(t: str) -> List[Tuple[object, Dict[str, int], int]]:
+    def first_two(t: str) -> list[tuple[object, dict[str, int], int]]:
         return list(itertools.islice(_iter_documents(t, path), 2))
 
     docs = cached_parse(text, first_two, parser="profile",
@@ -569,7 +570,7 @@ def iter_profiles(paths: Sequence[str]) -> Iterator[HostProfile]:
             yield profile_from_mapping(data, file=path, lines=lines)
 
 
-def load_profiles(paths: Sequence[str]) -> List[HostProfile]:
+def load_profiles(paths: Sequence[str]) -> list[HostProfile]:
     """:func:`iter_profiles` as a list."""
     return list(iter_profiles(paths))
 
@@ -598,9 +599,9 @@ def resolve_profile_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def bundled_profile_names() -> List[str]:
+def bundled_profile_names() -> list[str]:
     """Names of the bundled profiles (samples and real-CPU fleet: ``skylake-6.3``, ``ivybridge-5.10``...), sorted."""
-    names: List[str] = []
+    names: list[str] = []
     for where in (bundled_profile_dir(), bundled_fleet_dir()):
         try:
             names += [n[: -len(".yaml")] for n in os.listdir(where) if n.endswith(".yaml")]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 import os
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any
+from collections.abc import Mapping
 
 import yaml
 
@@ -36,13 +37,13 @@ class Msr:
     name: str
     index: int
     layout: str
-    word: Optional[str]
-    true: Optional[str]
+    word: str | None
+    true: str | None
     #: Where the L1 guest's value comes from (registry.yaml ``guest``): ``qemu-word``, ``qemu-word-host``,
     #: ``qemu-constant``, ``kvm-true``, ``kvm-cpuid`` or ``not-emulated``.
     guest: str = "qemu-word"
     #: vmxcap labels of the fields/bits QEMU copies from KVM's value into the guest's (``qemu-word-host``).
-    host_fields: Tuple[str, ...] = ()
+    host_fields: tuple[str, ...] = ()
 
     @property
     def host_dependent(self) -> bool:
@@ -64,7 +65,7 @@ class Word:
     """A group of features sharing one MSR layout (QEMU calls these feature words)."""
 
     name: str
-    qemu_msr: Optional[str]
+    qemu_msr: str | None
     vmxcap: str
     always_on: int
 
@@ -80,12 +81,12 @@ class Feature:
     name: str
     word: str
     bit: int
-    qemu: Optional[str]
+    qemu: str | None
     qemu_typo: bool
-    libvirt: Optional[str]
-    libvirt_aliases: Tuple[str, ...]
-    vmxcap: Optional[str]
-    linux: Optional[str]
+    libvirt: str | None
+    libvirt_aliases: tuple[str, ...]
+    vmxcap: str | None
+    linux: str | None
     unverified: bool
 
     @property
@@ -108,13 +109,13 @@ class Field_:
 class Registry:
     """All registry data with lookups by every known name."""
 
-    msrs: Dict[str, Msr]
-    words: Dict[str, Word]
-    features: Dict[str, Feature]
-    fields: List[Field_]
-    vmxcap_order: List[str]
-    _by_alias: Dict[str, Feature] = field(default_factory=dict)
-    _by_index: Dict[int, Msr] = field(default_factory=dict)
+    msrs: dict[str, Msr]
+    words: dict[str, Word]
+    features: dict[str, Feature]
+    fields: list[Field_]
+    vmxcap_order: list[str]
+    _by_alias: dict[str, Feature] = field(default_factory=dict)
+    _by_index: dict[int, Msr] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for msr in self.msrs.values():
@@ -142,7 +143,7 @@ class Registry:
         except KeyError:
             raise InputError(f"unknown VMX MSR name {name_or_index!r}") from None
 
-    def label_mask(self, word: str, labels: Tuple[str, ...]) -> int:
+    def label_mask(self, word: str, labels: tuple[str, ...]) -> int:
         """Mask, in ``word``'s info MSR, of the fields and single-bit features whose vmxcap label is in ``labels``."""
         mask = 0
         for f in self.fields:
@@ -158,16 +159,16 @@ class Registry:
         m = self.msrs[msr]
         return self.label_mask(m.word, m.host_fields) if m.word and m.host_fields else 0
 
-    def msr_names(self) -> List[str]:
+    def msr_names(self) -> list[str]:
         """All MSR names in index order."""
         return [m.name for m in sorted(self.msrs.values(), key=lambda m: m.index)]
 
-    def msrs_of_word(self, word: str) -> List[Msr]:
+    def msrs_of_word(self, word: str) -> list[Msr]:
         """The MSRs (TRUE and non-TRUE) that carry a word."""
         return [m for m in self.msrs.values() if m.word == word]
 
     # -- features -----------------------------------------------------------
-    def get(self, name: str) -> Optional[Feature]:
+    def get(self, name: str) -> Feature | None:
         """A feature by canonical, QEMU, libvirt or Linux name; ``None`` if unknown."""
         return self._by_alias.get(name)
 
@@ -178,15 +179,15 @@ class Registry:
             raise InputError(f"unknown VMX feature {name!r}")
         return feat
 
-    def qemu_bits(self, qemu_name: str) -> List[Feature]:
+    def qemu_bits(self, qemu_name: str) -> list[Feature]:
         """Every bit a QEMU property controls (a typo'd name controls two bits)."""
         return [f for f in self.features.values() if f.qemu == qemu_name]
 
-    def word_features(self, word: str) -> List[Feature]:
+    def word_features(self, word: str) -> list[Feature]:
         """Features of a word, by bit."""
         return sorted((f for f in self.features.values() if f.word == word), key=lambda f: f.bit)
 
-    def word_mask(self, names: List[str], word: str) -> int:
+    def word_mask(self, names: list[str], word: str) -> int:
         """OR of the masks of ``names``; each must belong to ``word``."""
         mask = 0
         for name in names:
@@ -196,7 +197,7 @@ class Registry:
             mask |= feat.mask
         return mask
 
-    def all_names(self) -> List[str]:
+    def all_names(self) -> list[str]:
         """Every name the registry accepts (for "did you mean" suggestions)."""
         return sorted(self._by_alias)
 
@@ -213,7 +214,7 @@ def _req(entry: Mapping[str, Any], key: str, where: str) -> Any:
 
 def parse_registry(data: Mapping[str, Any]) -> Registry:
     """Build a :class:`Registry` from the YAML mapping (validated loudly)."""
-    msrs: Dict[str, Msr] = {}
+    msrs: dict[str, Msr] = {}
     for i, m in enumerate(data["msrs"]):
         where = f"msrs[{i}]"
         msr = Msr(
@@ -230,13 +231,13 @@ def parse_registry(data: Mapping[str, Any]) -> Registry:
         if msr.name in msrs:
             raise InputError(f"duplicate MSR {msr.name}", file="registry.yaml", key=where)
         msrs[msr.name] = msr
-    words: Dict[str, Word] = {}
+    words: dict[str, Word] = {}
     for wname, w in data["words"].items():
         words[wname] = Word(
             name=wname, qemu_msr=w.get("qemu_msr"), vmxcap=w["vmxcap"], always_on=int(w.get("always_on", 0))
         )
-    features: Dict[str, Feature] = {}
-    seen_bits: Dict[Tuple[str, int], str] = {}
+    features: dict[str, Feature] = {}
+    seen_bits: dict[tuple[str, int], str] = {}
     for i, f in enumerate(data["features"]):
         where = f"features[{i}]"
         feat = Feature(

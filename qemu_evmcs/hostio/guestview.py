@@ -12,7 +12,7 @@ bits: that is how a user finds a vendor backport.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple
+from collections.abc import Mapping
 
 from qemu_evmcs.core.errors import ProbeError
 from qemu_evmcs.core.registry import Registry, registry
@@ -30,12 +30,12 @@ HV_LEAVES = range(0x40000000, 0x40000100)
 class SelfTest:
     """A harmless guest run: proof that this KVM runs guest code and reports through an I/O port."""
 
-    cpuid0: Tuple[int, int, int, int]     # what the guest read from CPUID leaf 0
+    cpuid0: tuple[int, int, int, int]     # what the guest read from CPUID leaf 0
     msr_index: int
     guest_msr: int                        # RDMSR in the guest
-    host_msr: Optional[int]               # KVM_GET_MSRS on the same vCPU (None: KVM refused it)
+    host_msr: int | None               # KVM_GET_MSRS on the same vCPU (None: KVM refused it)
     faulting_msr: int                     # an MSR the vCPU lacks (0x480 without VMX in CPUID)
-    fault_vector: Optional[int]           # 13 (#GP) expected
+    fault_vector: int | None           # 13 (#GP) expected
 
 
 @dataclass
@@ -44,8 +44,8 @@ class GuestView:
 
     pv_perf_global_ctrl: bool
     evmcs_version: int
-    msrs: Dict[str, int] = field(default_factory=dict)
-    faults: List[str] = field(default_factory=list)
+    msrs: dict[str, int] = field(default_factory=dict)
+    faults: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -53,14 +53,14 @@ class Difference:
     """One MSR whose probed value differs from the simulated one."""
 
     msr: str
-    probed: Optional[int]          # None: the guest's read faulted
-    simulated: Optional[int]       # None: the simulation has no such MSR
-    only_probed: Tuple[str, ...]   # feature names (or "bit N") set only in the real guest
-    only_simulated: Tuple[str, ...]
+    probed: int | None          # None: the guest's read faulted
+    simulated: int | None       # None: the simulation has no such MSR
+    only_probed: tuple[str, ...]   # feature names (or "bit N") set only in the real guest
+    only_simulated: tuple[str, ...]
 
 
 def self_test(device: str = "/dev/kvm", *, ioctl: IoctlFn = _default_ioctl,
-              signature: Tuple[int, int, int] = (0x756D6571, 0x6D76652D, 0x21217363)) -> SelfTest:
+              signature: tuple[int, int, int] = (0x756D6571, 0x6D76652D, 0x21217363)) -> SelfTest:
     """Run a guest that reads CPUID leaf 0 (set to ``signature``, "qemu-evmcs!!") and IA32_APIC_BASE.
 
     :raise ProbeError: this KVM cannot run a guest (one line saying which ioctl or exit failed).
@@ -73,7 +73,7 @@ def self_test(device: str = "/dev/kvm", *, ioctl: IoctlFn = _default_ioctl,
         cpuid0 = g.guest_cpuid(0)
         guest = g.guest_rdmsr(0x1B)
         host = g.host_msrs([0x1B]).get(0x1B)
-        vector: Optional[int] = None
+        vector: int | None = None
         try:
             g.guest_rdmsr(0x480)
         except GuestFault as fault:
@@ -83,7 +83,7 @@ def self_test(device: str = "/dev/kvm", *, ioctl: IoctlFn = _default_ioctl,
 
 
 def probe_guest_view(device: str = "/dev/kvm", *, pv_perf_global_ctrl: bool = False,
-                     ioctl: IoctlFn = _default_ioctl, reg: Optional[Registry] = None) -> GuestView:
+                     ioctl: IoctlFn = _default_ioctl, reg: Registry | None = None) -> GuestView:
     """Run the eVMCS guest once and read 0x480-0x491 as it.
 
     :raise ProbeError: no eVMCS on this KVM, or the guest cannot run.
@@ -116,11 +116,11 @@ def probe_guest_view(device: str = "/dev/kvm", *, pv_perf_global_ctrl: bool = Fa
         return view
 
 
-def compare(probed: GuestView, simulated: Mapping[str, int], reg: Optional[Registry] = None) -> List[Difference]:
+def compare(probed: GuestView, simulated: Mapping[str, int], reg: Registry | None = None) -> list[Difference]:
     """The MSRs whose probed and simulated guest values differ, with the differing bits named."""
     reg = reg or registry()
     named = {(f.word, f.bit): f.name for f in reg.features.values()}
-    out: List[Difference] = []
+    out: list[Difference] = []
     for index in GUEST_MSR_RANGE:
         msr = reg.msr(index)
         p, s = probed.msrs.get(msr.name), simulated.get(msr.name)
@@ -134,9 +134,9 @@ def compare(probed: GuestView, simulated: Mapping[str, int], reg: Optional[Regis
     return out
 
 
-def _bit_names(bits: int, word: Optional[str], shift: int, named: Mapping[Tuple[str, int], str]) -> Tuple[str, ...]:
+def _bit_names(bits: int, word: str | None, shift: int, named: Mapping[tuple[str, int], str]) -> tuple[str, ...]:
     """Feature names of set MSR bits (``"bit N"`` for unnamed ones)."""
-    out: List[str] = []
+    out: list[str] = []
     for b in range(64):
         if bits >> b & 1:
             label = named.get((word, b - shift)) if word and b >= shift else None
@@ -144,9 +144,9 @@ def _bit_names(bits: int, word: Optional[str], shift: int, named: Mapping[Tuple[
     return tuple(out)
 
 
-def report_lines(views: List[Tuple[GuestView, List[Difference]]], era: str, kernel: str) -> List[str]:
+def report_lines(views: list[tuple[GuestView, list[Difference]]], era: str, kernel: str) -> list[str]:
     """Human report: one block per probed setting."""
-    lines: List[str] = []
+    lines: list[str] = []
     for view, diffs in views:
         head = (f"guest view, 0x4000000A.EBX bit 0 {'set' if view.pv_perf_global_ctrl else 'clear'} "
                 f"(eVMCS version {view.evmcs_version:#06x}), kernel {kernel}, simulated era {era}: ")

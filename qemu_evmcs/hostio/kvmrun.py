@@ -29,7 +29,7 @@ import os
 import struct
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Dict, List, Optional, Sequence, Tuple, Type
+from collections.abc import Sequence
 
 from qemu_evmcs.core.errors import ProbeError
 from qemu_evmcs.hostio.probe import (CPUID2_HEADER, CPUID_ENTRY2, KVM_CHECK_EXTENSION, KVM_GET_MSRS,
@@ -135,8 +135,8 @@ class KvmGuest:
     def __init__(self, device: str = "/dev/kvm", *, ioctl: IoctlFn = _default_ioctl) -> None:
         self.ioctl = ioctl
         self.device = device
-        self._fds: List[int] = []
-        self._maps: List[mmap.mmap] = []
+        self._fds: list[int] = []
+        self._maps: list[mmap.mmap] = []
         try:
             self.kvm = self._open(device)
             self.vm = self._call(self.kvm, KVM_CREATE_VM, 0, "KVM_CREATE_VM")
@@ -186,11 +186,11 @@ class KvmGuest:
             os.close(fd)
         self._fds.clear()
 
-    def __enter__(self) -> "KvmGuest":
+    def __enter__(self) -> KvmGuest:
         return self
 
-    def __exit__(self, et: Optional[Type[BaseException]], ev: Optional[BaseException],
-                 tb: Optional[TracebackType]) -> None:
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.close()
 
     def _load_programs(self) -> None:
@@ -214,13 +214,13 @@ class KvmGuest:
         """KVM_CHECK_EXTENSION on the system fd."""
         return self._call(self.kvm, KVM_CHECK_EXTENSION, cap, "KVM_CHECK_EXTENSION")
 
-    def supported_cpuid(self) -> List[CpuidEntry]:
+    def supported_cpuid(self) -> list[CpuidEntry]:
         """KVM_GET_SUPPORTED_CPUID (system fd)."""
         buf = pack_cpuid2(256)
         self._call(self.kvm, KVM_GET_SUPPORTED_CPUID, buf, "KVM_GET_SUPPORTED_CPUID")
         return unpack_cpuid2(buf)
 
-    def vcpu_hv_cpuid(self) -> List[CpuidEntry]:
+    def vcpu_hv_cpuid(self) -> list[CpuidEntry]:
         """KVM_GET_SUPPORTED_HV_CPUID on the vCPU fd (carries the eVMCS version once enabled on it)."""
         buf = pack_cpuid2(32)
         self._call(self.vcpu, KVM_GET_SUPPORTED_HV_CPUID, buf, "KVM_GET_SUPPORTED_HV_CPUID")
@@ -241,14 +241,14 @@ class KvmGuest:
         self._call(self.vcpu, KVM_ENABLE_CAP, arg, "KVM_ENABLE_CAP(KVM_CAP_HYPERV_ENLIGHTENED_VMCS)")
         return int(version.value)
 
-    def host_msrs(self, indices: Sequence[int]) -> Dict[int, int]:
+    def host_msrs(self, indices: Sequence[int]) -> dict[int, int]:
         """KVM_GET_MSRS on the vCPU fd (host-initiated: never eVMCS-filtered); MSRs KVM refuses are left out."""
         buf = pack_msrs(list(indices))
         n = self._call(self.vcpu, KVM_GET_MSRS, buf, "KVM_GET_MSRS")
         return dict(unpack_msrs(buf, n))
 
     # ---------------------------------------------------------------- running guest code
-    def run(self, rip: int, regs: Dict[str, int], *, max_exits: int = 64) -> List[PortWrite]:
+    def run(self, rip: int, regs: dict[str, int], *, max_exits: int = 64) -> list[PortWrite]:
         """Run from ``rip`` (real mode, CS base 0) with ``regs`` until HLT; the port writes in order.
 
         :raise GuestFault: the program's #GP/#UD handler ran.
@@ -260,7 +260,7 @@ class KvmGuest:
         values[REG_NAMES.index("rip")] = rip
         values[REG_NAMES.index("rflags")] = 0x2
         self._call(self.vcpu, KVM_SET_REGS, bytearray(REGS.pack(*values)), "KVM_SET_REGS")
-        out: List[PortWrite] = []
+        out: list[PortWrite] = []
         for _ in range(max_exits):
             self._call(self.vcpu, KVM_RUN, 0, "KVM_RUN")
             _req, _imm, reason = RUN_HEADER.unpack_from(self.run_map, 0)
@@ -286,7 +286,7 @@ class KvmGuest:
             raise ProbeError(f"the RDMSR program wrote {len(w)} values, expected 2")
         return w[0].value | (w[1].value << 32)
 
-    def guest_cpuid(self, leaf: int, subleaf: int = 0) -> Tuple[int, int, int, int]:
+    def guest_cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
         """(eax, ebx, ecx, edx) the guest reads with CPUID(``leaf``, ``subleaf``)."""
         w = self.run(CPUID_AT, {"rax": leaf, "rcx": subleaf})
         if len(w) != 4:

@@ -29,7 +29,7 @@ behave as shipped.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple
+from collections.abc import Mapping
 
 from qemu_evmcs.core.hyperv import (  # the TLFS constants, re-exported for this module's users
     HV_CPUID_ENLIGHTMENT_INFO as HV_CPUID_ENLIGHTMENT_INFO,
@@ -70,7 +70,7 @@ _RESTORE_CONTROL = ("IA32_VMX_TRUE_PINBASED_CTLS", "IA32_VMX_TRUE_PROCBASED_CTLS
 _NO_RESTORE = ("IA32_VMX_PINBASED_CTLS", "IA32_VMX_PROCBASED_CTLS", "IA32_VMX_EXIT_CTLS",
                "IA32_VMX_ENTRY_CTLS", "IA32_VMX_CR0_FIXED1", "IA32_VMX_CR4_FIXED1")
 #: KVM emulates 0x480..0x491 for L1; 0x492 (PROCBASED_CTLS3) is outside that range.
-NOT_EMULATED_MSRS: Tuple[str, ...] = ("IA32_VMX_PROCBASED_CTLS3",)
+NOT_EMULATED_MSRS: tuple[str, ...] = ("IA32_VMX_PROCBASED_CTLS3",)
 _NOT_EMULATED = NOT_EMULATED_MSRS
 
 
@@ -92,14 +92,14 @@ class HvCpuid:
 class SimVcpu:
     """One vCPU: its nested VMX MSRs and eVMCS state."""
 
-    kvm: "SimKvm"
-    msrs: Dict[str, int]
+    kvm: SimKvm
+    msrs: dict[str, int]
     evmcs_enabled: bool = False
     evmcs_revision: int = EVMCS_REVISION_LEGACY
     hv: HvCpuid = field(default_factory=HvCpuid)
     vmxon: bool = False
     #: Log of (ioctl, argument, result) for reports and tests.
-    log: List[Tuple[str, str, str]] = field(default_factory=list)
+    log: list[tuple[str, str, str]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ eVMCS enable
     def enable_evmcs(self) -> int:
@@ -150,7 +150,7 @@ class SimVcpu:
         self.hv = HvCpuid(hv.hyperv_enabled, hv.nested_eax & MASK32, hv.nested_ebx & MASK32)
         self.log.append(("SET_CPUID2", f"hyperv={hv.hyperv_enabled} 0x4000000A.EBX={hv.nested_ebx:#x}", "0"))
 
-    def get_supported_hv_cpuid(self) -> Dict[int, Dict[str, int]]:
+    def get_supported_hv_cpuid(self) -> dict[int, dict[str, int]]:
         """KVM_GET_SUPPORTED_HV_CPUID on the vCPU fd: eVMCS version only once enabled on this vCPU.
 
         :raise KvmError: ENOTTY on kernels without the ioctl (KVM_CAP_HYPERV_CPUID absent: before
@@ -190,7 +190,7 @@ class SimVcpu:
         return self.kvm.guest_filter(name, value, perf_global_ctrl=self.hv.perf_global_ctrl,
                                      revision=self.evmcs_revision)
 
-    def guest_msrs(self) -> Dict[str, int]:
+    def guest_msrs(self) -> dict[str, int]:
         """Every MSR this vCPU has, as the L1 guest reads it."""
         return {n: self.get_msr(n, host_initiated=False) for n in self.msrs if n not in _NOT_EMULATED}
 
@@ -227,7 +227,7 @@ class SimVcpu:
                     self.msrs[twin.name] = value | reg.words[msr.word].always_on
         self.log.append(("SET_MSRS", f"{name}={value:#x}", "0"))
 
-    def set_msrs(self, entries: List[Tuple[str, int]]) -> int:
+    def set_msrs(self, entries: list[tuple[str, int]]) -> int:
         """KVM_SET_MSRS semantics: entries in order, stop at the first failure; returns how many were set."""
         for i, (name, value) in enumerate(entries):
             try:
@@ -248,7 +248,7 @@ class SimVcpu:
         return self.msrs[name]
 
     # ------------------------------------------------------------------ design (b)
-    def get_evmcs_vmx_msrs(self) -> Dict[str, int]:
+    def get_evmcs_vmx_msrs(self) -> dict[str, int]:
         """Design (b): KVM_GET_EVMCS_VMX_MSRS; the filtered MSRs for this vCPU's current settings.
 
         :raise KvmError: ENOTTY on kernels without the (counterfactual) ioctl.
@@ -261,7 +261,7 @@ class SimVcpu:
                 for n, v in self.msrs.items() if n not in _NOT_EMULATED}
 
 
-def _restore_violation(layout: str, name: str, supported: int, data: int) -> Optional[str]:
+def _restore_violation(layout: str, name: str, supported: int, data: int) -> str | None:
     """``None`` if KVM accepts ``data`` for ``name``, else the reason (vmx_restore_* helpers)."""
     if name in _RESTORE_CONTROL:
         lo_s, hi_s = supported & MASK32, supported >> 32
@@ -372,7 +372,7 @@ class SimKvm:
             return 1
         return 0
 
-    def feature_msrs(self) -> Dict[str, int]:
+    def feature_msrs(self) -> dict[str, int]:
         """KVM_GET_MSR_FEATURE_INDEX_LIST + KVM_GET_MSRS on the system fd: the unfiltered VMX MSRs.
 
         With kvm_intel.nested=0 KVM lists no VMX MSRs (QEMU then reads BASIC as 0).
@@ -381,7 +381,7 @@ class SimKvm:
             return {}
         return dict(self.profile.msrs)
 
-    def get_supported_hv_cpuid(self) -> Dict[int, Dict[str, int]]:
+    def get_supported_hv_cpuid(self) -> dict[int, dict[str, int]]:
         """KVM_GET_SUPPORTED_HV_CPUID on the system fd (vcpu = NULL): 0x0101 whenever nested VMX is available.
 
         :raise KvmError: EINVAL (ENOTTY) without KVM_CAP_SYS_HYPERV_CPUID.
@@ -392,14 +392,14 @@ class SimKvm:
                            host=self.profile.name, layer="kvm")
         return self._hv_cpuid(self.evmcs_version())
 
-    def hv_cpuid(self) -> Dict[int, Dict[str, int]]:
+    def hv_cpuid(self) -> dict[int, dict[str, int]]:
         """What kvm_get_hv_cpuid() reports for this kernel, whichever ioctl userspace must use to ask
         (system fd from 5.11, vCPU fd before): the eVMCS-relevant Hyper-V CPUID registers."""
         return self._hv_cpuid(self.evmcs_version())
 
-    def _hv_cpuid(self, evmcs_ver: int) -> Dict[int, Dict[str, int]]:
+    def _hv_cpuid(self, evmcs_ver: int) -> dict[int, dict[str, int]]:
         """The eVMCS-relevant registers of kvm_get_hv_cpuid() for a given evmcs_ver."""
-        leaves: Dict[int, Dict[str, int]] = {HV_CPUID_ENLIGHTMENT_INFO: {"eax": 0, "ebx": 0, "ecx": 0, "edx": 0}}
+        leaves: dict[int, dict[str, int]] = {HV_CPUID_ENLIGHTMENT_INFO: {"eax": 0, "ebx": 0, "ecx": 0, "edx": 0}}
         if evmcs_ver:
             leaves[HV_CPUID_ENLIGHTMENT_INFO]["eax"] |= HV_ENLIGHTENED_VMCS_RECOMMENDED
             eax = evmcs_ver

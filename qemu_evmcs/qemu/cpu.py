@@ -58,8 +58,9 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-from typing import (AbstractSet, Callable, Dict, FrozenSet, List, Mapping, Optional, Protocol,
-                    Sequence, Set, Tuple, runtime_checkable)
+from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from typing import Protocol, runtime_checkable
 
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.qemu.options import BOOL_TRUE, qapi_bool
@@ -84,7 +85,7 @@ from qemu_evmcs.core.errors import InputError
 # --------------------------------------------------------------------------- constants (QEMU / TLFS)
 
 #: QEMU's VMX feature words in ``FeatureWord`` enum order (the order of filter warnings).
-VMX_WORDS: Tuple[str, ...] = ("procbased", "secondary", "pinbased", "exit", "entry", "misc", "ept_vpid", "basic",
+VMX_WORDS: tuple[str, ...] = ("procbased", "secondary", "pinbased", "exit", "entry", "misc", "ept_vpid", "basic",
                               "vmfunc")
 #: Words written through ``make_vmx_msr_value`` (control words with default1 bits).
 CTL_WORDS = tuple(word for _, word in CTL_WRITES)
@@ -130,10 +131,10 @@ BUILTIN_MODELS = ("host", "max", "base", "qemu64")
 # --------------------------------------------------------------------------- registry helpers
 
 @functools.lru_cache(maxsize=1)
-def _qemu_props() -> Dict[str, Tuple[str, int]]:
+def _qemu_props() -> dict[str, tuple[str, int]]:
     """QEMU vmx-* property name -> (word, mask); a misspelt name controls two bits (ORed)."""
     reg = registry()
-    out: Dict[str, Tuple[str, int]] = {}
+    out: dict[str, tuple[str, int]] = {}
     for feat in reg.features.values():
         if feat.qemu is None or feat.word not in VMX_WORDS:
             continue
@@ -142,13 +143,13 @@ def _qemu_props() -> Dict[str, Tuple[str, int]]:
     return out
 
 
-def vmx_prop_names() -> List[str]:
+def vmx_prop_names() -> list[str]:
     """Every QEMU ``vmx-*`` property, in word order then bit order."""
     props = _qemu_props()
     return sorted(props, key=lambda n: (VMX_WORDS.index(props[n][0]), props[n][1].bit_length()))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def named_mask(word: str) -> int:
     """Bits of ``word`` that have a QEMU name (the ``migratable`` mask)."""
     mask = 0
@@ -158,13 +159,13 @@ def named_mask(word: str) -> int:
     return mask
 
 
-def _bit_names(word: str, mask: int, reg: Registry) -> List[Tuple[int, Optional[str]]]:
+def _bit_names(word: str, mask: int, reg: Registry) -> list[tuple[int, str | None]]:
     """(bit, QEMU name or None) for each set bit of ``mask`` in ``word``."""
     by_bit = {f.bit: f.qemu for f in reg.features.values() if f.word == word}
     return [(b, by_bit.get(b)) for b in range(64) if mask >> b & 1]
 
 
-def word_msr_index(word: str, reg: Optional[Registry] = None) -> int:
+def word_msr_index(word: str, reg: Registry | None = None) -> int:
     """Index of the MSR QEMU reads for a VMX feature word (``.msr.index`` of feature_word_info)."""
     reg = reg or registry()
     msr = reg.words[word].qemu_msr
@@ -183,15 +184,15 @@ def feature_word_description(word: str) -> str:
 class ModelProvider(Protocol):
     """Supplies named CPU models (QEMU model snapshots)."""
 
-    def features(self, name: str) -> Optional[AbstractSet[str]]:
+    def features(self, name: str) -> AbstractSet[str] | None:
         """QEMU feature names of model ``name`` (``vmx-*`` and modelled CPUID flags), ``None`` if unknown."""
 
     def names(self) -> Sequence[str]:
         """Every model name this provider knows."""
 
 
-_providers: List[ModelProvider] = []
-_env_loaded: List[str] = []
+_providers: list[ModelProvider] = []
+_env_loaded: list[str] = []
 ENV_MODEL_PROVIDER = "QEMU_EVMCS_SIM_MODEL_PROVIDER"
 
 
@@ -233,16 +234,16 @@ class SnapshotModelProvider:
     requests no VMX feature, as in QEMU. Consulted after every registered provider.
     """
 
-    def __init__(self, version: Optional[str] = None) -> None:
+    def __init__(self, version: str | None = None) -> None:
         self.version = version
 
-    def _snapshot(self) -> "QemuSnapshot":
+    def _snapshot(self) -> QemuSnapshot:
         try:
             return load_snapshot(self.version or DEFAULT_QEMU_VERSION)
         except InputError as err:
             raise QemuError(f"CPU model snapshot: {err}") from None
 
-    def features(self, name: str) -> Optional[AbstractSet[str]]:
+    def features(self, name: str) -> AbstractSet[str] | None:
         """The model's ``vmx-*`` properties and modelled CPUID flags, ``None`` if the snapshot lacks it."""
         snap = self._snapshot()
         if not snap.has(name):
@@ -254,13 +255,13 @@ class SnapshotModelProvider:
         """Every model name of the snapshot (sorted)."""
         return self._snapshot().names()
 
-    def info(self, name: str) -> Optional[Mapping[str, object]]:
+    def info(self, name: str) -> Mapping[str, object] | None:
         """``query-cpu-definitions`` details of a model: alias-of, deprecated, migration-safe, static."""
         snap = self._snapshot()
         if not snap.has(name):
             return None
         m = snap.get(name)
-        out: Dict[str, object] = {"deprecated": m.deprecated, "static": m.static,
+        out: dict[str, object] = {"deprecated": m.deprecated, "static": m.static,
                                   "migration-safe": True if m.migration_safe is None else m.migration_safe}
         if m.alias_of:
             out["alias-of"] = m.alias_of
@@ -271,12 +272,12 @@ class SnapshotModelProvider:
 DEFAULT_PROVIDER = SnapshotModelProvider()
 
 
-def _all_providers() -> List[ModelProvider]:
+def _all_providers() -> list[ModelProvider]:
     _load_env_provider()
     return [*_providers, DEFAULT_PROVIDER]
 
 
-def model_info(name: str) -> Optional[Mapping[str, object]]:
+def model_info(name: str) -> Mapping[str, object] | None:
     """Details of a named model from the first provider that has an ``info(name)`` answer."""
     for provider in _all_providers():
         info = getattr(provider, "info", None)
@@ -287,7 +288,7 @@ def model_info(name: str) -> Optional[Mapping[str, object]]:
     return None
 
 
-def load_model_features(name: str) -> FrozenSet[str]:
+def load_model_features(name: str) -> frozenset[str]:
     """Feature names of a named (non built-in) CPU model, through the registered providers.
 
     :raise QemuError: ``unable to find CPU model 'X'`` when no provider knows it, or a provider returned
@@ -304,7 +305,7 @@ def load_model_features(name: str) -> FrozenSet[str]:
     raise QemuError(f"unable to find CPU model '{name}'")
 
 
-def list_models() -> List[str]:
+def list_models() -> list[str]:
     """Built-in models plus every provider's models."""
     out = list(BUILTIN_MODELS)
     for provider in _all_providers():
@@ -327,14 +328,14 @@ class KvmLog:
     """The simulated ioctl log: system-level calls and each vCPU's calls, in order."""
 
     def __init__(self) -> None:
-        self.entries: List[Dict[str, object]] = []
-        self._drained: Dict[int, int] = {}
+        self.entries: list[dict[str, object]] = []
+        self._drained: dict[int, int] = {}
 
-    def add(self, vcpu: Optional[int], ioctl: str, arg: str, result: str) -> None:
+    def add(self, vcpu: int | None, ioctl: str, arg: str, result: str) -> None:
         """Record one system-level (``vcpu=None``) or simulator-side call."""
         self.entries.append({"seq": len(self.entries), "vcpu": vcpu, "ioctl": ioctl, "arg": arg, "result": result})
 
-    def drain(self, index: int, log: Sequence[Tuple[str, str, str]]) -> None:
+    def drain(self, index: int, log: Sequence[tuple[str, str, str]]) -> None:
         """Append the new entries of a :class:`~qemu_evmcs.kvm.simkvm.SimVcpu` log."""
         start = self._drained.get(index, 0)
         for ioctl, arg, result in log[start:]:
@@ -371,9 +372,9 @@ class KvmAccel(Accel):
     def __init__(self, kvm: SimKvm, log: KvmLog) -> None:
         self.kvm = kvm
         self.log = log
-        self._msrs: Optional[Dict[str, int]] = None
-        self._sys_hv: Optional[Dict[int, Dict[str, int]]] = None
-        self._caps: Dict[int, int] = {}
+        self._msrs: dict[str, int] | None = None
+        self._sys_hv: dict[int, dict[str, int]] | None = None
+        self._caps: dict[int, int] = {}
 
     @property
     def profile(self) -> HostProfile:
@@ -387,7 +388,7 @@ class KvmAccel(Accel):
             self.log.add(None, "CHECK_EXTENSION", label, str(self._caps[cap]))
         return self._caps[cap]
 
-    def feature_msrs(self) -> Dict[str, int]:
+    def feature_msrs(self) -> dict[str, int]:
         """KVM_GET_MSR_FEATURE_INDEX_LIST + KVM_GET_MSRS on the system fd (``kvm_feature_msrs``)."""
         if self._msrs is None:
             self._msrs = self.kvm.feature_msrs()
@@ -422,7 +423,7 @@ class KvmAccel(Accel):
         k = self.kvm
         return p_kvm_hyperv(k)
 
-    def sys_hv_cpuid(self) -> Optional[Dict[int, Dict[str, int]]]:
+    def sys_hv_cpuid(self) -> dict[int, dict[str, int]] | None:
         """KVM_GET_SUPPORTED_HV_CPUID on the system fd when KVM_CAP_SYS_HYPERV_CPUID exists, else ``None``."""
         if not self.check_extension(KVM_CAP_SYS_HYPERV_CPUID, "KVM_CAP_SYS_HYPERV_CPUID"):
             return None
@@ -483,35 +484,35 @@ class X86Cpu:
         self.model = model
         self.accel = accel
         self.typename = f"{model}-x86_64-cpu"
-        self.features: Dict[str, int] = {w: 0 for w in VMX_WORDS}
-        self.user_features: Dict[str, int] = {w: 0 for w in VMX_WORDS}
-        self.filtered: Dict[str, int] = {w: 0 for w in VMX_WORDS}
+        self.features: dict[str, int] = {w: 0 for w in VMX_WORDS}
+        self.user_features: dict[str, int] = {w: 0 for w in VMX_WORDS}
+        self.filtered: dict[str, int] = {w: 0 for w in VMX_WORDS}
         #: Bits dropped by feature_dependencies[] (requested or not) and by the host filter.
-        self.dep_dropped: Dict[str, int] = {w: 0 for w in VMX_WORDS}
-        self.host_filtered: Dict[str, int] = {w: 0 for w in VMX_WORDS}
+        self.dep_dropped: dict[str, int] = {w: 0 for w in VMX_WORDS}
+        self.host_filtered: dict[str, int] = {w: 0 for w in VMX_WORDS}
         #: QEMU vmx-* names requested by the model (when ``vmx`` is on) or explicitly by the user.
-        self.requested_vmx: List[str] = []
-        self.cpuid: Dict[str, bool] = {f.name: False for f in CPUID_FLAGS}
-        self.cpuid_user: Set[str] = set()
-        self.cpuid_filtered: List[str] = []
-        self.hv: Set[str] = set()
+        self.requested_vmx: list[str] = []
+        self.cpuid: dict[str, bool] = {f.name: False for f in CPUID_FLAGS}
+        self.cpuid_user: set[str] = set()
+        self.cpuid_filtered: list[str] = []
+        self.hv: set[str] = set()
         self.hv_passthrough = False
         self.hv_spinlocks = HYPERV_SPINLOCK_NEVER_NOTIFY
         #: ``x-hv-evmcs-revision=N`` (simulation of design (a), never in QEMU): ``None`` = not given.
-        self.evmcs_revision: Optional[int] = None
+        self.evmcs_revision: int | None = None
         self.check = True
         self.enforce = False
         self.migratable = True
         self.force_features = False
-        self.other: Dict[str, str] = {}
+        self.other: dict[str, str] = {}
         self.max_features = model in ("host", "max")
         #: QEMU names the named model itself sets (empty for host/max/base/qemu64).
-        self.model_features: FrozenSet[str] = frozenset()
+        self.model_features: frozenset[str] = frozenset()
         self.expanded = False
 
     # ------------------------------------------------------------------ creation
     @classmethod
-    def create(cls, spec: CpuSpec, accel: Accel) -> "X86Cpu":
+    def create(cls, spec: CpuSpec, accel: Accel) -> X86Cpu:
         """Instance + model defaults + ``-cpu`` properties (``+feat``/``-feat`` last).
 
         :raise QemuError: unknown model, unknown property or a bad value, with QEMU's text.
@@ -606,13 +607,13 @@ class X86Cpu:
         return self.accel.hyperv_cap() and bool(
             self.hv or self.hv_passthrough or self.hv_spinlocks != HYPERV_SPINLOCK_NEVER_NOTIFY)
 
-    def expand(self) -> List[str]:
+    def expand(self) -> list[str]:
         """``x86_cpu_expand_features``: max features, dependencies, Hyper-V (system ioctl) checks.
 
         :return: warning lines (dependency warnings, printed regardless of ``check``).
         :raise QemuError: a Hyper-V enlightenment is unsupported or lacks a dependency.
         """
-        warnings: List[str] = []
+        warnings: list[str] = []
         if self.max_features:
             for w in VMX_WORDS:
                 self.features[w] |= self.accel.supported_word(w, self.migratable) & ~self.user_features[w]
@@ -627,10 +628,10 @@ class X86Cpu:
         self.expanded = True
         return warnings
 
-    def _dependencies(self) -> List[Tuple[Tuple[str, str], Tuple[str, int]]]:
+    def _dependencies(self) -> list[tuple[tuple[str, str], tuple[str, int]]]:
         """``feature_dependencies[]`` (VMX part), in QEMU's order: ((kind, name), (word, mask))."""
         props = _qemu_props()
-        deps: List[Tuple[Tuple[str, str], Tuple[str, int]]] = []
+        deps: list[tuple[tuple[str, str], tuple[str, int]]] = []
         for w in ("procbased", "pinbased", "exit", "entry", "misc", "basic"):
             deps.append((("cpuid", "vmx"), (w, ~0)))
         deps.append((("cpuid", "lm"), props["vmx-entry-ia32e-mode"]))
@@ -653,8 +654,8 @@ class X86Cpu:
         word, mask = _qemu_props()[name]
         return bool(self.features[word] & mask)
 
-    def _apply_dependencies(self) -> List[str]:
-        warnings: List[str] = []
+    def _apply_dependencies(self) -> list[str]:
+        warnings: list[str] = []
         for (kind, name), (word, mask) in self._dependencies():
             if self._has(kind, name):
                 continue
@@ -666,7 +667,7 @@ class X86Cpu:
             self.dep_dropped[word] |= unavailable
         return warnings
 
-    def _mark_unavailable(self, word: str, mask: int, prefix: Optional[str]) -> List[str]:
+    def _mark_unavailable(self, word: str, mask: int, prefix: str | None) -> list[str]:
         """``mark_unavailable_features``: drop, record as filtered, warn per bit if ``prefix``."""
         if not mask:
             return []
@@ -713,7 +714,7 @@ class X86Cpu:
             raise QemuError(f"Hyper-V {HV_BY_PROP['hv-synic'].desc} requires Hyper-V {HV_BY_PROP['hv-vpindex'].desc}")
 
     # ------------------------------------------------------------------ filtering
-    def filter(self) -> List[str]:
+    def filter(self) -> list[str]:
         """``x86_cpu_filter_features``; then the ``enforce`` check of realize.
 
         :return: warning lines (only when ``check`` or ``enforce``); see :meth:`enforce_error`.
@@ -721,7 +722,7 @@ class X86Cpu:
         verbose = self.check or self.enforce
         who = "host" if self.accel.uses_host_cpuid else "TCG"
         prefix = f"{who} doesn't support requested feature" if verbose else None
-        warnings: List[str] = []
+        warnings: list[str] = []
         for flag in CPUID_FLAGS:
             if self.cpuid[flag.name] and not self.accel.cpuid_supported(flag.name):
                 if not self.force_features:
@@ -735,7 +736,7 @@ class X86Cpu:
             warnings += self._mark_unavailable(w, unavailable, prefix)
         return warnings
 
-    def enforce_error(self) -> Optional[QemuError]:
+    def enforce_error(self) -> QemuError | None:
         """The realize-time ``enforce`` failure, if any (checked after :meth:`filter` printed its warnings)."""
         if self.enforce and self.has_filtered():
             who = "Host" if self.accel.uses_host_cpuid else "TCG"
@@ -746,9 +747,9 @@ class X86Cpu:
         """``x86_cpu_have_filtered_features``."""
         return bool(self.cpuid_filtered) or any(self.filtered.values())
 
-    def unavailable_features(self) -> List[str]:
+    def unavailable_features(self) -> list[str]:
         """QOM ``unavailable-features``: names of filtered features (deduplicated, QEMU order)."""
-        out: List[str] = list(self.cpuid_filtered)
+        out: list[str] = list(self.cpuid_filtered)
         reg = registry()
         for w in VMX_WORDS:
             for _, name in _bit_names(w, self.filtered[w], reg):
@@ -761,7 +762,7 @@ class X86Cpu:
         """``cpu_has_vmx``: CPUID.01H:ECX.VMX is set."""
         return self.cpuid["vmx"]
 
-    def prop_bool(self, name: str) -> Optional[bool]:
+    def prop_bool(self, name: str) -> bool | None:
         """A boolean feature property (``vmx-*``, CPUID flags, ``hv-*``), ``None`` if not one."""
         props = _qemu_props()
         name = HV_ALIASES.get(name, name)
@@ -782,14 +783,14 @@ class X86Cpu:
             return self.migratable
         return None
 
-    def static_props(self) -> Dict[str, object]:
+    def static_props(self) -> dict[str, object]:
         """Feature booleans of a ``static`` expansion: every modelled CPUID flag and every ``vmx-*`` name."""
-        out: Dict[str, object] = {f.name: self.cpuid[f.name] for f in CPUID_FLAGS}
+        out: dict[str, object] = {f.name: self.cpuid[f.name] for f in CPUID_FLAGS}
         for name in vmx_prop_names():
             out[name] = bool(self.prop_bool(name))
         return out
 
-    def full_props(self) -> Dict[str, object]:
+    def full_props(self) -> dict[str, object]:
         """``full`` expansion: the static set plus hv-* and the other properties."""
         out = self.static_props()
         for feat in HV_FEATURES:
@@ -805,14 +806,14 @@ class X86Cpu:
             out[k] = v
         return out
 
-    def vmx_features(self) -> List[str]:
+    def vmx_features(self) -> list[str]:
         """QEMU names of every ``vmx-*`` property currently on."""
         return [n for n in vmx_prop_names() if self.prop_bool(n)]
 
     # ------------------------------------------------------------------ what QEMU hands to KVM
-    def hv_leaves(self) -> Dict[int, Dict[str, int]]:
+    def hv_leaves(self) -> dict[int, dict[str, int]]:
         """``hyperv_fill_cpuids``: the guest's Hyper-V CPUID leaves (only the modelled registers)."""
-        regs: Dict[int, Dict[str, int]] = {
+        regs: dict[int, dict[str, int]] = {
             leaf: {"eax": 0, "ebx": 0, "ecx": 0, "edx": 0}
             for leaf in (HV_CPUID_VENDOR_AND_MAX_FUNCTIONS, HV_CPUID_FEATURES, HV_CPUID_ENLIGHTMENT_INFO,
                          HV_CPUID_NESTED_FEATURES)}
@@ -836,7 +837,7 @@ class X86Cpu:
             regs[HV_CPUID_VENDOR_AND_MAX_FUNCTIONS]["eax"] = HV_CPUID_IMPLEMENT_LIMITS
         return regs
 
-    def vmx_msr_entries(self, host_msrs: Mapping[str, int]) -> List[Tuple[str, int]]:
+    def vmx_msr_entries(self, host_msrs: Mapping[str, int]) -> list[tuple[str, int]]:
         """``kvm_msr_entry_add_vmx``: the VMX MSRs QEMU writes, in QEMU's order.
 
         :param host_msrs: KVM's feature MSRs (system fd); empty means nested is off and nothing is written.
@@ -851,9 +852,9 @@ class X86Cpu:
                 if msr in host_msrs]
 
 
-def feature_names(word_masks: Mapping[str, int]) -> List[str]:
+def feature_names(word_masks: Mapping[str, int]) -> list[str]:
     """QEMU names of the named bits in ``{word: mask}`` (deduplicated, word order)."""
-    out: List[str] = []
+    out: list[str] = []
     for name in vmx_prop_names():
         word, mask = _qemu_props()[name]
         if word_masks.get(word, 0) & mask == mask and name not in out:
@@ -862,7 +863,7 @@ def feature_names(word_masks: Mapping[str, int]) -> List[str]:
 
 
 #: For tests and docs: the callable type of a functional provider.
-ModelFunction = Callable[[str], Optional[AbstractSet[str]]]
+ModelFunction = Callable[[str], AbstractSet[str] | None]
 
 
 class FunctionProvider:
@@ -872,7 +873,7 @@ class FunctionProvider:
         self._fn = fn
         self._names = list(names)
 
-    def features(self, name: str) -> Optional[AbstractSet[str]]:
+    def features(self, name: str) -> AbstractSet[str] | None:
         """Delegate to the function."""
         return self._fn(name)
 

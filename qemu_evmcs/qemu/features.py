@@ -12,7 +12,7 @@ the Hyper-V bits are TLFS CPUID bits, not VMX bits.)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from collections.abc import Callable, Mapping
 
 from qemu_evmcs.core.hyperv import HV_CPUID_FEATURES as HV_CPUID_FEATURES  # re-exported
 from qemu_evmcs.core.hyperv import HV_CPUID_NESTED_FEATURES
@@ -26,16 +26,16 @@ class CpuidFlag:
     name: str
     desc: str           # QEMU's feature_word_description(): ``CPUID.01H:ECX``
     bit: int
-    gates: Tuple[str, ...]  # QEMU vmx-* names this flag gates (feature_dependencies[])
+    gates: tuple[str, ...]  # QEMU vmx-* names this flag gates (feature_dependencies[])
 
 
 _DATA = load_data("qemu_features.yaml")
 
 #: In QEMU FeatureWord order (``data/qemu_features.yaml`` ``cpuid_flags``).
-CPUID_FLAGS: Tuple[CpuidFlag, ...] = tuple(
+CPUID_FLAGS: tuple[CpuidFlag, ...] = tuple(
     CpuidFlag(str(x["name"]), str(x["desc"]), int(x["bit"]), tuple(str(g) for g in x["gates"]))
     for x in _DATA["cpuid_flags"])
-CPUID_BY_NAME: Dict[str, CpuidFlag] = {f.name: f for f in CPUID_FLAGS}
+CPUID_BY_NAME: dict[str, CpuidFlag] = {f.name: f for f in CPUID_FLAGS}
 
 
 @dataclass(frozen=True)
@@ -44,22 +44,22 @@ class HvFeature:
 
     prop: str
     desc: str
-    cpuid: Tuple[Tuple[int, str, int], ...]   # (leaf, register, mask) the guest gets
-    deps: Tuple[str, ...] = ()
+    cpuid: tuple[tuple[int, str, int], ...]   # (leaf, register, mask) the guest gets
+    deps: tuple[str, ...] = ()
     kvm_checked: bool = False   # support read from the simulated KVM's HV CPUID (eVMCS-related bits)
-    since: Optional[str] = None  # KernelFacts attribute naming the first release that supports it
+    since: str | None = None  # KernelFacts attribute naming the first release that supports it
     skip_passthrough: bool = False
 
 
 #: ``kvm_hyperv_properties[]`` in enum order (``data/qemu_features.yaml`` ``hyperv``).
-HV_FEATURES: Tuple[HvFeature, ...] = tuple(
+HV_FEATURES: tuple[HvFeature, ...] = tuple(
     HvFeature(str(x["prop"]), str(x["desc"]), tuple((int(leaf), str(reg), int(mask)) for leaf, reg, mask in x["cpuid"]),
               deps=tuple(str(d) for d in x.get("deps", ())), kvm_checked=bool(x.get("kvm_checked", False)),
               since=x.get("since"), skip_passthrough=bool(x.get("skip_passthrough", False)))
     for x in _DATA["hyperv"])
-HV_BY_PROP: Dict[str, HvFeature] = {f.prop: f for f in HV_FEATURES}
+HV_BY_PROP: dict[str, HvFeature] = {f.prop: f for f in HV_FEATURES}
 #: ``hv-apicv`` is an alias of ``hv-avic`` (added in x86_cpu_initfn).
-HV_ALIASES: Dict[str, str] = {str(k): str(v) for k, v in _DATA["hv_aliases"].items()}
+HV_ALIASES: dict[str, str] = {str(k): str(v) for k, v in _DATA["hv_aliases"].items()}
 #: The project's plug-in option (documented in ``--help`` and the module docstrings).
 PLUGIN_PERF_GLOBAL_CTRL: str = str(_DATA["plugin_perf_global_ctrl"])
 
@@ -78,7 +78,7 @@ def hv_feature_supported(feat: HvFeature, leaves: Mapping[int, Mapping[str, int]
     return True
 
 
-def hv_requires() -> Dict[str, Tuple[str, ...]]:
+def hv_requires() -> dict[str, tuple[str, ...]]:
     """``hv-*`` flag -> the flags QEMU requires with it (a hard error without them).
 
     The ``dependencies`` of ``kvm_hyperv_properties[]``, plus QEMU's extra check that ``hv-synic`` needs

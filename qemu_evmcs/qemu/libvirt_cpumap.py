@@ -143,7 +143,7 @@ def vmx_names_known_from() -> tuple[int, ...]:
         return _version_key(str(yaml.safe_load(fh)["vmx_names_known_from"]))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_bundled(version: str) -> CpuMap:
     path = os.path.join(_bundled_dir(), f"cpu_map-{version}.yaml")
     with open(path, encoding="utf-8") as fh:
@@ -165,7 +165,7 @@ def with_registry_vmx(cmap: CpuMap, version: str) -> CpuMap:
                   cmap.features | frozenset(v for v in vmx if v), aliases)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_cpu_map(version: str | None = None) -> CpuMap:
     """The cpu_map to target: ``None`` = the installed libvirt's (``$QEMU_EVMCS_LIBVIRT_CPU_MAP`` first),
     else the newest bundled snapshot; ``X.Y`` = that release (see the module docstring).

@@ -29,7 +29,7 @@ rest with ``strtok(",")``, so empty items are skipped.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 from qemu_evmcs.qemu.cpuspec import CpuSpec, QemuError, parse_cpu
 from qemu_evmcs.qemu.options import qapi_bool
@@ -60,30 +60,30 @@ class SimConfig:
 
     accel: str = "tcg"
     machine: str = "pc"
-    machine_props: Dict[str, str] = field(default_factory=dict)
+    machine_props: dict[str, str] = field(default_factory=dict)
     cpu: CpuSpec = field(default_factory=lambda: CpuSpec(model="qemu64"))
     cpu_given: bool = False
     smp: int = 1
     start_paused: bool = False
-    qmp: List[QmpAddress] = field(default_factory=list)
-    display: Optional[str] = None
+    qmp: list[QmpAddress] = field(default_factory=list)
+    display: str | None = None
     nodefaults: bool = False
     nographic: bool = False
     no_user_config: bool = False
-    incoming: Optional[str] = None
-    name: Optional[str] = None
-    memory: Optional[str] = None
-    host: Optional[str] = None
+    incoming: str | None = None
+    name: str | None = None
+    memory: str | None = None
+    host: str | None = None
     variant: str = "shipped"
     show_help: bool = False
     show_version: bool = False
     cpu_help: bool = False
 
 
-def split_opts(text: str) -> List[str]:
+def split_opts(text: str) -> list[str]:
     """Split a QEMU option string on ``,`` honouring the ``,,`` escape."""
-    parts: List[str] = []
-    cur: List[str] = []
+    parts: list[str] = []
+    cur: list[str] = []
     i = 0
     while i < len(text):
         ch = text[i]
@@ -101,8 +101,8 @@ def split_opts(text: str) -> List[str]:
     return parts
 
 
-def _kv(parts: Sequence[str]) -> Dict[str, str]:
-    out: Dict[str, str] = {}
+def _kv(parts: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
     for p in parts:
         if not p:
             continue
@@ -165,12 +165,12 @@ def parse_qmp(arg: str) -> QmpAddress:
 
 def _parse_smp(arg: str, machine: str) -> int:
     parts = split_opts(arg)
-    kv: Dict[str, str] = {}
+    kv: dict[str, str] = {}
     if parts and parts[0] and "=" not in parts[0]:
         kv["cpus"] = parts[0]
         parts = parts[1:]
     kv.update(_kv(parts))
-    nums: Dict[str, int] = {}
+    nums: dict[str, int] = {}
     for key, val in kv.items():
         if key not in ("cpus", "sockets", "dies", "clusters", "cores", "threads", "maxcpus", "books", "drawers"):
             raise QemuError(f"-smp {arg}: Invalid parameter '{key}'")
@@ -209,7 +209,7 @@ def parse_args(argv: Sequence[str]) -> SimConfig:
     :raise QemuError: an unknown option, a missing argument or an invalid value, with QEMU's text.
     """
     cfg = SimConfig()
-    smp_arg: Optional[str] = None
+    smp_arg: str | None = None
     i = 0
     while i < len(argv):
         raw = argv[i]
@@ -217,7 +217,7 @@ def parse_args(argv: Sequence[str]) -> SimConfig:
         if not raw.startswith("-") or raw == "-":
             raise QemuError(f"{raw}: drive images are not supported by the simulator")
         name = raw[2:] if raw.startswith("--") else raw[1:]
-        inline: Optional[str] = None
+        inline: str | None = None
         if raw.startswith("--") and "=" in name and name.split("=", 1)[0] in ("host", "variant", "design"):
             name, inline = name.split("=", 1)
         opt = f"-{name}"
@@ -254,7 +254,7 @@ def parse_args(argv: Sequence[str]) -> SimConfig:
             cfg.accel = _accel_value(opt, parts[0])
         elif name in ("machine", "M"):
             parts = split_opts(val)
-            kv: Dict[str, str] = {}
+            kv: dict[str, str] = {}
             first = parts[0]
             if first and "=" not in first:
                 cfg.machine = first
@@ -304,7 +304,7 @@ def parse_args(argv: Sequence[str]) -> SimConfig:
     return cfg
 
 
-def strip_program(argv: Sequence[str]) -> List[str]:
+def strip_program(argv: Sequence[str]) -> list[str]:
     """Drop a leading program name (``qemu-system-x86_64``, a path to it) from a full command line."""
     args = list(argv)
     if args and not args[0].startswith("-") and "qemu" in args[0].rsplit("/", 1)[-1]:

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any
+from collections.abc import Mapping
 
 from qemu_evmcs.core.views import diff_views
 from qemu_evmcs.qemu.compose import DEFAULT_EVMCS_VERSION
@@ -44,7 +45,7 @@ MAX_STATE = 1 << 20
 LOAD_FAILED = f"{PROG}: load of migration failed: Invalid argument"
 
 
-def parse_uri(uri: str) -> Tuple[str, str, int]:
+def parse_uri(uri: str) -> tuple[str, str, int]:
     """``unix:PATH`` -> ("unix", PATH, 0); ``tcp:HOST:PORT`` -> ("tcp", HOST, PORT) (loopback only).
 
     :raise QemuError: another transport, a bad port, or a non-loopback host.
@@ -63,15 +64,15 @@ def parse_uri(uri: str) -> Tuple[str, str, int]:
     raise QemuError(f"unknown migration protocol: {uri}")
 
 
-def _hexmap(values: Mapping[str, int]) -> Dict[str, str]:
+def _hexmap(values: Mapping[str, int]) -> dict[str, str]:
     return {k: f"0x{v:016x}" for k, v in values.items()}
 
 
-def _intmap(values: Mapping[str, Any]) -> Dict[str, int]:
+def _intmap(values: Mapping[str, Any]) -> dict[str, int]:
     return {str(k): int(v, 16) if isinstance(v, str) else int(v) for k, v in values.items()}
 
 
-def guest_msrs(machine: Machine, index: int = 0) -> Dict[str, int]:
+def guest_msrs(machine: Machine, index: int = 0) -> dict[str, int]:
     """The VMX MSRs the L1 guest reads on vCPU ``index`` (``{}`` without VMX)."""
     for v in machine.vcpus:
         if v.index == index and v.kvm_vcpu is not None and v.cpu.has_vmx():
@@ -79,7 +80,7 @@ def guest_msrs(machine: Machine, index: int = 0) -> Dict[str, int]:
     return {}
 
 
-def vcpu_state(machine: Machine) -> Dict[str, object]:
+def vcpu_state(machine: Machine) -> dict[str, object]:
     """The state the source sends (see the module docstring)."""
     spec = machine.config.cpu
     v0 = machine.vcpus[0] if machine.vcpus else None
@@ -116,8 +117,8 @@ class IncomingResult:
     """What the destination did with an incoming state."""
 
     ok: bool
-    stderr: List[str]
-    result: Optional[StartupResult] = None
+    stderr: list[str]
+    result: StartupResult | None = None
 
     @property
     def error(self) -> str:
@@ -165,9 +166,9 @@ def apply_incoming(machine: Machine, state: Mapping[str, Any]) -> IncomingResult
 
 
 def verdict(status: str, error: str, source_msrs: Mapping[str, int], dest_msrs: Mapping[str, int],
-            destination: str = "") -> Dict[str, object]:
+            destination: str = "") -> dict[str, object]:
     """``x-evmcs-query-migration-verdict``: fine / blocked / unsafe, with the changed guest-visible bits."""
-    out: Dict[str, object] = {"status": status, "source-msrs": _hexmap(source_msrs),
+    out: dict[str, object] = {"status": status, "source-msrs": _hexmap(source_msrs),
                               "destination-msrs": _hexmap(dest_msrs), "lost": [], "gained": []}
     where = f" on {destination}" if destination else ""
     if status == "failed":
@@ -194,7 +195,7 @@ def encode(obj: Mapping[str, object]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
-def decode(line: bytes) -> Dict[str, Any]:
+def decode(line: bytes) -> dict[str, Any]:
     """One JSON line -> object.
 
     :raise ValueError: not a JSON object.

@@ -61,7 +61,8 @@ import socket
 import stat
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple, Union
+from typing import Any
+from collections.abc import Callable, Mapping
 
 from qemu_evmcs.core.errors import EXIT_NEGATIVE, EvmcsError
 from qemu_evmcs.qemu.cpuspec import PROG, CpuSpec, QemuError
@@ -135,9 +136,9 @@ class JsonSplitter:
         self.esc = False
         self.junk = bytearray()
 
-    def feed(self, data: bytes) -> List[Union[bytes, SplitError]]:
+    def feed(self, data: bytes) -> list[bytes | SplitError]:
         """Consume ``data``; return complete values (bytes) and errors in stream order."""
-        out: List[Union[bytes, SplitError]] = []
+        out: list[bytes | SplitError] = []
         for byte in data:
             ch = chr(byte)
             if self.depth == 0:
@@ -184,7 +185,7 @@ class JsonSplitter:
                     self.buf = bytearray()
         return out
 
-    def _flush_junk(self, out: List[Union[bytes, SplitError]]) -> None:
+    def _flush_junk(self, out: list[bytes | SplitError]) -> None:
         if self.junk:
             text = self.junk[:40].decode("utf-8", "replace")
             out.append(SplitError(f"JSON parse error, invalid token '{text}'"))
@@ -206,7 +207,7 @@ class Connection:
     negotiated: bool = False
     oob: bool = False
     closed: bool = False
-    peers: Set["Connection"] = field(default_factory=set)
+    peers: set[Connection] = field(default_factory=set)
     peak_backlog: int = 0
     _summed_at: int = 0
 
@@ -277,7 +278,7 @@ def trim_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _timestamp() -> Dict[str, int]:
+def _timestamp() -> dict[str, int]:
     now = time.time()
     sec = int(now)
     return {"seconds": sec, "microseconds": int((now - sec) * 1_000_000)}
@@ -291,14 +292,14 @@ def _hex64(v: int) -> str:
     return f"0x{v:016x}"
 
 
-Handler = Callable[[Connection, Dict[str, Any]], object]
+Handler = Callable[[Connection, dict[str, Any]], object]
 
 
 @dataclass
 class _Listener:
     addr: QmpAddress
     server: asyncio.base_events.Server
-    ident: Optional[Tuple[int, int]] = None  # (st_dev, st_ino) of the socket file we created
+    ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket file we created
 
 
 @dataclass
@@ -306,18 +307,18 @@ class QmpServer:
     """All monitors of one simulated QEMU, sharing one VM state."""
 
     machine: Machine
-    addresses: List[QmpAddress]
-    conns: Set[Connection] = field(default_factory=set)
-    listeners: List[_Listener] = field(default_factory=list)
+    addresses: list[QmpAddress]
+    conns: set[Connection] = field(default_factory=set)
+    listeners: list[_Listener] = field(default_factory=list)
     status: str = "running"
     autostart: bool = True
-    exit_code: Optional[int] = None
-    _done: Optional[asyncio.Event] = None
-    _tasks: Set["asyncio.Task[None]"] = field(default_factory=set)
+    exit_code: int | None = None
+    _done: asyncio.Event | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     #: Outgoing migration: status, error, guest-visible MSRs before/after (``migrate``).
-    migration: Optional[Dict[str, Any]] = None
-    _incoming: Optional[asyncio.base_events.Server] = None
-    _incoming_path: Optional[str] = None
+    migration: dict[str, Any] | None = None
+    _incoming: asyncio.base_events.Server | None = None
+    _incoming_path: str | None = None
     _incoming_busy: bool = False
     _big_backlogs: int = 0
 
@@ -328,7 +329,7 @@ class QmpServer:
             self.autostart = not cfg.start_paused
         elif cfg.start_paused:
             self.status = "prelaunch"
-        self.commands: Dict[str, Tuple[Handler, Dict[str, str], Set[str]]] = {
+        self.commands: dict[str, tuple[Handler, dict[str, str], set[str]]] = {
             # name: (handler, {arg: type}, required args)
             "qmp_capabilities": (self._qmp_capabilities, {"enable": "list"}, set()),
             "query-version": (self._query_version, {}, set()),
@@ -443,9 +444,9 @@ class QmpServer:
         self.listeners.clear()
 
     # ------------------------------------------------------------------ events
-    def broadcast(self, event: str, data: Optional[Mapping[str, object]] = None) -> None:
+    def broadcast(self, event: str, data: Mapping[str, object] | None = None) -> None:
         """Send an event to every negotiated client."""
-        msg: Dict[str, object] = {"event": event}
+        msg: dict[str, object] = {"event": event}
         if data is not None:
             msg["data"] = dict(data)
         msg["timestamp"] = _timestamp()
@@ -505,13 +506,13 @@ class QmpServer:
         if reply is not None:
             conn.send(reply)
 
-    def dispatch(self, conn: Connection, obj: object) -> Optional[Dict[str, object]]:
+    def dispatch(self, conn: Connection, obj: object) -> dict[str, object] | None:
         """One parsed message -> its reply (``None`` only if the connection is gone)."""
         ident: object = None
         has_id = False
 
-        def err(desc: str, cls: str = "GenericError") -> Dict[str, object]:
-            out: Dict[str, object] = {"error": {"class": cls, "desc": desc}}
+        def err(desc: str, cls: str = "GenericError") -> dict[str, object]:
+            out: dict[str, object] = {"error": {"class": cls, "desc": desc}}
             if has_id:
                 out["id"] = ident
             return out
@@ -564,13 +565,13 @@ class QmpServer:
         except Exception as e:  # a bug must not kill the VM
             logger.exception("command %s failed", name)
             return err(f"internal error: {type(e).__name__}: {e}")
-        out: Dict[str, object] = {"return": ret}
+        out: dict[str, object] = {"return": ret}
         if has_id:
             out["id"] = ident
         return out
 
     # ------------------------------------------------------------------ standard commands
-    def _qmp_capabilities(self, conn: Connection, args: Dict[str, Any]) -> object:
+    def _qmp_capabilities(self, conn: Connection, args: dict[str, Any]) -> object:
         enable = args.get("enable", [])
         for cap in enable:
             if cap != "oob":
@@ -580,20 +581,20 @@ class QmpServer:
         conn.negotiated = True
         return {}
 
-    def _query_version(self, conn: Connection, args: Dict[str, Any]) -> object:
+    def _query_version(self, conn: Connection, args: dict[str, Any]) -> object:
         return {"qemu": dict(QEMU_VERSION), "package": PACKAGE}
 
-    def _query_commands(self, conn: Connection, args: Dict[str, Any]) -> object:
+    def _query_commands(self, conn: Connection, args: dict[str, Any]) -> object:
         return [{"name": n} for n in self.commands]
 
-    def _query_status(self, conn: Connection, args: Dict[str, Any]) -> object:
+    def _query_status(self, conn: Connection, args: dict[str, Any]) -> object:
         return {"running": self.status == "running", "singlestep": False, "status": self.status}
 
-    def _query_name(self, conn: Connection, args: Dict[str, Any]) -> object:
+    def _query_name(self, conn: Connection, args: dict[str, Any]) -> object:
         name = self.machine.config.name
         return {"name": name} if name is not None else {}
 
-    def _cont(self, conn: Connection, args: Dict[str, Any]) -> object:
+    def _cont(self, conn: Connection, args: dict[str, Any]) -> object:
         if self.status == "inmigrate":
             self.autostart = True
         elif self.status != "running":
@@ -601,7 +602,7 @@ class QmpServer:
             self.broadcast("RESUME")
         return {}
 
-    def _stop(self, conn: Connection, args: Dict[str, Any]) -> object:
+    def _stop(self, conn: Connection, args: dict[str, Any]) -> object:
         if self.status == "inmigrate":
             self.autostart = False
         elif self.status == "running":
@@ -609,16 +610,16 @@ class QmpServer:
             self.broadcast("STOP")
         return {}
 
-    def _quit(self, conn: Connection, args: Dict[str, Any]) -> object:
+    def _quit(self, conn: Connection, args: dict[str, Any]) -> object:
         # The reply goes out first; SHUTDOWN follows from the main loop, as in QEMU.
         loop = asyncio.get_running_loop()
         loop.call_soon(self.shutdown, "host-qmp-quit", 0)
         return {}
 
-    def _query_kvm(self, conn: Connection, args: Dict[str, Any]) -> object:
+    def _query_kvm(self, conn: Connection, args: dict[str, Any]) -> object:
         return {"enabled": self.machine.accel.name == "kvm", "present": True}
 
-    def _query_cpus_fast(self, conn: Connection, args: Dict[str, Any]) -> object:
+    def _query_cpus_fast(self, conn: Connection, args: dict[str, Any]) -> object:
         pid = os.getpid()
         return [{"cpu-index": v.index, "qom-path": v.qom_path, "thread-id": pid,
                  "props": {"core-id": v.index, "thread-id": 0, "socket-id": 0}, "target": "x86_64"}
@@ -638,10 +639,10 @@ class QmpServer:
             raise QmpCommandError("CPU model 'host' requires KVM or HVF")
         return cpu
 
-    def _query_cpu_definitions(self, conn: Connection, args: Dict[str, Any]) -> object:
+    def _query_cpu_definitions(self, conn: Connection, args: dict[str, Any]) -> object:
         out = []
         for name in list_models():
-            unavailable: List[str]
+            unavailable: list[str]
             if name == "host" and not self.machine.accel.uses_host_cpuid:
                 unavailable = ["kvm"]
             else:
@@ -653,7 +654,7 @@ class QmpServer:
                     unavailable = cpu.unavailable_features()
                 except (QemuError, QmpCommandError):
                     unavailable = ["type"]
-            entry: Dict[str, object] = {"name": name, "typename": f"{name}-x86_64-cpu", "static": name == "base",
+            entry: dict[str, object] = {"name": name, "typename": f"{name}-x86_64-cpu", "static": name == "base",
                                         "migration-safe": name not in ("host", "max"),
                                         "unavailable-features": unavailable, "deprecated": False}
             if name not in BUILTIN_MODELS:
@@ -661,7 +662,7 @@ class QmpServer:
             out.append(entry)
         return out
 
-    def _query_cpu_model_expansion(self, conn: Connection, args: Dict[str, Any]) -> object:
+    def _query_cpu_model_expansion(self, conn: Connection, args: dict[str, Any]) -> object:
         typ = args["type"]
         if typ not in ("static", "full"):
             raise QmpCommandError(f"Parameter 'type' does not accept value '{typ}'")
@@ -687,7 +688,7 @@ class QmpServer:
                 return v
         raise QmpCommandError(f"Device '{path}' not found", "DeviceNotFound")
 
-    def _qom_get(self, conn: Connection, args: Dict[str, Any]) -> object:
+    def _qom_get(self, conn: Connection, args: dict[str, Any]) -> object:
         v = self._vcpu_by_path(args["path"])
         cpu = v.cpu
         prop = args["property"]
@@ -695,7 +696,7 @@ class QmpServer:
         if b is not None:
             return b
         p = self.machine.profile
-        values: Dict[str, object] = {
+        values: dict[str, object] = {
             "unavailable-features": cpu.unavailable_features(),
             "filtered-features": [],
             "feature-words": [],
@@ -713,9 +714,9 @@ class QmpServer:
             return cpu.other[prop]
         raise QmpCommandError(f"Property '{cpu.typename}.{prop}' not found")
 
-    def _qom_list(self, conn: Connection, args: Dict[str, Any]) -> object:
+    def _qom_list(self, conn: Connection, args: dict[str, Any]) -> object:
         v = self._vcpu_by_path(args["path"])
-        out: List[Dict[str, str]] = [{"name": "type", "type": "string"}]
+        out: list[dict[str, str]] = [{"name": "type", "type": "string"}]
         for name in [*CPUID_BY_NAME, *vmx_prop_names(), *HV_BY_PROP, "hv-passthrough", "check", "enforce",
                      "migratable"]:
             out.append({"name": name, "type": "bool"})
@@ -771,7 +772,7 @@ class QmpServer:
             try:
                 line = await asyncio.wait_for(reader.readline(), 30.0)
                 state = decode(line)
-            except (asyncio.TimeoutError, ValueError, ConnectionError, OSError) as err:
+            except (TimeoutError, ValueError, ConnectionError, OSError) as err:
                 result = IncomingResult(False, [f"{PROG}: invalid migration stream: {_brief(err)}", LOAD_FAILED])
             else:
                 try:
@@ -780,7 +781,7 @@ class QmpServer:
                     logger.exception("incoming migration failed")
                     result = IncomingResult(False, [f"{PROG}: invalid vCPU state: {_brief(err)}", LOAD_FAILED])
             if result.ok:
-                reply: Dict[str, object] = {"status": "completed",
+                reply: dict[str, object] = {"status": "completed",
                                             "guest-vmx-msrs": {k: _hex64(v) for k, v in
                                                                guest_msrs(self.machine).items()},
                                             "host": self.machine.profile.name}
@@ -804,7 +805,7 @@ class QmpServer:
         else:
             self.status = "paused"
 
-    def _migrate_incoming(self, conn: Connection, args: Dict[str, Any]) -> object:
+    def _migrate_incoming(self, conn: Connection, args: dict[str, Any]) -> object:
         if self.machine.config.incoming is None:
             raise QmpCommandError("'-incoming' was not specified on the command line")
         if self.machine.config.incoming != "defer" or self._incoming is not None or self._incoming_busy:
@@ -820,7 +821,7 @@ class QmpServer:
         except QemuError as err:
             _stderr_lines(err.lines())
 
-    def _migrate(self, conn: Connection, args: Dict[str, Any]) -> object:
+    def _migrate(self, conn: Connection, args: dict[str, Any]) -> object:
         if self.status in ("inmigrate", "postmigrate"):
             raise QmpCommandError(f"Operation not allowed in state {self.status}")
         if self.migration is not None and self.migration["status"] in ("setup", "active"):
@@ -844,7 +845,7 @@ class QmpServer:
             self.migration["error"] = error
         self.broadcast("MIGRATION", {"status": status})
 
-    async def _run_migration(self, target: Tuple[str, str, int]) -> None:
+    async def _run_migration(self, target: tuple[str, str, int]) -> None:
         """Run one outgoing migration; whatever happens it ends ``completed`` or ``failed`` (never stays
         ``setup``/``active``, which refused every later ``migrate``)."""
         try:
@@ -853,7 +854,7 @@ class QmpServer:
             if self.migration is not None and self.migration["status"] in ("setup", "active"):
                 self._migration_status("failed", "internal error of the simulated migration")
 
-    async def _migrate_once(self, target: Tuple[str, str, int]) -> None:
+    async def _migrate_once(self, target: tuple[str, str, int]) -> None:
         kind, host, port = target
         self.broadcast("MIGRATION", {"status": "setup"})
         try:
@@ -861,7 +862,7 @@ class QmpServer:
                 reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(host, limit=MAX_STATE), 10.0)
             else:
                 reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=MAX_STATE), 10.0)
-        except (OSError, asyncio.TimeoutError) as err:
+        except (TimeoutError, OSError) as err:
             self._migration_status("failed", f"Failed to connect to the destination: {err}")
             return
         self._migration_status("active")
@@ -870,7 +871,7 @@ class QmpServer:
             await asyncio.wait_for(writer.drain(), 10.0)
             line = await asyncio.wait_for(reader.readline(), 60.0)
             reply = decode(line)
-        except (OSError, ValueError, asyncio.TimeoutError) as err:
+        except (TimeoutError, OSError, ValueError) as err:
             self._migration_status("failed", f"the destination closed the migration stream ({_brief(err) or 'EOF'})")
             return
         finally:
@@ -895,15 +896,15 @@ class QmpServer:
         self.status = "postmigrate"
         self._migration_status("completed")
 
-    def _query_migrate(self, conn: Connection, args: Dict[str, Any]) -> object:
+    def _query_migrate(self, conn: Connection, args: dict[str, Any]) -> object:
         if self.migration is None:
             return {}
-        out: Dict[str, object] = {"status": self.migration["status"]}
+        out: dict[str, object] = {"status": self.migration["status"]}
         if self.migration["status"] == "failed":
             out["error-desc"] = self.migration["error"]
         return out
 
-    def _x_migration_verdict(self, conn: Connection, args: Dict[str, Any]) -> object:
+    def _x_migration_verdict(self, conn: Connection, args: dict[str, Any]) -> object:
         mig = self.migration
         if mig is None or mig["status"] not in ("completed", "failed"):
             raise QmpCommandError("no finished outgoing migration (run migrate first and wait for MIGRATION "
@@ -912,17 +913,17 @@ class QmpServer:
                        mig["destination"])
 
     # ------------------------------------------------------------------ x-evmcs-*
-    def _vcpu_by_index(self, args: Dict[str, Any]) -> VcpuState:
+    def _vcpu_by_index(self, args: dict[str, Any]) -> VcpuState:
         idx = args.get("cpu-index", 0)
         for v in self.machine.vcpus:
             if v.index == idx:
                 return v
         raise QmpCommandError(f"CPU {idx} not found (have {len(self.machine.vcpus)} vCPUs)")
 
-    def _msr_reply(self, args: Dict[str, Any], *, host_initiated: bool) -> object:
+    def _msr_reply(self, args: dict[str, Any], *, host_initiated: bool) -> object:
         v = self._vcpu_by_index(args)
         kv = v.kvm_vcpu
-        msrs: Dict[str, str] = {}
+        msrs: dict[str, str] = {}
         if kv is not None and (host_initiated or v.cpu.has_vmx()):
             msrs = {n: _hex64(val) for n, val in read_vmx_msrs(kv, host_initiated=host_initiated).items()}
         kvm = self.machine.kvm
@@ -932,28 +933,28 @@ class QmpServer:
                 "kernel": self.machine.profile.kernel, "cpu-index": v.index,
                 "host": self.machine.profile.name, "profile": self.machine.profile.source}
 
-    def _x_guest_msrs(self, conn: Connection, args: Dict[str, Any]) -> object:
+    def _x_guest_msrs(self, conn: Connection, args: dict[str, Any]) -> object:
         return self._msr_reply(args, host_initiated=False)
 
-    def _x_host_msrs(self, conn: Connection, args: Dict[str, Any]) -> object:
+    def _x_host_msrs(self, conn: Connection, args: dict[str, Any]) -> object:
         return self._msr_reply(args, host_initiated=True)
 
-    def _x_hv_cpuid(self, conn: Connection, args: Dict[str, Any]) -> object:
+    def _x_hv_cpuid(self, conn: Connection, args: dict[str, Any]) -> object:
         v = self._vcpu_by_index(args)
         leaves = {f"{leaf:#010x}": {r: _hex32(val) for r, val in regs.items()}
                   for leaf, regs in sorted(v.hv_leaves.items())}
         return {"hyperv": bool(v.hv_leaves), "leaves": leaves}
 
-    def _x_kvm_log(self, conn: Connection, args: Dict[str, Any]) -> object:
+    def _x_kvm_log(self, conn: Connection, args: dict[str, Any]) -> object:
         return {"log": list(self.machine.log.entries)}
 
 
-def parse_msrs(raw: Mapping[str, Any]) -> Dict[str, int]:
+def parse_msrs(raw: Mapping[str, Any]) -> dict[str, int]:
     """``{NAME: "0x..."}`` -> ``{NAME: int}``."""
     return {str(k): int(v, 16) if isinstance(v, str) else int(v) for k, v in raw.items()}
 
 
-def _stderr_lines(lines: List[str]) -> None:
+def _stderr_lines(lines: list[str]) -> None:
     import sys
 
     with contextlib.suppress(Exception):

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import os
 import sys
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 from qemu_evmcs.core.errors import EvmcsError
 from qemu_evmcs.core.profile import load_profile, resolve_profile_path
@@ -87,9 +87,9 @@ async def _serve(machine: Machine) -> int:
     return await server.wait_closed()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (aborts the process for the MSR assertion)."""
-    args: List[str] = list(sys.argv[1:] if argv is None else argv)
+    args: list[str] = list(sys.argv[1:] if argv is None else argv)
     try:
         config = parse_args(args)
     except QemuError as err:

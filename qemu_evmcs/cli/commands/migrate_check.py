@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--model: with --from-running the configuration is the running guest's; leave it out")
         try:
             cpu = asyncio.run(read_running_cpu(args.from_running))
-        except (OSError, QMPError, asyncio.TimeoutError, ValueError) as err:
+        except (TimeoutError, OSError, QMPError, ValueError) as err:
             raise InputError(f"--from-running {args.from_running}: {err or 'no answer'}") from None
         profile = args.source_profile or cpu.profile
         if not profile:
