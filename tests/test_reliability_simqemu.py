@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -20,15 +19,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from proc_helpers import PATIENCE, rss_kib, wait_until
-from qemu.qmp import QMPClient
-from qemu.qmp.protocol import ConnectError
-from test_simqemu_migration import Sim
+from proc_helpers import PATIENCE, async_wait_until, rss_kib, unix_listening, wait_until
+from test_simqemu_migration import simulator
 
 SIM = [sys.executable, "-m", "qemu_evmcs.simqemu", "--host", "skylake-6.3", "-accel", "kvm", "-cpu", "host"]
 
@@ -47,51 +44,15 @@ def short_dir() -> Iterator[str]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-@contextlib.asynccontextmanager
-async def _simulator(args: list[str]) -> AsyncIterator[Sim]:
-    """A simulator child with a connected QMP client (connects until the monitor listens: the socket path
-    exists from bind(), a moment before listen())."""
-    d = tempfile.mkdtemp(prefix="qes", dir="/tmp")
-    sock = os.path.join(d, "qmp.sock")
-    proc = await asyncio.create_subprocess_exec(*SIM[:5], *args, "-qmp", f"unix:{sock},server=on,wait=off",
-                                                "-display", "none", stdout=asyncio.subprocess.DEVNULL,
-                                                stderr=asyncio.subprocess.PIPE)
-    qmp = QMPClient("sim")
-    try:
-        for _ in range(2000):
-            assert proc.returncode is None
-            try:
-                await qmp.connect(sock)
-                break
-            except ConnectError:
-                await asyncio.sleep(0.01)
-        yield Sim(proc, qmp)
-    finally:
-        with contextlib.suppress(Exception):
-            await qmp.disconnect()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        shutil.rmtree(d, ignore_errors=True)
-
-
-async def _wait_path(path: str) -> None:
-    for _ in range(1000):
-        if os.path.exists(path):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{path} never appeared")
-
-
 @pytest.mark.parametrize("payload", [b"[" * 100000, b'{"eax": "zz"}', b"[1, 2]",
                                      b'{"version": 1, "cpu": {"model": "host"}, "hv-cpuid": {"a": "zz"}}',
                                      b'{"version": 1, "cpu": [1], "evmcs": NaN}'],
                          ids=["deep-nesting", "wrong-keys", "not-an-object", "bad-hv-values", "nan"])
 async def test_malformed_incoming_stream_fails_the_destination_with_a_reason(payload: bytes, short_dir: str) -> None:
     mig = os.path.join(short_dir, "mig.sock")
-    async with _simulator(["-accel", "kvm", "-cpu", "host", "-incoming", "defer"]) as dst:
+    async with simulator("skylake-6.3", ["-accel", "kvm", "-cpu", "host", "-incoming", "defer"]) as dst:
         await dst.qmp.execute("migrate-incoming", {"uri": f"unix:{mig}"})
-        await _wait_path(mig)
+        await async_wait_until(lambda: unix_listening(mig), "the migration socket")
         reader, writer = await asyncio.open_unix_connection(mig, limit=1 << 20)
         writer.write(payload + b"\n")
         await writer.drain()
@@ -118,7 +79,7 @@ async def test_bad_destination_answer_fails_the_source_and_a_new_attempt_works(s
     mig = os.path.join(short_dir, "fake.sock")
     server = await asyncio.start_unix_server(fake_destination, mig, limit=1 << 20)
     try:
-        async with _simulator(["-accel", "kvm", "-cpu", "host"]) as src:
+        async with simulator("skylake-6.3", ["-accel", "kvm", "-cpu", "host"]) as src:
             for want in ("failed", "failed", "completed"):
                 with src.qmp.listener("MIGRATION") as listener:
                     await src.qmp.execute("migrate", {"uri": f"unix:{mig}"})
