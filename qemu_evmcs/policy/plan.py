@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from qemu_evmcs.core.hostgroup import Fleet, HostGroup
 from qemu_evmcs.core.errors import KvmError
 from qemu_evmcs.core.kernel import era_table
+from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.msrval import feature_set
 from qemu_evmcs.kvm.simkvm import guest_view
 from qemu_evmcs.policy.migrate import DESIGN_STRATEGY, verdict_from_view
@@ -111,10 +112,12 @@ class FleetPlan:
     notes: list[str] = field(default_factory=list)
 
 
-def _layer_of(reason: str) -> str:
-    if "has no eVMCS (Intel VMX only)" in reason:
+def _layer_of(profile: HostProfile) -> str:
+    """The layer that keeps an incapable host out, from the profile (never parsed back out of the reason's
+    text): the CPU vendor, KVM's nested support (a kernel upgrade would not help), or the kernel."""
+    if not profile.is_intel:
         return "CPU"
-    if "nested=0" in reason:
+    if not profile.nested:
         return "KVM nested support"
     return "kernel"
 
@@ -147,7 +150,7 @@ def _capable(pool: Fleet) -> tuple[Fleet, list[LeftOut], list[HostGroup]]:
         else:
             # The reason names the group's representative; say it once for the group.
             text = why.split(": ", 1)[1] if why.startswith("host ") else why
-            layer = _layer_of(why)
+            layer = _layer_of(g.profile)
             left.setdefault((layer, text), []).extend(g.hosts)
             if layer == "kernel":
                 by_kernel.append(g)
