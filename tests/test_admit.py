@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from host_helpers import host_profiles
 from qemu_evmcs.policy.admit import admit
 from qemu_evmcs.cli.main import run
 
@@ -14,13 +15,14 @@ MODEL = os.path.join(os.path.dirname(__file__), "data", "negotiate", "models", "
 
 
 def test_admit_identical_era_host() -> None:
-    res = admit(["skylake-6.3"], "sapphirerapids-6.6", MODEL)
+    res = admit(host_profiles("skylake-6.3"), host_profiles("sapphirerapids-6.6")[0], MODEL)
     assert res.admit, res.reason
 
 
 def test_refuse_old_kernel_that_shrinks_the_guest_set() -> None:
     """On the simulated QEMU, which can set the PV bit, a 5.10 host costs the 6.x pool PERF_GLOBAL_CTRL."""
-    res = admit(["skylake-6.3", "sapphirerapids-6.6"], "skylake-5.10", MODEL, target="simulator")
+    res = admit(host_profiles("skylake-6.3", "sapphirerapids-6.6"), host_profiles("skylake-5.10")[0], MODEL,
+                target="simulator")
     assert not res.admit
     assert {"vmx-exit-load-perf-global-ctrl", "vmx-entry-load-perf-global-ctrl"} <= set(res.cost_features)
     assert res.cost_pv_perf_global_ctrl
@@ -31,7 +33,7 @@ def test_real_qemu_pool_admits_a_510_host(capsys: pytest.CaptureFixture[str]) ->
     """Issue 13: with real QEMU (the default) the PV bit is never set, so PERF_GLOBAL_CTRL is hidden on 6.1+ anyway
     and a 5.10 host (whose eVMCS filter hides PERF and APIC-access virtualization, both already off for a 6.3
     pool's guests) shrinks nothing. It was refused over hv-evmcs-perf-global-ctrl, an option QEMU 7.2 lacks."""
-    res = admit(["skylake-6.3"], "skylake-5.10")
+    res = admit(host_profiles("skylake-6.3"), host_profiles("skylake-5.10")[0])
     assert res.admit, res.reason
     assert not res.cost_pv_perf_global_ctrl and res.pool is not None and res.pool.config is not None
     assert not res.pool.config.pv_perf_global_ctrl
@@ -40,7 +42,7 @@ def test_real_qemu_pool_admits_a_510_host(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_refuse_incapable_candidate() -> None:
-    res = admit(["skylake-6.3"], "epyc-amd-6.6", MODEL)
+    res = admit(host_profiles("skylake-6.3"), host_profiles("epyc-amd-6.6")[0], MODEL)
     assert not res.admit and "AuthenticAMD" in res.reason
 
 
@@ -69,7 +71,8 @@ def test_refusal_reason_is_printed_once(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_refusal_names_the_bits_that_would_differ() -> None:
-    res = admit(["skylake-5.10"], "skylake-6.3", "max", "pv-cpuid")   # starts there, but 6.3 filters more
+    # starts there, but 6.3 filters more
+    res = admit(host_profiles("skylake-5.10"), host_profiles("skylake-6.3")[0], "max", "pv-cpuid")
     assert not res.admit
     assert res.why == ("guest-visible VMX MSRs would differ: vmx-preemption-timer lost, vmx-exit-save-preemption-"
                        "timer lost, vmx-ple lost, vmx-vmfunc lost, vmx-shadow-vmcs lost, vmx-pml lost, "

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from host_helpers import host_profiles
 from qemu_evmcs.cli.commands.host import with_cpu_features
 from qemu_evmcs.core.cpuid import cpuid_names
 from qemu_evmcs.core.errors import InputError
@@ -119,10 +120,10 @@ def test_enforce_names_only_features_every_host_has() -> None:
 
 
 def test_unchecked_hosts_are_counted() -> None:
-    neg = negotiate("Skylake-Server-evmcs", ["skylake-5.10", "skylake-6.3"])
+    neg = negotiate("Skylake-Server-evmcs", host_profiles("skylake-5.10", "skylake-6.3"))
     assert "base model CPUID not checked on 2 hosts" in " ".join(neg.notes)
     checked = _with(SKY, _snapshot_features("Skylake-Server-v5"), "server")
-    neg = negotiate("Skylake-Server-evmcs", [checked, "skylake-5.10"])
+    neg = negotiate("Skylake-Server-evmcs", host_profiles(checked, "skylake-5.10"))
     assert "base model CPUID not checked on 1 host " in " ".join(neg.notes)
     assert os.path.exists(CPUINFO)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from host_helpers import host_profiles
 from qemu_evmcs.policy import designs
 from qemu_evmcs.policy import negotiate
 from qemu_evmcs.policy import resolve
@@ -225,7 +226,7 @@ def test_per_profile_work_runs_once_per_distinct_profile(fleet: dict[str, Any],
 def test_api_lists_of_profiles_are_grouped_too(fleet: dict[str, Any],
                                                calls: Callable[[Any, str], Counter[str]]) -> None:
     """The Python API keeps taking lists of profiles; identical ones are simulated once."""
-    pool: list[HostProfile] = negotiate.load_hosts([fleet["small"]]) * 1
+    pool: list[HostProfile] = host_profiles(fleet["small"]) * 1
     twins = [*pool, *(p.__class__(**{**p.__dict__, "name": p.name + "-twin"}) for p in pool)]
     capable = calls(negotiate, "evmcs_incapable_reason")
     neg = negotiate.negotiate(MODEL, twins, "pv-cpuid")

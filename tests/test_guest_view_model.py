@@ -13,13 +13,14 @@ import os
 
 import pytest
 
+from host_helpers import host_profiles
 from qemu_evmcs.cli.commands.host import import_text
 from qemu_evmcs.core.profile import load_profile, resolve_profile_path
 from qemu_evmcs.hostio import vmxcap
 from qemu_evmcs.policy.admit import admit
 from qemu_evmcs.policy.migrate import migrate_check
 from qemu_evmcs.core.views import diff_views
-from qemu_evmcs.policy.negotiate import load_hosts, negotiate, start_guest
+from qemu_evmcs.policy.negotiate import negotiate, start_guest
 
 MODEL = "Skylake-Server-evmcs"
 
@@ -41,7 +42,7 @@ def _imported_copy(name: str, tmp: str) -> str:
 def test_vmfunc_capable_and_incapable_cpus_negotiate() -> None:
     # Ivy Bridge i5-3570: PROCBASED_CTLS2 allowed-1 0x8ff = bits 0-7 and 11; no IA32_VMX_VMFUNC at all.
     # Skylake i7-6700K: 0x1ffcff = bits 0-7 and 10-20, IA32_VMX_VMFUNC = 0x1 (EPTP switching).
-    neg = negotiate(MODEL, ["ivybridge-5.10", "skylake-6.3"])
+    neg = negotiate(MODEL, host_profiles("ivybridge-5.10", "skylake-6.3"))
     assert neg.ok, neg.error
     feats = neg.guest_features
     for lost in ("vmx-vmfunc", "vmx-eptp-switching", "vmx-invpcid-exit", "vmx-shadow-vmcs"):
@@ -50,13 +51,13 @@ def test_vmfunc_capable_and_incapable_cpus_negotiate() -> None:
         assert kept in feats
     # The guest reads VMFUNC = 0 on both: QEMU writes its (empty) word on Skylake, KVM's value is 0 on Ivy Bridge.
     assert neg.config is not None
-    for start in (start_guest(neg.config, h) for h in load_hosts(["ivybridge-5.10", "skylake-6.3"])):
+    for start in (start_guest(neg.config, h) for h in host_profiles("ivybridge-5.10", "skylake-6.3")):
         assert start.ok
         assert start.guest_msrs.get("IA32_VMX_VMFUNC", 0) == 0
 
 
 def test_no_change_is_ever_bit_minus_one() -> None:
-    sky = start_guest(negotiate(MODEL, ["skylake-6.3"]).config, load_hosts(["skylake-6.3"])[0])  # type: ignore[arg-type]
+    sky = start_guest(negotiate(MODEL, host_profiles("skylake-6.3")).config, host_profiles("skylake-6.3")[0])  # type: ignore[arg-type]
     view = dict(sky.guest_msrs)
     stripped = {k: v for k, v in view.items()
                 if k not in ("IA32_VMX_CR0_FIXED0", "IA32_VMX_CR0_FIXED1", "IA32_VMX_CR4_FIXED0",
@@ -74,8 +75,8 @@ def test_no_change_is_ever_bit_minus_one() -> None:
 
 def test_vmxcap_import_pools_with_its_original(tmp_path: pytest.TempPathFactory) -> None:
     imported = _imported_copy("skylake-6.3", str(tmp_path))
-    alone = negotiate(MODEL, ["skylake-6.3"])
-    pooled = negotiate(MODEL, ["skylake-6.3", imported])
+    alone = negotiate(MODEL, host_profiles("skylake-6.3"))
+    pooled = negotiate(MODEL, host_profiles("skylake-6.3", imported))
     assert alone.ok and pooled.ok, pooled.error
     assert alone.config is not None and pooled.config is not None
     assert pooled.config.vmx == alone.config.vmx
@@ -84,10 +85,10 @@ def test_vmxcap_import_pools_with_its_original(tmp_path: pytest.TempPathFactory)
 
 def test_admit_and_migrate_accept_the_imported_copy(tmp_path: pytest.TempPathFactory) -> None:
     imported = _imported_copy("skylake-6.3", str(tmp_path))
-    res = admit(["skylake-6.3"], imported)
+    res = admit(host_profiles("skylake-6.3"), host_profiles(imported)[0])
     assert res.admit, res.reason
     assert "would lose all" not in res.reason
-    verdict = migrate_check(MODEL, load_hosts(["skylake-6.3"])[0], load_hosts([imported])[0])
+    verdict = migrate_check(MODEL, host_profiles("skylake-6.3")[0], host_profiles(imported)[0])
     assert verdict.verdict == "fine", verdict.reason
     assert "eVMCS filter" not in verdict.reason
 
@@ -96,8 +97,8 @@ def test_migration_loss_is_not_blamed_on_the_filter_when_the_cpu_lacks_it() -> N
     # Skylake (VMFUNC 0x1) -> Ivy Bridge (no VM functions), both on 6.3: what disappears is missing on the CPU,
     # and on 6.3 the allow-list hides VM functions anyway, so either the guest keeps its view or the
     # destination refuses; the reason must never name the filter for a control the CPU lacks.
-    src = load_hosts(["skylake-6.3"])[0]
-    dst = load_hosts(["ivybridge-5.10"])[0].with_kernel("6.3.0")
+    src = host_profiles("skylake-6.3")[0]
+    dst = host_profiles("ivybridge-5.10")[0].with_kernel("6.3.0")
     verdict = migrate_check(MODEL, src, dst)
     assert verdict.verdict in ("blocked", "fine", "unsafe")
     if verdict.verdict == "unsafe":

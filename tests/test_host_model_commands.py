@@ -12,16 +12,16 @@ skylake-client-6.3 is the i7-6700K again (VirtualBox CPU database) on 6.3.
 
 from __future__ import annotations
 
+from host_helpers import host_profiles
 from qemu_evmcs.policy.admit import admit
 from qemu_evmcs.policy.designs import compare_designs
-from qemu_evmcs.policy.negotiate import load_hosts
 
 FILTER_63_NOT_510 = ["vmx-preemption-timer", "vmx-ple", "vmx-vmfunc", "vmx-shadow-vmcs", "vmx-pml",
                      "vmx-exit-save-preemption-timer", "vmx-eptp-switching"]   # registry (word, bit) order
 
 
 def test_admit_host_refuses_a_kernel_whose_filter_differs() -> None:
-    res = admit(load_hosts(["skylake-5.10"]), "skylake-6.3", "host")
+    res = admit(host_profiles("skylake-5.10"), host_profiles("skylake-6.3")[0], "host")
     assert not res.admit
     assert res.cost_features == FILTER_63_NOT_510      # what 5.10 host guests lose on the candidate
     assert "the eVMCS filters of kernels 5.10.46 and 6.3.0 differ" in res.why
@@ -30,24 +30,24 @@ def test_admit_host_refuses_a_kernel_whose_filter_differs() -> None:
 
 
 def test_admit_host_same_cpu_same_kernel_is_admitted() -> None:
-    res = admit(load_hosts(["skylake-6.3"]), "skylake-client-6.3", "host")
+    res = admit(host_profiles("skylake-6.3"), host_profiles("skylake-client-6.3")[0], "host")
     assert res.admit and "-cpu host guest sees the same VMX MSRs" in res.reason
 
 
 def test_admit_host_candidate_where_it_aborts() -> None:
-    res = admit(load_hosts(["skylake-6.3"]), "cascadelake-5.4", "host")
+    res = admit(host_profiles("skylake-6.3"), host_profiles("cascadelake-5.4")[0], "host")
     assert not res.admit
     assert "does not start on cascadelake-5.4" in res.why
     assert "error: failed to set MSR 0x48d to 0xff00000016" in res.why
 
 
 def test_admit_host_pool_where_it_never_starts() -> None:
-    res = admit(load_hosts(["cascadelake-5.4"]), "skylake-6.3", "host")
+    res = admit(host_profiles("cascadelake-5.4"), host_profiles("skylake-6.3")[0], "host")
     assert not res.admit and "starts on none of the pool's hosts" in res.why
 
 
 def test_compare_designs_host_is_judged_per_host() -> None:
-    cmp = compare_designs(load_hosts(["skylake-5.10", "skylake-6.3"]), ["host"])
+    cmp = compare_designs(host_profiles("skylake-5.10", "skylake-6.3"), ["host"])
     assert cmp.notes and "per host" in cmp.notes[0]
     # naive/shipped/revision: 5.10 -> 6.3 loses the 7 controls (unsafe); 6.3 -> 5.10 only gains (fine).
     for d in ("naive", "shipped", "revision"):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import Run, cli_runner
 
+from host_helpers import host_profiles
 from qemu_evmcs.output.libvirt import QEMU_NS, merge_domain
 from qemu_evmcs.policy.negotiate import negotiate
 from qemu_evmcs.qemu.libvirt_cpumap import load_cpu_map
@@ -38,7 +39,7 @@ def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def _merged() -> ET.Element:
-    neg = negotiate(MODEL, ["skylake-5.10", "skylake-6.3"], "pv-cpuid")
+    neg = negotiate(MODEL, host_profiles("skylake-5.10", "skylake-6.3"), "pv-cpuid")
     return ET.fromstring(merge_domain(DOMAIN, neg, cmap=load_cpu_map("9.0")))
 
 
@@ -68,7 +69,7 @@ def test_merge_keeps_the_domain_and_replaces_cpu_and_hyperv() -> None:
 
 
 def test_merge_is_idempotent() -> None:
-    neg = negotiate(MODEL, ["skylake-5.10", "skylake-6.3"], "pv-cpuid")
+    neg = negotiate(MODEL, host_profiles("skylake-5.10", "skylake-6.3"), "pv-cpuid")
     cmap = load_cpu_map("9.0")
     once = merge_domain(DOMAIN, neg, cmap=cmap)
     assert merge_domain(once, neg, cmap=cmap) == once

@@ -23,6 +23,7 @@ import pytest
 from libvirt_helpers import QEMU, Session, cmdline, pid_alive, processes_of_guest, read_json, session_fixture, \
     wait_for
 
+from host_helpers import host_profiles
 from qemu_evmcs.launch.verify import parse_cpu_arg
 from qemu_evmcs.output.render import cpu_string, libvirt_xml
 from qemu_evmcs.qemu.models import load_snapshot
@@ -52,7 +53,7 @@ BASE_DOMAIN = """<domain type='qemu'>
 
 
 def _negotiation() -> Negotiation:
-    neg = negotiate(MODEL, HOSTS, "pv-cpuid")
+    neg = negotiate(MODEL, host_profiles(*HOSTS), "pv-cpuid")
     assert neg.ok, neg.error
     return neg
 

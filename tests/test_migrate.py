@@ -7,10 +7,11 @@ import os
 
 import pytest
 
+from host_helpers import host_profiles
 from qemu_evmcs.cli.main import run
 from qemu_evmcs.core.errors import NegativeAnswer
 from qemu_evmcs.policy.migrate import check_migration, migrate_check, naive_config, parse_qmp_msrs, source_config
-from qemu_evmcs.policy.negotiate import load_guest_model, load_hosts, max_model
+from qemu_evmcs.policy.negotiate import load_guest_model, max_model
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "negotiate")
 MODEL = os.path.join(DATA, "models", "Skylake-evmcs.yaml")
@@ -19,7 +20,7 @@ NOPERF_510 = os.path.join(DATA, "hosts", "noperf-5.10.yaml")
 
 
 def host(name: str):  # type: ignore[no-untyped-def]
-    return load_hosts([name])[0]
+    return host_profiles(name)[0]
 
 
 def test_fine_between_same_era_hosts() -> None:

@@ -18,10 +18,11 @@ from __future__ import annotations
 import pytest
 from cli_helpers import Run, cli_runner
 
+from host_helpers import host_profiles
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.policy.hostmodel import hv_passthrough_flags
 from qemu_evmcs.policy.migrate import migrate_check
-from qemu_evmcs.policy.negotiate import load_guest_model, load_hosts
+from qemu_evmcs.policy.negotiate import load_guest_model
 from qemu_evmcs.qemu.model_names import load_any_model
 
 FILTER_63_NOT_510 = {"vmx-preemption-timer", "vmx-exit-save-preemption-timer", "vmx-ple", "vmx-vmfunc",
@@ -34,7 +35,7 @@ def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def host(name: str):  # type: ignore[no-untyped-def]
-    return load_hosts([name])[0]
+    return host_profiles(name)[0]
 
 
 @pytest.mark.parametrize("name,base", [

@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 
+from host_helpers import host_profiles
 from qemu_evmcs.cli.main import run
 from qemu_evmcs.core.errors import NegativeAnswer
-from qemu_evmcs.core.profile import load_profile, resolve_profile_path
+from qemu_evmcs.core.profile import HostProfile, load_profile, resolve_profile_path
 from qemu_evmcs.policy.negotiate import (
     PERF_FEATURES,
+    GuestModel,
     STRATEGIES,
-    load_hosts,
     max_model,
     negotiate,
     start_guest,
@@ -67,9 +68,9 @@ def test_hand_computed_guest_view_constants() -> None:
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("host", ["skylake-5.10", "skylake-6.3"])
 def test_every_strategy_gives_the_hand_computed_guest_view(host: str, strategy: str) -> None:
-    neg = negotiate(MODEL, ["skylake-5.10", "skylake-6.3"], strategy)
+    neg = negotiate(MODEL, host_profiles("skylake-5.10", "skylake-6.3"), strategy)
     assert neg.ok and neg.config is not None, neg.error
-    (profile,) = load_hosts([host])
+    (profile,) = host_profiles(host)
     view = start_guest(neg.config, profile)
     assert view.ok
     assert {k: hex(view.guest_msrs[k]) for k in SKYLAKE_PAIR_GUEST} == \
@@ -77,11 +78,11 @@ def test_every_strategy_gives_the_hand_computed_guest_view(host: str, strategy: 
 
 
 def test_pv_cpuid_sets_bit_only_when_every_host_honours_it() -> None:
-    new = negotiate(MODEL, ["icelake-6.1", "sapphirerapids-6.6"], "pv-cpuid", target="simulator")
+    new = negotiate(MODEL, host_profiles("icelake-6.1", "sapphirerapids-6.6"), "pv-cpuid", target="simulator")
     assert new.config is not None and new.config.pv_perf_global_ctrl
     assert set(PERF_FEATURES) <= new.guest_features
     assert "hv-evmcs-perf-global-ctrl=on" in cpu_string(new)
-    mixed = negotiate(MODEL, ["skylake-5.10", "skylake-6.3"], "pv-cpuid", target="simulator")
+    mixed = negotiate(MODEL, host_profiles("skylake-5.10", "skylake-6.3"), "pv-cpuid", target="simulator")
     assert mixed.config is not None and not mixed.config.pv_perf_global_ctrl
     assert not set(PERF_FEATURES) & mixed.guest_features
     causes = {(d.feature, d.cause) for d in mixed.drops}
@@ -94,7 +95,7 @@ def test_real_qemu_answer_never_uses_the_proposed_options() -> None:
     not found"). For real QEMU (the default) the PV bit stays clear, the PERF controls are off (6.1+ hides
     them without the bit) and a note names what the option would add."""
     for model in (MODEL, max_model()):
-        neg = negotiate(model, ["icelake-6.1", "sapphirerapids-6.6"], "pv-cpuid")
+        neg = negotiate(model, host_profiles("icelake-6.1", "sapphirerapids-6.6"), "pv-cpuid")
         assert neg.ok and neg.config is not None and not neg.config.pv_perf_global_ctrl
         cpu = cpu_string(neg)
         assert "hv-evmcs-perf-global-ctrl" not in cpu and "x-hv-evmcs-revision" not in cpu
@@ -104,10 +105,10 @@ def test_real_qemu_answer_never_uses_the_proposed_options() -> None:
                    for n in neg.notes)
         assert "hv-evmcs-perf-global-ctrl" not in libvirt_xml(neg)
         assert negotiation_json(neg)["qemu_lacks"] == []
-    rev = negotiate(MODEL, ["icelake-6.1", "sapphirerapids-6.6"], "revision")
+    rev = negotiate(MODEL, host_profiles("icelake-6.1", "sapphirerapids-6.6"), "revision")
     assert rev.config is not None and rev.config.revision == 1 and "x-hv-evmcs-revision" not in cpu_string(rev)
     assert any("real QEMU lacks x-hv-evmcs-revision=2" in n for n in rev.notes)
-    msrs = negotiate(MODEL, ["icelake-6.1", "sapphirerapids-6.6"], "vmx-msrs")
+    msrs = negotiate(MODEL, host_profiles("icelake-6.1", "sapphirerapids-6.6"), "vmx-msrs")
     assert msrs.config is not None and not msrs.config.pv_perf_global_ctrl
     assert not set(PERF_FEATURES) & msrs.guest_features       # Windows 11 would not boot with them, without the bit
 
@@ -115,32 +116,32 @@ def test_real_qemu_answer_never_uses_the_proposed_options() -> None:
 def test_real_qemu_answer_has_no_property_qemu_72_lacks() -> None:
     """vmx-nested-exception and vmx-any-errcode are newer QEMU's (QEMU 7.2: "Property
     'max-x86_64-cpu.vmx-nested-exception' not found"); the simulator has them."""
-    neg = negotiate(max_model(), ["sapphirerapids-6.6"], "pv-cpuid")
+    neg = negotiate(max_model(), host_profiles("sapphirerapids-6.6"), "pv-cpuid")
     cpu = cpu_string(neg)
     for prop in ("vmx-nested-exception", "vmx-any-errcode", "vmx-entry-load-fred", "vmx-exit-secondary-ctls",
                  "vmx-enable-user-wait-pause"):
         assert prop not in cpu
-    assert "vmx-nested-exception" in cpu_string(negotiate(max_model(), ["sapphirerapids-6.6"], "pv-cpuid",
+    assert "vmx-nested-exception" in cpu_string(negotiate(max_model(), host_profiles("sapphirerapids-6.6"), "pv-cpuid",
                                                           target="simulator"))
 
 
 def test_pv_cpuid_needs_perf_controls_on_every_host() -> None:
-    neg = negotiate(MODEL, ["skylake-6.3", NOPERF_63], "pv-cpuid")
+    neg = negotiate(MODEL, host_profiles("skylake-6.3", NOPERF_63), "pv-cpuid")
     assert neg.ok and neg.config is not None
     assert not neg.config.pv_perf_global_ctrl
 
 
 def test_revision_forced_to_legacy_by_one_pre_61_host() -> None:
-    neg = negotiate(MODEL, ["skylake-5.10", "skylake-6.3"], "revision", target="simulator")
+    neg = negotiate(MODEL, host_profiles("skylake-5.10", "skylake-6.3"), "revision", target="simulator")
     assert neg.config is not None and neg.config.revision == 1
     assert any("forced by skylake-5.10" in n for n in neg.notes)
-    only_new = negotiate(MODEL, ["icelake-6.1", "sapphirerapids-6.6"], "revision", target="simulator")
+    only_new = negotiate(MODEL, host_profiles("icelake-6.1", "sapphirerapids-6.6"), "revision", target="simulator")
     assert only_new.config is not None and only_new.config.revision == 2
 
 
 def test_vmx_msrs_exposes_tsc_scaling_shipped_does_not() -> None:
     model = max_model()
-    hosts = ["icelake-6.1", "sapphirerapids-6.6"]
+    hosts = host_profiles("icelake-6.1", "sapphirerapids-6.6")
     b = negotiate(model, hosts, "vmx-msrs")
     a = negotiate(model, hosts, "pv-cpuid")
     assert "vmx-tsc-scaling" in b.guest_features
@@ -151,7 +152,7 @@ def test_vmx_msrs_exposes_tsc_scaling_shipped_does_not() -> None:
 
 
 def test_pre_57_host_turns_off_enable_time_filtered_bits() -> None:
-    neg = negotiate(max_model(), ["cascadelake-5.4", "icelake-6.1"], "pv-cpuid")
+    neg = negotiate(max_model(), host_profiles("cascadelake-5.4", "icelake-6.1"), "pv-cpuid")
     assert neg.ok and neg.config is not None
     enable = {d.feature for d in neg.drops if d.cause == "enable-time-filter"}
     assert {"vmx-posted-intr", "vmx-preemption-timer"} <= enable
@@ -173,26 +174,26 @@ def test_inconsistent_true_pinbased_filter_is_dropped() -> None:
     ("skylake-nested-off-6.1", "kvm_intel.nested=0"),
 ])
 def test_incapable_host_is_an_error(bad: str, needle: str) -> None:
-    neg = negotiate(MODEL, ["skylake-6.3", bad], "pv-cpuid")
+    neg = negotiate(MODEL, host_profiles("skylake-6.3", bad), "pv-cpuid")
     assert not neg.ok and needle in neg.error
     with pytest.raises(NegativeAnswer):
-        negotiate_cpu_arg(MODEL, ["skylake-6.3", bad])
+        negotiate_cpu_arg(MODEL, host_profiles("skylake-6.3", bad))
 
 
 def test_hv_flag_unsupported_on_old_kernel_is_dropped() -> None:
-    neg = negotiate(MODEL, ["skylake-5.10", "skylake-6.3"], "pv-cpuid")
+    neg = negotiate(MODEL, host_profiles("skylake-5.10", "skylake-6.3"), "pv-cpuid")
     assert [d.feature for d in neg.hv_dropped] == ["hv-emsr-bitmap"]
     assert neg.config is not None and "hv-emsr-bitmap" not in neg.config.hyperv
-    assert "hv-emsr-bitmap" in negotiate(MODEL, ["skylake-6.3"], "pv-cpuid").config.hyperv  # type: ignore[union-attr]
+    assert "hv-emsr-bitmap" in negotiate(MODEL, host_profiles("skylake-6.3"), "pv-cpuid").config.hyperv  # type: ignore[union-attr]
 
 
 def test_cpu_string_and_libvirt_xml() -> None:
-    neg = negotiate(MODEL, ["skylake-5.10", "skylake-6.3"], "pv-cpuid")
+    neg = negotiate(MODEL, host_profiles("skylake-5.10", "skylake-6.3"), "pv-cpuid")
     cpu = cpu_string(neg)
     assert cpu.startswith("Skylake-Server-v5,vmx=on,")
     assert "-vmx-posted-intr" in cpu and "hv-vapic=on" in cpu and "hv-evmcs=on" in cpu
     assert cpu.endswith("enforce=on")
-    assert negotiate_cpu_arg(MODEL, ["skylake-5.10", "skylake-6.3"]) == cpu
+    assert negotiate_cpu_arg(MODEL, host_profiles("skylake-5.10", "skylake-6.3")) == cpu
     # A libvirt whose cpu_map names vmx-* features (9.10+): the decision is a <feature>.
     root = ET.fromstring("<r>" + libvirt_xml(neg, load_cpu_map("9.10")) + "</r>")
     cpu_el = root.find("cpu")
@@ -212,7 +213,7 @@ def test_cpu_string_and_libvirt_xml() -> None:
 
 
 def test_plugin_option_is_flagged_in_xml_and_json() -> None:
-    neg = negotiate(MODEL, ["icelake-6.1", "sapphirerapids-6.6"], "pv-cpuid", target="simulator")
+    neg = negotiate(MODEL, host_profiles("icelake-6.1", "sapphirerapids-6.6"), "pv-cpuid", target="simulator")
     assert "hv-evmcs-perf-global-ctrl" in libvirt_xml(neg)
     data = negotiation_json(neg)
     assert data["pv_perf_global_ctrl"] is True
@@ -258,10 +259,10 @@ def test_golden_json(name: str, golden: Callable[[str, str], None], capsys: pyte
 
 # --------------------------------------------------------------------------- precise "gets wrong" (audit)
 
-def _compare(model: object, hosts: list[object]) -> dict[str, dict[str, object]]:
+def _compare(model: str | GuestModel, hosts: Sequence[str | HostProfile]) -> dict[str, dict[str, object]]:
     from qemu_evmcs.policy.negotiate import negotiate_all
 
-    return compare_strategies(negotiate_all(model, hosts, target="simulator"))  # type: ignore[arg-type]
+    return compare_strategies(negotiate_all(model, host_profiles(*hosts), target="simulator"))
 
 
 def _strs(value: object) -> list[str]:
@@ -307,7 +308,7 @@ def test_revision_forced_is_wrong_only_when_old_hosts_show_the_control() -> None
 
     every = frozenset(registry().features)
     hosts = [profile_from_features("old510", every, kernel="5.10"), profile_from_features("new63", every)]
-    cmp = _compare(max_model(), hosts)  # type: ignore[arg-type]
+    cmp = _compare(max_model(), hosts)
     (wrong,) = _strs(cmp["revision"]["gets_wrong"])
     assert ("hides vmx-tsc-scaling on new63, whose hardware has it, although the pre-6.1 hosts show it too") in wrong
     assert "PERF" not in wrong and "perf-global-ctrl" not in wrong
@@ -330,7 +331,7 @@ def test_cpu_string_round_trips_through_the_launch_parser() -> None:
                          (MODEL, ["icelake-6.1", "sapphirerapids-6.6"]),
                          ("max", ["cascadelake-5.4", "icelake-6.1"])):
         for strategy in STRATEGIES:
-            neg = negotiate(model, hosts, strategy)
+            neg = negotiate(model, host_profiles(*hosts), strategy)
             assert neg.ok and neg.config is not None, neg.error
             spec = parse_cpu_arg(cpu_string(neg))
             assert spec.model == neg.config.base
@@ -357,7 +358,8 @@ def test_libvirt_xml_is_well_formed_and_uses_libvirt_names() -> None:
 
     reg = registry()
     libvirt_names = {f.libvirt for f in reg.features.values() if f.libvirt} | {"vmx", "xsaves"}
-    for model, hosts in (("Skylake-Server-evmcs", ["skylake-5.10", "skylake-6.3"]), ("max", ["sapphirerapids-6.6"])):
+    for model, pool in (("Skylake-Server-evmcs", ["skylake-5.10", "skylake-6.3"]), ("max", ["sapphirerapids-6.6"])):
+        hosts = host_profiles(*pool)
         neg = negotiate(model, hosts, "pv-cpuid")
         xml = libvirt_xml(neg, load_cpu_map("9.10"))
         root = _libvirt_root(neg)
@@ -471,7 +473,7 @@ def test_negative_answer_reason_is_printed_once(capsys: pytest.CaptureFixture[st
 
 def test_drop_details_name_only_their_hosts() -> None:
     """A drop's detail (the era of the filter) is true of every host it names."""
-    neg = negotiate(MODEL, ["skylake-5.10", "skylake-6.3"], "pv-cpuid")
+    neg = negotiate(MODEL, host_profiles("skylake-5.10", "skylake-6.3"), "pv-cpuid")
     xapic = [(d.hosts, d.detail) for d in neg.drops if d.feature == "vmx-apicv-xapic" and d.cause == "evmcs-filter"]
     assert sorted(xapic) == [(("skylake-5.10",), "filtered by the eVMCS filter of kernel era 5.6-5.14"),
                              (("skylake-6.3",), "filtered by the eVMCS filter of kernel era 6.3+")]

@@ -11,10 +11,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from host_helpers import host_profiles
 from qemu_evmcs.policy.negotiate import (
     STRATEGIES,
     GuestModel,
-    load_hosts,
     max_model,
     negotiate,
     qemu_property_features,
@@ -23,7 +23,7 @@ from qemu_evmcs.policy.negotiate import (
 from qemu_evmcs.core.profile import bundled_profile_dir
 from qemu_evmcs.core.registry import registry
 
-CAPABLE = [h for h in load_hosts([bundled_profile_dir()]) if h.is_intel and h.nested]
+CAPABLE = [h for h in host_profiles(bundled_profile_dir()) if h.is_intel and h.nested]
 FEATURES = sorted(qemu_property_features())
 
 
@@ -35,7 +35,7 @@ FEATURES = sorted(qemu_property_features())
 ORACLE = [("pinbased", "IA32_VMX_TRUE_PINBASED_CTLS", 0x7F, 0xFFFFFFFF, 0x3F, 0x16),
           ("secondary", "IA32_VMX_PROCBASED_CTLS2", 0x1FFCFF, 0xFFFFFFFF & ~0x1, 0xC51998FE, 0x0),
           ("entry", "IA32_VMX_TRUE_ENTRY_CTLS", 0x3FFFF, 0xFFFFFFFF & ~0x2000, 0x7D3FF, 0x11FF)]
-SKYLAKE_PAIR = load_hosts(["skylake-5.10", "skylake-6.3"])
+SKYLAKE_PAIR = host_profiles("skylake-5.10", "skylake-6.3")
 REG = registry()
 
 

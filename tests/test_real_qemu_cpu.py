@@ -28,6 +28,7 @@ import pytest
 
 from launch_helpers import qemu_path
 from proc_helpers import unix_listening, wait_until
+from host_helpers import host_profiles
 from qemu_evmcs.output.render import cpu_string
 from qemu_evmcs.policy.negotiate import STRATEGIES, negotiate
 
@@ -109,7 +110,7 @@ def printed() -> dict[str, tuple[str, str, tuple[str, ...]]]:
     for model in MODELS:
         for strategy in STRATEGIES:
             for pool in POOLS:
-                neg = negotiate(model, list(pool), strategy)
+                neg = negotiate(model, host_profiles(*pool), strategy)
                 if neg.ok:
                     out.setdefault(cpu_string(neg), (model, strategy, pool))
     return out
@@ -128,14 +129,14 @@ def test_every_printed_cpu_is_accepted_by_the_installed_qemu(qemu: Qemu,
 def test_simulator_answer_is_refused_with_qemus_own_words(qemu: Qemu) -> None:
     """The negative control: the simulator's answer (hv-evmcs-perf-global-ctrl, x-hv-evmcs-revision) is what
     real QEMU refuses, in the wording the issue quotes."""
-    sim = cpu_string(negotiate("max", ["icelake-6.1"], "pv-cpuid", target="simulator"))
+    sim = cpu_string(negotiate("max", host_profiles("icelake-6.1"), "pv-cpuid", target="simulator"))
     assert "hv-evmcs-perf-global-ctrl=on" in sim
     assert qemu.refusal(sim) in ("Property 'max-x86_64-cpu.hv-evmcs-perf-global-ctrl' not found",
                                  "Property 'max-x86_64-cpu.vmx-any-errcode' not found",
                                  "Property 'max-x86_64-cpu.vmx-nested-exception' not found")
-    rev = cpu_string(negotiate("Skylake-Server-evmcs", ["icelake-6.1"], "revision", target="simulator"))
+    rev = cpu_string(negotiate("Skylake-Server-evmcs", host_profiles("icelake-6.1"), "revision", target="simulator"))
     assert qemu.refusal(rev) == "Property 'Skylake-Server-v5-x86_64-cpu.x-hv-evmcs-revision' not found"
-    real = cpu_string(negotiate("max", ["icelake-6.1"], "pv-cpuid"))
+    real = cpu_string(negotiate("max", host_profiles("icelake-6.1"), "pv-cpuid"))
     assert qemu.refusal(real) is None
 
 
@@ -161,7 +162,7 @@ def test_command_line_agrees_with_the_qmp_check(printed: dict[str, tuple[str, st
         rc, err = start(cpu)
         assert rc == 1 and "not found" not in err and "apic-id property was not initialized properly" in err, \
             (cpu, err)
-    sim = cpu_string(negotiate("max", ["icelake-6.1"], "pv-cpuid", target="simulator"))
+    sim = cpu_string(negotiate("max", host_profiles("icelake-6.1"), "pv-cpuid", target="simulator"))
     rc, err = start(sim)
     assert rc == 1 and "can't apply global max-x86_64-cpu." in err and "' not found" in err, err
     rc, err = start("max,vmx=on,hv-evmcs-perf-global-ctrl=on")
@@ -174,17 +175,17 @@ def test_answer_for_the_asked_binary_uses_exactly_its_properties(qemu: Qemu) -> 
     props = frozenset(p["name"] for p in qemu.execute("qom-list-properties", {"typename": "max-x86_64-cpu"}))
     assert "vmx-ept" in props and "hv-evmcs-perf-global-ctrl" not in props
     for model, strategy in [*((m, "shipped") for m in MODELS), ("max", "revision"), ("max", "vmx-msrs")]:
-        neg = negotiate(model, ["skylake-6.3", "icelake-6.1"], strategy, properties=props)
+        neg = negotiate(model, host_profiles("skylake-6.3", "icelake-6.1"), strategy, properties=props)
         assert neg.ok and qemu.refusal(cpu_string(neg)) is None, (model, strategy)
     # A QEMU that has the proposed PV option (this set is hand-made: no released QEMU has it).
     patched = props | {"hv-evmcs-perf-global-ctrl"}
-    neg = negotiate("max", ["icelake-6.1"], "shipped", properties=patched)
+    neg = negotiate("max", host_profiles("icelake-6.1"), "shipped", properties=patched)
     assert neg.config is not None and neg.config.pv_perf_global_ctrl
     assert "hv-evmcs-perf-global-ctrl=on" in cpu_string(neg).split(",")
     assert not any(p.startswith("vmx-") and p not in props for p in
                    (x.lstrip("-").split("=")[0] for x in cpu_string(neg).split(",")))
     # Without x-hv-evmcs-revision the revision design stays at the kernel's default revision.
-    rev = negotiate("max", ["icelake-6.1"], "revision", properties=patched)
+    rev = negotiate("max", host_profiles("icelake-6.1"), "revision", properties=patched)
     assert rev.config is not None and rev.config.revision == 1 and "x-hv-evmcs-revision" not in cpu_string(rev)
 
 

@@ -18,9 +18,10 @@ import pytest
 from proc_helpers import PATIENCE, async_wait_until, unix_listening
 from qemu.qmp import ExecuteError, QMPClient
 
+from host_helpers import host_profiles
 from qemu_evmcs.cli.main import run
 from qemu_evmcs.policy.migrate import migrate_check, naive_config, source_config
-from qemu_evmcs.policy.negotiate import load_guest_model, load_hosts, max_model
+from qemu_evmcs.policy.negotiate import load_guest_model, max_model
 from qemu_evmcs.output.libvirt import hv_sorted as _hv_sorted
 
 HERE = os.path.dirname(__file__)
@@ -28,7 +29,7 @@ MODEL = os.path.join(HERE, "data", "negotiate", "models", "Skylake-evmcs.yaml")
 
 
 def host(name: str) -> Any:
-    return load_hosts([name])[0]
+    return host_profiles(name)[0]
 
 
 def shipped_cpu(source: str, target: str = "qemu") -> str:
@@ -37,7 +38,7 @@ def shipped_cpu(source: str, target: str = "qemu") -> str:
     from qemu_evmcs.policy.negotiate import negotiate
     from qemu_evmcs.output.render import cpu_string
 
-    neg = negotiate(MODEL, [source], "pv-cpuid", target=target)
+    neg = negotiate(MODEL, host_profiles(source), "pv-cpuid", target=target)
     assert neg.ok and neg.config == source_config(MODEL, host(source), "shipped", target=target)
     return cpu_string(neg)
 

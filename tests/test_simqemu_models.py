@@ -13,10 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from host_helpers import host_profiles
 from qemu_evmcs.launch.wrapper import main as launch_main
 from qemu_evmcs.qemu.models import load_model, load_snapshot
 from qemu_evmcs.output.render import negotiate_cpu_arg
-from qemu_evmcs.policy.negotiate import STRATEGIES, STRATEGY_VARIANT, load_hosts, negotiate
+from qemu_evmcs.policy.negotiate import STRATEGIES, STRATEGY_VARIANT, negotiate
 from qemu_evmcs.output.render import cpu_string
 from qemu_evmcs.core.profile import bundled_profile_dir, load_profile, resolve_profile_path
 from qemu_evmcs.qemu import cpu as cpumod
@@ -98,17 +99,17 @@ def test_revision_property_is_design_a() -> None:
                            "KVM_CAP_HYPERV_ENLIGHTENED_VMCS2: legacy revision 1 only)")
     assert predict("skylake-5.10", ["--variant", "revision", *KVM, "-cpu", cpu.replace("=2", "=1")]).ok
     # Revision 2 exposes PERF_GLOBAL_CTRL without the PV CPUID bit on 6.1+.
-    res = boot(parse_args(["--variant", "revision", *KVM, "-cpu", cpu]), load_hosts(["skylake-6.3"])[0])
+    res = boot(parse_args(["--variant", "revision", *KVM, "-cpu", cpu]), host_profiles("skylake-6.3")[0])
     assert res.machine is not None
     vcpu = res.machine.vcpus[0].kvm_vcpu
     assert vcpu is not None and vcpu.evmcs_revision == 2
-    neg = negotiate(MODEL, ["icelake-6.1", "sapphirerapids-6.6"], "revision", target="simulator")
+    neg = negotiate(MODEL, host_profiles("icelake-6.1", "sapphirerapids-6.6"), "revision", target="simulator")
     assert neg.ok and "x-hv-evmcs-revision=2" in cpu_string(neg).split(",")
 
 
 def test_wrapper_negotiate_rewrites_cpu_and_the_simulator_starts() -> None:
     pool = ["skylake-6.3", "sapphirerapids-6.6"]
-    cpu = negotiate_cpu_arg("Skylake-Server-evmcs", pool)
+    cpu = negotiate_cpu_arg("Skylake-Server-evmcs", host_profiles(*pool))
     assert cpu.startswith("Skylake-Server-v5,vmx=on,") and cpu.endswith(",enforce=on")
     proc = subprocess.Popen(
         [sys.executable, "-m", "qemu_evmcs.launch", "--negotiate", *pool, "--simulate", "skylake-6.3", "--check",
@@ -125,7 +126,7 @@ def test_wrapper_negotiate_rewrites_cpu_and_the_simulator_starts() -> None:
         proc.communicate(timeout=30)
     assert proc.returncode == 128 + signal.SIGTERM
     for strategy in STRATEGIES:
-        s_cpu = negotiate_cpu_arg("Skylake-Server-evmcs", ["skylake-6.3", "skylake-5.10"], strategy)
+        s_cpu = negotiate_cpu_arg("Skylake-Server-evmcs", host_profiles("skylake-6.3", "skylake-5.10"), strategy)
         args = ["--variant", STRATEGY_VARIANT[strategy], *KVM, "-cpu", s_cpu]
         assert predict("skylake-5.10", args).ok and predict("skylake-6.3", args).ok
 
@@ -152,7 +153,8 @@ def test_check_message_is_not_doubled(capfd: pytest.CaptureFixture[str]) -> None
 
 # --------------------------------------------------------------------------- property (issue 5 §6)
 
-PROFILES = load_hosts([bundled_profile_dir()])
+PROFILES = host_profiles(bundled_profile_dir())
+BY_NAME = {h.name: h for h in PROFILES}
 CAPABLE = sorted(h.name for h in PROFILES if h.is_intel and h.nested)
 SNAP = load_snapshot()
 MODELS = sorted(n for n in ("Skylake-Server-evmcs", "Cascadelake-Server-evmcs", "Icelake-Server-evmcs",
@@ -166,7 +168,7 @@ def test_negotiated_cpu_starts_in_the_simulator_identically_everywhere(pool: lis
                                                                        strategy: str) -> None:
     # The simulated QEMU has every property and the proposed options: the answer for it (a real-QEMU answer
     # leaves QEMU 7.2's missing properties at the binary's defaults, which the simulator's max sets).
-    neg = negotiate(model, pool, strategy, target="simulator")
+    neg = negotiate(model, [BY_NAME[n] for n in pool], strategy, target="simulator")
     assert neg.ok, neg.error
     args = ["--variant", STRATEGY_VARIANT[strategy], *KVM, "-cpu", cpu_string(neg)]
     views = []

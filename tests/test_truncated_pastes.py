@@ -12,6 +12,7 @@ import os
 
 import pytest
 
+from host_helpers import host_profiles
 from qemu_evmcs.cli.commands.host import import_text
 from qemu_evmcs.core.enumeration import missing_msrs, quirks
 from qemu_evmcs.core.errors import InputError
@@ -67,7 +68,7 @@ def test_partial_profile_answers_say_so(tmp_path: pytest.TempPathFactory) -> Non
         yaml.safe_dump(prof.to_mapping(), f)
     again = load_profile(path)
     assert again.unknown_msrs == ("IA32_VMX_VMFUNC",)
-    neg = negotiate("Skylake-Server-evmcs", [path])
+    neg = negotiate("Skylake-Server-evmcs", host_profiles(path))
     assert any("IA32_VMX_VMFUNC unknown (partial import)" in n for n in neg.notes)
     assert any("IA32_VMX_VMFUNC unknown" in n for n in explain_host(again).notes)
 
@@ -152,5 +153,5 @@ def test_admit_of_a_partial_host_says_so(tmp_path: pytest.TempPathFactory) -> No
     path = os.path.join(str(tmp_path), "p.yaml")
     with open(path, "w", encoding="utf-8") as f:
         yaml.safe_dump(prof.to_mapping(), f)
-    res = admit(["skylake-6.3"], path)
+    res = admit(host_profiles("skylake-6.3"), host_profiles(path)[0])
     assert "IA32_VMX_VMFUNC unknown (partial import)" in res.reason

@@ -16,13 +16,12 @@ readers in ``fleet/`` fill it.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
 from qemu_evmcs.core.errors import InputError
-from qemu_evmcs.core.profile import HostProfile, iter_profiles, resolve_profile_path
+from qemu_evmcs.core.profile import HostProfile
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,33 +173,28 @@ class FleetHosts(Sequence[HostProfile]):
         raise IndexError("host index out of range")
 
 
-#: What the policy layer takes as hosts: a loaded :class:`Fleet`, or profiles (a string is a bundled profile name
-#: or a profile file -- multi-document or a directory -- read by :mod:`qemu_evmcs.core.profile`; inventories and
-#: fleet-scale files are loaded by :mod:`qemu_evmcs.fleet` first).
-Hosts = Fleet | Sequence[HostProfile | str]
+#: What the policy layer takes as hosts: a loaded :class:`Fleet`, or loaded profiles. Never a path or a bundled
+#: profile name: reading files and looking up names is the I/O layer's one loader
+#: (:func:`qemu_evmcs.fleet.sources.load_hosts_fleet`, what every command uses), so this layer stays free of I/O.
+Hosts = Fleet | Sequence[HostProfile]
 
 
 def as_fleet(hosts: Hosts) -> Fleet:
     """``hosts`` grouped by fingerprint (a :class:`Fleet` is returned as is), in the order given.
 
-    :raise InputError: a string that names no readable profile (an SQLite inventory must come loaded), or no
-        host at all.
+    :raise TypeError: an item that is not a loaded :class:`HostProfile` (a path or a name: load it with
+        :func:`qemu_evmcs.fleet.sources.load_hosts_fleet` first).
+    :raise InputError: no host at all.
     """
     if isinstance(hosts, Fleet):
         return hosts
-    fleet = Fleet(source=", ".join(h if isinstance(h, str) else h.name for h in hosts))
-    for item in hosts:
-        if isinstance(item, HostProfile):
-            fleet.add(item)
-            continue
-        path = resolve_profile_path(item)
-        if not os.path.exists(path):
-            raise InputError(f"no such host profile {item!r} (neither a file nor a bundled profile name)")
-        for profile in iter_profiles([path]):
-            fleet.add(profile)
-    if not fleet.members:
+    bad = "a string" if isinstance(hosts, str) else next((repr(h) for h in hosts if not isinstance(h, HostProfile)), "")
+    if bad:
+        raise TypeError(f"not a loaded host profile: {bad} (paths and bundled names are read by "
+                        "qemu_evmcs.fleet.sources.load_hosts_fleet)")
+    if not hosts:
         raise InputError("no host profiles given")
-    return fleet
+    return Fleet.of(hosts, source=", ".join(h.name for h in hosts))
 
 
 __all__ = ["Fleet", "FleetHosts", "HostGroup", "Hosts", "as_fleet"]

@@ -68,12 +68,13 @@ class Admission:
         }
 
 
-def admit(pool: Hosts, candidate: str | HostProfile | Fleet,
+def admit(pool: Hosts, candidate: HostProfile | Fleet,
           model: str | GuestModel | None = None, strategy: str = "pv-cpuid", *, target: str = "qemu") -> Admission:
     """Decide whether ``candidate`` may join ``pool`` (model default: every feature QEMU can set).
 
     ``pool``: see :data:`~qemu_evmcs.policy.negotiate.Hosts` (a fleet of any size: the pool is negotiated once per
-    distinct profile). ``candidate``: one host (a file's or inventory's first host). ``target``: the QEMU the
+    distinct profile). ``candidate``: one loaded host, or a fleet's first host (paths and names are loaded by
+    :func:`qemu_evmcs.fleet.sources.load_hosts_fleet`). ``target``: the QEMU the
     pool's guests run on (:data:`~qemu_evmcs.policy.negotiate.TARGETS`; real QEMU by default).
 
     :raise NegativeAnswer: never; a pool without a safe answer is an ``InputError``-free refusal.
