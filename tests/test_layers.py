@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from qemu_evmcs.core.hostgroup import as_fleet
+
 PKG = Path(__file__).resolve().parent.parent / "qemu_evmcs"
 
 #: Rank of each sub-package (lower = more basic). Top-level modules of the package (``__init__``,
@@ -103,3 +105,12 @@ def test_imports_go_down_and_stay_at_module_level(kind: str) -> None:
     upward, in_function = _violations()
     bad = upward if kind == "upward" else in_function
     assert not bad, f"{len(bad)} {kind} import(s):\n" + "\n".join(bad)
+
+
+def test_core_and_policy_take_loaded_hosts_not_names() -> None:
+    """A bundled name or a path given to the core grouping is refused: reading files and looking up names is the
+    I/O layer's loader (issue 10), so ``as_fleet`` must not quietly do it."""
+    with pytest.raises(TypeError, match="not a loaded host profile"):
+        as_fleet(["skylake-6.3"])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="not a loaded host profile"):
+        as_fleet("skylake-6.3")  # type: ignore[arg-type]
