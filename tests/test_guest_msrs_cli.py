@@ -107,8 +107,8 @@ def test_host_accepts_a_bundled_sample_name(run: Run) -> None:
 def test_real_entry_point() -> None:
     proc = subprocess.run([sys.executable, "-m", "qemu_evmcs", "guest-msrs", "--host", core("amd.yaml")],
                           capture_output=True, text=True, check=False)
-    assert proc.returncode == 1
-    assert proc.stderr.startswith(f"error: {core('amd.yaml')}: eVMCS cannot be enabled")
+    assert (proc.returncode, proc.stderr) == (1, "")
+    assert proc.stdout.startswith("no-evmcs: core-amd: eVMCS cannot be enabled")
 
 
 # ---- golden files -------------------------------------------------------------------------------------------
@@ -188,31 +188,45 @@ def test_usage_errors_exit_2(run: Run, argv: list[str], prefix: str) -> None:
     assert rc == 2 and out == "" and err.startswith(prefix) and err.count("\n") == 1
 
 
+#: A host that cannot answer is a negative answer, not bad input: a verdict line on stdout (``VERDICT: HOST: why``,
+#: like negotiate's ``no safe answer:`` and migrate-check's ``blocked:``), nothing on stderr, exit 1 (issue 13).
+#: HOST is the profile's ``name:`` (tests/data/core/*.yaml: core-amd, ...), not its file.
 NEGATIVE = [
-    ([core("amd.yaml")], f"error: {core('amd.yaml')}: eVMCS cannot be enabled on this host: AuthenticAMD has no "
+    ([core("amd.yaml")], "no-evmcs: core-amd: eVMCS cannot be enabled on this host: AuthenticAMD has no "
                          "enable_evmcs hook (eVMCS is Intel VMX only)"),
     ([core("nested-off.yaml")],
-     f"error: {core('nested-off.yaml')}: eVMCS cannot be enabled on this host: kvm_intel.nested=0 on kernel 6.1.55, "
+     "no-evmcs: core-nested-off: eVMCS cannot be enabled on this host: kvm_intel.nested=0 on kernel 6.1.55, "
      "so KVM_ENABLE_CAP(KVM_CAP_HYPERV_ENLIGHTENED_VMCS) returns version range 0x0000 and QEMU's hv-evmcs needs "
      "version 1"),
     ([core("nested-off.yaml"), "--kernel", "5.4"],
-     f"error: {core('nested-off.yaml')}: eVMCS cannot be enabled on this host: kvm_intel.nested=0 on kernel 5.4"),
-    ([core("kvm-hyperv-n.yaml")], f"error: {core('kvm-hyperv-n.yaml')}: eVMCS cannot be enabled on this host: "
+     "no-evmcs: core-nested-off: eVMCS cannot be enabled on this host: kvm_intel.nested=0 on kernel 5.4"),
+    ([core("kvm-hyperv-n.yaml")], "no-evmcs: core-kvm-hyperv-n: eVMCS cannot be enabled on this host: "
                                   "kernel 6.8.0-45-generic is built with CONFIG_KVM_HYPERV=n"),
-    ([core("skylake.yaml"), "--kernel", "4.19"], f"error: {core('skylake.yaml')}: eVMCS cannot be enabled on this "
+    ([core("skylake.yaml"), "--kernel", "4.19"], "no-evmcs: core-skylake: eVMCS cannot be enabled on this "
                                                  "host: kernel 4.19 predates KVM_CAP_HYPERV_ENLIGHTENED_VMCS"),
     ([core("amd.yaml"), "--no-evmcs"],
-     f"error: {core('amd.yaml')}: an L1 guest reads no VMX MSRs on this host: AuthenticAMD has no Intel VMX"),
+     "no-vmx: core-amd: an L1 guest reads no VMX MSRs on this host: AuthenticAMD has no Intel VMX"),
     ([core("nested-off.yaml"), "--no-evmcs"],
-     f"error: {core('nested-off.yaml')}: an L1 guest reads no VMX MSRs on this host: kvm_intel.nested=0"),
+     "no-vmx: core-nested-off: an L1 guest reads no VMX MSRs on this host: kvm_intel.nested=0"),
 ]
 
 
 @pytest.mark.parametrize("argv, line", NEGATIVE, ids=[str(i) for i in range(len(NEGATIVE))])
 @pytest.mark.parametrize("command", ["guest-msrs", "explain"])
-def test_negative_answer_is_one_line_exit_1(run: Run, command: str, argv: list[str], line: str) -> None:
+def test_negative_answer_is_one_verdict_line_exit_1(run: Run, command: str, argv: list[str], line: str) -> None:
     rc, out, err = run(command, "--host", *argv)
-    assert (rc, out, err) == (1, "", line + "\n")
+    assert (rc, out, err) == (1, line + "\n", "")
+
+
+@pytest.mark.parametrize("command", ["guest-msrs", "explain"])
+def test_negative_answer_json_carries_the_verdict(run: Run, command: str) -> None:
+    """--json: the verdict as one JSON object (docs/json.md "verdict"), nothing on stderr, exit 1."""
+    rc, out, err = run(command, "--host", "epyc-amd-6.6", "--json")
+    assert (rc, err) == (1, "")
+    assert json.loads(out) == {
+        "ok": False, "verdict": "no-evmcs", "host": "epyc-amd-6.6", "layer": "cpu",
+        "reason": "eVMCS cannot be enabled on this host: AuthenticAMD has no enable_evmcs hook (eVMCS is Intel "
+                  "VMX only)"}
 
 
 def test_no_evmcs_on_a_pre_420_kernel_still_answers(run: Run) -> None:

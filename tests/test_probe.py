@@ -4,6 +4,7 @@ on this machine (AMD host / no device access)."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import struct
 import subprocess
@@ -14,7 +15,7 @@ from typing import Any, TypedDict
 import pytest
 
 from qemu_evmcs.hostio import probe
-from qemu_evmcs.core.errors import ProbeError
+from qemu_evmcs.core.errors import NegativeAnswer, ProbeError
 from qemu_evmcs.core.profile import bundled_profile_dir, load_profile
 from qemu_evmcs.core.registry import registry
 
@@ -209,14 +210,16 @@ def test_no_hv_cpuid_without_cap(fake_host: FakeHost) -> None:
     assert res.profile.kvm_hyperv is False
 
 
-@pytest.mark.parametrize("case,message", [
-    ("nested-param", "nested virtualization is off"),
-    ("no-basic", "KVM lists no IA32_VMX_BASIC (0x480) feature MSR: nested VMX is off"),
-    ("basic-zero", "KVM reports IA32_VMX_BASIC = 0: nested VMX is off"),
-    ("no-feature-cap", "KVM lacks KVM_CAP_GET_MSR_FEATURES"),
-    ("amd", "no Intel VMX (AMD CPUs have SVM, not VMX)"),
+#: The machine cannot do it (no Intel VMX, nested off, a KVM too old to list VMX MSRs): a negative answer, a
+#: verdict (NegativeAnswer, exit 1), not an error (issue 13). (verdict, layer, words of the reason)
+@pytest.mark.parametrize("case,verdict,layer,message", [
+    ("nested-param", "no-nested-vmx", "kvm", "nested virtualization is off"),
+    ("no-basic", "no-nested-vmx", "kvm", "KVM lists no IA32_VMX_BASIC (0x480) feature MSR: nested VMX is off"),
+    ("basic-zero", "no-nested-vmx", "kvm", "KVM reports IA32_VMX_BASIC = 0: nested VMX is off"),
+    ("no-feature-cap", "no-vmx-msrs", "kvm", "KVM lacks KVM_CAP_GET_MSR_FEATURES"),
+    ("amd", "no-intel-vmx", "cpu", "no Intel VMX (AMD CPUs have SVM, not VMX)"),
 ])
-def test_probe_failures(case: str, message: str, fake_host: FakeHost) -> None:
+def test_probe_verdicts(case: str, verdict: str, layer: str, message: str, fake_host: FakeHost) -> None:
     msrs = dict(SKY)
     caps: dict[int, int] | None = None
     if case == "nested-param":
@@ -229,10 +232,11 @@ def test_probe_failures(case: str, message: str, fake_host: FakeHost) -> None:
         caps = {}
     elif case == "amd":
         Path(fake_host["cpuinfo_path"]).write_text("vendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7763\n\n")
-    with pytest.raises(ProbeError) as ei:
+    with pytest.raises(NegativeAnswer) as ei:
         probe.probe(ioctl=FakeKvm(msrs, caps=caps), release="6.1", **fake_host)
     assert message in str(ei.value) and "\n" not in str(ei.value)
-    assert ei.value.exit_code == 1
+    assert (ei.value.exit_code, ei.value.verdict, ei.value.layer) == (1, verdict, layer)
+    assert ei.value.verdict_line().startswith(f"{verdict}: ")
 
 
 def test_not_a_kvm_device(tmp_path: Path) -> None:
@@ -261,15 +265,25 @@ def test_real_probe_on_this_machine() -> None:
         assert vendor == "GenuineIntel" and can_open
         assert "IA32_VMX_BASIC:" in r.stdout and r.stderr == ""
         return
-    assert r.returncode == 1 and r.stdout == ""
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ")
-    if not can_open:
-        assert "cannot open /dev/kvm" in lines[0]
-    elif vendor in ("AuthenticAMD", "HygonGenuine"):
-        assert "AMD" in lines[0] and "no Intel VMX" in lines[0]
+    assert r.returncode == 1
+    if not can_open:    # the environment, not the machine's answer: an error line
+        assert r.stdout == "" and r.stderr.startswith("error: cannot open /dev/kvm")
+        return
+    # the machine's answer: one verdict line on stdout (issue 13), the honest reason kept
+    lines = r.stdout.splitlines()
+    assert r.stderr == "" and len(lines) == 1
+    if vendor in ("AuthenticAMD", "HygonGenuine"):
+        assert lines[0].startswith("no-intel-vmx: this host's CPU is") and "AMD" in lines[0] \
+            and "no Intel VMX" in lines[0]
     else:
-        assert "nested" in lines[0]
+        assert lines[0].startswith(("no-nested-vmx: ", "no-vmx-msrs: ")) and "nested" in lines[0]
+    # --json: the same verdict as the documented object (docs/json.md "verdict"); the machine itself has no host
+    j = run_cli("host", "probe", "--json")
+    verdict = lines[0].split(":", 1)[0]
+    assert (j.returncode, j.stderr) == (1, "")
+    assert json.loads(j.stdout) == {"ok": False, "verdict": verdict, "host": None,
+                                    "layer": "cpu" if verdict == "no-intel-vmx" else "kvm",
+                                    "reason": lines[0].split(": ", 1)[1]}
 
 
 @pytest.mark.parametrize("how", ["option", "env"])

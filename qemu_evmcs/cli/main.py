@@ -7,7 +7,9 @@ only dispatches and turns every :class:`~qemu_evmcs.core.errors.EvmcsError` into
 one-line ``error:`` contract:
 
 - exit 0: success;
-- exit 1: the answer is negative (a check that fails, a host that cannot answer);
+- exit 1: the answer is negative (a check that fails, a host that cannot answer): a
+  :class:`~qemu_evmcs.core.errors.NegativeAnswer` that reaches here is printed as its verdict line on stdout
+  (with ``--json``: the verdict object of docs/json.md), not as an ``error:`` line;
 - exit 2: bad input or usage, with ``error: FILE[:LINE]: KEY: what`` on stderr.
 """
 
@@ -19,7 +21,8 @@ import sys
 from typing import cast
 from collections.abc import Callable, Sequence
 
-from qemu_evmcs.core.errors import EXIT_BAD_INPUT, EvmcsError
+from qemu_evmcs.core.errors import EXIT_BAD_INPUT, EvmcsError, NegativeAnswer
+from qemu_evmcs.output.jsonout import print_json
 
 
 #: Every sub-command, in help order: (name, module under ``qemu_evmcs.cli.commands``, one-line summary).
@@ -87,6 +90,12 @@ def run(argv: Sequence[str] | None = None) -> int:
     func = cast(Callable[[argparse.Namespace], int], args.func)
     try:
         return func(args)
+    except NegativeAnswer as err:   # an answer, not an error: stdout, as the command's own verdicts
+        if getattr(args, "json", False):
+            print_json(err.to_json())
+        else:
+            print(err.verdict_line())
+        return err.exit_code
     except EvmcsError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

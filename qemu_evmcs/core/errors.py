@@ -124,6 +124,31 @@ class LaunchError(EvmcsError):
 
 
 class NegativeAnswer(EvmcsError):
-    """A check ran and its answer is "no" (for example ``--check`` refuses): exit 1."""
+    """A check ran and its answer is "no" (for example ``--check`` refuses, or a host cannot do eVMCS): exit 1.
+
+    Not an error: the CLI prints it as a verdict line on stdout (``VERDICT: HOST: why``, like negotiate's
+    ``no safe answer:``), or with ``--json`` as the documented verdict object (docs/json.md), never as an
+    ``error:`` line, which is for bad input and an unusable environment.
+
+    :param verdict: what the answer is, one word (``no-evmcs``, ``no-vmx``, ``source-fails``, ``no-intel-vmx``,
+        ``no-nested-vmx``, ``no-vmx-msrs``; ``no`` when nothing more precise applies).
+    """
 
     exit_code = EXIT_NEGATIVE
+
+    def __init__(self, message: str, *, verdict: str = "no", **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.verdict = verdict
+
+    def verdict_line(self) -> str:
+        """``VERDICT: HOST: why`` (``VERDICT: why`` without a host), one line like every CLI line."""
+        who = f"{self.host}: " if self.host else ""
+        text = " ".join(f"{self.verdict}: {who}{self.message}".splitlines())
+        if len(text) > MAX_MESSAGE_CHARS:
+            text = f"{text[:MAX_MESSAGE_CHARS]}... ({len(text) - MAX_MESSAGE_CHARS} more characters)"
+        return text
+
+    def to_json(self) -> dict[str, object]:
+        """The ``verdict`` document of docs/json.md."""
+        return {"ok": False, "verdict": self.verdict, "host": self.host, "layer": self.layer,
+                "reason": self.message}

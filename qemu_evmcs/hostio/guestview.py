@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from collections.abc import Mapping
 
-from qemu_evmcs.core.errors import ProbeError
+from qemu_evmcs.core.errors import NegativeAnswer
 from qemu_evmcs.core.registry import Registry, registry
 from qemu_evmcs.hostio.kvmrun import GuestFault, KvmGuest
 from qemu_evmcs.hostio.probe import CpuidEntry, IoctlFn, _default_ioctl
@@ -86,17 +86,20 @@ def probe_guest_view(device: str = "/dev/kvm", *, pv_perf_global_ctrl: bool = Fa
                      ioctl: IoctlFn = _default_ioctl, reg: Registry | None = None) -> GuestView:
     """Run the eVMCS guest once and read 0x480-0x491 as it.
 
-    :raise ProbeError: no eVMCS on this KVM, or the guest cannot run.
+    :raise NegativeAnswer: no eVMCS on this KVM (a verdict, exit 1).
+    :raise ProbeError: the guest cannot run.
     """
     reg = reg or registry()
     with KvmGuest(device, ioctl=ioctl) as g:
         if not g.check_extension(KVM_CAP_HYPERV_ENLIGHTENED_VMCS):
-            raise ProbeError(f"{device}: KVM_CAP_HYPERV_ENLIGHTENED_VMCS is 0 (no Intel VMX with "
-                             f"kvm_intel.nested=1, or CONFIG_KVM_HYPERV=n): there is no eVMCS guest view to probe")
+            raise NegativeAnswer(f"{device}: KVM_CAP_HYPERV_ENLIGHTENED_VMCS is 0 (no Intel VMX with "
+                                 f"kvm_intel.nested=1, or CONFIG_KVM_HYPERV=n): there is no eVMCS guest view to "
+                                 f"probe", verdict="no-evmcs", layer="kvm")
         version = g.enable_evmcs()
         if not version:
-            raise ProbeError(f"{device}: KVM_ENABLE_CAP(KVM_CAP_HYPERV_ENLIGHTENED_VMCS) returned version 0 "
-                             f"(kvm_intel.nested=0): there is no eVMCS guest view to probe")
+            raise NegativeAnswer(f"{device}: KVM_ENABLE_CAP(KVM_CAP_HYPERV_ENLIGHTENED_VMCS) returned version 0 "
+                                 f"(kvm_intel.nested=0): there is no eVMCS guest view to probe", verdict="no-evmcs",
+                                 layer="kvm")
         hv = g.vcpu_hv_cpuid()
         entries = [e for e in g.supported_cpuid() if e.function not in HV_LEAVES]
         for e in hv:

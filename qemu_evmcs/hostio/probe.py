@@ -14,8 +14,10 @@ What is read, in order:
    ``/proc/version_signature`` (Ubuntu) or ``/proc/version`` (Debian), which decides the era of a
    distribution build (:mod:`qemu_evmcs.core.kernelid`).
 
-Any of these failing raises :class:`~qemu_evmcs.core.errors.ProbeError` with one line saying what is missing. No
-value is ever invented. Structures follow include/uapi/linux/kvm.h::
+When the machine cannot answer (no Intel VMX, nested off, a KVM too old to list VMX MSRs) that is its answer:
+:class:`~qemu_evmcs.core.errors.NegativeAnswer` (a verdict line, exit 1). Any other step failing (no access to
+the device, not a KVM device, an ioctl failing) raises :class:`~qemu_evmcs.core.errors.ProbeError`, one
+``error:`` line. No value is ever invented. Structures follow include/uapi/linux/kvm.h::
 
     struct kvm_msr_list  { __u32 nmsrs; __u32 indices[]; };
     struct kvm_msr_entry { __u32 index; __u32 reserved; __u64 data; };
@@ -36,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qemu_evmcs.core.cpuid import from_cpuid
-from qemu_evmcs.core.errors import EvmcsError, ProbeError
+from qemu_evmcs.core.errors import EvmcsError, NegativeAnswer, ProbeError
 from qemu_evmcs.core.profile import HostProfile, profile_from_mapping
 from qemu_evmcs.core.registry import Registry, registry
 from qemu_evmcs.qemu.models import load_snapshot
@@ -364,12 +366,12 @@ def _probe_fd(fd: int, device: str, ioctl: IoctlFn, cpuinfo_path: str, nested_pa
         vendor = cpu.vendor or "an unknown vendor"
         what = f" ({cpu.model_name})" if cpu.model_name else ""
         why = "AMD CPUs have SVM, not VMX" if cpu.vendor in ("AuthenticAMD", "HygonGenuine") else "not Intel"
-        raise ProbeError(f"this host's CPU is {vendor}{what}: no Intel VMX ({why}), so there are no VMX MSRs "
-                         f"and no eVMCS to probe")
+        raise NegativeAnswer(f"this host's CPU is {vendor}{what}: no Intel VMX ({why}), so there are no VMX MSRs "
+                             f"and no eVMCS to probe", verdict="no-intel-vmx", layer="cpu")
     nested = _read(nested_param)
     if nested is not None and nested.strip() in ("N", "n", "0"):
-        raise ProbeError(f"nested virtualization is off ({nested_param} = {nested.strip()}): KVM reports no VMX "
-                         f"MSRs; load kvm_intel with nested=1")
+        raise NegativeAnswer(f"nested virtualization is off ({nested_param} = {nested.strip()}): KVM reports no "
+                             f"VMX MSRs; load kvm_intel with nested=1", verdict="no-nested-vmx", layer="kvm")
 
     def cap(num: int) -> int:
         try:
@@ -381,17 +383,18 @@ def _probe_fd(fd: int, device: str, ioctl: IoctlFn, cpuinfo_path: str, nested_pa
             "KVM_CAP_HYPERV_ENLIGHTENED_VMCS": cap(KVM_CAP_HYPERV_ENLIGHTENED_VMCS),
             "KVM_CAP_SYS_HYPERV_CPUID": cap(KVM_CAP_SYS_HYPERV_CPUID)}
     if not caps["KVM_CAP_GET_MSR_FEATURES"]:
-        raise ProbeError("KVM lacks KVM_CAP_GET_MSR_FEATURES (kernel older than 4.17): cannot read VMX MSRs "
-                         "from the system fd")
+        raise NegativeAnswer("KVM lacks KVM_CAP_GET_MSR_FEATURES (kernel older than 4.17): cannot read VMX MSRs "
+                             "from the system fd", verdict="no-vmx-msrs", layer="kvm")
     listed = set(_get_list(fd, KVM_GET_MSR_FEATURE_INDEX_LIST, ioctl, "KVM_GET_MSR_FEATURE_INDEX_LIST"))
     wanted = [m.index for m in sorted(reg.msrs.values(), key=lambda m: m.index) if m.index in listed]
     basic = reg.msrs_of_word("basic")[0]
     if basic.index not in listed:
-        raise ProbeError(f"KVM lists no {basic.name} ({basic.index:#x}) feature MSR: nested VMX is off or "
-                         f"unsupported on this host")
+        raise NegativeAnswer(f"KVM lists no {basic.name} ({basic.index:#x}) feature MSR: nested VMX is off or "
+                             f"unsupported on this host", verdict="no-nested-vmx", layer="kvm")
     values = _get_msrs(fd, wanted, ioctl)
     if not values.get(basic.index):
-        raise ProbeError(f"KVM reports {basic.name} = 0: nested VMX is off on this host")
+        raise NegativeAnswer(f"KVM reports {basic.name} = 0: nested VMX is off on this host",
+                             verdict="no-nested-vmx", layer="kvm")
     msrs = {reg.msr(i).name: v for i, v in values.items()}
     hv: list[CpuidEntry] = []
     if caps["KVM_CAP_SYS_HYPERV_CPUID"]:

@@ -216,8 +216,12 @@ def find_features(name: str, reg: Registry | None = None) -> list[Feature]:
 
 
 def _check_answerable(profile: HostProfile, kvm: SimKvm, evmcs: bool) -> None:
-    """Refuse (exit 1) a host where the question has no answer: no eVMCS, or no nested VMX at all."""
+    """Refuse (exit 1, a verdict: ``no-evmcs`` or, with eVMCS off, ``no-vmx``) a host where the question has no
+    answer: no eVMCS, or no nested VMX at all."""
     why: str | None = None
+    verdict, layer = "no-evmcs", LAYER_KVM
+    if not profile.is_intel:
+        layer = LAYER_CPU    # the CPU has no VMX: nothing above it can help
     if evmcs and not kvm.has_evmcs_hook():
         why = f"eVMCS cannot be enabled on this host: {kvm.no_evmcs_reason()}"
     elif evmcs and kvm.evmcs_version() == 0:
@@ -228,8 +232,10 @@ def _check_answerable(profile: HostProfile, kvm: SimKvm, evmcs: bool) -> None:
         lack = (f"{profile.vendor} has no Intel VMX" if not profile.is_intel
                 else "kvm_intel.nested=0" if not profile.nested else "KVM reports no VMX MSRs")
         why = f"an L1 guest reads no VMX MSRs on this host: {lack}"
+        verdict = "no-vmx"
     if why is not None:
-        raise NegativeAnswer(why, file=profile.source or profile.name, host=profile.name, layer=LAYER_KVM)
+        raise NegativeAnswer(why, verdict=verdict, file=profile.source or profile.name, host=profile.name,
+                             layer=layer)
 
 
 def _filter_reason(era: Era, msr: Msr, feat: Feature) -> tuple[str, str | None]:

@@ -73,7 +73,7 @@ def source_config(model: str | GuestModel, source: HostProfile, design: str, *,
         return naive_config(gm)
     neg = negotiate(gm, [source], DESIGN_STRATEGY[design], target=target)
     if not neg.ok or neg.config is None:
-        raise NegativeAnswer(f"the guest cannot start on the source: {neg.error}")
+        raise NegativeAnswer(f"the guest cannot start on the source: {neg.error}", verdict="source-fails")
     return neg.config
 
 
@@ -119,7 +119,7 @@ def source_view(config: GuestConfig, source: HostProfile) -> dict[str, int]:
     src = start_guest(config, source)
     if not src.ok:
         raise NegativeAnswer(f"the running guest's configuration cannot start on the source profile "
-                             f"{source.name}: {src.reason.removeprefix('error: ')}")
+                             f"{source.name}: {src.reason.removeprefix('error: ')}", verdict="source-fails")
     return dict(src.guest_msrs)
 
 
@@ -188,9 +188,9 @@ def check_migration(config: GuestConfig, source: HostProfile, destination: HostP
     """
     src = start_guest(config, source)
     if not src.ok:
-        # QEMU's own "error: failed to set MSR ..." text: the CLI adds the one "error:" prefix.
+        # QEMU's own "error: failed to set MSR ..." text, without QEMU's prefix: the CLI prints a verdict line.
         raise NegativeAnswer(f"the guest cannot start on the source {source.name}: "
-                             f"{src.reason.removeprefix('error: ')}")
+                             f"{src.reason.removeprefix('error: ')}", verdict="source-fails")
     return verdict_from_view(config, src.guest_msrs, source.name, destination)
 
 
@@ -275,7 +275,7 @@ def migrate_host(gm: GuestModel, source: HostProfile, destination: HostProfile, 
     src = start_guest(host_config(gm, source, cfg_design, target), source)
     if not src.ok:
         raise NegativeAnswer(f"-cpu {gm.name} cannot start on the source {source.name}: "
-                             f"{src.reason.removeprefix('error: ')}")
+                             f"{src.reason.removeprefix('error: ')}", verdict="source-fails")
     v = verdict_from_view(host_config(gm, destination, cfg_design, target), src.guest_msrs, source.name,
                           destination)
     v.design = design

@@ -9,7 +9,8 @@ object::
 
 with every MSR of the profile in index order. A host where eVMCS cannot be
 enabled (AMD, nested off, CONFIG_KVM_HYPERV=n, pre-4.20) is a negative answer:
-one ``error:`` line saying why, exit 1.
+the verdict line ``no-evmcs: HOST: why`` on stdout (``--json``: the verdict object of
+docs/json.md), exit 1 -- an answer, not an ``error:`` line.
 
 The option helpers here (:func:`add_host_arguments`, :func:`host_from_args`,
 :func:`explain_from_args`) are shared with ``qemu-evmcs explain``.
