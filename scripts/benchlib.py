@@ -67,11 +67,25 @@ class Timing:
     runs: int
 
 
-def run_timed(argv: Sequence[str], env: dict[str, str], *, check: bool = True) -> tuple[float, float, str]:
-    """(wall seconds, child CPU seconds, stdout) of one run."""
+def child_cwd(tmp: str) -> str:
+    """The working directory of every measured child: an empty directory under ``tmp``.
+
+    Why: ``python -m`` and ``python -c`` put the working directory first on ``sys.path``, ahead of
+    ``PYTHONPATH``; run from the checkout (as the scripts are), a child would import the checkout's
+    ``qemu_evmcs`` (compiled from source at each start under ``PYTHONDONTWRITEBYTECODE=1``) instead of the
+    byte-compiled copy, which is what the figures before this fix silently measured.
+    """
+    cwd = os.path.join(tmp, "cwd")
+    os.makedirs(cwd, exist_ok=True)
+    return cwd
+
+
+def run_timed(argv: Sequence[str], env: dict[str, str], *, check: bool = True,
+              cwd: str | None = None) -> tuple[float, float, str]:
+    """(wall seconds, child CPU seconds, stdout) of one run (in ``cwd``: see :func:`child_cwd`)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    out = subprocess.run(list(argv), env=env, capture_output=True, text=True, check=False)
+    out = subprocess.run(list(argv), env=env, capture_output=True, text=True, check=False, cwd=cwd)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if check and out.returncode not in (0, 1):
