@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from qemu_evmcs.cli import main as cli
 
@@ -27,10 +29,11 @@ _PROBE = ("import sys, json, io, contextlib\n"
           "sys.stderr.write(json.dumps({'rc': rc, 'modules': sorted(sys.modules), 'out': buf.getvalue()}))\n")
 
 
-def _run_fresh(*argv: str) -> tuple[int, set[str], str]:
-    """(exit code, modules loaded, stdout) of ``qemu-evmcs ARGV`` in a fresh interpreter."""
+def _run_fresh(*argv: str, env: dict[str, str] | None = None) -> tuple[int, set[str], str]:
+    """(exit code, modules loaded, stdout) of ``qemu-evmcs ARGV`` in a fresh interpreter (``env``: added to
+    this process's environment)."""
     out = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True, timeout=120,
-                         check=True)
+                         check=True, env={**os.environ, **(env or {})})
     info = json.loads(out.stderr)
     return int(info["rc"]), set(info["modules"]), str(info["out"])
 
@@ -46,6 +49,19 @@ def test_guest_msrs_imports_neither_asyncio_nor_other_commands() -> None:
     assert "asyncio" not in mods
     commands = {m.rsplit(".", 1)[1] for m in mods if m.startswith("qemu_evmcs.cli.commands.")}
     assert commands == {"guest_msrs"}
+
+
+def test_a_parse_cache_hit_imports_no_yaml_code(tmp_path: Path) -> None:
+    """Once the registry, the eras and the profile are in the parse cache, ``guest-msrs`` runs without PyYAML
+    (about a quarter of its start-up) and without tempfile (only needed to write an entry); the first run,
+    a miss for each text, parses with PyYAML and writes the entries. Same output both times."""
+    env = {"QEMU_EVMCS_CACHE_DIR": str(tmp_path / "cache")}
+    rc, first, out1 = _run_fresh("guest-msrs", "--host", "skylake-6.3", env=env)
+    assert rc == 0 and "yaml" in first and "tempfile" in first        # misses: parsed and written
+    rc, mods, out2 = _run_fresh("guest-msrs", "--host", "skylake-6.3", env=env)
+    assert rc == 0 and out2 == out1
+    assert not {m for m in mods if m == "yaml" or m.startswith(("yaml.", "_yaml"))}
+    assert "qemu_evmcs.core.profileyaml" not in mods and "tempfile" not in mods
 
 
 def test_explain_loads_only_its_own_module_and_the_one_it_shares() -> None:

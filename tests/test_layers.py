@@ -4,6 +4,11 @@ core -> kvm -> qemu -> policy -> {hostio, fleet, output, launch, simqemu} -> cli
 layer and any layer below; the five I/O packages share one level and may import each other. An import inside
 a function (or under ``if TYPE_CHECKING``-free conditionals in a function) is how cycles were hidden before, so
 it is refused everywhere. The expected rank of every package is written here by hand, not read from the code.
+
+Deferred imports (issue 15: start-up) have ONE way in, ``qemu_evmcs.core.lazy.module("name")``: its
+string-literal targets count as imports here and must go down the layers like any other; a computed name is
+allowed only where listed in :data:`COMPUTED_LAZY` (with the reason); ``importlib.import_module`` and
+``__import__`` are refused everywhere but ``core/lazy.py``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,15 @@ RANK = {"core": 0, "kvm": 1, "qemu": 2, "policy": 3,
         "cli": 5}
 
 
+#: The only modules that may call ``lazy.module`` with a computed name, and why the layer rule holds there.
+COMPUTED_LAZY = {
+    "qemu_evmcs.cli.main": "the running sub-command's module, from its static table (cli is the top layer)",
+    "qemu_evmcs.qemu.cpu": "a model-provider plug-in the user names in an environment variable (not this package)",
+}
+#: The module that implements deferred imports (the only caller of importlib.import_module).
+LAZY_MODULE = "qemu_evmcs.core.lazy"
+
+
 def _layer(module: str) -> str:
     """``qemu_evmcs.policy.negotiate`` (or ``qemu_evmcs.policy``) -> ``policy``; the package itself and its
     top-level modules (``qemu_evmcs.__main__``) -> ``cli``."""
@@ -40,9 +54,34 @@ def _modules() -> list[tuple[str, Path]]:
     return out
 
 
+def _lazy_calls(tree: ast.Module) -> list[tuple[str | None, int, str]]:
+    """(target if a string literal else ``None``, line, callee) of every deferred import in ``tree``:
+    ``lazy.module(...)``/``module(...)`` of core.lazy, ``importlib.import_module(...)``, ``import_module(...)``
+    and ``__import__(...)``."""
+    found: list[tuple[str | None, int, str]] = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name):
+            callee = f"{f.value.id}.{f.attr}"
+        elif isinstance(f, ast.Name):
+            callee = f.id
+        else:
+            continue
+        if callee not in ("lazy.module", "importlib.import_module", "import_module", "__import__"):
+            continue
+        arg = node.args[0] if node.args else None
+        literal = arg.value if isinstance(arg, ast.Constant) and isinstance(arg.value, str) else None
+        found.append((literal, node.lineno, callee))
+    return found
+
+
 def _imports(tree: ast.Module, module: str, is_pkg: bool) -> list[tuple[str, int, bool]]:
-    """(imported qemu_evmcs module, line, inside a function) for every import in ``tree``."""
-    found: list[tuple[str, int, bool]] = []
+    """(imported qemu_evmcs module, line, inside a function) for every import in ``tree``; a literal
+    ``lazy.module("qemu_evmcs...")`` counts as an import outside any function (it is the sanctioned way)."""
+    found: list[tuple[str, int, bool]] = [(target, line, False) for target, line, callee in _lazy_calls(tree)
+                                          if callee == "lazy.module" and target and target.startswith("qemu_evmcs")]
 
     def visit(node: ast.AST, in_func: bool) -> None:
         for child in ast.iter_child_nodes(node):
@@ -63,11 +102,25 @@ def _imports(tree: ast.Module, module: str, is_pkg: bool) -> list[tuple[str, int
     return found
 
 
+def _lazy_violations(tree: ast.Module, module: str) -> list[str]:
+    """Deferred imports that bypass core.lazy, or pass it a computed name outside :data:`COMPUTED_LAZY`."""
+    bad = []
+    for target, line, callee in _lazy_calls(tree):
+        if callee != "lazy.module":
+            if module != LAZY_MODULE:
+                bad.append(f"{module}:{line} calls {callee} (deferred imports go through core.lazy.module)")
+        elif target is None and module not in COMPUTED_LAZY:
+            bad.append(f"{module}:{line} calls lazy.module with a computed name (a string literal is checked "
+                       "against the layers; see COMPUTED_LAZY)")
+    return bad
+
+
 def _violations() -> tuple[list[str], list[str]]:
     upward: list[str] = []
     in_function: list[str] = []
     for module, path in _modules():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        in_function.extend(_lazy_violations(tree, module))
         mine = _layer(module)
         for target, line, in_func in _imports(tree, module, path.name == "__init__.py"):
             where = f"{path.relative_to(PKG.parent)}:{line} imports {target}"
@@ -93,6 +146,21 @@ def test_the_check_sees_an_upward_and_an_in_function_import() -> None:
     got = _imports(tree, "qemu_evmcs.policy.x", False)
     assert got == [("qemu_evmcs.core", 1, False), ("qemu_evmcs.fleet", 3, True)]
     assert RANK[_layer("qemu_evmcs.fleet.loader")] > RANK[_layer("qemu_evmcs.policy.x")]
+
+
+def test_the_check_sees_lazy_loads() -> None:
+    """A literal lazy load is an import (ranked, so this upward one would fail); a computed name, or
+    importlib used directly, is refused outside the listed modules."""
+    tree = ast.parse("from qemu_evmcs.core import lazy\nimport importlib\n"
+                     "def f(n):\n    lazy.module('qemu_evmcs.fleet.loader')\n    lazy.module('yaml')\n"
+                     "    lazy.module(n)\n    importlib.import_module('yaml')\n    __import__('json')\n")
+    assert ("qemu_evmcs.fleet.loader", 4, False) in _imports(tree, "qemu_evmcs.policy.x", False)
+    assert not [t for t in _imports(tree, "qemu_evmcs.policy.x", False) if t[0] == "yaml"]
+    bad = _lazy_violations(tree, "qemu_evmcs.policy.x")
+    assert [b.split(" ", 1)[0] for b in bad] == ["qemu_evmcs.policy.x:6", "qemu_evmcs.policy.x:7",
+                                                 "qemu_evmcs.policy.x:8"]
+    assert len(_lazy_violations(tree, LAZY_MODULE)) == 1        # lazy.py itself may use importlib, not lazy(n)
+    assert set(COMPUTED_LAZY) <= {m for m, _ in _modules()}
 
 
 def test_every_package_has_a_rank() -> None:

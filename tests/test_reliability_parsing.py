@@ -18,7 +18,7 @@ import pytest
 import yaml
 from cli_helpers import Run, cli_runner
 
-from qemu_evmcs.core import profile as profile_mod
+from qemu_evmcs.core import profileyaml
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.profile import bundled_profile_dir, load_profile
 from qemu_evmcs.fleet.sources import load_fleet
@@ -109,14 +109,14 @@ def test_second_document_refused_without_composing_the_rest(tmp_path: Path,
     f = tmp_path / "many.yaml"
     f.write_text("---\n" * 100_000)
     composed = 0
-    real = profile_mod._DepthLimitedLoader.compose_document
+    real = profileyaml._DepthLimitedLoader.compose_document
 
     def counting(self: yaml.SafeLoader) -> object:
         nonlocal composed
         composed += 1
         return real(self)
 
-    monkeypatch.setattr(profile_mod._DepthLimitedLoader, "compose_document", counting)
+    monkeypatch.setattr(profileyaml._DepthLimitedLoader, "compose_document", counting)
     with pytest.raises(InputError, match="expected one YAML document, found more") as exc:
         load_profile(str(f))
     assert composed == 2 and exc.value.line is not None and exc.value.line <= 3

@@ -16,11 +16,11 @@ one-line ``error:`` contract:
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from typing import cast
 from collections.abc import Callable, Sequence
 
+from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import EXIT_BAD_INPUT, EvmcsError, NegativeAnswer
 from qemu_evmcs.output.jsonout import print_json
 
@@ -65,7 +65,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if module not in COMMAND_MODULES:
             continue
         if only is None or name == only:
-            importlib.import_module(f"qemu_evmcs.cli.commands.{module}").register(sub)
+            lazy.module(f"qemu_evmcs.cli.commands.{module}").register(sub)
         else:
             sub.add_parser(name, help=summary, add_help=False)   # never parsed: another command runs
     return parser

@@ -5,7 +5,8 @@ Why: every command parses ``registry.yaml`` and ``eras.yaml`` (about a fifth of 
 start-up, even with libyaml) and usually a host profile, and these texts almost never change. The cache
 maps *what was parsed and how* to the result:
 
-- the key is the SHA-256 of a format tag, the parser's name, the PyYAML version, the bytes of the source
+- the key is the SHA-256 of a format tag, the parser's name, PyYAML's identity (:func:`yaml_id`: its
+  version, found without importing it, since a hit must not pay PyYAML's import), the bytes of the source
   files of the code that parses (``parser_files``: a changed parser is a different key), and the text itself.
   So an edited data file, a changed loader or another PyYAML can never be served an old result: there is
   nothing to invalidate, only entries nobody asks for any more;
@@ -23,13 +24,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.machinery
 import marshal
 import os
 import stat
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
+
+from qemu_evmcs.core import lazy
 
 T = TypeVar("T")
 
@@ -64,6 +67,28 @@ def _code_id(parser: str, parser_files: tuple[str, ...], yaml_version: str) -> b
             return None
         h.update(b"\0")
     return h.digest()
+
+
+@functools.cache
+def yaml_id() -> str:
+    """PyYAML's identity for cache keys, found without importing PyYAML (its import is about a quarter of an
+    interactive command's start-up, and a cache hit needs none of it): the SHA-256 of ``yaml/__init__.py``
+    (which carries ``__version__``) and whether libyaml's binding ``yaml/_yaml*`` sits next to it (the loaders
+    use it when present). ``""`` if PyYAML is not found (parsing will then fail as it always did)."""
+    yaml_module = sys.modules.get("yaml")
+    origin = getattr(yaml_module, "__file__", None)
+    if origin is None:
+        spec = importlib.machinery.PathFinder.find_spec("yaml")
+        origin = spec.origin if spec is not None else None
+    if origin is None:
+        return ""
+    try:
+        with open(origin, "rb") as fh:
+            h = hashlib.sha256(fh.read())
+        libyaml = any(n.startswith("_yaml") for n in os.listdir(os.path.dirname(origin)))
+    except OSError:
+        return ""
+    return f"{h.hexdigest()}-{'libyaml' if libyaml else 'pure'}"
 
 
 def is_plain(value: object) -> bool:
@@ -136,7 +161,8 @@ def _read(path: str) -> tuple[bool, Any]:
 def _write(where: str, path: str, value: Any) -> None:
     try:
         os.makedirs(where, mode=0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=where)
+        # tempfile (with random, shutil...) is imported only here, when an entry is written (lazy.py).
+        fd, tmp = lazy.module("tempfile").mkstemp(prefix=".tmp-", dir=where)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(marshal.dumps(value))
@@ -148,4 +174,4 @@ def _write(where: str, path: str, value: Any) -> None:
         pass    # a read-only or full cache directory only costs the time it would have saved
 
 
-__all__ = ["CACHE_FORMAT", "cache_dir", "cached_parse", "is_plain"]
+__all__ = ["CACHE_FORMAT", "cache_dir", "cached_parse", "is_plain", "yaml_id"]

@@ -24,15 +24,13 @@ the key and, when known, the line.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import unicodedata
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 from collections.abc import Iterator, Mapping, Sequence
-
-import yaml
 
 from qemu_evmcs.core.cpuid import NAME as CPUID_NAME
 from qemu_evmcs.core.enumeration import TRUE_MSRS, quirks
@@ -40,10 +38,8 @@ from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import MAX_INPUT_BYTES, read_text_capped
 from qemu_evmcs.core.kernel import Era, KernelVersion, parse_release
 from qemu_evmcs.core.kernelid import AmbiguousKernel, KernelIdentity, identify
-from qemu_evmcs.core import yamlfast, yamlsafe
-from qemu_evmcs.core.parsecache import cached_parse
-from qemu_evmcs.core.yamlfast import HAVE_LIBYAML, CComposeSafeLoader
-from qemu_evmcs.core.yamlsafe import StrictSafeLoader
+from qemu_evmcs.core import lazy
+from qemu_evmcs.core.parsecache import cached_parse, yaml_id
 from qemu_evmcs.core.registry import MASK32, MASK64, Registry, registry
 
 
@@ -59,11 +55,6 @@ _REQUIRED_KEYS = {"name": str, "vendor": str, "kernel": (str, int, float), "msrs
 
 #: Upper bound on a profile file, so hostile input cannot exhaust memory.
 MAX_PROFILE_BYTES = MAX_INPUT_BYTES
-
-#: Deepest YAML nesting accepted; a profile needs 2 levels. Deeper input is refused while composing, before
-#: PyYAML's recursive composer (and its scanner's per-level bookkeeping) can take seconds or hit the recursion limit.
-MAX_YAML_DEPTH = 32
-
 
 @dataclass(frozen=True)
 class HostProfile:
@@ -203,25 +194,6 @@ class HostProfile:
         if self.cpu_features is not None:
             key["cpu_features"] = sorted(self.cpu_features)
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-
-
-# --------------------------------------------------------------------------- line numbers
-
-def _line_map(node: yaml.Node, prefix: str = "", _seen: set[int] | None = None) -> dict[str, int]:
-    """Map dotted key paths to 1-based lines, from a composed (not constructed) YAML node.
-
-    Each node is walked once: an alias (``*a``) is the same node object as its anchor, and following
-    it again would make a "billion laughs" document expand exponentially here.
-    """
-    out: dict[str, int] = {}
-    seen = _seen if _seen is not None else set()
-    if isinstance(node, yaml.MappingNode) and id(node) not in seen:
-        seen.add(id(node))
-        for k, v in node.value:
-            key = f"{prefix}.{k.value}" if prefix else str(k.value)
-            out[key] = k.start_mark.line + 1
-            out.update(_line_map(v, key, seen))
-    return out
 
 
 def _type_name(t: Any) -> str:
@@ -432,116 +404,16 @@ def _read_text(path: str) -> str:
     return read_text_capped(path, MAX_PROFILE_BYTES, what="host profiles")
 
 
-def _yaml_error(err: yaml.YAMLError, path: str) -> InputError:
-    mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    return InputError(f"invalid YAML: {problem}", file=path, line=(mark.line + 1) if mark is not None else None)
-
-
-class _DepthLimit:
-    """Refuse nesting deeper than :data:`MAX_YAML_DEPTH` while composing (a mixin before a Composer)."""
-
-    _depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        self._depth += 1
-        try:
-            if self._depth > MAX_YAML_DEPTH:
-                mark = self.peek_event().start_mark  # type: ignore[attr-defined]
-                raise yaml.composer.ComposerError(None, None, f"nesting deeper than {MAX_YAML_DEPTH} levels",
-                                                  mark)
-            return super().compose_node(parent, index)  # type: ignore[misc, no-any-return]
-        finally:
-            self._depth -= 1
-
-
-class _PyDepthLimitedLoader(_DepthLimit, StrictSafeLoader):
-    """The pure-Python safe loader, depth-limited: its error messages are the ones users see."""
-
-
-if HAVE_LIBYAML:
-    class _DepthLimitedLoader(_DepthLimit, CComposeSafeLoader):
-        """The depth-limited composer on libyaml's C scanner and parser (:mod:`~qemu_evmcs.core.yamlfast`):
-        about 7x faster than the pure-Python loader on a profile. Any YAML error is reported by re-reading
-        the text with :class:`_PyDepthLimitedLoader`, so messages do not depend on libyaml."""
-else:  # pragma: no cover - PyYAML built without libyaml
-    _DepthLimitedLoader = _PyDepthLimitedLoader  # type: ignore[misc, assignment]
-
-
-class _RawFloat(float):
-    """A YAML float that remembers how it was written: ``kernel: 5.10`` must not become release 5.1."""
-
-    raw: str
-
-
-class _ProfileLoader(StrictSafeLoader):
-    """The safe loader, except that floats keep their source text (see :class:`_RawFloat`)."""
-
-
-def _construct_raw_float(loader: yaml.SafeLoader, node: yaml.Node) -> float:
-    value = _RawFloat(loader.construct_yaml_float(node))  # type: ignore[arg-type]
-    value.raw = str(node.value)
-    return value
-
-
-_ProfileLoader.add_constructor("tag:yaml.org,2002:float", _construct_raw_float)
-
-
-def iter_documents(text: str, path: str) -> Iterator[tuple[object, dict[str, int]]]:
-    """Each YAML document of ``text`` with its key->line map (safe loader only)."""
-    for data, lines, _ in _iter_documents(text, path):
-        yield data, lines
-
-
-def _iter_documents(text: str, path: str) -> Iterator[tuple[object, dict[str, int], int]]:
-    """:func:`iter_documents` plus each document's 1-based first line; empty documents included."""
-    done = 0
-    try:
-        for item in _compose_documents(text, fast=True):
-            done += 1
-            yield item
-        return
-    except yaml.YAMLError as err:
-        if _DepthLimitedLoader is _PyDepthLimitedLoader:  # pragma: no cover - PyYAML without libyaml
-            raise _yaml_error(err, path) from None
-    # The fast loader refused something: read it again with the pure-Python loader for its message (and
-    # for anything libyaml refuses that PyYAML accepts), resuming after the documents already given.
-    try:
-        for i, item in enumerate(_compose_documents(text, fast=False)):
-            if i >= done:
-                yield item
-    except yaml.YAMLError as err:
-        raise _yaml_error(err, path) from None
-    except RecursionError:
-        raise InputError("YAML nesting too deep", file=path) from None
-
-
-def _compose_documents(text: str, *, fast: bool) -> Iterator[tuple[object, dict[str, int], int]]:
-    nodes = (yaml.compose_all(text, Loader=_DepthLimitedLoader) if fast
-             else yaml.compose_all(text, Loader=_PyDepthLimitedLoader))
-    for node in nodes:
-        if node is None:
-            continue
-        lines = _line_map(node)
-        loader = _ProfileLoader("")
-        try:
-            data = loader.construct_document(node)
-        finally:
-            loader.dispose()
-        yield data, lines, node.start_mark.line + 1
-
-
 def load_profile_text(text: str, path: str = "<string>") -> HostProfile:
     """Exactly one profile from YAML text; refused at the start of a second document (a million empty
     documents must not be composed before saying so). The parse goes through the per-user parse cache
-    (:mod:`~qemu_evmcs.core.parsecache`); validation runs every time."""
+    (:mod:`~qemu_evmcs.core.parsecache`); validation runs every time. PyYAML and the YAML half of this module
+    (:mod:`~qemu_evmcs.core.profileyaml`) are imported only when the text is not in the cache."""
 
     def first_two(t: str) -> list[tuple[object, dict[str, int], int]]:
-        return list(itertools.islice(_iter_documents(t, path), 2))
+        return _profileyaml().first_documents(t, path, 2)  # type: ignore[no-any-return]
 
-    docs = cached_parse(text, first_two, parser="profile",
-                        parser_files=(__file__, yamlsafe.__file__, yamlfast.__file__),
-                        yaml_version=yaml.__version__)
+    docs = cached_parse(text, first_two, parser="profile", parser_files=_PARSER_FILES, yaml_version=yaml_id())
     if not docs:
         raise InputError("expected one YAML document, found 0", file=path)
     first = docs[0]
@@ -551,6 +423,22 @@ def load_profile_text(text: str, path: str = "<string>") -> HostProfile:
                          line=second[2])
     data, lines, _ = first
     return profile_from_mapping(data, file=path, lines=lines)
+
+
+def iter_documents(text: str, path: str) -> Iterator[tuple[object, dict[str, int]]]:
+    """Each YAML document of ``text`` with its key->line map (safe loader only;
+    :func:`~qemu_evmcs.core.profileyaml.iter_documents`)."""
+    return _profileyaml().iter_documents(text, path)  # type: ignore[no-any-return]
+
+
+def _profileyaml() -> ModuleType:
+    """The YAML half of host-profile reading (PyYAML with it), loaded on first use (:mod:`~qemu_evmcs.core.lazy`)."""
+    return lazy.module("qemu_evmcs.core.profileyaml")
+
+
+#: The code that turns a profile's text into what the parse cache stores: a change in any of them is a new key.
+_PARSER_FILES = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), f)
+                      for f in ("profileyaml.py", "yamlsafe.py", "yamlfast.py"))
 
 
 def load_profile(path: str) -> HostProfile:

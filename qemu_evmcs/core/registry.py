@@ -14,15 +14,12 @@ import os
 from typing import Any
 from collections.abc import Mapping
 
-import yaml
-
+from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import InputError
-from qemu_evmcs.core.parsecache import cached_parse
+from qemu_evmcs.core.parsecache import cached_parse, yaml_id
 
 
 MASK32 = 0xFFFF_FFFF
-#: libyaml's safe loader when built in, else PyYAML's: both construct plain data only.
-_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 
 
@@ -267,15 +264,19 @@ def parse_registry(data: Mapping[str, Any]) -> Registry:
 def load_data(name: str) -> Any:
     """Load a YAML file of ``qemu_evmcs/data`` with a safe loader (libyaml's ``CSafeLoader`` when present:
     the registry is read by every command, and the C loader saves ~0.1 s of start-up), through the per-user
-    parse cache (:mod:`~qemu_evmcs.core.parsecache`: the same text is parsed once, not at every start)."""
+    parse cache (:mod:`~qemu_evmcs.core.parsecache`: the same text is parsed once, not at every start; the
+    key's :func:`~qemu_evmcs.core.parsecache.yaml_id` says whether libyaml is there)."""
     with open(data_path(name), encoding="utf-8") as fh:
         text = fh.read()
-    return cached_parse(text, _parse_data, parser=f"data-{_SAFE_LOADER.__name__}", parser_files=(__file__,),
-                        yaml_version=yaml.__version__)
+    return cached_parse(text, _parse_data, parser="data", parser_files=(__file__,), yaml_version=yaml_id())
 
 
 def _parse_data(text: str) -> Any:
-    return yaml.load(text, Loader=_SAFE_LOADER)
+    """A cache miss: PyYAML is imported now, not at start-up (:mod:`~qemu_evmcs.core.lazy`). libyaml's safe
+    loader when built in, else PyYAML's: both construct plain data only."""
+    yaml = lazy.module("yaml")
+    safe_loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(text, Loader=safe_loader)
 
 
 #: ``qemu_evmcs/data``. Package data is read as plain files next to the code (how setuptools installs it);

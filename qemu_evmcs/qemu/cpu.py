@@ -56,12 +56,12 @@ is "not supported by kernel" unless KVM reports the bit (6.1+).
 from __future__ import annotations
 
 import functools
-import importlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Protocol, runtime_checkable
 
+from qemu_evmcs.core import lazy
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.qemu.options import BOOL_TRUE, qapi_bool
 from qemu_evmcs.qemu.compose import CTL_WRITES, compose_vmx_msrs, supported_msr_feature
@@ -214,7 +214,7 @@ def _load_env_provider() -> None:
     _env_loaded.append(spec)
     mod_name, _, attr = spec.partition(":")
     try:
-        obj: object = getattr(importlib.import_module(mod_name), attr or "provider")
+        obj: object = getattr(lazy.module(mod_name), attr or "provider")   # a plug-in the user names
     except (ImportError, AttributeError) as err:
         raise QemuError(f"{ENV_MODEL_PROVIDER}={spec}: cannot load model provider ({err})") from None
     if not isinstance(obj, ModelProvider) and callable(obj):
