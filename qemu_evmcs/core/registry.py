@@ -113,10 +113,15 @@ class Registry:
     vmxcap_order: list[str]
     _by_alias: dict[str, Feature] = field(default_factory=dict)
     _by_index: dict[int, Msr] = field(default_factory=dict)
+    _by_qemu: dict[str, list[Feature]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for msr in self.msrs.values():
             self._by_index[msr.index] = msr
+        # qemu_bits() is called for every property of every guest start: an index, not a scan of every bit.
+        for feat in self.features.values():
+            if feat.qemu:
+                self._by_qemu.setdefault(feat.qemu, []).append(feat)
         for feat in self.features.values():
             self._by_alias.setdefault(feat.name, feat)
         for feat in self.features.values():
@@ -178,7 +183,7 @@ class Registry:
 
     def qemu_bits(self, qemu_name: str) -> list[Feature]:
         """Every bit a QEMU property controls (a typo'd name controls two bits)."""
-        return [f for f in self.features.values() if f.qemu == qemu_name]
+        return list(self._by_qemu.get(qemu_name, ()))
 
     def word_features(self, word: str) -> list[Feature]:
         """Features of a word, by bit."""
