@@ -34,7 +34,7 @@ def test_typo_of_a_bundled_profile_name_suggests_the_name(run: Run) -> None:
     # A path keeps the reader's own error; a name far from every sample lists them.
     assert run("host", "show", "./nope.yaml") == (2, "", "error: ./nope.yaml: No such file or directory\n")
     rc, _, err = run("host", "show", "zzz")
-    assert rc == 2 and "bundled profiles: broadwell-6.1, cascadelake-5.4, epyc-amd-6.6," in err
+    assert rc == 2 and "bundled profiles: broadwell-6.1, cascadelake-5.4, cascadelake-w-6.8, epyc-amd-6.6," in err
 
 
 def test_model_path_or_name_typo_says_what_exists(run: Run, tmp_path: Path,
