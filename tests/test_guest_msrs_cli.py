@@ -39,17 +39,21 @@ def test_json_is_exactly_one_object_in_index_order(run: Run) -> None:
     assert list(doc["msrs"]) == [n for n in registry().msr_names() if n != "IA32_VMX_PROCBASED_CTLS3"]
     assert all(re.fullmatch(r"0x[0-9a-f]{16}", v) for v in doc["msrs"].values())
     assert out.endswith("}\n") and out.count("\n}") == 1
-    # the worked example of vmx-dumps.md
+    # the worked example of vmx-dumps.md, then without the bits QEMU never writes (no property: 2nd 19, exit 24,
+    # entry 17; issue 13): 2nd 0x1998fe & ~0x80000 = 0x1198fe, exit 0x1bfefff & ~0x1000000 = 0xbfefff,
+    # entry 0x3d3ff & ~0x20000 = 0x1d3ff
     assert doc["msrs"]["IA32_VMX_TRUE_PINBASED_CTLS"] == "0x0000003f00000016"
-    assert doc["msrs"]["IA32_VMX_PROCBASED_CTLS2"] == "0x001998fe00000000"
-    assert doc["msrs"]["IA32_VMX_EXIT_CTLS"] == "0x01bfefff00036dff"
-    assert doc["msrs"]["IA32_VMX_TRUE_ENTRY_CTLS"] == "0x0003d3ff000011fb"
+    assert doc["msrs"]["IA32_VMX_PROCBASED_CTLS2"] == "0x001198fe00000000"
+    assert doc["msrs"]["IA32_VMX_EXIT_CTLS"] == "0x00bfefff00036dff"
+    assert doc["msrs"]["IA32_VMX_TRUE_ENTRY_CTLS"] == "0x0001d3ff000011fb"
     # What the text table shows besides (issue 13): the host value and the removed features with their layer.
     # 0x7f -> 0x3f in the allowed-1 half of TRUE_PINBASED is control bit 6, the VMX-preemption timer.
     assert doc["host_msrs"]["IA32_VMX_TRUE_PINBASED_CTLS"] == "0x0000007f00000016"
     assert doc["removed"]["IA32_VMX_TRUE_PINBASED_CTLS"] == [
         {"feature": "vmx-preemption-timer", "bit": 6, "layer": "evmcs-filter"}]
-    assert "IA32_VMX_BASIC" not in doc["removed"] and doc["design"] == "shipped" and doc["notes"]
+    # BASIC 0x00da040000000004 has bit 49 (dual monitor) set; QEMU copies only revision, size and memory type
+    assert doc["removed"]["IA32_VMX_BASIC"] == [{"feature": "vmx-basic-dual-monitor", "bit": 49, "layer": "qemu"}]
+    assert doc["msrs"]["IA32_VMX_BASIC"] == "0x00d8040000000004" and doc["design"] == "shipped" and doc["notes"]
     assert doc["msrs"]["IA32_VMX_VMFUNC"] == "0x0000000000000000"
 
 
@@ -58,9 +62,11 @@ def test_options_change_the_answer(run: Run) -> None:
         rc, out, _ = run("guest-msrs", "--host", core("skylake.yaml"), "--json", *extra)
         assert rc == 0
         return dict(json.loads(out)["msrs"])
-    assert msrs("--pv-perf-global-ctrl")["IA32_VMX_EXIT_CTLS"] == "0x01bfffff00036dff"
-    assert msrs("--no-evmcs")["IA32_VMX_EXIT_CTLS"] == "0x01ffffff00036dff"
-    assert msrs("--kernel", "5.10")["IA32_VMX_PROCBASED_CTLS2"] == "0x001ffcfe00000000"
+    # each without the bits no QEMU property controls: exit 24 (0x1bfffff -> 0xbfffff, 0x1ffffff -> 0xffffff);
+    # on 5.10 (the filter clears only 2nd bit 0) also 2nd 18 (EPT-violation #VE) and 19: 0x1ffcfe & ~0xc0000 = 0x13fcfe
+    assert msrs("--pv-perf-global-ctrl")["IA32_VMX_EXIT_CTLS"] == "0x00bfffff00036dff"
+    assert msrs("--no-evmcs")["IA32_VMX_EXIT_CTLS"] == "0x00ffffff00036dff"
+    assert msrs("--kernel", "5.10")["IA32_VMX_PROCBASED_CTLS2"] == "0x0013fcfe00000000"
     rc, out, _ = run("guest-msrs", "--host", core("skylake.yaml"), "--json", "--kernel", "5.4.0-150-generic")
     assert json.loads(out)["kernel"] == "5.4.0-150-generic" and json.loads(out)["era"] == "4.20-5.5+7a601e2cf615"
 
@@ -70,11 +76,14 @@ def test_not_emulated_msr_reads_as_zero_and_variants(run: Run) -> None:
     doc = json.loads(out)
     assert list(doc["msrs"])[-1] == "IA32_VMX_PROCBASED_CTLS3"
     assert doc["msrs"]["IA32_VMX_PROCBASED_CTLS3"] == "0x0000000000000000"
-    assert doc["msrs"]["IA32_VMX_PROCBASED_CTLS2"] == "0xc51998fe00000000"
+    # the 6.3 allow-list 0xc51998fe without the secondary bits QEMU never writes (no property: 31 notify-vm-exiting,
+    # 30 bus-lock-detect, 24 pt-use-gpa, 19 pt-conceal-vmx = 0xc1080000): 0x041198fe
+    assert doc["msrs"]["IA32_VMX_PROCBASED_CTLS2"] == "0x041198fe00000000"
     rc, out, _ = run("guest-msrs", "--host", core("synthetic-full.yaml"), "--json", "--variant", "revision")
-    assert json.loads(out)["msrs"]["IA32_VMX_PROCBASED_CTLS2"] == "0xc71998fe00000000"  # TSC scaling exposed
+    assert json.loads(out)["msrs"]["IA32_VMX_PROCBASED_CTLS2"] == "0x061198fe00000000"  # TSC scaling (bit 25) exposed
     rc, out, _ = run("guest-msrs", "--host", core("synthetic-full.yaml"), "--json", "--variant", "vmx-msrs")
-    assert json.loads(out)["msrs"]["IA32_VMX_TRUE_EXIT_CTLS"] == "0x03bfffff00036dfb"  # PERF exposed
+    # 0x03bfffff without exit bit 24 (pt-conceal-pip): 0x02bfffff
+    assert json.loads(out)["msrs"]["IA32_VMX_TRUE_EXIT_CTLS"] == "0x02bfffff00036dfb"  # PERF exposed
 
 
 def test_text_table(run: Run) -> None:

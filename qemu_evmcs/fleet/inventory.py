@@ -27,7 +27,8 @@ from qemu_evmcs.core.msrval import feature_set
 from qemu_evmcs.core.profile import MAX_PROFILE_BYTES, HostProfile, control_character, profile_from_mapping
 from qemu_evmcs.core.registry import registry
 from qemu_evmcs.fleet.loader import CHUNK_BYTES, FleetLoader, profile_files, subdir_hint
-from qemu_evmcs.kvm.simkvm import guest_view
+from qemu_evmcs.core.views import visible_features
+from qemu_evmcs.qemu.hostguest import host_model_guest_msrs
 from qemu_evmcs.output.progress import Progress
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -166,9 +167,14 @@ def host_features(profile: HostProfile) -> frozenset[str]:
 
 
 def guest_features(profile: HostProfile, *, evmcs: bool = True, pv_perf_global_ctrl: bool = False) -> frozenset[str]:
-    """Features an L1 guest reads (``-cpu host``); empty when eVMCS cannot be enabled on the host."""
+    """Features an L1 guest reads (``-cpu host``); empty when eVMCS cannot be enabled on the host.
+
+    The one rule of "visible" (:func:`qemu_evmcs.core.views.visible_features`: set in every MSR of its word, so
+    5.15's forgotten TRUE_PINBASED does not count) over what a ``-cpu host`` guest reads
+    (:func:`qemu_evmcs.qemu.hostguest.host_model_guest_msrs`: only the features QEMU can give): the set
+    ``explain`` counts visible."""
     try:
-        return feature_set(guest_view(profile, evmcs=evmcs, pv_perf_global_ctrl=pv_perf_global_ctrl))
+        return visible_features(host_model_guest_msrs(profile, evmcs=evmcs, pv_perf_global_ctrl=pv_perf_global_ctrl))
     except KvmError:
         return frozenset()
 

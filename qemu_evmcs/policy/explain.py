@@ -18,10 +18,14 @@ this order:
     allow-lists from 6.3);
 ``perf-cpuid-gate``
     from 6.1, VM_{EXIT,ENTRY}_LOAD_IA32_PERF_GLOBAL_CTRL are shown only if the
-    guest's CPUID 0x4000000A.EBX bit 0 is set, which QEMU never does.
+    guest's CPUID 0x4000000A.EBX bit 0 is set, which QEMU never does;
+``qemu``
+    KVM reports it and no filter removes it, but QEMU never writes it into the
+    guest's MSRs (no property, not a field QEMU copies from KVM:
+    :func:`qemu_evmcs.qemu.compose.qemu_given_features`, the rule every command counts by).
 
 The verdict "visible or not" is never computed here: it is read from
-:func:`qemu_evmcs.kvm.simkvm.guest_view`, the simulated KVM's answer. This module
+:func:`qemu_evmcs.qemu.hostguest.host_model_guest_msrs`, the simulated KVM's answer for what QEMU writes. This module
 only *attributes* each missing bit to a layer, so that the explanation cannot
 drift from the simulation. :func:`explain_host` returns frozen dataclasses
 that the resolver and the negotiator reuse.
@@ -40,8 +44,9 @@ from qemu_evmcs.core.msrval import feature_present, hex64, word_source_msr
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.registry import Feature, Msr, Registry, registry
 from qemu_evmcs.qemu.attribution import (LAYER_CPU, LAYER_FILTER, LAYER_KVM, LAYER_NOT_EMULATED, LAYER_PERF,
-                                          RemovedBit, missing_layer, removed_bits)
-from qemu_evmcs.kvm.simkvm import EVMCS_REVISION_LATEST, NOT_EMULATED_MSRS, VARIANTS, SimKvm, guest_view
+                                          LAYER_QEMU, RemovedBit, missing_layer, removed_bits)
+from qemu_evmcs.qemu.hostguest import host_model_guest_msrs
+from qemu_evmcs.kvm.simkvm import EVMCS_REVISION_LATEST, NOT_EMULATED_MSRS, VARIANTS, SimKvm
 
 #: Linux mask-name suffix of each feature word (EVMCS1_{UN,}SUPPORTED_<suffix>, kvm-evmcs.md §3).
 MASK_SUFFIX: Mapping[str, str] = {
@@ -277,6 +282,18 @@ def _perf_reason(era: Era, msr: Msr, feat: Feature) -> str:
             f"in the guest's CPUID; --pv-perf-global-ctrl shows the effect")
 
 
+def _qemu_reason(msr: Msr, feat: Feature) -> str:
+    """Why QEMU never gives a guest ``feat`` (qemu.md §2.2; QEMU 7.2 target/i386/kvm/kvm.c kvm_msr_entry_add_vmx)."""
+    if msr.layout == "ctl":
+        how = (f"QEMU writes {msr.name} from its feature word (make_vmx_msr_value), and -cpu host/max take only "
+               f"the bits QEMU has names for from KVM (x86_cpu_get_migratable_flags)")
+    else:
+        how = (f"QEMU writes {msr.name} as its feature word plus only the fields it copies from KVM's value "
+               f"(kvm_msr_entry_add_vmx)")
+    return (f"never given to a guest by QEMU: {_subject(msr, feat)} is set in KVM's value, but no QEMU property "
+            f"controls it and {how}, so the guest reads it clear")
+
+
 def _emulated_range(reg: Registry) -> str:
     idx = sorted(m.index for m in reg.msrs.values() if m.name not in NOT_EMULATED_MSRS)
     return f"{reg.msr(idx[0]).name}..{reg.msr(idx[-1]).name} ({idx[0]:#x}..{idx[-1]:#x})"
@@ -303,8 +320,8 @@ def explain_host(profile: HostProfile, *, evmcs: bool = True, pv_perf_global_ctr
     era = kvm.era
     _check_answerable(profile, kvm, evmcs)
     try:
-        guest = dict(guest_view(profile, evmcs=evmcs, pv_perf_global_ctrl=pv_perf_global_ctrl, variant=variant,
-                                revision=EVMCS_REVISION_LATEST))
+        guest = host_model_guest_msrs(profile, evmcs=evmcs, pv_perf_global_ctrl=pv_perf_global_ctrl,
+                                      variant=variant, revision=EVMCS_REVISION_LATEST)
     except KvmError as err:  # pragma: no cover - _check_answerable refuses these hosts first
         raise NegativeAnswer(err.message, file=profile.source or profile.name, host=profile.name,
                              layer=LAYER_KVM) from err
@@ -321,7 +338,7 @@ def explain_host(profile: HostProfile, *, evmcs: bool = True, pv_perf_global_ctr
         gval = guest.get(name, 0)
         views[name] = MsrView(name=name, index=msr.index, host=host, guest=gval, emulated=emulated,
                               removed=removed_bits(era, msr, host, gval, emulated, named, reg,
-                                                   perf_gate_open=pv_perf_global_ctrl))
+                                                   perf_gate_open=pv_perf_global_ctrl, filtered=filtering))
 
     features = tuple(_explain_feature(f, profile, guest, views, era, filtering, pv_perf_global_ctrl, reg)
                      for f in reg.features.values())
@@ -384,6 +401,8 @@ def _explain_feature(feat: Feature, profile: HostProfile, guest: Mapping[str, in
     removed = next((r for r in views[msr.name].removed if r.bit == feat.bit), None)
     if removed is not None and removed.layer == LAYER_PERF:
         return verdict(False, LAYER_PERF, _perf_reason(era, msr, feat))
+    if removed is not None and removed.layer == LAYER_QEMU:
+        return verdict(False, LAYER_QEMU, _qemu_reason(msr, feat))
     reason, mask = _filter_reason(era, msr, feat)
     return verdict(False, LAYER_FILTER, reason, mask)
 

@@ -11,7 +11,8 @@ For every model feature that is not in a baseline the result says on which
 hosts and by which layer it is lost: ``model`` (the definition switches a base
 feature off), ``cpu`` (the profile's raw ``cpu_msrs`` lack it), ``kvm`` (KVM
 does not report it, or eVMCS cannot be enabled at all), ``evmcs-filter``
-(with the era) or ``perf-cpuid-gate``.
+(with the era) or ``perf-cpuid-gate``. Features QEMU never gives a guest
+(``qemu``: no property, not copied from KVM) are not wanted in the first place.
 
 Scale: hosts come as a :class:`~qemu_evmcs.core.hostgroup.Fleet` (loaded by :mod:`qemu_evmcs.fleet`: files of any size,
 directories, SQLite inventories) or are streamed, and the simulation runs once per distinct
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from qemu_evmcs.core.errors import InputError, KvmError
-from qemu_evmcs.qemu.attribution import LAYER_CPU, LAYER_FILTER, LAYER_PERF, hidden_layers, missing_layer
+from qemu_evmcs.qemu.attribution import LAYER_CPU, LAYER_FILTER, LAYER_PERF, LAYER_QEMU, hidden_layers, missing_layer
 from qemu_evmcs.policy.negotiate import GuestConfig, StartResult, host_reports_perf_bit, qemu_property_features, \
     start_guest, unique_group_names
 from qemu_evmcs.qemu.models import EffectiveModel, ModelDef, QemuSnapshot, effective_model
@@ -37,14 +38,15 @@ from qemu_evmcs.core.msrval import feature_present, feature_set
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.core.views import visible_features
 from qemu_evmcs.qemu.basecpuid import check_base
-from qemu_evmcs.qemu.compose import evmcs_range_supported
+from qemu_evmcs.qemu.compose import evmcs_range_supported, qemu_given_features
+from qemu_evmcs.qemu.hostguest import host_model_guest_msrs
 from qemu_evmcs.qemu.startup import evmcs_start_error
 from qemu_evmcs.core.kernelid import identify
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.registry import MASK32, MASK64, registry
-from qemu_evmcs.kvm.simkvm import SimKvm, guest_view
+from qemu_evmcs.kvm.simkvm import SimKvm
 
-LAYERS = ("model", "cpu", "kvm", "evmcs-filter", "perf-cpuid-gate")
+LAYERS = ("model", "cpu", "kvm", "evmcs-filter", "perf-cpuid-gate", "qemu")
 
 #: What ``pv-perf-global-ctrl`` means for the guest's CPUID 0x4000000A.EBX bit 0. QEMU (every release
 #: checked, qemu.md §1.3) never sets the bit, so ``auto`` -- "set it if the VMM can" -- is clear under QEMU;
@@ -126,7 +128,8 @@ def compute_host_views(profile: HostProfile, *, pv_perf_global_ctrl: bool = Fals
     era = profile.era
     if reason is None:
         try:
-            guest_msrs = guest_view(profile, evmcs=True, pv_perf_global_ctrl=pv_perf_global_ctrl, variant=variant)
+            guest_msrs = host_model_guest_msrs(profile, evmcs=True, pv_perf_global_ctrl=pv_perf_global_ctrl,
+                                               variant=variant)
             guest = visible_features(guest_msrs, reg)   # the one rule of 'visible' (core.views)
         except KvmError as err:  # pragma: no cover - _evmcs_check mirrors enable_evmcs
             reason = str(err)
@@ -142,6 +145,8 @@ def compute_host_views(profile: HostProfile, *, pv_perf_global_ctrl: bool = Fals
             if cause == LAYER_PERF:
                 hidden[name] = (cause, "CPUID 0x4000000A.EBX bit 0 is clear (QEMU never sets it)"
                                 if not pv_perf_global_ctrl else "CPUID 0x4000000A.EBX bit 0 gate")
+            elif cause == LAYER_QEMU:
+                hidden[name] = (cause, "QEMU never gives it to a guest (no QEMU property, not copied from KVM)")
             else:
                 hidden[name] = ("evmcs-filter", f"eVMCS filter of kernel era {era.id}")
     return HostViews(fingerprint=profile.fingerprint(), vendor=profile.vendor, kernel=profile.kernel, era=era.id,
@@ -241,7 +246,8 @@ class Loss:
 class BaselineResult:
     """A baseline over a pool, for a model or (``model is None``) for the pool alone.
 
-    :param wanted: the model's effective vmx features (pool mode: every feature some host reports).
+    :param wanted: the model's effective vmx features (pool mode: every feature some host reports that a guest
+        can be given at all, :func:`qemu_evmcs.qemu.compose.qemu_given_features`).
     :param unfiltered: features every host gives the guest, as QEMU/libvirt see them.
     :param evmcs: features every host gives the eVMCS L1 guest.
     """
@@ -423,7 +429,9 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
         wanted: frozenset[str] = eff.vmx
         considered = eff.vmx | eff.dropped_by_model
     else:
-        wanted = frozenset().union(*(v.kvm for v in views.values()))
+        # A pool's own set: what some host reports that a guest can be given at all (the one rule,
+        # qemu.compose.qemu_given_features): a custom model can pin nothing else.
+        wanted = frozenset().union(*(v.kvm for v in views.values())) & qemu_given_features()
         considered = wanted
     groups: list[HostGroup] = []
     loss_hosts: dict[tuple[str, str, str, str], list[tuple[str, ...]]] = {}

@@ -23,6 +23,7 @@ from qemu_evmcs.core.kernel import Era
 from qemu_evmcs.core.msrval import feature_present, word_source_msr
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.registry import MASK64, Feature, Msr, Registry, registry
+from qemu_evmcs.qemu.compose import qemu_given_features
 
 LAYER_CPU = "cpu"
 LAYER_NOT_EMULATED = "not-emulated"
@@ -31,8 +32,10 @@ LAYER_FILTER = "evmcs-filter"
 LAYER_PERF = "perf-cpuid-gate"
 LAYER_QEMU = "qemu"
 LAYER_MODEL = "model"
-#: The layers of the host stack, in the order they are checked (and listed) by ``explain``.
-LAYERS: tuple[str, ...] = (LAYER_CPU, LAYER_NOT_EMULATED, LAYER_KVM, LAYER_FILTER, LAYER_PERF)
+#: The layers of the host stack, in the order they are checked (and listed) by ``explain``. ``qemu`` comes last:
+#: a bit the eVMCS filter removes is the filter's, whether or not QEMU would have written it; ``qemu`` names the
+#: features KVM reports and the guest could keep but QEMU never writes (:func:`qemu_given_features`).
+LAYERS: tuple[str, ...] = (LAYER_CPU, LAYER_NOT_EMULATED, LAYER_KVM, LAYER_FILTER, LAYER_PERF, LAYER_QEMU)
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class RemovedBit:
 
     :ivar bit: the bit in the feature word (the control bit for control MSRs: allowed-1 bit ``bit + 32``).
     :ivar feature: the registry's canonical name, or ``None`` for a bit the registry does not name.
-    :ivar layer: :data:`LAYER_FILTER`, :data:`LAYER_PERF` or :data:`LAYER_NOT_EMULATED`.
+    :ivar layer: :data:`LAYER_FILTER`, :data:`LAYER_PERF`, :data:`LAYER_NOT_EMULATED` or :data:`LAYER_QEMU`.
     """
 
     bit: int
@@ -56,17 +59,20 @@ class RemovedBit:
 
 def removed_bits(era: Era, msr: Msr, host: int, guest: int, emulated: bool,
                  named: Mapping[tuple[str, int], Feature] | None = None,
-                 reg: Registry | None = None, *, perf_gate_open: bool = False) -> tuple[RemovedBit, ...]:
+                 reg: Registry | None = None, *, perf_gate_open: bool = False,
+                 filtered: bool = True) -> tuple[RemovedBit, ...]:
     """Attribute every bit of ``host`` missing from ``guest`` (allowed-1 half for control MSRs) to a layer.
 
     :data:`LAYER_NOT_EMULATED` when the guest cannot read the
     MSR at all, :data:`LAYER_PERF` when the era's filter removes the bit only because the guest's CPUID
     0x4000000A.EBX bit 0 is clear (``perf_gate_open`` false; :func:`qemu_evmcs.core.evmcs_filter.removals`
-    decides), else :data:`LAYER_FILTER`.
+    decides), :data:`LAYER_FILTER` for the filter's other removals, :data:`LAYER_QEMU` for a feature QEMU never
+    gives a guest (:func:`qemu_evmcs.qemu.compose.qemu_given_features`) that the filter did not remove.
     Which bits are missing is the simulation's answer (``guest``), never recomputed here.
 
     :param named: ``{(word, bit): feature}`` (built from the registry when omitted).
     :param perf_gate_open: the guest's CPUID 0x4000000A.EBX bit 0 is set, so the gate hides nothing.
+    :param filtered: the eVMCS filter applies to this guest (eVMCS on, an era that filters).
     """
     reg = reg or registry()
     if named is None:
@@ -77,18 +83,22 @@ def removed_bits(era: Era, msr: Msr, host: int, guest: int, emulated: bool,
     gone = (host & ~guest & MASK64) >> shift
     # The filter's own verdict on each bit it removes from ``host`` (core.evmcs_filter.removals: the gate or
     # the filter); a missing bit it does not explain is the filter's too (the ABI variant's filter).
-    cause = {r.bit: r.cause for r in removals(era, msr.name, host, perf_global_ctrl=perf_gate_open, reg=reg)}
+    cause = ({r.bit: r.cause for r in removals(era, msr.name, host, perf_global_ctrl=perf_gate_open, reg=reg)}
+             if filtered else {})
+    given = qemu_given_features()
     out: list[RemovedBit] = []
     bit = 0
     while gone >> bit:
         if gone >> bit & 1:
+            feat = named.get((msr.word, bit))
             if not emulated:
                 layer = LAYER_NOT_EMULATED
             elif cause.get(bit) == LAYER_PERF:
                 layer = LAYER_PERF
+            elif bit not in cause and feat is not None and feat.name not in given:
+                layer = LAYER_QEMU
             else:
                 layer = LAYER_FILTER
-            feat = named.get((msr.word, bit))
             out.append(RemovedBit(bit=bit, feature=feat.name if feat else None, layer=layer))
         bit += 1
     return tuple(out)

@@ -19,10 +19,11 @@ Also here: KVM's "supported" view of a feature MSR as QEMU reads it
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 from qemu_evmcs.core.msrval import names_to_word_masks
-from qemu_evmcs.core.registry import MASK32, Registry, registry
+from qemu_evmcs.core.registry import MASK32, MASK64, Registry, registry
 
 #: ``DEFAULT_EVMCS_VERSION`` of QEMU's kvm.c: min version 1 (low byte), max version 1 (high byte).
 DEFAULT_EVMCS_VERSION = (1 << 8) | 1
@@ -134,10 +135,55 @@ def compose_vmx_msrs(words: Mapping[str, int], host_msrs: Mapping[str, int], *, 
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _given() -> frozenset[str]:
+    reg = registry()   # the one registry (package data): computed once
+    named = names_to_word_masks((f.name for f in reg.features.values() if f.qemu is not None), reg)
+    written = dict(compose_vmx_msrs(named, {m.name: MASK64 for m in reg.msrs.values()}, lm=True, reg=reg))
+    out = set()
+    for f in reg.features.values():
+        for m in reg.msrs_of_word(f.word):
+            if m.name in written and written[m.name] >> (32 if m.layout == "ctl" else 0) & f.mask:
+                out.add(f.name)
+    return frozenset(out)
+
+
+def qemu_given_features() -> frozenset[str]:
+    """THE rule of which VMX features a guest can be given at all: those QEMU can write into its VMX MSRs.
+
+    Derived from :func:`compose_vmx_msrs` itself (every QEMU property on, a host reporting every bit), so it
+    cannot drift from the composition: a feature QEMU has a property for, one it copies from KVM's value
+    (``host_fields``: the EPT memory types) or sets itself (host address-space size). A bit KVM reports that is
+    none of these (IA32_VMX_BASIC bit 49 dual-monitor, MISC bits 14/15/28, the PT-conceal controls) never reaches
+    a guest: ``-cpu host``/``max`` take only named bits from KVM (``x86_cpu_get_migratable_flags``) and
+    ``kvm_msr_entry_add_vmx`` writes only the feature words and those fields. Every count of "features the guest
+    sees" (explain, guest-msrs, baseline, validate, the inventory's ``feature=`` filter, negotiate through the
+    start-up model) follows this rule.
+    """
+    return _given()
+
+
+def drop_ungiven(msrs: Mapping[str, int], reg: Registry | None = None) -> dict[str, int]:
+    """``msrs`` (a guest's view as KVM would show it) without the bits of features QEMU never gives a guest
+    (:func:`qemu_given_features`), in every MSR carrying their word (the non-TRUE controls KVM derives from the
+    TRUE ones QEMU writes lose them too). Unnamed bits and host fields are left as they are."""
+    reg = reg or registry()
+    given = qemu_given_features()
+    out = dict(msrs)
+    for f in reg.features.values():
+        if f.name in given:
+            continue
+        for m in reg.msrs_of_word(f.word):
+            if m.name in out:
+                out[m.name] &= ~(f.mask << (32 if m.layout == "ctl" else 0)) & MASK64
+    return out
+
+
 #: Canonical feature names -> VMX word masks (the input of :func:`compose_vmx_msrs`). The same grouping as
 #: :func:`qemu_evmcs.core.msrval.names_to_word_masks`, which it is (one copy), under the name this module exports.
 feature_words = names_to_word_masks
 
 
-__all__ = ["CTL_WRITES", "DEFAULT_EVMCS_VERSION", "WRITE_ORDER", "compose_vmx_msrs", "evmcs_range_supported",
-           "feature_words", "field_mask", "make_vmx_msr_value", "supported_msr_feature"]
+__all__ = ["CTL_WRITES", "DEFAULT_EVMCS_VERSION", "WRITE_ORDER", "compose_vmx_msrs", "drop_ungiven",
+           "evmcs_range_supported", "feature_words", "field_mask", "make_vmx_msr_value", "qemu_given_features",
+           "supported_msr_feature"]

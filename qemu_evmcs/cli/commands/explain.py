@@ -5,7 +5,8 @@ Layers (checked in this order): ``cpu`` (the hardware lacks it; needs
 ``kvm`` (KVM does not report it), ``evmcs-filter`` (the eVMCS filter of the
 kernel's era, with the Linux mask name) and ``perf-cpuid-gate`` (6.1+:
 PERF_GLOBAL_CTRL needs the guest's CPUID 0x4000000A.EBX bit 0, which QEMU
-never sets). ``--json`` prints one object::
+never sets), ``qemu`` (QEMU never writes it into the guest's MSRs: no property, not a
+field it copies from KVM). ``--json`` prints one object::
 
     {"host", "kernel", "era", "evmcs", "pv_perf_global_ctrl",
      "features": [{"name", "qemu", "msr", "bit", "visible", "layer", "reason"}, ...]}
@@ -34,6 +35,7 @@ LAYER_TITLES = {
     "kvm": "KVM does not report it",
     "evmcs-filter": "the eVMCS filter removes it",
     "perf-cpuid-gate": "the PERF_GLOBAL_CTRL CPUID gate (0x4000000A.EBX bit 0) hides it",
+    "qemu": "QEMU never gives it to a guest (no QEMU property, not copied from KVM's value)",
 }
 
 
@@ -101,7 +103,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "explain", help="per VMX feature: visible to the L1 guest, or hidden and by which layer",
         description="For every VMX feature of the registry: can an L1 guest on this host use it, and if not, "
-                    "which layer hides it (cpu, not-emulated, kvm, evmcs-filter, perf-cpuid-gate).")
+                    "which layer hides it (cpu, not-emulated, kvm, evmcs-filter, perf-cpuid-gate, qemu).")
     add_host_arguments(parser)
     parser.add_argument("--feature", metavar="NAME",
                         help="only this feature (canonical, QEMU, libvirt or Linux name)")
