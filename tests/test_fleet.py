@@ -73,6 +73,30 @@ def test_fast_loader_parses_each_distinct_text_once(fleet_file: Path) -> None:
     assert loader.parsed < 100   # only documents with a new key are parsed in full
 
 
+def test_first_documents_come_from_the_parse_cache_the_second_time(fleet_file: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The full parse (and key check) of each first document of a kind is a pure function of its text, kept
+    in the parse cache: a second load composes no YAML at all and gives the same fleet, same representatives."""
+    monkeypatch.setenv("QEMU_EVMCS_CACHE_DIR", str(tmp_path / "cache"))
+    composed: list[str] = []
+    real = fleet_mod.iter_documents
+
+    def counting(text: str, path: str):  # type: ignore[no-untyped-def]
+        composed.append(text)
+        return real(text, path)
+
+    monkeypatch.setattr(fleet_mod, "iter_documents", counting)
+    first = FleetLoader()
+    first.add_path(str(fleet_file))
+    assert composed and first.parsed == len(composed)
+    composed.clear()
+    second = FleetLoader()
+    second.add_path(str(fleet_file))
+    assert composed == [] and second.parsed == first.parsed
+    _same_fleet(first.fleet, second.fleet)
+    assert second.fleet.members == reference([str(fleet_file)])
+
+
 def test_fast_loader_equals_full_parse_directory_and_samples(fleet_dir: Path) -> None:
     assert load_fleet(str(fleet_dir), progress=False).members == reference([str(fleet_dir)])
     assert load_fleet([SAMPLES], progress=False).members == reference([SAMPLES])
