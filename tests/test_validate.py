@@ -21,7 +21,14 @@ FIXTURE_NAMES = sorted(p.stem for p in FIXTURES.glob("*.yaml"))
 
 # eVMCS visibility of every registry feature across the eras with KVM_CAP_HYPERV_ENLIGHTENED_VMCS
 # (kvm-evmcs.md §3-§4, data/eras.yaml), without the PERF_GLOBAL_CTRL CPUID bit (QEMU never sets it).
-NEVER_VISIBLE = ["vmx-apicv-xapic"]
+# vmx-ipi-virt (TERTIARY_EXEC_IPI_VIRT, IA32_VMX_PROCBASED_CTLS3 bit 4): never, whatever the era's filter does
+# with the tertiary word. KVM emulates only KVM_FIRST_EMULATED_VMX_MSR..KVM_LAST_EMULATED_VMX_MSR =
+# MSR_IA32_VMX_BASIC..MSR_IA32_VMX_VMFUNC (0x480-0x491, arch/x86/kvm/x86.h) for L1, so an L1 read of 0x492 faults,
+# and KVM does not expose tertiary controls to L1 (Sean Christopherson on the KVM_LAST_EMULATED_VMX_MSR patch:
+# "If KVM exposes IPI virtualization, or any other feature that depends on tertiary controls, to L1, then yes
+# this will need to be extended"; kvm-evmcs.md §2.7, table row 0x492). The table used to read the tertiary word
+# from 0x492 as if the guest could (the TRUE-form reading), and listed it as always visible.
+NEVER_VISIBLE = ["vmx-apicv-xapic", "vmx-ipi-virt"]
 SOME_ERAS = [
     "vmx-apicv-register", "vmx-apicv-vid", "vmx-enclv-exit", "vmx-entry-deact-dual-monitor", "vmx-entry-load-cet",
     "vmx-entry-load-fred", "vmx-entry-load-perf-global-ctrl", "vmx-entry-load-pkrs", "vmx-entry-smm",
@@ -42,7 +49,7 @@ ALWAYS_VISIBLE = [
     "vmx-exit-save-efer", "vmx-exit-save-pat", "vmx-flexpriority", "vmx-hlt-exit", "vmx-ins-outs", "vmx-intr-exit",
     "vmx-invept", "vmx-invept-all-context", "vmx-invept-single-context", "vmx-invlpg-exit", "vmx-invpcid-exit",
     "vmx-invvpid", "vmx-invvpid-all-context", "vmx-invvpid-single-addr", "vmx-invvpid-single-context",
-    "vmx-invvpid-single-context-noglobals", "vmx-io-bitmap", "vmx-io-exit", "vmx-ipi-virt", "vmx-misc-pt",
+    "vmx-invvpid-single-context-noglobals", "vmx-io-bitmap", "vmx-io-exit", "vmx-misc-pt",
     "vmx-misc-smbase", "vmx-misc-smm-monitor-ctl", "vmx-monitor-exit", "vmx-movdr-exit", "vmx-msr-bitmap", "vmx-mtf",
     "vmx-mwait-exit", "vmx-nested-exception", "vmx-nmi-exit", "vmx-notify-vm-exiting", "vmx-page-walk-4",
     "vmx-page-walk-5", "vmx-pause-exit", "vmx-pt-conceal-vmx", "vmx-pt-use-gpa", "vmx-rdpmc-exit", "vmx-rdrand-exit",
@@ -67,6 +74,21 @@ def test_evmcs_visibility_class(feature: str) -> None:
         assert 0 < len(hidden_without_pv) and len(hidden_with_pv) < eras
     else:
         assert hidden_without_pv == []
+
+
+def test_ipi_virt_is_never_visible_because_0x492_is_not_emulated() -> None:
+    """Not the filter's doing: L1 cannot read IA32_VMX_PROCBASED_CTLS3 at all (see NEVER_VISIBLE)."""
+    hidden = hidden_eras("vmx-ipi-virt", True)
+    assert [era for era, _ in hidden] == [era for era, _ in era_visibility(True)]
+    assert {why for _, why in hidden} == {"not emulated: KVM does not emulate IA32_VMX_PROCBASED_CTLS3 (0x492) "
+                                          "for L1"}
+
+
+def test_5_15_forgotten_true_pinbased_does_not_make_posted_intr_visible() -> None:
+    """5.15-5.16 filtered PINBASED_CTLS but not TRUE_PINBASED_CTLS (kvm-evmcs.md §3): the one rule of visible
+    (core.views) says not visible, as baseline and explain do; the table used to read the TRUE form only."""
+    for feature in ("vmx-posted-intr", "vmx-preemption-timer"):
+        assert dict(hidden_eras(feature, False))["5.15-5.16"] == "eVMCS filter"
 
 
 def test_perf_global_ctrl_is_a_perf_gate_from_6_1() -> None:

@@ -59,7 +59,8 @@ from qemu_evmcs.qemu.models import (
     resolve_feature_name,
     vmx_requires,
 )
-from qemu_evmcs.core.msrval import feature_set
+from qemu_evmcs.core.views import visible_features
+from qemu_evmcs.kvm.simkvm import NOT_EMULATED_MSRS
 from qemu_evmcs.core.profile import VENDORS, HostProfile
 from qemu_evmcs.core.registry import registry
 from qemu_evmcs.policy.resolve import PV_PERF_SETS_BIT, BaselineResult, baseline, msrs_from_features
@@ -71,14 +72,19 @@ def era_visibility(perf_global_ctrl: bool) -> tuple[tuple[str, frozenset[str]], 
     """For every era with the eVMCS capability: the registry features an eVMCS L1 can see there.
 
     Computed by passing MSRs with every registry bit through :func:`evmcs_filter.filter_all` and reading
-    them back the way QEMU does (TRUE forms first), so it follows ``eras.yaml`` exactly.
+    them back with the one rule of "visible" (:func:`qemu_evmcs.core.views.visible_features`: set in every MSR
+    KVM emulates for L1 that carries the word), so it follows ``eras.yaml`` exactly. Not the TRUE form alone, as
+    QEMU reads KVM's values: 5.15's filter forgot TRUE_PINBASED, and the tertiary word lives in
+    IA32_VMX_PROCBASED_CTLS3 (0x492), which KVM does not emulate for L1 (KVM_LAST_EMULATED_VMX_MSR is
+    MSR_IA32_VMX_VMFUNC), so vmx-ipi-virt is never visible, whatever the era's filter does with the word.
     """
     reg = registry()
     every = msrs_from_features(reg.features)
     out = []
     for era in era_table().known_eras():
         if era.evmcs_cap:
-            out.append((era.id, feature_set(filter_all(era, every, perf_global_ctrl=perf_global_ctrl, reg=reg), reg)))
+            seen = filter_all(era, every, perf_global_ctrl=perf_global_ctrl, reg=reg)
+            out.append((era.id, visible_features(seen, reg)))
     return tuple(out)
 
 
@@ -93,10 +99,16 @@ def hidden_eras(feature: str, perf_global_ctrl: bool) -> list[tuple[str, str]]:
     because QEMU does not start, :data:`ABORT_REASON`)."""
     with_pv = dict(era_visibility(True))
     at_enable = {e.id for e in era_table().known_eras() if e.filter_at == "enable"}
+    reg = registry()
+    carriers = [m.name for m in reg.msrs_of_word(reg.features[feature].word)]
+    unread = all(m in NOT_EMULATED_MSRS for m in carriers)
     out = []
     for era, visible in era_visibility(perf_global_ctrl):
         if feature not in visible:
-            if feature in with_pv[era]:
+            if unread:   # the guest cannot read the MSR at all (0x492): not the filter, not an abort
+                out.append((era, f"not emulated: KVM does not emulate {', '.join(carriers)} "
+                                 f"({', '.join(f'{reg.msrs[m].index:#x}' for m in carriers)}) for L1"))
+            elif feature in with_pv[era]:
                 out.append((era, "perf-cpuid-gate: CPUID 0x4000000A.EBX bit 0 is clear (QEMU never sets it)"))
             elif era in at_enable:
                 out.append((era, ABORT_REASON))
