@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,7 +22,9 @@ import pytest
 from cli_helpers import Run, cli_runner
 
 from qemu_evmcs.core.profile import bundled_profile_dir
-from qemu_evmcs.fleet.inventory import FleetDb
+from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.fleet import inventory as inventory_mod, loader as loader_mod
+from qemu_evmcs.fleet.inventory import MAX_TEXT_CHARS, MAX_VALUE_BYTES, FleetDb
 
 SAMPLES = bundled_profile_dir()
 SAMPLE = Path(SAMPLES) / "skylake-5.10.yaml"
@@ -267,3 +270,98 @@ def test_a_huge_stored_value_is_refused_without_being_fetched(good_db: Path, tmp
     rc, kib, err = peak(db)
     assert rc_good == 0 and rc == 2 and "is 67108864 bytes (at most 4194304)" in err, err
     assert kib - good_kib < 32 * 1024, (good_kib, kib)
+
+
+def _fleet_text(names: list[str]) -> str:
+    """One multi-document fleet file: the skylake-5.10 sample under each name."""
+    body = SAMPLE.read_text()
+    return "".join("---\n" + body.replace("name: skylake-5.10", f"name: {n}", 1) for n in names)
+
+
+def test_fleet_import_memory_does_not_grow_with_the_hosts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14 class 2: ``fleet import`` keeps nothing per host (rows are staged on disk), so its Python memory is
+    bounded by the distinct profiles, not the file. The file is read in 64 KiB chunks here (8 MiB in use) so that
+    a few thousand hosts span many chunks. Python's peak (tracemalloc) for 4,000 hosts must stay within 256 KiB
+    of the peak for 1,000; keeping a (name, fingerprint) pair and a duplicate-table entry per host, as the import
+    did, costs ~300 bytes a host: about 0.9 MiB more for the 3,000 extra hosts (the 1 GB import took 377 MB of
+    RSS)."""
+    monkeypatch.setattr(loader_mod, "CHUNK_BYTES", 64 * 1024)
+    monkeypatch.setattr(inventory_mod, "CHUNK_BYTES", 64 * 1024)     # its SHA-256 reads
+
+    def peak(count: int) -> int:
+        src = tmp_path / f"f{count}.yaml"
+        src.write_text(_fleet_text([f"host-{i:05d}" for i in range(count)]))
+        tracemalloc.start()
+        try:
+            with FleetDb(tmp_path / f"f{count}.db", create=True) as fdb:
+                res = fdb.import_paths([str(src)], progress=False)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            assert res.hosts == count and res.distinct == 1
+
+    peak(300)                          # first use: registry, eras and parse caches are filled once
+    # From 1,000 hosts on, a 64 KiB chunk's working set (~0.5 MiB: its text, split and parsed) is reached.
+    small, large = peak(1000), peak(4000)
+    assert large - small < 256 * 1024, (small, large)
+
+
+def test_duplicate_names_in_one_import_are_refused_with_the_line(tmp_path: Path, run: Run) -> None:
+    """The staged rows refuse a repeated host name (same file: the second document's line; another file of the
+    same import: that file named), and the inventory stays as it was."""
+    one = tmp_path / "one.yaml"
+    one.write_text(_fleet_text(["a", "b", "a"]))
+    db = tmp_path / "d.db"
+    rc, _, err = run("fleet", "import", "--db", str(db), str(one))
+    # Each document is a "---" line and then the sample's lines; the third document's "name:" line is the error's.
+    per_doc = 1 + SAMPLE.read_text().count("\n")
+    first_name = 1 + SAMPLE.read_text().split("\n").index("name: skylake-5.10") + 1
+    assert rc == 2 and err.startswith(f"error: {one}:{2 * per_doc + first_name}: name: duplicate host name 'a' "
+                                      f"(also in {one})"), err
+    other = tmp_path / "other.yaml"
+    other.write_text(_fleet_text(["c", "b"]))
+    two = tmp_path / "two.yaml"
+    two.write_text(_fleet_text(["b"]))
+    rc, _, err = run("fleet", "import", "--db", str(db), str(other), str(two))
+    assert rc == 2 and "duplicate host name 'b' (also in " + str(other) + ")" in err and str(two) in err, err
+    assert not db.exists() or FleetDb(db).conn.execute("SELECT COUNT(*) FROM hosts").fetchone()[0] == 0
+
+
+def test_over_long_names_and_pools_are_refused_at_import(tmp_path: Path, run: Run) -> None:
+    """A value every reader would refuse (over 4,096 characters) is refused when it is imported instead."""
+    f = tmp_path / "long.yaml"
+    f.write_text(_fleet_text(["ok", "x" * 5000]))
+    rc, _, err = run("fleet", "import", "--db", str(tmp_path / "l.db"), str(f))
+    assert rc == 2 and "name: host name is 5000 characters long (at most 4096)" in err and str(f) in err, err
+    rc, _, err = run("fleet", "import", "--db", str(tmp_path / "l.db"), "--pool", "p" * 4097, str(SAMPLE))
+    assert rc == 2 and "--pool: is 4097 characters long (at most 4096)" in err, err
+
+
+@pytest.mark.parametrize("table,column", [("hosts", "name"), ("hosts", "pool"), ("profiles", "source")])
+def test_an_over_long_text_value_is_refused_without_being_read(good_db: Path, tmp_path: Path, run: Run,
+                                                               table: str, column: str) -> None:
+    """Issue 14 class 2: a huge text value written into an inventory by hand (the issue's 300 MB host name cost
+    ~1x its size in RSS: ``length(name)`` makes SQLite read the whole value). The connection's SQLite length
+    limit stops SQLite before it reads such a value, so no statement materialises it. Checked without RSS:
+    ``length`` is replaced, on the reader's own connection, by a spy that records the size of every value SQLite
+    hands it; a value over the limit must never reach it (it did, whole, before the limit was set)."""
+    db = tmp_path / "long.db"
+    shutil.copy(good_db, db)
+    size = MAX_VALUE_BYTES + 1
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA foreign_keys = OFF")
+        conn.execute(f"UPDATE {table} SET {column} = printf('%.*c', ?, 'n') WHERE rowid = 2", (size,))
+    seen: list[int] = []
+
+    def spy(value: object) -> int | None:
+        seen.append(len(value) if isinstance(value, (str, bytes)) else 0)
+        return None if value is None else len(value)  # type: ignore[arg-type]
+
+    with FleetDb(db) as fdb:
+        fdb.conn.create_function("length", 1, spy)
+        with pytest.raises(InputError) as refused:
+            fdb.query()
+    assert seen and max(seen) <= MAX_TEXT_CHARS, max(seen)
+    assert f"a stored value is longer than {MAX_VALUE_BYTES} bytes (refused without reading it)" in str(refused.value)
+    rc, _, err = run("fleet", "query", "--db", str(db))
+    assert rc == 2 and err.count("\n") == 1 and "refused without reading it" in err, err[:300]

@@ -29,6 +29,7 @@ from qemu_evmcs.core.registry import registry
 from qemu_evmcs.fleet.loader import CHUNK_BYTES, FleetLoader, profile_files, subdir_hint
 from qemu_evmcs.core.views import visible_features
 from qemu_evmcs.qemu.hostguest import host_model_guest_msrs
+from qemu_evmcs.fleet.staging import HostRow, StagedHosts
 from qemu_evmcs.output.progress import Progress
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -39,6 +40,11 @@ BUSY_TIMEOUT_S = 30.0
 MAX_TEXT_CHARS = 4096
 #: Longest stored profile (JSON); a profile file is at most 4 MiB of YAML, its JSON is smaller.
 MAX_DATA_CHARS = MAX_PROFILE_BYTES
+#: SQLite's own length limit on this connection (``SQLITE_LIMIT_LENGTH``): the longest value it will bring into
+#: memory, and the longest row it will write. A longer stored value (a 300 MB host name written by hand) fails
+#: with SQLITE_TOOBIG the moment a statement reaches it -- before SQLite reads its pages -- so no check, not even
+#: ``length(name)``, materialises it: memory stays flat. Twice the largest legitimate value (a profile's JSON).
+MAX_VALUE_BYTES = 2 * MAX_DATA_CHARS
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -78,6 +84,9 @@ def database_error(err: sqlite3.Error, path: str) -> InputError:
         return InputError(f"damaged or not a fleet database ({name})", file=path)
     if "decode" in text:
         return InputError("damaged fleet database: a text value is not UTF-8", file=path)
+    if name == "SQLITE_TOOBIG":
+        return InputError(f"damaged fleet database: a stored value is longer than {MAX_VALUE_BYTES} bytes "
+                          "(refused without reading it)", file=path)
     return InputError(f"damaged or not a fleet database ({name or type(err).__name__}: {text[:200]})", file=path)
 
 
@@ -264,6 +273,7 @@ class FleetDb:
         except sqlite3.Error as err:
             raise database_error(err, self.path) from None
         try:
+            self.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
             self.conn.execute("PRAGMA foreign_keys = ON")
             self._check_schema(create)
         except BaseException as err:
@@ -326,14 +336,22 @@ class FleetDb:
                 raise InputError("empty path (it would import the current directory)", key="PATH")
         if pool is not None and control_character(pool) is not None:
             raise InputError("contains a control character", key="--pool")
+        if pool is not None and len(pool) > MAX_TEXT_CHARS:
+            raise InputError(f"is {len(pool)} characters long (at most {MAX_TEXT_CHARS})", key="--pool")
+        with StagedHosts(max_name_chars=MAX_TEXT_CHARS) as staged:
+            return self._import(paths, pool, progress, staged)
+
+    def _import(self, paths: Sequence[PathLike], pool: str | None, progress: bool | None,
+                staged: StagedHosts) -> ImportResult:
+        """:meth:`import_paths` with host rows staged on disk (memory bounded by the distinct profiles)."""
         res = ImportResult()
-        loader = FleetLoader()
+        loader = FleetLoader(sink=staged.add)
         known: dict[str, tuple[int, int, str, str | None, str]] = {
             r[0]: (r[1], r[2], r[3], r[4], r[5])
             for r in self.conn.execute("SELECT path, mtime_ns, size, sha256, pool, root FROM files")}
         # Phase 1: scan and parse (nothing written yet).
         seen: set[str] = set()
-        replace: list[tuple[str, str, int, int, str, str | None, list[tuple[str, str]]]] = []
+        replace: list[tuple[str, str, int, int, str, str | None]] = []
         touch: list[tuple[int, int, str, str | None, str, str]] = []
         gone: list[str] = []
         roots = [os.path.abspath(os.fspath(p)) for p in paths]
@@ -379,10 +397,11 @@ class FleetDb:
                         res.unchanged += 1
                         touch.append((st.st_mtime_ns, st.st_size, sha, new_pool, root, f))
                         continue
-                    hosts = loader.add_file(f)
-                    if not hosts:
+                    staged.start_file(f, new_pool)
+                    loader.add_file(f)
+                    if not staged.count:
                         raise InputError("no host profile in file", file=f)
-                    replace.append((f, root, st.st_mtime_ns, st.st_size, sha, new_pool, hosts))
+                    replace.append((f, root, st.st_mtime_ns, st.st_size, sha, new_pool))
                     if old:
                         res.updated += 1
                     else:
@@ -405,14 +424,21 @@ class FleetDb:
             conn.executemany("UPDATE hosts SET pool = ? WHERE file = ?", [(t[3], t[5]) for t in touch])
             for fp, prof in loader.fleet.distinct.items():
                 self._put_profile(fp, prof)
-            for f, root, mtime, size, sha, fpool, hosts in replace:
-                conn.execute("INSERT OR REPLACE INTO files (path, root, mtime_ns, size, sha256, pool) "
-                             "VALUES (?, ?, ?, ?, ?, ?)", (f, root, mtime, size, sha, fpool))
-                try:
-                    conn.executemany("INSERT INTO hosts (name, fingerprint, file, doc, pool) VALUES (?, ?, ?, ?, ?)",
-                                     [(name, fp, f, i, fpool) for i, (name, fp) in enumerate(hosts)])
-                except sqlite3.IntegrityError:
-                    raise self._duplicate(f, hosts) from None
+            conn.executemany("INSERT OR REPLACE INTO files (path, root, mtime_ns, size, sha256, pool) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", replace)
+            last: list[HostRow] = []
+
+            def rows() -> Iterator[HostRow]:
+                for row in staged.rows():      # streamed from the staging file, one row at a time
+                    last[:] = [row]
+                    yield row
+            try:
+                conn.executemany("INSERT INTO hosts (name, fingerprint, file, doc, pool) VALUES (?, ?, ?, ?, ?)",
+                                 rows())
+            except sqlite3.IntegrityError:
+                # The row being inserted when SQLite refused it: a name another (unchanged) file already has.
+                name, fp, f = last[0][:3] if last else ("", "", "")
+                raise self._duplicate(f, [(name, fp)]) from None
             conn.execute("DELETE FROM profiles WHERE fingerprint NOT IN (SELECT DISTINCT fingerprint FROM hosts)")
             res.hosts = conn.execute("SELECT COUNT(*) FROM hosts").fetchone()[0]
             res.distinct = conn.execute("SELECT COUNT(*) FROM profiles").fetchone()[0]
@@ -437,9 +463,11 @@ class FleetDb:
     def _check_rows(self) -> None:
         """Refuse damaged rows before reading any: wrong types, NULL names, values far too long.
 
-        One scan in SQL (``typeof``/``length``), so a hostile long value is never fetched into Python. The
-        profile data column is measured by :meth:`_stored_data` instead (``length()`` of a text value makes
-        SQLite load all of it; a blob handle knows the size without reading).
+        One scan in SQL (``typeof``/``length``), so a hostile long value is never fetched into Python; and
+        ``length()`` of a text value, which makes SQLite load all of it, loads at most :data:`MAX_VALUE_BYTES`:
+        past that the connection's length limit stops SQLite before it reads (SQLITE_TOOBIG, "damaged"). The
+        profile data column is measured by :meth:`_stored_data` instead (a blob handle knows the size without
+        reading, so its own, smaller limit is said with the size).
         """
         t = MAX_TEXT_CHARS
         bad = self.conn.execute(

@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, BinaryIO
 
 import yaml
@@ -45,6 +45,11 @@ _Loader: Any = BoundedCSafeLoader  # libyaml's CSafeLoader when present, integer
 CHUNK_BYTES = 8 * 1024 * 1024
 #: Files shorter than this are read with one system call.
 SMALL_FILE = 64 * 1024
+#: Most document keys (texts without name, notes, provenance) remembered. Hosts of one profile that differ in
+#: something the fingerprint ignores (the kernel point release) have keys of their own; past this many, a new
+#: key's documents are parsed in full instead of cached, so a fleet of a million distinct texts costs time,
+#: not memory (each key is about one document, ~1 KiB).
+MAX_KEYS = 20_000
 
 
 # A region cut out of a document for its key: "\n" + a column-0 comment, or a top-level
@@ -77,7 +82,8 @@ class FleetLoader:
     :ivar parsed: how many documents were parsed in full (the rest took the fast path).
     """
 
-    def __init__(self, fleet: Fleet | None = None, progress: Progress | None = None) -> None:
+    def __init__(self, fleet: Fleet | None = None, progress: Progress | None = None,
+                 sink: Callable[[list[tuple[str, str]]], None] | None = None) -> None:
         self.fleet = fleet if fleet is not None else Fleet()
         self.progress = progress
         self._keys: dict[str, str] = {}          # key text -> fingerprint, or _UNSAFE
@@ -89,6 +95,11 @@ class FleetLoader:
         #: Return ``(host, fingerprint)`` per document from the ``add_*`` methods (the inventory needs them;
         #: :func:`~qemu_evmcs.fleet.sources.load_fleet` reads only :attr:`fleet` and turns it off).
         self.collect = True
+        #: Streaming mode (``fleet import``): every ``(host, fingerprint)`` goes to ``sink`` a chunk at a time
+        #: and nothing per host is kept (no :attr:`Fleet.members`, no duplicate-name table: the caller's
+        #: store refuses duplicates), so memory is bounded by the distinct profiles, not the file.
+        self.sink = sink
+        self._track = sink is None
 
     # ------------------------------------------------------------------ entry points
     def add_path(self, path: str) -> list[tuple[str, str]]:
@@ -119,7 +130,7 @@ class FleetLoader:
                 if len(data) < SMALL_FILE:
                     if self.progress is not None:
                         self.progress.update(len(data))
-                    return self.add_text(self._decode(data, path, 0), path) if data else []
+                    return self._deliver([], self.add_text(self._decode(data, path, 0), path) if data else [])
             fh.seek(start)
             return self._stream(fh, path, None if end is None else end - start, line0, start)
         except OSError as err:
@@ -139,7 +150,7 @@ class FleetLoader:
             buf = carry + block if carry else block
             if not block:
                 if buf:
-                    out += self.add_text(self._decode(buf, path, consumed), path, line0)
+                    self._deliver(out, self.add_text(self._decode(buf, path, consumed), path, line0))
                     if self.progress is not None:
                         self.progress.update(len(buf))
                 return out
@@ -151,11 +162,19 @@ class FleetLoader:
                 carry = buf
                 continue
             head, carry = buf[:cut + 1], buf[cut + 1:]
-            out += self.add_text(self._decode(head, path, consumed), path, line0)
+            self._deliver(out, self.add_text(self._decode(head, path, consumed), path, line0))
             line0 += head.count(b"\n")
             consumed += len(head)
             if self.progress is not None:
                 self.progress.update(len(head))
+
+    def _deliver(self, out: list[tuple[str, str]], got: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Hand one chunk's hosts to :attr:`sink`, or add them to ``out`` (returned)."""
+        if self.sink is None:
+            out += got
+        elif got:
+            self.sink(got)
+        return out
 
     @staticmethod
     def _decode(data: bytes, path: str, base: int) -> str:
@@ -230,6 +249,7 @@ class FleetLoader:
         where = self._where
         members = self.fleet.members
         collect = self.collect
+        track = self._track
         add = out.append
         fast = 0
         acc_i = acc_pos = 0            # document acc_i starts at offset acc_pos of t
@@ -252,7 +272,7 @@ class FleetLoader:
                     name = m[1] if m is not None else None
                     if name is None or name.lower() in words:
                         name = self._fast_name(parts[ni])
-                    ok = name is not None and name not in where
+                    ok = name is not None and (not track or name not in where)
                     if ok and tix:
                         for j in tix:
                             block = parts[j]
@@ -262,13 +282,14 @@ class FleetLoader:
                     if ok:
                         assert name is not None
                         fast += 1
-                        where[name] = path
-                        if fp != last_fp:
-                            got = members.get(fp)
-                            if got is None:
-                                got = members[fp] = []
-                            group, last_fp = got, fp
-                        group.append(name)
+                        if track:
+                            where[name] = path
+                            if fp != last_fp:
+                                got = members.get(fp)
+                                if got is None:
+                                    got = members[fp] = []
+                                group, last_fp = got, fp
+                            group.append(name)
                         if collect:
                             add((name, fp))
                         continue
@@ -292,15 +313,16 @@ class FleetLoader:
             if entry is not None:
                 fp, ni, tix = entry
                 name = self._fast_name(parts[ni])
-                if (name is not None and name not in self._where
+                if (name is not None and (not self._track or name not in self._where)
                         and all(parts[j] in self._text_ok or self._text_block_ok(parts[j - 1], parts[j]) for j in tix)):
                     self.documents += 1
-                    self._where[name] = path
-                    group = self.fleet.members.get(fp)
-                    if group is None:
-                        self.fleet.members[fp] = [name]
-                    else:
-                        group.append(name)
+                    if self._track:
+                        self._where[name] = path
+                        group = self.fleet.members.get(fp)
+                        if group is None:
+                            self.fleet.members[fp] = [name]
+                        else:
+                            group.append(name)
                     return [(name, fp)]
         return self._generic(seg[1:], path, line0, False)
 
@@ -318,6 +340,8 @@ class FleetLoader:
 
     def _member_fast(self, name: str, fp: str, path: str) -> bool:
         """Add a host unless its name is taken (then ``False``: the caller reports it with a line)."""
+        if not self._track:
+            return True
         if name in self._where:
             return False
         self._where[name] = path
@@ -391,6 +415,8 @@ class FleetLoader:
         return True
 
     def _member(self, name: str, fp: str, path: str, seg: str, line0: int) -> None:
+        if not self._track:
+            return
         other = self._where.get(name)
         if other is not None:
             m = re.search(r"(?m)^name[ \t]*:", seg)
@@ -417,7 +443,8 @@ class FleetLoader:
                 raise _shift(err, line0) from None
             raise
         out = self._slow(seg, path, line0, docs)
-        self._keys[key] = out[0][1] if len(out) == 1 and sound else _UNSAFE
+        if len(self._keys) < MAX_KEYS:   # else not remembered: the next document with this key is parsed too
+            self._keys[key] = out[0][1] if len(out) == 1 and sound else _UNSAFE
         return out
 
     def _adopt(self, prof: HostProfile) -> str:
