@@ -2,7 +2,10 @@
 
 It stores files (path, mtime, size, SHA-256, pool), hosts (name, fingerprint, file, pool) and each distinct
 profile once. Re-import is incremental and runs in ONE transaction: a failure anywhere leaves the database
-exactly as it was. Documents are read with the fast loader (:class:`~qemu_evmcs.fleet.loader.FleetLoader`);
+exactly as it was. Documents are read with the fast loader (:class:`~qemu_evmcs.fleet.loader.FleetLoader`) in
+streaming mode, their host rows staged on disk until that transaction (:mod:`~qemu_evmcs.fleet.staging`: memory
+bounded by the distinct profiles, not the file); every connection carries SQLite's length limit
+(:data:`MAX_VALUE_BYTES`), so a hostile huge value is refused before SQLite reads it;
 a stored profile is re-validated, and its fingerprint recomputed, whenever it is read back.
 """
 

@@ -13,7 +13,8 @@ else a tiny standalone safe parse). That first parse also proves the key sound: 
 exactly one top-level ``key: scalar`` entry, or a comment line outside every entry; otherwise (and for
 anchors, aliases, directives, explicit ``...`` ends, or a missing or odd ``name``) documents are parsed in
 full, one by one, exactly like :func:`qemu_evmcs.core.profile.iter_profiles`. Multi-document files are
-streamed in chunks (memory does not grow with the file); the 4 MiB limit of a profile applies per document.
+streamed in chunks; the 4 MiB limit of a profile applies per document. What stays in memory is the distinct
+profiles and, unless hosts go to a ``sink`` (``fleet import``), every host's name (the :class:`Fleet` itself).
 
 Splitting the work over processes: :mod:`qemu_evmcs.fleet.parallel`; choosing between files, directories,
 inventories and bundled names: :mod:`qemu_evmcs.fleet.sources`; the SQLite inventory:
