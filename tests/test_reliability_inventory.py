@@ -9,6 +9,7 @@ database") instead of one ``error:`` line. Damaged and hostile databases are mad
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -335,6 +336,12 @@ def test_over_long_names_and_pools_are_refused_at_import(tmp_path: Path, run: Ru
     assert rc == 2 and "name: host name is 5000 characters long (at most 4096)" in err and str(f) in err, err
     rc, _, err = run("fleet", "import", "--db", str(tmp_path / "l.db"), "--pool", "p" * 4097, str(SAMPLE))
     assert rc == 2 and "--pool: is 4097 characters long (at most 4096)" in err, err
+    # 1.4 million "é" are 2.8 MB of YAML (under the 4 MiB cap) but 8.4 MB of stored JSON ("\u00e9" each).
+    notes = tmp_path / "notes.yaml"
+    notes.write_text(SAMPLE.read_text().split("\nnotes:")[0] + "\nnotes: " + "é" * 1_400_000 + "\n", encoding="utf-8")
+    rc, _, err = run("fleet", "import", "--db", str(tmp_path / "l.db"), str(notes))
+    # 6 x 1,400,000 bytes of notes plus the rest of the profile's JSON (about a kilobyte)
+    assert rc == 2 and re.search(r"is 840\d{4} bytes as stored JSON \(at most 4194304\)", err), err[:300]
 
 
 @pytest.mark.parametrize("table,column", [("hosts", "name"), ("hosts", "pool"), ("profiles", "source")])

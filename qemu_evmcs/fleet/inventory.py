@@ -455,12 +455,16 @@ class FleetDb:
         return InputError("duplicate host name in file", file=f, key="name")
 
     def _put_profile(self, fp: str, prof: HostProfile) -> None:
-        data = prof.to_mapping()
+        data = json.dumps(prof.to_mapping(), sort_keys=True)
+        if len(data) > MAX_DATA_CHARS:
+            # Every reader would refuse it (and SQLite's length limit could stop the write with a misleading
+            # "damaged"): say at import what is wrong. (JSON escapes non-ASCII text, so it can outgrow its YAML.)
+            raise InputError(f"profile {prof.name!r} is {len(data)} bytes as stored JSON (at most {MAX_DATA_CHARS})",
+                             file=prof.source)
         self.conn.execute(
             "INSERT OR IGNORE INTO profiles (fingerprint, vendor, kernel, era, model_name, nested, data, source) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (fp, prof.vendor, prof.kernel, prof.era_label, prof.model_name, int(prof.nested),
-             json.dumps(data, sort_keys=True), prof.source))
+            (fp, prof.vendor, prof.kernel, prof.era_label, prof.model_name, int(prof.nested), data, prof.source))
 
     # ------------------------------------------------------------------ reading
     def _check_rows(self) -> None:
