@@ -29,6 +29,7 @@ from qemu_evmcs.cli.main import run
 from qemu_evmcs.policy.validate import era_visibility
 from qemu_evmcs.core.msrval import feature_set
 from qemu_evmcs.fleet.inventory import guest_features
+from qemu_evmcs.policy.explain import explain_host
 from host_helpers import host_profiles
 
 QEMU_NEVER_WRITES = frozenset({
@@ -81,3 +82,18 @@ def test_every_command_counts_the_same_72_features(capsys: pytest.CaptureFixture
     host = host_profiles("skylake-6.3")[0]
     assert dict(era_visibility(False))["6.3+"] & feature_set(host.msrs) - QEMU_NEVER_WRITES == visible
     assert guest_features(host) == visible
+
+
+def test_inventory_feature_filter_follows_the_one_rule_of_visible() -> None:
+    """``--where feature=`` (fleet.inventory.guest_features) used the TRUE-form reading (issue 10). On 5.15.0
+    (era 5.15-5.16) the filter clears the VMX-preemption timer (pin 6) from PINBASED_CTLS but forgets
+    TRUE_PINBASED_CTLS (kvm-evmcs.md §3): the guest cannot use it, as explain says, so the filter must not select
+    the host for it. The i7-6700K reports pin 6 (allowed-1 0x7f)."""
+    host = host_profiles("skylake-6.3")[0].with_kernel("5.15.0")
+    assert host.era.id == "5.15-5.16" and host.msrs["IA32_VMX_TRUE_PINBASED_CTLS"] >> 32 & 0x40
+    assert "vmx-preemption-timer" not in guest_features(host)
+    # explain too (it used to call it visible, "only IA32_VMX_PINBASED_CTLS hides it"), and it says why
+    fe = explain_host(host).feature("vmx-preemption-timer")
+    assert (fe.visible, fe.layer) == (False, "evmcs-filter")
+    assert "IA32_VMX_TRUE_PINBASED_CTLS still shows it" in fe.reason and "L2 VM-entry" in fe.reason
+    assert guest_features(host) == {f.name for f in explain_host(host).visible()}

@@ -395,9 +395,19 @@ def _explain_feature(feat: Feature, profile: HostProfile, guest: Mapping[str, in
         others = [m.name for m in word_msrs if m.name != msr.name and m.name in views
                   and not feature_present(feat, {m.name: guest.get(m.name, 0)}, reg)
                   and feature_present(feat, {m.name: profile.msrs[m.name]}, reg)]
-        if others:
-            reason += f"; only {', '.join(others)} hides it (the filter of era {era.id} covers that form only)"
-        return verdict(True, None, reason)
+        if not others:
+            return verdict(True, None, reason)
+        # The one rule of visible (core.views): set in every form the guest reads. 5.15's filter clears
+        # PINBASED_CTLS but forgets TRUE_PINBASED_CTLS (kvm-evmcs.md §3): an L1 that trusts the TRUE form fails
+        # the eVMCS controls check at L2 VM-entry, so the control is not usable.
+        other = reg.msrs[others[0]]
+        gone = next((r for r in views[other.name].removed if r.bit == feat.bit), None)
+        if gone is not None and gone.layer == LAYER_PERF:
+            return verdict(False, LAYER_PERF, _perf_reason(era, other, feat))
+        reason, mask = _filter_reason(era, other, feat)
+        return verdict(False, LAYER_FILTER, f"{reason}; {msr.name} still shows it (the filter of era {era.id} "
+                                            f"covers {', '.join(others)} only), but an L1 that uses it fails the "
+                                            f"eVMCS controls check at L2 VM-entry", mask)
     removed = next((r for r in views[msr.name].removed if r.bit == feat.bit), None)
     if removed is not None and removed.layer == LAYER_PERF:
         return verdict(False, LAYER_PERF, _perf_reason(era, msr, feat))
