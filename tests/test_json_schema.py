@@ -99,6 +99,7 @@ CASES: list[tuple[str, list[str], int]] = [
     ("baseline", ["baseline", "--model", "Skylake-Server-evmcs", "--hosts", "skylake-6.3", "skylake-5.10",
                   "skylake-nested-off-6.1", "--json"], 0),
     ("baseline", ["baseline", "--pool", "skylake-6.3", "skylake-5.10", "--json"], 0),
+    ("baseline", ["baseline", "--model", "max", "--hosts", "haswell-5.15", "broadwell-6.1", "--json"], 0),
     ("negotiate", ["negotiate", "--model", "max", "--hosts", "skylake-6.3", "skylake-5.10", "--json"], 0),
     ("negotiate", ["negotiate", "--model", "max", "--hosts", "icelake-6.1", "--design", "revision", "--target",
                    "simulator", "--json"], 0),

@@ -76,6 +76,10 @@ class HostViews:
     missing: Mapping[str, tuple[str, str]]
     #: ``major.minor``: what the fingerprint includes, so every host of the group has it.
     kernel_series: str = ""
+    #: MSRs the (partial) profile lacks though the CPU enumerates them (``host import --partial``).
+    unknown_msrs: tuple[str, ...] = ()
+    #: The sentence every answer about a partial host carries (:meth:`HostProfile.unknown_note`), else ``None``.
+    partial_note: str | None = None
 
 
 def _evmcs_check(profile: HostProfile, kvm: SimKvm, want: tuple[int, int]) -> str | None:
@@ -111,7 +115,11 @@ def compute_host_views(profile: HostProfile, *, pv_perf_global_ctrl: bool = Fals
     for name, feat in reg.features.items():
         if name in kvm_set:
             continue
-        if not profile.is_intel:
+        unknown = [m.name for m in reg.msrs_of_word(feat.word) if m.name in profile.unknown_msrs]
+        if unknown:   # a partial profile: the answer depends on an MSR nobody read
+            missing[name] = ("kvm", f"unknown: {', '.join(unknown)} is not in this partial profile (counted as "
+                                    f"absent)")
+        elif not profile.is_intel:
             missing[name] = ("kvm", f"{profile.vendor}: KVM has no VMX (Intel only)")
         elif not profile.nested:
             missing[name] = ("kvm", "kvm_intel.nested=0: KVM reports no VMX MSRs")
@@ -151,7 +159,8 @@ def compute_host_views(profile: HostProfile, *, pv_perf_global_ctrl: bool = Fals
                 hidden[name] = ("evmcs-filter", f"eVMCS filter of kernel era {era.id}")
     return HostViews(fingerprint=profile.fingerprint(), vendor=profile.vendor, kernel=profile.kernel, era=era.id,
                      evmcs_ok=reason is None, evmcs_reason=reason, kvm=kvm_set, guest=guest, hidden=hidden,
-                     missing=missing, kernel_series=f"{profile.version.major}.{profile.version.minor}")
+                     missing=missing, kernel_series=f"{profile.version.major}.{profile.version.minor}",
+                     unknown_msrs=profile.unknown_msrs, partial_note=profile.unknown_note())
 
 
 # =========================================================================== results
@@ -178,6 +187,8 @@ class HostGroup:
     unfiltered: frozenset[str]
     evmcs: frozenset[str]
     kernel_series: str = ""
+    #: MSRs these hosts' (partial) profile lacks: the features they carry count as absent here.
+    unknown_msrs: tuple[str, ...] = ()
 
     def to_json(self, name: str | None = None) -> dict[str, Any]:
         """Plain data; ``name`` is how losses refer to the group (default: its first host)."""
@@ -185,7 +196,8 @@ class HostGroup:
                 "fingerprint": self.fingerprint, "hosts": list(self.hosts), "host_count": len(self.hosts),
                 "vendor": self.vendor, "kernel_series": self.kernel_series, "first_host_kernel": self.kernel,
                 "era": self.era, "starts": self.starts, "reason": self.reason,
-                "unfiltered": sorted(self.unfiltered), "evmcs": sorted(self.evmcs)}
+                "unfiltered": sorted(self.unfiltered), "evmcs": sorted(self.evmcs),
+                "unknown_msrs": list(self.unknown_msrs)}
 
 
 @dataclass(frozen=True)
@@ -264,6 +276,8 @@ class BaselineResult:
     not_starting: tuple[str, ...] = field(default=())
     #: Hosts whose profiles record no ``cpu_features``: the base model's CPUID was not checked there.
     base_cpuid_unchecked: int = 0
+    #: What the answer assumed: one sentence per partial host profile (as negotiate and explain say it).
+    notes: tuple[str, ...] = ()
 
     def base_cpuid_note(self) -> str | None:
         """``base model CPUID not checked on N hosts (...)`` when some hosts could not be checked."""
@@ -299,6 +313,7 @@ class BaselineResult:
             "not_starting": sorted(names[g.fingerprint] for g in self.groups if not g.starts),
             "losses": [x.to_json(names) for x in self.losses],
             "groups": [g.to_json(names[g.fingerprint]) for g in self.groups],
+            "notes": list(self.notes),
         }
 
 
@@ -462,7 +477,8 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
             evmcs_view = unfiltered & seen
         groups.append(HostGroup(fingerprint=fp, hosts=hosts_here, vendor=v.vendor, kernel=v.kernel,
                                 era=v.era, starts=starts, reason=reason,
-                                unfiltered=unfiltered, evmcs=evmcs_view, kernel_series=v.kernel_series))
+                                unfiltered=unfiltered, evmcs=evmcs_view, kernel_series=v.kernel_series,
+                                unknown_msrs=v.unknown_msrs))
         if not starts:
             not_starting.extend(hosts_here)
         for feat in considered:
@@ -499,6 +515,7 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
         model=mdef.name if mdef is not None else None, base=eff.base.name if eff is not None else None,
         pv_perf_global_ctrl=pv, host_count=count, wanted=frozenset(wanted), unfiltered=uf, evmcs=ev,
         groups=tuple(groups), losses=losses, not_starting=tuple(sorted(not_starting)), base_cpuid_unchecked=unchecked,
+        notes=tuple(sorted({v.partial_note for v in views.values() if v.partial_note})),
     )
 
 

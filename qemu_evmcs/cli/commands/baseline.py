@@ -103,10 +103,10 @@ def run(args: argparse.Namespace) -> int:
                          f"to the hosts (what a custom model can pin)")
     result = baseline(hosts, model, pv_perf_global_ctrl=args.pv_perf_global_ctrl,
                       snapshot=snap, start_config=start_config)
+    notes += result.notes   # partial hosts: the sentence negotiate and explain carry too
     if args.json:
         data = result.to_json()
-        if notes:
-            data["notes"] = notes
+        data["notes"] = notes
         sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
     else:
         sys.stdout.write("".join(f"note: {n}\n" for n in notes) + render(result, show_all=args.all))
