@@ -4,6 +4,8 @@ and an entry that is not safely ours is never read. No timing: what is checked i
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,59 @@ def test_shared_containers_are_checked_once() -> None:
         node = {f"k{j}": node for j in range(9)}
     assert parsecache.is_plain(node)
     assert not parsecache.is_plain({"a": [node, {1.5, 2}]})
+
+
+# --------------------------------------------------------------------------- compiled dataclass methods
+
+_CLASSES = ("import sys, dataclasses, qemu_evmcs.cli\n"       # the CLI package installs the cache
+            "from qemu_evmcs.core import classcache\n"
+            "@dataclasses.dataclass(frozen=True)\n"
+            "class A:\n    x: int\n    y: str = 'b'\n"
+            "a = A(1)\n"
+            "print(repr(a), a == A(1), a != A(2), hash(a) == hash(A(1)), dataclasses.replace(a, x=3))\n"
+            "print('installed' if dataclasses.__dict__.get('exec') is classcache._cached_exec else 'off',\n"
+            "      classcache._loaded, len(classcache._codes) - classcache._loaded)\n")
+
+
+def _classes(cache_env: str) -> tuple[str, str]:
+    out = subprocess.run([sys.executable, "-c", _CLASSES], capture_output=True, text=True, check=True,
+                         env={**os.environ, "QEMU_EVMCS_CACHE_DIR": cache_env})
+    first, second = out.stdout.splitlines()
+    return first, second
+
+
+def test_dataclass_methods_are_compiled_once_then_served_from_the_cache(tmp_path: Path) -> None:
+    """A dataclass behaves the same whether its methods were compiled or came from the cache; the second
+    process compiles nothing; an entry others could have written is not read; "off" installs nothing."""
+    expected = "A(x=1, y='b') True True True A(x=3, y='b')"
+    behaviour, state = _classes(str(tmp_path / "c"))
+    assert behaviour == expected
+    kind, loaded, compiled = state.split()
+    assert kind == "installed" and loaded == "0" and int(compiled) >= 5     # __init__, __repr__, __eq__, ...
+    behaviour, state = _classes(str(tmp_path / "c"))
+    assert behaviour == expected and state.split()[0] == "installed"
+    assert int(state.split()[1]) >= 5 and state.split()[2] == "0"          # all from the cache
+    (entry,) = (tmp_path / "c").glob("dataclass-code-*")
+    os.chmod(entry, 0o666)                                                   # writable by others: not read
+    assert _classes(str(tmp_path / "c"))[1].split()[1] == "0"
+    behaviour, state = _classes("off")
+    assert behaviour == expected and state.split()[0] == "off"
+
+
+def test_cached_exec_is_exec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same code object as compiling the text, compiled once; non-text arguments go to the real exec."""
+    from qemu_evmcs.core import classcache
+    monkeypatch.setattr(classcache, "_codes", {})
+    text = "def __create_fn__(x):\n def f(self):\n  return x\n return f\n"
+    for _ in range(2):
+        ns: dict[str, object] = {}
+        classcache._cached_exec(text, {}, ns)
+        real: dict[str, object] = {}
+        # What dataclasses' own exec(text) makes: its module has no __future__ imports (this one has).
+        exec(compile(text, "<string>", "exec", dont_inherit=True), {}, real)
+        assert ns["__create_fn__"].__code__ == real["__create_fn__"].__code__  # type: ignore[attr-defined]
+        assert ns["__create_fn__"](5)(None) == 5  # type: ignore[operator]
+    assert list(classcache._codes) == [text]
+    ns = {}
+    classcache._cached_exec(compile("y = 2", "<s>", "exec"), {}, ns)
+    assert ns["y"] == 2 and len(classcache._codes) == 1

@@ -130,16 +130,18 @@ def cached_parse(text: str, parse: Callable[[str], T], *, parser: str, parser_fi
         return parse(text)
     key = hashlib.sha256(code + text.encode("utf-8", "surrogatepass")).hexdigest()
     path = os.path.join(where, f"{parser}-{key}.marshal")
-    hit, value = _read(path)
+    hit, value = read_entry(path)
     if hit:
         return value  # type: ignore[no-any-return]
     value = parse(text)
     if is_plain(value):
-        _write(where, path, value)
+        write_entry(where, path, value)
     return value
 
 
-def _read(path: str) -> tuple[bool, Any]:
+def read_entry(path: str) -> tuple[bool, Any]:
+    """(found, value) of a cache entry: only a regular file owned by this user, writable by no one else, at
+    most :data:`MAX_ENTRY_BYTES`; anything else (or a damaged entry) is ``(False, None)``."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError:
@@ -158,7 +160,8 @@ def _read(path: str) -> tuple[bool, Any]:
         os.close(fd)
 
 
-def _write(where: str, path: str, value: Any) -> None:
+def write_entry(where: str, path: str, value: Any) -> None:
+    """Write an entry atomically (a temporary file renamed into place); failures only cost time."""
     try:
         os.makedirs(where, mode=0o700, exist_ok=True)
         # tempfile (with random, shutil...) is imported only here, when an entry is written (lazy.py).
@@ -174,4 +177,4 @@ def _write(where: str, path: str, value: Any) -> None:
         pass    # a read-only or full cache directory only costs the time it would have saved
 
 
-__all__ = ["CACHE_FORMAT", "cache_dir", "cached_parse", "is_plain", "yaml_id"]
+__all__ = ["CACHE_FORMAT", "cache_dir", "cached_parse", "is_plain", "read_entry", "write_entry", "yaml_id"]
