@@ -62,6 +62,7 @@ def test_a_parse_cache_hit_imports_no_yaml_code(tmp_path: Path) -> None:
     assert rc == 0 and out2 == out1
     assert not {m for m in mods if m == "yaml" or m.startswith(("yaml.", "_yaml"))}
     assert "qemu_evmcs.core.profileyaml" not in mods and "tempfile" not in mods
+    assert "difflib" not in mods                   # only for "did you mean" hints (core/lazy.py)
 
 
 def test_explain_loads_only_its_own_module_and_the_one_it_shares() -> None:

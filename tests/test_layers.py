@@ -5,7 +5,8 @@ layer and any layer below; the five I/O packages share one level and may import 
 a function (or under ``if TYPE_CHECKING``-free conditionals in a function) is how cycles were hidden before, so
 it is refused everywhere. The expected rank of every package is written here by hand, not read from the code.
 
-Deferred imports (issue 15: start-up) have ONE way in, ``qemu_evmcs.core.lazy.module("name")``: its
+Any import statement inside a function is refused, the standard library's too: deferred imports (issue 15:
+start-up) have ONE way in, ``qemu_evmcs.core.lazy.module("name")``: its
 string-literal targets count as imports here and must go down the layers like any other; a computed name is
 allowed only where listed in :data:`COMPUTED_LAZY` (with the reason); ``importlib.import_module`` and
 ``__import__`` are refused everywhere but ``core/lazy.py``.
@@ -87,14 +88,17 @@ def _imports(tree: ast.Module, module: str, is_pkg: bool) -> list[tuple[str, int
         for child in ast.iter_child_nodes(node):
             func = in_func or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
             if isinstance(child, ast.Import):
-                found.extend((a.name, child.lineno, in_func) for a in child.names if a.name.startswith("qemu_evmcs"))
+                # Any module imported in a function is reported (not only this package's): a deferred import
+                # goes through core.lazy, whatever it loads.
+                found.extend((a.name, child.lineno, in_func) for a in child.names
+                             if a.name.startswith("qemu_evmcs") or in_func)
             elif isinstance(child, ast.ImportFrom):
                 base = child.module or ""
                 if child.level:
                     pkg = module.split(".") if is_pkg else module.split(".")[:-1]
                     pkg = pkg[:len(pkg) - (child.level - 1)]
                     base = ".".join([*pkg, base] if base else pkg)
-                if base.startswith("qemu_evmcs"):
+                if base.startswith("qemu_evmcs") or in_func:
                     found.append((base, child.lineno, in_func))
             visit(child, func)
 
@@ -126,6 +130,8 @@ def _violations() -> tuple[list[str], list[str]]:
             where = f"{path.relative_to(PKG.parent)}:{line} imports {target}"
             if in_func:
                 in_function.append(where)
+            if not target.startswith("qemu_evmcs"):
+                continue                      # another package, imported in a function: reported above
             theirs = _layer(target) if target != "qemu_evmcs" else "cli"
             if RANK[theirs] > RANK[mine]:
                 upward.append(f"{where} ({mine} -> {theirs})")
@@ -141,10 +147,10 @@ def test_layer_of_a_module_is_its_sub_package() -> None:
 
 def test_the_check_sees_an_upward_and_an_in_function_import() -> None:
     """The checker itself can fail: a made-up policy module importing fleet inside a function."""
-    tree = ast.parse("from qemu_evmcs.core import errors\n"
-                     "def f():\n    from qemu_evmcs.fleet import loader\n")
+    tree = ast.parse("from qemu_evmcs.core import errors\nimport json\n"
+                     "def f():\n    from qemu_evmcs.fleet import loader\n    import difflib\n")
     got = _imports(tree, "qemu_evmcs.policy.x", False)
-    assert got == [("qemu_evmcs.core", 1, False), ("qemu_evmcs.fleet", 3, True)]
+    assert got == [("qemu_evmcs.core", 1, False), ("qemu_evmcs.fleet", 4, True), ("difflib", 5, True)]
     assert RANK[_layer("qemu_evmcs.fleet.loader")] > RANK[_layer("qemu_evmcs.policy.x")]
 
 

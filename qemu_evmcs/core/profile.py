@@ -24,7 +24,6 @@ the key and, when known, the line.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import unicodedata
 from dataclasses import dataclass, field
@@ -193,7 +192,8 @@ class HostProfile:
             key["unknown_msrs"] = sorted(self.unknown_msrs)
         if self.cpu_features is not None:
             key["cpu_features"] = sorted(self.cpu_features)
-        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+        text: str = lazy.module("json").dumps(key, sort_keys=True)   # json: imported only by commands using it
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def _type_name(t: Any) -> str:
@@ -234,8 +234,7 @@ def _parse_msrs(raw: Mapping[Any, Any], section: str, file: str | None, lines: M
         if not isinstance(name, str) or name not in reg.msrs:
             hint = ""
             if isinstance(name, str):
-                import difflib
-                close = difflib.get_close_matches(name, reg.msr_names(), n=1)
+                close = lazy.module("difflib").get_close_matches(name, reg.msr_names(), n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
             raise InputError(f"unknown MSR name {name!r}{hint}", file=file, key=key, line=line)
         out[name] = parse_msr_value(val, file=file, key=key, line=line)
@@ -504,10 +503,8 @@ def bundled_name_hint(name_or_path: str) -> str:
     names; ``""`` for path-like arguments."""
     if os.sep in name_or_path or name_or_path.endswith((".yaml", ".yml", ".db", ".sqlite")):
         return ""
-    import difflib
-
     names = bundled_profile_names()
-    close = difflib.get_close_matches(name_or_path.lower(), names, n=1, cutoff=0.6)
+    close = lazy.module("difflib").get_close_matches(name_or_path.lower(), names, n=1, cutoff=0.6)
     return f"did you mean {close[0]}?" if close else f"bundled profiles: {', '.join(names)}"
 
 

@@ -9,9 +9,10 @@ versions) always print byte-identical text.
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import IO
+
+from qemu_evmcs.core import lazy
 
 
 def dumps(obj: object, *, sort_keys: bool = False) -> str:
@@ -20,7 +21,9 @@ def dumps(obj: object, *, sort_keys: bool = False) -> str:
     :param sort_keys: sort every mapping's keys (for documents whose order carries no meaning).
     :raise TypeError: if ``obj`` holds something JSON cannot encode (a programming error, never input).
     """
-    return json.dumps(obj, indent=2, sort_keys=sort_keys, ensure_ascii=True, allow_nan=False) + "\n"
+    # json (with its regular expressions) is imported on first use: most runs print text (core/lazy.py).
+    text: str = lazy.module("json").dumps(obj, indent=2, sort_keys=sort_keys, ensure_ascii=True, allow_nan=False)
+    return text + "\n"
 
 
 def print_json(obj: object, *, sort_keys: bool = False, file: IO[str] | None = None) -> None:

@@ -33,10 +33,10 @@ that the resolver and the negotiator reuse.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import InputError, KvmError, NegativeAnswer
 from qemu_evmcs.core.evmcs_filter import filter_msr
 from qemu_evmcs.core.kernel import Era, Rule, era_table
@@ -214,7 +214,8 @@ def find_features(name: str, reg: Registry | None = None) -> list[Feature]:
             out = [feat]
             out += [f for f in reg.qemu_bits(candidate) if f is not feat]
             return out
-    close = difflib.get_close_matches(name.strip().lower(), [n.lower() for n in reg.all_names()], n=1, cutoff=0.6)
+    close = lazy.module("difflib").get_close_matches(name.strip().lower(), [n.lower() for n in reg.all_names()],
+                                                     n=1, cutoff=0.6)
     by_lower = {n.lower(): n for n in reg.all_names()}
     hint = f" (did you mean {by_lower[close[0]]}?)" if close else ""
     raise InputError(f"unknown VMX feature {name!r}{hint}", key="--feature")

@@ -41,6 +41,7 @@ from typing import Any
 
 import yaml
 
+from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import read_capped, read_text_capped
 from qemu_evmcs.core.yamlfast import CComposeSafeLoader
@@ -556,9 +557,7 @@ def resolve_model_path(name_or_path: str) -> str:
         hint = (f"; an installed definition has that name: --model {stem}" if stem in names
                 else f" (installed definitions: {known})")
         raise InputError(f"No such file or directory{hint}", file=name_or_path)
-    import difflib
-
-    close = difflib.get_close_matches(name_or_path.lower(), [n.lower() for n in names], n=1, cutoff=0.6)
+    close = lazy.module("difflib").get_close_matches(name_or_path.lower(), [n.lower() for n in names], n=1, cutoff=0.6)
     mean = next((f"did you mean {n}? " for n in names if close and n.lower() == close[0]), "")
     raise InputError(f"unknown model definition {name_or_path!r} ({mean}known: {known})")
 

@@ -57,8 +57,10 @@ import ctypes
 import json
 import logging
 import os
+import signal
 import socket
 import stat
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -955,8 +957,6 @@ def parse_msrs(raw: Mapping[str, Any]) -> dict[str, int]:
 
 
 def _stderr_lines(lines: list[str]) -> None:
-    import sys
-
     with contextlib.suppress(Exception):
         for line in lines:
             sys.stderr.write(line + "\n")
@@ -965,9 +965,6 @@ def _stderr_lines(lines: list[str]) -> None:
 
 def register_signal_handlers(server: QmpServer) -> None:
     """SIGTERM/SIGINT/SIGHUP end the VM like QEMU: a stderr line, SHUTDOWN (host-signal), exit 0."""
-    import signal
-    import sys
-
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import sys
 from collections.abc import Sequence
 
@@ -69,7 +70,6 @@ def _abort() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
     with contextlib.suppress(Exception):
-        import resource
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     os.abort()
 
