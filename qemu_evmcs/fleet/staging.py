@@ -6,7 +6,7 @@ hosts) cost ~300 bytes of RSS per host; and the loader's table of host names for
 again. Here they go, a chunk at a time, into a private temporary SQLite database (``sqlite3.connect("")``: an
 on-disk file SQLite deletes on close, with a page cache of its own of about 2 MiB), whose primary key refuses a
 duplicate host name. Memory is then bounded by the number of distinct profiles (what the loader keeps), not by
-the number of hosts; the disk holds about 100 bytes per host until the import ends.
+the number of hosts; the disk holds about 150 bytes per host (and its file's path) until the import ends.
 
 The staging database is a separate connection, not a TEMP table of the inventory's: writing it never takes a
 lock on the inventory, so parsing a large file does not hold other clients off.
