@@ -24,7 +24,7 @@ from qemu_evmcs.core.hostgroup import Fleet, FleetHosts
 from qemu_evmcs.fleet.inventory import FleetDb
 from qemu_evmcs.fleet.loader import FleetLoader
 from qemu_evmcs.fleet.sources import load_fleet
-from qemu_evmcs.core.profile import HostProfile, bundled_profile_dir, iter_profiles
+from qemu_evmcs.core.profile import HostProfile, bundled_profile_dir, iter_documents, iter_profiles
 from qemu_evmcs.output.progress import Progress
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +79,7 @@ def test_first_documents_come_from_the_parse_cache_the_second_time(fleet_file: P
     in the parse cache: a second load composes no YAML at all and gives the same fleet, same representatives."""
     monkeypatch.setenv("QEMU_EVMCS_CACHE_DIR", str(tmp_path / "cache"))
     composed: list[str] = []
-    real = fleet_mod.iter_documents
+    real = iter_documents        # the loader's own (imported from core.profile), spied on below
 
     def counting(text: str, path: str):  # type: ignore[no-untyped-def]
         composed.append(text)
