@@ -113,8 +113,9 @@ _CLASSES = ("import sys, dataclasses, qemu_evmcs.cli\n"       # the CLI package 
             "class A:\n    x: int\n    y: str = 'b'\n"
             "a = A(1)\n"
             "print(repr(a), a == A(1), a != A(2), hash(a) == hash(A(1)), dataclasses.replace(a, x=3))\n"
+            "loaded = sum(classcache._loaded.values())\n"
             "print('installed' if dataclasses.__dict__.get('exec') is classcache._cached_exec else 'off',\n"
-            "      classcache._loaded, len(classcache._codes) - classcache._loaded)\n")
+            "      loaded, sum(map(len, classcache._codes.values())) - loaded)\n")
 
 
 def _classes(cache_env: str) -> tuple[str, str]:
@@ -135,27 +136,29 @@ def test_dataclass_methods_are_compiled_once_then_served_from_the_cache(tmp_path
     behaviour, state = _classes(str(tmp_path / "c"))
     assert behaviour == expected and state.split()[0] == "installed"
     assert int(state.split()[1]) >= 5 and state.split()[2] == "0"          # all from the cache
-    (entry,) = (tmp_path / "c").glob("dataclass-code-*")
+    (entry,) = (tmp_path / "c").glob("dataclass-code-*-__main__.marshal")     # A's module
     os.chmod(entry, 0o666)                                                   # writable by others: not read
     assert _classes(str(tmp_path / "c"))[1].split()[1] == "0"
     behaviour, state = _classes("off")
     assert behaviour == expected and state.split()[0] == "off"
 
 
-def test_cached_exec_is_exec(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cached_exec_is_exec(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Same code object as compiling the text, compiled once; non-text arguments go to the real exec."""
     from qemu_evmcs.core import classcache
     monkeypatch.setattr(classcache, "_codes", {})
+    monkeypatch.setattr(classcache, "_loaded", {})
+    monkeypatch.setattr(classcache, "_dir", str(tmp_path))
     text = "def __create_fn__(x):\n def f(self):\n  return x\n return f\n"
     for _ in range(2):
         ns: dict[str, object] = {}
-        classcache._cached_exec(text, {}, ns)
+        classcache._cached_exec(text, {"__name__": "m"}, ns)
         real: dict[str, object] = {}
         # What dataclasses' own exec(text) makes: its module has no __future__ imports (this one has).
         exec(compile(text, "<string>", "exec", dont_inherit=True), {}, real)
         assert ns["__create_fn__"].__code__ == real["__create_fn__"].__code__  # type: ignore[attr-defined]
         assert ns["__create_fn__"](5)(None) == 5  # type: ignore[operator]
-    assert list(classcache._codes) == [text]
+    assert list(classcache._codes["m"]) == [text]
     ns = {}
-    classcache._cached_exec(compile("y = 2", "<s>", "exec"), {}, ns)
-    assert ns["y"] == 2 and len(classcache._codes) == 1
+    classcache._cached_exec(compile("y = 2", "<s>", "exec"), {"__name__": "m"}, ns)
+    assert ns["y"] == 2 and len(classcache._codes["m"]) == 1

@@ -6,7 +6,8 @@ with ``exec`` when the class statement runs: about 4 million instructions per cl
 58. The generated text depends only on the class's fields and options, and compiling a text always gives
 the same code object, so the code objects are kept in the per-user cache (:mod:`~qemu_evmcs.core.parsecache`'s
 directory and safety rules: a regular file owned by this user, writable by no one else, written atomically),
-keyed by the source text and tagged with the exact interpreter build (``sys.version``: byte code is
+one entry per module that defines dataclasses (a command reads only its own modules'), keyed by the source
+text and tagged with the exact interpreter build (``sys.version``: byte code is
 version-specific). The classes are the ones ``dataclasses`` makes: only ``compile`` is skipped on a hit.
 
 How: :func:`install` (called by the CLI package before any command module is imported) replaces the name
@@ -35,44 +36,58 @@ from typing import Any
 from qemu_evmcs.core.parsecache import cache_dir, read_entry, write_entry
 
 _real_exec = builtins.exec
-#: source text -> code object (loaded from the cache, plus what this process compiled).
-_codes: dict[str, CodeType] = {}
-#: How many of :data:`_codes` came from the cache file (more at exit: write it again).
-_loaded = 0
-_path: str | None = None
+#: module name -> source text -> code object (read from that module's entry, plus what this process compiled).
+_codes: dict[str, dict[str, CodeType]] = {}
+#: module name -> how many of its code objects came from its entry (more at exit: write the entry again).
+_loaded: dict[str, int] = {}
+_dir: str | None = None
 
 
-def _entry_path(where: str) -> str:
+def _entry_path(where: str, module: str) -> str:
+    """One entry per module that defines dataclasses, so a command reads only its own modules' code."""
     tag = hashlib.sha256(sys.version.encode()).hexdigest()[:16]
-    return os.path.join(where, f"dataclass-code-{sys.implementation.cache_tag}-{tag}.marshal")
+    return os.path.join(where, f"dataclass-code-{sys.implementation.cache_tag}-{tag}-{module}.marshal")
+
+
+def _module_codes(where: str, module: str) -> dict[str, CodeType]:
+    codes = _codes.get(module)
+    if codes is None:
+        codes = _codes[module] = {}
+        hit, value = read_entry(_entry_path(where, module))
+        if hit and type(value) is dict:
+            codes.update((k, v) for k, v in value.items() if type(k) is str and type(v) is CodeType)
+        _loaded[module] = len(codes)
+    return codes
 
 
 def _cached_exec(source: Any, globs: Any = None, locs: Any = None) -> None:
-    """``exec(source, globs, locs)``, compiling a source text at most once per cache lifetime."""
-    if type(source) is str:
-        code = _codes.get(source)
+    """``exec(source, globs, locs)``, compiling a source text at most once per cache lifetime (per module:
+    ``globs`` is the namespace of the module whose class is being made)."""
+    module = globs.get("__name__") if type(globs) is dict else None
+    if type(source) is str and type(module) is str and _dir is not None and os.sep not in module:
+        codes = _module_codes(_dir, module)
+        code = codes.get(source)
         if code is None:
-            code = _codes[source] = compile(source, "<string>", "exec", dont_inherit=True)
+            code = codes[source] = compile(source, "<string>", "exec", dont_inherit=True)
         source = code
     _real_exec(source, globs, locs)
 
 
 def _save() -> None:
-    if _path is not None and len(_codes) > _loaded:
-        write_entry(os.path.dirname(_path), _path, dict(_codes))
+    if _dir is None:
+        return
+    for module, codes in _codes.items():
+        if len(codes) > _loaded.get(module, 0):
+            write_entry(_dir, _entry_path(_dir, module), codes)
 
 
 def install() -> None:
     """Serve ``dataclasses``' generated methods from the cache (once per process; no-op when the cache is off)."""
-    global _loaded, _path
+    global _dir
     where = cache_dir()
-    if where is None or _path is not None:
+    if where is None or _dir is not None:
         return
-    _path = _entry_path(where)
-    hit, value = read_entry(_path)
-    if hit and type(value) is dict:
-        _codes.update((k, v) for k, v in value.items() if type(k) is str and type(v) is CodeType)
-    _loaded = len(_codes)
+    _dir = where
     dataclasses.exec = _cached_exec  # type: ignore[attr-defined]
     atexit.register(_save)
 
