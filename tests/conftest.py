@@ -6,7 +6,8 @@ import atexit
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,21 @@ if "QEMU_EVMCS_CACHE_DIR" not in os.environ:
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--regen-golden", action="store_true", default=False,
                      help="rewrite tests/golden/* from the current output instead of comparing")
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """A short private directory per test (``/tmp/t-XXXXXXXX``), replacing pytest's deep one.
+
+    Why: a Unix socket path is limited to 107 bytes, and the wrapper, the simulator and the fake emulators bind
+    sockets below the test's directory. pytest's ``/tmp/pytest-of-USER/pytest-N/<test name>/`` leaves too little
+    room once pytest-xdist adds its ``popen-gwN/`` level, and the failures then look like launch bugs.
+    """
+    path = Path(tempfile.mkdtemp(prefix="t-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
