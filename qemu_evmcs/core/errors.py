@@ -10,9 +10,9 @@ Tree::
     EvmcsError                      root; never raised directly
      +-- InputError                 bad input or usage          -> exit 2
      +-- KvmError                   a simulated (or real) ioctl failed with errno
-     +-- ProbeError                 the live host cannot answer -> exit 1
+     +-- ProbeError                 the live host cannot be probed (no /dev/kvm access, an ioctl fails) -> exit 1
      +-- LaunchError                starting / talking to an emulator failed -> exit 1
-     +-- NegativeAnswer             a check whose answer is "no"  -> exit 1
+     +-- NegativeAnswer             a check whose answer is "no" (a verdict line, not error:) -> exit 1
      +-- QmpCommandError            a simulated QMP command failed (simqemu.qmp_server; becomes the
                                     QMP error reply, never an exit status)
 
@@ -112,7 +112,9 @@ class KvmError(EvmcsError):
 
 
 class ProbeError(EvmcsError):
-    """The running machine cannot answer (no /dev/kvm, no Intel VMX, nested off): exit 1."""
+    """The running machine cannot be probed (no /dev/kvm access, not a KVM device, an ioctl failing): exit 1.
+
+    A machine that can be probed but cannot do it (no Intel VMX, nested off) is a :class:`NegativeAnswer`."""
 
     exit_code = EXIT_NEGATIVE
 
