@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from qemu_evmcs.cli import main as cli
+from qemu_evmcs.core.profile import bundled_profile_dir
 
 #: Runs the real dispatcher in a fresh interpreter, then prints the modules loaded, as JSON, on stderr.
 _PROBE = ("import sys, json, io, contextlib\n"
@@ -63,6 +64,18 @@ def test_a_parse_cache_hit_imports_no_yaml_code(tmp_path: Path) -> None:
     assert not {m for m in mods if m == "yaml" or m.startswith(("yaml.", "_yaml"))}
     assert "qemu_evmcs.core.profileyaml" not in mods and "tempfile" not in mods
     assert "difflib" not in mods                   # only for "did you mean" hints (core/lazy.py)
+
+
+def test_baseline_of_a_fleet_file_on_a_parse_cache_hit_imports_no_yaml(tmp_path: Path) -> None:
+    """The fleet loader needs PyYAML only for first documents the parse cache lacks (fleet/loader.py)."""
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("".join("---\n" + (Path(bundled_profile_dir()) / f"{n}.yaml").read_text()
+                             for n in ("skylake-6.3", "icelake-6.1")))
+    env = {"QEMU_EVMCS_CACHE_DIR": str(tmp_path / "cache")}
+    rc, first, out1 = _run_fresh("baseline", "--pool", str(fleet), env=env)
+    assert rc == 0 and "yaml" in first
+    rc, mods, out2 = _run_fresh("baseline", "--pool", str(fleet), env=env)
+    assert rc == 0 and out2 == out1 and "yaml" not in mods and "qemu_evmcs.core.yamlsafe" not in mods
 
 
 def test_explain_loads_only_its_own_module_and_the_one_it_shares() -> None:

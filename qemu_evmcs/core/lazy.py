@@ -5,8 +5,8 @@ that importing code it never calls: PyYAML (about a quarter of a start-up) is on
 in the parse cache (:mod:`~qemu_evmcs.core.parsecache`), ``tempfile`` only when an entry is written, each
 sub-command module only when that command runs. Import statements inside functions are refused everywhere
 (``tests/test_layers.py``: that is how import cycles used to be hidden), so a deferred import goes through
-:func:`module`, with the module named by a string literal. ``tests/test_layers.py`` reads those literals
-and applies the layer rule to them like to any import (a lazy load may not reach *up* the layers either),
+:func:`module` or :func:`proxy`, with the module named by a string literal. ``tests/test_layers.py`` reads
+those literals and applies the layer rule to them like to any import (a lazy load may not go *up* either),
 and refuses ``importlib.import_module``/``__import__`` anywhere but here. Only ``cli/main.py`` passes a
 computed name (the sub-command's module, from its static table); the CLI is the top layer.
 """
@@ -22,4 +22,24 @@ def module(name: str) -> ModuleType:
     return importlib.import_module(name)
 
 
-__all__ = ["module"]
+class _Proxy(ModuleType):
+    """Stands for a module until an attribute is read: then imports it (:func:`module`) and reads it there."""
+
+    def __getattr__(self, attr: str) -> object:
+        return getattr(module(self.__name__), attr)
+
+
+def proxy(name: str) -> ModuleType:
+    """A stand-in for module ``name`` that imports it at the first attribute read (``yaml.YAMLError`` in an
+    ``except`` clause is read only when an exception is being handled). For modules that use a library on a
+    few paths only (PyYAML in the fleet loader: only for a document the parse cache lacks)::
+
+        if TYPE_CHECKING:          # type checkers see the real module
+            import yaml
+        else:
+            yaml = lazy.proxy("yaml")
+    """
+    return _Proxy(name)
+
+
+__all__ = ["module", "proxy"]

@@ -27,20 +27,23 @@ import functools
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, BinaryIO
-
-import yaml
+from typing import TYPE_CHECKING, BinaryIO
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import open_regular
 from qemu_evmcs.core.parsecache import cached_parse, yaml_id
-from qemu_evmcs.core.yamlsafe import BoundedCSafeLoader
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.core.profile import (MAX_PROFILE_BYTES, HostProfile, control_character, iter_documents,
                                      profile_from_mapping)
 from qemu_evmcs.output.progress import Progress
+from qemu_evmcs.core import lazy
 
-_Loader: Any = BoundedCSafeLoader  # libyaml's CSafeLoader when present, integers bounded
+if TYPE_CHECKING:
+    import yaml
+    from qemu_evmcs.core import yamlsafe
+else:   # PyYAML is needed only for documents the parse cache lacks and odd notes (core/lazy.py)
+    yaml = lazy.proxy("yaml")
+    yamlsafe = lazy.proxy("qemu_evmcs.core.yamlsafe")
 
 #: Read multi-document files in pieces of this many bytes (memory stays flat for any file size).
 CHUNK_BYTES = 8 * 1024 * 1024
@@ -406,7 +409,8 @@ class FleetLoader:
             if "&" in block or "*" in block:
                 return False
             try:
-                data = yaml.load(kind + block, Loader=_Loader)
+                safe_loader = yamlsafe.BoundedCSafeLoader  # libyaml's CSafeLoader when present, integers bounded
+                data = yaml.load(kind + block, Loader=safe_loader)
             except yaml.YAMLError:
                 return False
             if not (isinstance(data, dict) and list(data) == [kind] and isinstance(data[kind], (str, type(None)))):
@@ -506,7 +510,8 @@ def _parse_first(seg: str, path: str) -> tuple[list[tuple[object, dict[str, int]
     if len(docs) != 1:
         return docs, False
     try:
-        node = yaml.compose(seg, Loader=_Loader)
+        safe_loader = yamlsafe.BoundedCSafeLoader
+        node = yaml.compose(seg, Loader=safe_loader)
     except (yaml.YAMLError, RecursionError):  # pragma: no cover - the text was just parsed
         return docs, False
     return docs, node is not None and FleetLoader._sound(seg, node)

@@ -26,12 +26,17 @@ import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import yaml
-
+from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.registry import data_path, registry
 from qemu_evmcs.qemu.models import QemuSnapshot
+
+if TYPE_CHECKING:
+    import yaml
+else:   # read only for a libvirt version other than the installed cpu_map (core/lazy.py)
+    yaml = lazy.proxy("yaml")
 
 INSTALLED = "/usr/share/libvirt/cpu_map"
 ENV_CPU_MAP = "QEMU_EVMCS_LIBVIRT_CPU_MAP"

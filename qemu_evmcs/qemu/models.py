@@ -37,17 +37,21 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import read_capped, read_text_capped
-from qemu_evmcs.core.yamlfast import CComposeSafeLoader
-from qemu_evmcs.core.yamlsafe import BoundedSafeLoader
 from qemu_evmcs.qemu.features import HV_ALIASES, HV_FEATURES, PLUGIN_PERF_GLOBAL_CTRL, VMX_CPUID_REQUIRES, hv_requires
 from qemu_evmcs.core.registry import Feature, Registry, data_path, registry
+
+if TYPE_CHECKING:
+    import yaml
+    from qemu_evmcs.core import yamlfast, yamlsafe
+else:   # PyYAML: only to read model definitions and model-releases.yaml, not for the snapshot (core/lazy.py)
+    yaml = lazy.proxy("yaml")
+    yamlfast = lazy.proxy("qemu_evmcs.core.yamlfast")
+    yamlsafe = lazy.proxy("qemu_evmcs.core.yamlsafe")
 
 #: The snapshot shipped with the package (QEMU major.minor).
 DEFAULT_QEMU_VERSION = "7.2"
@@ -371,7 +375,8 @@ def compose_yaml(text: str, path: str) -> tuple[object, dict[KeyPath, int], list
     """
     try:
         try:
-            nodes = [n for n in yaml.compose_all(text, Loader=CComposeSafeLoader) if n is not None]
+            fast_loader = yamlfast.CComposeSafeLoader
+            nodes = [n for n in yaml.compose_all(text, Loader=fast_loader) if n is not None]
         except (yaml.YAMLError, RecursionError):
             # Report what the pure-Python loader says (libyaml's messages differ), and accept what only it
             # accepts: the fast composer is an optimisation, never a change of answer.
@@ -388,7 +393,7 @@ def compose_yaml(text: str, path: str) -> tuple[object, dict[KeyPath, int], list
     lines: dict[KeyPath, int] = {}
     dups: list[tuple[KeyPath, int, int]] = []
     _line_map(nodes[0], (), lines, dups)
-    loader = BoundedSafeLoader("")
+    loader = yamlsafe.BoundedSafeLoader("")
     try:
         data = loader.construct_document(nodes[0])
     except yaml.YAMLError as err:
