@@ -8,12 +8,14 @@ CTLS2 allowed-1 0x1ffcff has bits 1/5 (EPT/VPID) -> EPT_VPID_CAP and bit 13 (VM 
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 
 from host_helpers import host_profiles
 from qemu_evmcs.cli.commands.host import import_text
+from qemu_evmcs.cli.main import run
 from qemu_evmcs.core.enumeration import missing_msrs, quirks
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.profile import load_profile, load_profile_text, resolve_profile_path
@@ -79,8 +81,6 @@ def test_baseline_says_which_hosts_are_partial_and_which_answers_depend_on_it(
     IA32_VMX_VMFUNC (its source table has no such row) although its secondary controls 0x7cff have bit 13 (VM
     functions) set, so vmx-eptp-switching (VMFUNC bit 0) is counted as absent there: that loss says it is
     unknown, not that KVM lacks it. broadwell-6.1 is complete."""
-    import json
-    from qemu_evmcs.cli.main import run
     note = ("host haswell-5.15: IA32_VMX_VMFUNC unknown (partial import): the features they carry count as "
             "absent there, so this answer may be more conservative than the host needs")
     assert run(["baseline", "--pool", "haswell-5.15", "broadwell-6.1"]) == 0
