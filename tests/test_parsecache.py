@@ -3,16 +3,19 @@ and an entry that is not safely ours is never read. No timing: what is checked i
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from qemu_evmcs.core import parsecache
-from qemu_evmcs.core.profile import load_profile_text
+from qemu_evmcs.core.profile import bundled_profile_dir, load_profile_text
 from qemu_evmcs.core.registry import load_data
+from qemu_evmcs.fleet import loader as fleet_loader
 
 
 @pytest.fixture()
@@ -162,3 +165,142 @@ def test_cached_exec_is_exec(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     ns = {}
     classcache._cached_exec(compile("y = 2", "<s>", "exec"), {"__name__": "m"}, ns)
     assert ns["y"] == 2 and len(classcache._codes["m"]) == 1
+
+
+# ---------------------------------------------------------------- the bound on disk (issue 14: hostile environments)
+def _entries(cache: Path) -> list[Path]:
+    return sorted(p for p in cache.iterdir() if p.name.endswith(".marshal"))
+
+
+@pytest.fixture()
+def small_cap(cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cache of at most 8 entries, pruned after every 2 writes of a process (to 6), first pruned at this
+    process's first write (as in a fresh process)."""
+    # raising=False: on the code before the caps these tests fail on their counts, not here.
+    monkeypatch.setattr(parsecache, "MAX_ENTRIES", 8, raising=False)
+    monkeypatch.setattr(parsecache, "PRUNE_EVERY", 2, raising=False)
+    monkeypatch.setattr(parsecache, "_unpruned", None, raising=False)
+    return cache
+
+
+def test_the_entry_cap_holds_and_a_recent_hit_survives_pruning(small_cap: Path, tmp_path: Path) -> None:
+    """30 texts written into a cache capped at 8 entries: never more than 8 files, the least recently used go
+    first, and an entry read recently is still a hit (its parse is not run again)."""
+    code = tmp_path / "parser.py"
+    code.write_text("v1")
+    calls: list[str] = []
+    parse = _counting(calls)
+    _parse("keep", parse, code)
+    (kept,) = _entries(small_cap)
+    for i in range(30):
+        # "keep" was just read: what the file system's atime says (relatime refreshes it at the first read
+        # after a write), set here by hand, as the newest use of all.
+        os.utime(kept, ns=(4_000_000_000 * 10**9, kept.stat().st_mtime_ns))
+        _parse(f"t{i}", parse, code)
+        assert len(_entries(small_cap)) <= 8, i
+    assert kept in _entries(small_cap)
+    calls.clear()
+    assert _parse("keep", parse, code) == {"text": "keep", "n": [1, 2.5, None, True]} and calls == []
+    _parse("t0", parse, code)            # the oldest was pruned: parsed again
+    assert calls == ["t0"]
+    parsecache._code_id.cache_clear()
+
+
+def test_the_byte_cap_holds(small_cap: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entries of ~10 kB each under a 40,000-byte cap: at most 4 stay, whatever the entry count allows."""
+    monkeypatch.setattr(parsecache, "MAX_BYTES", 40_000, raising=False)
+    monkeypatch.setattr(parsecache, "PRUNE_BYTES", 10_000, raising=False)
+    code = tmp_path / "parser.py"
+    code.write_text("v1")
+    for i in range(12):
+        _parse(f"b{i}", lambda t: {"t": t, "pad": "x" * 10_000}, code)
+        assert sum(p.stat().st_size for p in _entries(small_cap)) <= 40_000, i
+    parsecache._code_id.cache_clear()
+
+
+def test_entries_vanishing_under_a_prune_never_raise(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process prunes at the same time: every entry disappears between the listing and its stat (and
+    its unlink). The prune still ends quietly."""
+    cache.mkdir()
+    for i in range(20):
+        (cache / f"t-{i:02d}.marshal").write_bytes(b"N")
+    real = os.scandir
+
+    class Vanishing:
+        def __init__(self, path: str) -> None:
+            self._it = real(path)
+
+        def __enter__(self) -> Vanishing:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self._it.close()
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            for entry in self._it:
+                os.unlink(entry.path)        # the other process got there first
+                yield entry
+
+    monkeypatch.setattr(os, "scandir", Vanishing)
+    parsecache.prune(str(cache), max_entries=0, max_bytes=0)
+    assert _entries(cache) == []
+
+
+def test_concurrent_prunes_never_raise(cache: Path) -> None:
+    """Four threads prune one directory at once (each would remove the same oldest entries)."""
+    cache.mkdir()
+    for i in range(400):
+        (cache / f"t-{i:03d}.marshal").write_bytes(b"N")
+    start = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        start.wait()
+        try:
+            parsecache.prune(str(cache), max_entries=10, max_bytes=1 << 30)
+        except BaseException as err:  # noqa: BLE001 - the test's point
+            errors.append(err)
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(_entries(cache)) <= 10
+
+
+def test_a_read_only_or_full_cache_only_falls_back_to_parsing(small_cap: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pruning cannot remove anything (read-only) and then nothing can be written (full disk): every answer is
+    still the parse."""
+    code = tmp_path / "parser.py"
+    code.write_text("v1")
+    calls: list[str] = []
+    for i in range(12):
+        _parse(f"r{i}", _counting(calls), code)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(os, "unlink", refuse)
+    for i in range(12, 20):
+        assert _parse(f"r{i}", _counting(calls), code) == {"text": f"r{i}", "n": [1, 2.5, None, True]}
+    monkeypatch.setattr(os, "replace", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space")))
+    assert _parse("full", _counting(calls), code) == {"text": "full", "n": [1, 2.5, None, True]}
+    assert len(calls) == 21
+    parsecache._code_id.cache_clear()
+
+
+def test_a_fleet_run_caches_only_its_first_distinct_documents(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fleet loader sends at most MAX_CACHED_FIRST first documents per run through the cache (3 here): a
+    one-off fleet of many distinct texts gains nothing from caching them and would push out the entries every
+    command reads. The other documents are parsed as before (same answer)."""
+    monkeypatch.setattr(fleet_loader, "MAX_CACHED_FIRST", 3, raising=False)
+    body = Path(bundled_profile_dir(), "skylake-5.10.yaml").read_text()
+    # Six distinct texts (the model name, which the fingerprint ignores, differs), so six first documents.
+    text = "".join("---\n" + body.replace("name: skylake-5.10", f"name: h{i}", 1)
+                   .replace("model_name: Intel", f"model_name: M{i} Intel", 1) for i in range(6))
+    loader = fleet_loader.FleetLoader()
+    loader.add_text(text, "f.yaml")
+    assert loader.parsed == 6 and sum(map(len, loader.fleet.members.values())) == 6
+    assert len([p for p in cache.iterdir() if p.name.startswith("fleet-first-")]) == 3

@@ -18,6 +18,28 @@ maps *what was parsed and how* to the result:
   written to a temporary file and renamed into place, so readers never see half an entry. Any failure
   (read-only home, full disk, a damaged entry) falls back to parsing: the cache never changes an answer
   or an error, it only saves time. Nothing of it is shipped or committed.
+
+The cache is bounded on disk (issue 14: a fleet of a million distinct texts must not write a million files
+into a home directory): at most :data:`MAX_ENTRIES` entries and :data:`MAX_BYTES` bytes. Why those values:
+everything bundled is 56 entries and 0.6 MB (measured in an empty cache: every bundled profile through
+``host show`` and ``explain``, ``fleet import``, ``validate``, ``compare-designs``, ``baseline``, ``report``;
+package data, profiles, the fleet loader's first documents and :mod:`classcache`'s dataclass code), each
+upgrade of the package or PyYAML adds as many under new keys, and a realistic fleet has tens to hundreds of
+distinct first documents (the fleet loader caches at most 512 per run,
+``qemu_evmcs.fleet.loader.MAX_CACHED_FIRST``). 4,096 entries and 64 MiB keep all of that for many fleets and
+versions, while a runaway costs at most 64 MiB of disk. The price is a scan of the directory (~5 us an entry:
+20 ms at 4,096 entries on the shared build machine) at a process's first write and every 256 writes.
+Pruning is only on the *write* path (a hit pays nothing for it): a process prunes at its first write and then
+after every :data:`PRUNE_EVERY` writes or :data:`PRUNE_BYTES` written, each time down to ``PRUNE_EVERY``
+entries and ``PRUNE_BYTES`` bytes below the caps, so one process never leaves more than the caps (several
+writing at once: at most ``PRUNE_EVERY`` entries more each, until one of them prunes). It removes the least
+recently used entries first, by ``max(atime, mtime)``: the hit path touches nothing, so recency is what the file
+system records (Linux's default ``relatime`` refreshes the atime at the first read after a write and then at
+most daily; on a ``noatime`` mount the order is by write time, oldest written first). Pruning is safe
+against other processes doing the same: an entry that vanishes between the listing and its ``stat`` or
+``unlink`` is skipped, and a cache directory where nothing can be removed (read-only, permissions) stops the
+prune quietly. Temporary files of killed writers older than an hour are removed too. Only ``*.marshal``
+regular files owned by this user are ever removed.
 """
 
 from __future__ import annotations
@@ -42,6 +64,19 @@ CACHE_FORMAT = "qemu-evmcs-parsed-1"
 MAX_CACHED_TEXT = 1024 * 1024
 #: Entries larger than this are ignored.
 MAX_ENTRY_BYTES = 16 * 1024 * 1024
+#: At most this many entries stay in the cache directory (see the module doc for why this value).
+MAX_ENTRIES = 4096
+#: At most this many bytes of entries stay in the cache directory.
+MAX_BYTES = 64 * 1024 * 1024
+#: A process prunes after this many writes (and at its first), down to this many entries below the cap.
+PRUNE_EVERY = 256
+#: ... or after writing this many bytes, down to this many bytes below the cap.
+PRUNE_BYTES = 8 * 1024 * 1024
+#: A temporary file older than this (seconds) belongs to a killed writer.
+STALE_TMP_SECONDS = 3600
+
+#: (writes, bytes) since this process last pruned; ``None``: it has not pruned yet.
+_unpruned: list[int] | None = None
 
 _PLAIN = (str, int, float, bool, type(None))
 
@@ -167,14 +202,90 @@ def write_entry(where: str, path: str, value: Any) -> None:
         # tempfile (with random, shutil...) is imported only here, when an entry is written (lazy.py).
         fd, tmp = lazy.module("tempfile").mkstemp(prefix=".tmp-", dir=where)
         try:
+            data = marshal.dumps(value)
             with os.fdopen(fd, "wb") as fh:
-                fh.write(marshal.dumps(value))
+                fh.write(data)
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)
             raise
     except (OSError, ValueError):
-        pass    # a read-only or full cache directory only costs the time it would have saved
+        return  # a read-only or full cache directory only costs the time it would have saved
+    _written(where, len(data))
 
 
-__all__ = ["CACHE_FORMAT", "cache_dir", "cached_parse", "is_plain", "read_entry", "write_entry", "yaml_id"]
+def _written(where: str, size: int) -> None:
+    """Count a write; prune when this process has not yet, or has written enough since it last did."""
+    global _unpruned
+    if _unpruned is not None:
+        _unpruned[0] += 1
+        _unpruned[1] += size
+        if _unpruned[0] < PRUNE_EVERY and _unpruned[1] < PRUNE_BYTES:
+            return
+    _unpruned = [0, 0]
+    prune(where, max_entries=max(0, MAX_ENTRIES - PRUNE_EVERY), max_bytes=max(0, MAX_BYTES - PRUNE_BYTES))
+
+
+def prune(where: str, *, max_entries: int, max_bytes: int) -> int:
+    """Remove the least recently used entries of ``where`` (by ``max(atime, mtime)``) until at most
+    ``max_entries`` entries of at most ``max_bytes`` bytes in all remain; return how many were removed.
+
+    Never raises for the file system: another process may be pruning (or writing) the same directory at the
+    same time, so an entry gone between the listing and its ``stat`` or ``unlink`` is simply gone; if an entry
+    cannot be removed (read-only file system, permissions), none can, and the prune stops.
+    """
+    entries: list[tuple[int, str, int]] = []      # (last use in ns, name, size)
+    stale_before = None
+    uid = os.geteuid()
+    try:
+        with os.scandir(where) as listing:
+            for entry in listing:
+                name = entry.name
+                is_tmp = name.startswith(".tmp-")
+                if not is_tmp and (name.startswith(".") or not name.endswith(".marshal")):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue                        # vanished: another process pruned it
+                if not stat.S_ISREG(st.st_mode) or st.st_uid != uid:
+                    continue                        # not an entry of ours: never removed
+                if is_tmp:
+                    if stale_before is None:
+                        stale_before = (lazy.module("time").time() - STALE_TMP_SECONDS) * 1e9
+                    if st.st_mtime_ns < stale_before:
+                        _remove(entry.path)
+                    continue
+                entries.append((max(st.st_atime_ns, st.st_mtime_ns), name, st.st_size))
+    except OSError:
+        return 0                                    # no directory, or it cannot be listed: nothing to bound
+    count = len(entries)
+    total = sum(size for _, _, size in entries)
+    if count <= max_entries and total <= max_bytes:
+        return 0
+    entries.sort()                                  # oldest use first (ties: by name, the same in every process)
+    removed = 0
+    for _, name, size in entries:
+        if count <= max_entries and total <= max_bytes:
+            break
+        if not _remove(os.path.join(where, name)):
+            break
+        count -= 1
+        total -= size
+        removed += 1
+    return removed
+
+
+def _remove(path: str) -> bool:
+    """Unlink ``path``; ``True`` if it is gone now (by us or by another process)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+__all__ = ["CACHE_FORMAT", "MAX_BYTES", "MAX_ENTRIES", "cache_dir", "cached_parse", "is_plain", "prune", "read_entry",
+           "write_entry", "yaml_id"]

@@ -54,6 +54,12 @@ SMALL_FILE = 64 * 1024
 #: key's documents are parsed in full instead of cached, so a fleet of a million distinct texts costs time,
 #: not memory (each key is about one document, ~1 KiB).
 MAX_KEYS = 20_000
+#: First documents sent through the per-user parse cache per loader (per run and loading process); the others
+#: are parsed without it. A realistic fleet has tens to hundreds of distinct first documents, all cached; a
+#: one-off import of a million distinct texts gains nothing from caching them, and writing them would push the
+#: entries every command reads out of the bounded cache (:data:`~qemu_evmcs.core.parsecache.MAX_ENTRIES`, 4,096:
+#: one run takes at most an eighth of it).
+MAX_CACHED_FIRST = 512
 
 
 # A region cut out of a document for its key: "\n" + a column-0 comment, or a top-level
@@ -96,6 +102,7 @@ class FleetLoader:
         self._where: dict[str, str] = {}         # host name -> file (duplicate detection)
         self.parsed = 0
         self.documents = 0
+        self._cached_first = 0                   # first documents sent through the parse cache (MAX_CACHED_FIRST)
         #: Return ``(host, fingerprint)`` per document from the ``add_*`` methods (the inventory needs them;
         #: :func:`~qemu_evmcs.fleet.sources.load_fleet` reads only :attr:`fleet` and turns it off).
         self.collect = True
@@ -438,11 +445,16 @@ class FleetLoader:
         on the text, to check that the key's cuts are sound. The parse and that check are pure functions of
         the text, so they go through the per-user parse cache (:mod:`~qemu_evmcs.core.parsecache`; at 100,000
         hosts these first documents were ~15% of a load): a fleet read again costs no YAML parse; validation
-        (:func:`~qemu_evmcs.core.profile.profile_from_mapping`) runs every time.
+        (:func:`~qemu_evmcs.core.profile.profile_from_mapping`) runs every time. Only the first
+        :data:`MAX_CACHED_FIRST` of a run: past those, a fleet of many distinct texts is parsed uncached.
         """
         try:
-            docs, sound = cached_parse(seg, functools.partial(_parse_first, path=path), parser="fleet-first",
-                                       parser_files=_FIRST_PARSER_FILES, yaml_version=yaml_id())
+            if self._cached_first < MAX_CACHED_FIRST:
+                self._cached_first += 1
+                docs, sound = cached_parse(seg, functools.partial(_parse_first, path=path), parser="fleet-first",
+                                           parser_files=_FIRST_PARSER_FILES, yaml_version=yaml_id())
+            else:
+                docs, sound = _parse_first(seg, path)
         except InputError as err:
             if err.key is None or err.line is None:
                 raise _shift(err, line0) from None
