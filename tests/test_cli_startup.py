@@ -78,6 +78,14 @@ def test_baseline_of_a_fleet_file_on_a_parse_cache_hit_imports_no_yaml(tmp_path:
     assert rc == 0 and out2 == out1 and "yaml" not in mods and "qemu_evmcs.core.yamlsafe" not in mods
 
 
+def test_validate_on_a_parse_cache_hit_imports_no_yaml(tmp_path: Path) -> None:
+    """Model definitions and model-releases.yaml come from the parse cache the second time (qemu/models.py)."""
+    env = {"QEMU_EVMCS_CACHE_DIR": str(tmp_path / "cache")}
+    rc1, first, out1 = _run_fresh("validate", env=env)
+    rc2, mods, out2 = _run_fresh("validate", env=env)
+    assert "yaml" in first and (rc2, out2) == (rc1, out1) and "yaml" not in mods
+
+
 def test_explain_loads_only_its_own_module_and_the_one_it_shares() -> None:
     rc, mods = _modules_after("explain", "--host", "skylake-6.3")
     assert rc == 0

@@ -164,6 +164,8 @@ class EraTable:
     backports: tuple[Backport, ...] = ()
     _memo: dict[tuple[tuple[int, int], bool, tuple[str, ...]], Era] = field(
         default_factory=dict, compare=False, hash=False, repr=False)
+    #: :meth:`known_eras`, worked out once (validate asks for it about 200 times per run: 1,500 era_of calls).
+    _known: list[tuple[Era, ...]] = field(default_factory=list, init=False, compare=False, hash=False, repr=False)
 
     def mainline_era_of(self, v: KernelVersion) -> Era:
         """The mainline era of ``v``'s major.minor (no stable backports)."""
@@ -240,13 +242,16 @@ class EraTable:
 
     def known_eras(self) -> tuple[Era, ...]:
         """The mainline eras, then every era only a stable series has (mainline era + backports)."""
+        if self._known:
+            return self._known[0]
         out = list(self.eras)
         for bp in self.backports:
             for _, first in bp.stable:
                 era = self.era_of(first)
                 if all(e.id != era.id for e in out):
                     out.append(era)
-        return tuple(out)
+        self._known.append(tuple(out))
+        return self._known[0]
 
 
 def rules_by_msr(rules: Sequence[Rule]) -> dict[str, tuple[int, int | None, int]]:

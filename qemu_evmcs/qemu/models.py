@@ -42,8 +42,9 @@ from typing import TYPE_CHECKING, Any
 from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import read_capped, read_text_capped
+from qemu_evmcs.core.parsecache import cached_parse, yaml_id
 from qemu_evmcs.qemu.features import HV_ALIASES, HV_FEATURES, PLUGIN_PERF_GLOBAL_CTRL, VMX_CPUID_REQUIRES, hv_requires
-from qemu_evmcs.core.registry import Feature, Registry, data_path, registry
+from qemu_evmcs.core.registry import Feature, Registry, data_path, load_data, registry
 
 if TYPE_CHECKING:
     import yaml
@@ -255,9 +256,7 @@ def load_model_features(name: str, snapshot: QemuSnapshot | None = None) -> froz
 @functools.lru_cache(maxsize=1)
 def model_releases() -> Mapping[str, Mapping[str, Any]]:
     """``model-releases.yaml``: first QEMU release of models absent from the snapshot."""
-    with open(data_path("cpu_models", "qemu", "model-releases.yaml"), encoding="utf-8") as fh:
-        text = fh.read()
-    data = yaml.safe_load(text) or {}
+    data = load_data(os.path.join("cpu_models", "qemu", "model-releases.yaml")) or {}   # via the parse cache
     return dict(data.get("models") or {})
 
 
@@ -369,10 +368,25 @@ def _line_map(node: yaml.Node, prefix: KeyPath, out: dict[KeyPath, int],
 
 
 def compose_yaml(text: str, path: str) -> tuple[object, dict[KeyPath, int], list[tuple[KeyPath, int, int]]]:
-    """Safe-load one YAML document with a key->line map.
+    """Safe-load one YAML document with a key->line map (and the duplicate keys).
+
+    A pure function of the text, so it goes through the per-user parse cache
+    (:mod:`~qemu_evmcs.core.parsecache`): ``validate`` reads every installed definition at every run.
 
     :raise InputError: malformed YAML (with the line) or more than one document.
     """
+    parsed: tuple[object, dict[KeyPath, int], list[tuple[KeyPath, int, int]]] = cached_parse(
+        text, functools.partial(_compose_yaml, path=path), parser="model-definition",
+        parser_files=_COMPOSE_FILES, yaml_version=yaml_id())
+    return parsed
+
+
+#: The code behind :func:`compose_yaml`'s answer (a change in any of them is a new parse-cache key).
+_COMPOSE_FILES = (__file__, *(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "core", f)
+                              for f in ("yamlfast.py", "yamlsafe.py")))
+
+
+def _compose_yaml(text: str, path: str) -> tuple[object, dict[KeyPath, int], list[tuple[KeyPath, int, int]]]:
     try:
         try:
             fast_loader = yamlfast.CComposeSafeLoader
