@@ -76,6 +76,8 @@ def test_baseline_of_a_fleet_file_on_a_parse_cache_hit_imports_no_yaml(tmp_path:
     assert rc == 0 and "yaml" in first
     rc, mods, out2 = _run_fresh("baseline", "--pool", str(fleet), env=env)
     assert rc == 0 and out2 == out1 and "yaml" not in mods and "qemu_evmcs.core.yamlsafe" not in mods
+    # Nor what only inventories, forked loads and libvirt cpu_maps need.
+    assert not {"sqlite3", "pickle", "xml.etree.ElementTree"} & mods
 
 
 def test_validate_on_a_parse_cache_hit_imports_no_yaml(tmp_path: Path) -> None:

@@ -16,11 +16,10 @@ import functools
 import hashlib
 import json
 import os
-import sqlite3
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ParamSpec, Self, TypeVar, Union
+from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, Union
 
 from qemu_evmcs.core.errors import InputError, KvmError
 from qemu_evmcs.core.inputfile import describe_mode, open_regular
@@ -34,6 +33,12 @@ from qemu_evmcs.core.views import visible_features
 from qemu_evmcs.qemu.hostguest import host_model_guest_msrs
 from qemu_evmcs.fleet.staging import HostRow, StagedHosts
 from qemu_evmcs.output.progress import Progress
+from qemu_evmcs.core import lazy
+
+if TYPE_CHECKING:
+    import sqlite3
+else:   # only an inventory (.db) is opened with it; YAML fleets never need it (core/lazy.py)
+    sqlite3 = lazy.proxy("sqlite3")
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -13,13 +13,18 @@ those of a one-process load. Forking is skipped when other threads run.
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qemu_evmcs.fleet.loader import CHUNK_BYTES, FleetLoader
 from qemu_evmcs.output.progress import Progress
+from qemu_evmcs.core import lazy
+
+if TYPE_CHECKING:
+    import pickle
+else:   # only a load that forks (16 MiB of YAML or more) pickles its parts (core/lazy.py)
+    pickle = lazy.proxy("pickle")
 
 #: Split the loading over several processes (``os.fork``) from this many bytes of multi-document files ...
 PARALLEL_MIN_BYTES = 16 * 1024 * 1024

@@ -15,11 +15,17 @@ lock on the inventory, so parsing a large file does not hold other clients off.
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
+from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import open_regular
+
+if TYPE_CHECKING:
+    import sqlite3
+else:   # imported by `fleet import` when it stages rows, not by every command that reads a fleet (core/lazy.py)
+    sqlite3 = lazy.proxy("sqlite3")
 
 #: One row of ``hosts``: (name, fingerprint, file, doc, pool).
 HostRow = tuple[str, str, str, int, "str | None"]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import os
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -34,8 +33,10 @@ from qemu_evmcs.core.registry import data_path, registry
 from qemu_evmcs.qemu.models import QemuSnapshot
 
 if TYPE_CHECKING:
+    import xml.etree.ElementTree as ET
     import yaml
-else:   # read only for a libvirt version other than the installed cpu_map (core/lazy.py)
+else:   # read only when a command reads a cpu_map (core/lazy.py): baseline --pool never does
+    ET = lazy.proxy("xml.etree.ElementTree")
     yaml = lazy.proxy("yaml")
 
 INSTALLED = "/usr/share/libvirt/cpu_map"
