@@ -110,7 +110,7 @@ def test_shared_containers_are_checked_once() -> None:
 
 # --------------------------------------------------------------------------- compiled dataclass methods
 
-_CLASSES = ("import sys, dataclasses, qemu_evmcs.cli\n"       # the CLI package installs the cache
+_CLASSES = ("import sys, dataclasses, qemu_evmcs\n"           # the package installs the cache
             "from qemu_evmcs.core import classcache\n"
             "@dataclasses.dataclass(frozen=True)\n"
             "class A:\n    x: int\n    y: str = 'b'\n"

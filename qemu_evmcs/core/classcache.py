@@ -10,7 +10,8 @@ one entry per module that defines dataclasses (a command reads only its own modu
 text and tagged with the exact interpreter build (``sys.version``: byte code is
 version-specific). The classes are the ones ``dataclasses`` makes: only ``compile`` is skipped on a hit.
 
-How: :func:`install` (called by the CLI package before any command module is imported) replaces the name
+How: :func:`install` (called by the package's ``__init__``, before any module defining a dataclass is
+imported, so for every entry point) replaces the name
 ``exec`` in the ``dataclasses`` module's namespace, which its ``_create_fn`` calls with the generated text,
 by :func:`_cached_exec`: a cached code object for a known text, else ``compile`` exactly as ``exec`` would
 (no inherited ``__future__`` flags: ``dataclasses`` has none). Anything else passed to it is the real

@@ -11,12 +11,18 @@ not a dependency): no entity expansion can happen.
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from qemu_evmcs.core import lazy
 from qemu_evmcs.core.cpuid import from_libvirt
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.qemu.models import load_snapshot
+
+if TYPE_CHECKING:
+    import xml.etree.ElementTree as ET
+else:   # only when libvirt's capabilities XML is read (core/lazy.py)
+    ET = lazy.proxy("xml.etree.ElementTree")
 
 _VENDORS = {"Intel": "GenuineIntel", "AMD": "AuthenticAMD", "Hygon": "HygonGenuine"}
 

@@ -30,13 +30,13 @@ Exit status: 2 if an input file cannot be read, else 1 if any error, else 0 (war
 
 from __future__ import annotations
 
-import difflib
 import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import EXIT_BAD_INPUT, EXIT_NEGATIVE, EXIT_OK, InputError
 from qemu_evmcs.core.evmcs_filter import filter_all
 from qemu_evmcs.core.hostgroup import Fleet
@@ -249,7 +249,7 @@ def display_path(path: str) -> str:
 # =========================================================================== checks
 
 def _suggest(name: str, candidates: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.75)
+    close = lazy.module("difflib").get_close_matches(name, candidates, n=1, cutoff=0.75)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 

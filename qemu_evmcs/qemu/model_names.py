@@ -26,9 +26,9 @@ Unknown names get a suggestion from every one of these sources.
 
 from __future__ import annotations
 
-import difflib
 import os
 
+from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import EvmcsError, InputError
 from qemu_evmcs.qemu.cpuspec import parse_cpu
 from qemu_evmcs.qemu.libvirt_cpumap import load_cpu_map
@@ -87,7 +87,7 @@ def unknown_model_error(name: str) -> InputError:
     """``unknown CPU model 'X' (did you mean Y?)`` with a suggestion from every source."""
     names = all_model_names()
     lower = {n.lower(): n for n in names}
-    close = difflib.get_close_matches(name.lower(), list(lower), n=3, cutoff=0.6)
+    close = lazy.module("difflib").get_close_matches(name.lower(), list(lower), n=3, cutoff=0.6)
     hint = f"did you mean {' or '.join(lower[c] for c in close)}? " if close else ""
     return InputError(f"unknown CPU model {name!r} ({hint}--model takes host, max, a QEMU model such as "
                       f"Skylake-Client-v4, a libvirt cpu_map name, a definition name such as Skylake-Server-evmcs, "
