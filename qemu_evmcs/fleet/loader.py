@@ -550,21 +550,39 @@ def _multiline_quoted(node: yaml.Node) -> Iterator[tuple[int, int]]:
 
 def profile_files(path: str) -> list[str]:
     """Profile files under ``path`` the way :func:`iter_profiles` walks it (``*.yaml``/``*.yml``, sorted)."""
-    out: list[str] = []
-    try:
-        with os.scandir(path) as it:
-            entries = sorted((e.name, e.is_dir()) for e in it if e.name.endswith((".yaml", ".yml")))
-    except OSError as err:
-        raise InputError(err.strerror or str(err), file=path) from None
-    sep = "" if path.endswith(os.sep) else os.sep
-    for name, is_dir in entries:
-        full = path + sep + name
-        if is_dir:
-            out += profile_files(full)
-        else:
-            out.append(full)
-    return out
+    return [full for _, full in sorted(walk_profile_files(path))]
 
+
+def walk_profile_files(path: str) -> Iterator[tuple[bytes, str]]:
+    """The files of :func:`profile_files`, streamed in the order the directories list them: nothing per file is
+    kept here, so a directory of 100,000 host files costs no memory (``fleet import`` sorts them on disk,
+    :mod:`~qemu_evmcs.fleet.staging`). Each comes with its sort key: the names from ``path`` down, as bytes
+    joined by NUL, so sorting the keys gives :func:`profile_files`' order (a directory's files at its name's
+    place; NUL sorts before every character of a name). Directories are those ending in ``.yaml``/``.yml``, as
+    :func:`iter_profiles` finds them; one reached again through a symbolic link is not walked twice.
+    """
+    todo: list[tuple[str, bytes]] = [(path, b"")]
+    walked: set[tuple[int, int]] = set()           # (device, inode) of each directory walked: per directory only
+    while todo:
+        where, prefix = todo.pop()
+        sep = "" if where.endswith(os.sep) else os.sep
+        try:
+            st = os.stat(where)
+            if (st.st_dev, st.st_ino) in walked:
+                continue
+            walked.add((st.st_dev, st.st_ino))
+            with os.scandir(where) as it:
+                for e in it:
+                    name = e.name
+                    if not name.endswith((".yaml", ".yml")):
+                        continue
+                    key = prefix + os.fsencode(name)
+                    if e.is_dir():
+                        todo.append((where + sep + name, key + b"\0"))
+                    else:
+                        yield key, where + sep + name
+        except OSError as err:
+            raise InputError(err.strerror or str(err), file=where) from None
 
 
 def subdir_hint(paths: Sequence[str]) -> str:
