@@ -317,7 +317,7 @@ def test_fleet_import_memory_does_not_grow_with_the_hosts(tmp_path: Path, monkey
 def test_fleet_import_of_a_directory_does_not_grow_with_the_files(tmp_path: Path) -> None:
     """Issue 14 class 2, one file per host (``make-fleet --out DIR/``): the directory's listing is streamed into
     the staging database, which also sorts it, and each file's bookkeeping (size, hash, pool) waits there too,
-    so Python's peak for 2,000 files stays within 128 KiB of the peak for 500 (measured: 2 KiB). Keeping the
+    so Python's peak for 2,000 files stays within 128 KiB of the peak for 500 (measured: 4 KiB). Keeping the
     sorted list of paths, their sizes, a seen-set and a pending row per file, as the import did, cost ~180
     bytes of Python memory a file (~660 of RSS: 36 MB at 10,000 files, 95 MB at 100,000): 270 KB more for the
     1,500 extra files (measured before the fix: 537 KB for 3,000). The files are still read in sorted order
