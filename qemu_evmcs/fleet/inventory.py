@@ -15,7 +15,9 @@ import contextlib
 import functools
 import hashlib
 import json
+import errno
 import os
+import shutil
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,7 +35,7 @@ from qemu_evmcs.core.views import visible_features
 from qemu_evmcs.qemu.hostguest import host_model_guest_msrs
 from qemu_evmcs.fleet.staging import HostRow, StagedHosts
 from qemu_evmcs.output.progress import Progress
-from qemu_evmcs.core import lazy
+from qemu_evmcs.core import lazy, stale
 
 if TYPE_CHECKING:
     import sqlite3
@@ -45,6 +47,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 #: How long a client waits for another one's lock before saying "busy" (``QEMU_EVMCS_DB_TIMEOUT`` overrides).
 BUSY_TIMEOUT_S = 30.0
 #: Longest text read back from a name, pool, path or fingerprint column; a longer value is damage, not data.
+#: The private build directory of a new database (see :func:`import_into`).
+NEW_DB_PREFIX = ".qemu-evmcs-newdb-"
 MAX_TEXT_CHARS = 4096
 #: Longest stored profile (JSON); a profile file is at most 4 MiB of YAML, its JSON is smaller.
 MAX_DATA_CHARS = MAX_PROFILE_BYTES
@@ -250,15 +254,19 @@ class FleetDb:
 
     :param path: the database file.
     :param create: create it (with the schema) when it does not exist; otherwise a missing file is an
-        :class:`InputError`.
+        :class:`InputError`. (``fleet import`` creates a new inventory through :func:`import_into`, which
+        builds it aside and links it into place, so a refused first import leaves no file.)
+    :param shown_as: the name messages give the database (the path the user named, while
+        :func:`import_into` builds it in its private directory); default ``path``.
     """
 
-    def __init__(self, path: PathLike, *, create: bool = False) -> None:
-        self.path = os.fspath(path)
-        if not self.path:
+    def __init__(self, path: PathLike, *, create: bool = False, shown_as: PathLike | None = None) -> None:
+        self.path = os.fspath(shown_as if shown_as is not None else path)
+        file = os.fspath(path)
+        if not file:
             raise InputError("empty database path", key="--db")
         try:
-            st: os.stat_result | None = os.stat(self.path)
+            st: os.stat_result | None = os.stat(file)
         except FileNotFoundError:
             st = None
         except OSError as err:
@@ -267,10 +275,10 @@ class FleetDb:
             raise InputError("no such fleet database (create it with `qemu-evmcs fleet import`)", file=self.path)
         if st is not None and not stat.S_ISREG(st.st_mode):
             raise InputError(f"is {describe_mode(st.st_mode)}, not a fleet database file", file=self.path)
-        if st is not None and st.st_size > 0 and not is_database(self.path):
+        if st is not None and st.st_size > 0 and not is_database(file):
             raise InputError("not an SQLite fleet database", file=self.path)
         try:
-            self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout())
+            self.conn = sqlite3.connect(file, isolation_level=None, timeout=busy_timeout())
         except sqlite3.Error as err:
             raise database_error(err, self.path) from None
         try:
@@ -669,3 +677,53 @@ class FleetDb:
             "vendors": dict(sorted(by_vendor.items())),
             "cpus": dict(sorted(by_cpu.items())),
         }
+
+
+def import_into(db_path: PathLike, paths: Sequence[PathLike], *, pool: str | None = None,
+                progress: bool | None = None) -> ImportResult:
+    """``fleet import``: import ``paths`` into the inventory ``db_path``, creating it if it does not exist.
+
+    Why a new inventory is not created in place: SQLite makes the file when it connects, so a first import
+    refused while reading (a device, a missing or damaged file, a bad document found half-way through a
+    directory) used to leave an empty inventory the user never asked for, which later commands read as
+    "0 hosts" rather than "no such fleet database". A new inventory is built in a private directory beside
+    it (:func:`qemu_evmcs.core.stale.make_owned_dir`: the next import there sweeps it if this process was
+    SIGKILLed) and hard-linked into place only after its one transaction committed. ``link`` never
+    replaces a file: if another import created ``db_path`` meanwhile, this import is done again into that
+    one (imports are incremental, so both end up there), and readers never see a half-made file.
+    """
+    target = os.fspath(db_path)
+    if not target:
+        raise InputError("empty database path", key="--db")
+    if os.path.lexists(target):
+        with FleetDb(target, create=True) as db:
+            return db.import_paths(paths, pool=pool, progress=progress)
+    parent = os.path.dirname(os.path.abspath(target))
+    stale.sweep(parent, NEW_DB_PREFIX)
+    try:
+        build = stale.make_owned_dir(parent, NEW_DB_PREFIX)
+    except OSError as err:
+        raise InputError(f"cannot create the database here: {err.strerror or err}", file=target) from None
+    try:
+        fresh = os.path.join(build, "new.db")
+        with FleetDb(fresh, create=True, shown_as=target) as db:
+            res = db.import_paths(paths, pool=pool, progress=progress)
+        try:
+            os.link(fresh, target)
+        except FileExistsError:       # another import created it meanwhile: add ours to theirs
+            with FleetDb(target, create=True) as db:
+                return db.import_paths(paths, pool=pool, progress=progress)
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise InputError(err.strerror or str(err), file=target) from None
+            # A file system without hard links: rename, which could replace a file made this instant.
+            if os.path.lexists(target):
+                with FleetDb(target, create=True) as db:
+                    return db.import_paths(paths, pool=pool, progress=progress)
+            try:
+                os.rename(fresh, target)
+            except OSError as err2:
+                raise InputError(err2.strerror or str(err2), file=target) from None
+        return res
+    finally:
+        shutil.rmtree(build, ignore_errors=True)

@@ -25,15 +25,14 @@ from qemu_evmcs.policy.migrate import DESIGN_STRATEGY
 from qemu_evmcs.policy.negotiate import TARGETS, load_guest_model, max_model
 from qemu_evmcs.policy.plan import plan_fleet
 from qemu_evmcs.policy.explain import find_features
-from qemu_evmcs.fleet.inventory import FleetDb
+from qemu_evmcs.fleet.inventory import FleetDb, import_into
 from qemu_evmcs.core.registry import registry
 
 
 def _import(args: argparse.Namespace) -> int:
     if args.pool is not None and not args.pool.strip():
         raise InputError("must not be empty", key="--pool")
-    with FleetDb(args.db, create=True) as db:
-        res = db.import_paths(args.paths, pool=args.pool, progress=None)
+    res = import_into(args.db, args.paths, pool=args.pool, progress=None)
     if args.json:
         print(json.dumps(res.as_dict(), indent=2, sort_keys=True))
     else:
