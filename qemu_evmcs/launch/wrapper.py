@@ -80,6 +80,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from qemu_evmcs.core.errors import EXIT_BAD_INPUT, EXIT_NEGATIVE, EvmcsError, InputError, LaunchError, NegativeAnswer
 from qemu_evmcs.launch.config import KEYS, Setting, expand_report_path, load_settings
@@ -87,14 +88,26 @@ from qemu_evmcs.launch.fds import inherited_fds
 from qemu_evmcs.launch.qmp import EmulatorSession, describe_status, shell_status
 from qemu_evmcs.launch.verify import LaunchReport, find_cpu_arg, find_cpu_index, parse_cpu_arg, verify_cpu
 from qemu_evmcs.output.atomicio import check_output_target, write_text_file
-from qemu_evmcs.core.profile import bundled_name_hint
-from qemu_evmcs.fleet.sources import load_hosts_fleet
 from qemu_evmcs.launch.capabilities import cpu_refusals, probe_cpu_capabilities
-from qemu_evmcs.launch.guestview import apply_guest_view, load_host
-from qemu_evmcs.output.render import negotiate_cpu_arg
-from qemu_evmcs.policy.negotiate import STRATEGY_VARIANT, strategy_of
 from qemu_evmcs.qemu.cpuspec import CpuSpec
-from qemu_evmcs.simqemu.startup import predict
+from qemu_evmcs.core import lazy
+
+if TYPE_CHECKING:
+    from qemu_evmcs.core import profile as profiles
+    from qemu_evmcs.fleet import sources
+    from qemu_evmcs.launch import guestview
+    from qemu_evmcs.output import render
+    from qemu_evmcs.policy import negotiate
+    from qemu_evmcs.simqemu import startup
+else:
+    # What only --negotiate, --design, --check/--simulate/--host or an error message need: a plain launch
+    # (QEMU, QMP, verification) imports none of it, which is most of the wrapper's start-up (core/lazy.py).
+    profiles = lazy.proxy("qemu_evmcs.core.profile")
+    sources = lazy.proxy("qemu_evmcs.fleet.sources")
+    guestview = lazy.proxy("qemu_evmcs.launch.guestview")
+    render = lazy.proxy("qemu_evmcs.output.render")
+    negotiate = lazy.proxy("qemu_evmcs.policy.negotiate")
+    startup = lazy.proxy("qemu_evmcs.simqemu.startup")
 
 PROG = "qemu-evmcs-launch"
 ENV_EMULATOR = "QEMU_EVMCS_EMULATOR"
@@ -249,10 +262,10 @@ def parse_wrapper_args(argv: Sequence[str]) -> WrapperOptions:
     if opts.simulate is not None and opts.emulator is not None:
         raise InputError("--simulate and --emulator are mutually exclusive")
     if opts.strategy != "pv-cpuid" or opts.negotiate:
-        opts.strategy = strategy_of(opts.strategy)   # a design name (shipped) or its alias (pv-cpuid)
+        opts.strategy = negotiate.strategy_of(opts.strategy)   # a design name (shipped) or its alias (pv-cpuid)
         if not opts.negotiate:
             raise InputError("--design needs --negotiate PROFILE...")
-        variant = STRATEGY_VARIANT[opts.strategy]
+        variant = negotiate.STRATEGY_VARIANT[opts.strategy]
         opts.variant = None if variant == "shipped" else variant
     return opts
 
@@ -345,7 +358,7 @@ def apply_negotiation(opts: WrapperOptions) -> str:
         properties = caps.properties.get(caps.models.get("max", ""))
     try:
         # The simulated QEMU has this project's proposed options; a real emulator gets only what it has.
-        cpu = negotiate_cpu_arg(model, load_hosts_fleet(opts.negotiate), opts.strategy,
+        cpu = render.negotiate_cpu_arg(model, sources.load_hosts_fleet(opts.negotiate), opts.strategy,
                                 target="simulator" if opts.simulate is not None else "qemu", properties=properties)
     except NegativeAnswer as err:
         raise NegativeAnswer(f"--negotiate: {err.message}") from None
@@ -366,7 +379,7 @@ def require_profiles(opts: WrapperOptions) -> None:
                                value + ".yaml")
         if os.path.exists(bundled):
             continue
-        hint = bundled_name_hint(value)
+        hint = profiles.bundled_name_hint(value)
         raise InputError(f"no such host profile {value!r} (neither a file nor a bundled profile name"
                          + (f"; {hint})" if hint else ")"), key=flag)
 
@@ -422,7 +435,7 @@ def run_check(opts: WrapperOptions, run_argv: Sequence[str] | None = None) -> No
             return      # the real binary was asked; without a host profile there is nothing to simulate
         raise InputError("--check needs --simulate PROFILE or --host PROFILE")
     variant = ["--variant", opts.variant] if opts.variant else []
-    pred = predict(profile, [*variant, *opts.qemu_args])
+    pred = startup.predict(profile, [*variant, *opts.qemu_args])
     ok, reason, lost = pred.ok, pred.reason, pred.lost
     if reason.startswith("error: "):
         reason = reason[len("error: "):]  # QEMU's own "error: failed to set MSR ..." prefix: one "error:" is enough
@@ -464,7 +477,7 @@ def judge_guest_view(report: LaunchReport, spec: CpuSpec, opts: WrapperOptions) 
     if profile is None:
         return
     try:
-        apply_guest_view(report, spec, load_host(profile), variant=opts.variant or "shipped")
+        guestview.apply_guest_view(report, spec, guestview.load_host(profile), variant=opts.variant or "shipped")
     except EvmcsError as err:
         _say(f"warning: guest view not judged: {err}")
 
