@@ -110,12 +110,18 @@ def test_shared_containers_are_checked_once() -> None:
 
 # --------------------------------------------------------------------------- compiled dataclass methods
 
-_CLASSES = ("import sys, dataclasses, qemu_evmcs\n"           # the package installs the cache
+_CLASSES = ("import sys, types, dataclasses, qemu_evmcs\n"    # the package installs the cache
             "from qemu_evmcs.core import classcache\n"
-            "@dataclasses.dataclass(frozen=True)\n"
-            "class A:\n    x: int\n    y: str = 'b'\n"
+            # A is defined in a module of this package (only those are cached) ...
+            "mod = types.ModuleType('qemu_evmcs._probe'); sys.modules[mod.__name__] = mod\n"
+            "exec('import dataclasses\\n@dataclasses.dataclass(frozen=True)\\n'\n"
+            "     'class A:\\n    x: int\\n    y: str = \"b\"\\n', mod.__dict__)\n"
+            "A = mod.A\n"
+            # ... Other in __main__, like any other package's dataclass: compiled as dataclasses always does.
+            "@dataclasses.dataclass\n"
+            "class Other:\n    z: int\n"
             "a = A(1)\n"
-            "print(repr(a), a == A(1), a != A(2), hash(a) == hash(A(1)), dataclasses.replace(a, x=3))\n"
+            "print(repr(a), a == A(1), a != A(2), hash(a) == hash(A(1)), dataclasses.replace(a, x=3), Other(4))\n"
             "loaded = sum(classcache._loaded.values())\n"
             "print('installed' if dataclasses.__dict__.get('exec') is classcache._cached_exec else 'off',\n"
             "      loaded, sum(map(len, classcache._codes.values())) - loaded)\n")
@@ -131,7 +137,7 @@ def _classes(cache_env: str) -> tuple[str, str]:
 def test_dataclass_methods_are_compiled_once_then_served_from_the_cache(tmp_path: Path) -> None:
     """A dataclass behaves the same whether its methods were compiled or came from the cache; the second
     process compiles nothing; an entry others could have written is not read; "off" installs nothing."""
-    expected = "A(x=1, y='b') True True True A(x=3, y='b')"
+    expected = "A(x=1, y='b') True True True A(x=3, y='b') Other(z=4)"
     behaviour, state = _classes(str(tmp_path / "c"))
     assert behaviour == expected
     kind, loaded, compiled = state.split()
@@ -139,7 +145,8 @@ def test_dataclass_methods_are_compiled_once_then_served_from_the_cache(tmp_path
     behaviour, state = _classes(str(tmp_path / "c"))
     assert behaviour == expected and state.split()[0] == "installed"
     assert int(state.split()[1]) >= 5 and state.split()[2] == "0"          # all from the cache
-    (entry,) = (tmp_path / "c").glob("dataclass-code-*-__main__.marshal")     # A's module
+    (entry,) = (tmp_path / "c").glob("dataclass-code-*.marshal")   # A's module only, not Other's (__main__)
+    assert entry.name.endswith("-qemu_evmcs._probe.marshal")
     os.chmod(entry, 0o666)                                                   # writable by others: not read
     assert _classes(str(tmp_path / "c"))[1].split()[1] == "0"
     behaviour, state = _classes("off")
@@ -155,16 +162,20 @@ def test_cached_exec_is_exec(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     text = "def __create_fn__(x):\n def f(self):\n  return x\n return f\n"
     for _ in range(2):
         ns: dict[str, object] = {}
-        classcache._cached_exec(text, {"__name__": "m"}, ns)
+        classcache._cached_exec(text, {"__name__": "qemu_evmcs.m"}, ns)
         real: dict[str, object] = {}
         # What dataclasses' own exec(text) makes: its module has no __future__ imports (this one has).
         exec(compile(text, "<string>", "exec", dont_inherit=True), {}, real)
         assert ns["__create_fn__"].__code__ == real["__create_fn__"].__code__  # type: ignore[attr-defined]
         assert ns["__create_fn__"](5)(None) == 5  # type: ignore[operator]
-    assert list(classcache._codes["m"]) == [text]
+    assert list(classcache._codes["qemu_evmcs.m"]) == [text]
     ns = {}
-    classcache._cached_exec(compile("y = 2", "<s>", "exec"), {"__name__": "m"}, ns)
-    assert ns["y"] == 2 and len(classcache._codes["m"]) == 1
+    classcache._cached_exec(compile("y = 2", "<s>", "exec"), {"__name__": "qemu_evmcs.m"}, ns)
+    assert ns["y"] == 2 and len(classcache._codes["qemu_evmcs.m"]) == 1
+    ns = {}
+    classcache._cached_exec(text, {"__name__": "otherpkg.m"}, ns)     # another package's: the real exec only
+    assert ns["__create_fn__"](6)(None) == 6  # type: ignore[operator]
+    assert list(classcache._codes) == ["qemu_evmcs.m"]
 
 
 # ---------------------------------------------------------------- the bound on disk (issue 14: hostile environments)

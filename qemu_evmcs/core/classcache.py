@@ -15,7 +15,9 @@ imported, so for every entry point) replaces the name
 ``exec`` in the ``dataclasses`` module's namespace, which its ``_create_fn`` calls with the generated text,
 by :func:`_cached_exec`: a cached code object for a known text, else ``compile`` exactly as ``exec`` would
 (no inherited ``__future__`` flags: ``dataclasses`` has none). Anything else passed to it is the real
-``exec``. New code objects are written once, at exit. ``QEMU_EVMCS_CACHE_DIR=off`` turns it off with the
+``exec``, and so are the generated texts of every module outside this package: a program that imports
+qemu-evmcs as a library keeps its own dataclasses compiled as Python compiles them. New code objects are
+written once, at exit. ``QEMU_EVMCS_CACHE_DIR=off`` turns it off with the
 parse cache. If a Python version stops compiling dataclass methods through ``exec``, nothing changes except
 the saving.
 
@@ -37,6 +39,9 @@ from typing import Any
 from qemu_evmcs.core.parsecache import cache_dir, read_entry, write_entry
 
 _real_exec = builtins.exec
+#: Only this package's dataclasses are served from the cache. The hook is process-wide (``dataclasses.exec``),
+#: but a program that imports qemu-evmcs as a library gets its own dataclasses compiled exactly as before.
+_PACKAGE = __name__.partition(".")[0]
 #: module name -> source text -> code object (read from that module's entry, plus what this process compiled).
 _codes: dict[str, dict[str, CodeType]] = {}
 #: module name -> how many of its code objects came from its entry (more at exit: write the entry again).
@@ -65,7 +70,8 @@ def _cached_exec(source: Any, globs: Any = None, locs: Any = None) -> None:
     """``exec(source, globs, locs)``, compiling a source text at most once per cache lifetime (per module:
     ``globs`` is the namespace of the module whose class is being made)."""
     module = globs.get("__name__") if type(globs) is dict else None
-    if type(source) is str and type(module) is str and _dir is not None and os.sep not in module:
+    if (type(source) is str and type(module) is str and _dir is not None and os.sep not in module
+            and (module == _PACKAGE or module.startswith(_PACKAGE + "."))):
         codes = _module_codes(_dir, module)
         code = codes.get(source)
         if code is None:
