@@ -78,8 +78,9 @@ BAD = [
     ("invalid-yaml", HEAD + "msrs:\n  IA32_VMX_BASIC: [\n",
      "{f}:6: invalid YAML: expected the node content, but found '<stream end>'"),
     ("unknown-key", HEAD + "colour: red\nmsrs: {}\n",
-     ("{f}:4: colour: unknown key 'colour' (known: cpu_features, cpu_msrs, family, kernel, kernel_version, kvm_hyperv, "
-      "model, model_name, msrs, name, nested, notes, provenance, stepping, synthetic, unknown_msrs, vendor)")),
+     ("{f}:4: colour: unknown key 'colour' (known: cpu_features, cpu_msrs, cpuid, family, kernel, kernel_version, "
+      "kvm_hyperv, model, model_name, msrs, name, nested, notes, provenance, stepping, synthetic, unknown_msrs, "
+      "vendor)")),
     ("missing-msrs", HEAD, "{f}: msrs: missing required key"),
     ("unknown-vendor", 'name: h\nvendor: Intel\nkernel: "6.3"\nmsrs: {}\n',
      "{f}:2: vendor: unknown vendor 'Intel' (known: GenuineIntel, AuthenticAMD, HygonGenuine, CentaurHauls)"),

@@ -29,6 +29,7 @@ import pytest
 from launch_helpers import qemu_path
 from proc_helpers import unix_listening, wait_until
 from host_helpers import host_profiles
+from qemu_evmcs.core.profile import bundled_fleet_dir, load_profile
 from qemu_evmcs.output.render import cpu_string
 from qemu_evmcs.policy.negotiate import STRATEGIES, negotiate
 
@@ -124,6 +125,27 @@ def test_every_printed_cpu_is_accepted_by_the_installed_qemu(qemu: Qemu,
     assert len(printed) >= 8, len(printed)
     for cpu, (model, strategy, pool) in printed.items():
         assert qemu.refusal(cpu) is None, (model, strategy, pool, cpu, qemu.refusal(cpu))
+
+
+def test_real_cpu_pools_print_cpus_the_installed_qemu_accepts(qemu: Qemu) -> None:
+    """The bundled real-CPU profiles (issue 12, with cpu_features from their dumps): ``--model auto`` over each
+    host alone, a few mixed pools and the whole fleet prints a ``-cpu`` the same QEMU accepts (no QEMU start
+    beyond this module's one). Which base model each pool gets is worked out by hand in test_real_cpuid.py."""
+    fleet = bundled_fleet_dir()
+    real = {n[:-5]: load_profile(os.path.join(fleet, n)) for n in sorted(os.listdir(fleet)) if n.endswith(".yaml")}
+    pools = [[p] for p in real.values()] + [list(real.values()),
+                                            [real["skylake-client-6.3"], real["broadwell-6.1"], real["haswell-5.15"]],
+                                            [real["cascadelake-w-6.8"], real["icelake-u-6.1"]]]
+    bases = set()
+    for pool in pools:
+        neg = negotiate("auto", pool)
+        assert neg.ok, ([p.name for p in pool], neg.error)
+        cpu = cpu_string(neg)
+        bases.add(cpu.split(",")[0])
+        assert qemu.refusal(cpu) is None, ([p.name for p in pool], cpu, qemu.refusal(cpu))
+    # Seven QEMU models across the real fleet, from Westmere-v1 to Cascadelake-Server-v5.
+    assert bases == {"Westmere-v1", "SandyBridge-v1", "Haswell-v2", "Broadwell-v2", "Skylake-Client-v1",
+                     "Skylake-Client-v4", "Cascadelake-Server-v5"}, bases
 
 
 def test_simulator_answer_is_refused_with_qemus_own_words(qemu: Qemu) -> None:

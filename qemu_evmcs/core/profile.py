@@ -31,7 +31,7 @@ from types import ModuleType
 from typing import Any
 from collections.abc import Iterator, Mapping, Sequence
 
-from qemu_evmcs.core.cpuid import NAME as CPUID_NAME
+from qemu_evmcs.core.cpuid import NAME as CPUID_NAME, parse_leaf
 from qemu_evmcs.core.enumeration import TRUE_MSRS, quirks
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import MAX_INPUT_BYTES, read_text_capped
@@ -47,7 +47,7 @@ VENDORS = ("GenuineIntel", "AuthenticAMD", "HygonGenuine", "CentaurHauls")
 _OPTIONAL_KEYS: dict[str, Any] = {
     "family": int, "model": int, "stepping": int, "model_name": str, "nested": bool, "kvm_hyperv": bool,
     "notes": str, "provenance": str, "synthetic": bool, "cpu_msrs": dict, "unknown_msrs": list,
-    "cpu_features": list,
+    "cpu_features": list, "cpuid": list,
     "kernel_version": (str, float),
 }
 _REQUIRED_KEYS = {"name": str, "vendor": str, "kernel": (str, int, float), "msrs": dict}
@@ -80,6 +80,9 @@ class HostProfile:
     #: CPUID features QEMU can give a guest here, in QEMU's names (``host probe``, ``host import --cpuinfo`` or
     #: libvirt XML); ``None``: not recorded, so base-model CPUID checks cannot look at this host.
     cpu_features: frozenset[str] | None = None
+    #: Raw CPUID leaves the ``cpu_features`` were decoded from (``LEAF[.SUB]: EAX-EBX-ECX-EDX``, verbatim from a
+    #: public dump; the bundled real-CPU profiles carry them as provenance). Answers use ``cpu_features`` only.
+    cpuid: tuple[str, ...] | None = field(default=None, compare=False)
     source: str | None = field(default=None, compare=False)
     #: Accepted oddities of the input (raw-hardware quirks in ``cpu_msrs``), one line each, for the CLI to print.
     warnings: tuple[str, ...] = field(default=(), compare=False)
@@ -163,6 +166,8 @@ class HostProfile:
             out["unknown_msrs"] = list(self.unknown_msrs)
         if self.cpu_features is not None:
             out["cpu_features"] = sorted(self.cpu_features)
+        if self.cpuid is not None:
+            out["cpuid"] = list(self.cpuid)
         for key in ("notes", "provenance"):
             val = getattr(self, key)
             if val is not None:
@@ -387,6 +392,13 @@ def profile_from_mapping(data: object, *, file: str | None = None,
                                  key=f"cpu_features[{i}]", line=lines.get("cpu_features"))
             feats.add(f)
         cpu_features = frozenset(feats)
+    cpuid = None
+    if data.get("cpuid") is not None:
+        for i, leaf in enumerate(data["cpuid"]):
+            if not isinstance(leaf, str) or parse_leaf(leaf) is None:
+                raise InputError(f"not a CPUID leaf (LEAF[.SUBLEAF]: EAX-EBX-ECX-EDX in hex): {leaf!r}", file=file,
+                                 key=f"cpuid[{i}]", line=lines.get("cpuid"))
+        cpuid = tuple(str(leaf) for leaf in data["cpuid"])
     return HostProfile(
         name=name, vendor=vendor, kernel=kernel, version=version, msrs=msrs,
         nested=bool(data.get("nested", True)), kvm_hyperv=bool(data.get("kvm_hyperv", True)),
@@ -394,7 +406,7 @@ def profile_from_mapping(data: object, *, file: str | None = None,
         model_name=data.get("model_name"), notes=data.get("notes"), provenance=data.get("provenance"),
         synthetic=bool(data.get("synthetic", False)), source=file, kernel_version=kernel_version,
         unknown_msrs=tuple(n for n in reg.msr_names() if n in unknown), warnings=tuple(warnings),
-        cpu_features=cpu_features,
+        cpu_features=cpu_features, cpuid=cpuid,
     )
 
 

@@ -21,7 +21,7 @@ from qemu_evmcs.hostio import probe as probe_mod
 from qemu_evmcs.core.errors import ProbeError
 from qemu_evmcs.kvm.simkvm import guest_view
 from qemu_evmcs.hostio import rdmsr
-from qemu_evmcs.hostio import cpuinfo, libvirt_caps, vmxcap
+from qemu_evmcs.hostio import cpuiddump, cpuinfo, libvirt_caps, vmxcap
 from qemu_evmcs.qemu.models import load_snapshot
 from qemu_evmcs.hostio.paste import clean_paste
 from qemu_evmcs.output.atomicio import write_text_file
@@ -178,15 +178,34 @@ def with_cpu_features(profile: HostProfile, path: str) -> HostProfile:
     return profile_from_mapping(data, file=profile.source)
 
 
+def with_cpuid_dump(profile: HostProfile, path: str) -> HostProfile:
+    """``profile`` with ``cpu_features`` decoded from a bare-metal CPUID dump at ``path`` and the leaves read
+    (``cpuid:``, the decoded ones only), so the profile shows what its features came from."""
+    leaves = cpuiddump.decoded_leaves(cpuiddump.parse(read_input_text(path), file=path))
+    data = profile.to_mapping()
+    data["cpu_features"] = sorted(cpuiddump.features(leaves))
+    data["cpuid"] = cpuiddump.leaf_lines(leaves)
+    note = f"cpu_features from the CPUID dump {os.path.basename(path)}"
+    data["provenance"] = f"{data['provenance']}; {note}" if data.get("provenance") else note
+    return profile_from_mapping(data, file=profile.source)
+
+
+def _add_cpu_features(profile: HostProfile, args: argparse.Namespace) -> HostProfile:
+    for extra in (args.cpuinfo, args.libvirt):
+        if extra:
+            profile = with_cpu_features(profile, extra)
+    if args.cpuid_dump:
+        profile = with_cpuid_dump(profile, args.cpuid_dump)
+    return profile
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     """``host import``."""
     if args.update:
-        if args.file or not (args.cpuinfo or args.libvirt):
-            raise InputError("--update PROFILE takes --cpuinfo FILE or --libvirt FILE and no dump", key="--update")
-        profile = load_profile_text(read_input_text(args.update), args.update)
-        for extra in (args.cpuinfo, args.libvirt):
-            if extra:
-                profile = with_cpu_features(profile, extra)
+        if args.file or not (args.cpuinfo or args.libvirt or args.cpuid_dump):
+            raise InputError("--update PROFILE takes --cpuinfo FILE, --libvirt FILE or --cpuid-dump FILE and no dump",
+                             key="--update")
+        profile = _add_cpu_features(load_profile_text(read_input_text(args.update), args.update), args)
         _emit(profile_yaml(profile), args.output, args.force)
         return 0
     if not args.file:
@@ -195,9 +214,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     text = read_input_text(path)
     profile, _ = import_text(text, file=path, name=args.name, kernel=args.kernel, vendor=args.vendor,
                              partial=args.partial)
-    for extra in (args.cpuinfo, args.libvirt):
-        if extra:
-            profile = with_cpu_features(profile, extra)
+    profile = _add_cpu_features(profile, args)
     for line in profile.warnings:
         sys.stderr.write(f"warning: {line}\n")
     if profile.unknown_msrs:
@@ -281,8 +298,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="add cpu_features (CPUID, QEMU names) from /proc/cpuinfo output of the same host")
     p.add_argument("--libvirt", metavar="XML",
                    help="add cpu_features from `virsh capabilities` or `virsh domcapabilities` (host-model) XML")
+    p.add_argument("--cpuid-dump", metavar="FILE",
+                   help="add cpu_features from a bare-metal CPUID dump of the same CPU (AIDA64/InstLatx64 "
+                        "'CPUID 00000007: EAX-EBX-ECX-EDX' lines or a VirtualBox CPU database .h file)")
     p.add_argument("--update", metavar="PROFILE",
-                   help="add --cpuinfo/--libvirt cpu_features to an existing profile instead of importing a dump")
+                   help="add --cpuinfo/--libvirt/--cpuid-dump cpu_features to an existing profile instead of "
+                        "importing a dump")
     p.add_argument("--partial", action="store_true",
                    help="import a dump that lacks MSRs the CPU enumerates; the profile lists them as unknown")
     p.set_defaults(func=cmd_import)
