@@ -114,3 +114,6 @@ def test_real_cpus_pools_mix_generations_at_distribution_kernels(tmp_path: Path)
     assert len(models) >= 3                                  # several CPU generations (family 6 models)
     assert {p.kernel.split("-")[0].rsplit(".", 1)[0] for p in profiles} <= {
         "4.19", "5.4", "5.10", "5.14", "5.15", "6.1", "6.8"}
+    # Every host keeps its CPU's CPUID features and, for a partial dump, the unknown MSR (issue 12).
+    assert all(p.cpu_features for p in profiles)
+    assert any(p.unknown_msrs == ("IA32_VMX_VMFUNC",) for p in profiles)
