@@ -34,12 +34,13 @@ def clean_paste(text: str) -> str:
     out = []
     for raw in text.splitlines():
         line = raw.translate(_ODD_SPACES).replace("\t", "  ").rstrip()
+        if line.lstrip().startswith(">"):
+            # Markdown / e-mail quoting: "> " before the line ("  label" -> ">   label" -> "  label"). First:
+            # a reply quotes a fenced paste fences and all ("> ```").
+            line = _QUOTE.sub("", line, count=1)
         if _FENCE.match(line):
             out.append("")
             continue
-        if line.lstrip().startswith(">"):
-            # Markdown / e-mail quoting: "> " before the line ("  label" -> ">   label" -> "  label").
-            line = _QUOTE.sub("", line, count=1)
         if _is_prompt(line):
             out.append("")
             continue

@@ -29,7 +29,7 @@ so on; a BASIC value of 0 means "no VMX at all" (an empty MSR set).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from qemu_evmcs.core.errors import InputError
@@ -110,11 +110,17 @@ def _info_lines(sec: Section, value: int) -> list[tuple[int, str, str]]:
     return rows
 
 
-def render(msrs: Mapping[str, int], reg: Registry | None = None) -> str:
-    """vmxcap's text for these MSR values (absent MSRs read as 0, as vmxcap does)."""
+def render(msrs: Mapping[str, int], reg: Registry | None = None, unknown: Collection[str] = ()) -> str:
+    """vmxcap's text for these MSR values (absent MSRs read as 0, as vmxcap does).
+
+    Sections of ``unknown`` MSRs (a partial profile's) are left out, as in the paste they came from: printing
+    them as 0 would turn "not known" into "the CPU has none of these", and the import would believe it.
+    """
     reg = reg or registry()
     lines: list[str] = []
     for sec in sections(reg):
+        if sec.msr in unknown or sec.true_msr in unknown:
+            continue
         lines.append(sec.title)
         value = msrs.get(sec.msr or "", 0)
         if sec.kind == "info":
@@ -135,8 +141,8 @@ def render(msrs: Mapping[str, int], reg: Registry | None = None) -> str:
 
 
 def render_profile(profile: HostProfile) -> str:
-    """:func:`render` of a :class:`~qemu_evmcs.core.profile.HostProfile`'s ``msrs``."""
-    return render(profile.msrs)
+    """:func:`render` of a :class:`~qemu_evmcs.core.profile.HostProfile`'s ``msrs`` (its unknown MSRs left out)."""
+    return render(profile.msrs, unknown=profile.unknown_msrs)
 
 
 # --------------------------------------------------------------------------- parse
@@ -239,7 +245,22 @@ def parse(text: str, *, file: str | None = None, reg: Registry | None = None) ->
         st.values[label] = (value, lineno)
     if not seen:
         raise InputError("no vmxcap section found", file=file)
+    if current is not None and _cut_short(current, seen[current.title]):
+        # The paste ends inside its last section (a forum post cut short): its unread lines are not "no", they
+        # are unknown. Dropping the section lets the enumeration check name its MSRs (refused, or with
+        # --partial recorded as unknown) instead of rebuilding values from half the lines.
+        del seen[current.title]
     return _rebuild(secs, seen, file, reg)
+
+
+def _cut_short(sec: Section, st: _Seen) -> bool:
+    """Whether the section the text ends in lacks lines vmxcap prints: an info section without its ``Hex:``
+    line and some field, a control section without some control. (A section in the middle of the text is
+    taken as printed by an older vmxcap, whose lists were shorter: its missing controls read as "no".)"""
+    assert st.values is not None
+    if sec.kind == "info":
+        return st.hex_value is None and len(st.values) < len(sec.features) + len(sec.fields)
+    return len(st.values) < len(sec.features)
 
 
 def _label_error(sec: Section, label: str, file: str | None, line: int) -> InputError:
