@@ -201,7 +201,7 @@ def decode(line: bytes) -> dict[str, Any]:
     :raise ValueError: not a JSON object.
     """
     try:
-        obj = json.loads(line, parse_constant=_no_constant)
+        obj = loads_strict(line)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
     if not isinstance(obj, dict):
@@ -209,6 +209,22 @@ def decode(line: bytes) -> dict[str, Any]:
     return obj
 
 
+def loads_strict(data: str | bytes) -> Any:
+    """``json.loads`` of what a peer sent, refusing what is not JSON's value set: ``NaN``/``Infinity``
+    (Python's parser accepts them by default) and numbers that overflow to infinity (``1e999``). Why: either
+    would be echoed back (a QMP ``id``) as invalid JSON, which ``json.dumps(allow_nan=False)`` raises on.
+
+    :raise ValueError: as :func:`json.loads`, or for those values (RecursionError for deep nesting).
+    """
+    return json.loads(data, parse_constant=_no_constant, parse_float=_finite_float)
+
+
 def _no_constant(name: str) -> object:
-    """``NaN``/``Infinity`` are not JSON (Python's parser accepts them by default)."""
-    raise ValueError(f"{name} is not valid JSON")
+    raise ValueError(f"{name} is not a valid JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text[:40]} is not a valid JSON value here (out of the range of a double)")
+    return value

@@ -72,7 +72,7 @@ from qemu_evmcs.simqemu.cmdline import QmpAddress
 from qemu_evmcs.qemu.features import CPUID_BY_NAME, HV_BY_PROP
 from qemu_evmcs.qemu.cpu import BUILTIN_MODELS, X86Cpu, list_models, model_info, vmx_prop_names
 from qemu_evmcs.simqemu.migration import (LOAD_FAILED, MAX_STATE, IncomingResult, apply_incoming, decode, encode,
-                                          guest_msrs, parse_uri, vcpu_state, verdict)
+                                          guest_msrs, loads_strict, parse_uri, vcpu_state, verdict)
 from qemu_evmcs.simqemu.startup import Machine, VcpuState, read_vmx_msrs
 
 
@@ -263,11 +263,6 @@ def _brief(obj: object, limit: int = 300) -> str:
     """``str(obj)`` on one line, cut to ``limit`` characters: a peer controls these bytes."""
     text = " ".join(str(obj).split())
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _no_json_constant(name: str) -> object:
-    """``NaN``, ``Infinity`` and ``-Infinity`` are not JSON: echoing ``"id": NaN`` produced invalid JSON."""
-    raise ValueError(f"{name} is not a valid JSON value")
 
 
 def trim_memory() -> None:
@@ -500,7 +495,7 @@ class QmpServer:
 
     def _handle_raw(self, conn: Connection, raw: bytes) -> None:
         try:
-            obj = json.loads(raw, parse_constant=_no_json_constant)
+            obj = loads_strict(raw)
         except (ValueError, UnicodeDecodeError, RecursionError) as err:
             conn.send({"error": {"class": "GenericError", "desc": f"JSON parse error, {err}"}})
             return
