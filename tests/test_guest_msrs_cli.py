@@ -161,8 +161,8 @@ BAD_INPUT = [
     (["--host", core("two-docs.yaml")],
      f"error: {core('two-docs.yaml')}:6: expected one YAML document, found more (a second one starts here)"),
     (["--host", core("unknown-key.yaml")],
-     f"error: {core('unknown-key.yaml')}:5: colour: unknown key 'colour' (known: cpu_features, cpu_msrs, family, "
-     "kernel, kernel_version, kvm_hyperv, model, model_name, msrs, name, nested, notes, provenance, stepping, "
+     f"error: {core('unknown-key.yaml')}:5: colour: unknown key 'colour' (known: cpu_features, cpu_msrs, cpuid, "
+     "family, kernel, kernel_version, kvm_hyperv, model, model_name, msrs, name, nested, notes, provenance, stepping, "
      "synthetic, unknown_msrs, vendor)"),
     (["--host", core("bad-msr-name.yaml")],
      f"error: {core('bad-msr-name.yaml')}:5: msrs.IA32_VMX_PINBASED_CTL: unknown MSR name "
