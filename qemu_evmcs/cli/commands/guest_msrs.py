@@ -19,6 +19,7 @@ The option helpers here (:func:`add_host_arguments`, :func:`host_from_args`,
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from qemu_evmcs.policy.explain import HostExplanation, MsrView, explain_host
@@ -49,6 +50,8 @@ def host_from_args(args: argparse.Namespace) -> HostProfile:
     :raise InputError: unreadable or invalid profile, or a bad ``--kernel`` (exit 2).
     """
     profile = load_profile(require_profile_path(args.host))
+    for line in profile.warnings:   # raw-dump quirks accepted under cpu_msrs: said, as for host show/import
+        sys.stderr.write(f"warning: {line}\n")
     if args.kernel is not None:
         profile = profile.with_kernel(args.kernel)
     return profile

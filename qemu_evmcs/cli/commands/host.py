@@ -206,6 +206,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             raise InputError("--update PROFILE takes --cpuinfo FILE, --libvirt FILE or --cpuid-dump FILE and no dump",
                              key="--update")
         profile = _add_cpu_features(load_profile_text(read_input_text(args.update), args.update), args)
+        _warn(profile)
         _emit(profile_yaml(profile), args.output, args.force)
         return 0
     if not args.file:
@@ -215,8 +216,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     profile, _ = import_text(text, file=path, name=args.name, kernel=args.kernel, vendor=args.vendor,
                              partial=args.partial)
     profile = _add_cpu_features(profile, args)
-    for line in profile.warnings:
-        sys.stderr.write(f"warning: {line}\n")
+    _warn(profile)
     if profile.unknown_msrs:
         sys.stderr.write(f"warning: {path}: imported with --partial: {', '.join(profile.unknown_msrs)} unknown; "
                          f"answers that depend on them will say so\n")
@@ -224,10 +224,17 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn(profile: HostProfile) -> None:
+    """The loader's warnings (raw-dump quirks accepted under ``cpu_msrs``) on stderr: accepted, not unseen."""
+    for line in profile.warnings:
+        sys.stderr.write(f"warning: {line}\n")
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     """``host show``."""
     path = require_profile_path(args.file)
     profile = load_profile_text(read_input_text(path), path)
+    _warn(profile)
     sys.stdout.write(format_profile(profile, args.format))
     return 0
 
