@@ -31,7 +31,7 @@ from qemu_evmcs.policy.negotiate import Negotiation, negotiate
 
 pytestmark = pytest.mark.libvirt
 
-#: The pool of the README's first command: Skylake-Server-v5 based, three hosts of three kernel eras.
+#: A pool of the bundled samples: Skylake-Server-v5 based, three hosts of three kernel eras.
 MODEL = "Skylake-Server-evmcs"
 HOSTS = ["skylake-5.10", "skylake-6.3", "icelake-6.1"]
 #: For the domains that start: the same VMX answer with the Hyper-V flags TCG accepts (the file says why).
@@ -221,7 +221,7 @@ def test_merged_fragment_validates_and_argv_carries_every_decision(sess: Session
     got_hv = {k for k, v in got.features.items() if k.startswith("hv-") and v}
     want_hv = {k for k, v in want.features.items() if k.startswith("hv-") and v}
     assert got_hv == want_hv
-    # Hand-checked anchors (the negotiation's README answer): these three are off for this pool.
+    # Hand-checked anchors (the negotiation's answer for this pool): these three are off.
     for prop in ("vmx-preemption-timer", "vmx-posted-intr", "vmx-exit-load-perf-global-ctrl"):
         assert f"{lv_model.typename}.{prop}=off" in globals_
 
