@@ -368,16 +368,13 @@ def apply_negotiation(opts: WrapperOptions) -> str:
 
 def require_profiles(opts: WrapperOptions) -> None:
     """``--simulate``/``--host`` must name a file or a bundled profile: a typo is bad usage (exit 2), caught
-    before anything starts. Cheap: the profile module is imported only to word the error.
+    before anything starts. Cheap: the profile module is imported only for a name, not for a path (its one
+    resolver knows both bundled directories, the samples and the real CPUs).
 
     :raise InputError: neither a file nor a bundled profile name.
     """
     for flag, value in (("--simulate", opts.simulate), ("--host", opts.host)):
-        if value is None or os.path.exists(value):
-            continue
-        bundled = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "profiles",
-                               value + ".yaml")
-        if os.path.exists(bundled):
+        if value is None or os.path.exists(value) or os.path.exists(profiles.resolve_profile_path(value)):
             continue
         hint = profiles.bundled_name_hint(value)
         raise InputError(f"no such host profile {value!r} (neither a file nor a bundled profile name"
