@@ -185,7 +185,12 @@ def fake_main(cfg: dict[str, Any]) -> None:
     """Entry point of the fake emulator (runs in the child)."""
     pidfile = cfg.get("pidfile")
     if pidfile:
-        Path(pidfile).write_text(str(os.getpid()))
+        # Atomically (write aside, rename): tests take the file's existence as "the fake runs", and a fake
+        # killed between write_text's create and write left an empty file (test_startup_faults[no-socket]
+        # failed so under a loaded full-suite run: "fake-qemu.pid never written").
+        tmp = f"{pidfile}.{os.getpid()}.tmp"
+        Path(tmp).write_text(str(os.getpid()))
+        os.replace(tmp, pidfile)
 
     def on_signal(signum: int, frame: object) -> None:
         os.write(2, f"fake-qemu: terminating on signal {signum}\n".encode())
