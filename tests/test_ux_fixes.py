@@ -150,6 +150,20 @@ def test_launch_takes_the_bundled_real_cpu_profile_names(capsys: pytest.CaptureF
     assert capsys.readouterr().err == ""
 
 
+def test_launch_with_an_invalid_simulate_profile_is_bad_input_like_host(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A profile file that exists but is not a valid profile (an unknown key): bad input, exit 2, one line naming
+    # the file, as `--host` gives. Was: the simulated QEMU was started and died, so the wrapper said
+    # "qemu-evmcs-sim exited with status 1 before QMP was ready: ..." with exit 1 (emulator failed to start).
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: b\nvendor: GenuineIntel\nkernel: '6.3'\ncolour: red\nmsrs: {}\n")
+    assert wrapper.main(["--simulate", str(bad), "-cpu", "max"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "bad.yaml" in err and "colour" in err and err.count("\n") == 1, err
+    assert wrapper.main(["--host", str(bad), "--check", "-cpu", "max"]) == 2
+    assert "colour" in capsys.readouterr().err
+
+
 def test_make_fleet_by_pool_help_says_how_to_read_it() -> None:
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "make-fleet"), "--help"], capture_output=True,
                          text=True, timeout=60, check=True).stdout

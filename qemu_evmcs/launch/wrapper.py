@@ -367,18 +367,22 @@ def apply_negotiation(opts: WrapperOptions) -> str:
 
 
 def require_profiles(opts: WrapperOptions) -> None:
-    """``--simulate``/``--host`` must name a file or a bundled profile: a typo is bad usage (exit 2), caught
-    before anything starts. Cheap: the profile module is imported only for a name, not for a path (its one
-    resolver knows both bundled directories, the samples and the real CPUs).
+    """``--simulate``/``--host`` must name a file or a bundled profile, and be a valid profile: a typo or a bad
+    file is bad input (exit 2, one line naming the file), caught before anything starts, whichever flag names it
+    and with or without ``--check``. (An invalid ``--simulate`` profile was the simulated QEMU failing to start,
+    exit 1; an invalid ``--host`` without ``--check`` only a warning after the launch.) The profile is loaded
+    here anyway later, for the guest-view judgement; the parse cache makes the second load cheap.
 
-    :raise InputError: neither a file nor a bundled profile name.
+    :raise InputError: neither a file nor a bundled profile name, or not a valid profile.
     """
     for flag, value in (("--simulate", opts.simulate), ("--host", opts.host)):
-        if value is None or os.path.exists(value) or os.path.exists(profiles.resolve_profile_path(value)):
+        if value is None:
             continue
-        hint = profiles.bundled_name_hint(value)
-        raise InputError(f"no such host profile {value!r} (neither a file nor a bundled profile name"
-                         + (f"; {hint})" if hint else ")"), key=flag)
+        if not os.path.exists(value) and not os.path.exists(profiles.resolve_profile_path(value)):
+            hint = profiles.bundled_name_hint(value)
+            raise InputError(f"no such host profile {value!r} (neither a file nor a bundled profile name"
+                             + (f"; {hint})" if hint else ")"), key=flag)
+        guestview.load_host(value)
 
 
 def emulator_argv(opts: WrapperOptions) -> list[str]:
