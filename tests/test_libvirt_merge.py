@@ -10,6 +10,7 @@ import pytest
 from cli_helpers import Run, cli_runner
 
 from host_helpers import host_profiles
+from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.output.libvirt import QEMU_NS, merge_domain
 from qemu_evmcs.policy.negotiate import negotiate
 from qemu_evmcs.qemu.libvirt_cpumap import load_cpu_map
@@ -98,3 +99,14 @@ def test_libvirt_9_gets_no_vmx_feature_names(version: str) -> None:
     assert cmap.vmx_names() == frozenset()
     assert load_cpu_map("9.10").feature("vmx-posted-intr") == "vmx-posted-intr"
     assert cmap.feature("pclmulqdq") == "pclmuldq" and cmap.feature("lahf-lm") == "lahf_lm"
+
+
+def test_merge_refuses_a_doctype_like_the_capabilities_reader() -> None:
+    # Found by the verifier: `<!DOCTYPE d [<!ENTITY a "b">]>` was accepted, its entities expanded into the
+    # domain and the DOCTYPE dropped from the output (not "everything else kept"); `host import --libvirt`
+    # refuses any DOCTYPE/ENTITY declaration (libvirt never writes one), and so does --merge now.
+    neg = negotiate(MODEL, host_profiles("skylake-5.10"), "pv-cpuid")
+    text = '<!DOCTYPE domain [<!ENTITY a "evil">]><domain type="kvm"><name>&a;</name></domain>'
+    with pytest.raises(InputError) as err:
+        merge_domain(text, neg, source="d.xml", cmap=load_cpu_map("9.0"))
+    assert "DOCTYPE" in err.value.message and err.value.file == "d.xml"

@@ -36,6 +36,7 @@ from typing import cast
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.registry import Registry, registry
+from qemu_evmcs.hostio.libvirt_caps import refuse_dtd
 from qemu_evmcs.policy.negotiate import PERF_OPTION, Negotiation, target_properties
 from qemu_evmcs.qemu.libvirt_cpumap import CpuMap, libvirt_model, load_cpu_map
 from qemu_evmcs.qemu.models import load_snapshot, qemu_props_to_features
@@ -243,8 +244,9 @@ def merge_domain(text: str, neg: Negotiation, *, source: str = "DOMAIN.xml", cma
                  reg: Registry | None = None) -> str:
     """``text`` (a ``<domain>``) with the negotiation merged in (see the module docstring).
 
-    :raise InputError: not well-formed XML, or the root is not ``<domain>``.
+    :raise InputError: a DOCTYPE/ENTITY declaration, not well-formed XML, or the root is not ``<domain>``.
     """
+    refuse_dtd(text, file=source)
     parser = ET.XMLParser(target=ET.TreeBuilder(insert_comments=True))
     try:
         root = ET.fromstring(text, parser=parser)
