@@ -23,6 +23,7 @@ from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.policy.hostmodel import hv_passthrough_flags
 from qemu_evmcs.policy.migrate import migrate_check
 from qemu_evmcs.policy.negotiate import load_guest_model
+from qemu_evmcs.cli.main import run as cli_run
 from qemu_evmcs.qemu.model_names import load_any_model
 
 FILTER_63_NOT_510 = {"vmx-preemption-timer", "vmx-exit-save-preemption-timer", "vmx-ple", "vmx-vmfunc",
@@ -135,3 +136,15 @@ def test_wrapper_check_understands_host_hv_passthrough() -> None:
                            "--", "-accel", "kvm", "-cpu", "host,hv-passthrough", "-S", "-display", "none"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and proc.stderr.startswith("error: --check: failed to set MSR 0x48d"), proc.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["baseline", "--model", "auto", "skylake-6.3"],
+    ["admit", "--model", "auto", "--pool", "skylake-6.3", "--candidate", "skylake-5.10"],
+    ["migrate-check", "--model", "auto", "--from", "skylake-6.3", "--to", "skylake-5.10"],
+])
+def test_model_auto_outside_negotiate_says_where_it_works(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    # Found by the verifier: "unknown CPU model 'auto' (did you mean athlon? ...)" although negotiate takes it.
+    assert cli_run(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --model auto: ") and "negotiate --model auto" in err and "athlon" not in err, err

@@ -22,8 +22,8 @@ from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.registry import registry
 from qemu_evmcs.kvm.simkvm import SimKvm
 from qemu_evmcs.core.views import diff_views
+from qemu_evmcs.qemu.model_names import AUTO_MODEL
 from qemu_evmcs.policy.negotiate import (
-    AUTO_MODEL,
     STRATEGY_VARIANT,
     GuestConfig,
     GuestModel,

@@ -53,6 +53,7 @@ from qemu_evmcs.qemu.cpuspec import CpuSpec
 from qemu_evmcs.qemu.startup import DESIGN_VARIANT, StartRequest, evmcs_start_error, evmcs_vmx_view, start
 from qemu_evmcs.core.views import diff_views, partially_visible, visible_features
 from qemu_evmcs.qemu import model_names, models
+from qemu_evmcs.qemu.model_names import AUTO_MODEL
 from qemu_evmcs.qemu.basecpuid import check_base, newest_runnable
 from qemu_evmcs.qemu.models import DEFAULT_QEMU_VERSION, load_snapshot, vmx_requires
 from qemu_evmcs.policy.designnames import DESIGN_ALIASES, DESIGN_NAMES
@@ -565,7 +566,6 @@ def _merge_drops(drops: Iterable[Drop]) -> list[Drop]:
 
 
 #: ``--model auto``: the newest QEMU model every host can run, with the eVMCS settings of this definition.
-AUTO_MODEL = "auto"
 AUTO_TEMPLATE = "Skylake-Server-evmcs"
 
 

@@ -36,6 +36,10 @@ from qemu_evmcs.qemu.models import ModelDef, load_model, load_snapshot, model_fi
 
 #: QEMU's built-in models that take the host's features.
 BUILTIN = ("host", "max")
+#: ``negotiate --model auto``: no model of its own but the newest QEMU model every host of the pool can run, which
+#: only the negotiator can pick (policy/negotiate.py ``auto_model``). Named here, with the other ``--model``
+#: spellings, so that every other command says so instead of "unknown CPU model 'auto' (did you mean athlon?)".
+AUTO_MODEL = "auto"
 #: ``--model`` help text, one for every command.
 MODEL_HELP = ("CPU model: host or max (optionally with -cpu items, e.g. host,hv-passthrough), a QEMU model, alias or "
               "version (Skylake-Client-v4), a libvirt cpu_map name, a definition name (Skylake-Server-evmcs) or "
@@ -85,6 +89,9 @@ def all_model_names() -> list[str]:
 
 def unknown_model_error(name: str) -> InputError:
     """``unknown CPU model 'X' (did you mean Y?)`` with a suggestion from every source."""
+    if name == AUTO_MODEL:
+        return InputError("--model auto: only negotiate picks a model (the newest QEMU model every host can run); "
+                          "run `qemu-evmcs negotiate --model auto --hosts ...` and give the model it names here")
     names = all_model_names()
     lower = {n.lower(): n for n in names}
     close = lazy.module("difflib").get_close_matches(name.lower(), list(lower), n=3, cutoff=0.6)

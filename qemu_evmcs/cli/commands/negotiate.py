@@ -15,7 +15,8 @@ from qemu_evmcs.output.jsonout import print_json
 from qemu_evmcs.cli.hostargs import add_selection_arguments, select_hosts
 from qemu_evmcs.cli.designarg import add_design_argument
 from qemu_evmcs.policy.hostmodel import negotiate_model
-from qemu_evmcs.policy.negotiate import AUTO_MODEL, STRATEGIES, STRATEGY_VARIANT, TARGETS, load_guest_model, strategy_of
+from qemu_evmcs.qemu.model_names import AUTO_MODEL
+from qemu_evmcs.policy.negotiate import STRATEGIES, STRATEGY_VARIANT, TARGETS, load_guest_model, strategy_of
 from qemu_evmcs.output.render import (
     compare_strategies,
     cpu_string,
