@@ -14,7 +14,7 @@ import pytest
 from launch_helpers import qemu_path
 
 from qemu_evmcs.core.errors import InputError
-from qemu_evmcs.launch.config import conf_paths, expand_report_path, guest_name, load_settings, parse_conf
+from qemu_evmcs.launch.config import conf_paths, expand_report_path, guest_name, load_settings, parse_conf, read_conf
 from qemu_evmcs.launch.wrapper import apply_settings, is_probe, parse_wrapper_args
 
 #: libvirt 9.0's capability probe, as it runs the emulator (qemuProcessQMPInit; seen in its logs).
@@ -49,6 +49,18 @@ def test_precedence_file_env_command_line(tmp_path: Path) -> None:
     opts = parse_wrapper_args(["-cpu", "max"])
     with pytest.raises(InputError, match=r"launch.conf:1: check: 'maybe' is not a boolean"):
         apply_settings(opts, load_settings({"QEMU_EVMCS_LAUNCH_CONF": str(conf)}))
+
+
+def test_a_named_conf_that_is_missing_or_a_dangling_link_is_refused(tmp_path: Path) -> None:
+    # Found by the verifier: QEMU_EVMCS_LAUNCH_CONF=/typo (or a dangling symlink) was silently an empty
+    # configuration, so a "check = yes" the user meant to apply never ran. The default files may be absent.
+    with pytest.raises(InputError, match=r"QEMU_EVMCS_LAUNCH_CONF.*no such file"):
+        load_settings({"QEMU_EVMCS_LAUNCH_CONF": str(tmp_path / "typo.conf")})
+    link = tmp_path / "launch.conf"
+    link.symlink_to(tmp_path / "gone")
+    with pytest.raises(InputError, match=r"dangling symbolic link"):
+        load_settings({"QEMU_EVMCS_LAUNCH_CONF": str(link)})
+    assert read_conf(str(tmp_path / "absent-default.conf")) == {}   # a default file that does not exist: none
 
 
 def test_user_conf_from_xdg_or_passwd_home(tmp_path: Path) -> None:

@@ -95,12 +95,20 @@ def parse_conf(text: str, source: str) -> dict[str, Setting]:
     return out
 
 
-def read_conf(path: str) -> dict[str, Setting]:
-    """Parse ``path``; a missing file is an empty configuration.
+def read_conf(path: str, *, named: bool = False) -> dict[str, Setting]:
+    """Parse ``path``; a missing default file is an empty configuration.
 
-    :raise InputError: unreadable (other than missing), not UTF-8, or bad contents.
+    A file the user named (``named``: ``$QEMU_EVMCS_LAUNCH_CONF``) must exist, and no configuration file may be a
+    dangling symlink: either was silently an empty configuration, so settings the user meant (``check = yes``)
+    did not apply and nothing said so.
+
+    :raise InputError: missing although named, a dangling symlink, unreadable, not UTF-8, or bad contents.
     """
     if not os.path.exists(path):
+        if os.path.lexists(path):
+            raise InputError(f"{path}: a dangling symbolic link (its target does not exist)")
+        if named:
+            raise InputError(f"${ENV_CONF} names {path}: no such file")
         return {}
     # The one capped reader: a FIFO or device named as the configuration is refused, not waited on.
     return parse_conf(read_text_capped(path, 1024 * 1024, what="configuration files"), path)
@@ -136,7 +144,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> dict[str, Setting]:
     env = os.environ if env is None else env
     merged: dict[str, Setting] = {}
     for path in conf_paths(env):
-        merged.update(read_conf(path))
+        merged.update(read_conf(path, named=bool(env.get(ENV_CONF))))
     for var, key in ENV_KEYS.items():
         value = env.get(var)
         if value:
