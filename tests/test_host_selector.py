@@ -172,3 +172,33 @@ def test_hosts_from_refuses_what_is_not_a_regular_file(run: Run, inventory: str,
     rc, out, err = run("negotiate", "--model", "max", "--inventory", inventory, "--hosts-from", str(fifo))
     assert rc == 2 and out == ""
     assert err.startswith(f"error: {fifo}") and len(err.splitlines()) == 1, err
+
+
+def test_an_inventory_host_named_like_a_bundled_profile_is_the_inventorys(run: Run, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by the verifier: `fleet import` of the bundled real fleet names its hosts like the bundled files, and
+    # then the README's pipeline `fleet query --db DB | negotiate --inventory DB --hosts-from -` ended in
+    # "duplicate host name 'westmere-5.4'": the name was taken as the bundled file AND the inventory gave all
+    # its hosts. A name the given inventory holds is that inventory's host.
+    inv = build_inventory(run, tmp_path, {"p": [("skylake-6.3", "skylake-6.3", None),
+                                                ("icelake-6.1", "icelake-6.1", None),
+                                                ("skylake-5.10", "other-host", None)]})
+    rc, out, err = run("negotiate", "--model", "max", "--inventory", inv, "--hosts", "skylake-6.3", "--json")
+    assert rc == 0, err
+    assert _negotiated_hosts(out) == ["skylake-6.3"]
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"icelake-6.1\nskylake-6.3\n")))
+    rc, out, err = run("negotiate", "--model", "max", "--inventory", inv, "--hosts-from", "-", "--json")
+    assert rc == 0, err
+    assert _negotiated_hosts(out) == ["icelake-6.1", "skylake-6.3"]
+    # A bundled name the inventory does not hold is still the bundled profile, composed with the inventory.
+    rc, out, err = run("negotiate", "--model", "max", "--hosts", inv, "other-host", "skylake-5.10", "--json")
+    assert rc == 0, err
+    assert _negotiated_hosts(out) == ["other-host", "skylake-5.10"]
+
+
+def test_an_empty_hosts_from_list_selects_nothing(run: Run, inventory: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by the verifier: `fleet query --db DB --era 6.3+` that matches no host prints nothing, and
+    # `| negotiate --inventory DB --hosts-from -` then negotiated the WHOLE inventory (no name = every host).
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"# nothing matched\n")))
+    rc, out, err = run("negotiate", "--model", "max", "--inventory", inventory, "--hosts-from", "-")
+    assert (rc, out) == (2, "") and err.startswith("error: ") and "--hosts-from" in err, err

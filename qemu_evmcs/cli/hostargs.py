@@ -11,6 +11,7 @@ import argparse
 import os
 from collections.abc import Sequence
 
+from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.core.profile import resolve_profile_path
 from qemu_evmcs.fleet.inventory import is_database
@@ -62,6 +63,11 @@ def selection_from_args(args: argparse.Namespace, items: Sequence[str],
                         pools: Sequence[str] | None = None) -> HostSelection:
     """The :class:`HostSelection` of ``items`` plus the shared options of ``args``."""
     more = read_hosts_from(args.hosts_from) if getattr(args, "hosts_from", None) else []
+    if getattr(args, "hosts_from", None) and not more and not items:
+        # Else the selection would be "--inventory alone": every host. A `fleet query` that matched no host
+        # prints nothing, and its pipe into --hosts-from - must not turn into the whole fleet.
+        raise InputError(f"{args.hosts_from}: no host names in it (an empty list selects no host)",
+                         key="--hosts-from")
     pool_names = list(pools) if pools is not None else list(getattr(args, "pool", None) or [])
     return HostSelection(items=[*items, *more], pools=pool_names,
                          where=[parse_where(w) for w in getattr(args, "where", None) or []],

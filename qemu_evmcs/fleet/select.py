@@ -138,20 +138,29 @@ class HostSelection:
         """
         if not self.items and not self.inventory:
             raise InputError("no hosts given (host profiles, bundled names, an inventory, or --hosts-from)")
-        sources: list[str] = []
-        names: list[str] = []
-        inventories: list[str] = [self.inventory] if self.inventory else []
-        for item in self.items:
-            path = resolve_profile_path(item)
-            if os.path.lexists(path):
-                sources.append(item)
-                if is_database(path):
-                    inventories.append(path)
-            else:
-                names.append(item)
         if self.inventory and not is_database(self.inventory):
             raise InputError("not a fleet inventory (made by `qemu-evmcs fleet import`)", file=self.inventory,
                              key="--inventory")
+        sources: list[str] = []
+        names: list[str] = []
+        inventories: list[str] = [self.inventory] if self.inventory else []
+        inventories += [p for p in map(resolve_profile_path, self.items) if os.path.lexists(p) and is_database(p)]
+        held: set[str] | None = None
+        for item in self.items:
+            path = resolve_profile_path(item)
+            if os.path.lexists(path) and path != item and inventories:
+                # A bundled profile's name, with inventories given: a host of theirs by that name is meant (a
+                # `fleet import` of the bundled fleet names its hosts so, and `fleet query` prints them).
+                if held is None:
+                    held = {h for inv in dict.fromkeys(inventories)
+                            for hosts in _from_inventory(inv, None, ()).members.values() for h in hosts}
+                if item in held:
+                    names.append(item)
+                    continue
+            if os.path.lexists(path):
+                sources.append(item)
+            else:
+                names.append(item)
         if names and not inventories:
             raw = names[0]
             hint = bundled_name_hint(raw)
