@@ -8,6 +8,8 @@ same way, so the rules live here once:
 - **items**: profile files, directories, SQLite inventories and bundled names contribute every host they
   hold; any other word is a *host name* and is looked up in the inventories among the items (or given with
   ``--inventory``). Once a host name is given, the inventories contribute only the named hosts.
+  A bundled profile's name that a given inventory holds as a host name is that host (after ``fleet import``
+  of the bundled fleet the two coincide); one it does not hold is the bundled profile.
 - ``--hosts-from FILE`` (``-``: standard input): more items, one per line (blank lines and ``#`` comments
   skipped), so ``fleet query ... | qemu-evmcs negotiate --hosts fleet.db --hosts-from -`` works.
 - ``--pool NAME`` (repeatable): only inventory hosts of these pools (hosts from files have no pool and are
