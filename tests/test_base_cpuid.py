@@ -159,3 +159,16 @@ def test_cpuid_leaves_to_names() -> None:
     assert got == {"pni", "avx", "avx512f", "avx512-bf16", "xsaves", "lahf-lm", "lm"}
     # Sub-leaf 0 of leaf 7 must not be read as sub-leaf 1.
     assert from_cpuid([(7, 0, 1 << 5, 0, 0, 0)]) == set()
+
+
+def test_cpuinfo_of_another_vendor_is_refused(tmp_path: Path) -> None:
+    # Found by the verifier: an AMD /proc/cpuinfo (vendor_id AuthenticAMD, the build VM's file with the vendor line
+    # changed) was added to an Intel VMX profile (vendor GenuineIntel) without a word: the features of another
+    # host became this host's CPUID. The same host's cpuinfo names the same vendor.
+    other = tmp_path / "amd-cpuinfo.txt"
+    other.write_text(CPUINFO.read_text().replace("GenuineIntel", "AuthenticAMD"))
+    sky = load_profile(resolve_profile_path("skylake-6.3"))
+    with pytest.raises(InputError) as err:
+        with_cpu_features(sky, str(other))
+    assert "AuthenticAMD" in err.value.message and "GenuineIntel" in err.value.message
+    assert with_cpu_features(sky, str(CPUINFO)).cpu_features   # the Intel one still goes in

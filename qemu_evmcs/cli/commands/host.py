@@ -153,14 +153,15 @@ def cpu_features_from(path: str) -> tuple[frozenset[str], dict[str, Any]]:
     text = read_input_text(path)
     if libvirt_caps.looks_like_libvirt(text) or text.lstrip().startswith("<"):   # XML: libvirt's parser decides
         lv = libvirt_caps.parse(text, file=path)
-        ident: dict[str, Any] = {"family": lv.family, "model": lv.model_number, "stepping": lv.stepping}
+        ident: dict[str, Any] = {"vendor": lv.vendor, "family": lv.family, "model": lv.model_number,
+                                 "stepping": lv.stepping}
         if not lv.model_known:
             raise InputError(f"libvirt model {lv.model!r} is not in the QEMU {load_snapshot().version} snapshot: "
                              f"its features cannot be told", file=path)
         return lv.features, ident
     if cpuinfo.looks_like_cpuinfo(text):
         ci = cpuinfo.parse(text, file=path)
-        return ci.features, {"family": ci.family, "model": ci.model, "stepping": ci.stepping,
+        return ci.features, {"vendor": ci.vendor, "family": ci.family, "model": ci.model, "stepping": ci.stepping,
                              "model_name": ci.model_name}
     raise InputError("neither /proc/cpuinfo output nor libvirt capabilities/domcapabilities XML", file=path)
 
@@ -168,6 +169,11 @@ def cpu_features_from(path: str) -> tuple[frozenset[str], dict[str, Any]]:
 def with_cpu_features(profile: HostProfile, path: str) -> HostProfile:
     """``profile`` with ``cpu_features`` (and missing identification) from ``path`` (cpuinfo or libvirt XML)."""
     feats, ident = cpu_features_from(path)
+    vendor = ident.get("vendor")
+    if vendor is not None and vendor != profile.vendor:
+        # Another host's file: its CPUID would silently become this host's (the same host names the same vendor).
+        raise InputError(f"CPU vendor {vendor} there, but the profile {profile.name} is {profile.vendor}: "
+                         f"not the same host's file?", file=path)
     data = profile.to_mapping()
     data["cpu_features"] = sorted(feats)
     for key, value in ident.items():
