@@ -32,7 +32,7 @@ MAKE_FLEET = Path(__file__).resolve().parent.parent / "scripts" / "make-fleet"
 
 @pytest.fixture
 def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Run:
-    return cli_runner(capsys, monkeypatch, ["host", "report"])
+    return cli_runner(capsys, monkeypatch, ["host", "report", "fleet"])
 
 
 def _fifo(d: Path) -> Path:
@@ -107,6 +107,24 @@ def test_cli_writers_refuse_non_regular_targets(kind: str, run: Run, tmp_path: P
     rc, _, err = run("report", "--hosts", SAMPLE, "--out", str(target), "--force")
     assert rc == 2 and err.startswith(f"error: {target}: is a ") and "refusing to replace it" in err, err
     assert _snapshot(d) == before
+
+
+def test_empty_and_uncreatable_output_paths_are_one_error_line(run: Run, tmp_path: Path) -> None:
+    # Found by the verifier: `fleet plan --out-dir ""` (and an --out-dir whose parent cannot hold it) was a
+    # FileNotFoundError traceback; `host import -o ""` wrote to stdout, `report --out ""` said "error: cannot
+    # write: ..." naming no file. An empty output path (an unset shell variable) is refused like fleet import's.
+    src = tmp_path / "dump.txt"
+    src.write_text(RDMSR)
+    db = str(tmp_path / "f.db")
+    assert run("fleet", "import", "--db", db, SAMPLE)[0] == 0
+    for argv in (["host", "import", str(src), "--name", "n", "--kernel", "6.1", "-o", ""],
+                 ["report", "--hosts", SAMPLE, "--out", ""],
+                 ["fleet", "plan", "--db", db, "--format", "libvirt", "--out-dir", ""]):
+        rc, out, err = run(*argv)
+        assert (rc, out) == (2, "") and err.startswith("error: ") and "empty path" in err, (argv, err)
+        assert err.count("\n") == 1 and "Traceback" not in err
+    rc, out, err = run("fleet", "plan", "--db", db, "--format", "libvirt", "--out-dir", "/proc/no-such-dir")
+    assert rc == 2 and err.startswith("error: /proc/no-such-dir: cannot create the directory") and "\n" not in err[:-1]
 
 
 def test_make_fleet_refuses_non_regular_targets(tmp_path: Path) -> None:

@@ -52,8 +52,10 @@ def check_output_target(path: str, *, force: bool, kind: Literal["file", "dir"] 
     :param kind: ``file`` (replaced by a regular file) or ``dir`` (a directory tree replaced as a whole;
         an empty existing directory needs no ``--force``).
     :raise InputError: the path is a symlink, a device, a FIFO, a socket, the wrong kind, or exists
-        without ``force``.
+        without ``force``; an empty path (an unset shell variable: it used to mean "here" or stdout).
     """
+    if not path:
+        raise InputError("empty path: name the output file or directory")
     try:
         st = os.lstat(path)
     except FileNotFoundError:

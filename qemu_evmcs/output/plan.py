@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.output.atomicio import check_output_target, write_output
 from qemu_evmcs.output.render import cpu_string, libvirt_xml
 from qemu_evmcs.policy.negotiate import names_text
@@ -159,7 +160,10 @@ def write_libvirt_fragments(plan: FleetPlan, out_dir: str, *, force: bool) -> li
     ``force`` (never anything but a regular file is replaced).
     """
     check_output_target(out_dir, force=True, kind="dir")
-    os.makedirs(out_dir, mode=0o755, exist_ok=True)
+    try:
+        os.makedirs(out_dir, mode=0o755, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create the directory: {err.strerror or err}", file=out_dir) from None
     written: list[str] = []
     seen: set[str] = set()
     for p in plan.pools:

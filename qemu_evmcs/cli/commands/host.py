@@ -140,7 +140,7 @@ def write_atomic(path: str, text: str, *, force: bool = False) -> None:
 
 
 def _emit(text: str, out: str | None, force: bool) -> None:
-    if out and out != "-":
+    if out is not None and out != "-":      # "" too: the writer refuses an empty path rather than print
         write_atomic(out, text, force=force)
     else:
         sys.stdout.write(text)
