@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 from cli_helpers import cli_runner
 
+from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.msrval import allowed0, allowed1
-from qemu_evmcs.core.profile import bundled_profile_dir, load_profile, load_profiles, resolve_profile_path
+from qemu_evmcs.core.profile import (bundled_profile_dir, load_profile, load_profile_text, load_profiles,
+                                     resolve_profile_path)
 from qemu_evmcs.core.registry import registry
 
 DATA = Path(__file__).parent / "data" / "host"
@@ -156,3 +158,12 @@ def test_sample_features() -> None:
     assert load_profile(resolve_profile_path("skylake-nested-off-6.1")).nested is False
     amd = load_profile(resolve_profile_path("epyc-amd-6.6"))
     assert amd.vendor == "AuthenticAMD" and dict(amd.msrs) == {}
+
+
+def test_a_type_error_names_the_yaml_type_not_an_internal_class() -> None:
+    # Found by the verifier: "family: must be int, got _RawFloat" (the loader's float subclass that keeps the
+    # source text leaked into the message).
+    text = "name: h\nvendor: GenuineIntel\nkernel: '6.3'\nfamily: .nan\nmsrs:\n  IA32_VMX_BASIC: 0xda040000000004\n"
+    with pytest.raises(InputError) as err:
+        load_profile_text(text, "h.yaml")
+    assert err.value.message == "must be int, got float" and err.value.key == "family"

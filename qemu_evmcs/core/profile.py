@@ -201,6 +201,11 @@ class HostProfile:
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+def _kind(value: object) -> str:
+    """The built-in type a YAML value has (the loader's float keeps its text in a subclass: say ``float``)."""
+    return next(c.__name__ for c in type(value).__mro__ if c.__module__ == "builtins")
+
+
 def _type_name(t: Any) -> str:
     if isinstance(t, tuple):
         return " or ".join(x.__name__ for x in t)
@@ -339,13 +344,13 @@ def profile_from_mapping(data: object, *, file: str | None = None,
         if key not in data:
             raise InputError("missing required key", file=file, key=key)
         if isinstance(data[key], bool) or not isinstance(data[key], typ):  # type: ignore[arg-type]
-            raise InputError(f"must be {_type_name(typ)}, got {type(data[key]).__name__}",
+            raise InputError(f"must be {_type_name(typ)}, got {_kind(data[key])}",
                              file=file, key=key, line=lines.get(key))
     for key, typ in _OPTIONAL_KEYS.items():
         if key in data and data[key] is not None:
             val = data[key]
             if (typ is not bool and isinstance(val, bool)) or not isinstance(val, typ):
-                raise InputError(f"must be {_type_name(typ)}, got {type(val).__name__}",
+                raise InputError(f"must be {_type_name(typ)}, got {_kind(val)}",
                                  file=file, key=key, line=lines.get(key))
     name = data["name"]
     if not name.strip():
