@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 
+from typing import Any
+
 import pytest
 
 from host_helpers import host_profiles
@@ -248,3 +250,20 @@ def test_a_raw_quirk_under_cpu_msrs_is_accepted_with_a_warning_the_user_sees(
     assert run([*command, path]) == 0
     err = capsys.readouterr().err
     assert "warning:" in err and "cpu_msrs.IA32_VMX_TRUE_PINBASED_CTLS" in err, err
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda t: "\ufeff" + t,                                                   # a BOM (a Windows editor's save)
+    lambda t: t.replace("Basic VMX", "\u200bBasic VMX").replace("  Hex", "\u200b  Hex"),  # zero-width spaces (HTML)
+    lambda t: t + "[root@host ~]# \n",                                        # the prompt after the output
+    lambda t: "user@host:~$ sudo ./vmxcap > out.txt; cat out.txt\n" + t + "user@host:~$ exit\n",
+    lambda t: "".join("    " + ln + "\n" for ln in t.splitlines()),           # a Markdown code block by indentation
+    lambda t: "".join("\t" + ln + "\n" for ln in t.splitlines()),
+    lambda t: "".join(">" + ln + "\n" for ln in t.splitlines()),              # quoting without a space
+], ids=["bom", "zero-width", "trailing-prompt", "user-at-host-prompts", "indented-4", "indented-tab", "quote-nospace"])
+def test_more_forum_mangling_imports_like_the_clean_one(mangle: Any) -> None:
+    # Found by the verifier: each of these was refused ("unknown vmxcap section '\ufeffBasic VMX Information'",
+    # "indented line before any vmxcap section title", "not a vmxcap line: 'Hex: ...'").
+    clean, _ = import_text(FULL, file="p.txt", name="s", kernel="6.3")
+    mangled, fmt = import_text(mangle(FULL), file="p.txt", name="s", kernel="6.3")
+    assert fmt == "vmxcap" and dict(mangled.msrs) == dict(clean.msrs)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 
 #: Non-breaking and other fixed-width spaces that HTML pages turn plain spaces into.
-_ODD_SPACES = dict.fromkeys(map(ord, "\u00a0\u2007\u202f\u2009\u200a\u3000"), " ")
+_ODD_SPACES: dict[int, str | None] = {**dict.fromkeys(map(ord, "\u00a0\u2007\u202f\u2009\u200a\u3000"), " "),
+                                       # a BOM (Windows editors) and zero-width characters (HTML pages): nothing
+                                       **dict.fromkeys(map(ord, "\ufeff\u200b\u200c\u200d\u2060"), None)}
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _QUOTE = re.compile(r"^\s*(?:>\s?)+")
 #: A shell prompt running the dump tool: ``$ sudo ./vmxcap``, ``root@host:~# python3 vmxcap``,
@@ -21,8 +23,15 @@ _PROMPT = re.compile(r"^\s*(?:\[[^\]\n]*\]|\S*)[$#%>]\s*(?:sudo\s+)?(?:\S*/)?(?:
                      r"(?:vmxcap|rdmsr|vmxcap\.py|cat|modprobe)\b")
 
 
+#: A ``user@host`` prompt with any command or none (``[root@h ~]#`` after the output, ``u@h:~$ exit``): the
+#: ``@`` before the prompt character is what no dump line has.
+_USER_PROMPT = re.compile(r"^\s*(?:\[[^\]\n]*@[^\]\n]*\]|[\w.-]+@[\w.-]+(?::[^\s$#%]*)?)\s*[$#%](?:\s|$)")
+
+
 def _is_prompt(line: str) -> bool:
-    return bool(_PROMPT.match(line)) and not line.lstrip().startswith("# ")
+    if line.lstrip().startswith("# "):
+        return False
+    return bool(_PROMPT.match(line)) or bool(_USER_PROMPT.match(line))
 
 
 def clean_paste(text: str) -> str:

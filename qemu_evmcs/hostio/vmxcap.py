@@ -207,6 +207,10 @@ def parse(text: str, *, file: str | None = None, reg: Registry | None = None) ->
             continue
         if not line.startswith(" ") and current is not None and _is_entry_of(current, line.strip()):
             line = "  " + line.strip()  # a forum paste lost vmxcap's indentation
+        elif line.startswith(" ") and line.strip() in by_title:
+            line = line.strip()         # ... or indented everything (a Markdown code block): a title is a title
+        elif line.startswith(" "):
+            line = "  " + line.strip()  # any other indentation is vmxcap's two spaces
         if not line.startswith(" "):
             title = line.strip()
             if title not in by_title:
