@@ -257,6 +257,8 @@ def test_wrapper_report_json_refuses_overwrite(tmp_path: Path) -> None:
     report = tmp_path / "out" / "report.json"
     report.parent.mkdir()
     report.write_text("precious\n")
+    report.chmod(0o640)
+    before_mode = 0o640
     cmd = [sys.executable, "-m", "qemu_evmcs.launch.wrapper", "--emulator", fake, "--report-json", str(report)]
     r = subprocess.run([*cmd, "-cpu", "qemu64,vmx=on"], capture_output=True, text=True, env=env, timeout=30,
                        check=False)
@@ -277,5 +279,5 @@ def test_wrapper_report_json_refuses_overwrite(tmp_path: Path) -> None:
             proc.wait()
     assert '"cpu_arg": "qemu64,vmx=on"' in report.read_text()
     assert os.listdir(report.parent) == ["report.json"]
-    assert stat.S_IMODE(report.stat().st_mode) == 0o600  # mkstemp's mode: the report is private
+    assert stat.S_IMODE(report.stat().st_mode) == before_mode  # --force keeps the replaced file's bits
     assert wait_dead(read_pid(pidfile)) and os.listdir(xdg) == []

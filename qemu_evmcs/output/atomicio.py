@@ -17,7 +17,11 @@ without ``--force``: those are never what a user means to overwrite with a repor
    ``FILE.tmpPID`` that another user of a shared directory could plant as a symlink; the same directory
    so that the rename cannot cross file systems);
 2. write, flush and ``fsync`` (the rename must not publish an empty file after a crash);
-3. optionally ``chmod`` (``mkstemp`` creates mode 0600: private unless the caller asks otherwise);
+3. ``chmod`` to the bits the file should have (``mkstemp`` creates 0600): the caller's ``mode`` if it
+   gives one; else the replaced file's own bits; else what ``open(path, "w")`` would give a new file,
+   0666 less the umask. Not 0600 by default: a host profile written as root
+   (``host probe -o /etc/qemu-evmcs/host.yaml``) must stay readable to the QEMU user that libvirt runs
+   ``qemu-evmcs-launch`` as, and ``--force`` must not quietly make a shared file private;
 4. check the target again (it may have been swapped for a device or link meanwhile), then ``os.replace``
    over it, so a reader sees the old file or the new one, never half of one;
 5. on any failure, even KeyboardInterrupt, remove the temporary file and re-raise.
@@ -76,6 +80,28 @@ def check_output_target(path: str, *, force: bool, kind: Literal["file", "dir"] 
         raise InputError(EXISTS_MESSAGE, file=path)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (``/proc/self/status``, Linux 4.7+); else set and
+    restore it, which is only racy against another thread creating files at that instant."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def _default_mode(path: str) -> int:
+    """The bits of the regular file ``path`` replaces, else those ``open(path, "w")`` would create."""
+    with contextlib.suppress(OSError):
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode):
+            return stat.S_IMODE(st.st_mode)
+    return 0o666 & ~_umask()
+
+
 def replace_file(path: str, content: Content, *, prefix: str, mode: int | None = None) -> None:
     """Write ``content`` to ``path`` atomically (see the module docstring for the steps).
 
@@ -83,7 +109,8 @@ def replace_file(path: str, content: Content, *, prefix: str, mode: int | None =
     other than a regular file (step 4).
 
     :param prefix: the temporary file's name prefix (a leading dot keeps it out of ``ls`` and globs).
-    :param mode: permission bits for the new file; None keeps ``mkstemp``'s 0600.
+    :param mode: permission bits for the new file; None: those of the file it replaces, else 0666 less
+        the umask (as a plain ``open(path, "w")``).
     :raise OSError: the temporary file cannot be created, written or renamed (it is removed first).
     :raise InputError: the target became something other than a regular file meanwhile.
     """
@@ -96,8 +123,7 @@ def replace_file(path: str, content: Content, *, prefix: str, mode: int | None =
                 content(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, mode if mode is not None else _default_mode(path))
         check_output_target(path, force=True)
         os.replace(tmp, path)
     except BaseException:
@@ -111,7 +137,7 @@ def write_output(path: str, content: Content, *, force: bool, prefix: str = ".qe
     """The output primitive: check the target, write atomically, translate file-system errors.
 
     :param force: replace an existing regular file (never anything else).
-    :param mode: permission bits (default: private 0600; a shareable report passes 0o644).
+    :param mode: permission bits (default: those of the replaced file, else 0666 less the umask).
     :raise InputError: refused target (:func:`check_output_target`) or a failed write
         (``cannot write: No space left on device``); the old file is untouched either way.
     """
@@ -123,5 +149,6 @@ def write_output(path: str, content: Content, *, force: bool, prefix: str = ".qe
 
 
 def write_text_file(path: str, text: str, *, force: bool = False) -> None:
-    """:func:`write_output` with a private (0600) file: ``host import|probe -o`` and ``--report-json``."""
+    """:func:`write_output` of text with the default bits (the replaced file's, else 0666 less the umask):
+    ``host import|probe -o`` and ``--report-json``."""
     write_output(path, text, force=force)
