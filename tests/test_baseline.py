@@ -270,3 +270,11 @@ def test_baseline_model_host_on_5_4_does_not_start(capsys: pytest.CaptureFixture
     assert cli.run(["baseline", "--pool", "cascadelake-5.4", "skylake-6.3", "--json"]) == 0
     pool_data = json.loads(capsys.readouterr().out)
     assert pool_data["not_starting"] == [] and "vmx-ept" in pool_data["baseline"]["evmcs"]
+
+
+@pytest.mark.parametrize("model", ["host", "max"])
+def test_builtin_model_header_names_the_model(model: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--model host|max`` was headed "pool baseline (no model)", as if no --model had been given."""
+    assert cli.run(["baseline", "--model", model, "--hosts", "skylake-6.3", "icelake-6.1"]) == 0
+    heads = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("note:")]
+    assert heads[0].startswith(f"model {model} (each host's own set): 2 host(s), 2 distinct;"), heads[0]

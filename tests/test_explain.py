@@ -141,7 +141,7 @@ def test_no_evmcs_hides_only_by_cpu_kvm_not_emulated() -> None:
 def test_refusals_and_variant_validation() -> None:
     with pytest.raises(NegativeAnswer, match="AuthenticAMD"):
         explain_host(load_profile(str(CORE / "amd.yaml")))
-    with pytest.raises(InputError, match="unknown ABI variant"):
+    with pytest.raises(InputError, match="unknown design"):
         explain_host(SKYLAKE, variant="best")
 
 

@@ -315,7 +315,7 @@ def explain_host(profile: HostProfile, *, evmcs: bool = True, pv_perf_global_ctr
     :raise InputError: unknown ``variant``.
     """
     if variant not in VARIANTS:
-        raise InputError(f"unknown ABI variant {variant!r} (known: {', '.join(VARIANTS)})", key="--variant")
+        raise InputError(f"unknown design {variant!r} (known: {', '.join(VARIANTS)})", key="--design")
     reg = registry()
     kvm = SimKvm(profile, variant=variant)
     era = kvm.era
@@ -448,10 +448,10 @@ def _notes(profile: HostProfile, kvm: SimKvm, era: Era, evmcs: bool, pv_perf: bo
         design = ("KVM_CAP_HYPERV_ENLIGHTENED_VMCS2 with the latest eVMCS revision (never merged)"
                   if variant == "revision" else "KVM_GET_EVMCS_VMX_MSRS (never implemented)")
         if kvm.version_at_least(since):
-            notes.append(f"ABI variant {variant!r}: {design}; the 2022 eVMCS update (PERF_GLOBAL_CTRL, "
+            notes.append(f"design {variant!r}: {design}; the 2022 eVMCS update (PERF_GLOBAL_CTRL, "
                          f"TSC scaling) is exposed")
         else:
-            notes.append(f"ABI variant {variant!r}: {design} would appear in {since}; kernel {profile.kernel} "
+            notes.append(f"design {variant!r}: {design} would appear in {since}; kernel {profile.kernel} "
                          f"behaves as shipped")
     for name, view in views.items():
         if not view.emulated:

@@ -27,11 +27,15 @@ def _hosts_text(hosts: list[str], limit: int = 3) -> str:
     return shown + (f" +{len(hosts) - limit}" if len(hosts) > limit else "")
 
 
-def render(result: BaselineResult, *, show_all: bool = False) -> str:
+def render(result: BaselineResult, *, show_all: bool = False, builtin: str | None = None) -> str:
     """The readable table: every feature that is lost somewhere, with where and why; the features every
-    host keeps in both views are summarised in one line unless ``show_all`` (they are the noise)."""
+    host keeps in both views are summarised in one line unless ``show_all`` (they are the noise).
+
+    :param builtin: ``host`` or ``max`` when that was the ``--model`` (no definition of its own: each host's set).
+    """
     out: list[str] = []
-    head = f"model {result.model} (base {result.base})" if result.model else "pool baseline (no model)"
+    head = (f"model {result.model} (base {result.base})" if result.model
+            else f"model {builtin} (each host's own set)" if builtin else "pool baseline (no model)")
     out.append(f"{head}: {result.host_count} host(s), {len(result.groups)} distinct; "
                f"pv-perf-global-ctrl={result.pv_perf_global_ctrl}")
     out.append(f"unfiltered baseline (QEMU/libvirt view): {len(result.unfiltered)} of {len(result.wanted)} features")
@@ -109,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         data["notes"] = notes
         sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
     else:
-        sys.stdout.write("".join(f"note: {n}\n" for n in notes) + render(result, show_all=args.all))
+        sys.stdout.write("".join(f"note: {n}\n" for n in notes) + render(result, show_all=args.all,
+                                                                          builtin=args.model if builtin else None))
     return 0
 
 

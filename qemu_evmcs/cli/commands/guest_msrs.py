@@ -64,13 +64,13 @@ def explain_from_args(args: argparse.Namespace) -> HostExplanation:
 
 
 def header_lines(exp: HostExplanation) -> list[str]:
-    """Who and what was asked: host, kernel, era, eVMCS, the PV CPUID bit and the ABI variant."""
+    """Who and what was asked: host, kernel, era, eVMCS, the PV CPUID bit and the design."""
     src = f" ({exp.source})" if exp.source else ""
     perf = ("set (--pv-perf-global-ctrl)" if exp.pv_perf_global_ctrl else "clear (as QEMU leaves it)")
     return [
         f"host {exp.host}{src}",
         (f"kernel {exp.kernel}, eVMCS era {exp.era}, eVMCS {'on' if exp.evmcs else 'off'}, "
-         f"guest CPUID 0x4000000A.EBX bit 0 {perf}, ABI {exp.variant}"),
+         f"guest CPUID 0x4000000A.EBX bit 0 {perf}, design {exp.variant}"),
     ]
 
 
