@@ -11,6 +11,7 @@ import gc
 import os
 import select
 import subprocess
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -20,6 +21,30 @@ from types import TracebackType
 #: here and a Python child can take seconds to start at load 10. It never makes a passing test slower (the
 #: waits end on the event); it only turns a test that would hang into one that fails.
 PATIENCE = 120.0
+
+
+def race(action: Callable[[], object], threads: int) -> list[BaseException]:
+    """Run ``action`` in ``threads`` threads released at once by a barrier; what each raised (none: ``[]``).
+
+    Why: the concurrency tests (first imports into a new database, parse-cache prunes) all ask "do N callers
+    at the same instant ever fail?"; BaseException is collected too, since that is the point of asking.
+    """
+    start = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        start.wait()
+        try:
+            action()
+        except BaseException as err:  # noqa: BLE001 - collected for the caller to assert on
+            errors.append(err)
+
+    workers = [threading.Thread(target=one) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    return errors
 
 
 def pid_alive(pid: int) -> bool:

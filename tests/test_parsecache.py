@@ -7,10 +7,10 @@ import errno
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
+from proc_helpers import race
 
 from qemu_evmcs.core import parsecache
 from qemu_evmcs.core.profile import bundled_profile_dir, load_profile_text
@@ -262,21 +262,7 @@ def test_concurrent_prunes_never_raise(cache: Path) -> None:
     cache.mkdir()
     for i in range(400):
         (cache / f"t-{i:03d}.marshal").write_bytes(b"N")
-    start = threading.Barrier(4)
-    errors: list[BaseException] = []
-
-    def one() -> None:
-        start.wait()
-        try:
-            parsecache.prune(str(cache), max_entries=10, max_bytes=1 << 30)
-        except BaseException as err:  # noqa: BLE001 - the test's point
-            errors.append(err)
-
-    threads = [threading.Thread(target=one) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = race(lambda: parsecache.prune(str(cache), max_entries=10, max_bytes=1 << 30), 4)
     assert errors == [] and len(_entries(cache)) <= 10
 
 

@@ -8,18 +8,19 @@ database") instead of one ``error:`` line. Damaged and hostile databases are mad
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
 import sqlite3
 import subprocess
 import sys
-import threading
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from proc_helpers import race
 from cli_helpers import Run, cli_runner
 
 from qemu_evmcs.core.profile import bundled_profile_dir
@@ -162,27 +163,16 @@ def test_busy_database_waits_then_says_busy(good_db: Path, tmp_path: Path, run: 
     assert run("fleet", "query", "--db", str(db))[0] == 0
 
 
+def _create_and_close(db: Path) -> None:
+    FleetDb(db, create=True).close()
+
+
 def test_concurrent_first_imports_into_a_new_database(tmp_path: Path) -> None:
     """Eight clients create the same new database at once (threads, each its own connection; the schema
     step is what raced). Before: some failed with "table schema_version already exists"."""
     for trial in range(5):
         db = tmp_path / f"n{trial}.db"
-        start = threading.Barrier(8)
-        errors: list[BaseException] = []
-
-        def first_import(start: threading.Barrier = start, db: Path = db,
-                         errors: list[BaseException] = errors) -> None:
-            start.wait()
-            try:
-                FleetDb(db, create=True).close()
-            except BaseException as err:  # noqa: BLE001 - collected and asserted below
-                errors.append(err)
-
-        threads = [threading.Thread(target=first_import) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = race(functools.partial(_create_and_close, db), 8)
         assert errors == []
         with FleetDb(db) as fdb:
             assert fdb.conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 1
