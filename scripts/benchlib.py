@@ -8,8 +8,8 @@ start, which costs start-up time an installed copy never pays. The benchmarks th
 copying the files), and run it from that copy with ``PYTHONPATH``. ``--source`` measures the checkout
 as it is instead (and says so).
 
-Why medians of interleaved runs and CPU time next to wall time: the build machine is shared (about eight
-engineers on 2 cores); every figure is a median, the load average is printed before and after, and
+Why medians of interleaved runs and CPU time next to wall time: the build machine is shared (other
+jobs run on its 2 cores); every figure is a median, the load average is printed before and after, and
 CPU time (user + system of the child) is reported beside wall time because it moves much less with the
 load than wall time does.
 """

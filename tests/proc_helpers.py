@@ -17,7 +17,7 @@ import tracemalloc
 from collections.abc import Callable
 from types import TracebackType
 
-#: How long a wait for something that must happen may take: generous, because ~8 test runs share 2 cores
+#: How long a wait for something that must happen may take: generous, because other jobs may share the 2 cores
 #: here and a Python child can take seconds to start at load 10. It never makes a passing test slower (the
 #: waits end on the event); it only turns a test that would hang into one that fails.
 PATIENCE = 120.0
