@@ -18,7 +18,7 @@ from qemu_evmcs.core.registry import registry
 CORE = Path(__file__).resolve().parent / "data" / "core"
 @pytest.fixture
 def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
-    """cli.run with only this file's commands registered (a broken command module elsewhere cannot break these tests)."""
+    """cli.run with only this file's commands registered (a broken module elsewhere cannot break these tests)."""
     return cli_runner(capsys, monkeypatch, ["guest_msrs", "explain"])
 
 
