@@ -33,11 +33,11 @@ from qemu_evmcs.core.errors import InputError, KvmError
 from qemu_evmcs.qemu.attribution import LAYER_CPU, LAYER_FILTER, LAYER_PERF, LAYER_QEMU, hidden_layers, missing_layer
 from qemu_evmcs.policy.negotiate import GuestConfig, StartResult, host_reports_perf_bit, qemu_property_features, \
     start_guest, unique_group_names
-from qemu_evmcs.qemu.models import EffectiveModel, ModelDef, QemuSnapshot, effective_model
+from qemu_evmcs.qemu.models import EffectiveModel, ModelDef, QemuSnapshot, effective_model, load_snapshot
 from qemu_evmcs.core.msrval import feature_present, feature_set
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.core.views import visible_features
-from qemu_evmcs.qemu.basecpuid import check_base
+from qemu_evmcs.qemu.basecpuid import check_base, newest_runnable, proposal
 from qemu_evmcs.qemu.compose import evmcs_range_supported, qemu_given_features
 from qemu_evmcs.qemu.hostguest import host_model_guest_msrs
 from qemu_evmcs.qemu.startup import evmcs_start_error
@@ -407,9 +407,11 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
                 started_view[fp] = visible_features(res.guest_msrs)
         if base_name is None:
             return
+        profiles_of[fp] = profile
         chk = check_base(base_name, [profile])
         base_missing[fp] = None if chk.unchecked else chk.missing.get(profile.name, [])
 
+    profiles_of: dict[str, HostProfile] = {}
     count = 0
     # A kernel build of unknown era counts once per candidate era ("host (if era X)"): the baseline holds for all.
     if isinstance(hosts, Fleet):
@@ -515,8 +517,20 @@ def baseline(hosts: Iterable[HostProfile] | Fleet, model: ModelDef | EffectiveMo
         model=mdef.name if mdef is not None else None, base=eff.base.name if eff is not None else None,
         pv_perf_global_ctrl=pv, host_count=count, wanted=frozenset(wanted), unfiltered=uf, evmcs=ev,
         groups=tuple(groups), losses=losses, not_starting=tuple(sorted(not_starting)), base_cpuid_unchecked=unchecked,
-        notes=tuple(sorted({v.partial_note for v in views.values() if v.partial_note})),
+        notes=(tuple(sorted({v.partial_note for v in views.values() if v.partial_note}))
+               + _propose(base_name, base_missing, profiles_of, snapshot)),
     )
+
+
+def _propose(base: str | None, missing: dict[str, list[str] | None], profiles: dict[str, HostProfile],
+             snapshot: QemuSnapshot | None) -> tuple[str, ...]:
+    """Where the base model lacks CPUID on some host: the model every host can run, as ``negotiate --model auto``
+    would pick it (issue 12: baseline proposes, it does not only refuse)."""
+    if base is None or not any(missing.values()):
+        return ()
+    snap = snapshot or load_snapshot()
+    pick = newest_runnable(list(profiles.values()), snap)
+    return (f"base model {base} does not start on every host; {proposal(pick, snap.version)}",) if pick else ()
 
 
 # =========================================================================== synthetic hosts

@@ -39,7 +39,8 @@ from typing import Any
 from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import EXIT_BAD_INPUT, EXIT_NEGATIVE, EXIT_OK, InputError
 from qemu_evmcs.core.evmcs_filter import filter_all
-from qemu_evmcs.core.hostgroup import Fleet
+from qemu_evmcs.core.hostgroup import Fleet, as_fleet
+from qemu_evmcs.qemu.basecpuid import newest_runnable, proposal
 from qemu_evmcs.core.kernel import era_table
 from qemu_evmcs.qemu.models import (
     HV_FLAGS,
@@ -186,6 +187,10 @@ class ValidationReport:
 
     files: list[FileReport]
     snapshot: str
+    #: With ``--hosts``: :func:`~qemu_evmcs.qemu.basecpuid.proposal`'s model (the newest one every host runs).
+    newest_runnable_model: str | None = None
+    #: ... and its sentence for the text report.
+    proposal: str | None = None
 
     @property
     def errors(self) -> int:
@@ -207,7 +212,7 @@ class ValidationReport:
     def to_json(self) -> dict[str, Any]:
         """Plain data for ``--json``."""
         return {"qemu_snapshot": self.snapshot, "errors": self.errors, "warnings": self.warnings,
-                "files": [f.to_json() for f in self.files]}
+                "files": [f.to_json() for f in self.files], "newest_runnable_model": self.newest_runnable_model}
 
     def render(self) -> str:
         """The human report."""
@@ -230,6 +235,8 @@ class ValidationReport:
                     lines.append(f"    {d['feature']:<40} {d['view']:<10} {d['layer']}: {d['detail']}")
             if rep.base_note:
                 lines.append(f"  note: {rep.base_note}")
+        if self.proposal:
+            lines.append(f"hosts: {self.proposal}")
         lines.append(f"{len(self.files)} file(s), {self.errors} error(s), {self.warnings} warning(s) "
                      f"(QEMU {self.snapshot} snapshot)")
         return "\n".join(lines) + "\n"
@@ -537,7 +544,12 @@ def validate_paths(paths: Sequence[str] = (), *, snapshot: QemuSnapshot | None =
             files.append(p)
     if not files:
         raise InputError("no model definitions to validate")
-    return ValidationReport([validate_file(f, snap, hosts) for f in files], snap.version)
+    report = ValidationReport([validate_file(f, snap, hosts) for f in files], snap.version)
+    if hosts is not None:
+        profiles = [g.profile for g in as_fleet(hosts).host_groups()]
+        report.newest_runnable_model = pick = newest_runnable(profiles, snap)
+        report.proposal = proposal(pick, snap.version) if pick else None
+    return report
 
 
 def is_clean(report: ValidationReport) -> bool:

@@ -113,4 +113,11 @@ def newest_runnable(hosts: Sequence[HostProfile], snap: QemuSnapshot | None = No
     return None
 
 
-__all__ = ["HOST_MODELS", "BaseCheck", "check_base", "model_cpuid", "newest_runnable"]
+def proposal(pick: str, version: str) -> str:
+    """The sentence validate and baseline print to propose ``pick`` (:func:`newest_runnable`'s answer for a
+    QEMU ``version`` snapshot), in one wording."""
+    return (f"newest QEMU {version} Intel model every host with cpu_features can run: {pick} "
+            f"(`negotiate --model auto` pairs it with eVMCS settings)")
+
+
+__all__ = ["HOST_MODELS", "BaseCheck", "check_base", "model_cpuid", "newest_runnable", "proposal"]
