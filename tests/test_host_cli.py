@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from cli_helpers import Run, cli_runner
+from needs import need_program
 
 from qemu_evmcs.cli.commands.host import write_atomic
 from qemu_evmcs.core.errors import InputError
@@ -166,11 +169,22 @@ def test_directory_and_missing(tmp_path: Path, run) -> None:  # type: ignore[no-
 
 
 def test_unreadable_file(tmp_path: Path, run) -> None:  # type: ignore[no-untyped-def]
-    if os.geteuid() == 0:
-        pytest.skip("as root, CAP_DAC_OVERRIDE reads a mode-0 file, so no permission error can be produced; "
-                    "this runs for any other user")
+    """A file the user may not read: one error line, exit 2.
+
+    Root reads a mode-0 file anyway (CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH), and CI runs as root: there the
+    command runs in a child whose capability bounding set lacks both (util-linux ``setpriv``), so the
+    kernel refuses the read as it would for any other user.
+    """
     f = tmp_path / "locked"
     f.write_text("0x480 0x1\n")
     f.chmod(0)
-    rc, _, err = run("host", "import", str(f), "--name", "x", "--kernel", "6.1")
+    argv = ("host", "import", str(f), "--name", "x", "--kernel", "6.1")
+    if os.geteuid() != 0:
+        rc, _, err = run(*argv)
+    else:
+        setpriv = need_program("setpriv", "apt-get install util-linux")
+        r = subprocess.run([setpriv, "--bounding-set", "-dac_override,-dac_read_search", "--",
+                            sys.executable, "-m", "qemu_evmcs", *argv], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, check=False)
+        rc, err = r.returncode, r.stderr
     assert (rc, err) == (2, f"error: {f}: Permission denied\n")
