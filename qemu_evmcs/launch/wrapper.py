@@ -167,8 +167,14 @@ wrapper usage or input (an emulator binary not found, a --simulate/--host profil
 #: The emulator's help options: passed through (drop-in), with a hint about ``--wrapper-help`` on a terminal.
 QEMU_HELP_OPTS = frozenset({"-h", "-help", "--help"})
 
-_VALUE_OPTS = ("--emulator", "--simulate", "--host", "--report-json", "--qmp-timeout", "--design", "--strategy")
-_FLAG_OPTS = ("--check", "--force", "--wrapper-help")
+#: Each wrapper option that takes a value as it is, and the :class:`WrapperOptions` field it sets
+#: (``--strategy``: the alias of ``--design``, qemu_evmcs/cli/designarg.py); ``--qmp-timeout`` is parsed.
+_VALUE_FIELDS = {"--emulator": "emulator", "--simulate": "simulate", "--host": "host", "--report-json": "report_json",
+                 "--design": "strategy", "--strategy": "strategy"}
+_VALUE_OPTS = (*_VALUE_FIELDS, "--qmp-timeout")
+#: Each wrapper switch and the field it turns on.
+_FLAG_FIELDS = {"--check": "check", "--force": "force", "--wrapper-help": "help"}
+_FLAG_OPTS = tuple(_FLAG_FIELDS)
 
 #: Signals the wrapper forwards to the emulator before cleaning up (QEMU terminates on each of them).
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -225,12 +231,7 @@ def parse_wrapper_args(argv: Sequence[str]) -> WrapperOptions:
             continue
         if name in _FLAG_OPTS and not eq:
             opts.given.add(name[2:])
-            if name == "--check":
-                opts.check = True
-            elif name == "--force":
-                opts.force = True
-            else:
-                opts.help = True
+            setattr(opts, _FLAG_FIELDS[name], True)
             i += 1
             continue
         if name not in _VALUE_OPTS:
@@ -246,16 +247,8 @@ def parse_wrapper_args(argv: Sequence[str]) -> WrapperOptions:
         if not value:
             raise InputError(f"{name} needs a non-empty value")
         opts.given.add(name[2:])
-        if name == "--emulator":
-            opts.emulator = value
-        elif name == "--simulate":
-            opts.simulate = value
-        elif name == "--host":
-            opts.host = value
-        elif name == "--report-json":
-            opts.report_json = value
-        elif name in ("--design", "--strategy"):     # --strategy: the alias (qemu_evmcs/cli/designarg.py)
-            opts.strategy = value
+        if name in _VALUE_FIELDS:
+            setattr(opts, _VALUE_FIELDS[name], value)
         else:
             opts.qmp_timeout = _timeout(value, "--qmp-timeout")
     opts.qemu_args = list(argv[i:])

@@ -106,6 +106,10 @@ _TCG_FLAGS = frozenset({"lm", "svm", "rdtscp", "rdrand", "rdseed", "invpcid"})
 #: KVM_CAP_HYPERV_ENLIGHTENED_VMCS and any higher revision is refused.
 EVMCS_REVISION_PROP = "x-hv-evmcs-revision"
 
+#: The -cpu switches a parsed model keeps, and the field of each.
+_SWITCH_FIELDS = {"check": "check", "enforce": "enforce", "migratable": "migratable",
+                  "x-force-features": "force_features"}
+
 #: Other CPU properties accepted and recorded without effect on VMX/eVMCS (a representative subset).
 _OTHER_BOOL_PROPS = frozenset({
     "hv-enforce-cpuid", "x-hv-synic-kvm-only", "pmu", "x2apic", "hypervisor", "kvm", "tsc-deadline", "l3-cache",
@@ -583,16 +587,8 @@ class X86Cpu:
             self.hv_spinlocks = _parse_uint32_prop(self.typename, name, value)
         elif name == EVMCS_REVISION_PROP:
             self.evmcs_revision = _parse_uint32_prop(self.typename, name, value)
-        elif name in ("check", "enforce", "migratable", "x-force-features"):
-            on = _parse_bool_prop(self.typename, name, value)
-            if name == "check":
-                self.check = on
-            elif name == "enforce":
-                self.enforce = on
-            elif name == "migratable":
-                self.migratable = on
-            else:
-                self.force_features = on
+        elif name in _SWITCH_FIELDS:
+            setattr(self, _SWITCH_FIELDS[name], _parse_bool_prop(self.typename, name, value))
         elif name in _OTHER_BOOL_PROPS:
             _parse_bool_prop(self.typename, name, value)
             self.other[name] = value
