@@ -32,6 +32,7 @@ from qemu_evmcs.core.msrval import hex64
 from qemu_evmcs.policy.hostmodel import host_config, layer_of
 from qemu_evmcs.core.views import BitChange, diff_views, visible_features
 from qemu_evmcs.policy.negotiate import (
+    DESIGN_STRATEGY_OF,
     HV_EVMCS_DEPS,
     GuestConfig,
     GuestModel,
@@ -48,7 +49,8 @@ from qemu_evmcs.core.registry import registry
 from qemu_evmcs.kvm.simkvm import SimKvm
 
 DESIGNS = ("naive", "shipped", "revision", "vmx-msrs")
-DESIGN_STRATEGY: Mapping[str, str] = {"shipped": "pv-cpuid", "revision": "revision", "vmx-msrs": "vmx-msrs"}
+#: Design -> negotiation strategy: the negotiator's one table (the inverse of its ``STRATEGY_VARIANT``).
+DESIGN_STRATEGY: Mapping[str, str] = DESIGN_STRATEGY_OF
 VERDICTS = ("fine", "blocked", "unsafe")
 
 
