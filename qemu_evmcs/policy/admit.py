@@ -23,7 +23,7 @@ from typing import Any
 
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.core.views import diff_views
-from qemu_evmcs.policy.hostmodel import host_config, host_starts, layer_of
+from qemu_evmcs.policy.hostmodel import host_config, host_starts, layer_of, supported_on_both
 from qemu_evmcs.policy.negotiate import (
     STRATEGY_VARIANT,
     GuestModel,
@@ -160,7 +160,8 @@ def admit_host(gm: GuestModel, hosts: Fleet, cand: HostProfile, strategy: str = 
         if not changes:
             continue
         lost |= {c.feature for c in changes if c.change == "lost" and c.feature}
-        layers = sorted({layer_of(c.feature or c.label(), p, cand) for c in changes})
+        both = supported_on_both(p, cand)
+        layers = sorted({layer_of(c.feature or c.label(), both) for c in changes})
         why = {"evmcs-filter": f"the eVMCS filters of kernels {p.kernel} and {cand.kernel} differ",
                "host": "the hosts' KVM report different VMX features"}
         labels = list(dict.fromkeys(f"{c.label()} {c.change}" for c in changes))

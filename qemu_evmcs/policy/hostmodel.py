@@ -84,13 +84,20 @@ def host_starts(gm: GuestModel, profiles: Sequence[HostProfile], design: str = "
     return [(p, start_guest(host_config(gm, p, design, target), p)) for p in profiles]
 
 
-def layer_of(feature: str, a: HostProfile, b: HostProfile) -> str:
-    """Which layer makes ``feature`` differ between a host guest on ``a`` and on ``b``: both hosts' KVM report it
-    (so QEMU set it on both) -> the eVMCS filter of the two kernels; otherwise the hosts themselves (CPU or
-    KVM nested support)."""
-    if feature in qemu_supported(a) and feature in qemu_supported(b):
-        return "evmcs-filter"
-    return "host"
+def layer_of(feature: str, both: frozenset[str]) -> str:
+    """Which layer makes ``feature`` differ between a host guest on two hosts: both hosts' KVM report it (so QEMU
+    set it on both) -> the eVMCS filter of the two kernels; otherwise the hosts themselves (CPU or KVM nested
+    support).
+
+    :param both: :func:`supported_on_both` of the two hosts, computed once per pair by the caller
+        (not once per differing bit: each :func:`qemu_supported` walks every word of the registry).
+    """
+    return "evmcs-filter" if feature in both else "host"
+
+
+def supported_on_both(a: HostProfile, b: HostProfile) -> frozenset[str]:
+    """The features QEMU treats as supported on both hosts (:func:`qemu_supported`), for :func:`layer_of`."""
+    return qemu_supported(a) & qemu_supported(b)
 
 
 def host_pool_notes(gm: GuestModel, profiles: Sequence[HostProfile], design: str = "shipped",
@@ -112,9 +119,10 @@ def host_pool_notes(gm: GuestModel, profiles: Sequence[HostProfile], design: str
         if not changes:
             continue
         by_layer: dict[str, set[str]] = {}
+        both = supported_on_both(first, p)
         for c in changes:
             name = c.feature or c.label()
-            by_layer.setdefault(layer_of(name, first, p), set()).add(f"{c.label()} ({c.change})")
+            by_layer.setdefault(layer_of(name, both), set()).add(f"{c.label()} ({c.change})")
         parts = []
         if "evmcs-filter" in by_layer:
             parts.append(f"the eVMCS filter of kernel {first.kernel} differs from {p.kernel}'s (both hosts' KVM "

@@ -29,7 +29,7 @@ from typing import Any
 from qemu_evmcs.core.errors import NegativeAnswer
 from qemu_evmcs.core.evmcs_filter import filter_all
 from qemu_evmcs.core.msrval import hex64
-from qemu_evmcs.policy.hostmodel import host_config, layer_of
+from qemu_evmcs.policy.hostmodel import host_config, layer_of, supported_on_both
 from qemu_evmcs.core.views import BitChange, diff_views, visible_features
 from qemu_evmcs.policy.negotiate import (
     DESIGN_STRATEGY_OF,
@@ -282,7 +282,8 @@ def migrate_host(gm: GuestModel, source: HostProfile, destination: HostProfile, 
                           destination)
     v.design = design
     if v.lost or v.gained:
-        layers = sorted({layer_of(c.feature or c.label(), source, destination) for c in [*v.lost, *v.gained]})
+        both = supported_on_both(source, destination)
+        layers = sorted({layer_of(c.feature or c.label(), both) for c in [*v.lost, *v.gained]})
         why = {"evmcs-filter": f"the eVMCS filters of kernels {source.kernel} and {destination.kernel} differ "
                                f"(both hosts' KVM report these controls)",
                "host": "the hosts' KVM report different VMX features"}
