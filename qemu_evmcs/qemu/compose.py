@@ -167,16 +167,26 @@ def drop_ungiven(msrs: Mapping[str, int], reg: Registry | None = None) -> dict[s
     """``msrs`` (a guest's view as KVM would show it) without the bits of features QEMU never gives a guest
     (:func:`qemu_given_features`), in every MSR carrying their word (the non-TRUE controls KVM derives from the
     TRUE ones QEMU writes lose them too). Unnamed bits and host fields are left as they are."""
-    reg = reg or registry()
+    masks = _ungiven_masks() if reg is None or reg is registry() else _ungiven_masks_of(reg)
+    return {name: value & ~masks[name] & MASK64 if name in masks else value for name, value in msrs.items()}
+
+
+def _ungiven_masks_of(reg: Registry) -> dict[str, int]:
+    """Per MSR, the bits of the features QEMU never gives a guest (allowed-1 half for control MSRs)."""
     given = qemu_given_features()
-    out = dict(msrs)
+    out: dict[str, int] = {}
     for f in reg.features.values():
-        if f.name in given:
-            continue
-        for m in reg.msrs_of_word(f.word):
-            if m.name in out:
-                out[m.name] &= ~(f.mask << (32 if m.layout == "ctl" else 0)) & MASK64
+        if f.name not in given:
+            for m in reg.msrs_of_word(f.word):
+                out[m.name] = out.get(m.name, 0) | f.mask << (32 if m.layout == "ctl" else 0)
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _ungiven_masks() -> dict[str, int]:
+    """:func:`_ungiven_masks_of` the package registry, computed once: :func:`drop_ungiven` runs for every host
+    view explain, baseline and the inventory's ``feature=`` filter compute."""
+    return _ungiven_masks_of(registry())
 
 
 #: Canonical feature names -> VMX word masks (the input of :func:`compose_vmx_msrs`). The same grouping as
