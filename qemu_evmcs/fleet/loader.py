@@ -324,16 +324,10 @@ class FleetLoader:
             if entry is not None:
                 fp, ni, tix = entry
                 name = self._fast_name(parts[ni])
-                if (name is not None and (not self._track or name not in self._where)
-                        and all(parts[j] in self._text_ok or self._text_block_ok(parts[j - 1], parts[j]) for j in tix)):
+                if (name is not None
+                        and all(parts[j] in self._text_ok or self._text_block_ok(parts[j - 1], parts[j]) for j in tix)
+                        and self._member_fast(name, fp, path)):
                     self.documents += 1
-                    if self._track:
-                        self._where[name] = path
-                        group = self.fleet.members.get(fp)
-                        if group is None:
-                            self.fleet.members[fp] = [name]
-                        else:
-                            group.append(name)
                     return [(name, fp)]
         return self._generic(seg[1:], path, line0, False)
 
