@@ -78,7 +78,12 @@ _UNSAFE = ""  # key cache value: "parse every document with this key in full"
 
 
 def _shift(err: InputError, offset: int) -> InputError:
-    if err.line is not None and offset:
+    """``err`` with its line counted from the file, not from the document cut out of it at line ``offset``.
+
+    Only an error without a key (a YAML error: its mark is the document's) is shifted; one with a key comes
+    from :func:`~qemu_evmcs.core.profile.profile_from_mapping`, which was given file lines already.
+    """
+    if err.key is None and err.line is not None and offset:
         err.line += offset
     return err
 
@@ -450,9 +455,7 @@ class FleetLoader:
             else:
                 docs, sound = _parse_first(seg, path)
         except InputError as err:
-            if err.key is None or err.line is None:
-                raise _shift(err, line0) from None
-            raise
+            raise _shift(err, line0) from None
         out = self._slow(seg, path, line0, docs)
         if len(self._keys) < MAX_KEYS:   # else not remembered: the next document with this key is parsed too
             self._keys[key] = out[0][1] if len(out) == 1 and sound else _UNSAFE
@@ -503,9 +506,7 @@ class FleetLoader:
                 self._member(prof.name, fp, path, seg, line0)
                 out.append((prof.name, fp))
         except InputError as err:
-            if err.key is None or err.line is None:
-                raise _shift(err, line0) from None
-            raise
+            raise _shift(err, line0) from None
         return out
 
 
