@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import cast
+from typing import NoReturn, cast
 from collections.abc import Callable, Sequence
 
 from qemu_evmcs.core import lazy
@@ -50,7 +50,7 @@ COMMAND_MODULES: list[str] = [module for _, module, _ in COMMANDS]
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one ``error:`` line and exit 2."""
 
-    def error(self, message: str) -> NoReturn:  # type: ignore[name-defined]  # noqa: F821
+    def error(self, message: str) -> NoReturn:
         self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {message}\n")
 
 
