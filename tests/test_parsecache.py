@@ -7,6 +7,7 @@ import errno
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,13 @@ from qemu_evmcs.fleet import loader as fleet_loader
 
 
 @pytest.fixture()
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty cache directory of this test's own; the memo of parser-file digests is forgotten afterwards
+    (even when the test fails), since tests rewrite their parser files."""
     d = tmp_path / "cache"
     monkeypatch.setenv("QEMU_EVMCS_CACHE_DIR", str(d))
-    return d
+    yield d
+    parsecache._code_id.cache_clear()
 
 
 def _counting(calls: list[str]):  # type: ignore[no-untyped-def]
@@ -50,7 +54,6 @@ def test_hit_equals_parse_and_changes_miss(cache: Path, tmp_path: Path) -> None:
     code.write_text("v2")                                                   # other parser code: parsed again
     _parse("a: 1", parse, code)
     assert calls == ["a: 1", "a: 2", "a: 1"]
-    parsecache._code_id.cache_clear()
 
 
 def test_entries_not_safely_ours_are_ignored_and_damage_is_a_miss(cache: Path, tmp_path: Path) -> None:
@@ -66,7 +69,6 @@ def test_entries_not_safely_ours_are_ignored_and_damage_is_a_miss(cache: Path, t
     os.chmod(entry, 0o600)
     entry.write_bytes(b"\x00garbage")           # damaged: parsed again, same answer
     assert _parse("x", parse, code) == {"text": "x", "n": [1, 2.5, None, True]} and len(calls) == 3
-    parsecache._code_id.cache_clear()
 
 
 def test_off_and_non_plain_values_are_not_cached(cache: Path, tmp_path: Path,
@@ -84,7 +86,6 @@ def test_off_and_non_plain_values_are_not_cached(cache: Path, tmp_path: Path,
     _parse("z", _counting(calls), code)
     _parse("z", _counting(calls), code)
     assert calls == ["z", "z"]
-    parsecache._code_id.cache_clear()
 
 
 def test_package_data_and_profiles_read_the_same_through_the_cache(cache: Path) -> None:
@@ -214,7 +215,6 @@ def test_the_entry_cap_holds_and_a_recent_hit_survives_pruning(small_cap: Path, 
     assert _parse("keep", parse, code) == {"text": "keep", "n": [1, 2.5, None, True]} and calls == []
     _parse("t0", parse, code)            # the oldest was pruned: parsed again
     assert calls == ["t0"]
-    parsecache._code_id.cache_clear()
 
 
 def test_the_byte_cap_holds(small_cap: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -226,7 +226,6 @@ def test_the_byte_cap_holds(small_cap: Path, tmp_path: Path, monkeypatch: pytest
     for i in range(12):
         _parse(f"b{i}", lambda t: {"t": t, "pad": "x" * 10_000}, code)
         assert sum(p.stat().st_size for p in _entries(small_cap)) <= 40_000, i
-    parsecache._code_id.cache_clear()
 
 
 def test_entries_vanishing_under_a_prune_never_raise(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -285,7 +284,6 @@ def test_a_read_only_or_full_cache_only_falls_back_to_parsing(small_cap: Path, t
     monkeypatch.setattr(os, "replace", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space")))
     assert _parse("full", _counting(calls), code) == {"text": "full", "n": [1, 2.5, None, True]}
     assert len(calls) == 21
-    parsecache._code_id.cache_clear()
 
 
 def test_a_fleet_run_caches_only_its_first_distinct_documents(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
