@@ -15,6 +15,7 @@ allowed only where listed in :data:`COMPUTED_LAZY` (with the reason); ``importli
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -121,7 +122,8 @@ def _lazy_violations(tree: ast.Module, module: str) -> list[str]:
     return bad
 
 
-def _violations() -> tuple[list[str], list[str]]:
+@functools.cache   # both parametrized cases read one parse of every module (~1 s on the build machine)
+def _violations() -> tuple[tuple[str, ...], tuple[str, ...]]:
     upward: list[str] = []
     in_function: list[str] = []
     for module, path in _modules():
@@ -137,7 +139,7 @@ def _violations() -> tuple[list[str], list[str]]:
             theirs = _layer(target) if target != "qemu_evmcs" else "cli"
             if RANK[theirs] > RANK[mine]:
                 upward.append(f"{where} ({mine} -> {theirs})")
-    return upward, in_function
+    return tuple(upward), tuple(in_function)
 
 
 def test_layer_of_a_module_is_its_sub_package() -> None:
