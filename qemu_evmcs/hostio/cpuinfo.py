@@ -12,10 +12,9 @@ from dataclasses import dataclass
 
 from qemu_evmcs.core.cpuid import from_linux
 from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.core.profile import VENDORS
+from qemu_evmcs.hostio.probe import parse_cpuinfo
 from qemu_evmcs.qemu.models import load_snapshot
-
-VENDORS = {"GenuineIntel": "GenuineIntel", "AuthenticAMD": "AuthenticAMD", "HygonGenuine": "HygonGenuine",
-           "CentaurHauls": "CentaurHauls"}
 
 
 @dataclass(frozen=True)
@@ -30,40 +29,29 @@ class CpuInfo:
     features: frozenset[str]
 
 
+def _keys(text: str) -> set[str]:
+    return {line.split(":", 1)[0].strip() for line in text.splitlines() if ":" in line}
+
+
 def looks_like_cpuinfo(text: str) -> bool:
     """A ``flags`` line and a ``processor`` or ``vendor_id`` line."""
-    keys = {line.split(":", 1)[0].strip() for line in text.splitlines() if ":" in line}
+    keys = _keys(text)
     return "flags" in keys and bool(keys & {"processor", "vendor_id"})
 
 
 def parse(text: str, *, file: str | None = None) -> CpuInfo:
-    """The first ``processor`` block's identification and flags.
+    """The first ``processor`` block's identification and flags (read by ``host probe``'s parser, the one
+    /proc/cpuinfo reader), the vendor only if it is one a profile can name.
 
     :raise InputError: no ``flags`` line.
     """
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            if "flags" in fields:
-                break            # end of the first processor block
-            continue
-        if ":" not in line:
-            continue
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    if "flags" not in fields:
+    if "flags" not in _keys(text):
         raise InputError("no 'flags' line: not /proc/cpuinfo output", file=file)
-
-    def num(key: str) -> int | None:
-        try:
-            return int(fields[key])
-        except (KeyError, ValueError):
-            return None
-
+    info = parse_cpuinfo(text)
     known = load_snapshot().all_features
-    feats = frozenset(f for f in from_linux(fields["flags"].split()) if f in known)
-    return CpuInfo(vendor=VENDORS.get(fields.get("vendor_id", "")), family=num("cpu family"), model=num("model"),
-                   stepping=num("stepping"), model_name=fields.get("model name"), features=feats)
+    feats = frozenset(f for f in from_linux(info.flags) if f in known)
+    return CpuInfo(vendor=info.vendor if info.vendor in VENDORS else None, family=info.family, model=info.model,
+                   stepping=info.stepping, model_name=info.model_name, features=feats)
 
 
 __all__ = ["CpuInfo", "looks_like_cpuinfo", "parse"]

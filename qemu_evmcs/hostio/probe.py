@@ -198,8 +198,8 @@ def parse_cpuinfo(text: str) -> CpuInfo:
     info = CpuInfo()
     for line in text.splitlines():
         if not line.strip():
-            if info.vendor is not None:
-                break
+            if info.vendor is not None or info.flags:
+                break   # the end of the first processor block (a vendor-less one too: ``host import --cpuinfo``)
             continue
         key, _, val = line.partition(":")
         key, val = key.strip(), val.strip()
