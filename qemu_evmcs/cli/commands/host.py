@@ -174,24 +174,22 @@ def with_cpu_features(profile: HostProfile, path: str) -> HostProfile:
         # Another host's file: its CPUID would silently become this host's (the same host names the same vendor).
         raise InputError(f"CPU vendor {vendor} there, but the profile {profile.name} is {profile.vendor}: "
                          f"not the same host's file?", file=path)
-    data = profile.to_mapping()
-    data["cpu_features"] = sorted(feats)
-    for key, value in ident.items():
-        if value is not None and data.get(key) is None:
-            data[key] = value
-    note = f"cpu_features from {os.path.basename(path)}"
-    data["provenance"] = f"{data['provenance']}; {note}" if data.get("provenance") else note
-    return profile_from_mapping(data, file=profile.source)
+    extra = {key: value for key, value in ident.items() if value is not None and getattr(profile, key) is None}
+    return _with_cpuid_data(profile, feats, extra, f"cpu_features from {os.path.basename(path)}")
 
 
 def with_cpuid_dump(profile: HostProfile, path: str) -> HostProfile:
     """``profile`` with ``cpu_features`` decoded from a bare-metal CPUID dump at ``path`` and the leaves read
     (``cpuid:``, the decoded ones only), so the profile shows what its features came from."""
     leaves = cpuiddump.decoded_leaves(cpuiddump.parse(read_input_text(path), file=path))
-    data = profile.to_mapping()
-    data["cpu_features"] = sorted(cpuiddump.features(leaves))
-    data["cpuid"] = cpuiddump.leaf_lines(leaves)
-    note = f"cpu_features from the CPUID dump {os.path.basename(path)}"
+    return _with_cpuid_data(profile, cpuiddump.features(leaves), {"cpuid": cpuiddump.leaf_lines(leaves)},
+                            f"cpu_features from the CPUID dump {os.path.basename(path)}")
+
+
+def _with_cpuid_data(profile: HostProfile, feats: frozenset[str], extra: dict[str, Any], note: str) -> HostProfile:
+    """``profile`` with ``cpu_features`` replaced by ``feats``, the ``extra`` keys set and ``note`` appended to
+    its provenance, validated again as a whole."""
+    data = {**profile.to_mapping(), **extra, "cpu_features": sorted(feats)}
     data["provenance"] = f"{data['provenance']}; {note}" if data.get("provenance") else note
     return profile_from_mapping(data, file=profile.source)
 
