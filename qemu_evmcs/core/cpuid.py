@@ -55,7 +55,7 @@ def from_linux(flags: Iterable[str]) -> set[str]:
     aliases = cpuid_names().linux_aliases
     out: set[str] = set()
     for flag in flags:
-        name = aliases.get(flag, flag.replace("_", "-")) if flag in aliases else flag.replace("_", "-")
+        name = aliases[flag] if flag in aliases else flag.replace("_", "-")
         if name:
             out.add(name)
     return out
