@@ -56,6 +56,18 @@ _TRUE = {"on", "yes", "true", "1"}
 _FALSE = {"off", "no", "false", "0"}
 
 
+#: How each profile ``--where`` key matches a profile (the other keys, name and pool, match the host).
+_PROFILE_TESTS: dict[str, Callable[[HostProfile, str], bool]] = {
+    "era": lambda p, v: p.era_label == v,
+    "kernel": lambda p, v: fnmatch.fnmatchcase(p.kernel, v),
+    "vendor": lambda p, v: p.vendor.lower() == v.lower(),
+    "cpu": lambda p, v: fnmatch.fnmatch((p.model_name or "").lower(), v.lower()),
+    "nested": lambda p, v: p.nested == (v.lower() in _TRUE),
+    "feature": lambda p, v: v in guest_features(p),
+    "host-feature": lambda p, v: v in host_features(p),
+}
+
+
 @dataclass(frozen=True)
 class Where:
     """One ``--where`` filter: ``key`` (one of :data:`WHERE_KEYS`) ``=``/``!=`` ``value``."""
@@ -66,24 +78,8 @@ class Where:
 
     def test_profile(self, profile: HostProfile) -> bool | None:
         """The filter's answer for a profile, or None when it depends on the host (name, pool)."""
-        k, v = self.key, self.value
-        if k in ("name", "pool"):
-            return None
-        if k == "era":
-            hit = profile.era_label == v
-        elif k == "kernel":
-            hit = fnmatch.fnmatchcase(profile.kernel, v)
-        elif k == "vendor":
-            hit = profile.vendor.lower() == v.lower()
-        elif k == "cpu":
-            hit = fnmatch.fnmatch((profile.model_name or "").lower(), v.lower())
-        elif k == "nested":
-            hit = profile.nested == (v.lower() in _TRUE)
-        elif k == "feature":
-            hit = v in guest_features(profile)
-        else:   # host-feature
-            hit = v in host_features(profile)
-        return hit != self.negate
+        test = _PROFILE_TESTS.get(self.key)
+        return None if test is None else test(profile, self.value) != self.negate
 
     def test_host(self, name: str, pool: str | None) -> bool:
         """The filter's answer for a host's name and pool (only for ``name`` and ``pool`` keys)."""
@@ -212,8 +208,8 @@ def _from_inventory(path: str, names: set[str] | None, pools: Sequence[str]) -> 
 def filter_fleet(fleet: Fleet, where: Iterable[Where]) -> Fleet:
     """The hosts of ``fleet`` that pass every filter (profile filters once per distinct profile)."""
     conds = list(where)
-    prof_conds = [w for w in conds if w.key not in ("name", "pool")]
-    host_conds = [w for w in conds if w.key in ("name", "pool")]
+    prof_conds = [w for w in conds if w.key in _PROFILE_TESTS]
+    host_conds = [w for w in conds if w.key not in _PROFILE_TESTS]
 
     def prof_ok(fp: str, prof: HostProfile) -> bool:
         return all(w.test_profile(prof) for w in prof_conds)
