@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from qemu_evmcs.core.registry import MASK32, Registry, registry
+from qemu_evmcs.core.msrval import allowed1
+from qemu_evmcs.core.registry import Registry, registry
 
 #: MSRs every VMX-capable CPU has (SDM A.1-A.6).
 ALWAYS = ("IA32_VMX_BASIC", "IA32_VMX_PINBASED_CTLS", "IA32_VMX_PROCBASED_CTLS", "IA32_VMX_EXIT_CTLS",
@@ -43,7 +44,7 @@ class MissingMsr:
 
 def _allowed1(msrs: Mapping[str, int], msr: str, feature: str, reg: Registry) -> bool:
     value = msrs.get(msr)
-    return value is not None and bool((value >> 32) & reg.feature(feature).mask & MASK32)
+    return value is not None and bool(allowed1(value) & reg.feature(feature).mask)
 
 
 def required_msrs(msrs: Mapping[str, int], reg: Registry | None = None) -> dict[str, str]:
@@ -91,7 +92,7 @@ def quirks(msrs: Mapping[str, int], reg: Registry | None = None) -> list[tuple[s
                 out.append((name, "present although IA32_VMX_BASIC bit 55 (TRUE controls) is clear"))
     for msr in reg.msrs.values():
         if msr.true and msr.name in msrs and msr.true in msrs:
-            a1, t1 = (msrs[msr.name] >> 32) & MASK32, (msrs[msr.true] >> 32) & MASK32
+            a1, t1 = allowed1(msrs[msr.name]), allowed1(msrs[msr.true])
             if a1 != t1:
                 diff = a1 ^ t1
                 bit = (diff & -diff).bit_length() - 1
