@@ -141,8 +141,11 @@ def test_no_evmcs_hides_only_by_cpu_kvm_not_emulated() -> None:
 def test_refusals_and_variant_validation() -> None:
     with pytest.raises(NegativeAnswer, match="AuthenticAMD"):
         explain_host(load_profile(str(CORE / "amd.yaml")))
-    with pytest.raises(InputError, match="unknown design"):
+    with pytest.raises(InputError, match=r"unknown design 'best' \(known: shipped, revision, vmx-msrs; "
+                                         r"pv-cpuid = shipped\)"):
         explain_host(SKYLAKE, variant="best")
+    # The strategy name is the same design here as in every command taking --design.
+    assert explain_host(SKYLAKE, variant="pv-cpuid").variant == "shipped"
 
 
 def test_json_documents() -> None:

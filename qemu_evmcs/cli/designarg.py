@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 
-from qemu_evmcs.policy.designnames import DESIGN_ALIASES, DESIGN_NAMES
+from qemu_evmcs.policy.designnames import DESIGN_ALIASES, DESIGN_NAMES, known_designs
 
 #: What every --design help ends with.
 ALIASES_HELP = "--strategy and --variant are aliases of --design; pv-cpuid is an alias of shipped"
@@ -24,9 +24,7 @@ def design_type(extra: Sequence[str] = ()) -> Callable[[str], str]:
     def parse(value: str) -> str:
         value = DESIGN_ALIASES.get(value, value)
         if value not in known:
-            raise argparse.ArgumentTypeError(
-                f"invalid choice: {value!r} (choose from {', '.join(known)}; "
-                + ", ".join(f"{a} = {d}" for a, d in DESIGN_ALIASES.items()) + ")")
+            raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {known_designs(tuple(extra))})")
         return value
     return parse
 

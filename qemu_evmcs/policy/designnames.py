@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.kvm.simkvm import VARIANTS
 
 #: The one user-facing name of each design (``--design``; ``--strategy`` and ``--variant`` are aliases).
@@ -17,4 +18,24 @@ DESIGN_NAMES: tuple[str, ...] = tuple(VARIANTS)
 #: Other spellings accepted for a design: the negotiation strategy's own name.
 DESIGN_ALIASES: Mapping[str, str] = {"pv-cpuid": "shipped"}
 
-__all__ = ["DESIGN_ALIASES", "DESIGN_NAMES"]
+
+
+def known_designs(extra: tuple[str, ...] = ()) -> str:
+    """``shipped, revision, vmx-msrs[, extra]; pv-cpuid = shipped``: the one wording of what ``--design`` takes,
+    for every refusal of an unknown design."""
+    return (", ".join([*DESIGN_NAMES, *extra]) + "; "
+            + ", ".join(f"{a} = {d}" for a, d in DESIGN_ALIASES.items()))
+
+
+def design_name(name: str) -> str:
+    """``shipped``/``revision``/``vmx-msrs`` for a design or strategy name (``pv-cpuid`` -> ``shipped``).
+
+    :raise InputError: neither.
+    """
+    design = DESIGN_ALIASES.get(name, name)
+    if design not in DESIGN_NAMES:
+        raise InputError(f"unknown design {name!r} (known: {known_designs()})", key="--design")
+    return design
+
+
+__all__ = ["DESIGN_ALIASES", "DESIGN_NAMES", "design_name", "known_designs"]

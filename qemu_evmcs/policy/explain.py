@@ -46,7 +46,8 @@ from qemu_evmcs.core.registry import Feature, Msr, Registry, registry
 from qemu_evmcs.qemu.attribution import (LAYER_CPU, LAYER_FILTER, LAYER_KVM, LAYER_NOT_EMULATED, LAYER_PERF,
                                           LAYER_QEMU, RemovedBit, missing_layer, removed_bits)
 from qemu_evmcs.qemu.hostguest import host_model_guest_msrs
-from qemu_evmcs.kvm.simkvm import EVMCS_REVISION_LATEST, NOT_EMULATED_MSRS, VARIANTS, SimKvm
+from qemu_evmcs.policy.designnames import design_name
+from qemu_evmcs.kvm.simkvm import EVMCS_REVISION_LATEST, NOT_EMULATED_MSRS, SimKvm
 
 #: Linux mask-name suffix of each feature word (EVMCS1_{UN,}SUPPORTED_<suffix>, kvm-evmcs.md §3).
 MASK_SUFFIX: Mapping[str, str] = {
@@ -314,8 +315,7 @@ def explain_host(profile: HostProfile, *, evmcs: bool = True, pv_perf_global_ctr
         pre-4.20), or, with ``evmcs=False``, the host has no nested VMX at all (exit 1).
     :raise InputError: unknown ``variant``.
     """
-    if variant not in VARIANTS:
-        raise InputError(f"unknown design {variant!r} (known: {', '.join(VARIANTS)})", key="--design")
+    variant = design_name(variant)   # the variant names are the design names
     reg = registry()
     kvm = SimKvm(profile, variant=variant)
     era = kvm.era

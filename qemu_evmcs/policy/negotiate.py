@@ -56,7 +56,7 @@ from qemu_evmcs.qemu import model_names, models
 from qemu_evmcs.qemu.model_names import AUTO_MODEL
 from qemu_evmcs.qemu.basecpuid import check_base, newest_runnable
 from qemu_evmcs.qemu.models import DEFAULT_QEMU_VERSION, load_snapshot, vmx_requires
-from qemu_evmcs.policy.designnames import DESIGN_ALIASES, DESIGN_NAMES
+from qemu_evmcs.policy.designnames import DESIGN_ALIASES, DESIGN_NAMES, design_name
 from qemu_evmcs.core.registry import Registry, registry
 from qemu_evmcs.kvm.simkvm import (
     EVMCS_REVISION_2022,
@@ -74,18 +74,6 @@ TARGETS: tuple[str, ...] = ("qemu", "simulator")
 STRATEGY_VARIANT: Mapping[str, str] = {"pv-cpuid": "shipped", "revision": "revision", "vmx-msrs": "vmx-msrs"}
 # The design names and their aliases (DESIGN_NAMES, DESIGN_ALIASES): policy/designnames.py.
 DESIGN_STRATEGY_OF: Mapping[str, str] = {v: k for k, v in STRATEGY_VARIANT.items()}
-
-
-def design_name(name: str) -> str:
-    """``shipped``/``revision``/``vmx-msrs`` for a design or strategy name (``pv-cpuid`` -> ``shipped``).
-
-    :raise InputError: neither.
-    """
-    design = DESIGN_ALIASES.get(name, name)
-    if design not in DESIGN_NAMES:
-        raise InputError(f"unknown design {name!r} (known: {', '.join(DESIGN_NAMES)}; "
-                         f"{', '.join(f'{a} = {d}' for a, d in DESIGN_ALIASES.items())})", key="--design")
-    return design
 
 
 def strategy_of(name: str) -> str:
