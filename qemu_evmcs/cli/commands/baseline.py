@@ -98,7 +98,6 @@ def run(args: argparse.Namespace) -> int:
             # Each host starts its own -cpu host set: where QEMU does not start it, the host gives the guest nothing.
             start_config = functools.partial(host_config, gm)
             notes = notes or [f"-cpu {args.model} guests see the same VMX MSRs on every host of this pool"]
-        if gm.per_host:
             notes.append(f"--model {args.model}: each host's own set; the baseline below is what such guests get on "
                          f"every host (none where QEMU does not start them); --pool gives the largest set a custom "
                          f"model can pin")
