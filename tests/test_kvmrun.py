@@ -14,7 +14,8 @@ from cli_helpers import Run, cli_runner
 
 from qemu_evmcs.core.errors import ProbeError
 from qemu_evmcs.hostio import kvmrun
-from qemu_evmcs.hostio.guestview import GuestView, compare, self_test
+from qemu_evmcs.core.registry import registry
+from qemu_evmcs.hostio.guestview import GuestView, compare, guest_msrs, self_test
 from qemu_evmcs.hostio.probe import kernel_version_from_proc
 
 
@@ -67,6 +68,12 @@ def test_compare_names_the_differing_bits() -> None:
     diffs = compare(probed, sim)
     assert [(d.msr, d.only_probed, d.only_simulated) for d in diffs] == [
         ("IA32_VMX_PROCBASED_CTLS2", ("vmx-shadow-vmcs",), ())]
+
+
+def test_the_guest_reads_the_msrs_kvm_emulates_for_l1() -> None:
+    # Linux arch/x86/kvm/x86.h: KVM_FIRST_EMULATED_VMX_MSR = MSR_IA32_VMX_BASIC (0x480), KVM_LAST_EMULATED_VMX_MSR
+    # = MSR_IA32_VMX_VMFUNC (0x491); 0x492 (PROCBASED_CTLS3) is not emulated.
+    assert [m.index for m in guest_msrs(registry())] == list(range(0x480, 0x492))
 
 
 def _can_run_guest() -> bool:

@@ -15,14 +15,11 @@ from dataclasses import dataclass, field
 from collections.abc import Mapping
 
 from qemu_evmcs.core.errors import NegativeAnswer
-from qemu_evmcs.core.registry import Registry, registry
+from qemu_evmcs.core.registry import Msr, Registry, registry
 from qemu_evmcs.hostio.kvmrun import GuestFault, KvmGuest
 from qemu_evmcs.hostio.probe import CpuidEntry, IoctlFn, _default_ioctl
 from qemu_evmcs.kvm.simkvm import (HV_CPUID_NESTED_FEATURES, HV_NESTED_EVMCS1_PERF_GLOBAL_CTRL,
-                                   KVM_CAP_HYPERV_ENLIGHTENED_VMCS)
-
-#: KVM emulates 0x480..0x491 for L1 (kvm-evmcs.md §1).
-GUEST_MSR_RANGE = range(0x480, 0x492)
+                                   KVM_CAP_HYPERV_ENLIGHTENED_VMCS, NOT_EMULATED_MSRS)
 HV_LEAVES = range(0x40000000, 0x40000100)
 
 
@@ -57,6 +54,12 @@ class Difference:
     simulated: int | None       # None: the simulation has no such MSR
     only_probed: tuple[str, ...]   # feature names (or "bit N") set only in the real guest
     only_simulated: tuple[str, ...]
+
+
+def guest_msrs(reg: Registry) -> list[Msr]:
+    """The VMX MSRs KVM emulates for L1, in index order: the registry's, less simkvm's ``NOT_EMULATED_MSRS``
+    (0x480-0x491, kvm-evmcs.md §1; the simulation and the real guest read the same ones)."""
+    return sorted((m for m in reg.msrs.values() if m.name not in NOT_EMULATED_MSRS), key=lambda m: m.index)
 
 
 def self_test(device: str = "/dev/kvm", *, ioctl: IoctlFn = _default_ioctl,
@@ -110,10 +113,10 @@ def probe_guest_view(device: str = "/dev/kvm", *, pv_perf_global_ctrl: bool = Fa
             entries.append(CpuidEntry(e.function, e.index, e.flags, e.eax, ebx, e.ecx, e.edx))
         g.set_cpuid(entries)
         view = GuestView(pv_perf_global_ctrl=pv_perf_global_ctrl, evmcs_version=version)
-        for index in GUEST_MSR_RANGE:
-            name = reg.msr(index).name
+        for msr in guest_msrs(reg):
+            name = msr.name
             try:
-                view.msrs[name] = g.guest_rdmsr(index)
+                view.msrs[name] = g.guest_rdmsr(msr.index)
             except GuestFault:
                 view.faults.append(name)
         return view
@@ -124,8 +127,7 @@ def compare(probed: GuestView, simulated: Mapping[str, int], reg: Registry | Non
     reg = reg or registry()
     named = {(f.word, f.bit): f.name for f in reg.features.values()}
     out: list[Difference] = []
-    for index in GUEST_MSR_RANGE:
-        msr = reg.msr(index)
+    for msr in guest_msrs(reg):
         p, s = probed.msrs.get(msr.name), simulated.get(msr.name)
         if p == s:
             continue
