@@ -36,6 +36,7 @@ from qemu_evmcs.hostio.probe import (CPUID2_HEADER, CPUID_ENTRY2, KVM_CHECK_EXTE
                                      KVM_GET_SUPPORTED_CPUID, KVM_GET_SUPPORTED_HV_CPUID, KVMIO, CpuidEntry,
                                      IoctlFn, IOC_READ, IOC_WRITE, _default_ioctl, ioc, io, pack_cpuid2,
                                      pack_msrs, unpack_cpuid2, unpack_msrs)
+from qemu_evmcs.kvm.simkvm import KVM_CAP_HYPERV_ENLIGHTENED_VMCS
 
 # --------------------------------------------------------------------------- ioctl encodings
 
@@ -237,7 +238,7 @@ class KvmGuest:
     def enable_evmcs(self) -> int:
         """KVM_ENABLE_CAP(KVM_CAP_HYPERV_ENLIGHTENED_VMCS) on the vCPU; returns the u16 version range."""
         version = ctypes.c_uint16(0)
-        arg = bytearray(ENABLE_CAP.pack(163, 0, ctypes.addressof(version), 0, 0, 0))
+        arg = bytearray(ENABLE_CAP.pack(KVM_CAP_HYPERV_ENLIGHTENED_VMCS, 0, ctypes.addressof(version), 0, 0, 0))
         self._call(self.vcpu, KVM_ENABLE_CAP, arg, "KVM_ENABLE_CAP(KVM_CAP_HYPERV_ENLIGHTENED_VMCS)")
         return int(version.value)
 
