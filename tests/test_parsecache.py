@@ -29,6 +29,22 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     parsecache._code_id.cache_clear()
 
 
+def test_the_cache_never_lands_in_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative XDG_CACHE_HOME is invalid (XDG Base Directory spec: "If an implementation encounters a
+    relative path in any of these variables it should consider the path invalid and ignore it"), and with no
+    home directory (no HOME, no passwd entry: expanduser leaves "~") there is no cache: never a "rel/" or
+    "~/" tree written wherever the command happens to run."""
+    monkeypatch.delenv("QEMU_EVMCS_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", "rel")
+    assert parsecache.cache_dir() == str(tmp_path / ".cache" / "qemu-evmcs" / "parsed")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert parsecache.cache_dir() == str(tmp_path / "xdg" / "qemu-evmcs" / "parsed")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setattr(os.path, "expanduser", lambda p: p)      # what it does without HOME or a passwd entry
+    assert parsecache.cache_dir() is None
+
+
 def _counting(calls: list[str]):  # type: ignore[no-untyped-def]
     def parse(text: str) -> object:
         calls.append(text)

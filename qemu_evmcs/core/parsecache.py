@@ -13,7 +13,8 @@ maps *what was parsed and how* to the result:
 - values are stored with :mod:`marshal` and only when they are plain data (dict, list, tuple, str, int,
   float, bool, None; no subclasses), so loading one runs no code;
 - entries live in ``$QEMU_EVMCS_CACHE_DIR``, else ``$XDG_CACHE_HOME/qemu-evmcs/parsed``, else
-  ``~/.cache/qemu-evmcs/parsed`` (created mode 0700); ``QEMU_EVMCS_CACHE_DIR=off`` turns the cache off. An
+  ``~/.cache/qemu-evmcs/parsed`` (created mode 0700; no cache when neither is an absolute path);
+  ``QEMU_EVMCS_CACHE_DIR=off`` turns the cache off. An
   entry is read only if it is a regular file owned by this user and writable by no one else; it is
   written to a temporary file and renamed into place, so readers never see half an entry. Any failure
   (read-only home, full disk, a damaged entry) falls back to parsing: the cache never changes an answer
@@ -86,8 +87,12 @@ def cache_dir() -> str | None:
     env = os.environ.get("QEMU_EVMCS_CACHE_DIR")
     if env is not None:
         return None if env.strip().lower() in ("", "off", "0", "no") else env
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "qemu-evmcs", "parsed")
+    # Only absolute places: a relative XDG_CACHE_HOME is invalid (XDG Base Directory spec), and without a home
+    # directory expanduser leaves "~"; either would put a cache tree in whatever directory the command runs in.
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "qemu-evmcs", "parsed") if os.path.isabs(base) else None
 
 
 @functools.cache
