@@ -47,26 +47,34 @@ def _allowed1(msrs: Mapping[str, int], msr: str, feature: str, reg: Registry) ->
     return value is not None and bool(allowed1(value) & reg.feature(feature).mask)
 
 
+def _true_ctls_bit(reg: Registry) -> str:
+    return f"IA32_VMX_BASIC bit {reg.feature('vmx-true-ctls').bit} (TRUE controls)"
+
+
 def required_msrs(msrs: Mapping[str, int], reg: Registry | None = None) -> dict[str, str]:
     """MSR name -> why it must exist, for a CPU reporting ``msrs`` (empty: no VMX at all)."""
     reg = reg or registry()
     if not msrs:
         return {}
     out = {m: "every VMX processor has it" for m in ALWAYS}
+    bit = {name: reg.feature(name).bit for name in ("vmx-secondary-ctls", "vmx-tertiary-ctls", "vmx-ept",
+                                                    "vmx-vpid", "vmx-vmfunc")}
     basic = msrs.get("IA32_VMX_BASIC")
     if basic is not None and basic & reg.feature("vmx-true-ctls").mask:
         for m in TRUE_MSRS:
-            out[m] = "IA32_VMX_BASIC bit 55 (TRUE controls) is set"
+            out[m] = f"{_true_ctls_bit(reg)} is set"
     for ctl in ("IA32_VMX_PROCBASED_CTLS", "IA32_VMX_TRUE_PROCBASED_CTLS"):
         if _allowed1(msrs, ctl, "vmx-secondary-ctls", reg):
-            out["IA32_VMX_PROCBASED_CTLS2"] = "primary control 31 (activate secondary controls) may be 1"
+            out["IA32_VMX_PROCBASED_CTLS2"] = (f"primary control {bit['vmx-secondary-ctls']} (activate secondary "
+                                               "controls) may be 1")
         if _allowed1(msrs, ctl, "vmx-tertiary-ctls", reg):
-            out["IA32_VMX_PROCBASED_CTLS3"] = "primary control 17 (activate tertiary controls) may be 1"
+            out["IA32_VMX_PROCBASED_CTLS3"] = (f"primary control {bit['vmx-tertiary-ctls']} (activate tertiary "
+                                               "controls) may be 1")
     if _allowed1(msrs, "IA32_VMX_PROCBASED_CTLS2", "vmx-ept", reg) or \
             _allowed1(msrs, "IA32_VMX_PROCBASED_CTLS2", "vmx-vpid", reg):
-        out["IA32_VMX_EPT_VPID_CAP"] = "secondary control 1 (EPT) or 5 (VPID) may be 1"
+        out["IA32_VMX_EPT_VPID_CAP"] = f"secondary control {bit['vmx-ept']} (EPT) or {bit['vmx-vpid']} (VPID) may be 1"
     if _allowed1(msrs, "IA32_VMX_PROCBASED_CTLS2", "vmx-vmfunc", reg):
-        out["IA32_VMX_VMFUNC"] = "secondary control 13 (VM functions) may be 1"
+        out["IA32_VMX_VMFUNC"] = f"secondary control {bit['vmx-vmfunc']} (VM functions) may be 1"
     return out
 
 
@@ -89,7 +97,7 @@ def quirks(msrs: Mapping[str, int], reg: Registry | None = None) -> list[tuple[s
     if basic is not None and not basic & reg.feature("vmx-true-ctls").mask:
         for name in TRUE_MSRS:
             if name in msrs:
-                out.append((name, "present although IA32_VMX_BASIC bit 55 (TRUE controls) is clear"))
+                out.append((name, f"present although {_true_ctls_bit(reg)} is clear"))
     for msr in reg.msrs.values():
         if msr.true and msr.name in msrs and msr.true in msrs:
             a1, t1 = allowed1(msrs[msr.name]), allowed1(msrs[msr.true])
