@@ -10,7 +10,7 @@ the start-up verdict out, nothing started).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from qemu_evmcs.core.profile import HostProfile, load_profile, resolve_profile_path
 from qemu_evmcs.kvm.simkvm import SimKvm
@@ -45,16 +45,8 @@ class StartupResult:
     machine: Machine | None = None
 
 
-@dataclass
-class Prediction:
-    """:func:`predict`'s answer (the fields of :class:`qemu_evmcs.qemu.startup.Startup` a caller reports)."""
-
-    ok: bool
-    reason: str
-    lost: list[str]
-    exit_status: int
-    stderr: list[str]
-    lost_detail: dict[str, str] = field(default_factory=dict)
+#: :func:`predict`'s answer: a :class:`StartupResult` without a machine (nothing is kept running).
+Prediction = StartupResult
 
 
 #: ``--variant`` (the simulated *kernel*'s ABI) -> the design the start-up model runs. The simulated QEMU is
@@ -90,13 +82,11 @@ def predict(profile_path: str, qemu_argv: Sequence[str]) -> Prediction:
     try:
         config = parse_args(strip_program(qemu_argv))
     except QemuError as err:
-        return Prediction(ok=False, reason=err.message, lost=[], exit_status=err.status, stderr=err.lines())
+        return Prediction(ok=False, exit_status=err.status, reason=err.message, stderr=err.lines())
     profile = load_profile(resolve_profile_path(profile_path))
     if config.show_help or config.show_version or config.cpu_help:
-        return Prediction(ok=True, reason="", lost=[], exit_status=0, stderr=[])
-    res = boot(config, profile)
-    return Prediction(ok=res.ok, reason=res.reason, lost=res.lost, exit_status=res.exit_status, stderr=res.stderr,
-                      lost_detail=res.lost_detail)
+        return Prediction(ok=True, exit_status=0, reason="", stderr=[])
+    return replace(boot(config, profile), machine=None)
 
 
 __all__ = ["EXIT_ABORT", "EXIT_ERROR", "Machine", "Prediction", "StartupResult", "VcpuState", "boot", "predict",
