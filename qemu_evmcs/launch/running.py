@@ -26,11 +26,12 @@ from typing import Any
 from qemu.qmp import ExecuteError, QMPClient
 
 from qemu_evmcs.policy.migrate import parse_qmp_msrs
+from qemu_evmcs.policy.negotiate import PERF_OPTION, REVISION_OPTION
 
 #: QOM type suffix of x86-64 CPU models (``max-x86_64-cpu``).
 TYPE_SUFFIX = "-x86_64-cpu"
 #: Non-boolean or proposed options read when the CPU has them (the simulator's).
-EXTRA_PROPS = ("enforce", "hv-evmcs-perf-global-ctrl", "x-hv-evmcs-revision", "hv-passthrough")
+EXTRA_PROPS = ("enforce", PERF_OPTION, REVISION_OPTION, "hv-passthrough")
 
 
 @dataclass

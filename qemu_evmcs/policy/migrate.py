@@ -34,6 +34,8 @@ from qemu_evmcs.core.views import BitChange, diff_views, visible_features
 from qemu_evmcs.policy.negotiate import (
     DESIGN_STRATEGY_OF,
     HV_EVMCS_DEPS,
+    PERF_OPTION,
+    REVISION_OPTION,
     GuestConfig,
     GuestModel,
     documented_evmcs_view,
@@ -100,14 +102,13 @@ def config_from_running(model: str, props: Mapping[str, bool], unavailable: Sequ
             if not bits:
                 notes.append(f"{prop}: unknown to this tool's registry, left out")
             vmx.update(b.name for b in bits)
-    hv = {n for n, on in props.items() if on and n.startswith("hv-") and n not in ("hv-passthrough",
-                                                                                  "hv-evmcs-perf-global-ctrl")}
+    hv = {n for n, on in props.items() if on and n.startswith("hv-") and n not in ("hv-passthrough", PERF_OPTION)}
     if extra.get("hv-passthrough"):
         notes.append("hv-passthrough: the guest has every hv-* flag its source KVM supports; the destination "
                      "decides its own set (QEMU blocks such a migration)")
-    revision = extra.get("x-hv-evmcs-revision")
+    revision = extra.get(REVISION_OPTION)
     config = GuestConfig(model=model, base=model, vmx=frozenset(vmx), hyperv=tuple(sorted(hv)),
-                         pv_perf_global_ctrl=bool(extra.get("hv-evmcs-perf-global-ctrl")),
+                         pv_perf_global_ctrl=bool(extra.get(PERF_OPTION)),
                          revision=int(revision) if isinstance(revision, int) and revision > 0 else None,
                          enforce=bool(extra.get("enforce")), design=design)
     return config, notes

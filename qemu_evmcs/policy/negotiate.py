@@ -85,7 +85,7 @@ PERF_FEATURES: tuple[str, str] = ("vmx-exit-load-perf-global-ctrl", "vmx-entry-l
 #: This project's proposed QEMU option for 0x4000000A.EBX bit 0; the simulated QEMU implements it, real QEMU does not.
 PERF_OPTION = PLUGIN_PERF_GLOBAL_CTRL
 #: The simulated QEMU's option asking KVM for an eVMCS revision (the never-merged revision design).
-REVISION_OPTION = "x-hv-evmcs-revision"
+REVISION_OPTION = EVMCS_REVISION_PROP
 #: Without these, Hyper-V cannot run as L1 (it requires SLAT); losing them is an error, not a dropped feature.
 ESSENTIAL_FEATURES: tuple[str, ...] = ("vmx-ept", "vmx-unrestricted-guest")
 #: Hyper-V flags QEMU requires for hv-evmcs (qemu.md §1.4).
