@@ -81,10 +81,9 @@ async def read_running_cpu(socket_path: str, timeout: float = 10.0) -> RunningCp
         typename = str(await ex("qom-get", {"path": path, "property": "type"}))
         model = typename.removesuffix(TYPE_SUFFIX)
         listed = await ex("qom-list", {"path": path})
-        names = [str(p["name"]) for p in listed if isinstance(p, dict)]
-        bools = [n for n in names if _tracked(n) and n not in EXTRA_PROPS and
-                 next((p.get("type") for p in listed if p.get("name") == n), "bool") == "bool"]
-        extras = [n for n in EXTRA_PROPS if n in names]
+        types = {str(p["name"]): p.get("type") for p in listed if isinstance(p, dict)}   # name -> QOM type
+        bools = [n for n, t in types.items() if _tracked(n) and n not in EXTRA_PROPS and t == "bool"]
+        extras = [n for n in EXTRA_PROPS if n in types]
         values = await asyncio.gather(*(ex("qom-get", {"path": path, "property": n}) for n in [*bools, *extras]))
         cpu = RunningCpu(qom_path=path, typename=typename, model=model)
         for n, v in zip([*bools, *extras], values, strict=True):
