@@ -144,6 +144,13 @@ class HostSelection:
         inventories: list[str] = [self.inventory] if self.inventory else []
         inventories += [p for p in map(resolve_profile_path, self.items) if os.path.lexists(p) and is_database(p)]
         held: set[str] | None = None
+        loaded: dict[str, Fleet] = {}     # each inventory read once, however many roles it plays
+
+        def inventory_fleet(path: str) -> Fleet:
+            if path not in loaded:
+                with FleetDb(path) as db:
+                    loaded[path] = db.load_fleet()
+            return loaded[path]
         for item in self.items:
             path = resolve_profile_path(item)
             if os.path.lexists(path) and path != item and inventories:
@@ -151,7 +158,7 @@ class HostSelection:
                 # `fleet import` of the bundled fleet names its hosts so, and `fleet query` prints them).
                 if held is None:
                     held = {h for inv in dict.fromkeys(inventories)
-                            for hosts in _from_inventory(inv, None, ()).members.values() for h in hosts}
+                            for hosts in inventory_fleet(inv).members.values() for h in hosts}
                 if item in held:
                     names.append(item)
                     continue
@@ -169,11 +176,11 @@ class HostSelection:
         for src in sources:
             path = resolve_profile_path(src)
             if is_database(path):
-                parts.append(_from_inventory(path, named if names else None, self.pools))
+                parts.append(_narrow(inventory_fleet(path), named if names else None, self.pools))
             else:
                 parts.append(src)
         if self.inventory and self.inventory not in sources:
-            parts.append(_from_inventory(self.inventory, named if names else None, self.pools))
+            parts.append(_narrow(inventory_fleet(self.inventory), named if names else None, self.pools))
         parts = [p for p in parts if not isinstance(p, Fleet) or p.members]   # an empty pool selection
         fleet = load_hosts_fleet(parts, progress=progress) if parts else Fleet()
         if names:
@@ -191,9 +198,8 @@ class HostSelection:
         return fleet
 
 
-def _from_inventory(path: str, names: set[str] | None, pools: Sequence[str]) -> Fleet:
-    with FleetDb(path) as db:
-        fleet = db.load_fleet()
+def _narrow(fleet: Fleet, names: set[str] | None, pools: Sequence[str]) -> Fleet:
+    """The hosts of an inventory's ``fleet`` that are ``names`` (None: all) in ``pools`` (empty: any)."""
     if names is None and not pools:
         return fleet
     pool_set = set(pools)
