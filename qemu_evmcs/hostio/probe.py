@@ -320,6 +320,11 @@ def kernel_version_from_proc(version: str | None, signature: str | None) -> str 
     return None
 
 
+def kvm_device(device: str | None) -> str:
+    """The KVM device to use: ``device``, else ``$QEMU_EVMCS_KVM_DEVICE``, else ``/dev/kvm``."""
+    return device or os.environ.get(DEVICE_ENV) or DEFAULT_DEVICE
+
+
 def probe(device: str | None = None, *, ioctl: IoctlFn = _default_ioctl,
           cpuinfo_path: str = "/proc/cpuinfo", nested_param: str = NESTED_PARAM,
           release: str | None = None, name: str | None = None,
@@ -331,7 +336,7 @@ def probe(device: str | None = None, *, ioctl: IoctlFn = _default_ioctl,
     injectable so the logic can be tested without KVM.
     """
     reg = reg or registry()
-    device = device or os.environ.get(DEVICE_ENV) or DEFAULT_DEVICE
+    device = kvm_device(device)
     try:
         fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
     except OSError as err:

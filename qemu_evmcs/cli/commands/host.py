@@ -247,13 +247,13 @@ def cmd_guest_view(args: argparse.Namespace) -> int:
     """``host probe --guest-view``: run a real guest through /dev/kvm, read its VMX MSRs, compare with the
     simulation. Exit 1 (one line) where this KVM cannot run a guest or has no eVMCS; 0 once probed (the
     differences are the report)."""
-    device = args.device or os.environ.get(probe_mod.DEVICE_ENV) or probe_mod.DEFAULT_DEVICE
+    device = probe_mod.kvm_device(args.device)
     try:
         test = guestview.self_test(device)
     except ProbeError as err:
         raise ProbeError(f"cannot run a KVM guest on {device}: {err.message}") from None
     views = [guestview.probe_guest_view(device, pv_perf_global_ctrl=pv) for pv in (False, True)]
-    profile = probe_mod.probe(args.device, name=args.name).profile
+    profile = probe_mod.probe(device, name=args.name).profile
     lines = [f"guest runner: CPUID leaf 0 and RDMSR {test.msr_index:#x} = {test.guest_msr:#x} read in the guest "
              f"(KVM_GET_MSRS: {test.host_msr if test.host_msr is None else hex(test.host_msr)})"]
     doc: dict[str, Any] = {"device": device, "kernel": profile.kernel, "kernel_version": profile.kernel_version,
