@@ -109,10 +109,10 @@ def admit(pool: Hosts, candidate: HostProfile | Fleet,
     start = start_guest(base.config, cand)
     if start.ok and not diff_views(base.guest_msrs, start.guest_msrs):
         res.admit = True
+        supported = qemu_supported(cand)
         res.reason = (f"{cand.name} runs the pool's configuration with identical guest-visible VMX MSRs"
                       + (" (it lacks only controls eVMCS hides anyway)"
-                         if set(base.config.vmx) - set(_supported(cand)) == set() and
-                         set(gm.vmx) - set(_supported(cand)) else ""))
+                         if base.config.vmx <= supported and not gm.vmx <= supported else ""))
         if cand.unknown_note():
             res.reason += f" (note: {cand.unknown_note()})"
         return res
@@ -184,7 +184,3 @@ def admit_host(gm: GuestModel, hosts: Fleet, cand: HostProfile, strategy: str = 
                + " (QEMU and libvirt would let it migrate)")
     res.reason = f"refuse {cand.name}: {res.why}"
     return res
-
-
-def _supported(profile: HostProfile) -> frozenset[str]:
-    return qemu_supported(profile)
