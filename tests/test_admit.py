@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import pytest
 
 from host_helpers import host_profiles
 from qemu_evmcs.policy.admit import admit
+from qemu_evmcs.core.msrval import feature_set
+from qemu_evmcs.policy.negotiate import max_model
+from qemu_evmcs.policy.resolve import profile_from_features
 from qemu_evmcs.cli.main import run
 
 MODEL = os.path.join(os.path.dirname(__file__), "data", "negotiate", "models", "Skylake-evmcs.yaml")
@@ -78,3 +82,19 @@ def test_refusal_names_the_bits_that_would_differ() -> None:
                        "timer lost, vmx-ple lost, vmx-vmfunc lost, vmx-shadow-vmcs lost, vmx-pml lost, "
                        "vmx-eptp-switching lost")
     assert res.reason.startswith(f"refuse skylake-6.3: {res.why}; admitting it would cost: ")
+
+
+def test_candidate_lacking_only_a_control_evmcs_hides_is_admitted_and_told_so() -> None:
+    """Posted interrupts (pin-based bit 7) are outside EVMCS1_SUPPORTED_PINCTRL in every era (kvm-evmcs.md §3):
+    an eVMCS guest never sees them, so a candidate whose KVM lacks only that control shows the pool's guest the
+    same VMX MSRs. The i7-6700K (skylake-6.3) has no posted interrupts; the pool is a synthetic 6.3 host with its
+    features plus that control, the model asks for exactly the pool's features (QEMU-settable ones)."""
+    sk = host_profiles("skylake-6.3")[0]
+    feats = feature_set(sk.msrs)
+    assert "vmx-posted-intr" not in feats
+    pool = profile_from_features("pool", feats | {"vmx-posted-intr"}, kernel=sk.kernel)
+    gm = replace(max_model(), vmx=max_model().vmx & (feats | {"vmx-posted-intr"}))
+    res = admit([pool], profile_from_features("no-pi", feats, kernel=sk.kernel), gm)
+    assert res.admit and res.reason.endswith("(it lacks only controls eVMCS hides anyway)"), res.reason
+    same = admit([pool], profile_from_features("same", feats | {"vmx-posted-intr"}, kernel=sk.kernel), gm)
+    assert same.admit and "lacks only" not in same.reason, same.reason
