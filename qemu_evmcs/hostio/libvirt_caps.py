@@ -41,14 +41,6 @@ class LibvirtCpu:
     model_known: bool      # the QEMU snapshot has ``model`` (else only the listed features are known)
 
 
-def looks_like_libvirt(text: str) -> bool:
-    """Does the text start (after an XML declaration and blanks) with ``<capabilities`` or ``<domainCapabilities``?"""
-    head = text.lstrip()
-    if head.startswith("<?xml"):
-        head = head[head.find("?>") + 2:].lstrip()
-    return head.startswith(("<capabilities", "<domainCapabilities"))
-
-
 def _int(el: ET.Element | None, attr: str) -> int | None:
     if el is None or el.get(attr) is None:
         return None
@@ -116,4 +108,4 @@ def parse(text: str, *, file: str | None = None) -> LibvirtCpu:
                       model_known=snap.has(model))
 
 
-__all__ = ["LibvirtCpu", "looks_like_libvirt", "parse", "refuse_dtd"]
+__all__ = ["LibvirtCpu", "parse", "refuse_dtd"]

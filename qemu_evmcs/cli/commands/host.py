@@ -151,7 +151,7 @@ def _emit(text: str, out: str | None, force: bool) -> None:
 def cpu_features_from(path: str) -> tuple[frozenset[str], dict[str, Any]]:
     """CPUID features (QEMU names) and identification from /proc/cpuinfo text or libvirt capabilities XML."""
     text = read_input_text(path)
-    if libvirt_caps.looks_like_libvirt(text) or text.lstrip().startswith("<"):   # XML: libvirt's parser decides
+    if text.lstrip().startswith("<"):   # XML: libvirt's parser decides (and names a wrong root element)
         lv = libvirt_caps.parse(text, file=path)
         ident: dict[str, Any] = {"vendor": lv.vendor, "family": lv.family, "model": lv.model_number,
                                  "stepping": lv.stepping}
