@@ -695,9 +695,12 @@ def import_into(db_path: PathLike, paths: Sequence[PathLike], *, pool: str | Non
     target = os.fspath(db_path)
     if not target:
         raise InputError("empty database path", key="--db")
-    if os.path.lexists(target):
+
+    def into_existing() -> ImportResult:
         with FleetDb(target, create=True) as db:
             return db.import_paths(paths, pool=pool, progress=progress)
+    if os.path.lexists(target):
+        return into_existing()
     parent = os.path.dirname(os.path.abspath(target))
     stale.sweep(parent, NEW_DB_PREFIX)
     try:
@@ -711,15 +714,13 @@ def import_into(db_path: PathLike, paths: Sequence[PathLike], *, pool: str | Non
         try:
             os.link(fresh, target)
         except FileExistsError:       # another import created it meanwhile: add ours to theirs
-            with FleetDb(target, create=True) as db:
-                return db.import_paths(paths, pool=pool, progress=progress)
+            return into_existing()
         except OSError as err:
             if err.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
                 raise InputError(err.strerror or str(err), file=target) from None
             # A file system without hard links: rename, which could replace a file made this instant.
             if os.path.lexists(target):
-                with FleetDb(target, create=True) as db:
-                    return db.import_paths(paths, pool=pool, progress=progress)
+                return into_existing()
             try:
                 os.rename(fresh, target)
             except OSError as err2:
