@@ -37,7 +37,7 @@ from qemu_evmcs.qemu.models import EffectiveModel, ModelDef, QemuSnapshot, effec
 from qemu_evmcs.core.msrval import feature_present, feature_set
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.core.views import visible_features
-from qemu_evmcs.qemu.basecpuid import check_base, newest_runnable, proposal
+from qemu_evmcs.qemu.basecpuid import check_base, newest_runnable, proposal, unchecked_note
 from qemu_evmcs.qemu.compose import evmcs_range_supported, qemu_given_features
 from qemu_evmcs.qemu.hostguest import host_model_guest_msrs
 from qemu_evmcs.qemu.startup import evmcs_start_error
@@ -283,9 +283,7 @@ class BaselineResult:
         """``base model CPUID not checked on N hosts (...)`` when some hosts could not be checked."""
         if self.base is None or not self.base_cpuid_unchecked:
             return None
-        n = self.base_cpuid_unchecked
-        return (f"base model CPUID not checked on {n} host{'s' if n != 1 else ''} (no cpu_features in the profile: "
-                f"host probe, host import --cpuinfo or --libvirt record them)")
+        return unchecked_note(self.base_cpuid_unchecked)
 
     def group_names(self) -> dict[str, str]:
         """fingerprint -> the group's name: its first host (made unique if two groups share one)."""

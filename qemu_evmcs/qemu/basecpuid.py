@@ -61,10 +61,14 @@ class BaseCheck:
         if not self.known:
             return f"base model {self.model} is not in the QEMU {load_snapshot().version} snapshot: CPUID not checked"
         if self.unchecked:
-            n = self.unchecked_hosts or len(self.unchecked)
-            return (f"base model CPUID not checked on {n} host{'s' if n != 1 else ''} (no cpu_features in the "
-                    f"profile: host probe, host import --cpuinfo or --libvirt record them)")
+            return unchecked_note(self.unchecked_hosts or len(self.unchecked))
         return None
+
+
+def unchecked_note(n: int) -> str:
+    """``base model CPUID not checked on N hosts (...)``: the one wording, for negotiate's and baseline's notes."""
+    return (f"base model CPUID not checked on {n} host{'s' if n != 1 else ''} (no cpu_features in the "
+            f"profile: host probe, host import --cpuinfo or --libvirt record them)")
 
 
 #: Base models that are the host by definition: nothing to check.
@@ -120,4 +124,4 @@ def proposal(pick: str, version: str) -> str:
             f"(`negotiate --model auto` pairs it with eVMCS settings)")
 
 
-__all__ = ["HOST_MODELS", "BaseCheck", "check_base", "model_cpuid", "newest_runnable", "proposal"]
+__all__ = ["HOST_MODELS", "BaseCheck", "check_base", "model_cpuid", "newest_runnable", "proposal", "unchecked_note"]
