@@ -9,8 +9,11 @@ snapshot's feature lists (data/cpu_models/qemu/7.2/MODEL.json, "features"), neve
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,6 +94,21 @@ def test_a_dump_decodes_to_the_recorded_features() -> None:
     for name, p in REAL.items():
         assert p.cpuid is not None
         assert cpuiddump.features(cpuiddump.parse("\n".join(p.cpuid))) == p.cpu_features, name
+
+
+def test_sync_script_says_a_bad_profile_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    script = Path(__file__).resolve().parent.parent / "scripts" / "sync-fleet-cpu-features"
+    loader = importlib.machinery.SourceFileLoader("sync_fleet_cpu_features", str(script))
+    mod = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))  # type: ignore[arg-type]
+    loader.exec_module(mod)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [\n")
+    for path, what in ((tmp_path / "missing.yaml", "No such file or directory"), (bad, "invalid YAML")):
+        monkeypatch.setattr(sys, "argv", ["sync-fleet-cpu-features", "--check", str(path)])
+        assert mod.main() == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {path}") and what in err and len(err.splitlines()) == 1, err
 
 
 def test_aida64_and_vbox_formats_parse_by_hand() -> None:
