@@ -24,6 +24,7 @@ Expected by hand from the i7-6700K values:
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,10 @@ from typing import Any
 import pytest
 
 from cli_helpers import Run, cli_runner
+from host_helpers import host_profiles
 from inventory_helpers import build_inventory, renamed_profile
+from qemu_evmcs.policy.negotiate import max_model, negotiate
+from qemu_evmcs.policy.plan import _Planner
 
 LOST_OLD_TO_NEW = {"vmx-ple", "vmx-vmfunc", "vmx-shadow-vmcs", "vmx-pml", "vmx-preemption-timer",
                    "vmx-exit-save-preemption-timer"}
@@ -186,3 +190,26 @@ def test_plan_counts_real_hosts_when_an_era_is_unknown(run: Run, tmp_path: Path)
     assert sum(pairs[("new", "deb")]["host_counts"].values()) == 2
     summary = {s["from"]: s for s in plan["migrations"]}
     assert sum(summary["new"]["host_counts"].values()) == 2
+
+
+def test_planner_never_gives_one_negotiation_the_features_of_a_collected_one() -> None:
+    """_Planner.features memoised by id(): a trial negotiation of the upgrade search is dropped after use, and the
+    next one CPython allocates at the same address got the dropped one's features (a wrong upgrade gain). Here a
+    negotiation whose guest reads no VMX MSRs (so it sees nothing) is allocated until it lands on the address of a
+    dropped 72-feature answer for skylake-6.3 (test_feature_counts: 79 - 7)."""
+    gm = max_model()
+    planner = _Planner(gm, "pv-cpuid", "qemu")
+    first = negotiate(gm, host_profiles("skylake-6.3"))
+    sees_nothing = copy.copy(first)
+    sees_nothing.guest_msrs = {}
+    assert len(planner.features(first)) == 72
+    address = id(first)
+    del first
+    # Allocate until one lands on the dropped answer's address (at once, without the memo keeping the answer
+    # alive), keeping every try alive so each is a new address; every one of them sees nothing.
+    kept = []
+    for _ in range(1000):
+        kept.append(copy.copy(sees_nothing))
+        if id(kept[-1]) == address:
+            break
+    assert [planner.features(n) for n in kept] == [frozenset()] * len(kept)

@@ -180,7 +180,7 @@ class _Planner:
     target: str
     answers: dict[tuple[str, ...], Negotiation] = field(default_factory=dict)
     alone: dict[tuple[str, bool], frozenset[str]] = field(default_factory=dict)
-    seen: dict[int, frozenset[str]] = field(default_factory=dict)
+    seen: dict[int, tuple[Negotiation, frozenset[str]]] = field(default_factory=dict)
     gains: dict[tuple[tuple[str, ...], str], tuple[str, ...] | None] = field(default_factory=dict)
     #: Fingerprints of groups that stand for one candidate era of hosts whose era is unknown.
     ambiguous: set[str] = field(default_factory=set)
@@ -195,11 +195,13 @@ class _Planner:
         return neg
 
     def features(self, neg: Negotiation) -> frozenset[str]:
-        """``neg.guest_features``, computed once per answer."""
+        """``neg.guest_features``, computed once per answer. The memo keeps ``neg`` itself alive: keyed by
+        ``id()`` alone, a dropped trial negotiation's address was reused by the next one, which then got the
+        dropped one's features."""
         got = self.seen.get(id(neg))
-        if got is None:
-            got = self.seen[id(neg)] = neg.guest_features
-        return got
+        if got is None or got[0] is not neg:
+            got = self.seen[id(neg)] = (neg, neg.guest_features)
+        return got[1]
 
     def features_alone(self, g: HostGroup, upgraded: bool) -> frozenset[str]:
         """A superset of what any configuration shows a guest on this group's hosts (booted on the newest
@@ -244,9 +246,9 @@ class _Planner:
             trial.distinct[g.fingerprint] = upgraded
             trial.members[g.fingerprint] = list(g.hosts)
             after = negotiate(self.model, trial, self.strategy, target=self.target)
-            if after.ok:
+            if after.ok:   # a trial, used once: not memoised
                 out.append(Upgrade(tuple(g.hosts), g.profile.kernel, to_kernel,
-                                   tuple(sorted(self.features(after) - have)), joins=True))
+                                   tuple(sorted(after.guest_features - have)), joins=True))
         composition = tuple(sorted(pool.members))
         for g in groups:
             if g.profile.era.id == newest.id:
@@ -274,7 +276,7 @@ class _Planner:
         trial = _fleet_of(groups, source)
         trial.distinct[g.fingerprint] = g.profile.with_kernel(_newest_kernel())
         after = negotiate(self.model, trial, self.strategy, target=self.target)
-        return tuple(sorted(self.features(after) - have)) if after.ok else None
+        return tuple(sorted(after.guest_features - have)) if after.ok else None   # a trial: not memoised
 
 
 #: Severity of a verdict, for the worst over a host's candidate eras.
