@@ -17,7 +17,7 @@ import yaml
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.yamlfast import HAVE_LIBYAML, CComposeSafeLoader
-from qemu_evmcs.core.yamlsafe import StrictSafeLoader
+from qemu_evmcs.core.yamlsafe import StrictSafeLoader, yaml_error
 
 #: Deepest YAML nesting accepted; a profile needs 2 levels. Deeper input is refused while composing, before
 #: PyYAML's recursive composer (and its scanner's per-level bookkeeping) can take seconds or hit the recursion limit.
@@ -39,12 +39,6 @@ def _line_map(node: yaml.Node, prefix: str = "", _seen: set[int] | None = None) 
             out[key] = k.start_mark.line + 1
             out.update(_line_map(v, key, seen))
     return out
-
-
-def _yaml_error(err: yaml.YAMLError, path: str) -> InputError:
-    mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    return InputError(f"invalid YAML: {problem}", file=path, line=(mark.line + 1) if mark is not None else None)
 
 
 class _DepthLimit:
@@ -112,7 +106,7 @@ def _iter_documents(text: str, path: str) -> Iterator[tuple[object, dict[str, in
         return
     except yaml.YAMLError as err:
         if _DepthLimitedLoader is _PyDepthLimitedLoader:  # pragma: no cover - PyYAML without libyaml
-            raise _yaml_error(err, path) from None
+            raise yaml_error(err, path) from None
     # The fast loader refused something: read it again with the pure-Python loader for its message (and
     # for anything libyaml refuses that PyYAML accepts), resuming after the documents already given.
     try:
@@ -120,7 +114,7 @@ def _iter_documents(text: str, path: str) -> Iterator[tuple[object, dict[str, in
             if i >= done:
                 yield item
     except yaml.YAMLError as err:
-        raise _yaml_error(err, path) from None
+        raise yaml_error(err, path) from None
     except RecursionError:
         raise InputError("YAML nesting too deep", file=path) from None
 

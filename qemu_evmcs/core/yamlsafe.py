@@ -23,6 +23,15 @@ from typing import Any
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 
+from qemu_evmcs.core.errors import InputError
+
+def yaml_error(err: yaml.YAMLError, path: str) -> InputError:
+    """A PyYAML error as the one ``error:`` line: its problem (or first line) and, where known, its line."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return InputError(f"invalid YAML: {problem}", file=path, line=(mark.line + 1) if mark is not None else None)
+
+
 #: Longest integer scalar accepted (``0b`` + 64 binary digits, with room for ``_`` separators).
 MAX_INT_CHARS = 100
 

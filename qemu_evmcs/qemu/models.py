@@ -401,10 +401,7 @@ def _compose_yaml(text: str, path: str) -> tuple[object, dict[KeyPath, int], lis
             # accepts: the fast composer is an optimisation, never a change of answer.
             nodes = [n for n in yaml.compose_all(text, Loader=yaml.SafeLoader) if n is not None]
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise InputError(f"invalid YAML: {problem}", file=path,
-                         line=(mark.line + 1) if mark is not None else None) from None
+        raise yamlsafe.yaml_error(err, path) from None
     except RecursionError:
         raise InputError("YAML nesting too deep", file=path) from None
     if len(nodes) != 1:
@@ -416,9 +413,7 @@ def _compose_yaml(text: str, path: str) -> tuple[object, dict[KeyPath, int], lis
     try:
         data = loader.construct_document(nodes[0])
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise InputError(f"invalid YAML: {getattr(err, 'problem', err)}", file=path,
-                         line=(mark.line + 1) if mark is not None else None) from None
+        raise yamlsafe.yaml_error(err, path) from None
     finally:
         loader.dispose()
     return data, lines, dups
