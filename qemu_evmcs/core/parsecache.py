@@ -82,6 +82,12 @@ _unpruned: list[int] | None = None
 _PLAIN = (str, int, float, bool, type(None))
 
 
+def core_sources(*names: str) -> tuple[str, ...]:
+    """Paths of modules of this package's ``core`` layer, for ``parser_files`` (the YAML readers most parsers use)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return tuple(os.path.join(here, n) for n in names)
+
+
 def cache_dir() -> str | None:
     """Where entries live, or ``None`` when the cache is off."""
     env = os.environ.get("QEMU_EVMCS_CACHE_DIR")

@@ -38,7 +38,7 @@ from qemu_evmcs.core.inputfile import MAX_INPUT_BYTES, read_text_capped
 from qemu_evmcs.core.kernel import Era, KernelVersion, parse_release
 from qemu_evmcs.core.kernelid import AmbiguousKernel, KernelIdentity, identify
 from qemu_evmcs.core import lazy
-from qemu_evmcs.core.parsecache import cached_parse, yaml_id
+from qemu_evmcs.core.parsecache import cached_parse, core_sources, yaml_id
 from qemu_evmcs.core.registry import MASK32, MASK64, Registry, registry
 
 
@@ -429,7 +429,7 @@ def load_profile_text(text: str, path: str = "<string>") -> HostProfile:
     def first_two(t: str) -> list[tuple[object, dict[str, int], int]]:
         return _profileyaml().first_documents(t, path, 2)  # type: ignore[no-any-return]
 
-    docs = cached_parse(text, first_two, parser="profile", parser_files=_PARSER_FILES, yaml_version=yaml_id())
+    docs = cached_parse(text, first_two, parser="profile", parser_files=PARSER_FILES, yaml_version=yaml_id())
     if not docs:
         raise InputError("expected one YAML document, found 0", file=path)
     first = docs[0]
@@ -453,8 +453,7 @@ def _profileyaml() -> ModuleType:
 
 
 #: The code that turns a profile's text into what the parse cache stores: a change in any of them is a new key.
-_PARSER_FILES = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), f)
-                      for f in ("profileyaml.py", "yamlsafe.py", "yamlfast.py"))
+PARSER_FILES = core_sources("profileyaml.py", "yamlsafe.py", "yamlfast.py")
 
 
 def load_profile(path: str) -> HostProfile:

@@ -33,7 +33,7 @@ from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import open_regular
 from qemu_evmcs.core.parsecache import cached_parse, yaml_id
 from qemu_evmcs.core.hostgroup import Fleet
-from qemu_evmcs.core.profile import (MAX_PROFILE_BYTES, HostProfile, control_character, iter_documents,
+from qemu_evmcs.core.profile import (MAX_PROFILE_BYTES, PARSER_FILES, HostProfile, control_character, iter_documents,
                                      profile_from_mapping)
 from qemu_evmcs.output.progress import Progress
 from qemu_evmcs.core import lazy
@@ -525,8 +525,7 @@ def _parse_first(seg: str, path: str) -> tuple[list[tuple[object, dict[str, int]
 
 
 #: The code behind :func:`_parse_first`'s answer: a change in any of them is a new parse-cache key.
-_FIRST_PARSER_FILES = (__file__, *(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "core", f)
-                                   for f in ("profileyaml.py", "yamlsafe.py", "yamlfast.py")))
+_FIRST_PARSER_FILES = (__file__, *PARSER_FILES)
 
 
 def _multiline_quoted(node: yaml.Node) -> Iterator[tuple[int, int]]:

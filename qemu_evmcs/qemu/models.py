@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import read_capped, read_text_capped
-from qemu_evmcs.core.parsecache import cached_parse, yaml_id
+from qemu_evmcs.core.parsecache import cached_parse, core_sources, yaml_id
 from qemu_evmcs.qemu.features import HV_ALIASES, HV_FEATURES, PLUGIN_PERF_GLOBAL_CTRL, VMX_CPUID_REQUIRES, hv_requires
 from qemu_evmcs.core.registry import Feature, Registry, data_path, load_data, registry
 
@@ -387,8 +387,7 @@ def compose_yaml(text: str, path: str) -> tuple[object, dict[KeyPath, int], list
 
 
 #: The code behind :func:`compose_yaml`'s answer (a change in any of them is a new parse-cache key).
-_COMPOSE_FILES = (__file__, *(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "core", f)
-                              for f in ("yamlfast.py", "yamlsafe.py")))
+_COMPOSE_FILES = (__file__, *core_sources("yamlfast.py", "yamlsafe.py"))
 
 
 def _compose_yaml(text: str, path: str) -> tuple[object, dict[KeyPath, int], list[tuple[KeyPath, int, int]]]:
