@@ -49,7 +49,7 @@ def hv_passthrough_flags(profile: HostProfile, target: str = "qemu") -> frozense
     kvm = SimKvm(profile)
     if not (profile.kvm_hyperv or not kvm.version_at_least(kvm.facts.kvm_hyperv_config_since)):
         return frozenset()   # no KVM_CAP_HYPERV (CONFIG_KVM_HYPERV=n): nothing to pass through
-    leaves = kvm._hv_cpuid(kvm.evmcs_version())
+    leaves = kvm.hv_cpuid()
     out = set()
     for feat in HV_FEATURES:
         if feat.skip_passthrough or (feat.prop == PLUGIN_PERF_GLOBAL_CTRL and target == "qemu"):
