@@ -12,7 +12,7 @@ import functools
 from dataclasses import dataclass, field
 import os
 from typing import Any
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import InputError
@@ -198,6 +198,11 @@ class Registry:
                 raise InputError(f"feature {name} belongs to word {feat.word}, not {word}")
             mask |= feat.mask
         return mask
+
+    def in_order(self, names: Collection[str]) -> list[str]:
+        """The canonical feature names among ``names``, in registry order (the order every list of features is
+        printed in). Pass a set: each feature is looked up once."""
+        return [n for n in self.features if n in names]
 
     def all_names(self) -> list[str]:
         """Every name the registry accepts (for "did you mean" suggestions)."""

@@ -96,14 +96,15 @@ def admit(pool: Hosts, candidate: HostProfile | Fleet,
         why = f"the pool itself has no safe answer: {base.error.removeprefix('no safe answer: ')}"
         return Admission(cand.name, strategy, False, why, why=why, pool=base)
     joined_neg = negotiate(gm, joined, strategy, target=target)
-    order = [f.name for f in registry().features.values()]
+    reg = registry()
     res = Admission(cand.name, strategy, False, "", pool=base, with_candidate=joined_neg)
     if not joined_neg.ok or joined_neg.config is None:
         why = joined_neg.error.removeprefix("no safe answer: ")
         res.why = res.reason = f"with {cand.name} the pool has no safe answer: {why}"
-        res.cost_features = [f for f in order if f in base.guest_features]
+        res.cost_features = reg.in_order(base.guest_features)
         return res
-    res.cost_features = [f for f in order if f in base.guest_features and f not in joined_neg.guest_features]
+    # guest_features is computed on each access: once per side here, not once per registry feature
+    res.cost_features = reg.in_order(base.guest_features - joined_neg.guest_features)
     res.cost_hyperv = sorted(set(base.config.hyperv) - set(joined_neg.config.hyperv))
     res.cost_pv_perf_global_ctrl = base.config.pv_perf_global_ctrl and not joined_neg.config.pv_perf_global_ctrl
     start = start_guest(base.config, cand)
@@ -148,7 +149,6 @@ def admit_host(gm: GuestModel, hosts: Fleet, cand: HostProfile, strategy: str = 
         res.why = f"-cpu {gm.name} does not start on {cand.name} (kernel {cand.kernel}): {mine.reason}"
         res.reason = f"refuse {cand.name}: {res.why}"
         return res
-    order = [f.name for f in registry().features.values()]
     lost: set[str] = set()
     differ: list[str] = []
     started = 0
@@ -167,7 +167,7 @@ def admit_host(gm: GuestModel, hosts: Fleet, cand: HostProfile, strategy: str = 
         labels = list(dict.fromkeys(f"{c.label()} {c.change}" for c in changes))
         differ.append(f"{p.name}: {', '.join(labels[:8])}" + (f" and {len(labels) - 8} more" if len(labels) > 8
                                                                else "") + f" ({'; '.join(why[x] for x in layers)})")
-    res.cost_features = [f for f in order if f in lost]
+    res.cost_features = registry().in_order(lost)
     if not started:
         res.why = f"the pool itself has no -cpu {gm.name} guest: it starts on none of the pool's hosts"
         res.reason = f"refuse {cand.name}: {res.why}"

@@ -630,8 +630,7 @@ def negotiate(model: str | GuestModel, hosts: Hosts, strategy: str = "pv-cpuid",
                                 settable=target_properties("qemu", properties=properties))
         if sim.ok and sim.config is not None and (sim.config.pv_perf_global_ctrl
                                                   or (sim.config.revision or 1) > EVMCS_REVISION_LEGACY):
-            order = {n: i for i, n in enumerate(registry().features)}
-            neg.gains = sorted(sim.guest_features - neg.guest_features, key=lambda f: order.get(f, 1 << 30))
+            neg.gains = registry().in_order(sim.guest_features - neg.guest_features)
             opts = [f"{PERF_OPTION}=on"] if sim.config.pv_perf_global_ctrl else []
             if (sim.config.revision or 1) > EVMCS_REVISION_LEGACY:
                 opts.append(f"x-hv-evmcs-revision={sim.config.revision}")
