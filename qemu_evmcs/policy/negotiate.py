@@ -422,11 +422,22 @@ class Negotiation:
     options_withheld: bool = False
     #: The CPU properties of the QEMU binary the answer is for, when it was asked (None: :data:`TARGETS` decide).
     properties: frozenset[str] | None = None
+    #: :attr:`guest_features`' memo: ``(ok, the guest_msrs object it was computed from, the features)``.
+    _features: tuple[bool, dict[str, int], frozenset[str]] | None = field(default=None, init=False, repr=False,
+                                                                         compare=False)
 
     @property
     def guest_features(self) -> frozenset[str]:
-        """Features the guest sees (identically) on every host."""
-        return visible_features(self.guest_msrs) if self.ok else frozenset()
+        """Features the guest sees (identically) on every host.
+
+        Computed once per answer: renderers and admit read it once per registry feature. Recomputed when ``ok``
+        or the ``guest_msrs`` object is replaced (answers are built by assignment, never by editing the dict).
+        """
+        memo = self._features
+        if memo is None or memo[0] != self.ok or memo[1] is not self.guest_msrs:
+            memo = self._features = (self.ok, self.guest_msrs,
+                                     visible_features(self.guest_msrs) if self.ok else frozenset())
+        return memo[2]
 
     @property
     def needs_plugin_option(self) -> bool:
