@@ -94,6 +94,11 @@ def comparable_mask(msr: str, reg: Registry | None = None) -> int:
     return mask
 
 
+#: The changes that take something from a running guest (a control it may use disappears, or one becomes
+#: required): a migration with any of them is unsafe. The others (``gained``, ``no-longer-required``) are harmless.
+LOSING_CHANGES: tuple[str, ...] = ("lost", "now-required")
+
+
 @dataclass(frozen=True)
 class BitChange:
     """A guest-visible bit that differs between two views."""
@@ -102,6 +107,11 @@ class BitChange:
     bit: int
     feature: str | None
     change: str  # "lost" | "gained" | "now-required" | "no-longer-required"
+
+    @property
+    def loses(self) -> bool:
+        """Does this change take something from the guest (:data:`LOSING_CHANGES`)?"""
+        return self.change in LOSING_CHANGES
 
     def label(self) -> str:
         """``vmx-posted-intr`` or ``IA32_VMX_MISC bit 3``."""
@@ -150,5 +160,5 @@ def diff_views(before: Mapping[str, int], after: Mapping[str, int],
     return out
 
 
-__all__ = ["BitChange", "comparable_mask", "diff_views", "partially_visible", "visible_features",
+__all__ = ["LOSING_CHANGES", "BitChange", "comparable_mask", "diff_views", "partially_visible", "visible_features",
            "visible_properties"]

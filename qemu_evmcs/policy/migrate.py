@@ -216,7 +216,7 @@ def verdict_from_view(config: GuestConfig, source_msrs: Mapping[str, int], sourc
         return v
     v.destination_msrs = dict(dst.guest_msrs)
     changes = diff_views(source_msrs, dst.guest_msrs, reg)
-    v.lost = [c for c in changes if c.change in ("lost", "now-required", "missing-msr")]
+    v.lost = [c for c in changes if c.loses]
     v.gained = [c for c in changes if c not in v.lost]
     if v.lost:
         names = sorted({c.label() for c in v.lost})

@@ -176,7 +176,7 @@ def verdict(status: str, error: str, source_msrs: Mapping[str, int], dest_msrs: 
         out["reason"] = f"destination refuses: {error}; the source keeps running"
         return out
     changes = diff_views(source_msrs, dest_msrs)
-    lost = sorted({c.label() for c in changes if c.change in ("lost", "now-required", "missing-msr")})
+    lost = sorted({c.label() for c in changes if c.loses})
     gained = sorted({c.label() for c in changes} - set(lost))
     out["lost"], out["gained"] = lost, gained
     if lost:
