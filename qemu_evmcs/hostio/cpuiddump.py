@@ -96,8 +96,7 @@ def leaf_lines(leaves: Iterable[Leaf]) -> list[str]:
 def features(leaves: Iterable[Leaf]) -> frozenset[str]:
     """``cpu_features`` of a bare-metal dump: :func:`~qemu_evmcs.core.cpuid.from_raw_dump`, names the bundled QEMU
     snapshot knows only (as ``host probe`` and ``host import --cpuinfo`` keep them)."""
-    known = load_snapshot().all_features
-    return frozenset(f for f in from_raw_dump(leaves) if f in known)
+    return load_snapshot().known(from_raw_dump(leaves))
 
 
 __all__ = ["Leaf", "decoded_leaves", "features", "leaf_lines", "parse"]

@@ -48,8 +48,7 @@ def parse(text: str, *, file: str | None = None) -> CpuInfo:
     if "flags" not in _keys(text):
         raise InputError("no 'flags' line: not /proc/cpuinfo output", file=file)
     info = parse_cpuinfo(text)
-    known = load_snapshot().all_features
-    feats = frozenset(f for f in from_linux(info.flags) if f in known)
+    feats = load_snapshot().known(from_linux(info.flags))
     return CpuInfo(vendor=info.vendor if info.vendor in VENDORS else None, family=info.family, model=info.model,
                    stepping=info.stepping, model_name=info.model_name, features=feats)
 

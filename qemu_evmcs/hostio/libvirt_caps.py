@@ -102,7 +102,7 @@ def parse(text: str, *, file: str | None = None) -> LibvirtCpu:
     snap = load_snapshot()
     # The snapshot's expansions asked for vmx=on; whether the host has VMX is libvirt's listed feature's business.
     base: frozenset[str] = snap.get(model).features - {"vmx"} if snap.has(model) else frozenset()
-    feats = frozenset(f for f in (base | add) - remove if f in snap.all_features)
+    feats = snap.known((base | add) - remove)
     return LibvirtCpu(source=source, model=model, vendor=vendor, family=_int(sig, "family"),
                       model_number=_int(sig, "model"), stepping=_int(sig, "stepping"), features=feats,
                       model_known=snap.has(model))

@@ -428,9 +428,8 @@ def _probe_fd(fd: int, device: str, ioctl: IoctlFn, cpuinfo_path: str, nested_pa
             data[key] = val
     # CPUID features in QEMU's names (base-model checks); names the bundled QEMU snapshot does not know are dropped.
     supported = _get_supported_cpuid(fd, ioctl)
-    known = load_snapshot().all_features
-    data["cpu_features"] = sorted(f for f in from_cpuid((e.function, e.index, e.eax, e.ebx, e.ecx, e.edx)
-                                                        for e in supported) if f in known)
+    data["cpu_features"] = sorted(load_snapshot().known(from_cpuid((e.function, e.index, e.eax, e.ebx, e.ecx, e.edx)
+                                                                  for e in supported)))
     try:
         profile = profile_from_mapping(data, file=device)
     except EvmcsError as err:  # a KVM report that fails validation is a probe failure, not bad user input

@@ -162,6 +162,11 @@ class QemuSnapshot:
         """Every model name, sorted."""
         return sorted(self.index)
 
+    def known(self, features: Iterable[str]) -> frozenset[str]:
+        """The CPUID features among ``features`` this QEMU has a property for: what a host profile records
+        (the host tools, /proc/cpuinfo and libvirt also name features QEMU does not model)."""
+        return frozenset(features) & self.all_features
+
     def get(self, name: str) -> QemuModel:
         """A model by name.
 
