@@ -54,7 +54,7 @@ def test_negotiate_one_pool(run: Run, inventory: str) -> None:
 def test_negotiate_two_pools_repeatable(run: Run, inventory: str) -> None:
     rc, out, err = run("negotiate", "--model", "max", "--hosts", inventory, "--pool", "fra1", "--pool", "ams2",
                        "--json")
-    assert rc in (0, 1), err
+    assert rc == 0, err
     assert _negotiated_hosts(out) == ["ams2-db01", "ams2-db02", "fra1-web01", "fra1-web02"]
 
 
@@ -74,7 +74,7 @@ def test_where_era_and_feature(run: Run, inventory: str) -> None:
     # Every Intel host reports EPT to QEMU (host view); the selection is all four.
     rc, out, err = run("negotiate", "--model", "max", "--hosts", inventory, "--where", "host-feature=vmx-ept",
                        "--where", "vendor=genuineintel", "--json")
-    assert rc in (0, 1), err
+    assert rc == 0, err
     assert len(_negotiated_hosts(out)) == 4
 
 
@@ -89,7 +89,7 @@ def test_host_names_as_fleet_query_prints_them(run: Run, inventory: str) -> None
 def test_hosts_from_stdin(run: Run, inventory: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"# from fleet query\nfra1-web01\n\nams2-db02\n")))
     rc, out, err = run("negotiate", "--model", "max", "--inventory", inventory, "--hosts-from", "-", "--json")
-    assert rc in (0, 1), err
+    assert rc == 0, err
     assert _negotiated_hosts(out) == ["ams2-db02", "fra1-web01"]
 
 
@@ -112,7 +112,7 @@ def test_baseline_pool_names_and_old_spelling(run: Run, inventory: str) -> None:
 
 def test_admit_pool_by_name_candidate_by_host_name(run: Run, inventory: str) -> None:
     rc, out, err = run("admit", "--pool", inventory, "--pool", "fra1", "--candidate", "fra1-web02", "--json")
-    assert rc in (0, 1), err
+    assert rc == 0, err
     data = json.loads(out)
     assert data["candidate"] == "fra1-web02"
 
@@ -120,7 +120,7 @@ def test_admit_pool_by_name_candidate_by_host_name(run: Run, inventory: str) -> 
 def test_migrate_check_host_names(run: Run, inventory: str) -> None:
     rc, out, err = run("migrate-check", "--model", "max", "--from", "fra1-web02", "--to", "ams2-db01",
                        "--inventory", inventory, "--json")
-    assert rc in (0, 1), err
+    assert rc == 0, err
     data = json.loads(out)
     assert (data["source"], data["destination"]) == ("fra1-web02", "ams2-db01")
 
@@ -133,7 +133,7 @@ def test_compare_designs_one_pool(run: Run, inventory: str) -> None:
 
 def test_validate_with_selected_hosts(run: Run, inventory: str) -> None:
     rc, out, err = run("validate", "--hosts", inventory, "--where", "name=ams2-db01", "--json")
-    assert rc in (0, 1), err
+    assert rc == 0, err
     assert "ams2-db01" in out and "fra1-web01" not in out
 
 
