@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             for n in results.values():
                 sys.stdout.write(negotiation_text(n))
             compared = {s: c for s, c in compare_strategies(results).items() if c["ok"]}
-            if compared:    # a failed strategy's reason is in its report above (or, if all fail, the error: line)
+            if compared:    # a failed strategy's reason is in its report above (if all fail, the verdict line below)
                 sys.stdout.write("comparison (allows: VMX features only this design shows the guest; blocks: "
                                  "features another design shows but this one hides):\n")
             for s, c in compared.items():
