@@ -29,7 +29,7 @@ them (or everything after ``--``) is passed to the emulator verbatim.
   then says which applied vmx-* options the eVMCS filter hides from the guest).
 - ``--negotiate PROFILE...``: the guest must start on, and live-migrate among, these hosts: the
   ``-cpu MODEL`` argument (MODEL: a CPU model definition name or file, or ``max``) is replaced by
-  ``qemu_evmcs.policy.negotiate.negotiate_cpu_arg(MODEL, PROFILES, STRATEGY)`` before anything starts. A pool
+  ``qemu_evmcs.output.render.negotiate_cpu_arg(MODEL, PROFILES, STRATEGY)`` before anything starts. A pool
   without a safe answer is refused with one ``error:`` line and exit 1. The profiles are every argument
   up to the next one starting with ``-``.
 - ``--design shipped|revision|vmx-msrs`` (alias ``--strategy``; ``pv-cpuid`` = ``shipped``): the design negotiated
