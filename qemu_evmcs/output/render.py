@@ -164,15 +164,14 @@ def negotiation_json(neg: Negotiation, *, with_groups: bool = True) -> dict[str,
         out["notes"] = list(neg.notes)
         return out
     cfg = neg.config
-    order = [f.name for f in reg.features.values()]
     requested = set(neg.model.vmx) & qemu_property_features(reg)
     out.update({
         "evmcs_version": list(cfg.evmcs_version),
         "pv_perf_global_ctrl": cfg.pv_perf_global_ctrl,
         "revision": cfg.revision,
-        "vmx_on": [n for n in order if n in cfg.vmx],
-        "guest_features": [n for n in order if n in neg.guest_features],
-        "vmx_off": [n for n in order if n in requested and n not in cfg.vmx],
+        "vmx_on": reg.in_order(cfg.vmx),
+        "guest_features": reg.in_order(neg.guest_features),
+        "vmx_off": reg.in_order(requested - set(cfg.vmx)),
         "hyperv": hv_sorted(cfg.hyperv),
         "cpu": cpu_string(neg),
         "qemu_lacks": qemu_lacks(neg),
@@ -235,8 +234,7 @@ def _revision_forced(n: Negotiation) -> tuple[list[str], list[str]]:
     if n.target != "simulator" or n.config.revision != EVMCS_REVISION_LEGACY or not legacy or not new:
         return [], []   # for real QEMU revision 1 is not forced by a host: QEMU cannot ask for another
     legacy_set = set(legacy)
-    order = [f.name for f in registry().features.values()]
-    rev2 = [f for f in order if f in era_table().revision2_exposes]
+    rev2 = registry().in_order(era_table().revision2_exposes)
     excluded = [f for f in rev2 if f not in n.model.vmx]
     lacking: dict[str, list[str]] = {}
     for f in rev2:
@@ -286,7 +284,7 @@ def compare_strategies(results: Mapping[str, Negotiation]) -> dict[str, dict[str
     feats = {s: n.guest_features for s, n in results.items()}
     union = frozenset().union(*feats.values()) if feats else frozenset()
     out: dict[str, dict[str, Any]] = {}
-    order = [f.name for f in registry().features.values()]
+    reg = registry()
     for s in STRATEGIES:
         if s not in results:
             continue
@@ -313,8 +311,8 @@ def compare_strategies(results: Mapping[str, Negotiation]) -> dict[str, dict[str
             wrong.append(n.error)
         out[s] = {
             "ok": n.ok,
-            "allows": [f for f in order if f in feats[s] and f not in others],
-            "blocks": [f for f in order if f in union and f not in feats[s]],
+            "allows": reg.in_order(feats[s] - others),
+            "blocks": reg.in_order(union - feats[s]),
             "gets_wrong": wrong,
             "notes": notes,
         }
