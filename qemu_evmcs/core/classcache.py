@@ -29,15 +29,19 @@ from __future__ import annotations
 
 import atexit
 import builtins
-import dataclasses
 import hashlib
 import os
 import sys
 from types import CodeType
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from typing import Any
+
+from qemu_evmcs.core import lazy
 from qemu_evmcs.core.parsecache import cache_dir, read_entry, write_entry
 
+dataclasses = lazy.module_deferring("dataclasses", "inspect")
 _real_exec = builtins.exec
 #: Only this package's dataclasses are served from the cache. The hook is process-wide (``dataclasses.exec``),
 #: but a program that imports qemu-evmcs as a library gets its own dataclasses compiled exactly as before.

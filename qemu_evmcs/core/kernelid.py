@@ -78,6 +78,8 @@ class AmbiguousKernel(InputError):
 
 @dataclass(frozen=True)
 class _Table:
+    """``distro_kernels.yaml`` indexed for lookups (read once per process)."""
+
     ubuntu_flavours: tuple[str, ...]
     debian_flavours: tuple[str, ...]
     abi: Mapping[tuple[str, str], Mapping[str, tuple[KernelVersion, str]]]   # (distro, "5.10") -> abi -> (v, src)

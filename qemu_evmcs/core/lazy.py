@@ -16,6 +16,7 @@ names, not a module of this package).
 from __future__ import annotations
 
 import importlib
+import sys
 from types import ModuleType
 
 
@@ -44,4 +45,37 @@ def proxy(name: str) -> ModuleType:
     return _Proxy(name)
 
 
-__all__ = ["module", "proxy"]
+class _StandIn(ModuleType):
+    """Sits in ``sys.modules`` for a module while another one is imported that binds it but does not use it
+    yet; the first attribute read imports the real module (then ``sys.modules``'s) and reads it there."""
+
+    def __getattr__(self, attr: str) -> object:
+        real = sys.modules.get(self.__name__)
+        if real is None or real is self:
+            if real is self:
+                del sys.modules[self.__name__]
+            real = importlib.import_module(self.__name__)
+        return getattr(real, attr)
+
+
+def module_deferring(name: str, unused: str) -> ModuleType:
+    """The module ``name``, imported while its import of ``unused`` binds a stand-in (:class:`_StandIn`)
+    instead of running ``unused``. The stand-in leaves ``sys.modules`` when ``name`` is imported, so every
+    later importer of ``unused`` gets the real module; the stand-in itself turns into it at first use.
+
+    Why: ``dataclasses`` imports ``inspect`` (and with it ``ast``, ``dis``, ``tokenize``, ``linecache``: a
+    third of an interactive command's start-up over a bare interpreter) and uses it only to write a
+    docstring for a class that has none. If ``unused`` or ``name`` is already imported, nothing is deferred.
+    """
+    if name in sys.modules or unused in sys.modules:
+        return module(name)
+    stand_in = _StandIn(unused)
+    sys.modules[unused] = stand_in
+    try:
+        return module(name)
+    finally:
+        if sys.modules.get(unused) is stand_in:
+            del sys.modules[unused]
+
+
+__all__ = ["module", "module_deferring", "proxy"]

@@ -185,6 +185,8 @@ def _is_entry_of(sec: Section, line: str) -> bool:
 
 @dataclass
 class _Seen:
+    """Where an MSR's section was seen in the vmxcap text (for the error that names a line)."""
+
     title_line: int
     hex_value: int | None = None
     hex_line: int | None = None

@@ -294,6 +294,8 @@ Handler = Callable[[Connection, dict[str, Any]], object]
 
 @dataclass
 class _Listener:
+    """One listening socket of the server, with what is needed to close it and remove its file."""
+
     addr: QmpAddress
     server: asyncio.base_events.Server
     ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket file we created
