@@ -16,6 +16,7 @@ one-line ``error:`` contract:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import NoReturn, cast
 from collections.abc import Callable, Sequence
@@ -47,8 +48,31 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
 COMMAND_MODULES: list[str] = [module for _, module, _ in COMMANDS]
 
 
+def terminal_columns() -> int:
+    """What :func:`shutil.get_terminal_size` says of the width: ``$COLUMNS``, else the terminal's, else 80.
+
+    Why not call it: argparse does, for every formatter it makes (one per ``add_argument``), and importing
+    :mod:`shutil` imports ``bz2``, ``lzma`` and ``fnmatch`` too: 4 ms of a 40 ms command, for a width that
+    only help and usage texts use."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns if sys.__stdout__ else 0
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one ``error:`` line and exit 2."""
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        # argparse's own passes no width, and its formatter then imports shutil (terminal_columns says why);
+        # the width it would compute is the same (less 2, as argparse does).
+        return self.formatter_class(prog=self.prog, width=terminal_columns() - 2)  # type: ignore[call-arg]
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {message}\n")
@@ -57,17 +81,20 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser. ``only=None``: every command registered (each module imported). ``only=NAME``: only that
     command's module is imported and registered (``""``: none); every other command is listed in ``--help`` by
-    its summary."""
+    its summary (or not at all when ``only`` names a known command)."""
     parser = _Parser(prog="qemu-evmcs", description="Hyper-V Enlightened VMCS feature negotiation for QEMU/KVM.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    # A known command is parsed alone: the other ten sub-parsers would only be listed by a top-level help
+    # or usage error, which is not what runs (each costs gettext lookups: a tenth of a start-up).
+    alone = only is not None and any(name == only and module in COMMAND_MODULES for name, module, _ in COMMANDS)
     for name, module, summary in COMMANDS:
         if module not in COMMAND_MODULES:
             continue
         if only is None or name == only:
             lazy.module(f"qemu_evmcs.cli.commands.{module}").register(sub)
-        else:
-            sub.add_parser(name, help=summary, add_help=False)   # never parsed: another command runs
+        elif not alone:
+            sub.add_parser(name, help=summary, add_help=False)   # never parsed: listed by --help and errors
     return parser
 
 
