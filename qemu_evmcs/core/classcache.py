@@ -81,6 +81,11 @@ def _cached_exec(source: Any, globs: Any = None, locs: Any = None) -> None:
         if code is None:
             code = codes[source] = compile(source, "<string>", "exec", dont_inherit=True)
         source = code
+    elif type(source) is str:
+        # Compiled here rather than by exec: exec of a text inherits the __future__ flags of its caller, and
+        # this module's "annotations" would turn the generated __init__'s annotations of every other
+        # program's dataclasses into strings (inspect.signature would show "_type_x" for "int").
+        source = compile(source, "<string>", "exec", dont_inherit=True)
     _real_exec(source, globs, locs)
 
 
