@@ -18,12 +18,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import NoReturn, cast
+from qemu_evmcs.core.typecheck import TYPE_CHECKING, cast
 from collections.abc import Callable, Sequence
 
 from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import EXIT_BAD_INPUT, EvmcsError, NegativeAnswer
 from qemu_evmcs.output.jsonout import print_json
+
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 
 #: Every sub-command, in help order: (name, module under ``qemu_evmcs.cli.commands``, one-line summary).

@@ -7,10 +7,13 @@ or a 48-character model name; the model-number table is Linux's ``intel-family.h
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.registry import load_data
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @lru_cache(maxsize=1)

@@ -10,9 +10,12 @@ import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core.registry import load_data
+
+if TYPE_CHECKING:
+    from typing import Any
 
 #: A QEMU CPUID property name: lower case, digits, '-', '.', '_' (``sse4.1``, ``lahf-lm``, ``3dnowprefetch``).
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,40}$")

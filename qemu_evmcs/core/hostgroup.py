@@ -18,10 +18,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from qemu_evmcs.core.typecheck import TYPE_CHECKING, overload
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.profile import HostProfile
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @dataclass(frozen=True, slots=True)

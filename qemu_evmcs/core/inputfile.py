@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import BinaryIO
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core.errors import InputError
+
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 #: The default cap of one input file (a host profile, a dump, a definition): 4 MiB.
 MAX_INPUT_BYTES = 4 * 1024 * 1024

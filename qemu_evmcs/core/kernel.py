@@ -14,11 +14,14 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 from collections.abc import Mapping, Sequence
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.registry import Registry, load_data, registry
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 #: major.minor[.patch], an optional release-candidate tag (``-rc1`` or, as some tools write it, ``rc1``:

@@ -13,12 +13,15 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 from collections.abc import Mapping
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.kernel import Era, KernelVersion, era_table, parse_release
 from qemu_evmcs.core.registry import load_data
+
+if TYPE_CHECKING:
+    from typing import Any
 
 _RHEL = re.compile(r"^\s*(\d+)\.(\d+)\.(\d+)-(\d+)(?:\.[0-9.]+)?\.el(\d+)(?:_(\d+))?(?:[._].*)?\s*$")
 _ABI = re.compile(r"^\s*(\d+)\.(\d+)\.0-((?:0\.deb\d+\.)?\d+)-([a-z0-9][a-z0-9-]*)\s*$")

@@ -53,11 +53,14 @@ import os
 import stat
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core import lazy
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
 
 #: Bump when the layout of an entry changes.
 CACHE_FORMAT = "qemu-evmcs-parsed-1"

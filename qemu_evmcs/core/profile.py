@@ -28,7 +28,7 @@ import os
 import unicodedata
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 from collections.abc import Iterator, Mapping, Sequence
 
 from qemu_evmcs.core.cpuid import NAME as CPUID_NAME, parse_leaf
@@ -40,6 +40,9 @@ from qemu_evmcs.core.kernelid import AmbiguousKernel, KernelIdentity, identify
 from qemu_evmcs.core import lazy
 from qemu_evmcs.core.parsecache import cached_parse, core_sources, yaml_id
 from qemu_evmcs.core.registry import MASK32, MASK64, Registry, registry
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 VENDORS = ("GenuineIntel", "AuthenticAMD", "HygonGenuine", "CentaurHauls")

@@ -10,7 +10,7 @@ plain data (the cache stores it) plus each document's key->line map and first li
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 from collections.abc import Iterator
 
 import yaml
@@ -18,6 +18,9 @@ import yaml
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.yamlfast import HAVE_LIBYAML, CComposeSafeLoader
 from qemu_evmcs.core.yamlsafe import StrictSafeLoader, yaml_error
+
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Deepest YAML nesting accepted; a profile needs 2 levels. Deeper input is refused while composing, before
 #: PyYAML's recursive composer (and its scanner's per-level bookkeeping) can take seconds or hit the recursion limit.

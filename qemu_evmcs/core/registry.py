@@ -11,12 +11,15 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 import os
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 from collections.abc import Collection, Mapping
 
 from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.parsecache import cached_parse, yaml_id
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 MASK32 = 0xFFFF_FFFF

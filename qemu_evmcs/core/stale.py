@@ -21,9 +21,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import stat
-import tempfile
+
+from qemu_evmcs.core import lazy
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import shutil
+    import tempfile
+else:   # only when a directory is made or swept (a fleet staged, a stale one found): core/lazy.py
+    shutil = lazy.proxy("shutil")
+    tempfile = lazy.proxy("tempfile")
 
 #: The owner file inside a swept directory: ``<pid> <start>\n``.
 OWNER_FILE = ".owner"

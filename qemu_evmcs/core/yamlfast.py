@@ -12,9 +12,12 @@ the error users have always seen. Without libyaml this is ``yaml.SafeLoader`` it
 
 from __future__ import annotations
 
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    from typing import Any
 
 _CSafeLoader: Any = getattr(yaml, "CSafeLoader", None)
 

@@ -18,12 +18,15 @@ turn them into one ``error: FILE:LINE: ...`` line.
 
 from __future__ import annotations
 
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
 
 from qemu_evmcs.core.errors import InputError
+
+if TYPE_CHECKING:
+    from typing import Any
 
 def yaml_error(err: yaml.YAMLError, path: str) -> InputError:
     """A PyYAML error as the one ``error:`` line: its problem (or first line) and, where known, its line."""

@@ -17,11 +17,10 @@ import hashlib
 import json
 import errno
 import os
-import shutil
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, Union
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core.errors import InputError, KvmError
 from qemu_evmcs.core.inputfile import describe_mode, open_regular
@@ -38,11 +37,16 @@ from qemu_evmcs.output.progress import Progress
 from qemu_evmcs.core import lazy, stale
 
 if TYPE_CHECKING:
+    from typing import Any, ParamSpec, Self, TypeVar
+    import shutil
     import sqlite3
+
+    PathLike = str | os.PathLike[str]
+    _P = ParamSpec("_P")
+    _R = TypeVar("_R")
 else:   # only an inventory (.db) is opened with it; YAML fleets never need it (core/lazy.py)
     sqlite3 = lazy.proxy("sqlite3")
-
-PathLike = Union[str, "os.PathLike[str]"]
+    shutil = lazy.proxy("shutil")   # only to remove a failed build's directory
 
 #: How long a client waits for another one's lock before saying "busy" (``QEMU_EVMCS_DB_TIMEOUT`` overrides).
 BUSY_TIMEOUT_S = 30.0
@@ -57,9 +61,6 @@ MAX_DATA_CHARS = MAX_PROFILE_BYTES
 #: with SQLITE_TOOBIG the moment a statement reaches it -- before SQLite reads its pages -- so no check, not even
 #: ``length(name)``, materialises it: memory stays flat. Twice the largest legitimate value (a profile's JSON).
 MAX_VALUE_BYTES = 2 * MAX_DATA_CHARS
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
 
 
 def busy_timeout() -> float:

@@ -27,7 +27,7 @@ import functools
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, BinaryIO
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import open_regular
@@ -39,6 +39,7 @@ from qemu_evmcs.output.progress import Progress
 from qemu_evmcs.core import lazy
 
 if TYPE_CHECKING:
+    from typing import BinaryIO
     import yaml
     from qemu_evmcs.core import yamlsafe
 else:   # PyYAML is needed only for documents the parse cache lacks and odd notes (core/lazy.py)

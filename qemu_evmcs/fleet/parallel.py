@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from typing import TYPE_CHECKING, Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.fleet.loader import CHUNK_BYTES, FleetLoader
 from qemu_evmcs.output.progress import Progress
 from qemu_evmcs.core import lazy
 
 if TYPE_CHECKING:
+    from typing import Any
     import pickle
 else:   # only a load that forks (16 MiB of YAML or more) pickles its parts (core/lazy.py)
     pickle = lazy.proxy("pickle")

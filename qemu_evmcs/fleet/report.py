@@ -33,7 +33,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.output.atomicio import check_output_target, write_output
 from qemu_evmcs.core.cpugen import generation
@@ -47,6 +47,9 @@ from qemu_evmcs.policy.migrate import DESIGNS
 from qemu_evmcs.policy.resolve import compute_host_views
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.registry import registry
+
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Cell states of the heatmap: state -> (legend text, colour).
 STATES: dict[str, tuple[str, str]] = {

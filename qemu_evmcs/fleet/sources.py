@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Union
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.hostgroup import Fleet
@@ -26,9 +26,10 @@ from qemu_evmcs.fleet.loader import FleetLoader, profile_files, subdir_hint
 from qemu_evmcs.fleet.parallel import Unit, can_fork, default_workers, load_parallel, run_units, split_units
 from qemu_evmcs.output.progress import Progress
 
-PathLike = Union[str, "os.PathLike[str]"]
-#: One item of what commands take as hosts (see :func:`load_hosts_fleet`).
-HostSource = Union[str, "os.PathLike[str]", HostProfile, Fleet]
+if TYPE_CHECKING:
+    PathLike = str | os.PathLike[str]
+    #: One item of what commands take as hosts (see :func:`load_hosts_fleet`).
+    HostSource = str | os.PathLike[str] | HostProfile | Fleet
 
 
 def load_fleet(source: PathLike | Sequence[PathLike], *, progress: bool | None = None,

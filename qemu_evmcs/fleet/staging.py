@@ -27,7 +27,7 @@ import itertools
 import os
 import re
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import InputError

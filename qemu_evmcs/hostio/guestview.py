@@ -14,12 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from collections.abc import Mapping
 
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
+
 from qemu_evmcs.core.errors import NegativeAnswer
 from qemu_evmcs.core.registry import Msr, Registry, registry
 from qemu_evmcs.hostio.kvmrun import GuestFault, KvmGuest
-from qemu_evmcs.hostio.probe import CpuidEntry, IoctlFn, _default_ioctl
+from qemu_evmcs.hostio.probe import CpuidEntry, _default_ioctl
 from qemu_evmcs.kvm.simkvm import (HV_CPUID_NESTED_FEATURES, HV_NESTED_EVMCS1_PERF_GLOBAL_CTRL,
                                    KVM_CAP_HYPERV_ENLIGHTENED_VMCS, NOT_EMULATED_MSRS)
+
+if TYPE_CHECKING:
+    from qemu_evmcs.hostio.probe import IoctlFn
 HV_LEAVES = range(0x40000000, 0x40000100)
 
 

@@ -31,12 +31,17 @@ from dataclasses import dataclass
 from types import TracebackType
 from collections.abc import Sequence
 
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
+
 from qemu_evmcs.core.errors import ProbeError
 from qemu_evmcs.hostio.probe import (CPUID2_HEADER, CPUID_ENTRY2, KVM_CHECK_EXTENSION, KVM_GET_MSRS,
                                      KVM_GET_SUPPORTED_CPUID, KVM_GET_SUPPORTED_HV_CPUID, KVMIO, CpuidEntry,
-                                     IoctlFn, IOC_READ, IOC_WRITE, _default_ioctl, ioc, io, pack_cpuid2,
+                                     IOC_READ, IOC_WRITE, _default_ioctl, ioc, io, pack_cpuid2,
                                      pack_msrs, unpack_cpuid2, unpack_msrs)
 from qemu_evmcs.kvm.simkvm import KVM_CAP_HYPERV_ENLIGHTENED_VMCS
+
+if TYPE_CHECKING:
+    from qemu_evmcs.hostio.probe import IoctlFn
 
 # --------------------------------------------------------------------------- ioctl encodings
 

@@ -12,7 +12,7 @@ not a dependency): no entity expansion can happen.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core import lazy
 from qemu_evmcs.core.cpuid import from_libvirt

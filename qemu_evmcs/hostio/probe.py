@@ -35,7 +35,7 @@ import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core.cpuid import from_cpuid
 from qemu_evmcs.core.errors import EvmcsError, NegativeAnswer, ProbeError
@@ -46,6 +46,9 @@ from qemu_evmcs.qemu.models import load_snapshot
 # KVM capability numbers and the Hyper-V CPUID leaf: defined once, in the simulator of the same kernel ABI.
 from qemu_evmcs.kvm.simkvm import (HV_CPUID_NESTED_FEATURES, KVM_CAP_GET_MSR_FEATURES, KVM_CAP_HYPERV_ENLIGHTENED_VMCS,
                      KVM_CAP_SYS_HYPERV_CPUID)
+
+if TYPE_CHECKING:
+    from typing import Any
 
 # --------------------------------------------------------------------------- ioctl numbers (asm-generic/ioctl.h)
 
@@ -172,7 +175,8 @@ def unpack_cpuid2(buf: bytes | bytearray) -> list[CpuidEntry]:
 
 # --------------------------------------------------------------------------- the probe
 
-IoctlFn = Callable[[int, int, Any], int]
+if TYPE_CHECKING:
+    IoctlFn = Callable[[int, int, Any], int]
 
 
 def _default_ioctl(fd: int, request: int, arg: Any) -> int:

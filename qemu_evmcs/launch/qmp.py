@@ -37,12 +37,15 @@ import time
 from collections.abc import Mapping, Sequence
 from enum import Enum
 from types import TracebackType
-from typing import IO, Any, Self
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
 
 from qemu_evmcs.core import stale
 from qemu_evmcs.core.errors import InputError, LaunchError
+
+if TYPE_CHECKING:
+    from typing import IO, Any, Self
 
 logger = logging.getLogger(__name__)
 

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu.qmp import ExecuteError, QMPClient
 
 from qemu_evmcs.policy.migrate import parse_qmp_msrs
 from qemu_evmcs.policy.negotiate import PERF_OPTION, REVISION_OPTION
+
+if TYPE_CHECKING:
+    from typing import Any
 
 #: QOM type suffix of x86-64 CPU models (``max-x86_64-cpu``).
 TYPE_SUFFIX = "-x86_64-cpu"

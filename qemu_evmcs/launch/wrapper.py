@@ -80,7 +80,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core.errors import EXIT_BAD_INPUT, EXIT_NEGATIVE, EvmcsError, InputError, LaunchError, NegativeAnswer
 from qemu_evmcs.launch.config import KEYS, Setting, expand_report_path, load_settings

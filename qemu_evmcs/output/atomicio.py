@@ -38,13 +38,16 @@ import os
 import stat
 import tempfile
 from collections.abc import Callable
-from typing import Literal, TextIO
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import describe_mode
 
-#: What :func:`replace_file` writes: the text itself, or a function that writes it to the open file.
-Content = str | Callable[[TextIO], object]
+if TYPE_CHECKING:
+    from typing import Literal, TextIO
+
+    #: What :func:`replace_file` writes: the text itself, or a function that writes it to the open file.
+    Content = str | Callable[[TextIO], object]
 
 #: The message for an existing output without ``--force`` (tests and docs quote it).
 EXISTS_MESSAGE = "already exists; pass --force to overwrite"

@@ -10,9 +10,12 @@ versions) always print byte-identical text.
 from __future__ import annotations
 
 import sys
-from typing import IO
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core import lazy
+
+if TYPE_CHECKING:
+    from typing import IO
 
 
 def dumps(obj: object, *, sort_keys: bool = False) -> str:

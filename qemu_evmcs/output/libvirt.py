@@ -32,7 +32,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from qemu_evmcs.core.typecheck import cast
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.registry import Registry, registry

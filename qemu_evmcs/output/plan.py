@@ -10,13 +10,16 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.output.atomicio import check_output_target, write_output
 from qemu_evmcs.output.render import cpu_string, libvirt_xml
 from qemu_evmcs.policy.negotiate import names_text
 from qemu_evmcs.policy.plan import FleetPlan, MigrationSummary, PoolMigration, PoolPlan
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _hosts(n: int) -> str:

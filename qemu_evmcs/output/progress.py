@@ -11,7 +11,10 @@ from __future__ import annotations
 import sys
 import time
 from types import TracebackType
-from typing import Self, TextIO
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Self, TextIO
 
 
 class Progress:

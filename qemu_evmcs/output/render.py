@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core.msrval import hex64
 from qemu_evmcs.core.kernel import era_table
@@ -42,6 +42,9 @@ from qemu_evmcs.output.libvirt import hv_sorted, vmx_prop_changes
 from qemu_evmcs.qemu.libvirt_cpumap import bundled_versions, load_cpu_map
 from qemu_evmcs.output.libvirt import libvirt_xml as libvirt_xml  # re-exported: callers import it from here
 from qemu_evmcs.kvm.simkvm import EVMCS_REVISION_2022, EVMCS_REVISION_LEGACY, SimKvm
+
+if TYPE_CHECKING:
+    from typing import Any
 
 def qemu_vmx_props(neg: Negotiation, reg: Registry | None = None) -> list[tuple[str, bool]]:
     """(QEMU property, on) for every vmx-* property the -cpu string must state, in registry order."""

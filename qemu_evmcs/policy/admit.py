@@ -19,7 +19,7 @@ unchanged (the check QEMU and libvirt do not make, :func:`admit_host`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.core.views import diff_views
@@ -39,6 +39,9 @@ from qemu_evmcs.policy.negotiate import (
 )
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.registry import registry
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @dataclass

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core.errors import NegativeAnswer
 from qemu_evmcs.policy.migrate import DESIGNS, MigrationVerdict, check_migration, migrate_host, source_config
@@ -34,6 +34,9 @@ from qemu_evmcs.policy.negotiate import (
     names_text,
     pool_groups,
 )
+
+if TYPE_CHECKING:
+    from typing import Any, Protocol
 
 
 @dataclass
@@ -116,15 +119,15 @@ def _group_names(groups: Sequence[DesignGroup]) -> None:
         used.add(g.name)
 
 
-class ProgressBar(Protocol):
-    """What :func:`compare_designs` reports progress to (:class:`qemu_evmcs.output.progress.Progress` is one)."""
+if TYPE_CHECKING:
+    class ProgressBar(Protocol):
+        """What :func:`compare_designs` reports progress to (:class:`qemu_evmcs.output.progress.Progress` is one)."""
 
-    def update(self, amount: int = 1) -> None:
-        """``amount`` more units done."""
+        def update(self, amount: int = 1) -> None:
+            """``amount`` more units done."""
 
-
-#: Opens a progress bar for ``total`` units under ``label``: the caller (CLI) decides where it is drawn.
-ProgressFactory = Callable[[int, str], AbstractContextManager[ProgressBar]]
+    #: Opens a progress bar for ``total`` units under ``label``: the caller (CLI) decides where it is drawn.
+    ProgressFactory = Callable[[int, str], AbstractContextManager[ProgressBar]]
 
 
 class _NoBar:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core.errors import NegativeAnswer
 from qemu_evmcs.core.evmcs_filter import filter_all
@@ -49,6 +49,9 @@ from qemu_evmcs.policy.negotiate import (
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.registry import registry
 from qemu_evmcs.kvm.simkvm import SimKvm
+
+if TYPE_CHECKING:
+    from typing import Any
 
 DESIGNS = ("naive", "shipped", "revision", "vmx-msrs")
 #: Design -> negotiation strategy: the negotiator's one table (the inverse of its ``STRATEGY_VARIANT``).

@@ -19,11 +19,14 @@ A non-Intel model cannot run an eVMCS guest (VMX is Intel's). Models a newer QEM
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core.kernel import era_table
 from qemu_evmcs.policy.validate import era_visibility
 from qemu_evmcs.qemu.models import QemuSnapshot, load_snapshot, model_releases
+
+if TYPE_CHECKING:
+    from typing import Any
 
 INTEL = "GenuineIntel"
 

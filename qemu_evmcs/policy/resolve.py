@@ -27,7 +27,7 @@ import itertools
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core.errors import InputError, KvmError
 from qemu_evmcs.qemu.attribution import LAYER_CPU, LAYER_FILTER, LAYER_PERF, LAYER_QEMU, hidden_layers, missing_layer
@@ -45,6 +45,9 @@ from qemu_evmcs.core.kernelid import identify
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.registry import MASK32, MASK64, registry
 from qemu_evmcs.kvm.simkvm import SimKvm
+
+if TYPE_CHECKING:
+    from typing import Any
 
 LAYERS = ("model", "cpu", "kvm", "evmcs-filter", "perf-cpuid-gate", "qemu")
 

@@ -34,7 +34,7 @@ import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import EXIT_BAD_INPUT, EXIT_NEGATIVE, EXIT_OK, InputError
@@ -65,6 +65,9 @@ from qemu_evmcs.kvm.simkvm import NOT_EMULATED_MSRS
 from qemu_evmcs.core.profile import VENDORS, HostProfile
 from qemu_evmcs.core.registry import registry
 from qemu_evmcs.policy.resolve import PV_PERF_SETS_BIT, BaselineResult, baseline, msrs_from_features
+
+if TYPE_CHECKING:
+    from typing import Any
 
 # =========================================================================== eVMCS era visibility
 

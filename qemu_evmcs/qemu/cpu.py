@@ -59,7 +59,7 @@ import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from typing import Protocol, runtime_checkable
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core import lazy
 from qemu_evmcs.core.profile import HostProfile
@@ -79,6 +79,9 @@ from qemu_evmcs.core.hyperv import (HV_APIC_ACCESS_RECOMMENDED, HV_CPU_DYNAMIC_P
 from qemu_evmcs.qemu.cpuspec import PROG, CpuSpec, QemuError
 from qemu_evmcs.qemu.models import DEFAULT_QEMU_VERSION, QemuSnapshot, load_snapshot
 from qemu_evmcs.core.errors import InputError
+
+if TYPE_CHECKING:
+    from typing import Protocol, TypeGuard
 
 
 
@@ -184,15 +187,21 @@ def feature_word_description(word: str) -> str:
 
 # --------------------------------------------------------------------------- model providers
 
-@runtime_checkable
-class ModelProvider(Protocol):
-    """Supplies named CPU models (QEMU model snapshots)."""
+if TYPE_CHECKING:
+    class ModelProvider(Protocol):
+        """Supplies named CPU models (QEMU model snapshots)."""
 
-    def features(self, name: str) -> AbstractSet[str] | None:
-        """QEMU feature names of model ``name`` (``vmx-*`` and modelled CPUID flags), ``None`` if unknown."""
+        def features(self, name: str) -> AbstractSet[str] | None:
+            """QEMU feature names of model ``name`` (``vmx-*`` and modelled CPUID flags), ``None`` if unknown."""
 
-    def names(self) -> Sequence[str]:
-        """Every model name this provider knows."""
+        def names(self) -> Sequence[str]:
+            """Every model name this provider knows."""
+
+
+def is_model_provider(obj: object) -> TypeGuard[ModelProvider]:
+    """Whether ``obj`` has a ``features`` and a ``names`` method: what ``isinstance`` of a
+    ``runtime_checkable`` protocol checks, without importing ``typing`` at run time (core/typecheck.py)."""
+    return callable(getattr(obj, "features", None)) and callable(getattr(obj, "names", None))
 
 
 _providers: list[ModelProvider] = []
@@ -221,9 +230,9 @@ def _load_env_provider() -> None:
         obj: object = getattr(lazy.module(mod_name), attr or "provider")   # a plug-in the user names
     except (ImportError, AttributeError) as err:
         raise QemuError(f"{ENV_MODEL_PROVIDER}={spec}: cannot load model provider ({err})") from None
-    if not isinstance(obj, ModelProvider) and callable(obj):
+    if not is_model_provider(obj) and callable(obj):
         obj = obj()
-    if not isinstance(obj, ModelProvider):
+    if not is_model_provider(obj):
         raise QemuError(f"{ENV_MODEL_PROVIDER}={spec}: not a model provider (needs features() and names())")
     register_model_provider(obj)
 

@@ -25,7 +25,7 @@ import functools
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import InputError

@@ -37,7 +37,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import InputError
@@ -47,6 +47,7 @@ from qemu_evmcs.qemu.features import HV_ALIASES, HV_FEATURES, PLUGIN_PERF_GLOBAL
 from qemu_evmcs.core.registry import Feature, Registry, data_path, load_data, registry
 
 if TYPE_CHECKING:
+    from typing import Any
     import yaml
     from qemu_evmcs.core import yamlfast, yamlsafe
 else:   # PyYAML: only to read model definitions and model-releases.yaml, not for the snapshot (core/lazy.py)

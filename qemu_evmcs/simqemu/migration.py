@@ -28,13 +28,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 from collections.abc import Mapping
 
 from qemu_evmcs.core.views import diff_views
 from qemu_evmcs.qemu.compose import DEFAULT_EVMCS_VERSION
 from qemu_evmcs.qemu.cpuspec import PROG, CpuSpec, QemuError
 from qemu_evmcs.simqemu.startup import Machine, StartupResult, boot, read_vmx_msrs
+
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Version of the JSON document the simulators exchange.
 STATE_VERSION = 1

@@ -63,7 +63,7 @@ import stat
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 from collections.abc import Callable, Mapping
 
 from qemu_evmcs.core.errors import EXIT_NEGATIVE, EvmcsError
@@ -74,6 +74,9 @@ from qemu_evmcs.qemu.cpu import BUILTIN_MODELS, X86Cpu, list_models, model_info,
 from qemu_evmcs.simqemu.migration import (LOAD_FAILED, MAX_STATE, IncomingResult, apply_incoming, decode, encode,
                                           guest_msrs, loads_strict, parse_uri, vcpu_state, verdict)
 from qemu_evmcs.simqemu.startup import Machine, VcpuState, read_vmx_msrs
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 logger = logging.getLogger(__name__)
@@ -289,7 +292,8 @@ def _hex64(v: int) -> str:
     return f"0x{v:016x}"
 
 
-Handler = Callable[[Connection, dict[str, Any]], object]
+if TYPE_CHECKING:
+    Handler = Callable[[Connection, dict[str, Any]], object]
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.qemu.model_names import MODEL_HELP
 
@@ -13,6 +13,9 @@ from qemu_evmcs.core.errors import EXIT_NEGATIVE, EXIT_OK
 from qemu_evmcs.output.jsonout import print_json
 from qemu_evmcs.cli.designarg import add_design_argument
 from qemu_evmcs.policy.negotiate import TARGETS
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def register(subparsers: Any) -> None:

@@ -11,7 +11,7 @@ import functools
 import json
 import sys
 import textwrap
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.qemu.model_names import BUILTIN, MODEL_HELP, load_any_model
 from qemu_evmcs.policy.hostmodel import host_config, host_pool_notes
@@ -20,6 +20,9 @@ from qemu_evmcs.cli.hostargs import add_selection_arguments, select_hosts, split
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.policy.resolve import BaselineResult, Loss, baseline
 from qemu_evmcs.cli.commands.validate import snapshot_from_args
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _hosts_text(hosts: list[str], limit: int = 3) -> str:

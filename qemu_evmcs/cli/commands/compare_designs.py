@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.qemu.model_names import MODEL_HELP
 
@@ -13,6 +13,9 @@ from qemu_evmcs.policy.designs import compare_designs, comparison_text
 from qemu_evmcs.core.errors import EXIT_OK
 from qemu_evmcs.output.jsonout import print_json
 from qemu_evmcs.output.progress import Progress
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def register(subparsers: Any) -> None:

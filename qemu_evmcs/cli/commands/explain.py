@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import argparse
 import textwrap
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.policy.explain import FeatureExplanation, HostExplanation, find_features
 from qemu_evmcs.qemu.attribution import LAYERS
 from qemu_evmcs.output.jsonout import print_json
 from qemu_evmcs.cli.commands.guest_msrs import add_host_arguments, explain_from_args, header_lines
+
+if TYPE_CHECKING:
+    from typing import Any
 
 #: One-line heading of each layer in the text form.
 LAYER_TITLES = {

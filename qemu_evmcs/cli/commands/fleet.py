@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.cli.hostargs import add_selection_arguments, select_hosts
 from qemu_evmcs.core.errors import EXIT_NEGATIVE, EXIT_OK, InputError
@@ -27,6 +27,9 @@ from qemu_evmcs.policy.plan import plan_fleet
 from qemu_evmcs.policy.explain import find_features
 from qemu_evmcs.fleet.inventory import FleetDb, import_into
 from qemu_evmcs.core.registry import registry
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _import(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.policy.explain import HostExplanation, MsrView, explain_host
 from qemu_evmcs.qemu.attribution import LAYER_FILTER
@@ -28,6 +28,9 @@ from qemu_evmcs.output.jsonout import print_json
 from qemu_evmcs.core.msrval import hex64
 from qemu_evmcs.core.profile import HostProfile, load_profile, require_profile_path
 from qemu_evmcs.cli.designarg import add_design_argument
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def add_host_arguments(parser: argparse.ArgumentParser) -> None:

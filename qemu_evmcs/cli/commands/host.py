@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 import yaml
 
@@ -37,6 +37,9 @@ from qemu_evmcs.core.profile import (
     profile_from_mapping,
     require_profile_path,
 )
+
+if TYPE_CHECKING:
+    from typing import Any
 
 FORMATS = ("yaml", "json", "vmxcap")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu.qmp import QMPError
 
@@ -23,6 +23,9 @@ from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.launch.running import read_running_cpu
 from qemu_evmcs.policy.negotiate import TARGETS, load_guest_model
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def register(subparsers: Any) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core.errors import EXIT_OK, InputError
 from qemu_evmcs.cli.hostargs import add_selection_arguments, select_hosts
 from qemu_evmcs.fleet.report import DEFAULT_MAX_DESIGN_GROUPS, make_report
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _run(args: argparse.Namespace) -> int:

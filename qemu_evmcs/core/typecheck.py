@@ -1,0 +1,35 @@
+"""What of :mod:`typing` this package needs at run time, without importing :mod:`typing`.
+
+Why: importing ``typing`` costs more than a tenth of an interactive command's start-up over a bare
+interpreter (it also compiles regular expressions), and with ``from __future__ import annotations``
+(every module here) annotations are never evaluated, so type checkers are the only readers of almost every
+name it exports. Modules therefore import typing names under ``if TYPE_CHECKING:``, with this module's
+``TYPE_CHECKING`` (``False`` at run time; mypy treats any ``TYPE_CHECKING`` as true, and ruff is told that
+this module stands for ``typing``: ``typing-modules`` in ``pyproject.toml``). Ruff's TC004 refuses a name
+imported there and used at run time.
+
+The few names that do run are here, each exactly what ``typing``'s does at run time: :func:`cast` returns
+its value, :func:`overload` is replaced by the implementation that follows it. Type checkers see
+``typing``'s own.
+
+One caveat, checked by ``tests/test_startup_imports.py``: ``dataclasses`` recognises a ``ClassVar``
+annotation written as a string only when ``typing`` is imported, so no dataclass here may use one.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from typing import cast as cast
+    from typing import overload as overload
+else:
+    def cast(typ, val):
+        """``typing.cast`` at run time: the value itself."""
+        return val
+
+    def overload(func):
+        """``typing.overload`` at run time, less its registry (which nothing here reads)."""
+        return func
+
+__all__ = ["TYPE_CHECKING", "cast", "overload"]
