@@ -8,12 +8,15 @@ fresh interpreter (``sys.modules``), never how long it takes (timings are script
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from qemu_evmcs.cli import main as cli
 from qemu_evmcs.core.profile import bundled_profile_dir
@@ -122,3 +125,91 @@ def test_command_of_finds_the_sub_command() -> None:
     assert cli.command_of(["-h"]) is None
     assert cli.command_of(["--", "guest-msrs"]) is None
     assert cli.command_of([]) is None
+
+
+#: The interactive commands of scripts/bench-startup (issue 15: at most 3.5x a bare interpreter).
+_INTERACTIVE = (("guest-msrs", "--host", "skylake-6.3"), ("explain", "--host", "skylake-6.3"),
+                ("negotiate", "--model", "Skylake-Server-evmcs", "--hosts", "skylake-6.3", "skylake-5.10",
+                 "icelake-6.1"), ("validate",))
+#: Standard-library modules none of them needs on a warm cache, and what pulled each in before:
+#: inspect, ast, dis, tokenize (dataclasses, for a docstring: core/lazy.module_deferring); typing (annotations
+#: only: core/typecheck.py); shutil, bz2, lzma (argparse's terminal width: cli/main.terminal_columns, and
+#: rmtree on rare paths); tempfile (writing a cache entry or staging a fleet).
+_NOT_AT_START = {"inspect", "ast", "dis", "tokenize", "typing", "shutil", "bz2", "lzma", "tempfile"}
+
+
+def test_interactive_commands_on_a_warm_cache_import_none_of_the_costly_stdlib(tmp_path: Path) -> None:
+    env = {"QEMU_EVMCS_CACHE_DIR": str(tmp_path / "cache")}
+    for argv in _INTERACTIVE:
+        rc1, _, out1 = _run_fresh(*argv, env=env)             # fills the cache
+        rc2, mods, out2 = _run_fresh(*argv, env=env)
+        assert (rc2, out2) == (rc1, out1) and rc2 == 0, argv
+        assert _NOT_AT_START & mods == set(), argv
+
+
+def test_dataclasses_without_inspect_still_gets_the_real_one_on_first_use() -> None:
+    """The stand-in of core/lazy.module_deferring: a dataclass without a docstring (dataclasses then calls
+    inspect.signature) gets the docstring it gets without this package, and anyone importing inspect
+    afterwards gets the real module."""
+    probe = ("import sys\n"
+             "{imports}\n"
+             "before = 'inspect' in sys.modules\n"
+             "from dataclasses import dataclass\n"
+             "@dataclass\n"
+             "class P:\n"
+             "    x: int\n"
+             "    y: str = 'a'\n"
+             "import inspect\n"
+             "print(repr((before, P.__doc__, type(inspect).__name__, inspect.__name__,"
+             " hasattr(inspect, 'getsource'), sys.modules['inspect'] is inspect,"
+             " sys.modules['dataclasses'].inspect.signature is inspect.signature)))\n")
+
+    def run(imports: str) -> tuple[object, ...]:
+        out = subprocess.run([sys.executable, "-c", probe.format(imports=imports)], capture_output=True, text=True,
+                             timeout=120, check=True).stdout
+        return tuple(ast.literal_eval(out))
+
+    stock = run("")                                   # dataclasses as Python has it, imported by the class
+    assert stock[0] is False and str(stock[1]).startswith("P(x: ")
+    assert run("import qemu_evmcs") == stock          # the package imported it, with inspect deferred
+    # A program that imported dataclasses itself keeps it as it was (nothing deferred).
+    assert run("import dataclasses, qemu_evmcs") == (True, *stock[1:])
+
+
+def test_no_dataclass_here_annotates_a_classvar() -> None:
+    """dataclasses tells a ``ClassVar`` annotation written as a string (``from __future__ import annotations``)
+    only when typing is imported, which a command here no longer does (core/typecheck.py): one would silently
+    become a field."""
+    pkg = Path(cli.__file__).resolve().parents[1]
+    offenders = []
+    for path in pkg.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.AnnAssign) and "ClassVar" in ast.unparse(node.annotation):
+                offenders.append(f"{path.relative_to(pkg)}:{node.lineno}")
+    assert offenders == []
+
+
+def test_a_known_command_builds_only_its_own_parser_and_an_unknown_one_lists_every_choice() -> None:
+    parser = cli.build_parser(only="guest-msrs")
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == ["guest-msrs"]
+    out = subprocess.run([sys.executable, "-m", "qemu_evmcs", "no-such-command"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2 and out.stderr.startswith("error: qemu-evmcs: argument COMMAND: invalid choice")
+    assert all(f"'{name}'" in out.stderr for name, _, _ in cli.COMMANDS)
+
+
+def test_help_is_wrapped_as_argparse_itself_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cli/main.terminal_columns stands for shutil.get_terminal_size: the help text is the one argparse's
+    own formatter (which asks shutil) writes, at any $COLUMNS."""
+    for columns in ("40", "100", "300"):
+        monkeypatch.setenv("COLUMNS", columns)
+        for name, _, _ in cli.COMMANDS:
+            parser = cli.build_parser(only=name)
+            sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+            ours = sub.format_help()
+            with monkeypatch.context() as m:
+                m.setattr(cli._Parser, "_get_formatter", argparse.ArgumentParser._get_formatter)
+                stock = sub.format_help()
+            assert ours == stock, (columns, name)
+            assert ours != sub.format_usage()
