@@ -72,6 +72,24 @@ def test_hit_equals_parse_and_changes_miss(cache: Path, tmp_path: Path) -> None:
     assert calls == ["a: 1", "a: 2", "a: 1"]
 
 
+def test_an_entry_at_another_texts_address_is_a_miss_never_its_result(cache: Path, tmp_path: Path) -> None:
+    """The file name is only an address (checksums, not a digest): an entry found there is served only when
+    the text and the parsing code it holds are equal to these. Here text B's entry is put at text A's
+    address (what a crafted checksum collision would do): A is parsed again and gets its own result."""
+    code = tmp_path / "parser.py"
+    code.write_text("v1")
+    calls: list[str] = []
+    parse = _counting(calls)
+    _parse("a: 1", parse, code)
+    (entry_a,) = list(cache.iterdir())
+    _parse("b: 2", parse, code)
+    (entry_b,) = [p for p in cache.iterdir() if p != entry_a]
+    os.replace(entry_b, entry_a)
+    assert _parse("a: 1", parse, code) == {"text": "a: 1", "n": [1, 2.5, None, True]}
+    assert calls == ["a: 1", "b: 2", "a: 1"]
+    assert _parse("a: 1", parse, code) == {"text": "a: 1", "n": [1, 2.5, None, True]} and len(calls) == 3
+
+
 def test_entries_not_safely_ours_are_ignored_and_damage_is_a_miss(cache: Path, tmp_path: Path) -> None:
     code = tmp_path / "parser.py"
     code.write_text("v1")

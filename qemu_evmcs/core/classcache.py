@@ -7,8 +7,8 @@ with ``exec`` when the class statement runs: about 4 million instructions per cl
 the same code object, so the code objects are kept in the per-user cache (:mod:`~qemu_evmcs.core.parsecache`'s
 directory and safety rules: a regular file owned by this user, writable by no one else, written atomically),
 one entry per module that defines dataclasses (a command reads only its own modules'), keyed by the source
-text and tagged with the exact interpreter build (``sys.version``: byte code is
-version-specific). The classes are the ones ``dataclasses`` makes: only ``compile`` is skipped on a hit.
+text and tagged with the exact interpreter build (``sys.version``, stored in the entry and compared: byte
+code is version-specific). The classes are the ones ``dataclasses`` makes: only ``compile`` is skipped on a hit.
 
 How: :func:`install` (called by the package's ``__init__``, before any module defining a dataclass is
 imported, so for every entry point) replaces the name
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import atexit
 import builtins
-import hashlib
 import os
 import sys
 from types import CodeType
@@ -39,7 +38,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 from qemu_evmcs.core import lazy
-from qemu_evmcs.core.parsecache import cache_dir, read_entry, write_entry
+from qemu_evmcs.core.parsecache import cache_dir, checksum, read_entry, write_entry
 
 dataclasses = lazy.module_deferring("dataclasses", "inspect")
 _real_exec = builtins.exec
@@ -55,7 +54,7 @@ _dir: str | None = None
 
 def _entry_path(where: str, module: str) -> str:
     """One entry per module that defines dataclasses, so a command reads only its own modules' code."""
-    tag = hashlib.sha256(sys.version.encode()).hexdigest()[:16]
+    tag = checksum(sys.version.encode())
     return os.path.join(where, f"dataclass-code-{sys.implementation.cache_tag}-{tag}-{module}.marshal")
 
 
@@ -63,9 +62,10 @@ def _module_codes(where: str, module: str) -> dict[str, CodeType]:
     codes = _codes.get(module)
     if codes is None:
         codes = _codes[module] = {}
-        hit, value = read_entry(_entry_path(where, module))
-        if hit and type(value) is dict:
-            codes.update((k, v) for k, v in value.items() if type(k) is str and type(v) is CodeType)
+        hit, entry = read_entry(_entry_path(where, module))
+        # (interpreter build, codes): the file name is only an address; the build is compared whole.
+        if hit and type(entry) is tuple and len(entry) == 2 and entry[0] == sys.version and type(entry[1]) is dict:
+            codes.update((k, v) for k, v in entry[1].items() if type(k) is str and type(v) is CodeType)
         _loaded[module] = len(codes)
     return codes
 
@@ -94,7 +94,7 @@ def _save() -> None:
         return
     for module, codes in _codes.items():
         if len(codes) > _loaded.get(module, 0):
-            write_entry(_dir, _entry_path(_dir, module), codes)
+            write_entry(_dir, _entry_path(_dir, module), (sys.version, codes))
 
 
 def install() -> None:

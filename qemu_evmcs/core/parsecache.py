@@ -5,11 +5,18 @@ Why: every command parses ``registry.yaml`` and ``eras.yaml`` (about a fifth of 
 start-up, even with libyaml) and usually a host profile, and these texts almost never change. The cache
 maps *what was parsed and how* to the result:
 
-- the key is the SHA-256 of a format tag, the parser's name, PyYAML's identity (:func:`yaml_id`: its
-  version, found without importing it, since a hit must not pay PyYAML's import), the bytes of the source
-  files of the code that parses (``parser_files``: a changed parser is a different key), and the text itself.
-  So an edited data file, a changed loader or another PyYAML can never be served an old result: there is
-  nothing to invalidate, only entries nobody asks for any more;
+- an entry holds what was parsed and how next to the result, and a hit needs both to be *equal*: the text
+  itself, and the code identity (a format tag, the parser's name, the interpreter's version, PyYAML's
+  identity (:func:`yaml_id`: found without importing it, since a hit must not pay PyYAML's import), and the
+  length and two checksums, CRC-32 and Adler-32, of each source file of the code that parses
+  (``parser_files``: a changed parser is a different identity)). So an edited data file, a changed loader
+  or another PyYAML can never be served an old result: there is nothing to invalidate, only entries nobody
+  asks for any more. The file name is only an address (checksums of the identity and of the text): two
+  texts that share it (by chance, or made to by whoever wrote one of them) take turns in one file, and
+  neither is ever served the other's result. Why checksums and not SHA-256: importing :mod:`hashlib`
+  loads OpenSSL, 12 million instructions, the largest single import of an interactive command, and a hit
+  compares the text anyway. The checksums of the parser files guard against accidents (an upgrade), not
+  adversaries: whoever can rewrite the package's sources does not need the cache;
 - values are stored with :mod:`marshal` and only when they are plain data (dict, list, tuple, str, int,
   float, bool, None; no subclasses), so loading one runs no code;
 - entries live in ``$QEMU_EVMCS_CACHE_DIR``, else ``$XDG_CACHE_HOME/qemu-evmcs/parsed``, else
@@ -46,12 +53,12 @@ regular files owned by this user are ever removed.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.machinery
 import marshal
 import os
 import stat
 import sys
+import zlib
 from collections.abc import Callable, Sequence
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
@@ -63,7 +70,7 @@ if TYPE_CHECKING:
     T = TypeVar("T")
 
 #: Bump when the layout of an entry changes.
-CACHE_FORMAT = "qemu-evmcs-parsed-1"
+CACHE_FORMAT = "qemu-evmcs-parsed-2"
 #: Texts longer than this are parsed every time (fleets go through the fleet loader, not through here).
 MAX_CACHED_TEXT = 1024 * 1024
 #: Entries larger than this are ignored.
@@ -104,24 +111,29 @@ def cache_dir() -> str | None:
     return os.path.join(base, "qemu-evmcs", "parsed") if os.path.isabs(base) else None
 
 
+def checksum(data: bytes) -> str:
+    """Length, CRC-32 and Adler-32 of ``data``: tells versions of a file apart (not a digest against forgery:
+    see the module doc for where that matters and what is compared instead)."""
+    return f"{len(data):x}-{zlib.crc32(data):08x}{zlib.adler32(data):08x}"
+
+
 @functools.cache
-def _code_id(parser: str, parser_files: tuple[str, ...], yaml_version: str) -> bytes | None:
-    """The part of the key that names the parsing code; ``None`` if a source file cannot be read."""
-    h = hashlib.sha256(f"{CACHE_FORMAT}\0{parser}\0{yaml_version}\0{sys.version_info[:2]}\0".encode())
+def _code_id(parser: str, parser_files: tuple[str, ...], yaml_version: str) -> str | None:
+    """What names the parsing code (compared whole on a hit); ``None`` if a source file cannot be read."""
+    parts = [CACHE_FORMAT, parser, yaml_version, sys.version]
     for path in parser_files:
         try:
             with open(path, "rb") as fh:
-                h.update(fh.read())
+                parts.append(checksum(fh.read()))
         except OSError:
             return None
-        h.update(b"\0")
-    return h.digest()
+    return "\0".join(parts)
 
 
 @functools.cache
 def yaml_id() -> str:
     """PyYAML's identity for cache keys, found without importing PyYAML (its import is about a quarter of an
-    interactive command's start-up, and a cache hit needs none of it): the SHA-256 of ``yaml/__init__.py``
+    interactive command's start-up, and a cache hit needs none of it): the :func:`checksum` of ``yaml/__init__.py``
     (which carries ``__version__``) and whether libyaml's binding ``yaml/_yaml*`` sits next to it (the loaders
     use it when present). ``""`` if PyYAML is not found (parsing will then fail as it always did)."""
     yaml_module = sys.modules.get("yaml")
@@ -133,11 +145,11 @@ def yaml_id() -> str:
         return ""
     try:
         with open(origin, "rb") as fh:
-            h = hashlib.sha256(fh.read())
+            sums = checksum(fh.read())
         libyaml = any(n.startswith("_yaml") for n in os.listdir(os.path.dirname(origin)))
     except OSError:
         return ""
-    return f"{h.hexdigest()}-{'libyaml' if libyaml else 'pure'}"
+    return f"{sums}-{'libyaml' if libyaml else 'pure'}"
 
 
 def is_plain(value: object) -> bool:
@@ -177,14 +189,14 @@ def cached_parse(text: str, parse: Callable[[str], T], *, parser: str, parser_fi
     code = _code_id(parser, tuple(parser_files), yaml_version) if where is not None else None
     if where is None or code is None or len(text) > MAX_CACHED_TEXT:
         return parse(text)
-    key = hashlib.sha256(code + text.encode("utf-8", "surrogatepass")).hexdigest()
-    path = os.path.join(where, f"{parser}-{key}.marshal")
-    hit, value = read_entry(path)
-    if hit:
-        return value  # type: ignore[no-any-return]
+    address = checksum(code.encode("utf-8", "surrogatepass")) + checksum(text.encode("utf-8", "surrogatepass"))
+    path = os.path.join(where, f"{parser}-{address}.marshal")
+    hit, entry = read_entry(path)
+    if hit and type(entry) is tuple and len(entry) == 3 and entry[0] == code and entry[1] == text:
+        return entry[2]  # type: ignore[no-any-return]
     value = parse(text)
     if is_plain(value):
-        write_entry(where, path, value)
+        write_entry(where, path, (code, text, value))
     return value
 
 

@@ -23,7 +23,6 @@ the key and, when known, the line.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import unicodedata
 from dataclasses import dataclass, field
@@ -42,7 +41,10 @@ from qemu_evmcs.core.parsecache import cached_parse, core_sources, yaml_id
 from qemu_evmcs.core.registry import MASK32, MASK64, Registry, registry
 
 if TYPE_CHECKING:
+    import hashlib
     from typing import Any
+else:   # OpenSSL's load is 12M instructions; only a fingerprint needs it (core/lazy.py)
+    hashlib = lazy.proxy("hashlib")
 
 
 VENDORS = ("GenuineIntel", "AuthenticAMD", "HygonGenuine", "CentaurHauls")

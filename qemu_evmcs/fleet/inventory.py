@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import errno
 import os
@@ -38,6 +37,7 @@ from qemu_evmcs.core import lazy, stale
 
 if TYPE_CHECKING:
     from typing import Any, ParamSpec, Self, TypeVar
+    import hashlib
     import shutil
     import sqlite3
 
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 else:   # only an inventory (.db) is opened with it; YAML fleets never need it (core/lazy.py)
     sqlite3 = lazy.proxy("sqlite3")
     shutil = lazy.proxy("shutil")   # only to remove a failed build's directory
+    hashlib = lazy.proxy("hashlib")  # only to fingerprint a file being imported
 
 #: How long a client waits for another one's lock before saying "busy" (``QEMU_EVMCS_DB_TIMEOUT`` overrides).
 BUSY_TIMEOUT_S = 30.0
