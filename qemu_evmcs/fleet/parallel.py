@@ -13,8 +13,6 @@ those of a one-process load. Forking is skipped when other threads run.
 from __future__ import annotations
 
 import os
-import signal
-import threading
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.fleet.loader import CHUNK_BYTES, FleetLoader
@@ -24,8 +22,12 @@ from qemu_evmcs.core import lazy
 if TYPE_CHECKING:
     from typing import Any
     import pickle
-else:   # only a load that forks (16 MiB of YAML or more) pickles its parts (core/lazy.py)
-    pickle = lazy.proxy("pickle")
+    import signal
+    import threading
+else:   # only a load that forks (16 MiB of YAML or more) pickles its parts, counts threads, sets signals
+    pickle = lazy.proxy("pickle")   # (core/lazy.py)
+    signal = lazy.proxy("signal")
+    threading = lazy.proxy("threading")
 
 #: Split the loading over several processes (``os.fork``) from this many bytes of multi-document files ...
 PARALLEL_MIN_BYTES = 16 * 1024 * 1024

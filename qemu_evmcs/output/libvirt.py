@@ -29,10 +29,11 @@ if missing, and appends its ``-global`` arguments to the domain's ``<qemu:comman
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from qemu_evmcs.core.typecheck import cast
+from qemu_evmcs.core.typecheck import TYPE_CHECKING, cast
+
+from qemu_evmcs.core import lazy
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.registry import Registry, registry
@@ -41,8 +42,12 @@ from qemu_evmcs.policy.negotiate import PERF_OPTION, Negotiation, target_propert
 from qemu_evmcs.qemu.libvirt_cpumap import CpuMap, libvirt_model, load_cpu_map
 from qemu_evmcs.qemu.models import load_snapshot, qemu_props_to_features
 
+if TYPE_CHECKING:
+    import xml.etree.ElementTree as ET
+else:   # only when XML is written or merged; a text or -cpu answer needs none (core/lazy.py)
+    ET = lazy.proxy("xml.etree.ElementTree")
+
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
-ET.register_namespace("qemu", QEMU_NS)
 
 #: hv-* flag -> libvirt <hyperv> child.
 LIBVIRT_HV: Mapping[str, str] = {
@@ -192,9 +197,16 @@ def _comment(text: str) -> ET.Element:
     return cast(ET.Element, ET.Comment(text.replace("--", "- -")))
 
 
+def _tostring(elem: ET.Element) -> str:
+    """``ET.tostring`` with libvirt's ``qemu:`` prefix for :data:`QEMU_NS` (registered here, not at import:
+    ElementTree is imported only when XML is written or merged)."""
+    ET.register_namespace("qemu", QEMU_NS)
+    return ET.tostring(elem, encoding="unicode")
+
+
 def _text(elem: ET.Element) -> str:
     ET.indent(elem, space="  ")
-    return ET.tostring(elem, encoding="unicode")
+    return _tostring(elem)
 
 
 def _commandline(frag: Fragment) -> ET.Element:
@@ -211,15 +223,15 @@ def libvirt_xml(neg: Negotiation, cmap: CpuMap | None = None, reg: Registry | No
     frag = build_fragment(neg, cmap, reg)
     out: list[str] = []
     if frag.unexpressible:
-        out.append(ET.tostring(_comment(" not expressible in libvirt XML, pass to QEMU directly: "
-                                         + "; ".join(frag.unexpressible) + " "), encoding="unicode"))
+        out.append(_tostring(_comment(" not expressible in libvirt XML, pass to QEMU directly: "
+                                         + "; ".join(frag.unexpressible) + " ")))
     out.append(_text(frag.cpu))
     features = ET.Element("features")
     features.append(frag.hyperv)
     out.append(_text(features))
     if frag.hv_time:
-        out.append(ET.tostring(_comment(f" hv-time: add <timer name='{HYPERVCLOCK}' present='yes'/> to the domain's "
-                                        "<clock> (the merge option of negotiate does that) "), encoding="unicode"))
+        out.append(_tostring(_comment(f" hv-time: add <timer name='{HYPERVCLOCK}' present='yes'/> to the domain's "
+                                        "<clock> (the merge option of negotiate does that) ")))
     if frag.panic:
         devices = ET.Element("devices")
         ET.SubElement(devices, "panic", {"model": "hyperv"})
@@ -297,7 +309,7 @@ def merge_domain(text: str, neg: Negotiation, *, source: str = "DOMAIN.xml", cma
         root.insert(0, _comment(" not expressible in libvirt XML, pass to QEMU directly: "
                                 + "; ".join(frag.unexpressible) + " "))
     ET.indent(root, space="  ")
-    return ET.tostring(root, encoding="unicode") + "\n"
+    return _tostring(root) + "\n"
 
 
 def _merge_globals(root: ET.Element, frag: Fragment) -> None:

@@ -33,7 +33,6 @@ both. Sets of vmx features returned by this module use canonical registry names.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -48,10 +47,12 @@ from qemu_evmcs.core.registry import Feature, Registry, data_path, load_data, re
 
 if TYPE_CHECKING:
     from typing import Any
+    import json
     import yaml
     from qemu_evmcs.core import yamlfast, yamlsafe
 else:   # PyYAML: only to read model definitions and model-releases.yaml, not for the snapshot (core/lazy.py)
     yaml = lazy.proxy("yaml")
+    json = lazy.proxy("json")   # only where a QEMU snapshot is read (guest-msrs, explain read none)
     yamlfast = lazy.proxy("qemu_evmcs.core.yamlfast")
     yamlsafe = lazy.proxy("qemu_evmcs.core.yamlsafe")
 
