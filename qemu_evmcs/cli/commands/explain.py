@@ -53,7 +53,7 @@ def wrap(text: str, width: int, *, initial_indent: str, subsequent_indent: str,
          break_on_hyphens: bool = True) -> list[str]:
     """:func:`textwrap.wrap`, without its regular-expression split for a text that fits on one line as it is
     (most reasons do: splitting all of them was a tenth of ``explain``)."""
-    if (text and text[-1] != " " and len(initial_indent) + len(text) <= width
+    if (text and not text[-1].isspace() and len(initial_indent) + len(text) <= width
             and not any(c in text for c in "\t\n\r\v\f")):
         return [initial_indent + text]
     return textwrap.wrap(text, width, initial_indent=initial_indent, subsequent_indent=subsequent_indent,
