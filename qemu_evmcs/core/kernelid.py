@@ -135,11 +135,14 @@ def identify(kernel: str, kernel_version: str | None = None, *, file: str | None
 @functools.lru_cache(maxsize=4096)
 def _identify(kernel: str, kernel_version: str | None) -> KernelIdentity:
     base = parse_release(kernel, key="kernel")
-    t = _table()
     rhel = _RHEL.match(kernel)
     abi = _ABI.match(kernel) if rhel is None else None
     distro, abi_no, series = None, None, f"{base.major}.{base.minor}"
+    # The distribution table (distro_kernels.yaml) only for a distribution's release string: an upstream
+    # one (most profiles) does not read it.
+    t = _table() if rhel is not None or abi is not None else None
     if abi is not None:
+        assert t is not None
         flavour = abi.group(4)
         distro = ("Debian" if flavour in t.debian_flavours else "Ubuntu" if flavour in t.ubuntu_flavours else None)
         abi_no = abi.group(3)
@@ -148,7 +151,7 @@ def _identify(kernel: str, kernel_version: str | None) -> KernelIdentity:
         if rhel is None and v.mm != base.mm:
             raise InputError(f"kernel_version {v} is not of the {series} series of kernel {kernel}",
                              key="kernel_version")
-        if distro is not None and abi_no is not None:
+        if distro is not None and abi_no is not None and t is not None:
             known = t.abi.get((distro.lower(), series), {}).get(abi_no)
             if known is not None and known[0] != v:
                 raise InputError(f"kernel_version {v} contradicts {distro} ABI {abi_no} = {known[0]} ({known[1]})",
@@ -156,9 +159,9 @@ def _identify(kernel: str, kernel_version: str | None) -> KernelIdentity:
         what = f"{distro + ' ' if distro else ''}build of upstream {v} (kernel_version)"
         return KernelIdentity(kernel, distro or ("RHEL " + rhel.group(5) if rhel else None), what,
                               (Candidate(era_table().era_of(v), v, str(v)),))
-    if rhel is not None:
+    if rhel is not None and t is not None:
         return _rhel(kernel, rhel, t)
-    if abi is not None:
+    if abi is not None and t is not None:
         if distro is None:
             return KernelIdentity(kernel, None, f"unrecognised distribution build (ABI {abi_no}, flavour "
                                   f"{abi.group(4)}): its upstream point release is unknown",
