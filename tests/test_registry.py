@@ -121,3 +121,13 @@ def test_old_deny_lists() -> None:
 def test_word_mask_rejects_a_feature_of_another_word() -> None:
     with pytest.raises(InputError, match="belongs to word pinbased"):
         REG.word_mask(["vmx-posted-intr"], "secondary")
+
+
+def test_msrs_of_word_is_the_scan_of_every_msr() -> None:
+    """The word index (built once) answers what a scan of every MSR in registry order does."""
+    reg = registry()
+    words = {m.word for m in reg.msrs.values() if m.word is not None}
+    assert len(words) >= 10
+    for word in [*sorted(words), "no-such-word"]:
+        assert reg.msrs_of_word(word) == [m for m in reg.msrs.values() if m.word == word], word
+    assert [m.name for m in reg.msrs_of_word("pinbased")] == ["IA32_VMX_PINBASED_CTLS", "IA32_VMX_TRUE_PINBASED_CTLS"]

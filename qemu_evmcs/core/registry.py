@@ -117,10 +117,16 @@ class Registry:
     _by_alias: dict[str, Feature] = field(default_factory=dict)
     _by_index: dict[int, Msr] = field(default_factory=dict)
     _by_qemu: dict[str, list[Feature]] = field(default_factory=dict)
+    _by_word: dict[str, tuple[Msr, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        by_word: dict[str, list[Msr]] = {}
         for msr in self.msrs.values():
             self._by_index[msr.index] = msr
+            if msr.word is not None:
+                by_word.setdefault(msr.word, []).append(msr)
+        # msrs_of_word() is asked for every feature of every view (600 times for one explain): an index.
+        self._by_word.update((w, tuple(ms)) for w, ms in by_word.items())
         # qemu_bits() is called for every property of every guest start: an index, not a scan of every bit.
         for feat in self.features.values():
             if feat.qemu:
@@ -169,8 +175,8 @@ class Registry:
         return [m.name for m in sorted(self.msrs.values(), key=lambda m: m.index)]
 
     def msrs_of_word(self, word: str) -> list[Msr]:
-        """The MSRs (TRUE and non-TRUE) that carry a word."""
-        return [m for m in self.msrs.values() if m.word == word]
+        """The MSRs (TRUE and non-TRUE) that carry a word (in registry order)."""
+        return list(self._by_word.get(word, ()))
 
     # -- features -----------------------------------------------------------
     def get(self, name: str) -> Feature | None:
