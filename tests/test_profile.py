@@ -12,6 +12,7 @@ from qemu_evmcs.core.msrval import allowed0, allowed1
 from qemu_evmcs.core.profile import (bundled_profile_dir, load_profile, load_profile_text, load_profiles,
                                      resolve_profile_path)
 from qemu_evmcs.core.registry import registry
+from qemu_evmcs.fleet.sources import load_fleet
 
 DATA = Path(__file__).parent / "data" / "host"
 HEAD = 'name: h\nvendor: GenuineIntel\nkernel: "6.3"\n'
@@ -167,3 +168,19 @@ def test_a_type_error_names_the_yaml_type_not_an_internal_class() -> None:
     with pytest.raises(InputError) as err:
         load_profile_text(text, "h.yaml")
     assert err.value.message == "must be int, got float" and err.value.key == "family"
+
+
+def test_load_profiles_walks_directories_as_the_commands_do(tmp_path: Path) -> None:
+    """One walker of profile directories: load_profiles (the reference the fleet loader is checked against) and
+    the commands list the same files in the same order. A directory named *.yaml is walked (it holds a pool),
+    one reached again through a symbolic link is not walked twice (a loop used to end in ELOOP here while
+    every command loaded the file once), other sub-directories are not walked."""
+    sample = (Path(bundled_profile_dir()) / "skylake-6.3.yaml").read_text()
+    (tmp_path / "b.yaml").write_text(sample.replace("name: skylake-6.3", "name: b", 1))
+    (tmp_path / "a.yaml").mkdir()
+    (tmp_path / "a.yaml" / "z.yml").write_text(sample.replace("name: skylake-6.3", "name: a-z", 1))
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "c.yaml").write_text(sample.replace("name: skylake-6.3", "name: c", 1))
+    (tmp_path / "a.yaml" / "loop.yaml").symlink_to(tmp_path)
+    assert [p.name for p in load_profiles([str(tmp_path)])] == ["a-z", "b"]
+    assert sorted(load_fleet(str(tmp_path), progress=False, workers=1).host_names()) == ["a-z", "b"]

@@ -38,6 +38,7 @@ from qemu_evmcs.core.kernel import Era, KernelVersion, parse_release
 from qemu_evmcs.core.kernelid import AmbiguousKernel, KernelIdentity, identify
 from qemu_evmcs.core import lazy
 from qemu_evmcs.core.parsecache import cached_parse, core_sources, yaml_id
+from qemu_evmcs.core.profilewalk import profile_files
 from qemu_evmcs.core.registry import MASK32, MASK64, Registry, registry
 
 if TYPE_CHECKING:
@@ -470,8 +471,7 @@ def iter_profiles(paths: Sequence[str]) -> Iterator[HostProfile]:
     """Profiles from files (multi-document allowed) and directories (``*.yaml``/``*.yml``, sorted), streamed."""
     for path in paths:
         if os.path.isdir(path):
-            names = sorted(n for n in os.listdir(path) if n.endswith((".yaml", ".yml")))
-            yield from iter_profiles([os.path.join(path, n) for n in names])
+            yield from iter_profiles(profile_files(path))     # the one walk of a directory (core/profilewalk)
             continue
         text = _read_text(path)
         for data, lines in iter_documents(text, path):

@@ -28,7 +28,8 @@ from qemu_evmcs.core.kernel import era_table
 from qemu_evmcs.core.msrval import feature_set
 from qemu_evmcs.core.profile import MAX_PROFILE_BYTES, HostProfile, control_character, profile_from_mapping
 from qemu_evmcs.core.registry import registry
-from qemu_evmcs.fleet.loader import CHUNK_BYTES, FleetLoader, subdir_hint, walk_profile_files
+from qemu_evmcs.core.profilewalk import subdir_hint, walk_profile_files
+from qemu_evmcs.fleet.loader import CHUNK_BYTES, FleetLoader
 from qemu_evmcs.core.views import visible_features
 from qemu_evmcs.qemu.hostguest import host_model_guest_msrs
 from qemu_evmcs.fleet.staging import HostRow, StagedHosts

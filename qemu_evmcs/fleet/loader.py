@@ -26,12 +26,13 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import open_regular
 from qemu_evmcs.core.parsecache import cached_parse, yaml_id
+from qemu_evmcs.core.profilewalk import profile_files
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.core.profile import (MAX_PROFILE_BYTES, PARSER_FILES, HostProfile, control_character, iter_documents,
                                      profile_from_mapping)
@@ -124,12 +125,8 @@ class FleetLoader:
         :func:`~qemu_evmcs.core.profile.iter_profiles`). Returns ``[(host, fingerprint)]`` added."""
         if os.path.isdir(path):
             out: list[tuple[str, str]] = []
-            try:
-                names = sorted(n for n in os.listdir(path) if n.endswith((".yaml", ".yml")))
-            except OSError as err:
-                raise InputError(err.strerror or str(err), file=path) from None
-            for n in names:
-                out += self.add_path(os.path.join(path, n))
+            for f in profile_files(path):        # the one walk of a directory (core/profilewalk)
+                out += self.add_file(f)
             return out
         return self.add_file(path)
 
@@ -541,55 +538,3 @@ def _multiline_quoted(node: yaml.Node) -> Iterator[tuple[int, int]]:
     elif isinstance(node, yaml.SequenceNode):
         for v in node.value:
             yield from _multiline_quoted(v)
-
-
-def profile_files(path: str) -> list[str]:
-    """Profile files under ``path`` the way :func:`iter_profiles` walks it (``*.yaml``/``*.yml``, sorted)."""
-    return [full for _, full in sorted(walk_profile_files(path))]
-
-
-def walk_profile_files(path: str) -> Iterator[tuple[bytes, str]]:
-    """The files of :func:`profile_files`, streamed in the order the directories list them: nothing per file is
-    kept here, so a directory of 100,000 host files costs no memory (``fleet import`` sorts them on disk,
-    :mod:`~qemu_evmcs.fleet.staging`). Each comes with its sort key: the names from ``path`` down, as bytes
-    joined by NUL, so sorting the keys gives :func:`profile_files`' order (a directory's files at its name's
-    place; NUL sorts before every character of a name). Directories are those ending in ``.yaml``/``.yml``, as
-    :func:`iter_profiles` finds them; one reached again through a symbolic link is not walked twice.
-    """
-    todo: list[tuple[str, bytes]] = [(path, b"")]
-    walked: set[tuple[int, int]] = set()           # (device, inode) of each directory walked: per directory only
-    while todo:
-        where, prefix = todo.pop()
-        sep = "" if where.endswith(os.sep) else os.sep
-        try:
-            st = os.stat(where)
-            if (st.st_dev, st.st_ino) in walked:
-                continue
-            walked.add((st.st_dev, st.st_ino))
-            with os.scandir(where) as it:
-                for e in it:
-                    name = e.name
-                    if not name.endswith((".yaml", ".yml")):
-                        continue
-                    key = prefix + os.fsencode(name)
-                    if e.is_dir():
-                        todo.append((where + sep + name, key + b"\0"))
-                    else:
-                        yield key, where + sep + name
-        except OSError as err:
-            raise InputError(err.strerror or str(err), file=where) from None
-
-
-def subdir_hint(paths: Sequence[str]) -> str:
-    """For "no host profiles found": a given directory holds only sub-directories (``make-fleet --by-pool``),
-    which are not searched."""
-    for p in paths:
-        if os.path.isdir(p):
-            try:
-                subdirs = sorted(e.name for e in os.scandir(p) if e.is_dir() and not e.name.endswith((".yaml", ".yml")))
-            except OSError:
-                continue
-            if subdirs:
-                return (f" (only *.yaml files directly in {p} are read, not its sub-directories such as "
-                        f"{os.path.join(p, subdirs[0])}: pass them, e.g. {os.path.join(p, '*', '')})")
-    return ""

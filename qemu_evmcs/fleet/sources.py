@@ -22,7 +22,8 @@ from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.core.profile import HostProfile, bundled_name_hint, resolve_profile_path
 from qemu_evmcs.fleet.inventory import FleetDb, is_database
-from qemu_evmcs.fleet.loader import FleetLoader, profile_files, subdir_hint
+from qemu_evmcs.core.profilewalk import profile_files, subdir_hint
+from qemu_evmcs.fleet.loader import FleetLoader
 from qemu_evmcs.fleet.parallel import Unit, can_fork, default_workers, load_parallel, run_units, split_units
 from qemu_evmcs.output.progress import Progress
 

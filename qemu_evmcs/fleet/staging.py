@@ -10,7 +10,7 @@ the number of hosts; the disk holds about 150 bytes per host (and its file's pat
 
 The same holds for a directory of one file per host (``make-fleet --out DIR/``): the import's list of files and
 each file's bookkeeping (kept in Python, ~660 bytes of RSS a file: 95 MB at 100,000 files) wait here too. The
-directory is listed as it is read (``os.scandir`` order, :func:`~qemu_evmcs.fleet.loader.walk_profile_files`)
+directory is listed as it is read (``os.scandir`` order, :func:`~qemu_evmcs.core.profilewalk.walk_profile_files`)
 into a table that SQLite then indexes by (argument, sort key) on disk, so reading it back in that order gives
 the sorted order the import always used; a path listed twice (a file inside a directory also given) is kept
 once, under the first argument that lists it. The files to replace, to touch (same content, new mtime or
