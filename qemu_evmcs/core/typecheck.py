@@ -1,7 +1,7 @@
 """What of :mod:`typing` this package needs at run time, without importing :mod:`typing`.
 
-Why: importing ``typing`` costs more than a tenth of an interactive command's start-up over a bare
-interpreter (it also compiles regular expressions), and with ``from __future__ import annotations``
+Why: importing ``typing`` costs 16 M instructions beyond the ``re`` it imports (a bare interpreter runs
+38 M; ``guest-msrs`` ran 252 M with it), and with ``from __future__ import annotations``
 (every module here) annotations are never evaluated, so type checkers are the only readers of almost every
 name it exports. Modules therefore import typing names under ``if TYPE_CHECKING:``, with this module's
 ``TYPE_CHECKING`` (``False`` at run time; mypy treats any ``TYPE_CHECKING`` as true, and ruff is told that
