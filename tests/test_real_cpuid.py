@@ -24,6 +24,7 @@ from qemu_evmcs.core.profile import HostProfile, bundled_fleet_dir, load_profile
 from qemu_evmcs.hostio import cpuiddump
 from qemu_evmcs.output.render import cpu_string
 from qemu_evmcs.policy.negotiate import negotiate
+from qemu_evmcs.qemu.basecpuid import newest_runnable
 
 SNAP = Path(__file__).parent.parent / "qemu_evmcs" / "data" / "cpu_models" / "qemu" / "7.2"
 REAL = {n[:-5]: load_profile(os.path.join(bundled_fleet_dir(), n))
@@ -180,6 +181,30 @@ def test_model_auto_picks_the_hand_worked_model(pool: tuple[str, ...]) -> None:
         assert need - host.cpu_features <= {"rdctl-no", "ibrs-all", "skip-l1dfl-vmentry", "mds-no",  # type: ignore
                                             "pschange-mc-no", "taa-no", "ssb-no", "rsba", "tsx-ctrl"}, host.name
     assert not any("not checked" in n for n in neg.notes), neg.notes
+
+
+def test_design_all_picks_auto_once_and_answers_as_each_design_alone(capsys: pytest.CaptureFixture[str],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """--model auto with --design all checks the QEMU models' CPUID once (it is the same pool), and each
+    design's answer is the one a run of that design alone gives (which picks for itself)."""
+    calls: list[int] = []
+
+    def counting(*a: object, **k: object) -> str | None:
+        calls.append(1)
+        return newest_runnable(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("qemu_evmcs.policy.negotiate.newest_runnable", counting)
+    run = cli_runner(capsys, monkeypatch, ["negotiate"])
+    pool = ["sandybridge-e-5.15", "broadwell-6.1", "skylake-client-6.3"]
+    rc, out, _ = run("negotiate", "--model", "auto", "--hosts", *pool, "--design", "all", "--json")
+    assert rc == 0 and len(calls) == 1
+    together = json.loads(out)["designs"]
+    assert sorted(together) == ["revision", "shipped", "vmx-msrs"]
+    for design, answer in together.items():
+        rc, out, _ = run("negotiate", "--model", "auto", "--hosts", *pool, "--design", design, "--json")
+        alone = json.loads(out)
+        assert rc == 0 and {k: alone[k] for k in answer} == answer, design
+    assert len(calls) == 4
 
 
 def test_server_models_are_refused_on_the_client_cpus() -> None:

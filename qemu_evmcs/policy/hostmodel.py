@@ -144,11 +144,12 @@ def custom_for_host(gm: GuestModel, profiles: Sequence[HostProfile], target: str
 
 
 def negotiate_model(model: str | GuestModel, hosts: Hosts, strategy: str = "pv-cpuid", *,
-                    target: str = "qemu") -> Negotiation:
+                    target: str = "qemu", auto_pick: GuestModel | str | None = None) -> Negotiation:
     """:func:`~qemu_evmcs.policy.negotiate.negotiate` for any ``--model``; for ``host`` the answer is the custom
-    model that can migrate (:func:`custom_for_host`), with notes saying why ``host`` itself cannot."""
+    model that can migrate (:func:`custom_for_host`), with notes saying why ``host`` itself cannot.
+    ``auto_pick``: see :func:`~qemu_evmcs.policy.negotiate.negotiate`."""
     if model == AUTO_MODEL:
-        return negotiate(model, hosts, strategy, target=target)
+        return negotiate(model, hosts, strategy, target=target, auto_pick=auto_pick)
     gm = load_guest_model(model)
     if not gm.per_host:
         return negotiate(gm, hosts, strategy, target=target)

@@ -596,13 +596,16 @@ def _fail(neg: Negotiation, message: str) -> Negotiation:
 
 
 def negotiate(model: str | GuestModel, hosts: Hosts, strategy: str = "pv-cpuid", *,
-              target: str = "qemu", properties: frozenset[str] | None = None) -> Negotiation:
+              target: str = "qemu", properties: frozenset[str] | None = None,
+              auto_pick: GuestModel | str | None = None) -> Negotiation:
     """Negotiate one strategy over a pool; never raises for a pool without a safe answer (``ok`` false).
 
     ``hosts``: see :data:`Hosts`. Every simulation runs once per distinct host profile (fingerprint); drops
     name every host of the groups concerned. Messages that name one host name a group's first host.
     ``target``: see :data:`TARGETS`. For real QEMU the pool is also negotiated for the simulator, and what
     the guest would see in addition there is kept in :attr:`Negotiation.gains` and said in a note.
+    ``auto_pick``: for ``--model auto``, :func:`auto_model` of these hosts when the caller already has it (one
+    pick for every design of ``--design all``: it checks every QEMU model's CPUID on every host).
 
     :raise InputError: unknown strategy, target, model or profile.
     """
@@ -617,7 +620,7 @@ def negotiate(model: str | GuestModel, hosts: Hosts, strategy: str = "pv-cpuid",
     fleet = load_pool(hosts)
     groups = pool_groups(fleet)
     if model == AUTO_MODEL:
-        picked = auto_model(groups)
+        picked = auto_model(groups) if auto_pick is None else auto_pick
         if isinstance(picked, str):
             neg = Negotiation(strategy=strategy, model=load_guest_model(AUTO_TEMPLATE), hosts=FleetHosts(fleet),
                               groups=groups)

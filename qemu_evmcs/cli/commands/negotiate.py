@@ -16,7 +16,8 @@ from qemu_evmcs.cli.hostargs import add_selection_arguments, select_hosts
 from qemu_evmcs.cli.designarg import add_design_argument
 from qemu_evmcs.policy.hostmodel import negotiate_model
 from qemu_evmcs.qemu.model_names import AUTO_MODEL
-from qemu_evmcs.policy.negotiate import STRATEGIES, STRATEGY_VARIANT, TARGETS, load_guest_model, strategy_of
+from qemu_evmcs.policy.negotiate import (STRATEGIES, STRATEGY_VARIANT, TARGETS, auto_model, load_guest_model,
+                                         load_pool, pool_groups, strategy_of)
 from qemu_evmcs.output.render import (
     compare_strategies,
     cpu_string,
@@ -78,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
     model = args.model if args.model == AUTO_MODEL else load_guest_model(args.model)
     hosts = select_hosts(args, args.hosts)   # one Fleet: each distinct profile parsed and simulated once
     if args.design == "all":
-        results = {s: negotiate_model(model, hosts, s, target=args.target) for s in STRATEGIES}
+        # --model auto: one pick for the three designs (it checks every QEMU model's CPUID on every host).
+        pick = auto_model(pool_groups(load_pool(hosts))) if model == AUTO_MODEL else None
+        results = {s: negotiate_model(model, hosts, s, target=args.target, auto_pick=pick) for s in STRATEGIES}
         ok = any(n.ok for n in results.values())
         if fmt == "json":
             first = next(iter(results.values()))
