@@ -20,6 +20,7 @@ from cli_helpers import Run, cli_runner
 
 from qemu_evmcs.core import profileyaml
 from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.core.yamlsafe import key_lines
 from qemu_evmcs.core.profile import bundled_profile_dir, load_profile
 from qemu_evmcs.fleet.sources import load_fleet
 
@@ -120,3 +121,15 @@ def test_second_document_refused_without_composing_the_rest(tmp_path: Path,
     with pytest.raises(InputError, match="expected one YAML document, found more") as exc:
         load_profile(str(f))
     assert composed == 2 and exc.value.line is not None and exc.value.line <= 3
+
+
+def test_key_lines_walks_each_node_once_in_document_order() -> None:
+    """The one key-line walker of profiles and model definitions (core/yamlsafe.key_lines): a key, then the keys
+    under it; a repeated key is listed again (the model reader reports it); an alias's node is not walked again."""
+    doc = yaml.compose("a: &x\n  b: 1\n  c:\n    d: 2\nb: *x\na: 3\n", Loader=yaml.SafeLoader)
+    assert doc is not None and list(key_lines(doc)) == [
+        (("a",), 1), (("a", "b"), 2), (("a", "c"), 3), (("a", "c", "d"), 4), (("b",), 5), (("a",), 6)]
+    lines = [f"{n}: &{n} {{x: *{p}, y: *{p}}}\n" for p, n in zip("abcdefghi", "bcdefghij", strict=True)]
+    bomb = yaml.compose("a: &a {x: 1, y: 1}\n" + "".join(lines), Loader=yaml.SafeLoader)
+    # 10 top-level keys and the 2 keys of each of the 10 mappings, each mapping walked once: 30.
+    assert bomb is not None and len(list(key_lines(bomb))) == 10 + 10 * 2

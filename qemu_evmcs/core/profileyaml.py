@@ -17,7 +17,7 @@ import yaml
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.yamlfast import HAVE_LIBYAML, CComposeSafeLoader
-from qemu_evmcs.core.yamlsafe import StrictSafeLoader, yaml_error
+from qemu_evmcs.core.yamlsafe import StrictSafeLoader, key_lines, yaml_error
 
 if TYPE_CHECKING:
     from typing import Any
@@ -25,23 +25,6 @@ if TYPE_CHECKING:
 #: Deepest YAML nesting accepted; a profile needs 2 levels. Deeper input is refused while composing, before
 #: PyYAML's recursive composer (and its scanner's per-level bookkeeping) can take seconds or hit the recursion limit.
 MAX_YAML_DEPTH = 32
-
-
-def _line_map(node: yaml.Node, prefix: str = "", _seen: set[int] | None = None) -> dict[str, int]:
-    """Map dotted key paths to 1-based lines, from a composed (not constructed) YAML node.
-
-    Each node is walked once: an alias (``*a``) is the same node object as its anchor, and following
-    it again would make a "billion laughs" document expand exponentially here.
-    """
-    out: dict[str, int] = {}
-    seen = _seen if _seen is not None else set()
-    if isinstance(node, yaml.MappingNode) and id(node) not in seen:
-        seen.add(id(node))
-        for k, v in node.value:
-            key = f"{prefix}.{k.value}" if prefix else str(k.value)
-            out[key] = k.start_mark.line + 1
-            out.update(_line_map(v, key, seen))
-    return out
 
 
 class _DepthLimit:
@@ -128,7 +111,7 @@ def _compose_documents(text: str, *, fast: bool) -> Iterator[tuple[object, dict[
     for node in nodes:
         if node is None:
             continue
-        lines = _line_map(node)
+        lines = {".".join(path): line for path, line in key_lines(node)}   # dotted key path -> line
         loader = _ProfileLoader("")
         try:
             data = loader.construct_document(node)

@@ -26,6 +26,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from qemu_evmcs.core.errors import InputError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any
 
 def yaml_error(err: yaml.YAMLError, path: str) -> InputError:
@@ -33,6 +34,23 @@ def yaml_error(err: yaml.YAMLError, path: str) -> InputError:
     mark = getattr(err, "problem_mark", None)
     problem = getattr(err, "problem", None) or str(err).splitlines()[0]
     return InputError(f"invalid YAML: {problem}", file=path, line=(mark.line + 1) if mark is not None else None)
+
+
+def key_lines(node: yaml.Node, _prefix: tuple[str, ...] = (),
+              _seen: set[int] | None = None) -> Iterator[tuple[tuple[str, ...], int]]:
+    """Every mapping key of a composed (not constructed) document: (key path, 1-based line), in document order
+    (a key, then the keys under it); for the error lines of profiles and model definitions.
+
+    Each node is walked once: an alias (``*a``) is the same node object as its anchor, and following it again
+    would expand a "billion laughs" document exponentially (a 25-line model definition hung ``validate``).
+    """
+    seen = set() if _seen is None else _seen
+    if isinstance(node, yaml.MappingNode) and id(node) not in seen:
+        seen.add(id(node))
+        for k, v in node.value:
+            path = (*_prefix, str(k.value))
+            yield path, k.start_mark.line + 1
+            yield from key_lines(v, path, seen)
 
 
 #: Longest integer scalar accepted (``0b`` + 64 binary digits, with room for ``_`` separators).

@@ -361,24 +361,6 @@ _REQUIRED = ("name", "base", "vendor", "features")
 PV_PERF_VALUES = ("auto", "on", "off")
 
 
-def _line_map(node: yaml.Node, prefix: KeyPath, out: dict[KeyPath, int],
-              dups: list[tuple[KeyPath, int, int]], seen: set[int]) -> None:
-    """Key path -> 1-based line, from a composed node; also records duplicate keys (SafeLoader keeps the last).
-
-    Each node is walked once (``seen``), as in :func:`qemu_evmcs.core.profileyaml._line_map`: an alias is its
-    anchor's node, and following it again made a 25-line "billion laughs" definition hang ``validate``.
-    """
-    if isinstance(node, yaml.MappingNode) and id(node) not in seen:
-        seen.add(id(node))
-        for k, v in node.value:
-            path = prefix + (str(k.value),)
-            line = k.start_mark.line + 1
-            if path in out:
-                dups.append((path, out[path], line))
-            out[path] = line
-            _line_map(v, path, out, dups, seen)
-
-
 def compose_yaml(text: str, path: str) -> tuple[object, dict[KeyPath, int], list[tuple[KeyPath, int, int]]]:
     """Safe-load one YAML document with a key->line map (and the duplicate keys).
 
@@ -413,8 +395,11 @@ def _compose_yaml(text: str, path: str) -> tuple[object, dict[KeyPath, int], lis
     if len(nodes) != 1:
         raise InputError(f"expected one YAML document, found {len(nodes)}", file=path, line=1)
     lines: dict[KeyPath, int] = {}
-    dups: list[tuple[KeyPath, int, int]] = []
-    _line_map(nodes[0], (), lines, dups, set())
+    dups: list[tuple[KeyPath, int, int]] = []      # (key path, first line, repeated line): SafeLoader keeps the last
+    for keys, line in yamlsafe.key_lines(nodes[0]):
+        if keys in lines:
+            dups.append((keys, lines[keys], line))
+        lines[keys] = line
     loader = yamlsafe.BoundedSafeLoader("")
     try:
         data = loader.construct_document(nodes[0])
