@@ -35,7 +35,6 @@ from cli_helpers import Run, cli_runner
 from host_helpers import host_profiles
 from inventory_helpers import build_inventory, renamed_profile
 from qemu_evmcs.policy.negotiate import max_model, negotiate
-from qemu_evmcs.policy.plan import _Planner
 
 LOST_OLD_TO_NEW = {"vmx-ple", "vmx-vmfunc", "vmx-shadow-vmcs", "vmx-pml", "vmx-preemption-timer",
                    "vmx-exit-save-preemption-timer"}
@@ -192,24 +191,17 @@ def test_plan_counts_real_hosts_when_an_era_is_unknown(run: Run, tmp_path: Path)
     assert sum(summary["new"]["host_counts"].values()) == 2
 
 
-def test_planner_never_gives_one_negotiation_the_features_of_a_collected_one() -> None:
-    """_Planner.features memoised by id(): a trial negotiation of the upgrade search is dropped after use, and the
-    next one CPython allocates at the same address got the dropped one's features (a wrong upgrade gain). Here a
-    negotiation whose guest reads no VMX MSRs (so it sees nothing) is allocated until it lands on the address of a
-    dropped 72-feature answer for skylake-6.3 (test_feature_counts: 79 - 7)."""
-    gm = max_model()
-    planner = _Planner(gm, "pv-cpuid", "qemu")
-    first = negotiate(gm, host_profiles("skylake-6.3"))
-    sees_nothing = copy.copy(first)
-    sees_nothing.guest_msrs = {}
-    assert len(planner.features(first)) == 72
-    address = id(first)
-    del first
-    # Allocate until one lands on the dropped answer's address (at once, without the memo keeping the answer
-    # alive), keeping every try alive so each is a new address; every one of them sees nothing.
-    kept = []
-    for _ in range(1000):
-        kept.append(copy.copy(sees_nothing))
-        if id(kept[-1]) == address:
-            break
-    assert [planner.features(n) for n in kept] == [frozenset()] * len(kept)
+def test_a_negotiation_recomputes_its_features_when_its_msrs_or_verdict_change() -> None:
+    """Negotiation.guest_features is memoised with the ok flag and the guest_msrs object it was computed from;
+    the planner asks each pool's answer and each trial of the upgrade search for it directly (its own memo keyed
+    by id() once gave a new trial a dropped one's features). A copy given other MSRs, or an answer turned
+    not-ok, never shows the features memoised before. 72 for skylake-6.3: test_feature_counts (79 - 7)."""
+    first = negotiate(max_model(), host_profiles("skylake-6.3"))
+    assert len(first.guest_features) == 72
+    copied = copy.copy(first)                  # the memo is copied with it
+    copied.guest_msrs = {}                     # a guest that reads no VMX MSR sees nothing
+    assert copied.guest_features == frozenset() and len(first.guest_features) == 72
+    first.ok = False
+    assert first.guest_features == frozenset()
+    first.ok = True
+    assert len(first.guest_features) == 72

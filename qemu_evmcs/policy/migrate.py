@@ -54,8 +54,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 DESIGNS = ("naive", "shipped", "revision", "vmx-msrs")
-#: Design -> negotiation strategy: the negotiator's one table (the inverse of its ``STRATEGY_VARIANT``).
-DESIGN_STRATEGY: Mapping[str, str] = DESIGN_STRATEGY_OF
 VERDICTS = ("fine", "blocked", "unsafe")
 
 
@@ -78,7 +76,7 @@ def source_config(model: str | GuestModel, source: HostProfile, design: str, *,
     gm = load_guest_model(model)
     if design == "naive":
         return naive_config(gm)
-    neg = negotiate(gm, [source], DESIGN_STRATEGY[design], target=target)
+    neg = negotiate(gm, [source], DESIGN_STRATEGY_OF[design], target=target)
     if not neg.ok or neg.config is None:
         raise NegativeAnswer(f"the guest cannot start on the source: {neg.error}", verdict="source-fails")
     return neg.config

@@ -27,8 +27,9 @@ from qemu_evmcs.core.kernel import era_table
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.msrval import feature_set
 from qemu_evmcs.kvm.simkvm import guest_view
-from qemu_evmcs.policy.migrate import DESIGN_STRATEGY, verdict_from_view
-from qemu_evmcs.policy.negotiate import GuestModel, Negotiation, evmcs_incapable_reason, negotiate
+from qemu_evmcs.policy.migrate import verdict_from_view
+from qemu_evmcs.policy.negotiate import (DESIGN_STRATEGY_OF, GuestModel, Negotiation, evmcs_incapable_reason,
+                                         negotiate)
 
 #: Pool label for inventory hosts imported without ``--pool``.
 NO_POOL = "(none)"
@@ -180,7 +181,6 @@ class _Planner:
     target: str
     answers: dict[tuple[str, ...], Negotiation] = field(default_factory=dict)
     alone: dict[tuple[str, bool], frozenset[str]] = field(default_factory=dict)
-    seen: dict[int, tuple[Negotiation, frozenset[str]]] = field(default_factory=dict)
     gains: dict[tuple[tuple[str, ...], str], tuple[str, ...] | None] = field(default_factory=dict)
     #: Fingerprints of groups that stand for one candidate era of hosts whose era is unknown.
     ambiguous: set[str] = field(default_factory=set)
@@ -193,15 +193,6 @@ class _Planner:
         if neg is None:
             neg = self.answers[key] = negotiate(self.model, pool, self.strategy, target=self.target)
         return neg
-
-    def features(self, neg: Negotiation) -> frozenset[str]:
-        """``neg.guest_features``, computed once per answer. The memo keeps ``neg`` itself alive: keyed by
-        ``id()`` alone, a dropped trial negotiation's address was reused by the next one, which then got the
-        dropped one's features."""
-        got = self.seen.get(id(neg))
-        if got is None or got[0] is not neg:
-            got = self.seen[id(neg)] = (neg, neg.guest_features)
-        return got[1]
 
     def features_alone(self, g: HostGroup, upgraded: bool) -> frozenset[str]:
         """A superset of what any configuration shows a guest on this group's hosts (booted on the newest
@@ -235,7 +226,7 @@ class _Planner:
         """The groups whose kernel upgrade widens the pool (see the module docstring), best first."""
         newest = era_table().eras[-1]
         to_kernel = _newest_kernel()
-        have = self.features(neg)
+        have = neg.guest_features
         groups = pool.host_groups()
         out: list[Upgrade] = []
         for g in left_by_kernel:
@@ -246,7 +237,7 @@ class _Planner:
             trial.distinct[g.fingerprint] = upgraded
             trial.members[g.fingerprint] = list(g.hosts)
             after = negotiate(self.model, trial, self.strategy, target=self.target)
-            if after.ok:   # a trial, used once: not memoised
+            if after.ok:
                 out.append(Upgrade(tuple(g.hosts), g.profile.kernel, to_kernel,
                                    tuple(sorted(after.guest_features - have)), joins=True))
         composition = tuple(sorted(pool.members))
@@ -276,7 +267,7 @@ class _Planner:
         trial = _fleet_of(groups, source)
         trial.distinct[g.fingerprint] = g.profile.with_kernel(_newest_kernel())
         after = negotiate(self.model, trial, self.strategy, target=self.target)
-        return tuple(sorted(after.guest_features - have)) if after.ok else None   # a trial: not memoised
+        return tuple(sorted(after.guest_features - have)) if after.ok else None
 
 
 #: Severity of a verdict, for the worst over a host's candidate eras.
@@ -345,7 +336,7 @@ def plan_fleet(fleet: Fleet, model: GuestModel, *, design: str = "shipped", targ
         verdicts are memoised per answer and destination pool, so pools sharing an answer cost one).
     :param tick: called once per pool planned (for a progress bar counted in pools).
     """
-    planner = _Planner(model, DESIGN_STRATEGY[design], target)
+    planner = _Planner(model, DESIGN_STRATEGY_OF[design], target)
     # a kernel build of unknown era is planned once per candidate era ("host (if era X)"); host counts
     # stay counts of real hosts
     expanded = fleet.with_candidates()
@@ -361,7 +352,7 @@ def plan_fleet(fleet: Fleet, model: GuestModel, *, design: str = "shipped", targ
         capable_of[name] = keep.host_groups()
         neg = planner.answer(keep) if keep.members else None
         plan = PoolPlan(name, real_counts[name] if real_counts is not None else pool.host_count, neg, left,
-                        features=planner.features(neg) if neg is not None and neg.ok else frozenset())
+                        features=neg.guest_features if neg is not None and neg.ok else frozenset())
         if upgrades and neg is not None and neg.ok:
             plan.upgrades = planner.upgrades(keep, neg, left_by_kernel)
         plans.append(plan)

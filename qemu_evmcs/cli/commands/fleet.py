@@ -21,7 +21,7 @@ from qemu_evmcs.core.errors import EXIT_NEGATIVE, EXIT_OK, InputError
 from qemu_evmcs.output.jsonout import print_json
 from qemu_evmcs.output.plan import plan_cpu_lines, plan_json, plan_text, write_libvirt_fragments
 from qemu_evmcs.output.progress import Progress
-from qemu_evmcs.policy.migrate import DESIGN_STRATEGY
+from qemu_evmcs.policy.negotiate import DESIGN_STRATEGY_OF
 from qemu_evmcs.policy.negotiate import TARGETS, load_guest_model, max_model
 from qemu_evmcs.policy.plan import plan_fleet
 from qemu_evmcs.policy.explain import find_features
@@ -146,7 +146,7 @@ def register(subparsers: Any) -> None:
                                     "when every pool has an answer, 1 when some pool has none (said in the output).")
     pl.add_argument("--db", required=True, metavar="PATH", help="inventory database made by `fleet import`")
     pl.add_argument("--model", metavar="NAME", help="CPU model definition (name or file); default max")
-    pl.add_argument("--design", choices=sorted(DESIGN_STRATEGY), default="shipped",
+    pl.add_argument("--design", choices=sorted(DESIGN_STRATEGY_OF), default="shipped",
                     help="KVM eVMCS ABI design: shipped (default, what Linux merged), revision or vmx-msrs")
     pl.add_argument("--target", choices=TARGETS, default="qemu",
                     help="qemu (default: options a released QEMU has) or simulator (this project's proposed options)")
