@@ -4,12 +4,9 @@ perf-cpuid-gate), with the era and Linux mask name; the ``explain`` command and 
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from cli_helpers import Run, cli_runner
 
 from qemu_evmcs.core.errors import InputError, NegativeAnswer
@@ -17,7 +14,6 @@ from qemu_evmcs.policy.explain import HostExplanation, explain_host, find_featur
 from qemu_evmcs.qemu.attribution import LAYERS
 from qemu_evmcs.core.profile import HostProfile, load_profile
 from qemu_evmcs.core.registry import registry
-from qemu_evmcs.cli.commands.explain import wrap
 
 
 CORE = Path(__file__).resolve().parent / "data" / "core"
@@ -217,10 +213,3 @@ def test_cli_text(run: Run) -> None:
     assert "vmx-tsc-scaling (QEMU vmx-tsc-scaling, Linux SECONDARY_EXEC_TSC_SCALING)" in out
     assert "hidden from the guest by layer evmcs-filter" in out
 
-
-@given(st.text(alphabet=st.sampled_from(list("ab- \t\n\x0b\x0c\r\xa0x:,.")), max_size=140),
-       st.integers(min_value=8, max_value=120), st.sampled_from(["", "  ", "    "]), st.booleans())
-def test_the_one_line_shortcut_of_wrap_is_textwrap(text: str, width: int, indent: str, hyphens: bool) -> None:
-    """explain's wrap() skips textwrap for a text that fits as it is; textwrap itself is the expectation."""
-    assert wrap(text, width, initial_indent=indent, subsequent_indent="        ", break_on_hyphens=hyphens) == \
-        textwrap.wrap(text, width, initial_indent=indent, subsequent_indent="        ", break_on_hyphens=hyphens)

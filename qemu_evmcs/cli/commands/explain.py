@@ -49,24 +49,13 @@ def _names(fe: FeatureExplanation) -> str:
     return f"{fe.name} ({', '.join(other)})"
 
 
-def wrap(text: str, width: int, *, initial_indent: str, subsequent_indent: str,
-         break_on_hyphens: bool = True) -> list[str]:
-    """:func:`textwrap.wrap`, without its regular-expression split for a text that fits on one line as it is
-    (most reasons do: splitting all of them was a tenth of ``explain``)."""
-    if (text and not text[-1].isspace() and len(initial_indent) + len(text) <= width
-            and not any(c in text for c in "\t\n\r\v\f")):
-        return [initial_indent + text]
-    return textwrap.wrap(text, width, initial_indent=initial_indent, subsequent_indent=subsequent_indent,
-                         break_on_hyphens=break_on_hyphens)
-
-
 def render_features(exp: HostExplanation, chosen: list[FeatureExplanation]) -> str:
     """Detailed text for a few features (``--feature``)."""
     lines = header_lines(exp) + [""]
     for fe in chosen:
         verdict = "visible to the guest" if fe.visible else f"hidden from the guest by layer {fe.layer}"
         lines += [_names(fe), f"  {fe.msr}, bit {fe.bit}: {verdict}",
-                  *wrap(fe.reason, 100, initial_indent="  ", subsequent_indent="    ")]
+                  *textwrap.wrap(fe.reason, 100, initial_indent="  ", subsequent_indent="    ")]
     if exp.notes:
         lines.append("notes:")
         lines += [f"  - {n}" for n in exp.notes]
@@ -84,11 +73,11 @@ def render_all(exp: HostExplanation) -> str:
             continue
         lines.append(f"  [{layer}] {LAYER_TITLES[layer]} ({len(group)}):")
         for fe in group:
-            lines += wrap(f"{fe.name}: {fe.reason}", 110, initial_indent="    ",
+            lines += textwrap.wrap(f"{fe.name}: {fe.reason}", 110, initial_indent="    ",
                                    subsequent_indent="        ")
     visible = exp.visible()
     lines.append(f"visible to the guest: {len(visible)} features")
-    lines += wrap(" ".join(fe.name for fe in visible), 110, initial_indent="    ",
+    lines += textwrap.wrap(" ".join(fe.name for fe in visible), 110, initial_indent="    ",
                            subsequent_indent="    ", break_on_hyphens=False)
     if exp.notes:
         lines.append("notes:")
