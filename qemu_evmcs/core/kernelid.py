@@ -138,11 +138,10 @@ def _identify(kernel: str, kernel_version: str | None) -> KernelIdentity:
     rhel = _RHEL.match(kernel)
     abi = _ABI.match(kernel) if rhel is None else None
     distro, abi_no, series = None, None, f"{base.major}.{base.minor}"
-    # The distribution table (distro_kernels.yaml) only for a distribution's release string: an upstream
-    # one (most profiles) does not read it.
-    t = _table() if rhel is not None or abi is not None else None
+    # The distribution table (distro_kernels.yaml, read once) is asked only for a distribution's release
+    # string: an upstream one (most profiles) does not read it.
     if abi is not None:
-        assert t is not None
+        t = _table()
         flavour = abi.group(4)
         distro = ("Debian" if flavour in t.debian_flavours else "Ubuntu" if flavour in t.ubuntu_flavours else None)
         abi_no = abi.group(3)
@@ -151,22 +150,22 @@ def _identify(kernel: str, kernel_version: str | None) -> KernelIdentity:
         if rhel is None and v.mm != base.mm:
             raise InputError(f"kernel_version {v} is not of the {series} series of kernel {kernel}",
                              key="kernel_version")
-        if distro is not None and abi_no is not None and t is not None:
-            known = t.abi.get((distro.lower(), series), {}).get(abi_no)
+        if distro is not None and abi_no is not None:
+            known = _table().abi.get((distro.lower(), series), {}).get(abi_no)
             if known is not None and known[0] != v:
                 raise InputError(f"kernel_version {v} contradicts {distro} ABI {abi_no} = {known[0]} ({known[1]})",
                                  key="kernel_version")
         what = f"{distro + ' ' if distro else ''}build of upstream {v} (kernel_version)"
         return KernelIdentity(kernel, distro or ("RHEL " + rhel.group(5) if rhel else None), what,
                               (Candidate(era_table().era_of(v), v, str(v)),))
-    if rhel is not None and t is not None:
-        return _rhel(kernel, rhel, t)
-    if abi is not None and t is not None:
+    if rhel is not None:
+        return _rhel(kernel, rhel, _table())
+    if abi is not None:
         if distro is None:
             return KernelIdentity(kernel, None, f"unrecognised distribution build (ABI {abi_no}, flavour "
                                   f"{abi.group(4)}): its upstream point release is unknown",
                                   tuple(series_candidates(base, 0, None)))
-        return _abi(kernel, distro, series, abi_no or "", base, t)
+        return _abi(kernel, distro, series, abi_no or "", base, _table())
     how = "upstream release" if base.patch == 0 or kernel.strip().lstrip("v") == str(base) else \
         f"upstream {base} (the release string's third number, taken as the point release)"
     return KernelIdentity(kernel, None, how, (Candidate(era_table().era_of(base), base, str(base)),))
