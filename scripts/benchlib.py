@@ -19,7 +19,9 @@ from __future__ import annotations
 import compileall
 import os
 import resource
+import select
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -92,6 +94,37 @@ def run_timed(argv: Sequence[str], env: dict[str, str], *, check: bool = True,
         raise SystemExit(f"error: {' '.join(argv)} exited {out.returncode}: {out.stderr.strip()[-500:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu, out.stdout
+
+
+#: What the launch wrapper prints on stderr once QEMU is verified ("QMP ready and verified").
+WRAPPER_DONE = b"requested vmx/hv options applied"
+
+
+def until_stderr(argv: Sequence[str], marker: bytes, env: dict[str, str], *, cwd: str | None = None,
+                 timeout: float = 60.0) -> float:
+    """Seconds from spawning ``argv`` to ``marker`` on its stderr (the launch wrapper's :data:`WRAPPER_DONE`);
+    then SIGTERM, and kill after 30 s."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(list(argv), env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    buf = b""
+    try:
+        while marker not in buf:
+            ready, _, _ = select.select([proc.stderr], [], [], timeout)
+            chunk = os.read(proc.stderr.fileno(), 65536) if ready else b""
+            if not chunk:
+                raise SystemExit(f"error: {' '.join(argv)} printed no {marker.decode()!r}: "
+                                 f"{buf.decode(errors='replace')[-500:]}")
+            buf += chunk
+        return time.perf_counter() - t0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
 
 
 def medians(samples: Sequence[tuple[float, float]]) -> Timing:
