@@ -68,7 +68,7 @@ def test_fast_loader_equals_full_parse_multi_document(fleet_file: Path) -> None:
 
 def test_fast_loader_parses_each_distinct_text_once(fleet_file: Path) -> None:
     loader = FleetLoader()
-    loader.add_path(str(fleet_file))
+    loader.add_file(str(fleet_file))
     assert loader.documents == 1500
     assert loader.parsed < 100   # only documents with a new key are parsed in full
 
@@ -87,11 +87,11 @@ def test_first_documents_come_from_the_parse_cache_the_second_time(fleet_file: P
 
     monkeypatch.setattr(fleet_mod, "iter_documents", counting)
     first = FleetLoader()
-    first.add_path(str(fleet_file))
+    first.add_file(str(fleet_file))
     assert composed and first.parsed == len(composed)
     composed.clear()
     second = FleetLoader()
-    second.add_path(str(fleet_file))
+    second.add_file(str(fleet_file))
     assert composed == [] and second.parsed == first.parsed
     _same_fleet(first.fleet, second.fleet)
     assert second.fleet.members == reference([str(fleet_file)])
@@ -311,13 +311,13 @@ def test_comment_inside_a_quoted_scalar_is_text_not_a_cut(tmp_path: Path) -> Non
     b = body("b").replace(line, "model_name: 'i7\n# two'\n")
     path = write(tmp_path, a + "---\n" + b)
     loader = FleetLoader()
-    loader.add_path(path)
+    loader.add_file(path)
     assert loader.parsed == 2
     assert loader.fleet.members == reference([path])
     # Control: header comments differ, the key is trusted, only the first document is parsed.
     path = write(tmp_path, "# host a\n" + body("a") + "---\n# host b\n" + body("b"), "ok.yaml")
     loader = FleetLoader()
-    loader.add_path(path)
+    loader.add_file(path)
     assert loader.parsed == 1 and loader.fleet.members == reference([path])
 
 

@@ -24,7 +24,6 @@ inventories and bundled names: :mod:`qemu_evmcs.fleet.sources`; the SQLite inven
 from __future__ import annotations
 
 import functools
-import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
@@ -32,7 +31,6 @@ from qemu_evmcs.core.typecheck import TYPE_CHECKING
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import open_regular
 from qemu_evmcs.core.parsecache import cached_parse, yaml_id
-from qemu_evmcs.core.profilewalk import profile_files
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.core.profile import (MAX_PROFILE_BYTES, PARSER_FILES, HostProfile, control_character, iter_documents,
                                      profile_from_mapping)
@@ -93,7 +91,7 @@ def _shift(err: InputError, offset: int) -> InputError:
 class FleetLoader:
     """Streaming loader that parses each distinct document text once.
 
-    Feed it with :meth:`add_path` (files and directories) or :meth:`add_text`; the result accumulates
+    Feed it with :meth:`add_file` or :meth:`add_text`; the result accumulates
     in :attr:`fleet`. Host names must be unique across everything fed to one loader.
 
     :ivar parsed: how many documents were parsed in full (the rest took the fast path).
@@ -120,18 +118,10 @@ class FleetLoader:
         self._track = sink is None
 
     # ------------------------------------------------------------------ entry points
-    def add_path(self, path: str) -> list[tuple[str, str]]:
-        """A file (multi-document allowed) or a directory (``*.yaml``/``*.yml``, sorted, like
-        :func:`~qemu_evmcs.core.profile.iter_profiles`). Returns ``[(host, fingerprint)]`` added."""
-        if os.path.isdir(path):
-            out: list[tuple[str, str]] = []
-            for f in profile_files(path):        # the one walk of a directory (core/profilewalk)
-                out += self.add_file(f)
-            return out
-        return self.add_file(path)
-
     def add_file(self, path: str, start: int = 0, end: int | None = None, line0: int = 0) -> list[tuple[str, str]]:
-        """One file, streamed in chunks that end on a ``---`` line.
+        """One file (multi-document allowed), streamed in chunks that end on a ``---`` line. Returns
+        ``[(host, fingerprint)]`` added. (Directories: :func:`~qemu_evmcs.core.profilewalk.profile_files` lists
+        their files, :mod:`~qemu_evmcs.fleet.sources` feeds them here.)
 
         ``start``/``end``: only this byte range (``start`` on a ``---`` line or 0, ``end`` exclusive, ``None``:
         to the end of the file), whose first line is 0-based line ``line0`` of the file.
