@@ -1,4 +1,4 @@
-"""The QMP server side of the simulated QEMU (asyncio streams; clients are :class:`qemu.qmp.QMPClient`).
+"""The QMP server side of the simulated QEMU (on :mod:`.reactor`; clients are :class:`qemu.qmp.QMPClient`).
 
 Wire protocol as QEMU speaks it: on connect a greeting
 ``{"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": "qemu-evmcs-sim"},
@@ -51,11 +51,8 @@ TCP; events ``MIGRATION {status: setup|active|completed|failed}``; the source en
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import ctypes
 import json
-import logging
 import os
 import signal
 import socket
@@ -66,6 +63,7 @@ from dataclasses import dataclass, field
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
 from collections.abc import Callable, Mapping
 
+from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import EXIT_NEGATIVE, EvmcsError
 from qemu_evmcs.qemu.cpuspec import PROG, CpuSpec, QemuError
 from qemu_evmcs.simqemu.cmdline import QmpAddress
@@ -73,13 +71,14 @@ from qemu_evmcs.qemu.features import CPUID_BY_NAME, HV_BY_PROP
 from qemu_evmcs.qemu.cpu import BUILTIN_MODELS, X86Cpu, list_models, model_info, vmx_prop_names
 from qemu_evmcs.simqemu.migration import (LOAD_FAILED, MAX_STATE, IncomingResult, apply_incoming, decode, encode,
                                           guest_msrs, loads_strict, parse_uri, vcpu_state, verdict)
+from qemu_evmcs.simqemu.reactor import Listener, Reactor, Stream, connect, read_line, report
 from qemu_evmcs.simqemu.startup import Machine, VcpuState, read_vmx_msrs
 
 if TYPE_CHECKING:
     from typing import Any
-
-
-logger = logging.getLogger(__name__)
+    import ctypes
+else:
+    ctypes = lazy.proxy("ctypes")  # only to give memory back (trim_memory)
 
 QEMU_VERSION = {"major": 7, "minor": 2, "micro": 0}
 PACKAGE = "qemu-evmcs-sim"
@@ -95,6 +94,12 @@ MAX_BACKLOG = 4 << 20
 MAX_TOTAL_BACKLOG = 64 << 20
 #: A client's limit never drops below this (one large reply, such as qom-list, must fit).
 MIN_BACKLOG = 128 << 10
+#: A client with more unread output than this is not read from until it catches up (to a quarter of it) or
+#: :data:`DRAIN_WAIT` seconds pass: a client pipelining commands cannot grow its backlog faster than it reads.
+PAUSE_ABOVE = 64 << 10
+DRAIN_WAIT = 30.0
+#: Seconds a leaving client (or every client at shutdown) gets to receive what is queued for it.
+CLOSE_WAIT = 1.0
 #: Longest UNIX socket path (sun_path minus the NUL).
 UNIX_PATH_MAX = 107
 
@@ -208,7 +213,7 @@ class Connection:
         a big one leaves).
     """
 
-    writer: asyncio.StreamWriter
+    stream: Stream
     negotiated: bool = False
     oob: bool = False
     closed: bool = False
@@ -230,36 +235,33 @@ class Connection:
         if backlog < self._summed_at + MIN_BACKLOG:
             return False
         self._summed_at = backlog
-        total = sum(p.writer.transport.get_write_buffer_size() for p in self.peers if not p.closed)
+        total = sum(p.stream.write_buffer_size() for p in self.peers if not p.closed)
         return total > MAX_TOTAL_BACKLOG
 
     def send(self, obj: Mapping[str, object]) -> None:
         """Queue one message (``\\r\\n``-terminated); drop the client if it stopped reading."""
-        if self.closed or self.writer.is_closing():
+        if self.closed or self.stream.closed:
             self.closed = True
             return
-        backlog = self.writer.transport.get_write_buffer_size()
+        backlog = self.stream.write_buffer_size()
         self.peak_backlog = max(self.peak_backlog, backlog)
         if backlog > self.backlog_limit() or self._total_exceeded(backlog):
-            logger.warning("QMP client stopped reading; closing it")
+            report("QMP client stopped reading; closing it")
             self.abort()
             return
-        self.writer.write(json.dumps(obj, separators=(", ", ": "), allow_nan=False).encode() + b"\r\n")
+        self.stream.write(json.dumps(obj, separators=(", ", ": "), allow_nan=False).encode() + b"\r\n")
 
     def close(self) -> None:
-        """Close the connection (idempotent); unsent output is dropped if the client is not reading it."""
+        """Close the connection (idempotent) once what is queued for it is sent, or after :data:`CLOSE_WAIT`
+        seconds without its output dropped: waiting longer would hold the socket and the buffer for a reader
+        that never comes."""
         self.closed = True
-        with contextlib.suppress(Exception):
-            if self.writer.transport.get_write_buffer_size() > 0:
-                self.abort()  # close() would wait, holding the socket and the buffer, for a reader that never comes
-            else:
-                self.writer.close()
+        self.stream.close(deadline=CLOSE_WAIT)
 
     def abort(self) -> None:
-        """Drop the connection and its unsent output at once (``transport.abort``)."""
+        """Drop the connection and its unsent output at once."""
         self.closed = True
-        with contextlib.suppress(Exception):
-            self.writer.transport.abort()
+        self.stream.abort()
 
 
 def _brief(obj: object, limit: int = 300) -> str:
@@ -274,7 +276,7 @@ def trim_memory() -> None:
     Why: after hundreds of clients' buffers are freed, CPython and glibc keep the pages (415 MiB stayed
     in the issue's reproduction); ``malloc_trim`` releases free pages inside the heap too (glibc >= 2.8).
     """
-    with contextlib.suppress(OSError, AttributeError):
+    with contextlib.suppress(OSError, AttributeError, ImportError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
@@ -301,7 +303,7 @@ class _Listener:
     """One listening socket of the server, with what is needed to close it and remove its file."""
 
     addr: QmpAddress
-    server: asyncio.base_events.Server
+    server: Listener
     ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket file we created
 
 
@@ -316,11 +318,11 @@ class QmpServer:
     status: str = "running"
     autostart: bool = True
     exit_code: int | None = None
-    _done: asyncio.Event | None = None
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    #: The main loop, made by :meth:`start` (a server used only through :meth:`dispatch` has none).
+    reactor: Reactor | None = None
     #: Outgoing migration: status, error, guest-visible MSRs before/after (``migrate``).
     migration: dict[str, Any] | None = None
-    _incoming: asyncio.base_events.Server | None = None
+    _incoming: Listener | None = None
     _incoming_path: str | None = None
     _incoming_busy: bool = False
     _big_backlogs: int = 0
@@ -360,27 +362,32 @@ class QmpServer:
         }
 
     # ------------------------------------------------------------------ life cycle
-    async def start(self) -> None:
+    def loop(self) -> Reactor:
+        """The server's main loop (made at first use)."""
+        if self.reactor is None:
+            self.reactor = Reactor()
+        return self.reactor
+
+    def start(self) -> None:
         """Listen on every ``-qmp`` address.
 
         :raise QemuError: a socket cannot be created (path too long, in use, not ours).
         """
-        self._done = asyncio.Event()
         for addr in self.addresses:
             if addr.kind == "unix":
-                self.listeners.append(await self._listen_unix(addr))
+                self.listeners.append(self._listen_unix(addr))
             else:
                 try:
-                    srv = await asyncio.start_server(self._client, addr.host, addr.port, limit=MAX_MESSAGE)
+                    srv = Listener.tcp(self.loop(), addr.host, addr.port, self._accept)
                 except OSError as err:
                     raise QemuError(f"-qmp tcp:{addr.host}:{addr.port},server=on: Failed to bind socket: "
                                     f"{err.strerror}") from None
                 self.listeners.append(_Listener(addr, srv))
         incoming = self.machine.config.incoming
         if incoming is not None and incoming != "defer":
-            await self._listen_incoming(incoming, f"-incoming {incoming}")
+            self._listen_incoming(incoming, f"-incoming {incoming}")
 
-    async def _listen_unix(self, addr: QmpAddress) -> _Listener:
+    def _listen_unix(self, addr: QmpAddress) -> _Listener:
         path = addr.path
         spec = f"-qmp unix:{path},server=on"
         if len(os.fsencode(path)) > UNIX_PATH_MAX:
@@ -404,17 +411,17 @@ class QmpServer:
                 raise QemuError(f"{spec}: Failed to bind socket to {path}: Address already in use")
             os.unlink(path)  # a stale socket, as QEMU does
         try:
-            srv = await asyncio.start_unix_server(self._client, path, limit=MAX_MESSAGE)
+            srv = Listener.unix(self.loop(), path, self._accept)
         except OSError as err:
             raise QemuError(f"{spec}: Failed to bind socket to {path}: {err.strerror}") from None
         st2 = os.lstat(path)
         return _Listener(addr, srv, (st2.st_dev, st2.st_ino))
 
-    async def wait_closed(self) -> int:
-        """Run until ``quit`` (or :meth:`shutdown`); then close everything and return the exit code."""
-        assert self._done is not None
-        await self._done.wait()
-        await self.close()
+    def serve(self) -> int:
+        """Run until ``quit``, a signal or a failed incoming migration; then close everything and return
+        the exit code."""
+        self.loop().run(lambda: self.exit_code is not None)
+        self.close()
         return self.exit_code or 0
 
     def shutdown(self, reason: str, code: int = 0) -> None:
@@ -423,21 +430,18 @@ class QmpServer:
             return
         self.exit_code = code
         self.broadcast("SHUTDOWN", {"guest": False, "reason": reason})
-        if self._done is not None:
-            self._done.set()
 
-    async def close(self) -> None:
-        """Stop listening, drop every client, remove the socket files this process created."""
+    def close(self) -> None:
+        """Stop listening, give every client up to :data:`CLOSE_WAIT` seconds to receive what is queued
+        for it (the ``quit`` reply, SHUTDOWN), remove the socket files this process created."""
         self._close_incoming()
         for lst in self.listeners:
             lst.server.close()
-        for conn in list(self.conns):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.writer.drain(), 1.0)
+        conns = list(self.conns)
+        for conn in conns:
             conn.close()
-        for lst in self.listeners:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(lst.server.wait_closed(), 1.0)
+        if self.reactor is not None:
+            self.reactor.run(lambda: all(c.stream.closed for c in conns))
         for lst in self.listeners:
             if lst.addr.kind == "unix" and lst.ident is not None:
                 with contextlib.suppress(OSError):
@@ -445,6 +449,9 @@ class QmpServer:
                     if (st.st_dev, st.st_ino) == lst.ident:
                         os.unlink(lst.addr.path)
         self.listeners.clear()
+        if self.reactor is not None:
+            self.reactor.close()
+            self.reactor = None
 
     # ------------------------------------------------------------------ events
     def broadcast(self, event: str, data: Mapping[str, object] | None = None) -> None:
@@ -458,20 +465,19 @@ class QmpServer:
                 conn.send(msg)
 
     # ------------------------------------------------------------------ per client
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = Connection(writer, peers=self.conns)
+    def _accept(self, sock: socket.socket) -> None:
+        conn = Connection(Stream(self.loop(), sock, pause_above=PAUSE_ABOVE, resume_after=DRAIN_WAIT),
+                          peers=self.conns)
+        conn.stream.when_closed(lambda: self._client_closed(conn))
         self.conns.add(conn)
+        splitter = JsonSplitter()
+        conn.send({"QMP": {"version": {"qemu": dict(QEMU_VERSION), "package": PACKAGE}, "capabilities": ["oob"]}})
+        conn.stream.start(lambda data: self._client_data(conn, splitter, data))
+
+    def _client_data(self, conn: Connection, splitter: JsonSplitter, chunk: bytes) -> None:
+        """One chunk from a client (``b""``: it left): split, answer each message, in order."""
         try:
-            conn.send({"QMP": {"version": {"qemu": dict(QEMU_VERSION), "package": PACKAGE},
-                               "capabilities": ["oob"]}})
-            splitter = JsonSplitter()
-            while not conn.closed and self.exit_code is None:
-                try:
-                    chunk = await reader.read(65536)
-                except (ConnectionError, OSError):
-                    break
-                if not chunk:
-                    break
+            if chunk and not conn.closed and self.exit_code is None:
                 for item in splitter.feed(chunk):
                     if isinstance(item, SplitError):
                         conn.send({"error": {"class": "GenericError", "desc": item.desc}})
@@ -482,22 +488,25 @@ class QmpServer:
                     self._handle_raw(conn, item)
                     if conn.closed or self.exit_code is not None:
                         break
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(writer.drain(), 30.0)
-        except Exception:  # never let one client take the server down
-            logger.exception("QMP connection failed")
-        finally:
-            self.conns.discard(conn)
-            if self.exit_code is None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(writer.drain(), 1.0)
-                conn.close()
-            self._big_backlogs += conn.peak_backlog
-            if not self.conns and self._big_backlogs > MIN_BACKLOG:
-                # The last client left after buffering a lot: give the freed memory back to the system.
-                self._big_backlogs = 0
-                await asyncio.sleep(0)  # let the transport's close callbacks drop their buffers first
-                trim_memory()
+        except Exception as err:  # never let one client take the server down
+            report(f"QMP connection failed: {type(err).__name__}: {_brief(err)}")
+            conn.closed = True
+        if (not chunk or conn.closed) and self.exit_code is None:
+            conn.close()
+
+    def _client_closed(self, conn: Connection) -> None:
+        """A client's socket is closed (it left, was dropped, or the server is ending). Its share of
+        :data:`MAX_TOTAL_BACKLOG` goes to the others at the next turn of the loop, not at once: clients whose
+        input arrived together are all judged against the same share, whatever order they are served in."""
+        self.loop().call_soon(lambda: self._forget_client(conn))
+
+    def _forget_client(self, conn: Connection) -> None:
+        self.conns.discard(conn)
+        self._big_backlogs += conn.peak_backlog
+        if not self.conns and self._big_backlogs > MIN_BACKLOG and self.exit_code is None:
+            # The last client left after buffering a lot: give the freed memory back to the system.
+            self._big_backlogs = 0
+            trim_memory()
 
     def _handle_raw(self, conn: Connection, raw: bytes) -> None:
         try:
@@ -566,7 +575,7 @@ class QmpServer:
         except QemuError as e:
             return err(e.message)
         except Exception as e:  # a bug must not kill the VM
-            logger.exception("command %s failed", name)
+            report(f"{PROG}: internal error in QMP command {name}: {type(e).__name__}: {_brief(e)}")
             return err(f"internal error: {type(e).__name__}: {e}")
         out: dict[str, object] = {"return": ret}
         if has_id:
@@ -615,8 +624,7 @@ class QmpServer:
 
     def _quit(self, conn: Connection, args: dict[str, Any]) -> object:
         # The reply goes out first; SHUTDOWN follows from the main loop, as in QEMU.
-        loop = asyncio.get_running_loop()
-        loop.call_soon(self.shutdown, "host-qmp-quit", 0)
+        self.loop().call_soon(lambda: self.shutdown("host-qmp-quit", 0))
         return {}
 
     def _query_kvm(self, conn: Connection, args: dict[str, Any]) -> object:
@@ -733,7 +741,7 @@ class QmpServer:
         return out
 
     # ------------------------------------------------------------------ migration
-    async def _listen_incoming(self, uri: str, what: str) -> None:
+    def _listen_incoming(self, uri: str, what: str) -> None:
         """Listen for the source of an incoming migration (``-incoming URI`` / ``migrate-incoming``).
 
         :raise QemuError: a bad URI or a socket that cannot be created.
@@ -744,10 +752,10 @@ class QmpServer:
                 with contextlib.suppress(FileNotFoundError):
                     if stat.S_ISSOCK(os.lstat(host).st_mode):
                         os.unlink(host)
-                self._incoming = await asyncio.start_unix_server(self._incoming_conn, host, limit=MAX_STATE)
+                self._incoming = Listener.unix(self.loop(), host, self._incoming_conn)
                 self._incoming_path = host
             else:
-                self._incoming = await asyncio.start_server(self._incoming_conn, host, port, limit=MAX_STATE)
+                self._incoming = Listener.tcp(self.loop(), host, port, self._incoming_conn)
         except OSError as err:
             raise QemuError(f"{what}: Failed to bind socket: {err.strerror}") from None
 
@@ -760,28 +768,33 @@ class QmpServer:
                 os.unlink(self._incoming_path)
             self._incoming_path = None
 
-    async def _incoming_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One source connection: read the vCPU state, apply it, answer, then run or exit 1."""
+    def _incoming_conn(self, sock: socket.socket) -> None:
+        """One source connection: read the vCPU state (one line), apply it, answer, then run or exit 1."""
         if self._incoming_busy or self.status != "inmigrate":
-            writer.close()
+            sock.close()
             return
         self._incoming_busy = True
         self._close_incoming()
+        stream = Stream(self.loop(), sock)
+        read_line(stream, MAX_STATE, 30.0, lambda got: self._incoming_state(stream, got))
+
+    def _incoming_state(self, stream: Stream, got: bytes | Exception) -> None:
         # From here on the destination ends as "running"/"paused" or exits 1 with a reason: a stream that
         # cannot be decoded or applied (deep nesting, wrong types, a bug) never leaves it "inmigrate" with
         # its socket gone.
         result = IncomingResult(False, [f"{PROG}: invalid migration stream", LOAD_FAILED])
         try:
             try:
-                line = await asyncio.wait_for(reader.readline(), 30.0)
-                state = decode(line)
+                if isinstance(got, Exception):
+                    raise got
+                state = decode(got)
             except (TimeoutError, ValueError, ConnectionError, OSError) as err:
                 result = IncomingResult(False, [f"{PROG}: invalid migration stream: {_brief(err)}", LOAD_FAILED])
             else:
                 try:
                     result = apply_incoming(self.machine, state)
                 except Exception as err:  # a bug or an unforeseen shape: fail this migration, never wedge
-                    logger.exception("incoming migration failed")
+                    report(f"{PROG}: incoming migration failed: {type(err).__name__}: {_brief(err)}")
                     result = IncomingResult(False, [f"{PROG}: invalid vCPU state: {_brief(err)}", LOAD_FAILED])
             if result.ok:
                 reply: dict[str, object] = {"status": "completed",
@@ -790,17 +803,16 @@ class QmpServer:
                                             "host": self.machine.profile.name}
             else:
                 reply = {"status": "failed", "error": result.error}
-            with contextlib.suppress(Exception):
-                writer.write(encode(reply))
-                await asyncio.wait_for(writer.drain(), 5.0)
+            stream.write(encode(reply))
         finally:
-            with contextlib.suppress(Exception):
-                writer.close()
+            # The answer is sent (or dropped after 5 s) before the destination runs or exits.
+            stream.when_closed(lambda: self._incoming_done(result))
+            stream.close(deadline=5.0)
+
+    def _incoming_done(self, result: IncomingResult) -> None:
         if not result.ok:
             _stderr_lines(result.stderr)
             self.exit_code = 1
-            if self._done is not None:
-                self._done.set()
             return
         if self.autostart:
             self.status = "running"
@@ -813,14 +825,12 @@ class QmpServer:
             raise QmpCommandError("'-incoming' was not specified on the command line")
         if self.machine.config.incoming != "defer" or self._incoming is not None or self._incoming_busy:
             raise QmpCommandError("The incoming migration has already been started")
-        task = asyncio.get_running_loop().create_task(self._listen_incoming_cmd(args["uri"]))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.loop().call_soon(lambda: self._listen_incoming_cmd(args["uri"]))
         return {}
 
-    async def _listen_incoming_cmd(self, uri: str) -> None:
+    def _listen_incoming_cmd(self, uri: str) -> None:
         try:
-            await self._listen_incoming(uri, "migrate-incoming")
+            self._listen_incoming(uri, "migrate-incoming")
         except QemuError as err:
             _stderr_lines(err.lines())
 
@@ -836,9 +846,7 @@ class QmpServer:
             raise QmpCommandError(err.message) from None
         self.migration = {"status": "setup", "error": "", "source-msrs": guest_msrs(self.machine),
                           "destination-msrs": {}, "destination": ""}
-        task = asyncio.get_running_loop().create_task(self._run_migration(target))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.loop().call_soon(lambda: self._migration_step(self._migrate_start, target))
         return {}
 
     def _migration_status(self, status: str, error: str = "") -> None:
@@ -848,38 +856,51 @@ class QmpServer:
             self.migration["error"] = error
         self.broadcast("MIGRATION", {"status": status})
 
-    async def _run_migration(self, target: tuple[str, str, int]) -> None:
-        """Run one outgoing migration; whatever happens it ends ``completed`` or ``failed`` (never stays
-        ``setup``/``active``, which refused every later ``migrate``)."""
+    def _migration_step(self, step: Callable[..., None], *args: Any) -> None:
+        """Run one step of an outgoing migration; whatever happens it ends ``completed`` or ``failed`` (never
+        stays ``setup``/``active``, which refused every later ``migrate``)."""
         try:
-            await self._migrate_once(target)
-        finally:
+            step(*args)
+        except Exception as err:
+            report(f"{PROG}: outgoing migration failed: {type(err).__name__}: {_brief(err)}")
             if self.migration is not None and self.migration["status"] in ("setup", "active"):
                 self._migration_status("failed", "internal error of the simulated migration")
 
-    async def _migrate_once(self, target: tuple[str, str, int]) -> None:
-        kind, host, port = target
+    def _migrate_start(self, target: tuple[str, str, int]) -> None:
         self.broadcast("MIGRATION", {"status": "setup"})
-        try:
-            if kind == "unix":
-                reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(host, limit=MAX_STATE), 10.0)
-            else:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=MAX_STATE), 10.0)
-        except (TimeoutError, OSError) as err:
-            self._migration_status("failed", f"Failed to connect to the destination: {err}")
+        connect(self.loop(), target, 10.0, lambda got: self._migration_step(self._migrate_connected, got))
+
+    def _migrate_connected(self, got: socket.socket | OSError) -> None:
+        if isinstance(got, OSError):
+            self._migration_status("failed", f"Failed to connect to the destination: {got}")
             return
         self._migration_status("active")
+        stream = Stream(self.loop(), got)
+        answered = False
+
+        def answer(got: bytes | Exception) -> None:
+            nonlocal answered
+            if not answered:
+                answered = True
+                stream.abort()
+                self._migration_step(self._migrate_answer, got)
+
+        def sent_in_time() -> None:  # the state is sent within 10 s, the answer read within 60 s more
+            if stream.write_buffer_size() and not stream.closed:
+                answer(TimeoutError("the destination did not read the state within 10 s"))
+
+        stream.write(encode(vcpu_state(self.machine)))
+        self.loop().call_later(10.0, sent_in_time)
+        read_line(stream, MAX_STATE, 70.0, answer)
+
+    def _migrate_answer(self, got: bytes | Exception) -> None:
         try:
-            writer.write(encode(vcpu_state(self.machine)))
-            await asyncio.wait_for(writer.drain(), 10.0)
-            line = await asyncio.wait_for(reader.readline(), 60.0)
-            reply = decode(line)
+            if isinstance(got, Exception):
+                raise got
+            reply = decode(got)
         except (TimeoutError, OSError, ValueError) as err:
             self._migration_status("failed", f"the destination closed the migration stream ({_brief(err) or 'EOF'})")
             return
-        finally:
-            with contextlib.suppress(Exception):
-                writer.close()
         try:
             if reply.get("status") != "completed":
                 self._migration_status("failed", _brief(reply.get("error") or "the destination refused the migration"))
@@ -966,7 +987,7 @@ def _stderr_lines(lines: list[str]) -> None:
 
 def register_signal_handlers(server: QmpServer) -> None:
     """SIGTERM/SIGINT/SIGHUP end the VM like QEMU: a stderr line, SHUTDOWN (host-signal), exit 0."""
-    loop = asyncio.get_running_loop()
+    loop = server.loop()
 
     def on_signal(signum: int) -> None:
         with contextlib.suppress(Exception):
@@ -975,6 +996,4 @@ def register_signal_handlers(server: QmpServer) -> None:
         server.shutdown("host-signal", 0)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, on_signal, int(sig))
-
+        loop.add_signal_handler(sig, on_signal)

@@ -14,7 +14,6 @@ stderr (core dumps are disabled first with RLIMIT_CORE=0), like QEMU's failed
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import resource
@@ -74,17 +73,17 @@ def _abort() -> None:
     os.abort()
 
 
-async def _serve(machine: Machine) -> int:
+def _serve(machine: Machine) -> int:
     server = QmpServer(machine, list(machine.config.qmp))
     try:
-        await server.start()
+        server.start()
     except QemuError as err:
         for line in err.lines():
             _err(line)
-        await server.close()
+        server.close()
         return err.status
     register_signal_handlers(server)
-    return await server.wait_closed()
+    return server.serve()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _abort()
     if not result.ok or result.machine is None:
         return result.exit_status
-    return asyncio.run(_serve(result.machine))
+    return _serve(result.machine)
 
 
 if __name__ == "__main__":  # pragma: no cover
