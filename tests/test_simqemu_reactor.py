@@ -90,19 +90,26 @@ def test_close_with_a_deadline_drops_output_a_peer_never_reads(reactor: Reactor)
     peer.close()
 
 
-def test_reading_pauses_while_the_queue_is_large_and_resumes_when_the_peer_catches_up(reactor: Reactor) -> None:
-    """Each chunk received is answered with 300,000 bytes. With ``pause_above=1000`` the second chunk is not
-    read while the first answer is queued; once the peer reads the answers (queue down to 250 bytes or
-    less), the second chunk is delivered."""
+def _answering(reactor: Reactor, resume_after: float) -> tuple[Stream, socket.socket, list[bytes]]:
+    """A stream pausing above 1,000 queued bytes that answers each chunk with 300,000 bytes (``b"r"``), its
+    peer (small kernel buffers), and the chunks received so far."""
     ours, peer = _small_pair()
     chunks: list[bytes] = []
-    stream = Stream(reactor, ours, pause_above=1000, resume_after=PATIENCE * 10)
+    stream = Stream(reactor, ours, pause_above=1000, resume_after=resume_after)
 
     def on_data(data: bytes) -> None:
         chunks.append(data)
         stream.write(b"r" * 300_000)
 
     stream.start(on_data)
+    return stream, peer, chunks
+
+
+def test_reading_pauses_while_the_queue_is_large_and_resumes_when_the_peer_catches_up(reactor: Reactor) -> None:
+    """Each chunk received is answered with 300,000 bytes. With ``pause_above=1000`` the second chunk is not
+    read while the first answer is queued; once the peer reads the answers (queue down to 250 bytes or
+    less), the second chunk is delivered."""
+    stream, peer, chunks = _answering(reactor, PATIENCE * 10)
     peer.sendall(b"1")
     _run(reactor, lambda: len(chunks) == 1)
     peer.sendall(b"2")
@@ -129,15 +136,7 @@ def test_reading_pauses_while_the_queue_is_large_and_resumes_when_the_peer_catch
 
 
 def test_a_paused_stream_is_read_again_after_resume_after_seconds(reactor: Reactor) -> None:
-    ours, peer = _small_pair()
-    chunks: list[bytes] = []
-    stream = Stream(reactor, ours, pause_above=1000, resume_after=0.05)
-
-    def on_data(data: bytes) -> None:
-        chunks.append(data)
-        stream.write(b"r" * 300_000)
-
-    stream.start(on_data)
+    stream, peer, chunks = _answering(reactor, 0.05)
     peer.sendall(b"1")
     _run(reactor, lambda: len(chunks) == 1)
     peer.sendall(b"2")  # the peer never reads: only the timer resumes reading
