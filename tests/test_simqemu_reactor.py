@@ -330,3 +330,49 @@ def test_the_simulator_serves_qmp_without_asyncio_logging_or_ctypes(tmp_path: os
     info = json.loads(out.stderr.splitlines()[-1])
     assert info["rc"] == 0
     assert not {"asyncio", "logging", "ctypes", "ssl", "concurrent", "typing", "inspect"} & set(info["modules"])
+
+
+def _sim(qmp: str) -> list[str]:
+    return [sys.executable, "-m", "qemu_evmcs.simqemu", "--host", "skylake-6.3", "-accel", "kvm", "-cpu", "host",
+            "-display", "none", "-qmp", qmp]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_qmp_over_tcp_and_a_port_in_use(host: str) -> None:
+    """``-qmp tcp:HOST:PORT,server=on``: every address of the host is bound (``localhost``: 127.0.0.1 and, where
+    configured, ::1); a second simulator on the same port fails as QEMU does: one line, exit 1."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    spec = f"tcp:{host}:{port},server=on,wait=off"
+    proc = subprocess.Popen(_sim(spec), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        client = None
+        for _ in range(int(PATIENCE / 0.02)):
+            try:
+                client = socket.create_connection(("127.0.0.1", port), timeout=PATIENCE)
+                break
+            except OSError:
+                threading.Event().wait(0.02)
+        assert client is not None, "the simulator never listened"
+        lines = client.makefile("rb")
+        assert json.loads(lines.readline())["QMP"]["version"]["package"] == "qemu-evmcs-sim"
+        client.sendall(b'{"execute": "qmp_capabilities"}{"execute": "query-status", "id": 7}')
+        assert json.loads(lines.readline()) == {"return": {}}
+        assert json.loads(lines.readline()) == {"return": {"running": True, "singlestep": False, "status": "running"},
+                                                "id": 7}
+        second = subprocess.run(_sim(spec), capture_output=True, text=True, timeout=PATIENCE)
+        assert (second.returncode, second.stderr) == (
+            1, f"qemu-system-x86_64: -qmp tcp:{host}:{port},server=on: Failed to bind socket: Address already in use\n")
+        client.sendall(b'{"execute": "quit"}')
+        assert json.loads(lines.readline()) == {"return": {}}
+        assert json.loads(lines.readline())["event"] == "SHUTDOWN"
+        assert lines.readline() == b""  # the simulator closed the connection
+        client.close()
+        assert proc.wait(PATIENCE) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
