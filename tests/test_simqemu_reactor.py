@@ -53,7 +53,8 @@ def test_queued_writes_arrive_whole_and_in_order_before_a_graceful_close(reactor
     after all of it is queued: the peer gets exactly the bytes written, then the end of the stream."""
     ours, peer = _small_pair()
     closed: list[bool] = []
-    stream = Stream(reactor, ours, on_close=lambda: closed.append(True))
+    stream = Stream(reactor, ours)
+    stream.when_closed(lambda: closed.append(True))
     pieces = [bytes([i % 251]) * (1 + (i * 7919) % 70000) for i in range(150)]
     expected = b"".join(pieces)
     for piece in pieces:
@@ -80,7 +81,8 @@ def _read_all(sock: socket.socket, into: bytearray) -> None:
 def test_close_with_a_deadline_drops_output_a_peer_never_reads(reactor: Reactor) -> None:
     ours, peer = _small_pair()
     closed: list[bool] = []
-    stream = Stream(reactor, ours, on_close=lambda: closed.append(True))
+    stream = Stream(reactor, ours)
+    stream.when_closed(lambda: closed.append(True))
     stream.write(b"x" * 1_000_000)
     assert stream.write_buffer_size() > 0
     stream.close(deadline=0.01)

@@ -57,7 +57,6 @@ import os
 import signal
 import socket
 import stat
-import sys
 import time
 from dataclasses import dataclass, field
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
@@ -811,7 +810,7 @@ class QmpServer:
 
     def _incoming_done(self, result: IncomingResult) -> None:
         if not result.ok:
-            _stderr_lines(result.stderr)
+            report(*result.stderr)
             self.exit_code = 1
             return
         if self.autostart:
@@ -832,7 +831,7 @@ class QmpServer:
         try:
             self._listen_incoming(uri, "migrate-incoming")
         except QemuError as err:
-            _stderr_lines(err.lines())
+            report(*err.lines())
 
     def _migrate(self, conn: Connection, args: dict[str, Any]) -> object:
         if self.status in ("inmigrate", "postmigrate"):
@@ -978,21 +977,12 @@ def parse_msrs(raw: Mapping[str, Any]) -> dict[str, int]:
     return {str(k): int(v, 16) if isinstance(v, str) else int(v) for k, v in raw.items()}
 
 
-def _stderr_lines(lines: list[str]) -> None:
-    with contextlib.suppress(Exception):
-        for line in lines:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-
-
 def register_signal_handlers(server: QmpServer) -> None:
     """SIGTERM/SIGINT/SIGHUP end the VM like QEMU: a stderr line, SHUTDOWN (host-signal), exit 0."""
     loop = server.loop()
 
     def on_signal(signum: int) -> None:
-        with contextlib.suppress(Exception):
-            sys.stderr.write(f"{PROG}: terminating on signal {signum}\n")
-            sys.stderr.flush()
+        report(f"{PROG}: terminating on signal {signum}")
         server.shutdown("host-signal", 0)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -43,10 +43,11 @@ READ_SIZE = 65536
 BACKLOG = 100
 
 
-def report(line: str) -> None:
-    """One line on stderr, never raising (stderr may be closed or a full pipe)."""
+def report(*lines: str) -> None:
+    """Lines on stderr, never raising (stderr may be closed or a full pipe): every message the simulated
+    QEMU prints after its start goes through here."""
     try:
-        sys.stderr.write(line + "\n")
+        sys.stderr.write("".join(line + "\n" for line in lines))
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
@@ -176,17 +177,16 @@ class Stream:
 
     :param pause_above: stop reading while more than this many bytes are queued (``None``: never); reading
         resumes when the queue is down to a quarter of it, or after ``resume_after`` seconds regardless.
-    :param on_close: called once, when the socket is closed (however that happens).
     """
 
     def __init__(self, reactor: Reactor, sock: socket.socket, *, pause_above: int | None = None,
-                 resume_after: float = 30.0, on_close: Callback | None = None) -> None:
+                 resume_after: float = 30.0) -> None:
         sock.setblocking(False)
         self.reactor = reactor
         self.sock = sock
         self.closed = False
         self._on_data: Callable[[bytes], None] | None = None
-        self._on_close = on_close
+        self._on_close: Callback | None = None
         self._out: deque[bytes | memoryview] = deque()
         self._size = 0
         self._reading = False
@@ -198,7 +198,7 @@ class Stream:
         self._deadline: Timer | None = None
 
     def when_closed(self, callback: Callback) -> None:
-        """Call ``callback`` once, when the socket is closed (replaces the ``on_close`` given at creation)."""
+        """Call ``callback`` once, when the socket is closed, however that happens (replaces an earlier one)."""
         self._on_close = callback
 
     def start(self, on_data: Callable[[bytes], None]) -> None:

@@ -26,6 +26,7 @@ from qemu_evmcs.qemu.cpu import list_models
 from qemu_evmcs.qemu.cpuspec import EXIT_ABORT, EXIT_ERROR, PROG, QemuError
 from qemu_evmcs.simqemu.cmdline import parse_args
 from qemu_evmcs.simqemu.qmp_server import QmpServer, register_signal_handlers
+from qemu_evmcs.simqemu.reactor import report
 from qemu_evmcs.simqemu.startup import Machine, boot
 
 
@@ -57,12 +58,6 @@ Exit status: 0 after quit/SIGTERM, 1 on QEMU start-up errors, SIGABRT (134) when
 """
 
 
-def _err(line: str) -> None:
-    with contextlib.suppress(OSError, ValueError):
-        sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-
-
 def _abort() -> None:
     """Die like a failed ``assert()``: SIGABRT, without leaving a core file."""
     with contextlib.suppress(Exception):
@@ -78,8 +73,7 @@ def _serve(machine: Machine) -> int:
     try:
         server.start()
     except QemuError as err:
-        for line in err.lines():
-            _err(line)
+        report(*err.lines())
         server.close()
         return err.status
     register_signal_handlers(server)
@@ -92,8 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = parse_args(args)
     except QemuError as err:
-        for line in err.lines():
-            _err(line)
+        report(*err.lines())
         return err.status
     if config.show_help:
         sys.stdout.write(HELP)
@@ -106,17 +99,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write("Available CPUs:\n" + "".join(f"x86 {m}\n" for m in list_models()))
         return 0
     if not config.host:
-        _err(f"{PROG}: --host PROFILE is required (simulator option; see --help)")
+        report(f"{PROG}: --host PROFILE is required (simulator option; see --help)")
         return EXIT_ERROR
     try:
         profile = load_profile(resolve_profile_path(config.host))
         profile.era  # noqa: B018 - a distribution build of unknown era: refuse here, naming every candidate
     except EvmcsError as err:
-        _err(f"{PROG}: --host {config.host}: {err}")
+        report(f"{PROG}: --host {config.host}: {err}")
         return EXIT_ERROR
     result = boot(config, profile)
-    for line in result.stderr:
-        _err(line)
+    report(*result.stderr)
     if result.exit_status == EXIT_ABORT:
         _abort()
     if not result.ok or result.machine is None:
