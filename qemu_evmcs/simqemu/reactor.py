@@ -68,7 +68,7 @@ class Timer:
 
 
 class Reactor:
-    """One thread's loop: ready callbacks, then due timers, then the sockets :mod:`selectors` says are ready."""
+    """One thread's loop: ready callbacks, then the sockets :mod:`selectors` says are ready, then due timers."""
 
     def __init__(self) -> None:
         self._sel = selectors.DefaultSelector()
