@@ -1,0 +1,103 @@
+"""How the ``qemu-evmcs`` process ends: its output, its exit code and its at-exit work, whatever stdout is.
+
+Why: a command's answer is only delivered once stdout is flushed, and that can fail after the command
+returned (a redirect to a full disk, a reader that went away). Python reports a failed final flush as
+``Exception ignored ...`` with exit 120, and a failed ``print`` as a traceback; the CLI contract is one
+``error:`` line and exit 2 (README "Exit codes": disk full). The process also leaves without the
+interpreter's finalization (:func:`qemu_evmcs.cli.main.leave`), so these tests check that nothing a normal
+exit does is lost: at-exit handlers run (the per-user cache is written), other threads are waited for.
+
+Every case runs the real entry point (``python -m qemu_evmcs``) in a fresh process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(cache: Path | None = None) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if cache is not None:
+        env["QEMU_EVMCS_CACHE_DIR"] = str(cache)
+    return env
+
+
+def _run(argv: list[str], stdout: int, cache: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "qemu_evmcs", *argv], stdout=stdout, stderr=subprocess.PIPE,
+                          text=True, timeout=120, env=_env(cache), cwd=ROOT)
+
+
+@pytest.mark.parametrize("argv", [
+    ["guest-msrs", "--host", "skylake-6.3"],            # about 9 KB: the failure comes from print itself
+    ["guest-msrs", "--host", "skylake-6.3", "--json"],  # print_json's one write
+    ["validate"],                                       # a few lines: the failure comes at the final flush
+])
+def test_a_full_disk_on_stdout_is_one_error_line_and_exit_2(argv: list[str]) -> None:
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full (Linux)")
+    with open("/dev/full", "w") as full:
+        proc = _run(argv, full.fileno())
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0] == "error: <stdout>: writing the output failed: No space left on device", lines
+
+
+def test_a_reader_that_went_away_is_silent_and_keeps_the_commands_code() -> None:
+    """``qemu-evmcs ... | head -0``: the reader closed the pipe before anything was written. Like ``grep`` or
+    ``virsh``, the command says nothing more (stderr stays empty) and exits with its own answer's code."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        proc = _run(["validate"], w)
+    finally:
+        os.close(w)
+    assert proc.stderr == ""
+    assert proc.returncode == 0
+
+
+def test_at_exit_work_is_done(tmp_path: Path) -> None:
+    """The per-user cache's compiled dataclass methods are written by an at-exit handler
+    (:mod:`qemu_evmcs.core.classcache`): they are there after the first run."""
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    proc = _run(["guest-msrs", "--host", "skylake-6.3"], subprocess.DEVNULL, cache)
+    assert proc.returncode == 0, proc.stderr
+    names = os.listdir(cache)
+    assert any(n.startswith("dataclass-code-") for n in names), names
+
+
+def test_leave_waits_for_other_threads(tmp_path: Path) -> None:
+    """A thread still running when the command returns is not cut off: ``leave`` then exits the normal way,
+    which waits for it. The thread waits until the main thread is inside ``leave`` before writing."""
+    done = tmp_path / "done"
+    code = ("import sys, threading\n"
+            "import qemu_evmcs.cli.main as m\n"
+            "entered = threading.Event()\n"
+            "def work():\n"
+            "    entered.wait()\n"
+            f"    open({str(done)!r}, 'w').write('finished')\n"
+            "t = threading.Thread(target=work); t.start()\n"
+            "orig = m.sys.stdout.flush\n"
+            "def flush():\n"
+            "    entered.set(); orig()\n"
+            "m.sys.stdout.flush = flush\n"
+            "m.leave(3)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_env())
+    assert proc.returncode == 3, proc.stderr
+    assert done.read_text() == "finished"
+
+
+def test_leave_keeps_the_code_and_flushes_both_streams() -> None:
+    code = ("import sys\nimport qemu_evmcs.cli.main as m\n"
+            "sys.stdout.write('answer'); sys.stderr.write('note')\n"
+            "m.leave(1)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_env())
+    assert (proc.returncode, proc.stdout, proc.stderr) == (1, "answer", "note")
