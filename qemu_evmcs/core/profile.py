@@ -31,6 +31,7 @@ from qemu_evmcs.core.typecheck import TYPE_CHECKING
 from collections.abc import Iterator, Mapping, Sequence
 
 from qemu_evmcs.core.cpuid import NAME as CPUID_NAME, parse_leaf
+from qemu_evmcs.core.digest import sha256_hex
 from qemu_evmcs.core.enumeration import TRUE_MSRS, quirks
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import MAX_INPUT_BYTES, read_text_capped
@@ -42,10 +43,7 @@ from qemu_evmcs.core.profilewalk import profile_files
 from qemu_evmcs.core.registry import MASK32, MASK64, Registry, registry
 
 if TYPE_CHECKING:
-    import hashlib
     from typing import Any
-else:   # OpenSSL's load is 12M instructions; only a fingerprint needs it (core/lazy.py)
-    hashlib = lazy.proxy("hashlib")
 
 
 VENDORS = ("GenuineIntel", "AuthenticAMD", "HygonGenuine", "CentaurHauls")
@@ -204,7 +202,7 @@ class HostProfile:
         if self.cpu_features is not None:
             key["cpu_features"] = sorted(self.cpu_features)
         text: str = lazy.module("json").dumps(key, sort_keys=True)   # json: imported only by commands using it
-        return hashlib.sha256(text.encode()).hexdigest()[:24]
+        return sha256_hex(text.encode())[:24]
 
 
 def _kind(value: object) -> str:
