@@ -101,3 +101,23 @@ def test_leave_keeps_the_code_and_flushes_both_streams() -> None:
             "m.leave(1)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_env())
     assert (proc.returncode, proc.stdout, proc.stderr) == (1, "answer", "note")
+
+
+def test_the_command_runs_with_the_collector_on_and_the_start_up_frozen() -> None:
+    """``main`` keeps the garbage collector off while the command's modules load, then freezes what the
+    start-up made and turns it back on (cli/main.py ``_collect_after_start_up``): the command itself runs
+    with it, as a large fleet's computation needs."""
+    code = ("import gc, sys\nimport qemu_evmcs.cli.main as m\nimport qemu_evmcs.cli.commands.validate as v\n"
+            "real = v.run\n"
+            "def probe(args):\n"
+            "    sys.stderr.write(f'{gc.isenabled()} {gc.get_freeze_count()}\\n')\n"
+            "    return real(args)\n"
+            "v.run = probe\n"
+            "print(gc.isenabled(), gc.get_freeze_count())\n"
+            "sys.argv = ['qemu-evmcs', 'validate']\n"
+            "m.main()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == "True 0"     # before main: as Python starts
+    enabled, frozen = proc.stderr.split()
+    assert enabled == "True" and int(frozen) > 10_000, proc.stderr

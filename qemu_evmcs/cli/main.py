@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import gc
 import os
 import sys
 from qemu_evmcs.core.typecheck import TYPE_CHECKING, cast
@@ -146,12 +147,18 @@ def _output_failed(err: OSError) -> InputError:
     return InputError(f"writing the output failed: {err.strerror or err}", file="<stdout>")
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run the command; returns the exit code (never raises for bad input)."""
+def run(argv: Sequence[str] | None = None, *, before_command: Callable[[], None] | None = None) -> int:
+    """Parse ``argv`` and run the command; returns the exit code (never raises for bad input).
+
+    :param before_command: called once the command's module is loaded and ``argv`` parsed, right before the
+        command runs (:func:`main`: the garbage collector back on).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(only=command_of(argv) or "")
     args = parser.parse_args(argv)
     func = cast(Callable[[argparse.Namespace], int], args.func)
+    if before_command is not None:
+        before_command()
     real_stdout = sys.stdout
     sys.stdout = cast("TextIO", _Stdout(real_stdout))
     try:
@@ -226,6 +233,20 @@ def _discard_stdout() -> None:
     os.close(null)
 
 
+def _collect_after_start_up() -> None:
+    """Turn the cyclic garbage collector back on, with every object of the start-up out of its reach.
+
+    Why: the start-up (the command's modules, the registry, the parser) makes tens of thousands of objects
+    that live until exit, and the collector walked them again at each older-generation collection, 2-5 %
+    of an interactive command (guest-msrs 146.8 -> 143.3 M instructions, validate 209.1 -> 202.8 M). They
+    are frozen (``gc.freeze``: never collected, as they would never be garbage anyway) and the command
+    itself runs with the collector on: a large fleet's computation may leave cycles to free.
+    """
+    gc.freeze()
+    gc.enable()
+
+
 def main() -> None:
-    """Console-script entry point."""
-    leave(run())
+    """Console-script entry point: the collector is off until the command starts (_collect_after_start_up)."""
+    gc.disable()
+    leave(run(before_command=_collect_after_start_up))
