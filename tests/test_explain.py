@@ -4,11 +4,13 @@ perf-cpuid-gate), with the era and Linux mask name; the ``explain`` command and 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from cli_helpers import Run, cli_runner
 
+from qemu_evmcs.cli.commands.explain import render_all, render_features
 from qemu_evmcs.core.errors import InputError, NegativeAnswer
 from qemu_evmcs.policy.explain import HostExplanation, explain_host, find_features
 from qemu_evmcs.qemu.attribution import LAYERS
@@ -213,3 +215,19 @@ def test_cli_text(run: Run) -> None:
     assert "vmx-tsc-scaling (QEMU vmx-tsc-scaling, Linux SECONDARY_EXEC_TSC_SCALING)" in out
     assert "hidden from the guest by layer evmcs-filter" in out
 
+
+
+def test_a_feature_name_in_a_wrapped_reason_is_never_split_at_its_hyphens() -> None:
+    """The text form wraps reasons at 110 (100 with ``--feature``) columns; a ``vmx-*`` name that crosses the
+    edge moves to the next line whole (textwrap's default would break it after any hyphen, and the name would
+    no longer be found by a search or copied whole)."""
+    exp = ex(SKYLAKE)
+    hidden = exp.hidden()[0]
+    name = "vmx-exit-load-perf-global-ctrl"
+    # "    NAME: " then filler up to 8 columns before the edge, so the name crosses column 110.
+    reason = "x" * (110 - len(f"    {hidden.name}: ") - 8) + f" {name} is named here"
+    changed = replace(exp, features=tuple(replace(fe, reason=reason) if fe is hidden else fe for fe in exp.features))
+    lines = render_all(changed).splitlines()
+    assert any(name in line for line in lines), [line for line in lines if "xxxx" in line]
+    lines = render_features(changed, [replace(hidden, reason="y" * 90 + f" {name}")]).splitlines()
+    assert any(name in line for line in lines)
