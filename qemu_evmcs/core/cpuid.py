@@ -7,24 +7,24 @@ one spelling (QEMU's property names), or a host would "lack" ``sse4.1`` because 
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core.registry import load_data
+from qemu_evmcs.core.regexcache import regex
 
 if TYPE_CHECKING:
     from typing import Any
 
 #: A QEMU CPUID property name: lower case, digits, '-', '.', '_' (``sse4.1``, ``lahf-lm``, ``3dnowprefetch``).
-NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,40}$")
+NAME = regex(r"^[a-z0-9][a-z0-9._-]{0,40}$")
 
 #: One raw CPUID leaf as a profile's ``cpuid:`` records it: ``LEAF[.SUBLEAF]: EAX-EBX-ECX-EDX`` in hex, the layout of
 #: AIDA64's dumps ("CPUID 00000007: 00000000-F2BF27EF-40405F4E-BC000410") with the sub-leaf after a dot
 #: (``0000000D.1: 0000000F-...``; none means 0). Public dumps (AIDA64, VBoxCpuReport) keep these values verbatim.
-LEAF_LINE = re.compile(r"^([0-9A-Fa-f]{8})(?:\.([0-9A-Fa-f]{1,8}))?:\s*([0-9A-Fa-f]{8})-([0-9A-Fa-f]{8})-"
-                       r"([0-9A-Fa-f]{8})-([0-9A-Fa-f]{8})$")
+LEAF_LINE = regex(r"^([0-9A-Fa-f]{8})(?:\.([0-9A-Fa-f]{1,8}))?:\s*([0-9A-Fa-f]{8})-([0-9A-Fa-f]{8})-"
+                    r"([0-9A-Fa-f]{8})-([0-9A-Fa-f]{8})$")
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,13 @@ that has no major.minor is an error.
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass, field, replace
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
 from collections.abc import Mapping, Sequence
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.registry import Registry, load_data, registry
+from qemu_evmcs.core.regexcache import regex
 
 if TYPE_CHECKING:
     from typing import Any
@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 #: major.minor[.patch], an optional release-candidate tag (``-rc1`` or, as some tools write it, ``rc1``:
 #: a 5.15 release candidate already has 5.15's merge-window changes, so it maps to 5.15's era), then any
 #: distribution suffix after a separator (``-45-generic``, ``.el9.x86_64``, ``+``).
-_RELEASE = re.compile(r"^\s*v?(\d{1,3})\.(\d{1,3})(?:\.(\d{1,5}))?(?:-?[rR][cC]\d{1,3})?"
-                      r"(?:[-+~_.][0-9A-Za-z._+~-]*)?\s*$")
+_RELEASE = regex(r"^\s*v?(\d{1,3})\.(\d{1,3})(?:\.(\d{1,5}))?(?:-?[rR][cC]\d{1,3})?"
+                   r"(?:[-+~_.][0-9A-Za-z._+~-]*)?\s*$")
 
 
 @dataclass(frozen=True, order=True)

@@ -19,13 +19,14 @@ from collections.abc import Mapping
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.kernel import Era, KernelVersion, era_table, parse_release
 from qemu_evmcs.core.registry import load_data
+from qemu_evmcs.core.regexcache import regex
 
 if TYPE_CHECKING:
     from typing import Any
 
-_RHEL = re.compile(r"^\s*(\d+)\.(\d+)\.(\d+)-(\d+)(?:\.[0-9.]+)?\.el(\d+)(?:_(\d+))?(?:[._].*)?\s*$")
-_ABI = re.compile(r"^\s*(\d+)\.(\d+)\.0-((?:0\.deb\d+\.)?\d+)-([a-z0-9][a-z0-9-]*)\s*$")
-_UPSTREAM = re.compile(r"^\s*v?(\d{1,3})\.(\d{1,3})(?:\.(\d{1,5}))?\s*$")
+_RHEL = regex(r"^\s*(\d+)\.(\d+)\.(\d+)-(\d+)(?:\.[0-9.]+)?\.el(\d+)(?:_(\d+))?(?:[._].*)?\s*$")
+_ABI = regex(r"^\s*(\d+)\.(\d+)\.0-((?:0\.deb\d+\.)?\d+)-([a-z0-9][a-z0-9-]*)\s*$")
+_UPSTREAM = regex(r"^\s*v?(\d{1,3})\.(\d{1,3})(?:\.(\d{1,5}))?\s*$")
 
 
 @dataclass(frozen=True)

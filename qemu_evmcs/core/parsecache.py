@@ -212,9 +212,16 @@ def read_entry(path: str) -> tuple[bool, Any]:
         if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022
                 or st.st_size > MAX_ENTRY_BYTES):
             return False, None
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            data = fh.read(MAX_ENTRY_BYTES + 1)
-        return True, marshal.loads(data)
+        # os.read of the size fstat gave (not a file object's read(MAX_ENTRY_BYTES + 1), which allocates
+        # 16 MiB for every entry): a start reads about twenty entries. A file that grew is read to its end.
+        parts: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, max(st.st_size + 1 - size, 65536)):
+            parts.append(chunk)
+            size += len(chunk)
+            if size > MAX_ENTRY_BYTES:
+                return False, None
+        return True, marshal.loads(b"".join(parts))
     except (OSError, ValueError, EOFError, TypeError):
         return False, None
     finally:

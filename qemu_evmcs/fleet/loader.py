@@ -36,6 +36,7 @@ from qemu_evmcs.core.profile import (MAX_PROFILE_BYTES, PARSER_FILES, HostProfil
                                      profile_from_mapping)
 from qemu_evmcs.output.progress import Progress
 from qemu_evmcs.core import lazy
+from qemu_evmcs.core.regexcache import regex
 
 if TYPE_CHECKING:
     from typing import BinaryIO
@@ -64,16 +65,16 @@ MAX_CACHED_FIRST = 512
 
 # A region cut out of a document for its key: "\n" + a column-0 comment, or a top-level
 # name/notes/provenance entry with its indented continuation lines.
-_CUT = re.compile(r"\n(#|name|notes|provenance)((?<=#)[^\n]*|[ \t]*:(?=[ \t\n])[^\n]*(?:\n[ \t][^\n]*)*)")
+_CUT = regex(r"\n(#|name|notes|provenance)((?<=#)[^\n]*|[ \t]*:(?=[ \t\n])[^\n]*(?:\n[ \t][^\n]*)*)")
 # Segments holding any of these are parsed in full (explicit document end, directives, "--- x").
-_ODD = re.compile(r"\n(?:\.\.\.|%|---[^\n])")
+_ODD = regex(r"\n(?:\.\.\.|%|---[^\n])")
 # Text with any of these takes the general path of add_text: directives, explicit ends, "---" followed by
 # anything but a newline, and "---" lines back to back (an empty document).
-_NOT_FAST = re.compile(r"\n(?:%|\.\.\.|---(?!\n)|---\n---)")
+_NOT_FAST = regex(r"\n(?:%|\.\.\.|---(?!\n)|---\n---)")
 _YAML11_WORDS = frozenset(["yes", "no", "true", "false", "on", "off", "null", "y", "n"])
-_NAME_FAST = re.compile(
+_NAME_FAST = regex(
     r"[ \t]*:[ \t]+(?:([A-Za-z_][A-Za-z0-9_.@/+-]*)|'([^'\n]*)'|\"([^\"\\\n]*)\")[ \t]*(?:[ \t]#[^\n]*)?")
-_TEXT_FAST = re.compile(r"[ \t]*:(?:[ \t]+(?:'[^'\n]*'|\"[^\"\\\n]*\"))?[ \t]*")
+_TEXT_FAST = regex(r"[ \t]*:(?:[ \t]+(?:'[^'\n]*'|\"[^\"\\\n]*\"))?[ \t]*")
 _UNSAFE = ""  # key cache value: "parse every document with this key in full"
 
 

@@ -18,19 +18,19 @@ Formats (one leaf a line; other lines ignored):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 from qemu_evmcs.core.cpuid import cpuid_names, from_raw_dump, parse_leaf
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.qemu.models import load_snapshot
+from qemu_evmcs.core.regexcache import regex
 
 Leaf = tuple[int, int, int, int, int, int]
 
 _HEX8 = r"([0-9A-Fa-f]{8})"
-_AIDA = re.compile(rf"^\s*CPUID {_HEX8}:\s*{_HEX8}-{_HEX8}-{_HEX8}-{_HEX8}(?:\s*\[SL ([0-9A-Fa-f]{{2,8}})\])?")
-_VBOX = re.compile(r"^\s*\{\s*0x([0-9a-fA-F]{8}),\s*0x([0-9a-fA-F]{8}),\s*(?:0x[0-9a-fA-F]+|UINT32_MAX),"
-                   r"\s*0x([0-9a-fA-F]{8}),\s*0x([0-9a-fA-F]{8}),\s*0x([0-9a-fA-F]{8}),\s*0x([0-9a-fA-F]{8}),")
+_AIDA = regex(rf"^\s*CPUID {_HEX8}:\s*{_HEX8}-{_HEX8}-{_HEX8}-{_HEX8}(?:\s*\[SL ([0-9A-Fa-f]{{2,8}})\])?")
+_VBOX = regex(r"^\s*\{\s*0x([0-9a-fA-F]{8}),\s*0x([0-9a-fA-F]{8}),\s*(?:0x[0-9a-fA-F]+|UINT32_MAX),"
+                r"\s*0x([0-9a-fA-F]{8}),\s*0x([0-9a-fA-F]{8}),\s*0x([0-9a-fA-F]{8}),\s*0x([0-9a-fA-F]{8}),")
 
 
 def parse(text: str, *, file: str | None = None) -> list[Leaf]:

@@ -8,24 +8,24 @@ Removed lines become empty lines, so an error still names the line of the origin
 
 from __future__ import annotations
 
-import re
+from qemu_evmcs.core.regexcache import regex
 
 #: Non-breaking and other fixed-width spaces that HTML pages turn plain spaces into.
 _ODD_SPACES: dict[int, str | None] = {**dict.fromkeys(map(ord, "\u00a0\u2007\u202f\u2009\u200a\u3000"), " "),
                                        # a BOM (Windows editors) and zero-width characters (HTML pages): nothing
                                        **dict.fromkeys(map(ord, "\ufeff\u200b\u200c\u200d\u2060"), None)}
-_FENCE = re.compile(r"^\s*(```|~~~)")
-_QUOTE = re.compile(r"^\s*(?:>\s?)+")
+_FENCE = regex(r"^\s*(```|~~~)")
+_QUOTE = regex(r"^\s*(?:>\s?)+")
 #: A shell prompt running the dump tool: ``$ sudo ./vmxcap``, ``root@host:~# python3 vmxcap``,
 #: ``[user@h ~]$ sudo rdmsr -a 0x480``, ``PS C:\\> ...``. Only such lines are dropped: a ``# name: x`` metadata
 #: comment or a Windbg ``kd> rdmsr`` line is not a prompt followed by one of these tools.
-_PROMPT = re.compile(r"^\s*(?:\[[^\]\n]*\]|\S*)[$#%>]\s*(?:sudo\s+)?(?:\S*/)?(?:python3?\s+\S*/?)?"
-                     r"(?:vmxcap|rdmsr|vmxcap\.py|cat|modprobe)\b")
+_PROMPT = regex(r"^\s*(?:\[[^\]\n]*\]|\S*)[$#%>]\s*(?:sudo\s+)?(?:\S*/)?(?:python3?\s+\S*/?)?"
+                  r"(?:vmxcap|rdmsr|vmxcap\.py|cat|modprobe)\b")
 
 
 #: A ``user@host`` prompt with any command or none (``[root@h ~]#`` after the output, ``u@h:~$ exit``): the
 #: ``@`` before the prompt character is what no dump line has.
-_USER_PROMPT = re.compile(r"^\s*(?:\[[^\]\n]*@[^\]\n]*\]|[\w.-]+@[\w.-]+(?::[^\s$#%]*)?)\s*[$#%](?:\s|$)")
+_USER_PROMPT = regex(r"^\s*(?:\[[^\]\n]*@[^\]\n]*\]|[\w.-]+@[\w.-]+(?::[^\s$#%]*)?)\s*[$#%](?:\s|$)")
 
 
 def _is_prompt(line: str) -> bool:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from qemu_evmcs.qemu.models import load_snapshot
 # KVM capability numbers and the Hyper-V CPUID leaf: defined once, in the simulator of the same kernel ABI.
 from qemu_evmcs.kvm.simkvm import (HV_CPUID_NESTED_FEATURES, KVM_CAP_GET_MSR_FEATURES, KVM_CAP_HYPERV_ENLIGHTENED_VMCS,
                      KVM_CAP_SYS_HYPERV_CPUID)
+from qemu_evmcs.core.regexcache import regex
 
 if TYPE_CHECKING:
     from typing import Any
@@ -304,8 +304,8 @@ def _get_supported_cpuid(fd: int, ioctl: IoctlFn) -> list[CpuidEntry]:
     return _get_cpuid2(fd, ioctl, KVM_GET_SUPPORTED_CPUID, "KVM_GET_SUPPORTED_CPUID", 64)
 
 
-_DEBIAN_VERSION = re.compile(r"\bDebian (\d+\.\d+\.\d+)-")
-_UPSTREAM_RELEASE = re.compile(r"^\d+\.\d+\.\d+$")
+_DEBIAN_VERSION = regex(r"\bDebian (\d+\.\d+\.\d+)-")
+_UPSTREAM_RELEASE = regex(r"^\d+\.\d+\.\d+$")
 
 
 def kernel_version_from_proc(version: str | None, signature: str | None) -> str | None:

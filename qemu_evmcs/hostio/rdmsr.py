@@ -26,17 +26,18 @@ import re
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.profile import parse_msr_value
 from qemu_evmcs.core.registry import Msr, Registry, registry
+from qemu_evmcs.core.regexcache import regex
 
 METADATA_KEYS = ("name", "kernel", "vendor", "model_name")
 
 # Patterns are written so that no two adjacent parts can match the same blanks: the obvious
 # ``\s*[:=]?\s+`` / ``(\S.*?)\s*$`` forms backtrack quadratically on a long run of blanks.
-_META = re.compile(r"^\s*#\s*(name|kernel|vendor|model_name)\s*:\s*(\S.*)$")  # group 2 is stripped by the caller
-_WINDBG = re.compile(r"^\s*(?:\S*>\s*)?msr\[\s*(?:0x)?([0-9a-fA-F]+)\s*\]\s*=\s*(\S+)\s*$")
-_PLAIN = re.compile(r"^\s*(?P<key>0[xX][0-9a-fA-F]+|[0-9a-fA-F]{3,8}|(?:MSR_)?IA32_VMX_[A-Za-z0-9_]+)"
-                    r"(?:\s*[:=]\s+|\s+)(?P<val>\S+)\s*(?:#.*)?$")
-_HEXCELL = re.compile(r"^(?:0[xX])?[0-9a-fA-F][0-9a-fA-F_`']*$")
-_SEPARATOR = re.compile(r"^:?-+:?$")
+_META = regex(r"^\s*#\s*(name|kernel|vendor|model_name)\s*:\s*(\S.*)$")  # group 2 is stripped by the caller
+_WINDBG = regex(r"^\s*(?:\S*>\s*)?msr\[\s*(?:0x)?([0-9a-fA-F]+)\s*\]\s*=\s*(\S+)\s*$")
+_PLAIN = regex(r"^\s*(?P<key>0[xX][0-9a-fA-F]+|[0-9a-fA-F]{3,8}|(?:MSR_)?IA32_VMX_[A-Za-z0-9_]+)"
+                 r"(?:\s*[:=]\s+|\s+)(?P<val>\S+)\s*(?:#.*)?$")
+_HEXCELL = regex(r"^(?:0[xX])?[0-9a-fA-F][0-9a-fA-F_`']*$")
+_SEPARATOR = regex(r"^:?-+:?$")
 
 
 def parse_metadata(text: str) -> dict[str, str]:

@@ -28,13 +28,13 @@ so on; a BASIC value of 0 means "no VMX at all" (an empty MSR set).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.registry import MASK32, MASK64, Feature, Field_, Msr, Registry, registry
+from qemu_evmcs.core.regexcache import regex
 
 #: vmxcap's line format: two spaces, label padded to 40 columns, one space, value.
 LINE_FORMAT = "  %-40s %s"
@@ -161,7 +161,7 @@ def _split_line(line: str) -> tuple[str, str] | None:
     return parts[0], parts[1]
 
 
-_HEX = re.compile(r"^  Hex:\s+(0[xX][0-9a-fA-F]+)\s*$")
+_HEX = regex(r"^  Hex:\s+(0[xX][0-9a-fA-F]+)\s*$")
 
 
 def looks_like_vmxcap(text: str, reg: Registry | None = None) -> bool:

@@ -17,7 +17,7 @@ verbatim with QEMU 7.2 and ``Skylake-Server-v5,vmx=on``). An optional
 
 from __future__ import annotations
 
-import re
+from qemu_evmcs.core.regexcache import regex
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
@@ -26,7 +26,7 @@ KIND_UNSUPPORTED = "unsupported"
 #: ``kind`` of a warning about a feature dropped because a feature it depends on is off.
 KIND_DEPENDENCY = "dependency"
 
-_WARNING_RE = re.compile(
+_WARNING_RE = regex(
     r"^(?:(?P<ts>\d{4}-\d\d-\d\dT\S+)\s+)?"
     r"(?:(?P<prog>[^\s:][^:]*?):\s+)?"
     r"warning:\s+"

@@ -8,7 +8,6 @@ Why beside :mod:`~qemu_evmcs.output.render`: a pool's answer is printed with the
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
@@ -17,6 +16,7 @@ from qemu_evmcs.output.atomicio import check_output_target, write_output
 from qemu_evmcs.output.render import cpu_string, libvirt_xml
 from qemu_evmcs.policy.negotiate import names_text
 from qemu_evmcs.policy.plan import FleetPlan, MigrationSummary, PoolMigration, PoolPlan
+from qemu_evmcs.core.regexcache import regex
 
 if TYPE_CHECKING:
     from typing import Any
@@ -147,7 +147,7 @@ def plan_cpu_lines(plan: FleetPlan) -> str:
     return "\n".join(out) + "\n"
 
 
-_UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+_UNSAFE_FILE_CHARS = regex(r"[^A-Za-z0-9._-]")
 
 
 def pool_file_name(pool: str) -> str:
