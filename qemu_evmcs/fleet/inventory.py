@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import errno
 import os
 import stat
@@ -39,6 +38,7 @@ from qemu_evmcs.core import lazy, stale
 if TYPE_CHECKING:
     from typing import Any, ParamSpec, Self, TypeVar
     import hashlib
+    import json
     import shutil
     import sqlite3
 
@@ -49,6 +49,7 @@ else:   # only an inventory (.db) is opened with it; YAML fleets never need it (
     sqlite3 = lazy.proxy("sqlite3")
     shutil = lazy.proxy("shutil")   # only to remove a failed build's directory
     hashlib = lazy.proxy("hashlib")  # only to fingerprint a file being imported
+    json = lazy.proxy("json")   # only for profiles stored in or read from a database
 
 #: How long a client waits for another one's lock before saying "busy" (``QEMU_EVMCS_DB_TIMEOUT`` overrides).
 BUSY_TIMEOUT_S = 30.0

@@ -6,11 +6,11 @@ Exit status: 0 clean or warnings only, 1 errors, 2 unreadable input or bad usage
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.cli.hostargs import add_selection_arguments, select_hosts
+from qemu_evmcs.output.jsonout import print_json
 from qemu_evmcs.qemu.models import QemuSnapshot, load_snapshot, load_snapshot_dir
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.policy.qemu_models import qemu_models_report
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if args.qemu_models:
         table = qemu_models_report(snap)
         if args.json:
-            sys.stdout.write(json.dumps(table.to_json(), indent=2, sort_keys=True) + "\n")
+            print_json(table.to_json(), sort_keys=True)
         else:
             sys.stdout.write(table.render())
         return 0
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     hosts: Fleet | None = select_hosts(args, args.hosts or []) if selected else None
     report = validate_paths(args.paths, snapshot=snap, hosts=hosts)
     if args.json:
-        sys.stdout.write(json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n")
+        print_json(report.to_json(), sort_keys=True)
     else:
         sys.stdout.write(report.render())
     return report.exit_code
