@@ -219,3 +219,30 @@ def test_help_is_wrapped_as_argparse_itself_would(monkeypatch: pytest.MonkeyPatc
                 stock = sub.format_help()
             assert ours == stock, (columns, name)
             assert ours != sub.format_usage()
+
+
+#: The dispatcher in a fresh interpreter, reporting (exit code, json imported?, stdout) without importing json.
+_NO_JSON_PROBE = ("import sys, io, contextlib\n"
+                  "import qemu_evmcs.cli.main as m\n"
+                  "buf = io.StringIO()\n"
+                  "with contextlib.redirect_stdout(buf):\n"
+                  "    rc = m.run(sys.argv[1:])\n"
+                  "sys.stderr.write(repr((rc, 'json' in sys.modules, buf.getvalue())))\n")
+
+
+@pytest.mark.parametrize("argv", [
+    ["validate"],
+    ["negotiate", "--model", "Skylake-Server-evmcs", "--hosts", "skylake-6.3", "icelake-6.1"],
+])
+def test_the_qemu_snapshot_comes_from_the_parse_cache_without_json(tmp_path: Path, argv: list[str]) -> None:
+    """The QEMU model snapshot (JSON files) goes through the parse cache like the YAML data (qemu/models.py
+    ``_read_json``): the second run imports no json, with the same output."""
+    env = {**os.environ, "QEMU_EVMCS_CACHE_DIR": str(tmp_path / "cache")}
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", _NO_JSON_PROBE, *argv], capture_output=True, text=True,
+                             timeout=120, env=env, check=True)
+        runs.append(ast.literal_eval(out.stderr))
+    (rc1, json1, out1), (rc2, json2, out2) = runs
+    assert json1 and not json2
+    assert (rc2, out2) == (rc1, out1) and rc1 == 0

@@ -379,7 +379,7 @@ def test_subprocess_never_tracebacks(tmp_path: Path) -> None:
 
 def _sim_names() -> tuple[list[str], list[str]]:
     from qemu_evmcs.qemu.cpu import list_models, vmx_prop_names
-    return vmx_prop_names(), list_models()
+    return list(vmx_prop_names()), list_models()
 
 
 _VMX_PROPS, _MODELS = _sim_names()

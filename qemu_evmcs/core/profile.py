@@ -31,7 +31,7 @@ from qemu_evmcs.core.typecheck import TYPE_CHECKING
 from collections.abc import Iterator, Mapping, Sequence
 
 from qemu_evmcs.core.cpuid import NAME as CPUID_NAME, parse_leaf
-from qemu_evmcs.core.digest import sha256_hex
+from qemu_evmcs.core.digest import canonical_json, sha256_hex
 from qemu_evmcs.core.enumeration import TRUE_MSRS, quirks
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.inputfile import MAX_INPUT_BYTES, read_text_capped
@@ -201,8 +201,7 @@ class HostProfile:
             key["unknown_msrs"] = sorted(self.unknown_msrs)
         if self.cpu_features is not None:
             key["cpu_features"] = sorted(self.cpu_features)
-        text: str = lazy.module("json").dumps(key, sort_keys=True)   # json: imported only by commands using it
-        return sha256_hex(text.encode())[:24]
+        return sha256_hex(canonical_json(key).encode())[:24]
 
 
 def _kind(value: object) -> str:

@@ -101,6 +101,12 @@ ABORT_REASON = "enable-time eVMCS filter: QEMU aborts, 'failed to set MSR'"
 def hidden_eras(feature: str, perf_global_ctrl: bool) -> list[tuple[str, str]]:
     """``[(era, reason)]`` for each eVMCS era whose guest cannot see ``feature`` (on an enable-time era:
     because QEMU does not start, :data:`ABORT_REASON`)."""
+    return list(_hidden_eras(feature, perf_global_ctrl))
+
+
+@functools.lru_cache(maxsize=1024)
+def _hidden_eras(feature: str, perf_global_ctrl: bool) -> tuple[tuple[str, str], ...]:
+    """:func:`hidden_eras`, once per feature: every model definition asks again for the features it shares."""
     with_pv = dict(era_visibility(True))
     at_enable = {e.id for e in era_table().known_eras() if e.filter_at == "enable"}
     reg = registry()
@@ -118,7 +124,7 @@ def hidden_eras(feature: str, perf_global_ctrl: bool) -> list[tuple[str, str]]:
                 out.append((era, ABORT_REASON))
             else:
                 out.append((era, "eVMCS filter"))
-    return out
+    return tuple(out)
 
 
 def _era_summary(hidden: list[tuple[str, str]]) -> str:

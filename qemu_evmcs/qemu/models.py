@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from qemu_evmcs.core import yamlfast, yamlsafe
 else:   # PyYAML: only to read model definitions and model-releases.yaml, not for the snapshot (core/lazy.py)
     yaml = lazy.proxy("yaml")
-    json = lazy.proxy("json")   # only where a QEMU snapshot is read (guest-msrs, explain read none)
+    json = lazy.proxy("json")   # only for a snapshot file the parse cache lacks (_read_json)
     yamlfast = lazy.proxy("qemu_evmcs.core.yamlfast")
     yamlsafe = lazy.proxy("qemu_evmcs.core.yamlsafe")
 
@@ -180,7 +180,7 @@ class QemuSnapshot:
             raise InputError(f"unable to find CPU model '{name}'")
         path = os.path.join(self.directory, str(self.index[name].get("file", f"{name}.json")))
         try:
-            raw = json.loads(read_capped(path, SNAPSHOT_MAX_BYTES))
+            raw = _read_json(path)
         except (InputError, ValueError) as err:
             why = err.message if isinstance(err, InputError) else str(err)
             raise InputError(f"cannot read QEMU {self.version} snapshot of {name}: {why}", file=path) from None
@@ -217,6 +217,31 @@ def qemu_models_dirs() -> list[str]:
     return dirs
 
 
+def _read_json(path: str) -> Any:
+    """A JSON file of a QEMU snapshot, through the per-user parse cache.
+
+    Why: validate, negotiate and baseline read the snapshot's index and a few model files at every start, and
+    ``json`` (with the regular expressions it compiles) cost about 9 million instructions to import for that;
+    a cache hit needs no json. A file that is not plain UTF-8 (json also reads UTF-16 and -32, and a BOM) is
+    parsed as it always was, uncached.
+
+    :raise InputError: unreadable, not a regular file, or over the snapshot cap.
+    :raise ValueError: not JSON (json's own error).
+    """
+    data = read_capped(path, SNAPSHOT_MAX_BYTES)
+    if data.startswith(b"\xef\xbb\xbf"):
+        return json.loads(data)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return json.loads(data)
+    return cached_parse(text, _parse_json, parser="qemu-json", parser_files=(__file__,), yaml_version="")
+
+
+def _parse_json(text: str) -> Any:
+    return json.loads(text)
+
+
 def load_snapshot_dir(directory: str) -> QemuSnapshot:
     """A snapshot from an explicit ``<ver>/`` directory.
 
@@ -224,7 +249,7 @@ def load_snapshot_dir(directory: str) -> QemuSnapshot:
     """
     path = os.path.join(directory, "index.json")
     try:
-        idx = json.loads(read_capped(path, SNAPSHOT_MAX_BYTES))
+        idx = _read_json(path)
     except (InputError, ValueError) as err:
         why = err.message if isinstance(err, InputError) else str(err)
         raise InputError(f"no QEMU model snapshot: {why}", file=path) from None
