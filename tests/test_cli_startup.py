@@ -246,3 +246,16 @@ def test_the_qemu_snapshot_comes_from_the_parse_cache_without_json(tmp_path: Pat
     (rc1, json1, out1), (rc2, json2, out2) = runs
     assert json1 and not json2
     assert (rc2, out2) == (rc1, out1) and rc1 == 0
+
+
+def test_inventory_and_host_loading_code_is_loaded_only_when_used() -> None:
+    """validate without hosts loads no host-loading code; negotiate on bundled names loads hosts but no
+    inventory code (fleet/select.py, fleet/sources.py: is_database lives with the readers)."""
+    rc, mods = _modules_after("validate")
+    assert rc == 0
+    assert not {"qemu_evmcs.fleet.inventory", "qemu_evmcs.fleet.sources", "qemu_evmcs.fleet.loader"} & mods
+    rc, mods = _modules_after("negotiate", "--model", "Skylake-Server-evmcs", "--hosts", "skylake-6.3",
+                              "icelake-6.1")
+    assert rc == 0
+    assert "qemu_evmcs.fleet.loader" in mods
+    assert not {"qemu_evmcs.fleet.inventory", "sqlite3"} & mods

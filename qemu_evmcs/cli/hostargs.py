@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.core.profile import resolve_profile_path
-from qemu_evmcs.fleet.inventory import is_database
+from qemu_evmcs.core.inputfile import is_database
 from qemu_evmcs.fleet.select import WHERE_KEYS, HostSelection, parse_where, read_hosts_from
 
 WHERE_HELP = "filter KEY=VALUE or KEY!=VALUE, repeatable, all must hold; keys: " + "; ".join(

@@ -66,6 +66,19 @@ def open_regular(path: str) -> BinaryIO:
         raise
 
 
+def is_database(path: str | os.PathLike[str]) -> bool:
+    """Is ``path`` an existing SQLite file (by its 16-byte header): a fleet inventory, not a host profile?
+
+    Here, with the readers, rather than with the inventory code (``fleet/inventory.py``): every command that
+    takes hosts asks it of each argument, and most never open an inventory, so they need not import it.
+    """
+    try:
+        with open_regular(os.fspath(path)) as fh:
+            return fh.read(16) == b"SQLite format 3\x00"
+    except (InputError, OSError):
+        return False
+
+
 def read_capped(path: str, cap: int = MAX_INPUT_BYTES, *, what: str = "inputs") -> bytes:
     """The bytes of regular file ``path``, refusing more than ``cap`` of them.
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core.errors import InputError, KvmError
-from qemu_evmcs.core.inputfile import describe_mode, open_regular
+from qemu_evmcs.core.inputfile import describe_mode, is_database, open_regular
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.core.kernel import era_table
 from qemu_evmcs.core.msrval import feature_set
@@ -153,15 +153,6 @@ def _stored_text(value: object, what: str, path: str) -> str:
 def _stored_opt(value: object, what: str, path: str) -> str | None:
     """:func:`_stored_text`, or ``None`` for SQL NULL."""
     return None if value is None else _stored_text(value, what, path)
-
-
-def is_database(path: PathLike) -> bool:
-    """Is ``path`` an existing SQLite file (by its 16-byte header)?"""
-    try:
-        with open_regular(os.fspath(path)) as fh:
-            return fh.read(16) == b"SQLite format 3\x00"
-    except (InputError, OSError):
-        return False
 
 
 def _file_sha256(path: str) -> str:

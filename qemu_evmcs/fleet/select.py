@@ -29,12 +29,20 @@ from dataclasses import dataclass, field
 
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.hostgroup import Fleet
-from qemu_evmcs.core.inputfile import read_capped
+from qemu_evmcs.core.inputfile import is_database, read_capped
 from qemu_evmcs.core.kernel import era_table
 from qemu_evmcs.core.profile import HostProfile, bundled_name_hint, resolve_profile_path
 from qemu_evmcs.core.registry import registry
-from qemu_evmcs.fleet.inventory import FleetDb, guest_features, host_features, is_database
-from qemu_evmcs.fleet.sources import load_hosts_fleet
+from qemu_evmcs.core import lazy
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from qemu_evmcs.fleet import inventory
+    from qemu_evmcs.fleet import sources as host_sources
+else:   # only when hosts are loaded (host_sources), and for an inventory and the feature= filters (inventory):
+    # a command that takes hosts but was given none (validate) needs neither (core/lazy.py)
+    inventory = lazy.proxy("qemu_evmcs.fleet.inventory")
+    host_sources = lazy.proxy("qemu_evmcs.fleet.sources")
 
 #: ``--where`` keys and what they match (text for ``--help`` and error messages).
 WHERE_KEYS: dict[str, str] = {
@@ -63,8 +71,8 @@ _PROFILE_TESTS: dict[str, Callable[[HostProfile, str], bool]] = {
     "vendor": lambda p, v: p.vendor.lower() == v.lower(),
     "cpu": lambda p, v: fnmatch.fnmatch((p.model_name or "").lower(), v.lower()),
     "nested": lambda p, v: p.nested == (v.lower() in _TRUE),
-    "feature": lambda p, v: v in guest_features(p),
-    "host-feature": lambda p, v: v in host_features(p),
+    "feature": lambda p, v: v in inventory.guest_features(p),
+    "host-feature": lambda p, v: v in inventory.host_features(p),
 }
 
 
@@ -148,7 +156,7 @@ class HostSelection:
 
         def inventory_fleet(path: str) -> Fleet:
             if path not in loaded:
-                with FleetDb(path) as db:
+                with inventory.FleetDb(path) as db:
                     loaded[path] = db.load_fleet()
             return loaded[path]
         for item in self.items:
@@ -182,7 +190,7 @@ class HostSelection:
         if self.inventory and self.inventory not in sources:
             parts.append(_narrow(inventory_fleet(self.inventory), named if names else None, self.pools))
         parts = [p for p in parts if not isinstance(p, Fleet) or p.members]   # an empty pool selection
-        fleet = load_hosts_fleet(parts, progress=progress) if parts else Fleet()
+        fleet = host_sources.load_hosts_fleet(parts, progress=progress) if parts else Fleet()
         if names:
             missing = named - {h for hosts in fleet.members.values() for h in hosts}
             if missing:

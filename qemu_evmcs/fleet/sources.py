@@ -21,16 +21,21 @@ from qemu_evmcs.core.typecheck import TYPE_CHECKING
 from qemu_evmcs.core.errors import InputError
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.core.profile import HostProfile, bundled_name_hint, resolve_profile_path
-from qemu_evmcs.fleet.inventory import FleetDb, is_database
+from qemu_evmcs.core.inputfile import is_database
 from qemu_evmcs.core.profilewalk import profile_files, subdir_hint
 from qemu_evmcs.fleet.loader import FleetLoader
 from qemu_evmcs.fleet.parallel import Unit, can_fork, default_workers, load_parallel, run_units, split_units
 from qemu_evmcs.output.progress import Progress
+from qemu_evmcs.core import lazy
 
 if TYPE_CHECKING:
+    from qemu_evmcs.fleet import inventory
+
     PathLike = str | os.PathLike[str]
     #: One item of what commands take as hosts (see :func:`load_hosts_fleet`).
     HostSource = str | os.PathLike[str] | HostProfile | Fleet
+else:   # only when a source is an inventory (is_database): profile files and names never need it (core/lazy.py)
+    inventory = lazy.proxy("qemu_evmcs.fleet.inventory")
 
 
 def load_fleet(source: PathLike | Sequence[PathLike], *, progress: bool | None = None,
@@ -49,7 +54,7 @@ def load_fleet(source: PathLike | Sequence[PathLike], *, progress: bool | None =
     if not paths:
         raise InputError("no host profiles given")
     if len(paths) == 1 and is_database(paths[0]):
-        with FleetDb(paths[0]) as db:
+        with inventory.FleetDb(paths[0]) as db:
             return db.load_fleet()
     for p in paths:
         if not os.path.exists(p):
@@ -151,7 +156,7 @@ def load_hosts_fleet(items: Fleet | Sequence[HostSource], *, progress: bool | No
             sources.append(path)
             if is_database(path):
                 flush()
-                with FleetDb(path) as db:
+                with inventory.FleetDb(path) as db:
                     _merge(out, db.load_fleet(), names, path)
             else:
                 run.append(path)
