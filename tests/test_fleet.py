@@ -548,3 +548,18 @@ def test_cli_errors_are_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFi
     argv = [a.format(db=db, missing=str(tmp_path / "missing")) for a in args]
     code, out, err = cli(argv, capsys)
     assert code == 2 and err.startswith("error: ") and needle in err and err.count("\n") == 1
+
+
+def test_can_fork_asks_threading_only_when_it_is_imported() -> None:
+    """fleet/parallel.py can_fork: a process that never imported threading has no thread it knows of, and is
+    not made to import it (4 M instructions); one with a running thread may not fork."""
+    code = ("import sys\nfrom qemu_evmcs.fleet.parallel import can_fork\n"
+            "print(can_fork(), 'threading' in sys.modules)\n"
+            "import threading\n"
+            "gate = threading.Event()\n"
+            "t = threading.Thread(target=gate.wait); t.start()\n"
+            "print(can_fork())\n"
+            "gate.set(); t.join()\n"
+            "print(can_fork())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.split("\n")[:3] == ["True False", "False", "True"]

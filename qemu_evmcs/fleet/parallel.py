@@ -13,6 +13,7 @@ those of a one-process load. Forking is skipped when other threads run.
 from __future__ import annotations
 
 import os
+import sys
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.fleet.loader import CHUNK_BYTES, FleetLoader
@@ -23,11 +24,9 @@ if TYPE_CHECKING:
     from typing import Any
     import pickle
     import signal
-    import threading
-else:   # only a load that forks (16 MiB of YAML or more) pickles its parts, counts threads, sets signals
+else:   # only a load that forks (16 MiB of YAML or more) pickles its parts and sets signals
     pickle = lazy.proxy("pickle")   # (core/lazy.py)
     signal = lazy.proxy("signal")
-    threading = lazy.proxy("threading")
 
 #: Split the loading over several processes (``os.fork``) from this many bytes of multi-document files ...
 PARALLEL_MIN_BYTES = 16 * 1024 * 1024
@@ -53,8 +52,13 @@ def default_workers() -> int:
 
 
 def can_fork() -> bool:
-    """Forking is safe only from a single-threaded process (a forked thread's locks stay held)."""
-    return hasattr(os, "fork") and threading.active_count() == 1
+    """Forking is safe only from a single-threaded process (a forked thread's locks stay held).
+
+    A process that never imported :mod:`threading` has no thread it knows of (``active_count()`` would be 1),
+    so it is not imported to ask: that import was 4 million instructions of a three-host ``negotiate``.
+    """
+    threads = sys.modules.get("threading")
+    return hasattr(os, "fork") and (threads is None or threads.active_count() == 1)
 
 
 def doc_boundary(path: str, offset: int, size: int) -> int:
