@@ -29,6 +29,11 @@ def _env(cache: Path | None = None) -> dict[str, str]:
     return env
 
 
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    """``python -c CODE`` in a fresh interpreter on the checkout, output captured."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_env())
+
+
 def _run(argv: list[str], stdout: int, cache: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "qemu_evmcs", *argv], stdout=stdout, stderr=subprocess.PIPE,
                           text=True, timeout=120, env=_env(cache), cwd=ROOT)
@@ -90,7 +95,7 @@ def test_leave_waits_for_other_threads(tmp_path: Path) -> None:
             "    entered.set(); orig()\n"
             "m.sys.stdout.flush = flush\n"
             "m.leave(3)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_env())
+    proc = _python(code)
     assert proc.returncode == 3, proc.stderr
     assert done.read_text() == "finished"
 
@@ -99,7 +104,7 @@ def test_leave_keeps_the_code_and_flushes_both_streams() -> None:
     code = ("import sys\nimport qemu_evmcs.cli.main as m\n"
             "sys.stdout.write('answer'); sys.stderr.write('note')\n"
             "m.leave(1)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_env())
+    proc = _python(code)
     assert (proc.returncode, proc.stdout, proc.stderr) == (1, "answer", "note")
 
 
@@ -107,16 +112,14 @@ def test_the_command_runs_with_the_collector_on_and_the_start_up_frozen() -> Non
     """``main`` keeps the garbage collector off while the command's modules load, then freezes what the
     start-up made and turns it back on (cli/main.py ``_collect_after_start_up``): the command itself runs
     with it, as a large fleet's computation needs."""
+    # The command's own function is replaced by one that reports the collector's state, then runs it.
     code = ("import gc, sys\nimport qemu_evmcs.cli.main as m\nimport qemu_evmcs.cli.commands.validate as v\n"
-            "real = v.run\n"
-            "def probe(args):\n"
-            "    sys.stderr.write(f'{gc.isenabled()} {gc.get_freeze_count()}\\n')\n"
-            "    return real(args)\n"
-            "v.run = probe\n"
-            "print(gc.isenabled(), gc.get_freeze_count())\n"
+            "state = lambda: f'{gc.isenabled()} {gc.get_freeze_count()}'\n"
+            "v.run = lambda args, real=v.run: (sys.stderr.write(state()), real(args))[1]\n"
+            "print(state())\n"
             "sys.argv = ['qemu-evmcs', 'validate']\n"
             "m.main()\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_env())
+    proc = _python(code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == "True 0"     # before main: as Python starts
     enabled, frozen = proc.stderr.split()
