@@ -9,6 +9,7 @@ fresh interpreter that builds them from the cache (a counter says how many).
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import re
 import subprocess
@@ -85,3 +86,23 @@ def test_pattern_equality_compares_the_program() -> None:
     assert re.compile("a+") == re.compile("a+")
     assert re.compile("a+") != re.compile("a+", re.IGNORECASE)
     assert re.compile("a+") != re.compile("a*")
+
+
+def test_a_stored_program_that_sre_refuses_is_compiled_again_and_replaced(tmp_path: Path) -> None:
+    """An entry that unmarshals but holds a program ``_sre`` refuses (damage that keeps the layout) costs
+    only the compilation: every pattern still equals ``re.compile``'s, and the next start is served again."""
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    first = _run(str(cache))
+    [entry] = [p for p in cache.iterdir() if p.name.startswith("regex-")]
+    version, known = marshal.loads(entry.read_bytes())
+    key = next(iter(known))
+    flags, program, groups, groupindex, indexgroup = known[key]
+    known[key] = (flags, [255] * len(program), groups, groupindex, indexgroup)   # not an SRE program
+    entry.write_bytes(marshal.dumps((version, known)))
+    entry.chmod(0o600)
+    again = _run(str(cache))
+    patterns = again["patterns"]
+    assert isinstance(patterns, dict) and all(v[0] for v in patterns.values())
+    assert again["served"] == len(patterns) - 1
+    assert _run(str(cache))["served"] == len(patterns) == len(first["patterns"])  # type: ignore[arg-type]

@@ -126,8 +126,13 @@ def _cached_process_class(cls: type, *params: Any) -> type:
     recipes = _recipes[module]
     found = recipes.get(cls.__qualname__)
     if found is not None and found[0] == shape:
-        replayed += 1
-        return classrecipe.replay(cls, params, found[1], namespace.__dict__)
+        try:
+            made_again = classrecipe.replay(cls, params, found[1], namespace.__dict__)
+        except classrecipe.Uncacheable:
+            pass        # a recipe that does not fit (damaged): made and recorded again below
+        else:
+            replayed += 1
+            return made_again
     before = dict(cls.__dict__)
     made: type = _real_process_class(cls, *params)
     try:

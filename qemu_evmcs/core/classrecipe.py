@@ -27,6 +27,7 @@ nothing is recorded or replayed.
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable
 from types import CellType, FunctionType
 
 from qemu_evmcs.core import lazy
@@ -99,18 +100,21 @@ def shape(cls: type, params: tuple[Any, ...]) -> tuple[Any, ...]:
     return (cls.__qualname__, tuple(params), tuple(fields), own, hasattr(cls, "__post_init__"))
 
 
-def _environment(cls: type, fields: dict[str, Any]) -> dict[str, object]:
-    """Every value a generated function or attribute may hold, by the name a recipe uses for it."""
+def _environment(cls: type, fields: Iterable[tuple[str, object, object, object]]) -> dict[str, object]:
+    """Every value a generated function or attribute may hold, by the name a recipe uses for it.
+
+    :param fields: ``(name, type, default, default_factory)`` of each field (``MISSING`` where there is none).
+    """
     env: dict[str, object] = {
         "MISSING": dataclasses.MISSING, "HDF": dataclasses._HAS_DEFAULT_FACTORY,  # type: ignore[attr-defined]
         "object": object, "cls": cls, "FIE": dataclasses.FrozenInstanceError, "None": None,
     }
-    for name, f in fields.items():
-        env["t:" + name] = f.type
-        if f.default is not dataclasses.MISSING:
-            env["d:" + name] = f.default
-        if f.default_factory is not dataclasses.MISSING:
-            env["f:" + name] = f.default_factory
+    for name, type_, default, factory in fields:
+        env["t:" + name] = type_
+        if default is not dataclasses.MISSING:
+            env["d:" + name] = default
+        if factory is not dataclasses.MISSING:
+            env["f:" + name] = factory
     return env
 
 
@@ -167,7 +171,7 @@ def record(cls: type, before: dict[str, Any]) -> tuple[Any, ...]:
     :raise Uncacheable: when some effect is not one a recipe can name.
     """
     fields: dict[str, Any] = cls.__dict__["__dataclass_fields__"]
-    env = _environment(cls, fields)
+    env = _environment(cls, ((n, f.type, f.default, f.default_factory) for n, f in fields.items()))
     field_recipes = []
     for name, f in fields.items():
         kw_only = _MISSING_TEXT if f.kw_only is dataclasses.MISSING else bool(f.kw_only)
@@ -200,24 +204,62 @@ def record(cls: type, before: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def replay(cls: type, params: tuple[Any, ...], recipe: tuple[Any, ...], globs: dict[str, Any]) -> type:
-    """Do to ``cls`` what the recorded ``_process_class`` did (its shape was checked by the caller)."""
+    """Do to ``cls`` what the recorded ``_process_class`` did (its shape was checked by the caller).
+
+    Every value is worked out before the class or any of its ``field()`` objects is touched, so a recipe that
+    does not fit (damaged, or from code this module does not expect) changes nothing.
+
+    :raise Uncacheable: the recipe does not fit this class; ``dataclasses`` must make it.
+    """
+    try:
+        fields, states, updates = _plan(cls, params, recipe, globs)
+    except Uncacheable:
+        raise
+    except Exception as err:   # noqa: BLE001 -- any misfit of a cached recipe means "make it the normal way"
+        raise Uncacheable(f"recipe: {type(err).__name__}") from None
+    for f, state in zip(fields.values(), states, strict=True):
+        f.name, f.type, f._field_type, f.kw_only = state
+    for key, value in updates:
+        if value is _DELETE:
+            delattr(cls, key)
+        else:
+            setattr(cls, key, value)
+    abc.update_abstractmethods(cls)
+    return cls
+
+
+#: An update of :func:`_plan` that deletes the attribute.
+_DELETE = object()
+
+
+def _plan(cls: type, params: tuple[Any, ...], recipe: tuple[Any, ...], globs: dict[str, Any],
+          ) -> tuple[dict[str, Any], list[tuple[Any, ...]], list[tuple[str, Any]]]:
+    """(the field objects, each one's (name, type, kind, kw_only), the attribute updates in order) of a
+    recipe, without changing anything."""
     field_recipes, effects = recipe
-    fields: dict[str, Any] = {}
     annotations = cls.__dict__.get("__annotations__", {})
+    fields: dict[str, Any] = {}
+    states: list[tuple[Any, ...]] = []
     for name, kind, from_body, kw_only in field_recipes:
+        if name in fields:
+            raise Uncacheable(name)
         if from_body:
             f = cls.__dict__[name]
+            if not isinstance(f, dataclasses.Field):
+                raise Uncacheable(name)
         else:
             f = dataclasses.field(default=cls.__dict__.get(name, dataclasses.MISSING))
-        f.name = name
-        f.type = annotations[name]
-        f._field_type = _kind(kind)
-        f.kw_only = dataclasses.MISSING if kw_only == _MISSING_TEXT else kw_only   # as _get_field resolved it
+        if kw_only != _MISSING_TEXT and type(kw_only) is not bool:
+            raise Uncacheable(name)
+        # name, type, kind, kw_only as _get_field resolved them
+        states.append((name, annotations[name], _kind(kind), dataclasses.MISSING if kw_only == _MISSING_TEXT
+                       else kw_only))
         fields[name] = f
-    env = _environment(cls, fields)
+    env = _environment(cls, ((n, annotations[n], f.default, f.default_factory) for n, f in fields.items()))
+    updates: list[tuple[str, Any]] = []
     for effect in effects:
         if effect[0] == "del":
-            delattr(cls, effect[1])
+            updates.append((str(effect[1]), _DELETE))
             continue
         _, key, (what, *rest) = effect
         value: Any
@@ -232,11 +274,12 @@ def replay(cls: type, params: tuple[Any, ...], recipe: tuple[Any, ...], globs: d
         elif what == "rrepr":
             value = dataclasses._recursive_repr(_make_function(rest[0], env, globs))  # type: ignore[attr-defined]
             value.__qualname__ = rest[1]
-        else:
+        elif what == "env":
             value = env[rest[0]]
-        setattr(cls, key, value)
-    abc.update_abstractmethods(cls)
-    return cls
+        else:
+            raise Uncacheable(str(what))
+        updates.append((str(key), value))
+    return fields, states, updates
 
 
 def is_recipe(value: object) -> bool:

@@ -37,7 +37,8 @@ _sre_compile = getattr(getattr(re, "_compiler", None), "_sre", None)
 
 #: (pattern, flags) -> (flags, program, groups, groupindex, indexgroup), read from the entry at first use.
 _known: dict[tuple[str, int], tuple[Any, ...]] | None = None
-_loaded = 0
+#: Whether this process stored a pattern (the entry is written at exit).
+_changed = False
 _dir: str | None = None
 #: How many patterns this process built from the cache (the tests read it).
 served = 0
@@ -49,7 +50,7 @@ def _entry_path(where: str) -> str:
 
 
 def _load() -> dict[tuple[str, int], tuple[Any, ...]]:
-    global _known, _loaded, _dir
+    global _known, _dir
     if _known is None:
         _known = {}
         _dir = cache_dir()
@@ -59,7 +60,6 @@ def _load() -> dict[tuple[str, int], tuple[Any, ...]]:
                     and type(entry[1]) is dict):
                 _known.update((k, v) for k, v in entry[1].items() if _plausible(k, v))
             atexit.register(_save)
-        _loaded = len(_known)
     return _known
 
 
@@ -91,7 +91,7 @@ def _build(pattern: str, parts: tuple[Any, ...]) -> re.Pattern[str]:
 
 def regex(pattern: str, flags: int = 0) -> re.Pattern[str]:
     """``re.compile(pattern, flags)``, from the cache when this build compiled the pattern before."""
-    global served
+    global served, _changed
     flags = int(flags)
     if _parse is None or _code is None or _sre_compile is None:
         return re.compile(pattern, flags)
@@ -100,20 +100,26 @@ def regex(pattern: str, flags: int = 0) -> re.Pattern[str]:
         return re.compile(pattern, flags)
     parts = known.get((pattern, flags))
     if parts is not None:
-        served += 1
-        return _build(pattern, parts)
+        try:
+            built = _build(pattern, parts)
+        except Exception:   # noqa: BLE001 -- a damaged entry (_sre checks the program): compiled anew below
+            del known[(pattern, flags)]
+        else:
+            served += 1
+            return built
     compiled = re.compile(pattern, flags)
     try:
         parts = _parts(pattern, flags)
         if _build(pattern, parts) == compiled:      # same pattern, flags and program: safe to keep
             known[(pattern, flags)] = parts
+            _changed = True
     except Exception:   # noqa: BLE001 -- an internal of re changed: this pattern is simply not cached
         pass
     return compiled
 
 
 def _save() -> None:
-    if _dir is not None and _known is not None and len(_known) > _loaded:
+    if _dir is not None and _known is not None and _changed:
         write_entry(_dir, _entry_path(_dir), (sys.version, _known))
 
 
