@@ -48,7 +48,20 @@ _MISSING_TEXT = "<MISSING>"
 #: The private names of ``dataclasses`` this module relies on; without one of them it stays out of the way.
 _PRIVATE = ("_FIELD", "_FIELD_CLASSVAR", "_FIELD_INITVAR", "_HAS_DEFAULT_FACTORY", "_recursive_repr",
             "_DataclassParams", "_FIELDS", "_PARAMS", "FrozenInstanceError")
-SUPPORTED = all(hasattr(dataclasses, n) for n in _PRIVATE)
+#: The parameters of ``_process_class`` the shape reads by position (``slots`` is the 9th).
+_PARAMETERS = ("cls", "init", "repr", "eq", "order", "unsafe_hash", "frozen", "match_args", "kw_only", "slots",
+               "weakref_slot")
+
+
+def _supported() -> bool:
+    """This ``dataclasses`` has every private name used here and ``_process_class`` takes the parameters in
+    the order this module reads them (another Python may change either: then nothing is replayed)."""
+    code = getattr(getattr(dataclasses, "_process_class", None), "__code__", None)
+    return (all(hasattr(dataclasses, n) for n in _PRIVATE) and code is not None
+            and code.co_varnames[:code.co_argcount] == _PARAMETERS)
+
+
+SUPPORTED = _supported()
 
 
 class Uncacheable(Exception):
