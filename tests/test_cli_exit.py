@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from needs import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,7 +47,7 @@ def _run(argv: list[str], stdout: int, cache: Path | None = None) -> subprocess.
 ])
 def test_a_full_disk_on_stdout_is_one_error_line_and_exit_2(argv: list[str]) -> None:
     if not os.path.exists("/dev/full"):
-        pytest.skip("needs /dev/full (Linux)")
+        unavailable("/dev/full is missing (a Linux device node; CI has it)")
     with open("/dev/full", "w") as full:
         proc = _run(argv, full.fileno())
     lines = proc.stderr.splitlines()
