@@ -124,16 +124,15 @@ class _Stdout:
         self._real = real
 
     def write(self, text: str) -> int:
-        try:
-            return int(self._real.write(text))
-        except BrokenPipeError:
-            raise
-        except OSError as err:
-            raise _output_failed(err) from None
+        return int(self._guarded(self._real.write, text))
 
     def flush(self) -> None:
+        self._guarded(self._real.flush)
+
+    @staticmethod
+    def _guarded(call: Callable[..., Any], *args: Any) -> Any:
         try:
-            self._real.flush()
+            return call(*args)
         except BrokenPipeError:
             raise
         except OSError as err:

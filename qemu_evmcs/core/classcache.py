@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 from qemu_evmcs.core import classrecipe, lazy
-from qemu_evmcs.core.parsecache import cache_dir, checksum, read_entry, write_entry
+from qemu_evmcs.core.parsecache import cache_dir, interpreter_entry_path, read_entry, write_entry
 
 dataclasses = lazy.module_deferring("dataclasses", "inspect")
 _real_exec = builtins.exec
@@ -71,8 +71,7 @@ _real_process_class: Any = None
 
 def _entry_path(where: str, module: str) -> str:
     """One entry per module that defines dataclasses, so a command reads only its own modules' code."""
-    tag = checksum(sys.version.encode())
-    return os.path.join(where, f"dataclass-code-{sys.implementation.cache_tag}-{tag}-{module}.marshal")
+    return interpreter_entry_path(where, "dataclass-code", module)
 
 
 def _load(where: str, module: str) -> None:

@@ -47,7 +47,7 @@ _MISSING_TEXT = "<MISSING>"
 
 #: The private names of ``dataclasses`` this module relies on; without one of them it stays out of the way.
 _PRIVATE = ("_FIELD", "_FIELD_CLASSVAR", "_FIELD_INITVAR", "_HAS_DEFAULT_FACTORY", "_recursive_repr",
-            "_DataclassParams", "_FIELDS", "_PARAMS", "FrozenInstanceError")
+            "_DataclassParams", "FrozenInstanceError")
 #: The parameters of ``_process_class`` the shape reads by position (``slots`` is the 9th).
 _PARAMETERS = ("cls", "init", "repr", "eq", "order", "unsafe_hash", "frozen", "match_args", "kw_only", "slots",
                "weakref_slot")

@@ -200,6 +200,15 @@ def cached_parse(text: str, parse: Callable[[str], T], *, parser: str, parser_fi
     return value
 
 
+def interpreter_entry_path(where: str, kind: str, name: str = "") -> str:
+    """Where an entry that holds this interpreter build's own objects (code, regex programs) lives: ``kind``,
+    the interpreter's cache tag, a checksum of ``sys.version`` and ``name``. The file name is only an address:
+    such entries store ``sys.version`` and their readers compare it whole."""
+    tag = checksum(sys.version.encode())
+    suffix = f"-{name}" if name else ""
+    return os.path.join(where, f"{kind}-{sys.implementation.cache_tag}-{tag}{suffix}.marshal")
+
+
 def read_entry(path: str) -> tuple[bool, Any]:
     """(found, value) of a cache entry: only a regular file owned by this user, writable by no one else, at
     most :data:`MAX_ENTRY_BYTES`; anything else (or a damaged entry) is ``(False, None)``."""

@@ -21,11 +21,10 @@ holds one entry per pattern, so its size is bounded by the source.
 from __future__ import annotations
 
 import atexit
-import os
 import re
 import sys
 
-from qemu_evmcs.core.parsecache import cache_dir, checksum, read_entry, write_entry
+from qemu_evmcs.core.parsecache import cache_dir, interpreter_entry_path, read_entry, write_entry
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -44,18 +43,13 @@ _dir: str | None = None
 served = 0
 
 
-def _entry_path(where: str) -> str:
-    tag = checksum(sys.version.encode())
-    return os.path.join(where, f"regex-{sys.implementation.cache_tag}-{tag}.marshal")
-
-
 def _load() -> dict[tuple[str, int], tuple[Any, ...]]:
     global _known, _dir
     if _known is None:
         _known = {}
         _dir = cache_dir()
         if _dir is not None:
-            hit, entry = read_entry(_entry_path(_dir))
+            hit, entry = read_entry(interpreter_entry_path(_dir, "regex"))
             if (hit and type(entry) is tuple and len(entry) == 2 and entry[0] == sys.version
                     and type(entry[1]) is dict):
                 _known.update((k, v) for k, v in entry[1].items() if _plausible(k, v))
@@ -120,7 +114,7 @@ def regex(pattern: str, flags: int = 0) -> re.Pattern[str]:
 
 def _save() -> None:
     if _dir is not None and _known is not None and _changed:
-        write_entry(_dir, _entry_path(_dir), (sys.version, _known))
+        write_entry(_dir, interpreter_entry_path(_dir, "regex"), (sys.version, _known))
 
 
 __all__ = ["regex"]
