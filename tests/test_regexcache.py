@@ -8,12 +8,14 @@ fresh interpreter that builds them from the cache (a counter says how many).
 
 from __future__ import annotations
 
+import ast
 import json
 import marshal
 import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,14 +97,83 @@ def test_a_stored_program_that_sre_refuses_is_compiled_again_and_replaced(tmp_pa
     cache.mkdir(mode=0o700)
     first = _run(str(cache))
     [entry] = [p for p in cache.iterdir() if p.name.startswith("regex-")]
-    version, known = marshal.loads(entry.read_bytes())
+    version, known, flag_values, escapes = marshal.loads(entry.read_bytes())
     key = next(iter(known))
     flags, program, groups, groupindex, indexgroup = known[key]
     known[key] = (flags, [255] * len(program), groups, groupindex, indexgroup)   # not an SRE program
-    entry.write_bytes(marshal.dumps((version, known)))
+    entry.write_bytes(marshal.dumps((version, known, flag_values, escapes)))
     entry.chmod(0o600)
     again = _run(str(cache))
     patterns = again["patterns"]
     assert isinstance(patterns, dict) and all(v[0] for v in patterns.values())
     assert again["served"] == len(patterns) - 1
     assert _run(str(cache))["served"] == len(patterns) == len(first["patterns"])  # type: ignore[arg-type]
+
+
+#: The standard library's patterns every start compiles, taken in a fresh interpreter after the CLI's start-up
+#: imports (and an argparse parser built and used), before anything imports ``re``; then ``re`` is imported and
+#: each is compared with ``re.compile`` of its text and flags. Printed as a Python literal: json imports re.
+_STDLIB_PROBE = r'''
+import sys
+import qemu_evmcs.cli.main as m
+import qemu_evmcs.cli.commands.explain
+import argparse, dataclasses, gettext, locale, textwrap
+p = m.build_parser(only="guest-msrs")
+p.parse_args(["guest-msrs", "--host", "skylake-6.3", "--kernel", "6.1"])
+f = argparse.HelpFormatter("x", width=80)   # with a width: without one it imports shutil
+tw = textwrap.TextWrapper
+stand_in = argparse._re
+got = {"dataclasses": dataclasses._MODULE_IDENTIFIER_RE, "gettext": gettext._token_pattern,
+       "locale": locale._percent_re, "wordsep": tw.wordsep_re, "wordsep_simple": tw.wordsep_simple_re,
+       "sentence_end": tw.sentence_end_re, "whitespace_only": textwrap._whitespace_only_re,
+       "leading_whitespace": textwrap._leading_whitespace_re, "negative_number": p._negative_number_matcher,
+       "whitespace": f._whitespace_matcher, "long_break": f._long_break_matcher}
+before = sorted(n for n in ("re", "enum") if n in sys.modules)
+text = "".join(map(chr, range(0x3000))) + "\U0001F600"
+import re
+report = {"before": before, "equal": {k: v == re.compile(v.pattern, v.flags) for k, v in got.items()},
+          "flags": [getattr(stand_in, n) == int(getattr(re, n)) for n in ("ASCII", "VERBOSE", "DOTALL", "MULTILINE")],
+          "escape": stand_in.escape(text) == re.escape(text) and stand_in.escape(b"a.b") == re.escape(b"a.b"),
+          "delegates": stand_in.sub is re.sub and sys.modules["re"] is re and type(re).__name__ == "module",
+          "wrap": textwrap.wrap("one two-three four " * 5, 12)}
+print(repr(report))
+'''
+
+
+def _stdlib_probe(cache: str) -> dict[str, object]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "QEMU_EVMCS_CACHE_DIR": cache}
+    out = subprocess.run([sys.executable, "-c", _STDLIB_PROBE], capture_output=True, text=True, timeout=300,
+                         env=env, check=True)
+    report: dict[str, object] = ast.literal_eval(out.stdout)
+    return report
+
+
+def test_the_standard_librarys_patterns_come_from_the_cache_without_importing_re(tmp_path: Path) -> None:
+    """dataclasses, argparse, gettext, locale and textwrap get their patterns through re's stand-in
+    (``regexcache.re_stand_ins``): on the first start, compiled by the real ``re`` and recorded; on the next,
+    built from the entry with neither ``re`` nor ``enum`` imported. Either way each one equals
+    ``re.compile``'s, the stand-in's constants and ``escape`` are ``re``'s, and whatever else is read from it
+    is the real module's."""
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    first, second = _stdlib_probe(str(cache)), _stdlib_probe(str(cache))
+    assert first["before"] == ["enum", "re"]           # a cold cache: the first miss imported re
+    assert second["before"] == []                      # a warm one: nothing did
+    stock = textwrap.wrap("one two-three four " * 5, 12)
+    for report in (first, second):
+        equal = report["equal"]
+        assert isinstance(equal, dict) and len(equal) == 11 and all(equal.values()), equal
+        assert report["flags"] == [True] * 4
+        assert report["escape"] is True and report["delegates"] is True
+        assert report["wrap"] == stock
+
+
+def test_with_re_imported_first_nothing_stands_in_for_it() -> None:
+    """A program that imported re itself keeps it: the stdlib modules bind the real module."""
+    probe = ("import re, sys\n"
+             "import qemu_evmcs.cli.main\n"
+             "import argparse, dataclasses\n"
+             "print(argparse._re is re and dataclasses.re is re and sys.modules['re'] is re)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.strip() == "True"

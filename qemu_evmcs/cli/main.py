@@ -15,7 +15,6 @@ one-line ``error:`` contract:
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import gc
 import os
@@ -25,10 +24,18 @@ from collections.abc import Callable, Sequence
 
 from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import EXIT_BAD_INPUT, EvmcsError, InputError, NegativeAnswer
+from qemu_evmcs.core.regexcache import re_stand_ins
 from qemu_evmcs.output.jsonout import print_json
 
 if TYPE_CHECKING:
+    import argparse
     from typing import Any, NoReturn, TextIO
+else:
+    # argparse imports re (and with it enum: 0.6x a bare interpreter) for patterns the regex cache holds on a
+    # warm cache (core/regexcache.py), as does locale, which argparse's first message lookup imports
+    # (gettext): both are imported with re's stand-in, locale here for that reason alone.
+    argparse = lazy.module_deferring("argparse", *re_stand_ins())
+    lazy.module_deferring("locale", *re_stand_ins())
 
 
 #: Every sub-command, in help order: (name, module under ``qemu_evmcs.cli.commands``, one-line summary).

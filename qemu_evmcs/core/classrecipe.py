@@ -31,13 +31,15 @@ from collections.abc import Iterable
 from types import CellType, FunctionType
 
 from qemu_evmcs.core import lazy
+from qemu_evmcs.core.regexcache import re_stand_ins
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import dataclasses
     from typing import Any
-else:   # imported without inspect, which it uses only for classes without a docstring (core/lazy.py)
-    dataclasses = lazy.module_deferring("dataclasses", "inspect")
+else:   # without inspect, used only for a class without a docstring (core/lazy.py), and on a warm cache
+        # without re (core/regexcache.py)
+    dataclasses = lazy.module_deferring("dataclasses", "inspect", *re_stand_ins())
 
 #: The attributes ``_process_class`` may add; a class that defines one itself keeps it (part of the shape).
 _METHODS = frozenset({"__init__", "__repr__", "__eq__", "__lt__", "__le__", "__gt__", "__ge__", "__hash__",

@@ -11,7 +11,6 @@ place yields every candidate era, and callers either compute against all of them
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ from qemu_evmcs.core.registry import load_data
 from qemu_evmcs.core.regexcache import regex
 
 if TYPE_CHECKING:
+    import re
     from typing import Any
 
 _RHEL = regex(r"^\s*(\d+)\.(\d+)\.(\d+)-(\d+)(?:\.[0-9.]+)?\.el(\d+)(?:_(\d+))?(?:[._].*)?\s*$")

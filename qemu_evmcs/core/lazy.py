@@ -45,37 +45,66 @@ def proxy(name: str) -> ModuleType:
     return _Proxy(name)
 
 
-class _StandIn(ModuleType):
+class StandIn(ModuleType):
     """Sits in ``sys.modules`` for a module while another one is imported that binds it but does not use it
-    yet; the first attribute read imports the real module (then ``sys.modules``'s) and reads it there."""
+    yet; the first attribute read imports the real module and reads it there. A subclass may answer some
+    reads itself (:mod:`~qemu_evmcs.core.regexcache`'s ``re``)."""
 
     def __getattr__(self, attr: str) -> object:
-        real = sys.modules.get(self.__name__)
-        if real is None or real is self:
-            if real is self:
-                del sys.modules[self.__name__]
-            real = importlib.import_module(self.__name__)
-        return getattr(real, attr)
+        return getattr(self.real_module(), attr)
+
+    def real_module(self) -> ModuleType:
+        """The module this stands for, imported now if it is not yet. Imported while the stand-in is placed
+        (:func:`module_deferring`), the stand-in stays there until the end of that import, then leaves
+        ``sys.modules`` to the real module."""
+        real: ModuleType | None = self.__dict__.get("_lazy_real")
+        if real is None:
+            current = sys.modules.get(self.__name__)
+            if current is None or current is self:
+                if current is self:
+                    del sys.modules[self.__name__]
+                try:
+                    real = importlib.import_module(self.__name__)
+                finally:
+                    if current is self:
+                        sys.modules[self.__name__] = self
+            else:
+                real = current
+            self._lazy_real = real
+        return real
 
 
-def module_deferring(name: str, unused: str) -> ModuleType:
-    """The module ``name``, imported while its import of ``unused`` binds a stand-in (:class:`_StandIn`)
-    instead of running ``unused``. The stand-in leaves ``sys.modules`` when ``name`` is imported, so every
-    later importer of ``unused`` gets the real module; the stand-in itself turns into it at first use.
+def module_deferring(name: str, *unused: str | StandIn) -> ModuleType:
+    """The module ``name``, imported while its imports of the modules ``unused`` bind stand-ins
+    (:class:`StandIn`, or the one given) instead of running them. The stand-ins leave ``sys.modules`` when
+    ``name`` is imported, so every later importer of those modules gets the real ones; a stand-in itself
+    turns into its module at first use.
 
     Why: ``dataclasses`` imports ``inspect`` (and with it ``ast``, ``dis``, ``tokenize``, ``linecache``: a
     third of an interactive command's start-up over a bare interpreter) and uses it only to write a
-    docstring for a class that has none. If ``unused`` or ``name`` is already imported, nothing is deferred.
+    docstring for a class that has none. If ``name`` is already imported, nothing is deferred; nor is a
+    module of ``unused`` that someone else imported (one its own stand-in imported is stood in for again:
+    :mod:`~qemu_evmcs.core.regexcache` records what goes through it).
     """
-    if name in sys.modules or unused in sys.modules:
+    if name in sys.modules:
         return module(name)
-    stand_in = _StandIn(unused)
-    sys.modules[unused] = stand_in
+    placed: list[StandIn] = []
+    for item in unused:
+        stand_in = StandIn(item) if isinstance(item, str) else item
+        current = sys.modules.get(stand_in.__name__)
+        if current is None or current is stand_in.__dict__.get("_lazy_real"):   # not imported, or by it
+            sys.modules[stand_in.__name__] = stand_in
+            placed.append(stand_in)
     try:
         return module(name)
     finally:
-        if sys.modules.get(unused) is stand_in:
-            del sys.modules[unused]
+        for stand_in in placed:
+            if sys.modules.get(stand_in.__name__) is stand_in:
+                real = stand_in.__dict__.get("_lazy_real")
+                if real is None:
+                    del sys.modules[stand_in.__name__]
+                else:       # imported meanwhile (real_module): every later importer gets it
+                    sys.modules[stand_in.__name__] = real
 
 
-__all__ = ["module", "module_deferring", "proxy"]
+__all__ = ["StandIn", "module", "module_deferring", "proxy"]

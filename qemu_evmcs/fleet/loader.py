@@ -24,7 +24,6 @@ inventories and bundled names: :mod:`qemu_evmcs.fleet.sources`; the SQLite inven
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable, Iterable, Iterator
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
@@ -75,6 +74,8 @@ _YAML11_WORDS = frozenset(["yes", "no", "true", "false", "on", "off", "null", "y
 _NAME_FAST = regex(
     r"[ \t]*:[ \t]+(?:([A-Za-z_][A-Za-z0-9_.@/+-]*)|'([^'\n]*)'|\"([^\"\\\n]*)\")[ \t]*(?:[ \t]#[^\n]*)?")
 _TEXT_FAST = regex(r"[ \t]*:(?:[ \t]+(?:'[^'\n]*'|\"[^\"\\\n]*\"))?[ \t]*")
+# The top-level name key of a document (where a duplicate name is reported).
+_NAME_KEY = regex(r"(?m)^name[ \t]*:")
 _UNSAFE = ""  # key cache value: "parse every document with this key in full"
 
 
@@ -419,7 +420,7 @@ class FleetLoader:
             return
         other = self._where.get(name)
         if other is not None:
-            m = re.search(r"(?m)^name[ \t]*:", seg)
+            m = _NAME_KEY.search(seg)
             line = line0 + seg.count("\n", 0, m.start()) + 1 if m else None
             raise InputError(f"duplicate host name {name!r} (also in {other})", file=path, key="name", line=line)
         self._where[name] = path

@@ -21,7 +21,6 @@ same way, so the rules live here once:
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -37,12 +36,16 @@ from qemu_evmcs.core import lazy
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import fnmatch
+
     from qemu_evmcs.fleet import inventory
     from qemu_evmcs.fleet import sources as host_sources
 else:   # only when hosts are loaded (host_sources), and for an inventory and the feature= filters (inventory):
-    # a command that takes hosts but was given none (validate) needs neither (core/lazy.py)
+    # a command that takes hosts but was given none (validate) needs neither (core/lazy.py); fnmatch only
+    # for a glob (it imports re: core/regexcache.py)
     inventory = lazy.proxy("qemu_evmcs.fleet.inventory")
     host_sources = lazy.proxy("qemu_evmcs.fleet.sources")
+    fnmatch = lazy.proxy("fnmatch")
 
 #: ``--where`` keys and what they match (text for ``--help`` and error messages).
 WHERE_KEYS: dict[str, str] = {

@@ -11,12 +11,12 @@ asked of the host.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from qemu_evmcs.core.cpuid import cpuid_names
 from qemu_evmcs.core.profile import HostProfile
+from qemu_evmcs.core.regexcache import regex
 from qemu_evmcs.qemu.models import QemuSnapshot, load_snapshot
 
 
@@ -93,9 +93,13 @@ def check_base(model: str, hosts: Sequence[HostProfile], snap: QemuSnapshot | No
     return res
 
 
+#: A versioned QEMU model name: its generation, its version.
+_VERSIONED = regex(r"(?s)(.+)-v(\d+)")
+
+
 def _version(name: str) -> int:
-    m = re.search(r"-v(\d+)$", name)
-    return int(m.group(1)) if m else 0
+    m = _VERSIONED.fullmatch(name)
+    return int(m.group(2)) if m else 0
 
 
 def newest_runnable(hosts: Sequence[HostProfile], snap: QemuSnapshot | None = None) -> str | None:
@@ -109,7 +113,7 @@ def newest_runnable(hosts: Sequence[HostProfile], snap: QemuSnapshot | None = No
     if not known:
         return None
     for gen in cpuid_names().intel_generations:
-        versions = sorted((n for n in snap.names() if re.fullmatch(re.escape(gen) + r"-v\d+", n)),
+        versions = sorted((n for n in snap.names() if (m := _VERSIONED.fullmatch(n)) and m.group(1) == gen),
                           key=_version, reverse=True)
         for name in versions:
             if check_base(name, known, snap).ok:

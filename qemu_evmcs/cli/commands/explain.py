@@ -20,16 +20,20 @@ name gets the closest known names as a suggestion and exit 2.
 from __future__ import annotations
 
 import argparse
-import textwrap
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.policy.explain import FeatureExplanation, HostExplanation, find_features
 from qemu_evmcs.qemu.attribution import LAYERS
 from qemu_evmcs.output.jsonout import print_json
 from qemu_evmcs.cli.commands.guest_msrs import add_host_arguments, explain_from_args, header_lines
+from qemu_evmcs.core import lazy
+from qemu_evmcs.core.regexcache import re_stand_ins
 
 if TYPE_CHECKING:
+    import textwrap
     from typing import Any
+else:   # its word-splitting patterns come from the regex cache, without importing re (core/regexcache.py)
+    textwrap = lazy.module_deferring("textwrap", *re_stand_ins())
 
 #: One-line heading of each layer in the text form.
 LAYER_TITLES = {
