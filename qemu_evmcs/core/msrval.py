@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from qemu_evmcs.core.registry import MASK32, Feature, Registry, registry
+from qemu_evmcs.core.registry import MASK32, MASK64, Feature, Registry, registry
 
 
 MsrValues = Mapping[str, int]
@@ -83,3 +83,27 @@ def names_to_word_masks(names: Iterable[str], reg: Registry | None = None) -> di
 def hex64(value: int) -> str:
     """``0x`` + 16 lowercase hex digits: the project's one rendering of an MSR value."""
     return f"0x{value:016x}"
+
+
+def msrs_from_features(features: Iterable[str]) -> dict[str, int]:
+    """VMX MSR values (TRUE and non-TRUE forms) in which exactly ``features`` are available.
+
+    Control MSRs get the word's default1 bits as must-be-1 in the non-TRUE form (SDM A.3), so the values pass
+    profile validation. Useful for what-if hosts and tests.
+    """
+    reg = registry()
+    per_word: dict[str, int] = {}
+    for name in features:
+        feat = reg.feature(name)
+        per_word[feat.word] = per_word.get(feat.word, 0) | feat.mask
+    out: dict[str, int] = {}
+    for msr in reg.msrs.values():
+        if msr.word is None:
+            continue
+        bits = per_word.get(msr.word, 0)
+        if msr.layout == "ctl":
+            always = reg.words[msr.word].always_on
+            out[msr.name] = (((bits | always) & MASK32) << 32) | (0 if msr.is_true_form else always)
+        else:
+            out[msr.name] = bits & MASK64
+    return out

@@ -33,8 +33,9 @@ from qemu_evmcs.core.errors import InputError, KvmError
 from qemu_evmcs.qemu.attribution import LAYER_CPU, LAYER_FILTER, LAYER_PERF, LAYER_QEMU, hidden_layers, missing_layer
 from qemu_evmcs.policy.negotiate import GuestConfig, StartResult, host_reports_perf_bit, qemu_property_features, \
     start_guest, unique_group_names
-from qemu_evmcs.qemu.models import EffectiveModel, ModelDef, QemuSnapshot, effective_model, load_snapshot
-from qemu_evmcs.core.msrval import feature_present, feature_set
+from qemu_evmcs.qemu.models import (PV_PERF_SETS_BIT, EffectiveModel, ModelDef, QemuSnapshot, effective_model,
+                                    load_snapshot)
+from qemu_evmcs.core.msrval import feature_present, feature_set, msrs_from_features
 from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.core.views import visible_features
 from qemu_evmcs.qemu.basecpuid import check_base, newest_runnable, proposal, unchecked_note
@@ -43,7 +44,7 @@ from qemu_evmcs.qemu.hostguest import host_model_guest_msrs
 from qemu_evmcs.qemu.startup import evmcs_start_error
 from qemu_evmcs.core.kernelid import identify
 from qemu_evmcs.core.profile import HostProfile
-from qemu_evmcs.core.registry import MASK32, MASK64, registry
+from qemu_evmcs.core.registry import registry
 from qemu_evmcs.kvm.simkvm import SimKvm
 
 if TYPE_CHECKING:
@@ -51,10 +52,6 @@ if TYPE_CHECKING:
 
 LAYERS = ("model", "cpu", "kvm", "evmcs-filter", "perf-cpuid-gate", "qemu")
 
-#: What ``pv-perf-global-ctrl`` means for the guest's CPUID 0x4000000A.EBX bit 0. QEMU (every release
-#: checked, qemu.md §1.3) never sets the bit, so ``auto`` -- "set it if the VMM can" -- is clear under QEMU;
-#: ``on`` models a VMM that does set it (honoured by 6.1+ kernels only).
-PV_PERF_SETS_BIT = {"on": True, "auto": False, "off": False}
 
 
 @dataclass(frozen=True)
@@ -535,30 +532,6 @@ def _propose(base: str | None, missing: dict[str, list[str] | None], profiles: d
 
 
 # =========================================================================== synthetic hosts
-
-def msrs_from_features(features: Iterable[str]) -> dict[str, int]:
-    """VMX MSR values (TRUE and non-TRUE forms) in which exactly ``features`` are available.
-
-    Control MSRs get the word's default1 bits as must-be-1 in the non-TRUE form (SDM A.3), so the values pass
-    profile validation. Useful for what-if hosts and tests.
-    """
-    reg = registry()
-    per_word: dict[str, int] = {}
-    for name in features:
-        feat = reg.feature(name)
-        per_word[feat.word] = per_word.get(feat.word, 0) | feat.mask
-    out: dict[str, int] = {}
-    for msr in reg.msrs.values():
-        if msr.word is None:
-            continue
-        bits = per_word.get(msr.word, 0)
-        if msr.layout == "ctl":
-            always = reg.words[msr.word].always_on
-            out[msr.name] = (((bits | always) & MASK32) << 32) | (0 if msr.is_true_form else always)
-        else:
-            out[msr.name] = bits & MASK64
-    return out
-
 
 def profile_from_features(name: str, features: Iterable[str], *, kernel: str = "6.3",
                           vendor: str = "GenuineIntel", nested: bool = True, kvm_hyperv: bool = True,

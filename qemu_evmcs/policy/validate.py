@@ -39,8 +39,6 @@ from qemu_evmcs.core.typecheck import TYPE_CHECKING
 from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import EXIT_BAD_INPUT, EXIT_NEGATIVE, EXIT_OK, InputError
 from qemu_evmcs.core.evmcs_filter import filter_all
-from qemu_evmcs.core.hostgroup import Fleet, as_fleet
-from qemu_evmcs.qemu.basecpuid import newest_runnable, proposal
 from qemu_evmcs.core.kernel import era_table
 from qemu_evmcs.qemu.models import (
     HV_FLAGS,
@@ -64,10 +62,21 @@ from qemu_evmcs.core.views import visible_features
 from qemu_evmcs.kvm.simkvm import NOT_EMULATED_MSRS
 from qemu_evmcs.core.profile import VENDORS, HostProfile
 from qemu_evmcs.core.registry import registry
-from qemu_evmcs.policy.resolve import PV_PERF_SETS_BIT, BaselineResult, baseline, msrs_from_features
+from qemu_evmcs.core.msrval import msrs_from_features
+from qemu_evmcs.qemu.models import PV_PERF_SETS_BIT
 
 if TYPE_CHECKING:
     from typing import Any
+
+    from qemu_evmcs.core import hostgroup
+    from qemu_evmcs.core.hostgroup import Fleet
+    from qemu_evmcs.policy import resolve
+    from qemu_evmcs.policy.resolve import BaselineResult
+    from qemu_evmcs.qemu import basecpuid
+else:   # only with --hosts: the baseline and its simulated start-ups, host groups, the base-model proposal
+    hostgroup = lazy.proxy("qemu_evmcs.core.hostgroup")
+    resolve = lazy.proxy("qemu_evmcs.policy.resolve")
+    basecpuid = lazy.proxy("qemu_evmcs.qemu.basecpuid")
 
 # =========================================================================== eVMCS era visibility
 
@@ -534,7 +543,7 @@ def validate_file(path: str, snap: QemuSnapshot | None = None,
         if eff is None:
             rep.hosts = []
         else:
-            result = baseline(hosts, eff)
+            result = resolve.baseline(hosts, eff)
             rep.hosts = _host_results(result)
             rep.base_note = result.base_cpuid_note()
     return rep
@@ -555,9 +564,9 @@ def validate_paths(paths: Sequence[str] = (), *, snapshot: QemuSnapshot | None =
         raise InputError("no model definitions to validate")
     report = ValidationReport([validate_file(f, snap, hosts) for f in files], snap.version)
     if hosts is not None:
-        profiles = [g.profile for g in as_fleet(hosts).host_groups()]
-        report.newest_runnable_model = pick = newest_runnable(profiles, snap)
-        report.proposal = proposal(pick, snap.version) if pick else None
+        profiles = [g.profile for g in hostgroup.as_fleet(hosts).host_groups()]
+        report.newest_runnable_model = pick = basecpuid.newest_runnable(profiles, snap)
+        report.proposal = basecpuid.proposal(pick, snap.version) if pick else None
     return report
 
 

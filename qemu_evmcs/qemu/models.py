@@ -344,6 +344,12 @@ class Finding:
 KeyPath = tuple[str, ...]
 
 
+#: What ``pv-perf-global-ctrl`` means for the guest's CPUID 0x4000000A.EBX bit 0. QEMU (every release
+#: checked, qemu.md §1.3) never sets the bit, so ``auto`` -- "set it if the VMM can" -- is clear under QEMU;
+#: ``on`` models a VMM that does set it (honoured by 6.1+ kernels only).
+PV_PERF_SETS_BIT = {"on": True, "auto": False, "off": False}
+
+
 @dataclass(frozen=True)
 class ModelDef:
     """One eVMCS-ready model definition (``cpu_models/<Name>.yaml``, see :func:`model_dirs`), structurally valid.

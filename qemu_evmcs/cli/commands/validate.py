@@ -12,12 +12,13 @@ from qemu_evmcs.core.typecheck import TYPE_CHECKING
 from qemu_evmcs.cli.hostargs import add_selection_arguments, select_hosts
 from qemu_evmcs.output.jsonout import print_json
 from qemu_evmcs.qemu.models import QemuSnapshot, load_snapshot, load_snapshot_dir
-from qemu_evmcs.core.hostgroup import Fleet
 from qemu_evmcs.policy.qemu_models import qemu_models_report
 from qemu_evmcs.policy.validate import validate_paths
 
 if TYPE_CHECKING:
     from typing import Any
+
+    from qemu_evmcs.core.hostgroup import Fleet
 
 
 def snapshot_from_args(args: argparse.Namespace) -> QemuSnapshot:
