@@ -135,8 +135,10 @@ _INTERACTIVE = (("guest-msrs", "--host", "skylake-6.3"), ("explain", "--host", "
 #: inspect, ast, dis, tokenize (dataclasses, for a docstring: core/lazy.module_deferring); typing (annotations
 #: only: core/typecheck.py); shutil, bz2, lzma (argparse's terminal width: cli/main.terminal_columns, and
 #: rmtree on rare paths); tempfile (writing a cache entry or staging a fleet); re and enum (dataclasses,
-#: argparse, gettext, locale, textwrap, for patterns the regex cache holds: core/regexcache.re_stand_ins).
-_NOT_AT_START = {"inspect", "ast", "dis", "tokenize", "typing", "shutil", "bz2", "lzma", "tempfile", "re", "enum"}
+#: argparse, gettext, locale, textwrap, for patterns the regex cache holds: core/regexcache.re_stand_ins); copy
+#: and weakref (dataclasses, for asdict and astuple only).
+_NOT_AT_START = {"inspect", "ast", "dis", "tokenize", "typing", "shutil", "bz2", "lzma", "tempfile", "re", "enum",
+                 "copy", "weakref"}
 
 
 def test_interactive_commands_on_a_warm_cache_import_none_of_the_costly_stdlib(tmp_path: Path) -> None:
@@ -154,9 +156,9 @@ def test_interactive_commands_on_a_warm_cache_import_none_of_the_costly_stdlib(t
 
 
 def test_dataclasses_without_inspect_still_gets_the_real_one_on_first_use() -> None:
-    """The stand-in of core/lazy.module_deferring: a dataclass without a docstring (dataclasses then calls
-    inspect.signature) gets the docstring it gets without this package, and anyone importing inspect
-    afterwards gets the real module."""
+    """The stand-ins of core/lazy.module_deferring: a dataclass without a docstring (dataclasses then calls
+    inspect.signature) gets the docstring it gets without this package, asdict (copy.deepcopy) gives what it
+    gives without it, and anyone importing inspect or copy afterwards gets the real module."""
     probe = ("import sys\n"
              "{imports}\n"
              "before = 'inspect' in sys.modules\n"
@@ -165,10 +167,13 @@ def test_dataclasses_without_inspect_still_gets_the_real_one_on_first_use() -> N
              "class P:\n"
              "    x: int\n"
              "    y: str = 'a'\n"
-             "import inspect\n"
+             "import dataclasses as D\n"
+             "as_dict = D.asdict(P(1, [2]))\n"
+             "import inspect, copy\n"
              "print(repr((before, P.__doc__, type(inspect).__name__, inspect.__name__,"
              " hasattr(inspect, 'getsource'), sys.modules['inspect'] is inspect,"
-             " sys.modules['dataclasses'].inspect.signature is inspect.signature)))\n")
+             " sys.modules['dataclasses'].inspect.signature is inspect.signature, as_dict,"
+             " sys.modules['copy'] is copy, D.copy.deepcopy is copy.deepcopy)))\n")
 
     def run(imports: str) -> tuple[object, ...]:
         out = subprocess.run([sys.executable, "-c", probe.format(imports=imports)], capture_output=True, text=True,
@@ -259,3 +264,16 @@ def test_inventory_and_host_loading_code_is_loaded_only_when_used() -> None:
     assert rc == 0
     assert "qemu_evmcs.fleet.loader" in mods
     assert not {"qemu_evmcs.fleet.inventory", "sqlite3"} & mods
+
+
+def test_validate_loads_the_start_up_simulation_only_with_hosts() -> None:
+    """validate of the installed definitions checks names, QEMU's rules and each era's filter: it loads neither
+    the baseline nor the simulated start-up it needs for ``--hosts`` (policy/validate.py, lazy)."""
+    simulation = {"qemu_evmcs.policy.resolve", "qemu_evmcs.policy.negotiate", "qemu_evmcs.qemu.startup",
+                  "qemu_evmcs.qemu.basecpuid", "qemu_evmcs.qemu.cpu"}
+    rc, mods = _modules_after("validate")
+    assert rc == 0
+    assert simulation & mods == set()
+    rc, mods = _modules_after("validate", "--hosts", "skylake-6.3")
+    assert rc in (0, 1)
+    assert simulation <= mods

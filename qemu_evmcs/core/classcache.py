@@ -49,7 +49,7 @@ from qemu_evmcs.core import classrecipe, lazy
 from qemu_evmcs.core.parsecache import cache_dir, interpreter_entry_path, read_entry, write_entry
 from qemu_evmcs.core.regexcache import re_stand_ins
 
-dataclasses = lazy.module_deferring("dataclasses", "inspect", *re_stand_ins())
+dataclasses = lazy.module_deferring("dataclasses", "inspect", "copy", *re_stand_ins())
 _real_exec = builtins.exec
 #: Only this package's dataclasses are served from the cache. The hook is process-wide (``dataclasses.exec``),
 #: but a program that imports qemu-evmcs as a library gets its own dataclasses compiled exactly as before.

@@ -37,9 +37,9 @@ from qemu_evmcs.core.typecheck import TYPE_CHECKING
 if TYPE_CHECKING:
     import dataclasses
     from typing import Any
-else:   # without inspect, used only for a class without a docstring (core/lazy.py), and on a warm cache
-        # without re (core/regexcache.py)
-    dataclasses = lazy.module_deferring("dataclasses", "inspect", *re_stand_ins())
+else:   # without inspect (used only for a class without a docstring: core/lazy.py) and copy (asdict and astuple
+        # only), and on a warm cache without re (core/regexcache.py)
+    dataclasses = lazy.module_deferring("dataclasses", "inspect", "copy", *re_stand_ins())
 
 #: The attributes ``_process_class`` may add; a class that defines one itself keeps it (part of the shape).
 _METHODS = frozenset({"__init__", "__repr__", "__eq__", "__lt__", "__le__", "__gt__", "__ge__", "__hash__",

@@ -82,7 +82,8 @@ def module_deferring(name: str, *unused: str | StandIn) -> ModuleType:
 
     Why: ``dataclasses`` imports ``inspect`` (and with it ``ast``, ``dis``, ``tokenize``, ``linecache``: a
     third of an interactive command's start-up over a bare interpreter) and uses it only to write a
-    docstring for a class that has none. If ``name`` is already imported, nothing is deferred; nor is a
+    docstring for a class that has none, and ``copy`` (with ``weakref``: 4 million instructions, a tenth of a
+    bare interpreter) only in ``asdict`` and ``astuple``. If ``name`` is already imported, nothing is deferred; nor is a
     module of ``unused`` that someone else imported (one its own stand-in imported is stood in for again:
     :mod:`~qemu_evmcs.core.regexcache` records what goes through it).
     """
