@@ -74,9 +74,9 @@ def _kind_text(value: object) -> str:
     return "F" if value is dataclasses._FIELD else "C" if value is dataclasses._FIELD_CLASSVAR else "I"  # type: ignore[attr-defined]
 
 
-def _kind(text: str) -> object:
-    return {"F": dataclasses._FIELD, "C": dataclasses._FIELD_CLASSVAR,  # type: ignore[attr-defined]
-            "I": dataclasses._FIELD_INITVAR}[text]  # type: ignore[attr-defined]
+#: A field kind as a recipe names it -> the marker ``dataclasses`` uses (empty where it lacks one: not SUPPORTED).
+_KINDS: dict[str, object] = ({"F": dataclasses._FIELD, "C": dataclasses._FIELD_CLASSVAR,  # type: ignore[attr-defined]
+                              "I": dataclasses._FIELD_INITVAR} if SUPPORTED else {})  # type: ignore[attr-defined]
 
 
 def _describe(cls: type, name: str) -> tuple[Any, ...]:
@@ -171,12 +171,13 @@ def _function_recipe(fn: Any, env: dict[str, object]) -> tuple[Any, ...]:
 
 def _make_function(recipe: tuple[Any, ...], env: dict[str, object], globs: dict[str, Any]) -> FunctionType:
     code, name, qualname, defaults, kwdefaults, closure, annotations = recipe
-    fn = FunctionType(code, globs, name, None if defaults is None else tuple(env[k] for k in defaults),
-                      tuple(CellType(env[k]) for k in closure) if closure else None)
+    value = env.__getitem__      # (map over it: every class of every start comes through here)
+    fn = FunctionType(code, globs, name, None if defaults is None else tuple(map(value, defaults)),
+                      tuple(map(CellType, map(value, closure))) if closure else None)
     if kwdefaults is not None:
-        fn.__kwdefaults__ = {k: env[v] for k, v in kwdefaults}
+        fn.__kwdefaults__ = {k: value(v) for k, v in kwdefaults}
     fn.__qualname__ = qualname
-    fn.__annotations__ = {k: env[v] for k, v in annotations}
+    fn.__annotations__ = {k: value(v) for k, v in annotations}
     return fn
 
 
@@ -252,48 +253,51 @@ def _plan(cls: type, params: tuple[Any, ...], recipe: tuple[Any, ...], globs: di
     """(the field objects, each one's (name, type, kind, kw_only), the attribute updates in order) of a
     recipe, without changing anything."""
     field_recipes, effects = recipe
-    annotations = cls.__dict__.get("__annotations__", {})
+    body = cls.__dict__
+    annotations = body.get("__annotations__", {})
+    missing = dataclasses.MISSING
+    field_type = dataclasses.Field
     fields: dict[str, Any] = {}
     states: list[tuple[Any, ...]] = []
     for name, kind, from_body, kw_only in field_recipes:
         if name in fields:
             raise Uncacheable(name)
         if from_body:
-            f = cls.__dict__[name]
-            if not isinstance(f, dataclasses.Field):
+            f = body[name]
+            if not isinstance(f, field_type):
                 raise Uncacheable(name)
         else:
-            f = dataclasses.field(default=cls.__dict__.get(name, dataclasses.MISSING))
+            f = dataclasses.field(default=body.get(name, missing))
         if kw_only != _MISSING_TEXT and type(kw_only) is not bool:
             raise Uncacheable(name)
         # name, type, kind, kw_only as _get_field resolved them
-        states.append((name, annotations[name], _kind(kind), dataclasses.MISSING if kw_only == _MISSING_TEXT
-                       else kw_only))
+        states.append((name, annotations[name], _KINDS[kind], missing if kw_only == _MISSING_TEXT else kw_only))
         fields[name] = f
-    env = _environment(cls, ((n, annotations[n], f.default, f.default_factory) for n, f in fields.items()))
+    env = _environment(cls, [(n, annotations[n], f.default, f.default_factory) for n, f in fields.items()])
     updates: list[tuple[str, Any]] = []
     for effect in effects:
         if effect[0] == "del":
             updates.append((str(effect[1]), _DELETE))
             continue
-        _, key, (what, *rest) = effect
+        spec = effect[2]
+        what = spec[0]
         value: Any
-        if what == "fields":
+        if what == "fn":
+            value = _make_function(spec[1], env, globs)
+        elif what == "fields":
             value = fields
         elif what == "params":
             value = dataclasses._DataclassParams(*params[:6])  # type: ignore[attr-defined]
         elif what == "const":
-            value = rest[0]
-        elif what == "fn":
-            value = _make_function(rest[0], env, globs)
+            value = spec[1]
         elif what == "rrepr":
-            value = dataclasses._recursive_repr(_make_function(rest[0], env, globs))  # type: ignore[attr-defined]
-            value.__qualname__ = rest[1]
+            value = dataclasses._recursive_repr(_make_function(spec[1], env, globs))  # type: ignore[attr-defined]
+            value.__qualname__ = spec[2]
         elif what == "env":
-            value = env[rest[0]]
+            value = env[spec[1]]
         else:
             raise Uncacheable(str(what))
-        updates.append((str(key), value))
+        updates.append((str(effect[1]), value))
     return fields, states, updates
 
 
