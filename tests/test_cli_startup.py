@@ -153,6 +153,9 @@ def test_interactive_commands_on_a_warm_cache_import_none_of_the_costly_stdlib(t
         assert {"xml.etree.ElementTree", "sqlite3"} & mods == set(), argv
         if argv[0] in ("guest-msrs", "explain"):
             assert {"hashlib", "threading"} & mods == set(), argv
+        # No libvirt code for an answer in text (cpu_map, the XML writer, domain capabilities).
+        assert {"qemu_evmcs.output.libvirt", "qemu_evmcs.qemu.libvirt_cpumap", "qemu_evmcs.hostio.libvirt_caps"} \
+            & mods == set(), argv
 
 
 def test_dataclasses_without_inspect_still_gets_the_real_one_on_first_use() -> None:

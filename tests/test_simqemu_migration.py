@@ -22,7 +22,7 @@ from host_helpers import host_profiles
 from qemu_evmcs.cli.main import run
 from qemu_evmcs.policy.migrate import migrate_check, naive_config, source_config
 from qemu_evmcs.policy.negotiate import load_guest_model, max_model
-from qemu_evmcs.output.libvirt import hv_sorted as _hv_sorted
+from qemu_evmcs.qemu.cpuprops import hv_sorted as _hv_sorted
 
 HERE = os.path.dirname(__file__)
 MODEL = os.path.join(HERE, "data", "negotiate", "models", "Skylake-evmcs.yaml")

@@ -40,6 +40,7 @@ from qemu_evmcs.core.registry import Registry, registry
 from qemu_evmcs.hostio.libvirt_caps import refuse_dtd
 from qemu_evmcs.policy.negotiate import PERF_OPTION, Negotiation, target_properties
 from qemu_evmcs.qemu.libvirt_cpumap import CpuMap, libvirt_model, load_cpu_map
+from qemu_evmcs.qemu.cpuprops import hv_sorted, vmx_prop_changes
 from qemu_evmcs.qemu.models import load_snapshot, qemu_props_to_features
 
 if TYPE_CHECKING:
@@ -61,41 +62,7 @@ LIBVIRT_HV_SUB: Mapping[str, tuple[str, str]] = {
     "hv-tlbflush-direct": ("tlbflush", "direct"), "hv-tlbflush-ext": ("tlbflush", "extended"),
     "hv-stimer-direct": ("stimer", "direct"),
 }
-#: QEMU's order of hv-* properties (qemu.md §1.6).
-HV_ORDER: tuple[str, ...] = (
-    "hv-relaxed", "hv-vapic", "hv-time", "hv-crash", "hv-reset", "hv-vpindex", "hv-runtime", "hv-synic",
-    "hv-stimer", "hv-frequencies", "hv-reenlightenment", "hv-tlbflush", "hv-evmcs", "hv-ipi", "hv-stimer-direct",
-    "hv-avic", "hv-apicv", "hv-emsr-bitmap", "hv-xmm-input", "hv-tlbflush-ext", "hv-tlbflush-direct", "hv-syndbg",
-)
 HYPERVCLOCK = "hypervclock"
-
-
-def hv_sorted(flags: Sequence[str]) -> list[str]:
-    """hv-* flags in QEMU's order (unknown ones last, by name)."""
-    order = {n: i for i, n in enumerate(HV_ORDER)}
-    return sorted(flags, key=lambda f: (order.get(f, len(order)), f))
-
-
-def vmx_prop_changes(want: frozenset[str], base: frozenset[str] | None, reg: Registry | None = None, *,
-                     settable: frozenset[str] | None = None) -> list[tuple[str, bool]]:
-    """(QEMU vmx-* property, on) for every property whose state in ``want`` (canonical names) differs from
-    ``base`` (the model's defaults; ``None``: unknown, every property is stated), in registry order.
-    A property controlling two bits (QEMU's misspelt INVEPT names) is on only if both are wanted. With
-    ``settable``, properties outside it are left at the binary's default (real QEMU refuses unknown ones)."""
-    reg = reg or registry()
-    out: list[tuple[str, bool]] = []
-    seen: set[str] = set()
-    for f in reg.features.values():
-        prop = f.qemu
-        if prop is None or prop in seen or (settable is not None and prop not in settable):
-            continue
-        seen.add(prop)
-        bits = [b.name for b in reg.qemu_bits(prop)]
-        on = all(b in want for b in bits)
-        if base is not None and on == all(b in base for b in bits):
-            continue
-        out.append((prop, on))
-    return out
 
 
 @dataclass

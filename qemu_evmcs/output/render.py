@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
+from qemu_evmcs.core import lazy
+
 from qemu_evmcs.core.msrval import hex64
 from qemu_evmcs.core.kernel import era_table
 from qemu_evmcs.core.errors import NegativeAnswer
@@ -38,13 +40,24 @@ from qemu_evmcs.policy.negotiate import (
     unique_group_names,
 )
 from qemu_evmcs.core.registry import Registry, registry
-from qemu_evmcs.output.libvirt import hv_sorted, vmx_prop_changes
-from qemu_evmcs.qemu.libvirt_cpumap import bundled_versions, load_cpu_map
-from qemu_evmcs.output.libvirt import libvirt_xml as libvirt_xml  # re-exported: callers import it from here
+from qemu_evmcs.qemu.cpuprops import hv_sorted, vmx_prop_changes
 from qemu_evmcs.kvm.simkvm import EVMCS_REVISION_2022, EVMCS_REVISION_LEGACY, SimKvm
 
 if TYPE_CHECKING:
     from typing import Any
+
+    from qemu_evmcs.output import libvirt
+    from qemu_evmcs.qemu import libvirt_cpumap
+    from qemu_evmcs.qemu.libvirt_cpumap import CpuMap
+else:   # only for an answer that holds libvirt XML (--format libvirt, JSON): text and -cpu need neither
+    libvirt = lazy.proxy("qemu_evmcs.output.libvirt")
+    libvirt_cpumap = lazy.proxy("qemu_evmcs.qemu.libvirt_cpumap")
+
+
+def libvirt_xml(neg: Negotiation, cmap: CpuMap | None = None, reg: Registry | None = None) -> str:
+    """:func:`qemu_evmcs.output.libvirt.libvirt_xml` (callers import it from here)."""
+    return libvirt.libvirt_xml(neg, cmap, reg)
+
 
 def qemu_vmx_props(neg: Negotiation, reg: Registry | None = None) -> list[tuple[str, bool]]:
     """(QEMU property, on) for every vmx-* property the -cpu string must state, in registry order."""
@@ -178,7 +191,8 @@ def negotiation_json(neg: Negotiation, *, with_groups: bool = True) -> dict[str,
         "hyperv": hv_sorted(cfg.hyperv),
         "cpu": cpu_string(neg),
         "qemu_lacks": qemu_lacks(neg),
-        "libvirt": libvirt_xml(neg, load_cpu_map(bundled_versions()[-1])),  # not the installed: one answer anywhere
+        # the newest bundled cpu_map, not the installed one: one answer anywhere
+        "libvirt": libvirt_xml(neg, libvirt_cpumap.load_cpu_map(libvirt_cpumap.bundled_versions()[-1])),
         "dropped": [drop_json(d) for d in neg.drops],
         "hv_dropped": [drop_json(d) for d in neg.hv_dropped],
         "guest_visible_msrs": {n: hex64(neg.guest_msrs[n]) for n in reg.msr_names() if n in neg.guest_msrs},

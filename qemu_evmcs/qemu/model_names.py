@@ -31,8 +31,13 @@ import os
 from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import EvmcsError, InputError
 from qemu_evmcs.qemu.cpuspec import parse_cpu
-from qemu_evmcs.qemu.libvirt_cpumap import load_cpu_map
+from qemu_evmcs.core.typecheck import TYPE_CHECKING
 from qemu_evmcs.qemu.models import ModelDef, load_model, load_snapshot, model_files, resolve_model_path
+
+if TYPE_CHECKING:
+    from qemu_evmcs.qemu import libvirt_cpumap
+else:   # only for a name QEMU does not know (a libvirt-only model, a typo's suggestions): core/lazy.py
+    libvirt_cpumap = lazy.proxy("qemu_evmcs.qemu.libvirt_cpumap")
 
 #: QEMU's built-in models that take the host's features.
 BUILTIN = ("host", "max")
@@ -83,7 +88,7 @@ def all_model_names() -> list[str]:
     names = set(BUILTIN)
     names.update(os.path.splitext(os.path.basename(p))[0] for p in model_files())
     names.update(load_snapshot().names())
-    names.update(load_cpu_map().models)
+    names.update(libvirt_cpumap.load_cpu_map().models)
     return sorted(names)
 
 
@@ -108,7 +113,7 @@ def qemu_model_def(name: str, items: dict[str, bool] | None = None) -> ModelDef:
     """
     snap = load_snapshot()
     if not snap.has(name):
-        if name in load_cpu_map().models:
+        if name in libvirt_cpumap.load_cpu_map().models:
             raise InputError(f"libvirt CPU model {name!r} has no QEMU {snap.version} model of that name "
                              f"(libvirt would refuse to start it with this QEMU)")
         raise unknown_model_error(name)

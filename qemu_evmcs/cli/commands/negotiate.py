@@ -6,10 +6,10 @@ import argparse
 import sys
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
+from qemu_evmcs.core import lazy
+
 from qemu_evmcs.qemu.model_names import MODEL_HELP
 from qemu_evmcs.core.errors import EXIT_NEGATIVE, EXIT_OK, InputError
-from qemu_evmcs.output.libvirt import merge_domain
-from qemu_evmcs.qemu.libvirt_cpumap import load_cpu_map
 from qemu_evmcs.qemu.models import read_text
 from qemu_evmcs.output.jsonout import print_json
 from qemu_evmcs.cli.hostargs import add_selection_arguments, select_hosts
@@ -29,6 +29,12 @@ from qemu_evmcs.output.render import (
 
 if TYPE_CHECKING:
     from typing import Any
+
+    from qemu_evmcs.output import libvirt
+    from qemu_evmcs.qemu import libvirt_cpumap
+else:   # only for --format libvirt (core/lazy.py)
+    libvirt = lazy.proxy("qemu_evmcs.output.libvirt")
+    libvirt_cpumap = lazy.proxy("qemu_evmcs.qemu.libvirt_cpumap")
 
 
 def register(subparsers: Any) -> None:
@@ -74,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--merge and --libvirt-version need --format libvirt")
     if args.merge and args.design == "all":
         raise InputError("--merge needs one --design (not all)")
-    cmap = load_cpu_map(args.libvirt_version) if fmt == "libvirt" else None
+    cmap = libvirt_cpumap.load_cpu_map(args.libvirt_version) if fmt == "libvirt" else None
     domain = read_text(args.merge) if args.merge else None
     model = args.model if args.model == AUTO_MODEL else load_guest_model(args.model)
     hosts = select_hosts(args, args.hosts)   # one Fleet: each distinct profile parsed and simulated once
@@ -122,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     elif neg.ok and fmt == "cpu":
         print(cpu_string(neg))
     elif neg.ok and fmt == "libvirt" and domain is not None:
-        sys.stdout.write(merge_domain(domain, neg, source=args.merge, cmap=cmap))
+        sys.stdout.write(libvirt.merge_domain(domain, neg, source=args.merge, cmap=cmap))
     elif neg.ok and fmt == "libvirt":
         sys.stdout.write(libvirt_xml(neg, cmap))
     elif fmt == "text":
