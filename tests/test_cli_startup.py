@@ -280,3 +280,31 @@ def test_validate_loads_the_start_up_simulation_only_with_hosts() -> None:
     rc, mods = _modules_after("validate", "--hosts", "skylake-6.3")
     assert rc in (0, 1)
     assert simulation <= mods
+
+
+def test_the_installed_script_imports_neither_re_nor_enum(tmp_path: Path) -> None:
+    """``bin/qemu-evmcs`` is what ``pip install`` puts on the PATH (pyproject.toml ``script-files``). The script
+    pip would write for an entry point imports ``re`` first (checked here against pip's own template), which
+    defeats re's stand-in: on a warm cache ours imports neither ``re`` nor ``enum`` (``-X importtime`` lists every
+    module imported), with the answer ``python -m qemu_evmcs`` gives."""
+    root = Path(cli.__file__).resolve().parents[2]
+    script = root / "bin" / "qemu-evmcs"
+    env = {**os.environ, "QEMU_EVMCS_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(root)}
+    argv = ["guest-msrs", "--host", "skylake-6.3"]
+
+    def imported(*cmd: str) -> tuple[set[str], str]:
+        out = subprocess.run([sys.executable, "-X", "importtime", *cmd, *argv], capture_output=True, text=True,
+                             timeout=120, check=True, env=env)
+        names = {line.rsplit("|", 1)[1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+        return names, out.stdout
+
+    imported(str(script))                               # fills the cache
+    mods, out = imported(str(script))
+    assert {"re", "enum"} & mods == set()
+    assert out == imported("-m", "qemu_evmcs")[1]
+    pyproject = (root / "pyproject.toml").read_text()
+    assert 'script-files = ["bin/qemu-evmcs"]' in pyproject and "qemu-evmcs = " not in pyproject
+    # pip's entry-point template (pip/_vendor/distlib/scripts.py), which the script file avoids:
+    distlib = Path(subprocess.run([sys.executable, "-c", "import pip._vendor.distlib.scripts as s; print(s.__file__)"],
+                                  capture_output=True, text=True, check=True).stdout.strip())
+    assert "import re\n" in distlib.read_text()
