@@ -106,12 +106,18 @@ class _Raw:
 
     def __init__(self, path: str) -> None:
         self.s = socket.socket(socket.AF_UNIX)
-        self.s.settimeout(PATIENCE)
-        self.s.connect(path)
-        self.f = self.s.makefile("rb")
-        self.f.readline()
-        self.s.sendall(b'{"execute": "qmp_capabilities"}\n')
-        self.f.readline()
+        try:
+            self.s.settimeout(PATIENCE)
+            self.s.connect(path)
+            self.f = self.s.makefile("rb")
+            self.f.readline()
+            self.s.sendall(b'{"execute": "qmp_capabilities"}\n')
+            self.f.readline()
+        except BaseException:   # (the fixture retries while the simulator starts: each failed try is closed)
+            if hasattr(self, "f"):
+                self.f.close()
+            self.s.close()
+            raise
 
     def close(self) -> None:
         self.f.close()
