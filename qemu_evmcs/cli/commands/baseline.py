@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
-import textwrap
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.qemu.model_names import BUILTIN, MODEL_HELP, load_any_model
@@ -18,6 +16,8 @@ from qemu_evmcs.policy.hostmodel import host_config, host_pool_notes
 from qemu_evmcs.policy.negotiate import load_guest_model, load_pool, pool_groups
 from qemu_evmcs.cli.hostargs import add_selection_arguments, select_hosts, split_pool_values
 from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.output.jsonout import print_json
+from qemu_evmcs.output.wrap import wrap
 from qemu_evmcs.policy.resolve import BaselineResult, Loss, baseline
 from qemu_evmcs.cli.commands.validate import snapshot_from_args
 
@@ -76,7 +76,7 @@ def render(result: BaselineResult, *, show_all: bool = False, builtin: str | Non
     if kept and not show_all:
         out.append("")
         out.append(f"kept on every host in both views ({len(kept)}; --all lists them as rows):")
-        out.extend(textwrap.wrap(", ".join(kept), width=110, initial_indent="  ", subsequent_indent="  ",
+        out.extend(wrap(", ".join(kept), width=110, initial_indent="  ", subsequent_indent="  ",
                                  break_on_hyphens=False))
     return "\n".join(out) + "\n"
 
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         data = result.to_json()
         data["notes"] = notes
-        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        print_json(data, sort_keys=True)
     else:
         sys.stdout.write("".join(f"note: {n}\n" for n in notes) + render(result, show_all=args.all,
                                                                           builtin=args.model if builtin else None))

@@ -26,14 +26,10 @@ from qemu_evmcs.policy.explain import FeatureExplanation, HostExplanation, find_
 from qemu_evmcs.qemu.attribution import LAYERS
 from qemu_evmcs.output.jsonout import print_json
 from qemu_evmcs.cli.commands.guest_msrs import add_host_arguments, explain_from_args, header_lines
-from qemu_evmcs.core import lazy
-from qemu_evmcs.core.regexcache import re_stand_ins
+from qemu_evmcs.output.wrap import wrap
 
 if TYPE_CHECKING:
-    import textwrap
     from typing import Any
-else:   # its word-splitting patterns come from the regex cache, without importing re (core/regexcache.py)
-    textwrap = lazy.module_deferring("textwrap", *re_stand_ins())
 
 #: One-line heading of each layer in the text form.
 LAYER_TITLES = {
@@ -59,7 +55,7 @@ def render_features(exp: HostExplanation, chosen: list[FeatureExplanation]) -> s
     for fe in chosen:
         verdict = "visible to the guest" if fe.visible else f"hidden from the guest by layer {fe.layer}"
         lines += [_names(fe), f"  {fe.msr}, bit {fe.bit}: {verdict}",
-                  *textwrap.wrap(fe.reason, 100, initial_indent="  ", subsequent_indent="    ",
+                  *wrap(fe.reason, 100, initial_indent="  ", subsequent_indent="    ",
                                  break_on_hyphens=False)]
     if exp.notes:
         lines.append("notes:")
@@ -78,11 +74,11 @@ def render_all(exp: HostExplanation) -> str:
             continue
         lines.append(f"  [{layer}] {LAYER_TITLES[layer]} ({len(group)}):")
         for fe in group:
-            lines += textwrap.wrap(f"{fe.name}: {fe.reason}", 110, initial_indent="    ",
+            lines += wrap(f"{fe.name}: {fe.reason}", 110, initial_indent="    ",
                                    subsequent_indent="        ", break_on_hyphens=False)
     visible = exp.visible()
     lines.append(f"visible to the guest: {len(visible)} features")
-    lines += textwrap.wrap(" ".join(fe.name for fe in visible), 110, initial_indent="    ",
+    lines += wrap(" ".join(fe.name for fe in visible), 110, initial_indent="    ",
                            subsequent_indent="    ", break_on_hyphens=False)
     if exp.notes:
         lines.append("notes:")
