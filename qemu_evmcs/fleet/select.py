@@ -152,8 +152,12 @@ class HostSelection:
                              key="--inventory")
         sources: list[str] = []
         names: list[str] = []
+        # Each item resolved and looked at once (a bundled name is a few stat calls, an inventory check an open).
+        resolved = {item: resolve_profile_path(item) for item in self.items}
+        present = {item: os.path.lexists(path) for item, path in resolved.items()}
+        databases = {item for item, path in resolved.items() if present[item] and is_database(path)}
         inventories: list[str] = [self.inventory] if self.inventory else []
-        inventories += [p for p in map(resolve_profile_path, self.items) if os.path.lexists(p) and is_database(p)]
+        inventories += [resolved[item] for item in self.items if item in databases]
         held: set[str] | None = None
         loaded: dict[str, Fleet] = {}     # each inventory read once, however many roles it plays
 
@@ -163,8 +167,8 @@ class HostSelection:
                     loaded[path] = db.load_fleet()
             return loaded[path]
         for item in self.items:
-            path = resolve_profile_path(item)
-            if os.path.lexists(path) and path != item and inventories:
+            path = resolved[item]
+            if present[item] and path != item and inventories:
                 # A bundled profile's name, with inventories given: a host of theirs by that name is meant (a
                 # `fleet import` of the bundled fleet names its hosts so, and `fleet query` prints them).
                 if held is None:
@@ -173,7 +177,7 @@ class HostSelection:
                 if item in held:
                     names.append(item)
                     continue
-            if os.path.lexists(path):
+            if present[item]:
                 sources.append(item)
             else:
                 names.append(item)
@@ -185,11 +189,11 @@ class HostSelection:
         parts: list[str | Fleet] = []
         named = set(names)
         for src in sources:
-            path = resolve_profile_path(src)
-            if is_database(path):
+            path = resolved[src]
+            if src in databases:
                 parts.append(_narrow(inventory_fleet(path), named if names else None, self.pools))
             else:
-                parts.append(src)
+                parts.append(path)
         if self.inventory and self.inventory not in sources:
             parts.append(_narrow(inventory_fleet(self.inventory), named if names else None, self.pools))
         parts = [p for p in parts if not isinstance(p, Fleet) or p.members]   # an empty pool selection
