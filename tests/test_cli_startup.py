@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from fresh_python import fresh_python
 from qemu_evmcs.cli import main as cli
 from qemu_evmcs.core.profile import bundled_profile_dir
 
@@ -36,8 +36,9 @@ _PROBE = ("import sys, io, contextlib\n"
 def _run_fresh(*argv: str, env: dict[str, str] | None = None) -> tuple[int, set[str], str]:
     """(exit code, modules loaded, stdout) of ``qemu-evmcs ARGV`` in a fresh interpreter (``env``: added to
     this process's environment)."""
-    out = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True, timeout=120,
-                         check=True, env={**os.environ, **(env or {})})
+    python, environ = fresh_python(env)
+    out = subprocess.run([*python, "-c", _PROBE, *argv], capture_output=True, text=True, timeout=120, check=True,
+                         env=environ)
     info = ast.literal_eval(out.stderr)
     return int(info["rc"]), set(info["modules"]), str(info["out"])
 
@@ -248,10 +249,10 @@ _NO_JSON_PROBE = ("import sys, io, contextlib\n"
 def test_the_qemu_snapshot_comes_from_the_parse_cache_without_json(tmp_path: Path, argv: list[str]) -> None:
     """The QEMU model snapshot (JSON files) goes through the parse cache like the YAML data (qemu/models.py
     ``_read_json``): the second run imports no json, with the same output."""
-    env = {**os.environ, "QEMU_EVMCS_CACHE_DIR": str(tmp_path / "cache")}
+    python, env = fresh_python({"QEMU_EVMCS_CACHE_DIR": str(tmp_path / "cache")})
     runs = []
     for _ in range(2):
-        out = subprocess.run([sys.executable, "-c", _NO_JSON_PROBE, *argv], capture_output=True, text=True,
+        out = subprocess.run([*python, "-c", _NO_JSON_PROBE, *argv], capture_output=True, text=True,
                              timeout=120, env=env, check=True)
         runs.append(ast.literal_eval(out.stderr))
     (rc1, json1, out1), (rc2, json2, out2) = runs
@@ -292,11 +293,11 @@ def test_the_installed_script_imports_neither_re_nor_enum(tmp_path: Path) -> Non
     module imported), with the answer ``python -m qemu_evmcs`` gives."""
     root = Path(cli.__file__).resolve().parents[2]
     script = root / "bin" / "qemu-evmcs"
-    env = {**os.environ, "QEMU_EVMCS_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(root)}
+    python, env = fresh_python({"QEMU_EVMCS_CACHE_DIR": str(tmp_path / "cache")})
     argv = ["guest-msrs", "--host", "skylake-6.3"]
 
     def imported(*cmd: str) -> tuple[set[str], str]:
-        out = subprocess.run([sys.executable, "-X", "importtime", *cmd, *argv], capture_output=True, text=True,
+        out = subprocess.run([*python, "-X", "importtime", *cmd, *argv], capture_output=True, text=True,
                              timeout=120, check=True, env=env)
         names = {line.rsplit("|", 1)[1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
         return names, out.stdout

@@ -58,19 +58,19 @@ class StandIn(ModuleType):
         (:func:`module_deferring`), the stand-in stays there until the end of that import, then leaves
         ``sys.modules`` to the real module."""
         real: ModuleType | None = self.__dict__.get("_lazy_real")
-        if real is None:
-            current = sys.modules.get(self.__name__)
-            if current is None or current is self:
-                if current is self:
-                    del sys.modules[self.__name__]
-                try:
-                    real = importlib.import_module(self.__name__)
-                finally:
-                    if current is self:
-                        sys.modules[self.__name__] = self
-            else:
-                real = current
-            self._lazy_real = real
+        if real is not None:
+            return real
+        current = sys.modules.get(self.__name__)
+        if current is not None and current is not self:
+            return current          # someone else's import: never stood in for (module_deferring)
+        if current is self:
+            del sys.modules[self.__name__]
+        try:
+            real = importlib.import_module(self.__name__)
+        finally:
+            if current is self:
+                sys.modules[self.__name__] = self
+        self._lazy_real = real      # imported by this stand-in: module_deferring may stand in for it again
         return real
 
 
