@@ -118,6 +118,9 @@ class Registry:
     _by_index: dict[int, Msr] = field(default_factory=dict)
     _by_qemu: dict[str, list[Feature]] = field(default_factory=dict)
     _by_word: dict[str, tuple[Msr, ...]] = field(default_factory=dict)
+    # Built at first use (qemu_properties, word_features): caches, not part of what a registry is.
+    _qemu_properties: tuple[tuple[str, frozenset[str]], ...] = field(default=(), compare=False, repr=False)
+    _word_features: dict[str, tuple[Feature, ...]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         by_word: dict[str, list[Msr]] = {}
@@ -194,9 +197,22 @@ class Registry:
         """Every bit a QEMU property controls (a typo'd name controls two bits)."""
         return list(self._by_qemu.get(qemu_name, ()))
 
+    def qemu_properties(self) -> tuple[tuple[str, frozenset[str]], ...]:
+        """Every QEMU ``vmx-*`` property, in registry order (of its first bit), with the canonical names of the
+        bits it controls: what "for each feature, its property unless seen, and that property's bits" works
+        out, once (every guest start states each property, several times per negotiation)."""
+        if not self._qemu_properties:
+            self._qemu_properties = tuple((q, frozenset(f.name for f in feats)) for q, feats in self._by_qemu.items())
+        return self._qemu_properties
+
     def word_features(self, word: str) -> list[Feature]:
         """Features of a word, by bit."""
-        return sorted((f for f in self.features.values() if f.word == word), key=lambda f: f.bit)
+        if not self._word_features:     # sorted once per word: asked for each word of every guest start
+            by_word: dict[str, list[Feature]] = {}
+            for f in self.features.values():
+                by_word.setdefault(f.word, []).append(f)
+            self._word_features = {w: tuple(sorted(fs, key=lambda f: f.bit)) for w, fs in by_word.items()}
+        return list(self._word_features.get(word, ()))
 
     def word_mask(self, names: list[str], word: str) -> int:
         """OR of the masks of ``names``; each must belong to ``word``."""

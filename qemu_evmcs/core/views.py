@@ -52,11 +52,7 @@ def visible_properties(msrs: Mapping[str, int], reg: Registry | None = None) -> 
     QEMU's vocabulary, for the start-up model's "requested but lost" list."""
     reg = reg or registry()
     vis = visible_features(msrs, reg)
-    props: dict[str, bool] = {}
-    for f in reg.features.values():
-        if f.qemu is not None:
-            props[f.qemu] = props.get(f.qemu, True) and f.name in vis
-    return frozenset(name for name, ok in props.items() if ok)
+    return frozenset(prop for prop, bits in reg.qemu_properties() if bits <= vis)
 
 
 def partially_visible(msrs: Mapping[str, int], reg: Registry | None = None) -> frozenset[str]:

@@ -321,14 +321,9 @@ def guest_cpu_spec(config: GuestConfig, reg: Registry | None = None) -> CpuSpec:
     writes for humans), so the start-up does not depend on knowing the base model's defaults.
     """
     reg = reg or registry()
+    vmx = config.vmx
     props: list[tuple[str, str]] = [("vmx", "on")]
-    seen: set[str] = set()
-    for f in reg.features.values():
-        if f.qemu is None or f.qemu in seen:
-            continue
-        seen.add(f.qemu)
-        on = all(b.name in config.vmx for b in reg.qemu_bits(f.qemu))
-        props.append((f.qemu, "on" if on else "off"))
+    props += [(prop, "on" if bits <= vmx else "off") for prop, bits in reg.qemu_properties()]
     props += [(flag, "off") for flag in config.cpuid_off]
     props += [(flag, "on") for flag in config.hyperv]
     if config.pv_perf_global_ctrl:

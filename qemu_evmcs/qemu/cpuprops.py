@@ -34,15 +34,11 @@ def vmx_prop_changes(want: frozenset[str], base: frozenset[str] | None, reg: Reg
     ``settable``, properties outside it are left at the binary's default (real QEMU refuses unknown ones)."""
     reg = reg or registry()
     out: list[tuple[str, bool]] = []
-    seen: set[str] = set()
-    for f in reg.features.values():
-        prop = f.qemu
-        if prop is None or prop in seen or (settable is not None and prop not in settable):
+    for prop, bits in reg.qemu_properties():
+        if settable is not None and prop not in settable:
             continue
-        seen.add(prop)
-        bits = [b.name for b in reg.qemu_bits(prop)]
-        on = all(b in want for b in bits)
-        if base is not None and on == all(b in base for b in bits):
+        on = bits <= want
+        if base is not None and on == (bits <= base):
             continue
         out.append((prop, on))
     return out
