@@ -140,9 +140,9 @@ _INTERACTIVE = (("guest-msrs", "--host", "skylake-6.3"), ("explain", "--host", "
 #: only: core/typecheck.py); shutil, bz2, lzma (argparse's terminal width: cli/main.terminal_columns, and
 #: rmtree on rare paths); tempfile (writing a cache entry or staging a fleet); re and enum (dataclasses,
 #: argparse, gettext, locale, textwrap, for patterns the regex cache holds: core/regexcache.re_stand_ins); copy
-#: and weakref (dataclasses, for asdict and astuple only).
+#: and weakref (dataclasses, for asdict and astuple only); unicodedata (a C extension, for non-ASCII names only).
 _NOT_AT_START = {"inspect", "ast", "dis", "tokenize", "typing", "shutil", "bz2", "lzma", "tempfile", "re", "enum",
-                 "copy", "weakref"}
+                 "copy", "weakref", "unicodedata"}
 
 
 def test_interactive_commands_on_a_warm_cache_import_none_of_the_costly_stdlib(tmp_path: Path) -> None:

@@ -24,7 +24,6 @@ the key and, when known, the line.
 from __future__ import annotations
 
 import os
-import unicodedata
 from dataclasses import dataclass, field
 from types import ModuleType
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
@@ -326,8 +325,9 @@ def control_character(text: str) -> str | None:
     """
     if text.isascii() and text.isprintable():
         return None      # the common case, at C speed: ASCII has no Cf/Zl/Zp and its Cc are not printable
+    category = lazy.module("unicodedata").category      # a C extension: loaded only for such text
     for ch in text:
-        if unicodedata.category(ch) in _CONTROL_CATEGORIES:
+        if category(ch) in _CONTROL_CATEGORIES:
             return ch
     return None
 
