@@ -20,5 +20,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def fresh_python(env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
     """(argv prefix, environment) of a Python that imports only what it is asked to: ``os.environ`` plus
     ``env``, with ``PYTHONPATH`` the checkout, then site-packages."""
-    paths = [str(ROOT), *(p for p in site.getsitepackages() if os.path.isdir(p))]
+    user = [site.getusersitepackages()] if site.ENABLE_USER_SITE else []
+    paths = [str(ROOT), *(p for p in [*user, *site.getsitepackages()] if os.path.isdir(p))]   # as site orders them
     return [sys.executable, "-S"], {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(paths)}
