@@ -53,6 +53,12 @@ class StandIn(ModuleType):
     def __getattr__(self, attr: str) -> object:
         return getattr(self.real_module(), attr)
 
+    def placeable(self) -> bool:
+        """May this stand in for its module now: nobody imported it, or only this stand-in did (then
+        :func:`module_deferring` puts it back for the length of that import)."""
+        current = sys.modules.get(self.__name__)
+        return current is None or current is self or current is self.__dict__.get("_lazy_real")
+
     def real_module(self) -> ModuleType:
         """The module this stands for, imported now if it is not yet. Imported while the stand-in is placed
         (:func:`module_deferring`), the stand-in stays there until the end of that import, then leaves
@@ -92,8 +98,7 @@ def module_deferring(name: str, *unused: str | StandIn) -> ModuleType:
     placed: list[StandIn] = []
     for item in unused:
         stand_in = StandIn(item) if isinstance(item, str) else item
-        current = sys.modules.get(stand_in.__name__)
-        if current is None or current is stand_in.__dict__.get("_lazy_real"):   # not imported, or by it
+        if sys.modules.get(stand_in.__name__) is not stand_in and stand_in.placeable():
             sys.modules[stand_in.__name__] = stand_in
             placed.append(stand_in)
     try:

@@ -66,6 +66,8 @@ def _load() -> dict[tuple[str, int], tuple[Any, ...]]:
                 _known.update((k, v) for k, v in entry[1].items() if _plausible(k, v))
                 _flags.update(entry[2])
                 _escapes.update(entry[3])
+                for name, value in _flags.items():      # what the stand-in answers for re.VERBOSE and the like
+                    setattr(_STAND_IN, name, value)
             atexit.register(_save)
     return _known
 
@@ -144,7 +146,10 @@ def regex(pattern: str, flags: int = 0) -> re.Pattern[str]:
 
 
 def _record_constants(real: Any) -> None:
-    """What the stand-in answers besides patterns, as this interpreter's ``re`` has it (stored in the entry)."""
+    """What the stand-in answers besides patterns, as this interpreter's ``re`` has it (stored in the entry);
+    once per process."""
+    if _flags:
+        return
     _flags.update((name, int(value)) for name, value in vars(real).items() if isinstance(value, real.RegexFlag))
     table = getattr(real, "_special_chars_map", None)
     probe = "a.b*c d\t[-]\u00e9"
@@ -196,11 +201,7 @@ def re_stand_ins() -> tuple[lazy.StandIn, ...]:
     after the first start. On a cold cache the stand-in imports the real ``re`` at its first miss and
     records every pattern that goes through it (and ``re``'s flags) for the next start."""
     _load()
-    if _dir is None or sys.modules.get("re") not in (None, _STAND_IN, _STAND_IN.__dict__.get("_lazy_real")):
-        return ()
-    for name, value in _flags.items():
-        setattr(_STAND_IN, name, value)
-    return (_STAND_IN,)
+    return () if _dir is None or not _STAND_IN.placeable() else (_STAND_IN,)
 
 
 def _save() -> None:

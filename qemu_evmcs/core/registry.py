@@ -118,9 +118,8 @@ class Registry:
     _by_index: dict[int, Msr] = field(default_factory=dict)
     _by_qemu: dict[str, list[Feature]] = field(default_factory=dict)
     _by_word: dict[str, tuple[Msr, ...]] = field(default_factory=dict)
-    # Built at first use (qemu_properties, word_features): caches, not part of what a registry is.
-    _qemu_properties: tuple[tuple[str, frozenset[str]], ...] = field(default=(), compare=False, repr=False)
-    _word_features: dict[str, tuple[Feature, ...]] = field(default_factory=dict, compare=False, repr=False)
+    _props: tuple[tuple[str, frozenset[str]], ...] = ()
+    _features_of_word: dict[str, tuple[Feature, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         by_word: dict[str, list[Msr]] = {}
@@ -134,6 +133,12 @@ class Registry:
         for feat in self.features.values():
             if feat.qemu:
                 self._by_qemu.setdefault(feat.qemu, []).append(feat)
+        # Every guest start states each property with its bits (qemu_properties) and reads each word's features.
+        self._props = tuple((q, frozenset(f.name for f in feats)) for q, feats in self._by_qemu.items())
+        features_of_word: dict[str, list[Feature]] = {}
+        for feat in self.features.values():
+            features_of_word.setdefault(feat.word, []).append(feat)
+        self._features_of_word.update((w, tuple(sorted(fs, key=lambda f: f.bit))) for w, fs in features_of_word.items())
         for feat in self.features.values():
             self._by_alias.setdefault(feat.name, feat)
         for feat in self.features.values():
@@ -201,18 +206,11 @@ class Registry:
         """Every QEMU ``vmx-*`` property, in registry order (of its first bit), with the canonical names of the
         bits it controls: what "for each feature, its property unless seen, and that property's bits" works
         out, once (every guest start states each property, several times per negotiation)."""
-        if not self._qemu_properties:
-            self._qemu_properties = tuple((q, frozenset(f.name for f in feats)) for q, feats in self._by_qemu.items())
-        return self._qemu_properties
+        return self._props
 
     def word_features(self, word: str) -> list[Feature]:
         """Features of a word, by bit."""
-        if not self._word_features:     # sorted once per word: asked for each word of every guest start
-            by_word: dict[str, list[Feature]] = {}
-            for f in self.features.values():
-                by_word.setdefault(f.word, []).append(f)
-            self._word_features = {w: tuple(sorted(fs, key=lambda f: f.bit)) for w, fs in by_word.items()}
-        return list(self._word_features.get(word, ()))
+        return list(self._features_of_word.get(word, ()))
 
     def word_mask(self, names: list[str], word: str) -> int:
         """OR of the masks of ``names``; each must belong to ``word``."""
