@@ -24,7 +24,7 @@ NAME = regex(r"^[a-z0-9][a-z0-9._-]{0,40}$")
 #: AIDA64's dumps ("CPUID 00000007: 00000000-F2BF27EF-40405F4E-BC000410") with the sub-leaf after a dot
 #: (``0000000D.1: 0000000F-...``; none means 0). Public dumps (AIDA64, VBoxCpuReport) keep these values verbatim.
 LEAF_LINE = regex(r"^([0-9A-Fa-f]{8})(?:\.([0-9A-Fa-f]{1,8}))?:\s*([0-9A-Fa-f]{8})-([0-9A-Fa-f]{8})-"
-                    r"([0-9A-Fa-f]{8})-([0-9A-Fa-f]{8})$")
+                  r"([0-9A-Fa-f]{8})-([0-9A-Fa-f]{8})$")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 #: a 5.15 release candidate already has 5.15's merge-window changes, so it maps to 5.15's era), then any
 #: distribution suffix after a separator (``-45-generic``, ``.el9.x86_64``, ``+``).
 _RELEASE = regex(r"^\s*v?(\d{1,3})\.(\d{1,3})(?:\.(\d{1,5}))?(?:-?[rR][cC]\d{1,3})?"
-                   r"(?:[-+~_.][0-9A-Za-z._+~-]*)?\s*$")
+                 r"(?:[-+~_.][0-9A-Za-z._+~-]*)?\s*$")
 
 
 @dataclass(frozen=True, order=True)

@@ -30,7 +30,7 @@ Leaf = tuple[int, int, int, int, int, int]
 _HEX8 = r"([0-9A-Fa-f]{8})"
 _AIDA = regex(rf"^\s*CPUID {_HEX8}:\s*{_HEX8}-{_HEX8}-{_HEX8}-{_HEX8}(?:\s*\[SL ([0-9A-Fa-f]{{2,8}})\])?")
 _VBOX = regex(r"^\s*\{\s*0x([0-9a-fA-F]{8}),\s*0x([0-9a-fA-F]{8}),\s*(?:0x[0-9a-fA-F]+|UINT32_MAX),"
-                r"\s*0x([0-9a-fA-F]{8}),\s*0x([0-9a-fA-F]{8}),\s*0x([0-9a-fA-F]{8}),\s*0x([0-9a-fA-F]{8}),")
+              r"\s*0x([0-9a-fA-F]{8}),\s*0x([0-9a-fA-F]{8}),\s*0x([0-9a-fA-F]{8}),\s*0x([0-9a-fA-F]{8}),")
 
 
 def parse(text: str, *, file: str | None = None) -> list[Leaf]:

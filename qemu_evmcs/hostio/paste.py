@@ -20,7 +20,7 @@ _QUOTE = regex(r"^\s*(?:>\s?)+")
 #: ``[user@h ~]$ sudo rdmsr -a 0x480``, ``PS C:\\> ...``. Only such lines are dropped: a ``# name: x`` metadata
 #: comment or a Windbg ``kd> rdmsr`` line is not a prompt followed by one of these tools.
 _PROMPT = regex(r"^\s*(?:\[[^\]\n]*\]|\S*)[$#%>]\s*(?:sudo\s+)?(?:\S*/)?(?:python3?\s+\S*/?)?"
-                  r"(?:vmxcap|rdmsr|vmxcap\.py|cat|modprobe)\b")
+                r"(?:vmxcap|rdmsr|vmxcap\.py|cat|modprobe)\b")
 
 
 #: A ``user@host`` prompt with any command or none (``[root@h ~]#`` after the output, ``u@h:~$ exit``): the

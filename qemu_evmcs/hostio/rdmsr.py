@@ -35,7 +35,7 @@ METADATA_KEYS = ("name", "kernel", "vendor", "model_name")
 _META = regex(r"^\s*#\s*(name|kernel|vendor|model_name)\s*:\s*(\S.*)$")  # group 2 is stripped by the caller
 _WINDBG = regex(r"^\s*(?:\S*>\s*)?msr\[\s*(?:0x)?([0-9a-fA-F]+)\s*\]\s*=\s*(\S+)\s*$")
 _PLAIN = regex(r"^\s*(?P<key>0[xX][0-9a-fA-F]+|[0-9a-fA-F]{3,8}|(?:MSR_)?IA32_VMX_[A-Za-z0-9_]+)"
-                 r"(?:\s*[:=]\s+|\s+)(?P<val>\S+)\s*(?:#.*)?$")
+               r"(?:\s*[:=]\s+|\s+)(?P<val>\S+)\s*(?:#.*)?$")
 _HEXCELL = regex(r"^(?:0[xX])?[0-9a-fA-F][0-9a-fA-F_`']*$")
 _SEPARATOR = regex(r"^:?-+:?$")
 

@@ -77,7 +77,7 @@ def render(result: BaselineResult, *, show_all: bool = False, builtin: str | Non
         out.append("")
         out.append(f"kept on every host in both views ({len(kept)}; --all lists them as rows):")
         out.extend(wrap(", ".join(kept), width=110, initial_indent="  ", subsequent_indent="  ",
-                                 break_on_hyphens=False))
+                        break_on_hyphens=False))
     return "\n".join(out) + "\n"
 
 

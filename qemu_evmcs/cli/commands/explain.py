@@ -56,7 +56,7 @@ def render_features(exp: HostExplanation, chosen: list[FeatureExplanation]) -> s
         verdict = "visible to the guest" if fe.visible else f"hidden from the guest by layer {fe.layer}"
         lines += [_names(fe), f"  {fe.msr}, bit {fe.bit}: {verdict}",
                   *wrap(fe.reason, 100, initial_indent="  ", subsequent_indent="    ",
-                                 break_on_hyphens=False)]
+                        break_on_hyphens=False)]
     if exp.notes:
         lines.append("notes:")
         lines += [f"  - {n}" for n in exp.notes]
@@ -75,11 +75,11 @@ def render_all(exp: HostExplanation) -> str:
         lines.append(f"  [{layer}] {LAYER_TITLES[layer]} ({len(group)}):")
         for fe in group:
             lines += wrap(f"{fe.name}: {fe.reason}", 110, initial_indent="    ",
-                                   subsequent_indent="        ", break_on_hyphens=False)
+                          subsequent_indent="        ", break_on_hyphens=False)
     visible = exp.visible()
     lines.append(f"visible to the guest: {len(visible)} features")
     lines += wrap(" ".join(fe.name for fe in visible), 110, initial_indent="    ",
-                           subsequent_indent="    ", break_on_hyphens=False)
+                  subsequent_indent="    ", break_on_hyphens=False)
     if exp.notes:
         lines.append("notes:")
         lines += [f"  - {n}" for n in exp.notes]
