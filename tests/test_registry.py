@@ -131,3 +131,24 @@ def test_msrs_of_word_is_the_scan_of_every_msr() -> None:
     for word in [*sorted(words), "no-such-word"]:
         assert reg.msrs_of_word(word) == [m for m in reg.msrs.values() if m.word == word], word
     assert [m.name for m in reg.msrs_of_word("pinbased")] == ["IA32_VMX_PINBASED_CTLS", "IA32_VMX_TRUE_PINBASED_CTLS"]
+
+
+def test_qemu_properties_and_word_features_are_the_scans_they_replace() -> None:
+    """The tables built once answer what a scan of every feature in registry order does; QEMU's misspelt
+    INVVPID properties (qemu.md §2, FEAT_VMX_EPT_VPID_CAPS bits 41 and 43; registry.yaml ``qemu_typo``)
+    control the INVEPT bit of the same name too."""
+    reg = registry()
+    scanned: dict[str, set[str]] = {}
+    for f in reg.features.values():
+        if f.qemu is not None:
+            scanned.setdefault(f.qemu, set()).add(f.name)
+    assert [p for p, _ in reg.qemu_properties()] == list(scanned)
+    assert {p: set(bits) for p, bits in reg.qemu_properties()} == scanned
+    props = dict(reg.qemu_properties())
+    assert props["vmx-invept-single-context"] == {"vmx-invept-single-context", "vmx-invvpid-single-context"}
+    assert props["vmx-invvpid-all-context"] == {"vmx-invvpid-all-context"}
+    for word in {f.word for f in reg.features.values()} | {"no-such-word"}:
+        assert reg.word_features(word) == sorted((f for f in reg.features.values() if f.word == word),
+                                                 key=lambda f: f.bit), word
+    # ept_vpid ends with bits 25, 26 (INVEPT), 32 (INVVPID) and 40-43 (its extents): qemu.md §2, by bit
+    assert [f.bit for f in reg.word_features("ept_vpid")][-7:] == [25, 26, 32, 40, 41, 42, 43]
