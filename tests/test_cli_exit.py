@@ -109,6 +109,29 @@ def test_leave_keeps_the_code_and_flushes_both_streams() -> None:
     assert (proc.returncode, proc.stdout, proc.stderr) == (1, "answer", "note")
 
 
+def test_the_installed_script_loads_the_package_with_the_collector_off() -> None:
+    """``bin/qemu-evmcs`` (what users run) turns the collector off before the package's first import, not only
+    once ``main`` runs: the import of ``cli.main`` (dataclasses, argparse, the package's core) is most of the
+    objects a start-up makes. Seen from a meta-path finder that notes the collector's state at the first
+    import of ``qemu_evmcs``; the script then runs as ``python SCRIPT validate`` would run it."""
+    code = ("import gc, os, runpy, sys\n"
+            "seen = []\n"
+            "class Note:\n"
+            "    @staticmethod\n"
+            "    def find_spec(name, path=None, target=None):\n"
+            "        if name == 'qemu_evmcs' and not seen:\n"
+            "            seen.append(gc.isenabled())\n"
+            "        return None\n"
+            "sys.meta_path.insert(0, Note)\n"
+            "import atexit\n"
+            "atexit.register(lambda: os.write(2, f'at-import {seen}'.encode()))\n"
+            f"sys.argv = [{str(ROOT / 'bin' / 'qemu-evmcs')!r}, 'validate']\n"
+            "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.endswith("at-import [False]"), proc.stderr
+
+
 def test_the_command_runs_with_the_collector_on_and_the_start_up_frozen() -> None:
     """``main`` keeps the garbage collector off while the command's modules load, then freezes what the
     start-up made and turns it back on (cli/main.py ``_collect_after_start_up``): the command itself runs
