@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class HostGroup:
     """One distinct host profile and every host that has it.
 
