@@ -321,6 +321,39 @@ def test_comment_inside_a_quoted_scalar_is_text_not_a_cut(tmp_path: Path) -> Non
     assert loader.parsed == 1 and loader.fleet.members == reference([path])
 
 
+def test_one_text_of_mixed_document_shapes_loads_like_a_full_parse(tmp_path: Path) -> None:
+    """Each document's cut regions must stay with their document (fleet/loader.py keys): shapes with none,
+    one and several cut regions (comments, notes, provenance, a continuation line), a column-0 ``name...``
+    line that is no cut, and a last document without a final newline, back to back and repeated, load exactly
+    as a full parse does, and only the first of each trusted shape is parsed."""
+    shapes = [
+        lambda n: body(n),
+        lambda n: f"# host {n}\n" + body(n, "provenance: 'import of " + n + "'\n"),
+        lambda n: body(n, "notes: two\n  lines\n# trailing comment " + n + "\nprovenance: p\n"),
+        # a column-0 line that starts with "name" inside a quoted scalar: text, not a cut; the key is not
+        # trusted (the notes value spans two lines), so each of these documents is parsed in full
+        lambda n: body(n, "notes: 'first\nnamely " + n + "'\n"),
+    ]
+    docs = [shape(f"h{k}-{i}") for i in range(5) for k, shape in enumerate(shapes)]
+    path = write(tmp_path, "---\n".join(docs).rstrip("\n"))
+    loader = FleetLoader()
+    loader.add_file(path)
+    assert loader.fleet.members == reference([path])
+    assert loader.parsed == 3 + 5          # the first document of each trusted shape; every untrusted one
+    assert sorted(loader.fleet.host_names()) == sorted(f"h{k}-{i}" for i in range(5) for k in range(4))
+
+
+def test_a_nul_in_a_later_document_is_the_full_parse_error(tmp_path: Path) -> None:
+    """A NUL in a later document (whose key is already trusted) is refused with PyYAML's message, as
+    iter_profiles refuses it, not taken for a host by the fast path."""
+    path = write(tmp_path, body("a") + "---\n" + body("b") + "---\n" + body("c", "notes: x\x00y\n"))
+    with pytest.raises(InputError) as ei:
+        load_fleet(path, progress=False)
+    with pytest.raises(InputError) as ref:
+        list(iter_profiles([path]))
+    assert (ei.value.message, ei.value.line, ei.value.file) == (ref.value.message, ref.value.line, path)
+
+
 def test_duplicate_host_names_are_an_error(tmp_path: Path) -> None:
     path = write(tmp_path, body("same") + "---\n" + body("same"))
     with pytest.raises(InputError) as ei:
