@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 import dataclasses
 import io
 import json
@@ -326,7 +327,7 @@ def test_one_text_of_mixed_document_shapes_loads_like_a_full_parse(tmp_path: Pat
     one and several cut regions (comments, notes, provenance, a continuation line), a column-0 ``name...``
     line that is no cut, and a last document without a final newline, back to back and repeated, load exactly
     as a full parse does, and only the first of each trusted shape is parsed."""
-    shapes = [
+    shapes: list[Callable[[str], str]] = [
         lambda n: body(n),
         lambda n: f"# host {n}\n" + body(n, "provenance: 'import of " + n + "'\n"),
         lambda n: body(n, "notes: two\n  lines\n# trailing comment " + n + "\nprovenance: p\n"),
