@@ -8,8 +8,10 @@ function. ``guest-msrs`` defines 25 dataclasses (19 M instructions, an eighth of
 values in its body, which methods it defines itself), so it is done by ``dataclasses`` itself the first
 time and its effects are recorded: which attributes it set, deleted or replaced, and for each generated
 function its code object, defaults, closure and annotations, each value named by where it came from (a
-field's default, default factory or type; the class; ``MISSING``...). A later start whose class statement
-has the same *shape* (:func:`shape`) replays those effects, which makes the same class.
+field's default, default factory or type; the class; ``MISSING``...). From those, two functions are written
+and compiled once (:func:`_replay_source`): one works out every value, the other sets them, as straight-line
+code. A later start whose class statement has the same *shape* (:func:`shape`) runs them, which makes the
+same class (about 124 thousand instructions per class; interpreting the recorded effects took 188 thousand).
 
 It is checked, not assumed: ``tests/test_classrecipe.py`` builds every dataclass of the package both ways
 in two fresh interpreters and compares them attribute by attribute (fields, options, each method's code,
@@ -27,8 +29,10 @@ nothing is recorded or replayed.
 from __future__ import annotations
 
 import abc
+import builtins
+import keyword
 from collections.abc import Iterable
-from types import CellType, FunctionType
+from types import CellType, CodeType, FunctionType
 
 from qemu_evmcs.core import lazy
 from qemu_evmcs.core.regexcache import re_stand_ins
@@ -72,11 +76,6 @@ class Uncacheable(Exception):
 
 def _kind_text(value: object) -> str:
     return "F" if value is dataclasses._FIELD else "C" if value is dataclasses._FIELD_CLASSVAR else "I"  # type: ignore[attr-defined]
-
-
-#: A field kind as a recipe names it -> the marker ``dataclasses`` uses (empty where it lacks one: not SUPPORTED).
-_KINDS: dict[str, object] = ({"F": dataclasses._FIELD, "C": dataclasses._FIELD_CLASSVAR,  # type: ignore[attr-defined]
-                              "I": dataclasses._FIELD_INITVAR} if SUPPORTED else {})  # type: ignore[attr-defined]
 
 
 def _describe(cls: type, name: str) -> tuple[Any, ...]:
@@ -169,20 +168,10 @@ def _function_recipe(fn: Any, env: dict[str, object]) -> tuple[Any, ...]:
     return (code, fn.__name__, fn.__qualname__, defaults, kwdefaults, closure, annotations)
 
 
-def _make_function(recipe: tuple[Any, ...], env: dict[str, object], globs: dict[str, Any]) -> FunctionType:
-    code, name, qualname, defaults, kwdefaults, closure, annotations = recipe
-    value = env.__getitem__      # (map over it: every class of every start comes through here)
-    fn = FunctionType(code, globs, name, None if defaults is None else tuple(map(value, defaults)),
-                      tuple(map(CellType, map(value, closure))) if closure else None)
-    if kwdefaults is not None:
-        fn.__kwdefaults__ = {k: value(v) for k, v in kwdefaults}
-    fn.__qualname__ = qualname
-    fn.__annotations__ = {k: value(v) for k, v in annotations}
-    return fn
-
-
 def record(cls: type, before: dict[str, Any]) -> tuple[Any, ...]:
-    """The recipe of what ``_process_class`` did to ``cls`` (``before``: a copy of its ``__dict__`` then).
+    """The recipe of what ``_process_class`` did to ``cls`` (``before``: a copy of its ``__dict__`` then): the
+    two generated functions of :func:`_replay_source`, compiled, and the code objects of the class's generated
+    methods they build functions from.
 
     :raise Uncacheable: when some effect is not one a recipe can name.
     """
@@ -216,95 +205,169 @@ def record(cls: type, before: dict[str, Any]) -> tuple[Any, ...]:
         else:
             effects.append(("set", key, ("env", _name_of(value, env, "_dflt_" + key))))
     effects += [("del", key) for key in before if key not in cls.__dict__]
-    return (tuple(field_recipes), tuple(effects))
+    source, codes = _replay_source(field_recipes, effects)
+    module = compile(source, _REPLAY_FILE, "exec", dont_inherit=True)
+    compute, apply = (c for c in module.co_consts if type(c) is CodeType)
+    return (compute, apply, codes)
+
+
+#: The file name of the generated replay functions (a traceback through one names it).
+_REPLAY_FILE = "<dataclass replay>"
+
+
+def _replay_source(field_recipes: list[tuple[Any, ...]], effects: list[tuple[Any, ...]],
+                   ) -> tuple[str, tuple[CodeType, ...]]:
+    """The text of two functions that redo a class's recorded effects, and the method code objects they use.
+
+    Why generated code: interpreting a recipe (a loop over its fields and effects, an environment dict of named
+    values, a dispatch on each effect's kind) took about 190 thousand instructions per class, most of a
+    dataclass's cost at a start that replays fifty of them; the same effects written out as straight-line
+    code take a fraction of that.
+
+    ``compute(cls, params, globs, D, FT, CT, codes)`` works out every value (``D``: ``dataclasses``, ``FT``:
+    ``FunctionType``, ``CT``: ``CellType``) and changes nothing; any exception from it means the recipe does
+    not fit this class (:func:`replay` then leaves it to ``dataclasses``). ``apply(cls, D, values)`` then
+    sets each field's resolved name, type, kind and ``kw_only``, and the class attributes, in the recorded
+    order. Names in the text are positional (``f0``, ``t0``...) and field names and keys are string literals,
+    so nothing a class defines can shadow them.
+    """
+    codes: list[CodeType] = []
+    lines = ["def compute(cls, params, globs, D, FT, CT, codes):",
+             "    body = cls.__dict__",
+             "    ann = body.get('__annotations__', {})",
+             "    MISSING = D.MISSING",
+             "    Field = D.Field"]
+    index = {name: i for i, (name, _, _, _) in enumerate(field_recipes)}
+    if len(index) != len(field_recipes):
+        raise Uncacheable("duplicate field")
+    for i, (name, _, from_body, _) in enumerate(field_recipes):
+        if from_body:
+            lines += [f"    f{i} = body[{name!r}]",
+                      f"    if not isinstance(f{i}, Field):",
+                      f"        raise TypeError({name!r})"]
+        else:
+            lines.append(f"    f{i} = D.field(default=body.get({name!r}, MISSING))")
+        lines.append(f"    t{i} = ann[{name!r}]")
+
+    def value(env_name: str) -> str:
+        """The expression of an environment name of :func:`_environment` (guarded where a field may lack it)."""
+        fixed = {"MISSING": "MISSING", "HDF": "D._HAS_DEFAULT_FACTORY", "object": "object", "cls": "cls",
+                 "FIE": "D.FrozenInstanceError", "None": "None"}
+        if env_name in fixed:
+            return fixed[env_name]
+        kind, _, field_name = env_name.partition(":")
+        if field_name not in index or kind not in ("t", "d", "f"):
+            raise Uncacheable(env_name)
+        i = index[field_name]
+        if kind == "t":
+            return f"t{i}"
+        attribute = "default" if kind == "d" else "default_factory"
+        return f"_present(f{i}.{attribute}, MISSING)"
+
+    def function(recipe: tuple[Any, ...]) -> str:
+        """Lines that make one generated method; returns the variable that holds it."""
+        code, name, qualname, defaults, kwdefaults, closure, annotations = recipe
+        if type(code) is not CodeType:
+            raise Uncacheable("code")
+        codes.append(code)
+        var = f"fn{len(codes) - 1}"
+        defaults_text = "None" if defaults is None else "(" + "".join(value(v) + ", " for v in defaults) + ")"
+        closure_text = "(" + "".join(f"CT({value(v)}), " for v in closure) + ")" if closure else "None"
+        lines.append(f"    {var} = FT(codes[{len(codes) - 1}], globs, {name!r}, {defaults_text}, {closure_text})")
+        if kwdefaults is not None:
+            lines.append(f"    {var}.__kwdefaults__ = {{" + "".join(f"{k!r}: {value(v)}, " for k, v in kwdefaults)
+                         + "}")
+        lines.append(f"    {var}.__qualname__ = {qualname!r}")
+        lines.append(f"    {var}.__annotations__ = {{" + "".join(f"{k!r}: {value(v)}, " for k, v in annotations)
+                     + "}")
+        return var
+
+    updates: list[tuple[str, str | None]] = []     # (key, variable; None: delete)
+    for n, effect in enumerate(effects):
+        key = str(effect[1])
+        if not key.isidentifier() or keyword.iskeyword(key):
+            raise Uncacheable(key)
+        if effect[0] == "del":
+            updates.append((key, None))
+            continue
+        spec = effect[2]
+        what = spec[0]
+        var = f"u{n}"
+        if what == "fn":
+            var = function(spec[1])
+        elif what == "fields":
+            lines.append(f"    {var} = {{" + "".join(f"{name!r}: f{i}, " for name, i in index.items()) + "}")
+        elif what == "params":
+            lines.append(f"    {var} = D._DataclassParams(*params[:6])")
+        elif what == "const":
+            if type(spec[1]) is not tuple or not all(type(v) is str for v in spec[1]):
+                raise Uncacheable(key)
+            lines.append(f"    {var} = {spec[1]!r}")
+        elif what == "rrepr":
+            inner = function(spec[1])
+            lines += [f"    {var} = D._recursive_repr({inner})", f"    {var}.__qualname__ = {spec[2]!r}"]
+        elif what == "env":
+            lines.append(f"    {var} = {value(spec[1])}")
+        else:
+            raise Uncacheable(str(what))
+        updates.append((key, var))
+    lines.append("    return (" + "".join(f"f{i}, t{i}, " for i in index.values())
+                 + "".join(f"{var}, " for _, var in updates if var is not None) + ")")
+    lines.append("def apply(cls, D, values):")
+    names = [f"f{i}, t{i}" for i in index.values()] + [var for _, var in updates if var is not None]
+    if names:
+        lines.append("    " + ", ".join(names) + ", = values")
+    for i, (name, kind, _, kw_only) in enumerate(field_recipes):
+        marker = {"F": "D._FIELD", "C": "D._FIELD_CLASSVAR", "I": "D._FIELD_INITVAR"}.get(kind)
+        if marker is None or (kw_only != _MISSING_TEXT and type(kw_only) is not bool):
+            raise Uncacheable(name)
+        lines.append(f"    f{i}.name, f{i}.type, f{i}._field_type, f{i}.kw_only = "
+                     f"{name!r}, t{i}, {marker}, {'D.MISSING' if kw_only == _MISSING_TEXT else kw_only}")
+    for key, target in updates:
+        lines.append(f"    del cls.{key}" if target is None else f"    cls.{key} = {target}")
+    lines.append("    return None")
+    return "\n".join(lines) + "\n", tuple(codes)
+
+
+def _present(value: object, missing: object) -> object:
+    """``value``, which the recipe names, unless the class lacks it this time: then the recipe does not fit."""
+    if value is missing:
+        raise LookupError("a value the recipe names is missing")
+    return value
+
+
+#: What the generated functions see as globals: the builtins and :func:`_present`, nothing of any module.
+_GENERATED_GLOBALS: dict[str, Any] = {"__builtins__": builtins, "_present": _present}
 
 
 def replay(cls: type, params: tuple[Any, ...], recipe: tuple[Any, ...], globs: dict[str, Any]) -> type:
     """Do to ``cls`` what the recorded ``_process_class`` did (its shape was checked by the caller).
 
-    Every value is worked out before the class or any of its ``field()`` objects is touched, so a recipe that
-    does not fit (damaged, or from code this module does not expect) changes nothing.
+    Every value is worked out (the recipe's ``compute``) before the class or any of its ``field()`` objects is
+    touched (its ``apply``), so a recipe that does not fit (damaged, or from code this module does not
+    expect) changes nothing.
 
     :raise Uncacheable: the recipe does not fit this class; ``dataclasses`` must make it.
     """
+    compute_code, apply_code, codes = recipe
     try:
-        fields, states, updates = _plan(cls, params, recipe, globs)
-    except Uncacheable:
-        raise
+        compute = FunctionType(compute_code, _GENERATED_GLOBALS)
+        values = compute(cls, params, globs, dataclasses, FunctionType, CellType, codes)
     except Exception as err:   # noqa: BLE001 -- any misfit of a cached recipe means "make it the normal way"
         raise Uncacheable(f"recipe: {type(err).__name__}") from None
-    for f, state in zip(fields.values(), states, strict=True):
-        f.name, f.type, f._field_type, f.kw_only = state
-    for key, value in updates:
-        if value is _DELETE:
-            delattr(cls, key)
-        else:
-            setattr(cls, key, value)
+    FunctionType(apply_code, _GENERATED_GLOBALS)(cls, dataclasses, values)
     abc.update_abstractmethods(cls)
     return cls
 
 
-#: An update of :func:`_plan` that deletes the attribute.
-_DELETE = object()
-
-
-def _plan(cls: type, params: tuple[Any, ...], recipe: tuple[Any, ...], globs: dict[str, Any],
-          ) -> tuple[dict[str, Any], list[tuple[Any, ...]], list[tuple[str, Any]]]:
-    """(the field objects, each one's (name, type, kind, kw_only), the attribute updates in order) of a
-    recipe, without changing anything."""
-    field_recipes, effects = recipe
-    body = cls.__dict__
-    annotations = body.get("__annotations__", {})
-    missing = dataclasses.MISSING
-    field_type = dataclasses.Field
-    fields: dict[str, Any] = {}
-    states: list[tuple[Any, ...]] = []
-    for name, kind, from_body, kw_only in field_recipes:
-        if name in fields:
-            raise Uncacheable(name)
-        if from_body:
-            f = body[name]
-            if not isinstance(f, field_type):
-                raise Uncacheable(name)
-        else:
-            f = dataclasses.field(default=body.get(name, missing))
-        if kw_only != _MISSING_TEXT and type(kw_only) is not bool:
-            raise Uncacheable(name)
-        # name, type, kind, kw_only as _get_field resolved them
-        states.append((name, annotations[name], _KINDS[kind], missing if kw_only == _MISSING_TEXT else kw_only))
-        fields[name] = f
-    env = _environment(cls, [(n, annotations[n], f.default, f.default_factory) for n, f in fields.items()])
-    updates: list[tuple[str, Any]] = []
-    for effect in effects:
-        if effect[0] == "del":
-            updates.append((str(effect[1]), _DELETE))
-            continue
-        spec = effect[2]
-        what = spec[0]
-        value: Any
-        if what == "fn":
-            value = _make_function(spec[1], env, globs)
-        elif what == "fields":
-            value = fields
-        elif what == "params":
-            value = dataclasses._DataclassParams(*params[:6])  # type: ignore[attr-defined]
-        elif what == "const":
-            value = spec[1]
-        elif what == "rrepr":
-            value = dataclasses._recursive_repr(_make_function(spec[1], env, globs))  # type: ignore[attr-defined]
-            value.__qualname__ = spec[2]
-        elif what == "env":
-            value = env[spec[1]]
-        else:
-            raise Uncacheable(str(what))
-        updates.append((str(effect[1]), value))
-    return fields, states, updates
-
-
 def is_recipe(value: object) -> bool:
     """A plausible (shape, recipe) pair as the cache stores it (a damaged entry is ignored)."""
-    return (type(value) is tuple and len(value) == 2 and type(value[0]) is tuple and type(value[1]) is tuple
-            and len(value[1]) == 2)
+    if not (type(value) is tuple and len(value) == 2 and type(value[0]) is tuple and type(value[1]) is tuple
+            and len(value[1]) == 3):
+        return False
+    compute, apply, codes = value[1]
+    return (type(compute) is CodeType and type(apply) is CodeType and type(codes) is tuple
+            and all(type(c) is CodeType for c in codes))
 
 
 __all__ = ["SUPPORTED", "Uncacheable", "is_recipe", "record", "replay", "shape"]
