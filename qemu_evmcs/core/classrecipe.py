@@ -211,8 +211,10 @@ def record(cls: type, before: dict[str, Any]) -> tuple[Any, ...]:
     return (compute, apply, codes)
 
 
-#: The file name of the generated replay functions (a traceback through one names it).
-_REPLAY_FILE = "<dataclass replay>"
+#: The file name of the generated replay functions: it names them in a traceback, and :func:`is_recipe` takes
+#: only functions of this name (the number is bumped whenever :func:`_replay_source` writes them differently, so
+#: a cache written by another version of this module is recorded again, never run).
+_REPLAY_FILE = "<dataclass replay 1>"
 
 
 def _replay_source(field_recipes: list[tuple[Any, ...]], effects: list[tuple[Any, ...]],
@@ -367,6 +369,8 @@ def is_recipe(value: object) -> bool:
         return False
     compute, apply, codes = value[1]
     return (type(compute) is CodeType and type(apply) is CodeType and type(codes) is tuple
+            and compute.co_filename == apply.co_filename == _REPLAY_FILE
+            and (compute.co_name, compute.co_argcount, apply.co_name, apply.co_argcount) == ("compute", 7, "apply", 3)
             and all(type(c) is CodeType for c in codes))
 
 
