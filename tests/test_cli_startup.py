@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 
 from fresh_python import fresh_python
 from qemu_evmcs.cli import main as cli
+from qemu_evmcs.cli.translations import LOCALEDIR
 from qemu_evmcs.core.profile import bundled_profile_dir
 
 #: Runs the real dispatcher in a fresh interpreter, then prints the modules loaded on stderr, as a Python
@@ -152,6 +154,8 @@ def test_interactive_commands_on_a_warm_cache_import_none_of_the_costly_stdlib(t
         rc2, mods, out2 = _run_fresh(*argv, env=env)
         assert (rc2, out2) == (rc1, out1) and rc2 == 0, argv
         assert _NOT_AT_START & mods == set(), argv
+        if not os.path.isdir(LOCALEDIR):      # no catalog can exist: argparse's words need neither of them
+            assert {"gettext", "locale"} & mods == set(), argv
         # Nor what only some paths need: XML (libvirt output), SQLite (inventories), OpenSSL (fingerprints:
         # the fleet loader of negotiate groups its hosts by them), threads (forked fleet loads).
         assert {"xml.etree.ElementTree", "sqlite3"} & mods == set(), argv

@@ -116,7 +116,9 @@ _STDLIB_PROBE = r'''
 import sys
 import qemu_evmcs.cli.main as m
 import qemu_evmcs.cli.commands.explain
-import argparse, dataclasses, gettext, locale, textwrap
+from qemu_evmcs.cli.translations import real_gettext
+gettext = real_gettext()    # (where a catalog can exist: cli/translations.py; imports locale first)
+import argparse, dataclasses, locale, textwrap
 p = m.build_parser(only="guest-msrs")
 p.parse_args(["guest-msrs", "--host", "skylake-6.3", "--kernel", "6.1"])
 f = argparse.HelpFormatter("x", width=80)   # with a width: without one it imports shutil

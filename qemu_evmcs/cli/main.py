@@ -22,6 +22,7 @@ import sys
 from qemu_evmcs.core.typecheck import TYPE_CHECKING, cast
 from collections.abc import Callable, Sequence
 
+from qemu_evmcs.cli.translations import GETTEXT
 from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import EXIT_BAD_INPUT, EvmcsError, InputError, NegativeAnswer
 from qemu_evmcs.core.regexcache import re_stand_ins
@@ -32,10 +33,9 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn, TextIO
 else:
     # argparse imports re (and with it enum: 0.6x a bare interpreter) for patterns the regex cache holds on a
-    # warm cache (core/regexcache.py), as does locale, which argparse's first message lookup imports
-    # (gettext): both are imported with re's stand-in, locale here for that reason alone.
-    argparse = lazy.module_deferring("argparse", *re_stand_ins())
-    lazy.module_deferring("locale", *re_stand_ins())
+    # warm cache (core/regexcache.py), and gettext, whose look-ups (and locale) cli/translations.py answers
+    # where no message catalog can exist.
+    argparse = lazy.module_deferring("argparse", GETTEXT, *re_stand_ins())
 
 
 #: Every sub-command, in help order: (name, module under ``qemu_evmcs.cli.commands``, one-line summary).
