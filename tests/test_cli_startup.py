@@ -142,9 +142,11 @@ _INTERACTIVE = (("guest-msrs", "--host", "skylake-6.3"), ("explain", "--host", "
 #: only: core/typecheck.py); shutil, bz2, lzma (argparse's terminal width: cli/main.terminal_columns, and
 #: rmtree on rare paths); tempfile (writing a cache entry or staging a fleet); re and enum (dataclasses,
 #: argparse, gettext, locale, textwrap, for patterns the regex cache holds: core/regexcache.re_stand_ins); copy
-#: and weakref (dataclasses, for asdict and astuple only); unicodedata (a C extension, for non-ASCII names only).
+#: and weakref (dataclasses, for asdict and astuple only); unicodedata (a C extension, for non-ASCII names only);
+#: the importlib package (core/lazy.py and core/parsecache.py: the import system's own functions do) and
+#: warnings (argparse, for deprecated calls only: cli/main.py).
 _NOT_AT_START = {"inspect", "ast", "dis", "tokenize", "typing", "shutil", "bz2", "lzma", "tempfile", "re", "enum",
-                 "copy", "weakref", "unicodedata"}
+                 "copy", "weakref", "unicodedata", "importlib", "importlib.machinery", "warnings"}
 
 
 def test_interactive_commands_on_a_warm_cache_import_none_of_the_costly_stdlib(tmp_path: Path) -> None:
@@ -196,6 +198,25 @@ def test_dataclasses_without_inspect_still_gets_the_real_one_on_first_use() -> N
     assert run("import qemu_evmcs") == stock          # the package imported it, with inspect deferred
     # A program that imported dataclasses itself keeps it as it was (nothing deferred).
     assert run("import dataclasses, qemu_evmcs") == (True, *stock[1:])
+
+
+def test_argparse_without_warnings_still_warns_through_the_real_module() -> None:
+    """cli/main.py imports argparse with ``warnings`` deferred (argparse warns only about deprecated calls): the
+    start leaves it unimported, and a deprecated call (nesting argument groups, Python 3.11) still warns
+    through the real module, whose filters and records apply."""
+    probe = ("import sys\n"
+             "import qemu_evmcs.cli.main\n"
+             "before = 'warnings' in sys.modules\n"
+             "import argparse, warnings\n"
+             "with warnings.catch_warnings(record=True) as seen:\n"
+             "    warnings.simplefilter('always')\n"
+             "    argparse.ArgumentParser().add_argument_group('a').add_argument_group('b')\n"
+             "print(repr((before, [(w.category.__name__, str(w.message)) for w in seen],"
+             " sys.modules['warnings'] is warnings)))\n")
+    python, env = fresh_python()
+    out = subprocess.run([*python, "-c", probe], capture_output=True, text=True, timeout=120, env=env, check=True)
+    assert ast.literal_eval(out.stdout) == (False, [("DeprecationWarning", "Nesting argument groups is deprecated.")],
+                                            True)
 
 
 def test_no_dataclass_here_annotates_a_classvar() -> None:

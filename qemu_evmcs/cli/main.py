@@ -33,9 +33,9 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn, TextIO
 else:
     # argparse imports re (and with it enum: 0.6x a bare interpreter) for patterns the regex cache holds on a
-    # warm cache (core/regexcache.py), and gettext, whose look-ups (and locale) cli/translations.py answers
-    # where no message catalog can exist.
-    argparse = lazy.module_deferring("argparse", GETTEXT, *re_stand_ins())
+    # warm cache (core/regexcache.py), gettext, whose look-ups (and locale) cli/translations.py answers where
+    # no message catalog can exist, and warnings, for deprecated parameters only (1.1 M instructions).
+    argparse = lazy.module_deferring("argparse", GETTEXT, "warnings", *re_stand_ins())
 
 
 #: Every sub-command, in help order: (name, module under ``qemu_evmcs.cli.commands``, one-line summary).

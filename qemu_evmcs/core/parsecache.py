@@ -53,7 +53,6 @@ regular files owned by this user are ever removed.
 from __future__ import annotations
 
 import functools
-import importlib.machinery
 import marshal
 import os
 import stat
@@ -130,6 +129,13 @@ def _code_id(parser: str, parser_files: tuple[str, ...], yaml_version: str) -> s
     return "\0".join(parts)
 
 
+def _path_finder() -> Any:
+    """importlib's ``PathFinder`` (what finds modules on ``sys.path``), without importing the ``importlib`` package
+    and ``warnings`` with it: CPython keeps its import system loaded as ``_frozen_importlib_external``."""
+    finder = getattr(sys.modules.get("_frozen_importlib_external"), "PathFinder", None)
+    return finder if finder is not None else lazy.module("importlib.machinery").PathFinder
+
+
 @functools.cache
 def yaml_id() -> str:
     """PyYAML's identity for cache keys, found without importing PyYAML (its import is about a quarter of an
@@ -139,7 +145,7 @@ def yaml_id() -> str:
     yaml_module = sys.modules.get("yaml")
     origin = getattr(yaml_module, "__file__", None)
     if origin is None:
-        spec = importlib.machinery.PathFinder.find_spec("yaml")
+        spec = _path_finder().find_spec("yaml")
         origin = spec.origin if spec is not None else None
     if origin is None:
         return ""
