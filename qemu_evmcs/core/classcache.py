@@ -21,12 +21,13 @@ written once, at exit. ``QEMU_EVMCS_CACHE_DIR=off`` turns it off with the
 parse cache. If a Python version stops compiling dataclass methods through ``exec``, nothing changes except
 the saving.
 
-Since the methods alone left ``@dataclass`` at 0.8 million instructions per class, each entry also keeps,
-per class, the recipe of what the decorator did (:mod:`~qemu_evmcs.core.classrecipe`):
+Since the methods alone left ``@dataclass`` at 0.8 million instructions per class, a second entry per
+module keeps, per class, the recipe of what the decorator did (:mod:`~qemu_evmcs.core.classrecipe`):
 ``dataclasses._process_class`` is replaced by :func:`_cached_process_class`, which replays a recipe whose
-class shape matches and otherwise calls the real one and records it. An entry is ``(sys.version, recipes,
-marshalled compiled texts)``; the texts are unmarshalled only when a class misses. guest-msrs: 156 -> 150 M
-instructions, validate 226 -> 209 M.
+class shape matches and otherwise calls the real one and records it. Both entries are ``(sys.version,
+dict)``: ``dataclass-recipe`` (class qualname -> (shape, recipe)) is read at every start, ``dataclass-code``
+(text -> code object) only when a class misses its recipe. guest-msrs: 156 -> 150 M instructions, validate
+226 -> 209 M.
 
 Unlike parse-cache entries (plain data), these entries are code; they are as trusted as the ``__pycache__``
 files Python itself writes next to a user's modules, under the same ownership checks.
@@ -36,7 +37,6 @@ from __future__ import annotations
 
 import atexit
 import builtins
-import marshal
 import os
 import sys
 from types import CodeType
@@ -60,8 +60,6 @@ _codes: dict[str, dict[str, CodeType]] = {}
 _loaded: dict[str, int] = {}
 #: module name -> class qualname -> (shape, recipe) of :mod:`~qemu_evmcs.core.classrecipe`.
 _recipes: dict[str, dict[str, tuple[Any, ...]]] = {}
-#: module name -> its entry's compiled texts, still marshalled (unmarshalled by the first miss).
-_blobs: dict[str, bytes] = {}
 #: Modules with a recipe recorded by this process (their entry is written at exit).
 _recorded: set[str] = set()
 #: How many classes this process made by replaying a recipe (the tests read it).
@@ -70,37 +68,36 @@ _dir: str | None = None
 _real_process_class: Any = None
 
 
-def _entry_path(where: str, module: str) -> str:
-    """One entry per module that defines dataclasses, so a command reads only its own modules' code."""
-    return interpreter_entry_path(where, "dataclass-code", module)
+def _entry_path(where: str, kind: str, module: str) -> str:
+    """Two entries per module that defines dataclasses, so a command reads only its own modules': its classes'
+    recipes (``dataclass-recipe``, read at every start) and its compiled method texts (``dataclass-code``,
+    read only when a class misses its recipe: a start that replays every class never needs them, and they
+    are most of the bytes, about 320 KB for ``negotiate``'s modules)."""
+    return interpreter_entry_path(where, kind, module)
+
+
+def _read(where: str, kind: str, module: str) -> dict[Any, Any]:
+    """The dict of an entry (``{}`` if missing, damaged or of another interpreter build: the file name is only
+    an address; the build stored in it is compared whole)."""
+    hit, entry = read_entry(_entry_path(where, kind, module))
+    if hit and type(entry) is tuple and len(entry) == 2 and entry[0] == sys.version and type(entry[1]) is dict:
+        return entry[1]
+    return {}
 
 
 def _load(where: str, module: str) -> None:
-    """Read ``module``'s entry once: its recipes now, its compiled texts only when a class misses (a blob
-    unmarshalled on demand: a start that replays every class never needs them)."""
-    if module in _recipes:
-        return
-    recipes = _recipes[module] = {}
-    _blobs[module] = b""
-    hit, entry = read_entry(_entry_path(where, module))
-    # (interpreter build, recipes, marshalled codes): the file name is only an address; the build is compared whole.
-    if (hit and type(entry) is tuple and len(entry) == 3 and entry[0] == sys.version and type(entry[1]) is dict
-            and type(entry[2]) is bytes):
-        recipes.update((k, v) for k, v in entry[1].items() if type(k) is str and classrecipe.is_recipe(v))
-        _blobs[module] = entry[2]
+    """Read ``module``'s recipes once."""
+    if module not in _recipes:
+        _recipes[module] = {k: v for k, v in _read(where, "dataclass-recipe", module).items()
+                            if type(k) is str and classrecipe.is_recipe(v)}
 
 
 def _module_codes(where: str, module: str) -> dict[str, CodeType]:
+    """``module``'s compiled method texts, read at the first miss."""
     codes = _codes.get(module)
     if codes is None:
-        _load(where, module)
-        codes = _codes[module] = {}
-        try:
-            loaded = marshal.loads(_blobs[module]) if _blobs[module] else {}
-        except (ValueError, EOFError, TypeError):
-            loaded = {}
-        if type(loaded) is dict:
-            codes.update((k, v) for k, v in loaded.items() if type(k) is str and type(v) is CodeType)
+        codes = _codes[module] = {k: v for k, v in _read(where, "dataclass-code", module).items()
+                                  if type(k) is str and type(v) is CodeType}
         _loaded[module] = len(codes)
     return codes
 
@@ -164,11 +161,11 @@ def _cached_exec(source: Any, globs: Any = None, locs: Any = None) -> None:
 def _save() -> None:
     if _dir is None:
         return
-    for module in {*_codes, *_recorded}:
-        codes = _codes.get(module)
-        if (codes is not None and len(codes) > _loaded.get(module, 0)) or module in _recorded:
-            blob = marshal.dumps(codes) if codes is not None else _blobs.get(module, b"")
-            write_entry(_dir, _entry_path(_dir, module), (sys.version, _recipes.get(module, {}), blob))
+    for module in sorted(_recorded):
+        write_entry(_dir, _entry_path(_dir, "dataclass-recipe", module), (sys.version, _recipes[module]))
+    for module, codes in sorted(_codes.items()):
+        if len(codes) > _loaded.get(module, 0):
+            write_entry(_dir, _entry_path(_dir, "dataclass-code", module), (sys.version, codes))
 
 
 def install() -> None:
