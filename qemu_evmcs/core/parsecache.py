@@ -215,18 +215,36 @@ def interpreter_entry_path(where: str, kind: str, name: str = "") -> str:
     return os.path.join(where, f"{kind}-{sys.implementation.cache_tag}-{tag}{suffix}.marshal")
 
 
-def read_entry(path: str) -> tuple[bool, Any]:
-    """(found, value) of a cache entry: only a regular file owned by this user, writable by no one else, at
-    most :data:`MAX_ENTRY_BYTES`; anything else (or a damaged entry) is ``(False, None)``."""
+def open_entry(path: str) -> tuple[int, os.stat_result] | None:
+    """An open file descriptor and ``fstat`` of a cache entry that may be read: a regular file owned by this
+    user, writable by no one else, at most :data:`MAX_ENTRY_BYTES`; else ``None``. The caller closes it.
+
+    Opened without following a symbolic link and without blocking (a FIFO put in place of an entry is refused
+    by the ``fstat`` check, never waited on)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError:
-        return False, None
+        return None
     try:
         st = os.fstat(fd)
-        if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022
-                or st.st_size > MAX_ENTRY_BYTES):
-            return False, None
+    except OSError:
+        os.close(fd)
+        return None
+    if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022
+            or st.st_size > MAX_ENTRY_BYTES):
+        os.close(fd)
+        return None
+    return fd, st
+
+
+def read_entry(path: str) -> tuple[bool, Any]:
+    """(found, value) of a cache entry (:func:`open_entry` says which may be read); anything else (or a damaged
+    entry) is ``(False, None)``."""
+    opened = open_entry(path)
+    if opened is None:
+        return False, None
+    fd, st = opened
+    try:
         # os.read of the size fstat gave (not a file object's read(MAX_ENTRY_BYTES + 1), which allocates
         # 16 MiB for every entry): a start reads about twenty entries. A file that grew is read to its end.
         parts: list[bytes] = []
@@ -246,11 +264,19 @@ def read_entry(path: str) -> tuple[bool, Any]:
 def write_entry(where: str, path: str, value: Any) -> None:
     """Write an entry atomically (a temporary file renamed into place); failures only cost time."""
     try:
+        data = marshal.dumps(value)
+    except ValueError:
+        return
+    write_entry_bytes(where, path, data)
+
+
+def write_entry_bytes(where: str, path: str, data: bytes) -> None:
+    """:func:`write_entry` of bytes already laid out (:mod:`~qemu_evmcs.core.modulecache`'s entry)."""
+    try:
         os.makedirs(where, mode=0o700, exist_ok=True)
         # tempfile (with random, shutil...) is imported only here, when an entry is written (lazy.py).
         fd, tmp = lazy.module("tempfile").mkstemp(prefix=".tmp-", dir=where)
         try:
-            data = marshal.dumps(value)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
             os.replace(tmp, path)
@@ -335,5 +361,5 @@ def _remove(path: str) -> bool:
     return True
 
 
-__all__ = ["CACHE_FORMAT", "MAX_BYTES", "MAX_ENTRIES", "cache_dir", "cached_parse", "is_plain", "prune", "read_entry",
-           "write_entry", "yaml_id"]
+__all__ = ["CACHE_FORMAT", "MAX_BYTES", "MAX_ENTRIES", "cache_dir", "cached_parse", "is_plain", "open_entry", "prune",
+           "read_entry", "write_entry", "write_entry_bytes", "yaml_id"]
