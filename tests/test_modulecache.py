@@ -132,6 +132,9 @@ def test_another_copy_of_the_package_gets_its_own_modules(tmp_path: Path) -> Non
     rc, _, served, mods = _run(second, cache)
     assert rc == 0 and served == 0
     assert mods["qemu_evmcs.core.views"][0] == str(second / _EDITED)
+    # Each copy has an entry of its own: neither rewrites the other's, and each is served from its own.
+    assert len(list(cache.glob("module-code-*.marshal"))) == 2
+    assert _run(first, cache)[2] > 0 and _run(second, cache)[2] > 0
 
 
 def test_an_entry_that_cannot_be_trusted_serves_nothing(tmp_path: Path) -> None:

@@ -5,8 +5,9 @@ Why: importing a module of this package the usual way costs a search (the import
 ``fstat``, ``ioctl``, ``read``, ``close``) before any of its code runs: about 100 thousand instructions and six
 system calls a module, and ``negotiate`` imports 56 of them (about 4 % of its time, measured end to end).
 The compiled code is the same at every start, so it is kept with the rest of the per-user cache
-(:mod:`~qemu_evmcs.core.parsecache`: its directory, ownership checks and atomic writes): one entry, an index
-read at start-up, and each module's code read with one ``pread`` when it is imported.
+(:mod:`~qemu_evmcs.core.parsecache`: its directory, ownership checks and atomic writes): one entry per place
+the package is installed at, an index read at start-up, and each module's code read with one ``pread`` when it
+is imported.
 
 What is reused is exactly what Python's own ``.pyc`` gives, no more: at exit, for each module of this package
 imported the usual way, the code is taken from the ``.pyc`` Python used (``__cached__``), only if that file is
@@ -38,7 +39,8 @@ import sys
 from types import CodeType, ModuleType
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
-from qemu_evmcs.core.parsecache import MAX_ENTRY_BYTES, cache_dir, interpreter_entry_path, open_entry, write_entry_bytes
+from qemu_evmcs.core.parsecache import (MAX_ENTRY_BYTES, cache_dir, checksum, interpreter_entry_path, open_entry,
+                                        write_entry_bytes)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -46,6 +48,8 @@ if TYPE_CHECKING:
 
 _PACKAGE = __name__.partition(".")[0]
 _PREFIX = _PACKAGE + "."
+#: The package's directory (where this installation's modules are).
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: The spec class of the import system (``importlib.machinery.ModuleSpec``, without importing ``importlib``).
 _ModuleSpec: Any = type(sys.__spec__)
 #: A timestamp ``.pyc`` header: magic (4), flags (4, zero), source mtime (4), source size (4).
@@ -62,7 +66,9 @@ _before: frozenset[str] = frozenset()
 
 
 def _entry_path(where: str) -> str:
-    return interpreter_entry_path(where, "module-code")
+    """One entry per interpreter build and per place the package is installed at: a checkout and an installed
+    copy run with the same cache directory would otherwise take turns rewriting one entry at every exit."""
+    return interpreter_entry_path(where, "module-code", checksum(_ROOT.encode("utf-8", "surrogateescape")))
 
 
 def _magic() -> bytes | None:
