@@ -98,7 +98,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     # A known command is parsed alone: the other ten sub-parsers would only be listed by a top-level help
-    # or usage error, which is not what runs (each costs gettext lookups: a tenth of a start-up).
+    # or usage error, which is not what runs (each was a parser and its message look-ups: a tenth of a start-up).
     alone = only is not None and any(name == only and module in COMMAND_MODULES for name, module, _ in COMMANDS)
     for name, module, summary in COMMANDS:
         if module not in COMMAND_MODULES:
