@@ -344,6 +344,17 @@ def test_one_text_of_mixed_document_shapes_loads_like_a_full_parse(tmp_path: Pat
     assert sorted(loader.fleet.host_names()) == sorted(f"h{k}-{i}" for i in range(5) for k in range(4))
 
 
+def test_a_run_of_one_shape_takes_the_fast_lane_after_its_first_document(tmp_path: Path) -> None:
+    """Documents of one group come in runs, and the loop reuses the previous document's key look-up: a key that
+    was not yet trusted when the run's first document looked it up (that document is what trusts it) must not
+    keep the rest of the run off the fast lane."""
+    path = write(tmp_path, "---\n".join(body(f"h{i}") for i in range(6)))
+    loader = FleetLoader()
+    loader.add_file(path)
+    assert loader.fleet.members == reference([path])
+    assert (loader.parsed, loader.fast_lane) == (1, 5)
+
+
 def test_a_nul_in_a_later_document_is_the_full_parse_error(tmp_path: Path) -> None:
     """A NUL in a later document (whose key is already trusted) is refused with PyYAML's message, as
     iter_profiles refuses it, not taken for a host by the fast path."""
