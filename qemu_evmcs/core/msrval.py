@@ -92,10 +92,7 @@ def msrs_from_features(features: Iterable[str]) -> dict[str, int]:
     profile validation. Useful for what-if hosts and tests.
     """
     reg = registry()
-    per_word: dict[str, int] = {}
-    for name in features:
-        feat = reg.feature(name)
-        per_word[feat.word] = per_word.get(feat.word, 0) | feat.mask
+    per_word = names_to_word_masks(features, reg)
     out: dict[str, int] = {}
     for msr in reg.msrs.values():
         if msr.word is None:
@@ -103,7 +100,7 @@ def msrs_from_features(features: Iterable[str]) -> dict[str, int]:
         bits = per_word.get(msr.word, 0)
         if msr.layout == "ctl":
             always = reg.words[msr.word].always_on
-            out[msr.name] = (((bits | always) & MASK32) << 32) | (0 if msr.is_true_form else always)
+            out[msr.name] = ctl_value(0 if msr.is_true_form else always, bits | always)
         else:
             out[msr.name] = bits & MASK64
     return out
