@@ -44,6 +44,7 @@ from qemu_evmcs.qemu.models import (
     HV_FLAGS,
     HV_RECOMMENDS,
     HV_REQUIRES,
+    PV_PERF_SETS_BIT,
     EffectiveModel,
     Finding,
     ModelDef,
@@ -63,7 +64,6 @@ from qemu_evmcs.kvm.simkvm import NOT_EMULATED_MSRS
 from qemu_evmcs.core.profile import VENDORS, HostProfile
 from qemu_evmcs.core.registry import registry
 from qemu_evmcs.core.msrval import msrs_from_features
-from qemu_evmcs.qemu.models import PV_PERF_SETS_BIT
 
 if TYPE_CHECKING:
     from typing import Any
