@@ -26,8 +26,8 @@ extension module or a package of the same name put next to a module's source lat
 those instead.
 
 Entry layout: 8 bytes (little endian) giving the length of the index, the index (marshalled ``(sys.version,
-optimization level, {module: (source path, st_mtime_ns, st_size, offset, length)})``), then each module's
-marshalled code at its offset.
+optimization level, {module: (source path, st_mtime_ns, st_size, offset, length)})``), then the code area:
+each module's marshalled code at its offset, counted from the start of that area.
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ _HEADER = 16
 #: module -> (source path, st_mtime_ns, st_size, offset, length) of the entry read at start-up.
 _index: dict[str, tuple[str, int, int, int, int]] = {}
 _fd: int | None = None
+#: Where the entry's code area starts (the offsets of :data:`_index` count from there).
+_base = 0
 _dir: str | None = None
 #: How many modules this process took from the entry (the tests read it).
 served = 0
@@ -103,10 +105,12 @@ class _Loader:
     def get_source(fullname: str) -> str | None:
         """The module's source text (``linecache`` asks for it when it cannot read the file itself)."""
         found = _index.get(fullname)
+        if found is None:
+            return None
         try:
-            with open(found[0], encoding="utf-8") as fh:     # type: ignore[index]
+            with open(found[0], encoding="utf-8") as fh:
                 return fh.read()
-        except (OSError, TypeError, UnicodeDecodeError):
+        except (OSError, UnicodeDecodeError):
             return None
 
 
@@ -125,7 +129,7 @@ class _Finder:
             st = os.stat(origin)
             if st.st_mtime_ns != mtime_ns or st.st_size != size:
                 return None
-            data = os.pread(_fd, length, offset)
+            data = os.pread(_fd, length, _base + offset)
             code = marshal.loads(data) if len(data) == length else None
         except (OSError, ValueError, EOFError, TypeError):
             return None
@@ -150,7 +154,7 @@ def _cached_path(origin: str) -> str | None:
 
 def _read_index(where: str) -> None:
     """Read the entry's index and keep the entry open for the modules' code (one ``pread`` each)."""
-    global _fd
+    global _fd, _base
     opened = open_entry(_entry_path(where))
     if opened is None:
         return
@@ -163,16 +167,17 @@ def _read_index(where: str) -> None:
         tag, optimize, index = marshal.loads(os.pread(fd, length, 8))
         if tag != sys.version or optimize != sys.flags.optimize or type(index) is not dict:
             raise ValueError("another interpreter build")
+        area = st.st_size - 8 - length
         for name, found in index.items():
             if (type(name) is str and name.startswith(_PREFIX) and type(found) is tuple and len(found) == 5
                     and type(found[0]) is str and all(type(v) is int for v in found[1:])
-                    and 8 + length <= found[3] and found[3] + found[4] <= st.st_size):
+                    and 0 <= found[3] and 0 < found[4] and found[3] + found[4] <= area):
                 _index[name] = found
     except (OSError, ValueError, EOFError, TypeError):
         os.close(fd)
         _index.clear()
         return
-    _fd = fd
+    _fd, _base = fd, 8 + length
 
 
 def _record(module: ModuleType) -> tuple[str, int, int, bytes] | None:
@@ -188,15 +193,15 @@ def _record(module: ModuleType) -> tuple[str, int, int, bytes] | None:
     try:
         st = os.stat(origin)
         with open(cached, "rb") as fh:
-            data = fh.read(MAX_ENTRY_BYTES)
+            header = fh.read(_HEADER)
+            if (len(header) < _HEADER or header[:4] != magic or int.from_bytes(header[4:8], "little") != 0
+                    or int.from_bytes(header[8:12], "little") != int(st.st_mtime) & 0xFFFFFFFF
+                    or int.from_bytes(header[12:16], "little") != st.st_size & 0xFFFFFFFF):
+                return None     # (a hash-based .pyc, or one Python would not use for this source)
+            code = fh.read(MAX_ENTRY_BYTES)
     except OSError:
         return None
-    header = data[:_HEADER]
-    if (len(header) < _HEADER or header[:4] != magic or int.from_bytes(header[4:8], "little") != 0
-            or int.from_bytes(header[8:12], "little") != int(st.st_mtime) & 0xFFFFFFFF
-            or int.from_bytes(header[12:16], "little") != st.st_size & 0xFFFFFFFF):
-        return None
-    return origin, st.st_mtime_ns, st.st_size, data[_HEADER:]
+    return origin, st.st_mtime_ns, st.st_size, code
 
 
 def _save() -> None:
@@ -218,7 +223,7 @@ def _save() -> None:
     for name, (origin, mtime_ns, size, offset, length) in _index.items():
         if name not in recorded and _fd is not None:
             try:
-                data = os.pread(_fd, length, offset)
+                data = os.pread(_fd, length, _base + offset)
             except OSError:
                 continue
             if len(data) == length:
@@ -229,14 +234,7 @@ def _save() -> None:
     for name, (origin, mtime_ns, size, data) in sorted(blobs.items()):
         index[name] = (origin, mtime_ns, size, offset, len(data))
         offset += len(data)
-    # Offsets so far count from the first code; the index's own length is known only once it is written.
-    length = len(marshal.dumps((sys.version, sys.flags.optimize, index)))
-    while True:
-        shifted = {n: (o, m, s, off + 8 + length, ln) for n, (o, m, s, off, ln) in index.items()}
-        head = marshal.dumps((sys.version, sys.flags.optimize, shifted))
-        if len(head) == length:
-            break
-        length = len(head)
+    head = marshal.dumps((sys.version, sys.flags.optimize, index))
     body = b"".join(blobs[name][3] for name in sorted(blobs))
     if 8 + len(head) + len(body) <= MAX_ENTRY_BYTES:
         write_entry_bytes(_dir, _entry_path(_dir), len(head).to_bytes(8, "little") + head + body)
