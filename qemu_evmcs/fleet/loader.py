@@ -265,6 +265,7 @@ class FleetLoader:
         last_fp = ""
         last_key = "\x02"             # (no key starts so: the first document is looked up)
         last_entry: tuple[str, int, tuple[int, ...]] = ("", 0, ())
+        entry: tuple[str, int, tuple[int, ...]] | None
         group: list[str] = []
         for i, seg in enumerate(segs):
             if seg[-1:] == "\n":
@@ -274,7 +275,6 @@ class FleetLoader:
                 key = "\x00".join(parts[0::3]) + "\x01" + "|".join(parts[1::3])
                 # Documents of one group come in runs: comparing with the previous key (a memcmp) spares
                 # hashing each new key string for the dict (siphash over ~1 KB, 3 % of a large load).
-                entry: tuple[str, int, tuple[int, ...]] | None
                 if key == last_key:
                     entry = last_entry
                 else:
