@@ -8,6 +8,7 @@ import dataclasses
 import io
 import json
 import os
+import random
 import re
 import shutil
 import sqlite3
@@ -355,6 +356,91 @@ def test_a_run_of_one_shape_takes_the_fast_lane_after_its_first_document(tmp_pat
     assert (loader.parsed, loader.fast_lane) == (1, 5)
 
 
+def _edits(rng: random.Random) -> list[Callable[[str], str]]:
+    """Random edits of a document: some keep its layout (other names, notes, comments), some change it."""
+    def at_line(doc: str, line: str) -> str:
+        lines = doc.split("\n")
+        k = rng.randrange(1, len(lines) + 1)
+        return "\n".join(lines[:k] + [line] + lines[k:])
+    return [
+        lambda d: d.replace("name: a", "name: " + rng.choice(["b", "host-07.x", "'two words'", '"q"', "a #c"])),
+        lambda d: d.replace("name: a", rng.choice(["name : a", "name:\ta", "name:a", "name:\n  a", "name: a\n\tb"])),
+        lambda d: d.replace("notes: one", rng.choice(["notes: one\n  two", "notes:", "notes: 'x'\n\t y", "notes:1"])),
+        lambda d: d.replace("# host a", rng.choice(["# another comment", "#", "#x\n# y", "# host a\n  indented"])),
+        lambda d: at_line(d, rng.choice(["# moved", "namespace: x", "notes2: y", "  indented", "", "#"])),
+        lambda d: d.replace("vendor:", rng.choice(["vendor:", " vendor:", "vendor :"])),
+        lambda d: d.replace("provenance: 'p'", rng.choice(["provenance: 'pp'", "provenance:\n  p", "provenanc: p"])),
+        lambda d: d + rng.choice(["", "\n", "\n# trailing", "\nnotes: again", "x"]),
+        lambda d: d.replace("zone: 1", rng.choice(["zone: 2", "zone: 1", "zone: 11"])),   # (the text after them)
+    ]
+
+
+def test_the_run_lane_finds_exactly_what_the_cut_split_finds() -> None:
+    """The loader's run lane (``_match_run``) reads a document in the layout of the previous one (its fixed
+    texts compared in place, only the cut regions scanned) instead of splitting it with ``_CUT``. The split is
+    the independent reading: over documents made by random edits of one (names, notes, comments of other
+    lengths, continuation lines, lines added, entries indented), the lane accepts a document exactly when
+    the split gives the same fixed texts and kinds, and then the same cut regions, also in the middle of a
+    larger text."""
+    base = "\n" + "# host a\n" + body("a", "notes: one\nprovenance: 'p'\nzone: 1\n").rstrip("\n")
+    parts = fleet_mod._CUT.split(base)
+    assert parts[1::3] == ["#", "#", "name", "notes", "provenance"]   # (the sample starts with a comment)
+    steps, tail = fleet_mod._run_steps(parts)
+    rng = random.Random(15)
+    edits = _edits(rng)
+    same_seen = other_seen = 0
+    for _ in range(1500):
+        doc = base
+        for edit in rng.sample(edits, rng.randint(1, 3)):
+            doc = edit(doc)
+        split = fleet_mod._CUT.split(doc)
+        same = split[0::3] == parts[0::3] and split[1::3] == parts[1::3]
+        for prefix in ("", "x: 1\n---"):
+            t = prefix + doc + "\n---\nname: z"
+            got = fleet_mod._match_run(t, len(prefix), steps, tail)
+            accepted = got is not None and got[1] == len(prefix) + len(doc)
+            assert accepted == same, doc
+            if same:
+                assert got is not None and got[0] == split[2::3]
+        same_seen += same
+        other_seen += not same
+    assert same_seen > 300 and other_seen > 300     # both kinds of document were tried
+
+
+def test_a_run_with_documents_off_its_layout_loads_like_a_full_parse(tmp_path: Path) -> None:
+    """Documents of a run that leave the previous document's layout in ways the run lane must not accept
+    (a name on a continuation line, a comment moved into the MSRs, a blank line before ``---``, a name YAML
+    reads as a boolean) take the usual way, and the fleet is the full parse's."""
+    plain = [body(f"h{i}") for i in range(4)]
+    odd = [body("o1").replace("name: o1", "name:\n  o1"),
+           body("o2").replace("  IA32_VMX_MISC:", "# moved\n  IA32_VMX_MISC:"),
+           body("o3") + "\n",
+           body("yes").replace("name: yes", "name: 'yes'"),
+           body("o5", "notes: a\n  b\n")]
+    docs = [d for pair in zip(plain + plain[:1], odd, strict=True) for d in pair]
+    docs = [d.replace("name: h0\n", f"name: h0-{k}\n") for k, d in enumerate(docs)]
+    path = write(tmp_path, "---\n".join(docs))
+    loader = FleetLoader()
+    loader.add_file(path)
+    assert loader.fleet.members == reference([path])
+    assert sorted(loader.fleet.host_names()) == sorted(re.findall(r"(?m)^name:\s*'?([^'\n]+)'?$",
+                                                                   "\n".join(docs).replace("name:\n  ", "name: ")))
+
+
+def test_a_document_over_the_limit_in_a_run_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run lane reads a document without cutting it out, so it must apply the profile size limit itself:
+    a document of a run's layout whose notes make it too long is refused, at its first line."""
+    size = len(body("a", "notes: n\n"))
+    monkeypatch.setattr(fleet_mod, "MAX_PROFILE_BYTES", size + 100)
+    docs = [body("a", "notes: n\n"), body("b", "notes: n\n"), body("c", "notes: " + "n" * 200 + "\n")]
+    text = "---\n".join(docs)
+    path = write(tmp_path, text)
+    with pytest.raises(InputError) as ei:
+        load_fleet(path, progress=False)
+    assert "host profiles are limited to" in ei.value.message
+    assert ei.value.line == _line_of(text, "---\n", 2) + 1      # the first line of the third document
+
+
 def test_a_nul_in_a_later_document_is_the_full_parse_error(tmp_path: Path) -> None:
     """A NUL in a later document (whose key is already trusted) is refused with PyYAML's message, as
     iter_profiles refuses it, not taken for a host by the fast path."""
@@ -364,6 +450,14 @@ def test_a_nul_in_a_later_document_is_the_full_parse_error(tmp_path: Path) -> No
     with pytest.raises(InputError) as ref:
         list(iter_profiles([path]))
     assert (ei.value.message, ei.value.line, ei.value.file) == (ref.value.message, ref.value.line, path)
+
+
+def _line_of(text: str, needle: str, nth: int = 1) -> int:
+    """1-based line of the ``nth`` occurrence of ``needle`` in ``text``, counted by hand."""
+    at = -1
+    for _ in range(nth):
+        at = text.index(needle, at + 1)
+    return text.count("\n", 0, at) + 1
 
 
 def test_duplicate_host_names_are_an_error(tmp_path: Path) -> None:

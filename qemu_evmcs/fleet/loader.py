@@ -38,6 +38,7 @@ from qemu_evmcs.core import lazy
 from qemu_evmcs.core.regexcache import regex
 
 if TYPE_CHECKING:
+    import re
     from typing import BinaryIO
     import yaml
     from qemu_evmcs.core import yamlsafe
@@ -64,7 +65,13 @@ MAX_CACHED_FIRST = 512
 
 # A region cut out of a document for its key: "\n" + a column-0 comment, or a top-level
 # name/notes/provenance entry with its indented continuation lines.
-_CUT = regex(r"\n(#|name|notes|provenance)((?<=#)[^\n]*|[ \t]*:(?=[ \t\n])[^\n]*(?:\n[ \t][^\n]*)*)")
+# What follows "#" (the rest of the line) and what follows name/notes/provenance (the rest of the entry).
+_COMMENT_REST = r"[^\n]*"
+_ENTRY_REST = r"[ \t]*:(?=[ \t\n])[^\n]*(?:\n[ \t][^\n]*)*"
+_CUT = regex(r"\n(#|name|notes|provenance)((?<=#)" + _COMMENT_REST + "|" + _ENTRY_REST + ")")
+# The run lane's match of a cut region's rest at a known place (_run_steps), per kind.
+_REST_MATCH = {"#": regex(_COMMENT_REST).match, "name": regex(_ENTRY_REST).match}
+_REST_MATCH["notes"] = _REST_MATCH["provenance"] = _REST_MATCH["name"]
 # Segments holding any of these are parsed in full (explicit document end, directives, "--- x").
 _ODD = regex(r"\n(?:\.\.\.|%|---[^\n])")
 # Text with any of these takes the general path of add_text: directives, explicit ends, "---" followed by
@@ -77,6 +84,13 @@ _TEXT_FAST = regex(r"[ \t]*:(?:[ \t]+(?:'[^'\n]*'|\"[^\"\\\n]*\"))?[ \t]*")
 # The top-level name key of a document (where a duplicate name is reported).
 _NAME_KEY = regex(r"(?m)^name[ \t]*:")
 _UNSAFE = ""  # key cache value: "parse every document with this key in full"
+
+#: A trusted key's layout (:meth:`FleetLoader._layout`): the fingerprint, the index of the name among the
+#: document's cut regions, and the (index, kind) of its notes/provenance regions.
+Layout = tuple[str, int, tuple[tuple[int, str], ...]]
+#: The run lane's steps for one layout (:func:`_run_steps`): per cut region, the text before it up to and with
+#: its kind word, that text's length, and the match of the region's rest.
+RunSteps = tuple[tuple[str, int, "Callable[[str, int], re.Match[str] | None]"], ...]
 
 
 def _shift(err: InputError, offset: int) -> InputError:
@@ -105,7 +119,7 @@ class FleetLoader:
         self.fleet = fleet if fleet is not None else Fleet()
         self.progress = progress
         self._keys: dict[str, str] = {}          # key text -> fingerprint, or _UNSAFE
-        self._layouts: dict[str, tuple[str, int, tuple[int, ...]]] = {}   # trusted key -> see _layout
+        self._layouts: dict[str, Layout] = {}    # trusted key -> see _layout
         self._text_ok: set[str] = set()          # notes/provenance blocks known to hold a string
         self._where: dict[str, str] = {}         # host name -> file (duplicate detection)
         self.parsed = 0
@@ -241,14 +255,21 @@ class FleetLoader:
     def _fast_lane(self, t: str, path: str, line0: int) -> list[tuple[str, str]]:
         """:meth:`add_text` for text whose only document markers are plain ``---`` lines (the common case).
 
-        ``t`` is the text with a ``"\\n"`` in front. Per document: one C-level split, a dict look-up and a
-        name regex; line numbers are computed only when a document needs the full treatment. This loop is
-        most of the cost of loading a large fleet, so it avoids per-document work that can be done per
-        group or per chunk (positions are summed only before a document that needs them; consecutive
-        documents of one group reuse its member list).
+        ``t`` is the text with a ``"\\n"`` in front; its documents are the pieces between ``"\\n---"`` (each
+        starts with the ``"\\n"`` that ends the line before it). This loop is most of the cost of loading a
+        large fleet, so it avoids per-document work that can be done per group or per run:
+
+        - Documents of one group come in runs. After a document with a trusted key, the next one is first
+          matched against that document's layout (:func:`_run_steps`): its fixed texts compared in place
+          (``startswith``, a memcmp) and only its cut regions scanned. No copy of the document, no split, no
+          key is made; a document that does not match takes the usual way.
+        - The usual way: one C-level split on the cut regions, the key, and a dict look-up (spared when the
+          key equals the previous one: a memcmp instead of hashing ~1 KB).
+        - Line numbers are counted only before a document that needs the full treatment; consecutive
+          documents of one group reuse its member list.
         """
         out: list[tuple[str, str]] = []
-        segs = t.split("\n---")          # every piece starts with "\n" (the end of the previous line)
+        n = len(t)
         layouts = self._layouts
         text_ok = self._text_ok
         cut_split = _CUT.split
@@ -259,65 +280,103 @@ class FleetLoader:
         collect = self.collect
         track = self._track
         add = out.append
+        startswith = t.startswith
+        match_run = _match_run
         fast = 0
-        acc_i = acc_pos = 0            # document acc_i starts at offset acc_pos of t
         seen_pos = seen_lines = 0      # newlines of t before seen_pos
         last_fp = ""
         last_key = "\x02"             # (no key starts so: the first document is looked up)
-        last_entry: tuple[str, int, tuple[int, ...]] = ("", 0, ())
-        entry: tuple[str, int, tuple[int, ...]] | None
+        last_entry: Layout = ("", 0, ())
+        entry: Layout | None
         group: list[str] = []
-        for i, seg in enumerate(segs):
-            if seg[-1:] == "\n":
-                seg = seg[:-1]            # the last document of a text: same key as the others
-            if len(seg) <= MAX_PROFILE_BYTES:
-                parts = cut_split(seg)
-                key = "\x00".join(parts[0::3]) + "\x01" + "|".join(parts[1::3])
-                # Documents of one group come in runs: comparing with the previous key (a memcmp) spares
-                # hashing each new key string for the dict (siphash over ~1 KB, 3 % of a large load).
-                if key == last_key:
-                    entry = last_entry
-                else:
-                    entry = layouts.get(key)
-                    if entry is None:
-                        entry = self._layout(key)
-                    if entry is not None:     # (an unknown key may become trusted by its first document)
-                        last_key, last_entry = key, entry
-                if entry is not None:
-                    fp, ni, tix = entry
-                    # The name: a plain scalar that YAML 1.1 reads as a string (the common case), else quoted.
-                    m = name_match(parts[ni])
-                    name = m[1] if m is not None else None
-                    if name is None or name.lower() in words:
-                        name = self._fast_name(parts[ni])
-                    ok = name is not None and (not track or name not in where)
-                    if ok and tix:
-                        for j in tix:
-                            block = parts[j]
-                            if block not in text_ok and not self._text_block_ok(parts[j - 1], block):
-                                ok = False
-                                break
-                    if ok:
-                        assert name is not None
-                        fast += 1
-                        if track:
-                            where[name] = path
-                            if fp != last_fp:
-                                got = members.get(fp)
-                                if got is None:
-                                    got = members[fp] = []
-                                group, last_fp = got, fp
-                            group.append(name)
-                        if collect:
-                            add((name, fp))
-                        continue
+        steps: RunSteps = ()
+        run_entry: Layout | None = None   # the layout the run lane matches against (that of steps)
+        tail = ""                       # the text after the layout's last cut region
+        a = 0                           # the document starts at t[a]
+        while True:
+            blocks: list[str] | None = None
+            nxt = -1                    # where the next document starts, -1: this is the last one
+            if run_entry is not None:
+                # The run lane: is this document the previous trusted one with other cut regions?
+                matched = match_run(t, a, steps, tail)
+                if matched is not None:
+                    blocks, p = matched
+                    if p - a > MAX_PROFILE_BYTES:
+                        blocks = None
+                    elif startswith("\n---", p):
+                        nxt = p + 4
+                    elif p < n - 1 or (p == n - 1 and t[p] != "\n"):
+                        blocks = None   # more text after it (a blank line before "---"): the usual way
+            if blocks is not None:
+                assert run_entry is not None
+                entry = run_entry
+                end = p
+            else:
+                b = t.find("\n---", a)
+                end = n if b < 0 else b
+                nxt = -1 if b < 0 else b + 4
+                seg = t[a:end]
+                if seg[-1:] == "\n":
+                    seg = seg[:-1]            # (a document's last line break: same key as the others)
+                entry = None
+                if len(seg) <= MAX_PROFILE_BYTES:
+                    parts = cut_split(seg)
+                    key = "\x00".join(parts[0::3]) + "\x01" + "|".join(parts[1::3])
+                    # Comparing with the previous key (a memcmp) spares hashing each new key for the dict.
+                    if key == last_key:
+                        entry = last_entry
+                    else:
+                        entry = layouts.get(key)
+                        if entry is None:
+                            entry = self._layout(key)
+                        if entry is not None:     # (an unknown key may become trusted by its first document)
+                            last_key, last_entry = key, entry
+                    if entry is not None:
+                        blocks = parts[2::3]
+                        if entry is not run_entry:
+                            steps, tail = _run_steps(parts)
+                            run_entry = entry
+            if entry is not None:
+                assert blocks is not None
+                fp, ni, tix = entry
+                # The name: a plain scalar that YAML 1.1 reads as a string (the common case), else quoted.
+                m = name_match(blocks[ni])
+                name = m[1] if m is not None else None
+                if name is None or name.lower() in words:
+                    name = self._fast_name(blocks[ni])
+                ok = name is not None and (not track or name not in where)
+                if ok and tix:
+                    for j, kind in tix:
+                        block = blocks[j]
+                        if block not in text_ok and not self._text_block_ok(kind, block):
+                            ok = False
+                            break
+                if ok:
+                    assert name is not None
+                    fast += 1
+                    if track:
+                        where[name] = path
+                        if fp != last_fp:
+                            got = members.get(fp)
+                            if got is None:
+                                got = members[fp] = []
+                            group, last_fp = got, fp
+                        group.append(name)
+                    if collect:
+                        add((name, fp))
+                    if nxt < 0:
+                        break
+                    a = nxt
+                    continue
             # The full treatment (first of its kind, odd name, duplicate, ...), with the real line number.
-            acc_pos += sum(map(len, segs[acc_i:i])) + 4 * (i - acc_i)
-            acc_i = i
-            seen_lines += t.count("\n", seen_pos, acc_pos + 1)
-            seen_pos = acc_pos + 1
+            seen_lines += t.count("\n", seen_pos, a + 1)
+            seen_pos = a + 1
             last_fp = ""                  # the full treatment may have created or extended any group
-            out += self._generic(seg[1:], path, line0 + seen_lines - 1, i > 0)
+            seg = t[a + 1:end]
+            out += self._generic(seg[:-1] if seg[-1:] == "\n" else seg, path, line0 + seen_lines - 1, a > 0)
+            if nxt < 0:
+                break
+            a = nxt
         self.documents += fast
         self.fast_lane += fast
         return out
@@ -331,23 +390,23 @@ class FleetLoader:
             entry = self._layouts.get(key) or self._layout(key)
             if entry is not None:
                 fp, ni, tix = entry
-                name = self._fast_name(parts[ni])
+                blocks = parts[2::3]
+                name = self._fast_name(blocks[ni])
                 if (name is not None
-                        and all(parts[j] in self._text_ok or self._text_block_ok(parts[j - 1], parts[j]) for j in tix)
+                        and all(blocks[j] in self._text_ok or self._text_block_ok(kind, blocks[j]) for j, kind in tix)
                         and self._member_fast(name, fp, path)):
                     self.documents += 1
                     return [(name, fp)]
         return self._generic(seg[1:], path, line0, False)
 
-    def _layout(self, key: str) -> tuple[str, int, tuple[int, ...]] | None:
-        """For a trusted key: (fingerprint, index of the name block, indexes of notes/provenance blocks)."""
+    def _layout(self, key: str) -> Layout | None:
+        """For a trusted key: (fingerprint, index of the name block, indexes and kinds of notes/provenance blocks)."""
         fp = self._keys.get(key)
         if not fp:
             return None
         kinds = key.rsplit("\x01", 1)[1].split("|")
-        ni = 3 * kinds.index("name") + 2
-        tix = tuple(3 * k + 2 for k, kind in enumerate(kinds) if kind in ("notes", "provenance"))
-        entry = (fp, ni, tix)
+        tix = tuple((k, kind) for k, kind in enumerate(kinds) if kind in ("notes", "provenance"))
+        entry = (fp, kinds.index("name"), tix)
         self._layouts[key] = entry
         return entry
 
@@ -511,6 +570,46 @@ class FleetLoader:
         except InputError as err:
             raise _shift(err, line0) from None
         return out
+
+
+def _run_steps(parts: list[str]) -> tuple[RunSteps, str]:
+    """The run lane's view of a document split on its cut regions (``parts``, from ``_CUT.split``): per region,
+    the fixed text before it with the region's ``"\\n"`` and kind word, and the match of the region's rest; and
+    the fixed text after the last region.
+
+    Why the lane finds exactly what ``_CUT.split`` would, in a document that starts with these fixed texts in
+    this order, each followed by a matching rest: a fixed text came out of such a split, so it holds no cut
+    region, and what precedes or follows it is the same in both documents where it matters: a region starts
+    with ``"\\n"`` and ends before one (or at the end), so no region can start in a fixed text and end in a
+    rest, and a rest ends where the split's greedy pattern ends it (a fixed text after a name/notes/provenance
+    entry does not start with an indented line, or the split would have taken it into the entry).
+    """
+    texts, kinds = parts[0::3], parts[1::3]
+    steps = tuple((text + "\n" + kind, len(text) + 1 + len(kind), _REST_MATCH[kind])
+                  for text, kind in zip(texts[:-1], kinds, strict=True))
+    return steps, texts[-1]
+
+
+def _match_run(t: str, a: int, steps: RunSteps, tail: str) -> tuple[list[str], int] | None:
+    """The document of ``t`` at ``a`` in the layout of ``steps`` and ``tail`` (:func:`_run_steps`): its cut regions'
+    rests (what ``_CUT.split`` puts at ``parts[2::3]``) and where its layout ends, or ``None`` if it has
+    another layout. Whatever follows the end is the caller's to check."""
+    blocks: list[str] = []
+    p = a
+    startswith = t.startswith
+    for fixed, size, rest_match in steps:
+        if not startswith(fixed, p):
+            return None
+        p += size
+        m = rest_match(t, p)
+        if m is None:
+            return None
+        e = m.end()
+        blocks.append(t[p:e])
+        p = e
+    if not startswith(tail, p):
+        return None
+    return blocks, p + len(tail)
 
 
 def _parse_first(seg: str, path: str) -> tuple[list[tuple[object, dict[str, int]]], bool]:
