@@ -441,6 +441,51 @@ def test_a_document_over_the_limit_in_a_run_is_refused(tmp_path: Path, monkeypat
     assert ei.value.line == _line_of(text, "---\n", 2) + 1      # the first line of the third document
 
 
+@pytest.mark.parametrize("marker", ["%YAML 1.1\n---\n", "--- # c\n", "...\n---\n", "--- \n", "---\n\n",
+                                    "--- {name: x}\n---\n", "...\n"])
+def test_odd_document_markers_after_plain_ones_load_like_a_full_parse(tmp_path: Path, marker: str) -> None:
+    """The loader reads plain ``---`` documents on its fast way without first searching the text for other
+    markers; from the first odd one (a directive, ``...``, ``--- x``), the rest of the text is read the general
+    way. Documents before, at and after it are the full parse's, and so is the error where the full parse
+    refuses the text (a document on the marker line is no host profile; PyYAML wants a ``---`` after
+    ``...``)."""
+    docs = [body(f"h{i}") for i in range(8)]
+    text = "---\n".join(docs[:5]) + marker + "---\n".join(docs[5:])
+    path = write(tmp_path, text)
+    try:
+        expected = reference([path])
+    except InputError as ref:
+        with pytest.raises(InputError) as ei:
+            load_fleet(path, progress=False)
+        assert ei.value.message == ref.message
+        return
+    loader = FleetLoader()
+    loader.add_file(path)
+    assert loader.fleet.members == expected
+    assert sorted(loader.fleet.host_names()) == sorted(f"h{i}" for i in range(8))
+
+
+def test_a_column_0_dashes_line_inside_a_quoted_scalar_is_no_document_marker(tmp_path: Path) -> None:
+    """``---two`` at column 0 inside a quoted scalar is text, not a marker: the fast way, which splits on
+    every ``"\\n---"``, must hand such a text to the general way (which splits on ``---`` lines only)."""
+    docs = [body(f"h{i}") for i in range(4)] + [body("q", "notes: 'one\n---two'\n"), body("h9")]
+    path = write(tmp_path, "---\n".join(docs))
+    loader = FleetLoader()
+    loader.add_file(path)
+    assert loader.fleet.members == reference([path])
+    assert sorted(loader.fleet.host_names()) == ["h0", "h1", "h2", "h3", "h9", "q"]
+
+
+def test_a_bad_document_after_a_directive_far_into_a_text_has_its_file_line(tmp_path: Path) -> None:
+    """Lines of the rest read the general way are the file's (counted by hand here)."""
+    docs = [body(f"h{i}") for i in range(6)] + [body("bad", "colour: red\n")]
+    text = "---\n".join(docs[:6]) + "%YAML 1.1\n---\n" + docs[6]
+    path = write(tmp_path, text)
+    with pytest.raises(InputError) as ei:
+        load_fleet(path, progress=False)
+    assert "colour" in ei.value.message and ei.value.line == _line_of(text, "colour: red")
+
+
 def test_a_nul_in_a_later_document_is_the_full_parse_error(tmp_path: Path) -> None:
     """A NUL in a later document (whose key is already trusted) is refused with PyYAML's message, as
     iter_profiles refuses it, not taken for a host by the fast path."""
@@ -458,6 +503,54 @@ def _line_of(text: str, needle: str, nth: int = 1) -> int:
     for _ in range(nth):
         at = text.index(needle, at + 1)
     return text.count("\n", 0, at) + 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_errors_far_into_a_streamed_file_name_the_file_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            workers: int) -> None:
+    """Line numbers of errors in later chunks (and in a later part of a parallel load) are lines of the file:
+    the loader counts lines only when an error needs one, so each kind of error is checked far from the
+    start, against a count made here by hand."""
+    monkeypatch.setattr(fleet_mod, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(parallel, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 1024)
+    docs = [body(f"h{i}") for i in range(120)]
+    cases = {
+        # a profile error (with a key) in the first document of a new shape
+        "bad MSR": (100, body("h100", "notes: n\n").replace("'0x00da040000000004'", "'0xzz'"),
+                    "IA32_VMX_BASIC: '0xzz'", 1),
+        # a YAML error (no key): its mark is the document's, shifted to the file's; PyYAML reads "[6" and the
+        # next line as one flow scalar and stops at the ":" of "model: 94"
+        "yaml": (100, body("h100").replace("family: 6", "family: [6"), "model: 94", 101),
+        # a duplicate name on the run lane: the line of its name entry
+        "duplicate": (110, body("h3"), "name: h3\n", 2),
+    }
+    for what, (at, doc, needle, nth) in cases.items():
+        text = "---\n".join(docs[:at] + [doc] + docs[at + 1:])
+        path = write(tmp_path, text, f"{what}.yaml")
+        with pytest.raises(InputError) as ei:
+            load_fleet(path, progress=False, workers=workers)
+        assert ei.value.file == path, what
+        assert ei.value.line == _line_of(text, needle, nth), (what, ei.value)
+    # A document longer than the profile limit, far into the file: its first line, whether the loader saw
+    # its end (a part of a parallel load ends after it) or gave up reading it (a single stream).
+    monkeypatch.setattr(fleet_mod, "MAX_PROFILE_BYTES", 8192)
+    text = "---\n".join(docs[:100] + [body("big", "notes: '" + "x" * 9000 + "'\n")] + docs[101:])
+    path = write(tmp_path, text, "big.yaml")
+    with pytest.raises(InputError) as ei:
+        load_fleet(path, progress=False, workers=workers)
+    assert "host profiles are limited to 8192" in ei.value.message
+    assert ei.value.line == _line_of(text, "---\n", 100) + 1, ei.value
+
+
+def test_an_error_line_counted_from_a_file_no_longer_readable_is_dropped(tmp_path: Path) -> None:
+    """A chunk's error line is made the file's by counting the file's lines before the chunk when the error
+    happens; if the file cannot be read then, the line is left out rather than given wrong."""
+    path = write(tmp_path, "a\nb\nc\n")
+    assert fleet_mod._in_file(InputError("x", file=path, line=2), path, 4).line == 4     # "a\nb\n": 2 lines
+    assert fleet_mod._in_file(InputError("x", file=path, line=2), path, 0).line == 2
+    gone = str(tmp_path / "gone.yaml")
+    assert fleet_mod._in_file(InputError("x", file=gone, line=2), gone, 4).line is None
 
 
 def test_duplicate_host_names_are_an_error(tmp_path: Path) -> None:

@@ -93,6 +93,31 @@ Layout = tuple[str, int, tuple[tuple[int, str], ...]]
 RunSteps = tuple[tuple[str, int, "Callable[[str, int], re.Match[str] | None]"], ...]
 
 
+def _in_file(err: InputError, path: str, offset: int) -> InputError:
+    """``err``, whose line was counted from byte ``offset`` of ``path``, with the line of the file (or none
+    when the file can no longer be read to count it)."""
+    if err.line is not None and offset:
+        before = _lines_before(path, offset)
+        err.line = None if before is None else err.line + before
+    return err
+
+
+def _lines_before(path: str, offset: int) -> int | None:
+    """How many lines of ``path`` end before byte ``offset`` (``None``: the file cannot be read)."""
+    n = 0
+    try:
+        with open(path, "rb") as fh:
+            while offset > 0:
+                block = fh.read(min(CHUNK_BYTES, offset))
+                if not block:
+                    break
+                n += block.count(b"\n")
+                offset -= len(block)
+    except OSError:
+        return None
+    return n
+
+
 def _shift(err: InputError, offset: int) -> InputError:
     """``err`` with its line counted from the file, not from the document cut out of it at line ``offset``.
 
@@ -136,13 +161,16 @@ class FleetLoader:
         self._track = sink is None
 
     # ------------------------------------------------------------------ entry points
-    def add_file(self, path: str, start: int = 0, end: int | None = None, line0: int = 0) -> list[tuple[str, str]]:
+    def add_file(self, path: str, start: int = 0, end: int | None = None) -> list[tuple[str, str]]:
         """One file (multi-document allowed), streamed in chunks that end on a ``---`` line. Returns
         ``[(host, fingerprint)]`` added. (Directories: :func:`~qemu_evmcs.core.profilewalk.profile_files` lists
         their files, :mod:`~qemu_evmcs.fleet.sources` feeds them here.)
 
         ``start``/``end``: only this byte range (``start`` on a ``---`` line or 0, ``end`` exclusive, ``None``:
-        to the end of the file), whose first line is 0-based line ``line0`` of the file.
+        to the end of the file).
+
+        Lines are counted only for an error's line number (:meth:`_chunk`): counting every line of a large
+        fleet was an eighth of its load.
         """
         fh = open_regular(path)  # a FIFO, /dev/zero or a symlink to them: refused, never read "until EOF"
         try:
@@ -154,14 +182,14 @@ class FleetLoader:
                         self.progress.update(len(data))
                     return self._deliver([], self.add_text(self._decode(data, path, 0), path) if data else [])
             fh.seek(start)
-            return self._stream(fh, path, None if end is None else end - start, line0, start)
+            return self._stream(fh, path, None if end is None else end - start, start)
         except OSError as err:
             raise InputError(err.strerror or str(err), file=path) from None
         finally:
             fh.close()
 
-    def _stream(self, fh: BinaryIO, path: str, limit: int | None = None, line0: int = 0,
-                consumed: int = 0) -> list[tuple[str, str]]:
+    def _stream(self, fh: BinaryIO, path: str, limit: int | None = None, consumed: int = 0) -> list[tuple[str, str]]:
+        """Chunks of ``path`` from byte ``consumed`` (``fh`` is there), at most ``limit`` bytes."""
         out: list[tuple[str, str]] = []
         carry = b""
         while True:
@@ -172,23 +200,32 @@ class FleetLoader:
             buf = carry + block if carry else block
             if not block:
                 if buf:
-                    self._deliver(out, self.add_text(self._decode(buf, path, consumed), path, line0))
+                    self._deliver(out, self._chunk(buf, path, consumed))
                     if self.progress is not None:
                         self.progress.update(len(buf))
                 return out
             cut = buf.rfind(b"\n---\n")
             if cut < 0:
                 if len(buf) > MAX_PROFILE_BYTES:  # memory stays below one chunk + one document
-                    raise InputError(f"a document exceeds {MAX_PROFILE_BYTES} bytes; host profiles are limited "
-                                     f"to {MAX_PROFILE_BYTES}", file=path, line=line0 + 1)
+                    # (the line: the document's first, as where the whole document was read)
+                    err = InputError(f"document is over {MAX_PROFILE_BYTES} bytes; host profiles are limited "
+                                     f"to {MAX_PROFILE_BYTES}", file=path, line=1 + buf.startswith(b"---\n"))
+                    raise _in_file(err, path, consumed)
                 carry = buf
                 continue
             head, carry = buf[:cut + 1], buf[cut + 1:]
-            self._deliver(out, self.add_text(self._decode(head, path, consumed), path, line0))
-            line0 += head.count(b"\n")
+            self._deliver(out, self._chunk(head, path, consumed))
             consumed += len(head)
             if self.progress is not None:
                 self.progress.update(len(head))
+
+    def _chunk(self, data: bytes, path: str, offset: int) -> list[tuple[str, str]]:
+        """:meth:`add_text` of the bytes at ``offset`` of ``path``; an error's line, counted from the chunk, is
+        made the file's here, by counting the lines before the chunk then."""
+        try:
+            return self.add_text(self._decode(data, path, offset), path)
+        except InputError as err:
+            raise _in_file(err, path, offset) from None
 
     def _deliver(self, out: list[tuple[str, str]], got: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """Hand one chunk's hosts to :attr:`sink`, or add them to ``out`` (returned)."""
@@ -207,14 +244,17 @@ class FleetLoader:
 
     def add_text(self, text: str, path: str, line0: int = 0) -> list[tuple[str, str]]:
         """Every document of ``text`` (which starts at 0-based line ``line0`` of ``path``)."""
-        out: list[tuple[str, str]] = []
         # Split on lines that are exactly "---"; the leading "\n" lets a first "---" line split too.
         t = "\n" + text
-        if _NOT_FAST.search(t) is None:
-            if "\n---" not in t:
-                return self._single(t, path, line0)
+        if "\n---" in t:
             return self._fast_lane(t, path, line0)
-        del t
+        if _NOT_FAST.search(t) is None:
+            return self._single(t, path, line0)
+        return self._general(text, path, line0)
+
+    def _general(self, text: str, path: str, line0: int) -> list[tuple[str, str]]:
+        """:meth:`add_text` for any text: directives, explicit document ends, ``--- x`` lines, empty documents."""
+        out: list[tuple[str, str]] = []
         segments = ("\n" + text).split("\n---\n")
         pending = ""
         pending_line = 0
@@ -253,11 +293,17 @@ class FleetLoader:
         return []
 
     def _fast_lane(self, t: str, path: str, line0: int) -> list[tuple[str, str]]:
-        """:meth:`add_text` for text whose only document markers are plain ``---`` lines (the common case).
+        """:meth:`add_text` for a text with ``---`` lines, up to its first document marker that is not a plain
+        ``---`` line (the rest goes to :meth:`_general`).
 
         ``t`` is the text with a ``"\\n"`` in front; its documents are the pieces between ``"\\n---"`` (each
         starts with the ``"\\n"`` that ends the line before it). This loop is most of the cost of loading a
         large fleet, so it avoids per-document work that can be done per group or per run:
+
+        - The text is not searched for odd markers first (``%`` directives, ``...`` ends, ``--- x`` lines,
+          empty documents): a document the run lane accepts has none (its fixed texts come from a document
+          checked on the usual way, its cut regions are lines of their own), so only documents on the usual
+          way are searched, and what follows each ``---`` is checked where the next document starts.
 
         - Documents of one group come in runs. After a document with a trusted key, the next one is first
           matched against that document's layout (:func:`_run_steps`): its fixed texts compared in place
@@ -265,8 +311,8 @@ class FleetLoader:
           key is made; a document that does not match takes the usual way.
         - The usual way: one C-level split on the cut regions, the key, and a dict look-up (spared when the
           key equals the previous one: a memcmp instead of hashing ~1 KB).
-        - Line numbers are counted only before a document that needs the full treatment; consecutive
-          documents of one group reuse its member list.
+        - Lines are counted only for an error in a document that takes the full treatment; consecutive
+          documents of one group reuse their member list.
         """
         out: list[tuple[str, str]] = []
         n = len(t)
@@ -283,7 +329,6 @@ class FleetLoader:
         startswith = t.startswith
         match_run = _match_run
         fast = 0
-        seen_pos = seen_lines = 0      # newlines of t before seen_pos
         last_fp = ""
         last_key = "\x02"             # (no key starts so: the first document is looked up)
         last_entry: Layout = ("", 0, ())
@@ -296,6 +341,7 @@ class FleetLoader:
         while True:
             blocks: list[str] | None = None
             nxt = -1                    # where the next document starts, -1: this is the last one
+            odd = False                 # this document holds a directive or "..."
             if run_entry is not None:
                 # The run lane: is this document the previous trusted one with other cut regions?
                 matched = match_run(t, a, steps, tail)
@@ -316,6 +362,7 @@ class FleetLoader:
                 end = n if b < 0 else b
                 nxt = -1 if b < 0 else b + 4
                 seg = t[a:end]
+                odd = _ODD.search(seg) is not None
                 if seg[-1:] == "\n":
                     seg = seg[:-1]            # (a document's last line break: same key as the others)
                 entry = None
@@ -336,6 +383,18 @@ class FleetLoader:
                         if entry is not run_entry:
                             steps, tail = _run_steps(parts)
                             run_entry = entry
+            if odd or nxt > 0 and (not startswith("\n", nxt) or startswith("\n---", nxt)):
+                # This document holds a directive or "...", or the "---" after it is odd: "--- x", a "---"
+                # ending the text, or an empty document ("---" twice), which the general way reads with this
+                # document. This document and the rest of the text take the general way, which reads them as
+                # it would have read them in the whole text (every "---" before them is a plain line).
+                try:
+                    out += self._general(t[a - 3:] if a else t[1:], path, 0)
+                except InputError as err:
+                    if err.line is not None:   # (lines before its "---" line, the added "\n" not counted)
+                        err.line += line0 + (t.count("\n", 0, a - 3) - 1 if a else 0)
+                    raise
+                break
             if entry is not None:
                 assert blocks is not None
                 fp, ni, tix = entry
@@ -368,12 +427,17 @@ class FleetLoader:
                         break
                     a = nxt
                     continue
-            # The full treatment (first of its kind, odd name, duplicate, ...), with the real line number.
-            seen_lines += t.count("\n", seen_pos, a + 1)
-            seen_pos = a + 1
+            # The full treatment (first of its kind, odd name, duplicate, ...); its lines are counted from
+            # the document, and made the text's only for an error (every line number is the first line's plus
+            # one counted in the document).
             last_fp = ""                  # the full treatment may have created or extended any group
             seg = t[a + 1:end]
-            out += self._generic(seg[:-1] if seg[-1:] == "\n" else seg, path, line0 + seen_lines - 1, a > 0)
+            try:
+                out += self._generic(seg[:-1] if seg[-1:] == "\n" else seg, path, 0, a > 0)
+            except InputError as err:
+                if err.line is not None:
+                    err.line += line0 + t.count("\n", 0, a + 1) - 1
+                raise
             if nxt < 0:
                 break
             a = nxt

@@ -122,22 +122,9 @@ def split_units(units: list[Unit], parts: int) -> list[list[Unit]]:
     return [p for p in out if p]
 
 
-def _line_of(path: str, offset: int) -> int:
-    """0-based line number of byte ``offset`` of ``path``."""
-    n = 0
-    with open(path, "rb") as fh:
-        while offset > 0:
-            block = fh.read(min(CHUNK_BYTES, offset))
-            if not block:
-                break
-            n += block.count(b"\n")
-            offset -= len(block)
-    return n
-
-
-def run_units(loader: FleetLoader, units: list[Unit], tick: Progress | None, exact_lines: bool = True) -> None:
+def run_units(loader: FleetLoader, units: list[Unit], tick: Progress | None) -> None:
     for path, start, end in units:
-        loader.add_file(path, start, end, _line_of(path, start) if start and exact_lines else 0)
+        loader.add_file(path, start, end)
         if tick is not None:
             tick.update(1)
 
@@ -150,7 +137,7 @@ def _child(units: list[Unit], wfd: int) -> None:  # pragma: no cover - runs in a
         try:
             sub = FleetLoader()
             sub.collect = False
-            run_units(sub, units, None, exact_lines=False)
+            run_units(sub, units, None)
             payload = pickle.dumps((sub.fleet.members, sub.fleet.distinct, sub.documents, sub.parsed),
                                    protocol=pickle.HIGHEST_PROTOCOL)
         except BaseException:
