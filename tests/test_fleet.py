@@ -442,13 +442,14 @@ def test_a_document_over_the_limit_in_a_run_is_refused(tmp_path: Path, monkeypat
 
 
 @pytest.mark.parametrize("marker", ["%YAML 1.1\n---\n", "--- # c\n", "...\n---\n", "--- \n", "---\n\n",
-                                    "--- {name: x}\n---\n", "...\n"])
+                                    "--- {name: x}\n---\n", "...\n", "---\n---\n", "---\n\n--- # c\n",
+                                    "---\n...\n---\n", "---\n%YAML 1.1\n---\n"])
 def test_odd_document_markers_after_plain_ones_load_like_a_full_parse(tmp_path: Path, marker: str) -> None:
     """The loader reads plain ``---`` documents on its fast way without first searching the text for other
     markers; from the first odd one (a directive, ``...``, ``--- x``), the rest of the text is read the general
     way. Documents before, at and after it are the full parse's, and so is the error where the full parse
     refuses the text (a document on the marker line is no host profile; PyYAML wants a ``---`` after
-    ``...``)."""
+    ``...``; an empty document between two markers is no host profile either)."""
     docs = [body(f"h{i}") for i in range(8)]
     text = "---\n".join(docs[:5]) + marker + "---\n".join(docs[5:])
     path = write(tmp_path, text)
@@ -474,6 +475,21 @@ def test_a_column_0_dashes_line_inside_a_quoted_scalar_is_no_document_marker(tmp
     loader.add_file(path)
     assert loader.fleet.members == reference([path])
     assert sorted(loader.fleet.host_names()) == ["h0", "h1", "h2", "h3", "h9", "q"]
+
+
+@pytest.mark.parametrize("after", ["---\n", "%YAML 1.1\n---\n", "...\n---\n", "\n# c\n--- # d\n"])
+def test_an_empty_document_is_refused_at_its_dashes_line(tmp_path: Path, after: str) -> None:
+    """An empty document (a ``---`` line followed by another marker, a directive or ``...``) is no host profile,
+    as the full parse says; the loader used to drop it silently when the marker split took its ``---`` line.
+    The error names that line (counted by hand)."""
+    text = body("a") + "---\n" + body("b") + "---\n" + after + body("c")
+    path = write(tmp_path, text)
+    with pytest.raises(InputError) as ei:
+        load_fleet(path, progress=False)
+    with pytest.raises(InputError) as ref:
+        list(iter_profiles([path]))
+    assert ei.value.message == ref.value.message == "a host profile must be a mapping, got NoneType"
+    assert ei.value.line == _line_of(text, "---\n", 2)
 
 
 def test_a_bad_document_after_a_directive_far_into_a_text_has_its_file_line(tmp_path: Path) -> None:

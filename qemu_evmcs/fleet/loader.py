@@ -77,6 +77,9 @@ _ODD = regex(r"\n(?:\.\.\.|%|---[^\n])")
 # Text with any of these takes the general path of add_text: directives, explicit ends, "---" followed by
 # anything but a newline, and "---" lines back to back (an empty document).
 _NOT_FAST = regex(r"\n(?:%|\.\.\.|---(?!\n)|---\n---)")
+# A segment that starts, after blank and comment lines, with another document marker, a directive or a
+# document end: the "---" line before it (taken by the split) started an empty document.
+_EMPTY_FIRST = regex(r"(?:[ \t]*(?:#[^\n]*)?\n)*(?:%|(?:---|\.\.\.)(?![^ \t\n]))")
 _YAML11_WORDS = frozenset(["yes", "no", "true", "false", "on", "off", "null", "y", "n"])
 _NAME_FAST = regex(
     r"[ \t]*:[ \t]+(?:([A-Za-z_][A-Za-z0-9_.@/+-]*)|'([^'\n]*)'|\"([^\"\\\n]*)\")[ \t]*(?:[ \t]#[^\n]*)?")
@@ -258,6 +261,7 @@ class FleetLoader:
         segments = ("\n" + text).split("\n---\n")
         pending = ""
         pending_line = 0
+        pending_explicit = False
         directives = text.startswith("%") or "\n%" in text
         for i, raw in enumerate(segments):
             seg_line = line0
@@ -268,15 +272,17 @@ class FleetLoader:
                 seg = raw
                 line0 += raw.count("\n") + 2
             seg = seg.removesuffix("\n")
+            explicit = i > 0
             if pending:
                 seg = pending + "\n---\n" + seg
                 seg_line = pending_line
+                explicit = pending_explicit      # (the segment starts with the directives, where they were)
                 pending = ""
             if directives and ("\n" + seg).find("\n%") >= 0 and not self._has_content_after_directive(seg):
                 # Directives belong to the next document: parse them together.
-                pending, pending_line = seg, seg_line
+                pending, pending_line, pending_explicit = seg, seg_line, explicit
                 continue
-            out += self._generic(seg, path, seg_line, i > 0)
+            out += self._generic(seg, path, seg_line, explicit)
         if pending:
             out += self._slow(pending, path, pending_line)
         return out
@@ -286,6 +292,10 @@ class FleetLoader:
         if len(seg) > MAX_PROFILE_BYTES:
             raise InputError(f"document is {len(seg)} bytes; host profiles are limited to {MAX_PROFILE_BYTES}",
                              file=path, line=seg_line + 1)
+        if explicit and _EMPTY_FIRST.match(seg):
+            # The "---" line before this segment started a document that ends before any content: the
+            # split took that line, so it is put back for the parse to see (and refuse) that empty document.
+            return self._slow("---\n" + seg, path, seg_line - 1)
         if seg.strip():
             return self._segment(seg, path, seg_line, explicit)
         if explicit:
