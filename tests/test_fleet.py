@@ -372,53 +372,66 @@ def _edits(rng: random.Random) -> list[Callable[[str], str]]:
         lambda d: d.replace("provenance: 'p'", rng.choice(["provenance: 'pp'", "provenance:\n  p", "provenanc: p"])),
         lambda d: d + rng.choice(["", "\n", "\n# trailing", "\nnotes: again", "x"]),
         lambda d: d.replace("zone: 1", rng.choice(["zone: 2", "zone: 1", "zone: 11"])),   # (the text after them)
+        lambda d: d.replace("family: 6", rng.choice(["family: 7", "family: 6"])),   # (a long text, same length)
     ]
 
 
 def test_the_run_lane_finds_exactly_what_the_cut_split_finds() -> None:
-    """The loader's run lane (``_match_run``) reads a document in the layout of the previous one (its fixed
-    texts compared in place, only the cut regions scanned) instead of splitting it with ``_CUT``. The split is
+    """The loader's run lane (``_match_run``) reads a document in the layout of the previous ones (one pattern
+    per layout, long fixed texts compared in place, the name and the ``---`` after it taken by the same match)
+    instead of splitting it with ``_CUT``. The split is
     the independent reading: over documents made by random edits of one (names, notes, comments of other
     lengths, continuation lines, lines added, entries indented), the lane accepts a document exactly when
     the split gives the same fixed texts and kinds, and then the same cut regions, also in the middle of a
-    larger text."""
-    base = "\n" + "# host a\n" + body("a", "notes: one\nprovenance: 'p'\nzone: 1\n").rstrip("\n")
-    parts = fleet_mod._CUT.split(base)
-    assert parts[1::3] == ["#", "#", "name", "notes", "provenance"]   # (the sample starts with a comment)
-    steps, tail = fleet_mod._run_steps(parts)
-    rng = random.Random(15)
-    edits = _edits(rng)
+    larger text; for a layout that starts with a cut region and for one that starts with a long fixed text."""
+    full = "# host a\n" + body("a", "notes: one\nprovenance: 'p'\nzone: 1\n").rstrip("\n")
+    # the layout as written, and one that starts with a long fixed text (no comment; name after the CPU lines)
+    late = "\n".join(line for line in full.split("\n")[2:] if line != "name: a").replace("msrs:", "name: a\nmsrs:")
     same_seen = other_seen = 0
-    for _ in range(1500):
-        doc = base
-        for edit in rng.sample(edits, rng.randint(1, 3)):
-            doc = edit(doc)
-        split = fleet_mod._CUT.split(doc)
-        same = split[0::3] == parts[0::3] and split[1::3] == parts[1::3]
-        for prefix in ("", "x: 1\n---"):
-            t = prefix + doc + "\n---\nname: z"
-            got = fleet_mod._match_run(t, len(prefix), steps, tail)
-            accepted = got is not None and got[1] == len(prefix) + len(doc)
-            assert accepted == same, doc
-            if same:
-                assert got is not None and got[0] == split[2::3]
-        same_seen += same
-        other_seen += not same
-    assert same_seen > 300 and other_seen > 300     # both kinds of document were tried
+    for base, kinds in (("\n" + full, ["#", "#", "name", "notes", "provenance"]),
+                        ("\n" + late, ["name", "notes", "provenance"])):
+        parts = fleet_mod._CUT.split(base)
+        assert parts[1::3] == kinds
+        run = fleet_mod._run_pattern(parts)
+        rng = random.Random(15)
+        edits = _edits(rng)
+        for _ in range(1000):
+            doc = base
+            for edit in rng.sample(edits, rng.randint(1, 3)):
+                doc = edit(doc)
+            split = fleet_mod._CUT.split(doc)
+            same = split[0::3] == parts[0::3] and split[1::3] == parts[1::3]
+            for prefix, after in (("", "\n---\nname: z"), ("x: 1\n---", ""), ("", "\n---\n---\n")):
+                t = prefix + doc + after
+                m = fleet_mod._match_run(t, len(prefix), run)
+                sep = m is not None and m.lastindex == run.sep     # the match took a plain "---" after it
+                accepted = m is not None and m.end() - 4 * sep == len(prefix) + len(doc)
+                assert accepted == same, doc
+                if m is not None and same:
+                    assert [m[g] for g in run.rests] == split[2::3]
+                    assert sep == (after == "\n---\nname: z")     # not before an empty document, nor at the end
+                    name = fleet_mod._NAME_FAST.fullmatch(m[run.name])
+                    assert m[run.plain] is None or (name is not None and m[run.plain] == name[1])
+            same_seen += same
+            other_seen += not same
+    assert same_seen > 400 and other_seen > 400     # both kinds of document were tried
 
 
-def test_a_run_with_documents_off_its_layout_loads_like_a_full_parse(tmp_path: Path) -> None:
+@pytest.mark.parametrize("run_min", [1, 8])
+def test_a_run_with_documents_off_its_layout_loads_like_a_full_parse(tmp_path: Path, run_min: int,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Documents of a run that leave the previous document's layout in ways the run lane must not accept
     (a name on a continuation line, a comment moved into the MSRs, a blank line before ``---``, a name YAML
-    reads as a boolean) take the usual way, and the fleet is the full parse's."""
-    plain = [body(f"h{i}") for i in range(4)]
+    reads as a boolean) take the usual way, and the fleet is the full parse's; with the run lane from the
+    second document of a layout on, and from the default."""
+    monkeypatch.setattr(fleet_mod, "RUN_MIN", run_min)
+    plain = [body(f"h{i}") for i in range(13)]
     odd = [body("o1").replace("name: o1", "name:\n  o1"),
            body("o2").replace("  IA32_VMX_MISC:", "# moved\n  IA32_VMX_MISC:"),
            body("o3") + "\n",
            body("yes").replace("name: yes", "name: 'yes'"),
            body("o5", "notes: a\n  b\n")]
-    docs = [d for pair in zip(plain + plain[:1], odd, strict=True) for d in pair]
-    docs = [d.replace("name: h0\n", f"name: h0-{k}\n") for k, d in enumerate(docs)]
+    docs = plain[:8] + [d for pair in zip(plain[8:], odd, strict=True) for d in pair]
     path = write(tmp_path, "---\n".join(docs))
     loader = FleetLoader()
     loader.add_file(path)
@@ -432,6 +445,7 @@ def test_a_document_over_the_limit_in_a_run_is_refused(tmp_path: Path, monkeypat
     a document of a run's layout whose notes make it too long is refused, at its first line."""
     size = len(body("a", "notes: n\n"))
     monkeypatch.setattr(fleet_mod, "MAX_PROFILE_BYTES", size + 100)
+    monkeypatch.setattr(fleet_mod, "RUN_MIN", 1)
     docs = [body("a", "notes: n\n"), body("b", "notes: n\n"), body("c", "notes: " + "n" * 200 + "\n")]
     text = "---\n".join(docs)
     path = write(tmp_path, text)

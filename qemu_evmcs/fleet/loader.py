@@ -24,7 +24,7 @@ inventories and bundled names: :mod:`qemu_evmcs.fleet.sources`; the SQLite inven
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core.errors import InputError
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 else:   # PyYAML is needed only for documents the parse cache lacks and odd notes (core/lazy.py)
     yaml = lazy.proxy("yaml")
     yamlsafe = lazy.proxy("qemu_evmcs.core.yamlsafe")
+    re = lazy.proxy("re")   # only for the run lane's patterns, made from input (never the regex cache's)
 
 #: Read multi-document files in pieces of this many bytes (memory stays flat for any file size).
 CHUNK_BYTES = 8 * 1024 * 1024
@@ -61,6 +62,12 @@ MAX_KEYS = 20_000
 #: entries every command reads out of the bounded cache (:data:`~qemu_evmcs.core.parsecache.MAX_ENTRIES`, 4,096:
 #: one run takes at most an eighth of it).
 MAX_CACHED_FIRST = 512
+#: A layout gets its run-lane pattern (:func:`_run_pattern`) once this many documents of it in a row took the
+#: usual way: a text of a few hosts never imports ``re`` (about 8 ms) or compiles a pattern (about 0.15 ms).
+RUN_MIN = 8
+#: Fixed texts longer than this are skipped by a run-lane pattern (an exact count of any characters, which the
+#: engine does in one step) and compared in place instead (``startswith``, a memcmp).
+LONG_TEXT = 48
 
 
 # A region cut out of a document for its key: "\n" + a column-0 comment, or a top-level
@@ -69,9 +76,16 @@ MAX_CACHED_FIRST = 512
 _COMMENT_REST = r"[^\n]*"
 _ENTRY_REST = r"[ \t]*:(?=[ \t\n])[^\n]*(?:\n[ \t][^\n]*)*"
 _CUT = regex(r"\n(#|name|notes|provenance)((?<=#)" + _COMMENT_REST + "|" + _ENTRY_REST + ")")
-# The run lane's match of a cut region's rest at a known place (_run_steps), per kind.
-_REST_MATCH = {"#": regex(_COMMENT_REST).match, "name": regex(_ENTRY_REST).match}
-_REST_MATCH["notes"] = _REST_MATCH["provenance"] = _REST_MATCH["name"]
+# A cut region's rest in a run-lane pattern (_run_pattern), per kind. A name's is preceded by a look-ahead that
+# captures the name when the entry is one line holding a plain scalar (what _NAME_FAST's first group takes).
+# A plain scalar YAML reads as a string (unless one of _YAML11_WORDS): a host name needing no quotes.
+_PLAIN_SCALAR = r"[A-Za-z_][A-Za-z0-9_.@/+-]*"
+_PLAIN_NAME = r"[ \t]*:[ \t]+(" + _PLAIN_SCALAR + r")[ \t]*"
+_REST_GROUP = {"#": "(" + _COMMENT_REST + ")", "notes": "(" + _ENTRY_REST + ")",
+               "name": "(?:(?=" + _PLAIN_NAME + r"(?:\n(?![ \t])|\Z))|)(" + _ENTRY_REST + ")"}
+_REST_GROUP["provenance"] = _REST_GROUP["notes"]
+# What a run-lane pattern takes after a document: a plain "---" line followed by a line that is not one.
+_PLAIN_SEP = r"(\n---(?=\n)(?!\n---))?"
 # Segments holding any of these are parsed in full (explicit document end, directives, "--- x").
 _ODD = regex(r"\n(?:\.\.\.|%|---[^\n])")
 # Text with any of these takes the general path of add_text: directives, explicit ends, "---" followed by
@@ -82,7 +96,7 @@ _NOT_FAST = regex(r"\n(?:%|\.\.\.|---(?!\n)|---\n---)")
 _EMPTY_FIRST = regex(r"(?:[ \t]*(?:#[^\n]*)?\n)*(?:%|(?:---|\.\.\.)(?![^ \t\n]))")
 _YAML11_WORDS = frozenset(["yes", "no", "true", "false", "on", "off", "null", "y", "n"])
 _NAME_FAST = regex(
-    r"[ \t]*:[ \t]+(?:([A-Za-z_][A-Za-z0-9_.@/+-]*)|'([^'\n]*)'|\"([^\"\\\n]*)\")[ \t]*(?:[ \t]#[^\n]*)?")
+    r"[ \t]*:[ \t]+(?:(" + _PLAIN_SCALAR + r")|'([^'\n]*)'|\"([^\"\\\n]*)\")[ \t]*(?:[ \t]#[^\n]*)?")
 _TEXT_FAST = regex(r"[ \t]*:(?:[ \t]+(?:'[^'\n]*'|\"[^\"\\\n]*\"))?[ \t]*")
 # The top-level name key of a document (where a duplicate name is reported).
 _NAME_KEY = regex(r"(?m)^name[ \t]*:")
@@ -91,9 +105,21 @@ _UNSAFE = ""  # key cache value: "parse every document with this key in full"
 #: A trusted key's layout (:meth:`FleetLoader._layout`): the fingerprint, the index of the name among the
 #: document's cut regions, and the (index, kind) of its notes/provenance regions.
 Layout = tuple[str, int, tuple[tuple[int, str], ...]]
-#: The run lane's steps for one layout (:func:`_run_steps`): per cut region, the text before it up to and with
-#: its kind word, that text's length, and the match of the region's rest.
-RunSteps = tuple[tuple[str, int, "Callable[[str, int], re.Match[str] | None]"], ...]
+class RunPattern:
+    """The run lane's view of one layout (:func:`_run_pattern`). (A plain class: ``typing.NamedTuple`` would
+    import ``typing`` at every start, 40 million instructions.)"""
+
+    __slots__ = ("match", "longs", "rests", "name", "plain", "texts", "sep")
+
+    def __init__(self, match: Callable[[str, int], re.Match[str] | None], longs: tuple[tuple[int, str], ...],
+                 rests: tuple[int, ...], name: int, plain: int, texts: tuple[tuple[int, str], ...], sep: int) -> None:
+        self.match = match     #: matches a document of the layout at a position
+        self.longs = longs     #: skipped fixed texts, each with the group after whose end it starts
+        self.rests = rests     #: the group of each cut region's rest, in order
+        self.name = name       #: the group of the name's rest
+        self.plain = plain     #: the group of the name when it is a plain one-line scalar (else unmatched)
+        self.texts = texts     #: (group, kind) of each notes/provenance rest
+        self.sep = sep         #: the group of a plain "---" line after the document
 
 
 def _in_file(err: InputError, path: str, offset: int) -> InputError:
@@ -148,6 +174,7 @@ class FleetLoader:
         self.progress = progress
         self._keys: dict[str, str] = {}          # key text -> fingerprint, or _UNSAFE
         self._layouts: dict[str, Layout] = {}    # trusted key -> see _layout
+        self._runs: dict[str, RunPattern] = {}   # trusted key -> its run-lane pattern (from RUN_MIN in a row)
         self._text_ok: set[str] = set()          # notes/provenance blocks known to hold a string
         self._where: dict[str, str] = {}         # host name -> file (duplicate detection)
         self.parsed = 0
@@ -315,10 +342,10 @@ class FleetLoader:
           checked on the usual way, its cut regions are lines of their own), so only documents on the usual
           way are searched, and what follows each ``---`` is checked where the next document starts.
 
-        - Documents of one group come in runs. After a document with a trusted key, the next one is first
-          matched against that document's layout (:func:`_run_steps`): its fixed texts compared in place
-          (``startswith``, a memcmp) and only its cut regions scanned. No copy of the document, no split, no
-          key is made; a document that does not match takes the usual way.
+        - Documents of one group come in runs. After :data:`RUN_MIN` documents of one trusted layout in a row,
+          the next ones are first matched against that layout (:func:`_run_pattern`): one match per document
+          that scans only its cut regions and short fixed texts, the long fixed texts compared in place. No
+          copy of the document, no split, no key is made; a document that does not match takes the usual way.
         - The usual way: one C-level split on the cut regions, the key, and a dict look-up (spared when the
           key equals the previous one: a memcmp instead of hashing ~1 KB).
         - Lines are counted only for an error in a document that takes the full treatment; consecutive
@@ -338,36 +365,47 @@ class FleetLoader:
         add = out.append
         startswith = t.startswith
         match_run = _match_run
+        runs = self._runs
         fast = 0
         last_fp = ""
         last_key = "\x02"             # (no key starts so: the first document is looked up)
         last_entry: Layout = ("", 0, ())
         entry: Layout | None
         group: list[str] = []
-        steps: RunSteps = ()
-        run_entry: Layout | None = None   # the layout the run lane matches against (that of steps)
-        tail = ""                       # the text after the layout's last cut region
+        run: RunPattern | None = None
+        run_entry: Layout | None = None   # the layout the run lane matches against (that of run)
+        streak = 0                      # documents of last_entry in a row on the usual way
         a = 0                           # the document starts at t[a]
         while True:
-            blocks: list[str] | None = None
+            entry = None
             nxt = -1                    # where the next document starts, -1: this is the last one
             odd = False                 # this document holds a directive or "..."
-            if run_entry is not None:
-                # The run lane: is this document the previous trusted one with other cut regions?
-                matched = match_run(t, a, steps, tail)
-                if matched is not None:
-                    blocks, p = matched
-                    if p - a > MAX_PROFILE_BYTES:
-                        blocks = None
+            clean = False               # the "---" after it is a plain line followed by a document line
+            name: str | None = None     # the name, when the match took it (a plain one-line scalar)
+            name_block = ""             # else the name entry's rest, for _NAME_FAST
+            texts: Sequence[tuple[str, str]] = ()   # (kind, rest) of each notes/provenance entry
+            if run is not None:
+                # The run lane: is this document in the layout of the run, with other cut regions?
+                m = match_run(t, a, run)
+                if m is not None:
+                    p = m.end()
+                    if m.lastindex == run.sep:
+                        nxt = p
+                        p -= 4
+                        clean = True
                     elif startswith("\n---", p):
                         nxt = p + 4
                     elif p < n - 1 or (p == n - 1 and t[p] != "\n"):
-                        blocks = None   # more text after it (a blank line before "---"): the usual way
-            if blocks is not None:
-                assert run_entry is not None
-                entry = run_entry
-                end = p
-            else:
+                        m = None        # more text after it (a blank line before "---"): the usual way
+                    if m is not None and p - a <= MAX_PROFILE_BYTES:
+                        entry = run_entry
+                        end = p
+                        name = m[run.plain]
+                        if name is None:
+                            name_block = m[run.name]
+                        if run.texts:
+                            texts = [(kind, m[g]) for g, kind in run.texts]
+            if entry is None:
                 b = t.find("\n---", a)
                 end = n if b < 0 else b
                 nxt = -1 if b < 0 else b + 4
@@ -375,14 +413,15 @@ class FleetLoader:
                 odd = _ODD.search(seg) is not None
                 if seg[-1:] == "\n":
                     seg = seg[:-1]            # (a document's last line break: same key as the others)
-                entry = None
                 if len(seg) <= MAX_PROFILE_BYTES:
                     parts = cut_split(seg)
                     key = "\x00".join(parts[0::3]) + "\x01" + "|".join(parts[1::3])
                     # Comparing with the previous key (a memcmp) spares hashing each new key for the dict.
                     if key == last_key:
                         entry = last_entry
+                        streak += 1
                     else:
+                        streak = 1
                         entry = layouts.get(key)
                         if entry is None:
                             entry = self._layout(key)
@@ -390,10 +429,16 @@ class FleetLoader:
                             last_key, last_entry = key, entry
                     if entry is not None:
                         blocks = parts[2::3]
+                        name_block = blocks[entry[1]]
+                        if entry[2]:
+                            texts = [(kind, blocks[j]) for j, kind in entry[2]]
                         if entry is not run_entry:
-                            steps, tail = _run_steps(parts)
-                            run_entry = entry
-            if odd or nxt > 0 and (not startswith("\n", nxt) or startswith("\n---", nxt)):
+                            got_run = runs.get(key)
+                            if got_run is None and streak >= RUN_MIN:
+                                got_run = runs[key] = _run_pattern(parts)
+                            if got_run is not None:
+                                run, run_entry = got_run, entry
+            if odd or nxt > 0 and not clean and (not startswith("\n", nxt) or startswith("\n---", nxt)):
                 # This document holds a directive or "...", or the "---" after it is odd: "--- x", a "---"
                 # ending the text, or an empty document ("---" twice), which the general way reads with this
                 # document. This document and the rest of the text take the general way, which reads them as
@@ -406,17 +451,19 @@ class FleetLoader:
                     raise
                 break
             if entry is not None:
-                assert blocks is not None
-                fp, ni, tix = entry
+                fp = entry[0]
                 # The name: a plain scalar that YAML 1.1 reads as a string (the common case), else quoted.
-                m = name_match(blocks[ni])
-                name = m[1] if m is not None else None
+                if name is None:
+                    nm = name_match(name_block)
+                    name = nm[1] if nm is not None else None
                 if name is None or name.lower() in words:
-                    name = self._fast_name(blocks[ni])
+                    if not name_block:
+                        assert m is not None and run is not None
+                        name_block = m[run.name]
+                    name = self._fast_name(name_block)
                 ok = name is not None and (not track or name not in where)
-                if ok and tix:
-                    for j, kind in tix:
-                        block = blocks[j]
+                if ok:
+                    for kind, block in texts:
                         if block not in text_ok and not self._text_block_ok(kind, block):
                             ok = False
                             break
@@ -646,44 +693,58 @@ class FleetLoader:
         return out
 
 
-def _run_steps(parts: list[str]) -> tuple[RunSteps, str]:
-    """The run lane's view of a document split on its cut regions (``parts``, from ``_CUT.split``): per region,
-    the fixed text before it with the region's ``"\\n"`` and kind word, and the match of the region's rest; and
-    the fixed text after the last region.
+def _run_pattern(parts: list[str]) -> RunPattern:
+    """The run lane's pattern for the layout of a document split on its cut regions (``parts``, from ``_CUT.split``):
+    its fixed texts in order, each cut region's kind word, the rest of each region as a group, and an optional
+    plain ``---`` line after it.
 
-    Why the lane finds exactly what ``_CUT.split`` would, in a document that starts with these fixed texts in
-    this order, each followed by a matching rest: a fixed text came out of such a split, so it holds no cut
-    region, and what precedes or follows it is the same in both documents where it matters: a region starts
-    with ``"\\n"`` and ends before one (or at the end), so no region can start in a fixed text and end in a
-    rest, and a rest ends where the split's greedy pattern ends it (a fixed text after a name/notes/provenance
-    entry does not start with an indented line, or the split would have taken it into the entry).
+    Why it finds exactly what ``_CUT.split`` would, in a document it matches: a fixed text came out of such a
+    split, so it holds no cut region, and what precedes or follows it is the same in both documents where it
+    matters: a region starts with ``"\\n"`` and ends before one (or at the end), so no region can start in a
+    fixed text and end in a rest, and a rest ends where the split's greedy pattern ends it (a fixed text after
+    a name/notes/provenance entry does not start with an indented line, or the split would have taken it into
+    the entry). Nor can the engine backtrack into a shorter rest: what follows a rest always starts with
+    ``"\\n"`` and a character that is not a blank.
+
+    Fixed texts longer than :data:`LONG_TEXT` are skipped (``(?s:.{n})``: one step for the engine) and returned
+    with the group after which each starts, for :func:`_match_run` to compare in place. The name and the
+    ``---`` line after the document are taken here too, so a document on the run lane costs one match.
     """
     texts, kinds = parts[0::3], parts[1::3]
-    steps = tuple((text + "\n" + kind, len(text) + 1 + len(kind), _REST_MATCH[kind])
-                  for text, kind in zip(texts[:-1], kinds, strict=True))
-    return steps, texts[-1]
+    source: list[str] = []
+    longs: list[tuple[int, str]] = []
+    rests: list[int] = []
+    name = plain = 0
+    group = 0                            # groups so far
+    for k, text in enumerate(texts):
+        if len(text) > LONG_TEXT:
+            source.append(f"(?s:.{{{len(text)}}})")
+            longs.append((group, text))
+        else:
+            source.append(re.escape(text))
+        if k < len(kinds):
+            kind = kinds[k]
+            source.append(re.escape("\n" + kind) + _REST_GROUP[kind])
+            if kind == "name":
+                plain, name = group + 1, group + 2
+            group += 2 if kind == "name" else 1
+            rests.append(group)
+    source.append(_PLAIN_SEP)
+    tix = tuple((rests[k], kind) for k, kind in enumerate(kinds) if kind in ("notes", "provenance"))
+    return RunPattern(re.compile("".join(source)).match, tuple(longs), tuple(rests), name, plain, tix, group + 1)
 
 
-def _match_run(t: str, a: int, steps: RunSteps, tail: str) -> tuple[list[str], int] | None:
-    """The document of ``t`` at ``a`` in the layout of ``steps`` and ``tail`` (:func:`_run_steps`): its cut regions'
-    rests (what ``_CUT.split`` puts at ``parts[2::3]``) and where its layout ends, or ``None`` if it has
-    another layout. Whatever follows the end is the caller's to check."""
-    blocks: list[str] = []
-    p = a
-    startswith = t.startswith
-    for fixed, size, rest_match in steps:
-        if not startswith(fixed, p):
-            return None
-        p += size
-        m = rest_match(t, p)
-        if m is None:
-            return None
-        e = m.end()
-        blocks.append(t[p:e])
-        p = e
-    if not startswith(tail, p):
+def _match_run(t: str, a: int, run: RunPattern) -> re.Match[str] | None:
+    """The document of ``t`` at ``a`` in the layout of ``run`` (:func:`_run_pattern`), with a plain ``---`` line
+    after it if there is one, or ``None`` if it has another layout. Whatever else follows it is the caller's to
+    check."""
+    m = run.match(t, a)
+    if m is None:
         return None
-    return blocks, p + len(tail)
+    for g, text in run.longs:
+        if not t.startswith(text, m.end(g) if g else a):
+            return None
+    return m
 
 
 def _parse_first(seg: str, path: str) -> tuple[list[tuple[object, dict[str, int]]], bool]:
