@@ -516,6 +516,38 @@ def test_a_bad_document_after_a_directive_far_into_a_text_has_its_file_line(tmp_
     assert "colour" in ei.value.message and ei.value.line == _line_of(text, "colour: red")
 
 
+@pytest.mark.parametrize("run_min", [1, 8])
+def test_generated_texts_with_odd_markers_load_like_the_full_parse(tmp_path: Path, run_min: int,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loader against the full parse (``iter_profiles``) over texts of two shapes of hosts joined by every
+    kind of document marker (plain ``---`` lines, directives, ``--- # c``, ``...``, blank lines, empty
+    documents, a ``---`` ending the text): the same hosts, or the same error. Seeded, so a failure repeats."""
+    monkeypatch.setattr(fleet_mod, "RUN_MIN", run_min)
+    shapes = [HOST, (Path(SAMPLES) / "epyc-amd-6.6.yaml").read_text()]
+    rng = random.Random(2026)
+    markers = ["---\n"] * 8 + ["%YAML 1.1\n---\n", "--- # c\n", "...\n---\n", "---\n\n", "---\n---\n",
+                                "--- \n", "# c\n---\n"]
+    outcomes: collections.Counter[str] = collections.Counter()
+    for k in range(60):
+        text = ""
+        for i in range(rng.randint(2, 14)):
+            doc = re.sub(r"(?m)^name: .*$", f"name: t{k}-{i}", rng.choice(shapes), count=1)
+            text += (rng.choice(markers) if i or rng.random() < 0.3 else "") + doc
+        text += rng.choice(["", "", "---", "...\n", "---\n"])
+        path = write(tmp_path, text, f"t{k}.yaml")
+        try:
+            expected = reference([path])
+        except InputError as ref:
+            with pytest.raises(InputError) as ei:
+                load_fleet(path, progress=False)
+            assert ei.value.message == ref.message, text
+            outcomes["refused"] += 1
+            continue
+        assert load_fleet(path, progress=False).members == expected, text
+        outcomes["loaded"] += 1
+    assert outcomes["loaded"] > 15 and outcomes["refused"] > 15     # both kinds of text were tried
+
+
 def test_a_nul_in_a_later_document_is_the_full_parse_error(tmp_path: Path) -> None:
     """A NUL in a later document (whose key is already trusted) is refused with PyYAML's message, as
     iter_profiles refuses it, not taken for a host by the fast path."""
