@@ -440,13 +440,49 @@ def test_a_run_with_documents_off_its_layout_loads_like_a_full_parse(tmp_path: P
                                                                    "\n".join(docs).replace("name:\n  ", "name: ")))
 
 
+def test_each_layout_of_one_group_gets_its_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two layouts of one group (the kernel's point release differs: same fingerprint, other text) one after the
+    other: the run lane takes the second layout's run too, not only the first's. With a pattern from the first
+    trusted document of a layout, of each layout's ten documents the first is parsed, the second (which trusts
+    the layout) takes the usual way, and the others the run lane, but for the text's last."""
+    monkeypatch.setattr(fleet_mod, "RUN_MIN", 1)
+    first = [body(f"a{i}") for i in range(10)]
+    second = [body(f"b{i}").replace("kernel: 6.3.0", "kernel: 6.3.1") for i in range(10)]
+    path = write(tmp_path, "---\n".join(first + second))
+    loader = FleetLoader()
+    loader.add_file(path)
+    assert len(loader.fleet.members) == 1 and loader.fleet.members == reference([path])     # one group
+    assert (loader.run_lane, loader.fast_lane, loader.parsed) == (8 + 7, 18, 2)
+
+
+@pytest.mark.parametrize("odd", ["no", "h2"])
+def test_a_name_the_run_lane_cannot_take_is_decided_the_usual_way(tmp_path: Path, odd: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the middle of a run: a plain name YAML 1.1 reads as a boolean (``no``) is refused as the full parse
+    refuses it, and a name taken already is a duplicate, at its line (counted by hand)."""
+    monkeypatch.setattr(fleet_mod, "RUN_MIN", 1)
+    docs = [body(f"h{i}") for i in range(6)] + [body(odd), body("h7"), body("h8")]
+    text = "---\n".join(docs)
+    path = write(tmp_path, text)
+    with pytest.raises(InputError) as ei:
+        load_fleet(path, progress=False)
+    if odd == "h2":
+        assert ei.value.message.startswith("duplicate host name 'h2'")
+        assert ei.value.line == _line_of(text, "name: h2\n", 2)
+    else:
+        with pytest.raises(InputError) as ref:
+            list(iter_profiles([path]))
+        assert ei.value.message == ref.value.message
+
+
 def test_a_document_over_the_limit_in_a_run_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The run lane reads a document without cutting it out, so it must apply the profile size limit itself:
-    a document of a run's layout whose notes make it too long is refused, at its first line."""
+    a document of a run's layout whose name makes it too long is refused, at its first line."""
     size = len(body("a", "notes: n\n"))
     monkeypatch.setattr(fleet_mod, "MAX_PROFILE_BYTES", size + 100)
     monkeypatch.setattr(fleet_mod, "RUN_MIN", 1)
-    docs = [body("a", "notes: n\n"), body("b", "notes: n\n"), body("c", "notes: " + "n" * 200 + "\n")]
+    docs = [body("a", "notes: n\n"), body("b", "notes: n\n"), body("c" + "x" * 200, "notes: n\n"),
+            body("d", "notes: n\n")]
     text = "---\n".join(docs)
     path = write(tmp_path, text)
     with pytest.raises(InputError) as ei:

@@ -24,7 +24,7 @@ inventories and bundled names: :mod:`qemu_evmcs.fleet.sources`; the SQLite inven
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core.errors import InputError
@@ -166,6 +166,7 @@ class FleetLoader:
 
     :ivar parsed: how many documents were parsed in full (the rest took the fast path).
     :ivar fast_lane: how many of those on the fast path took its per-chunk loop (:meth:`_fast_lane`).
+    :ivar run_lane: how many of those the run lane took (one match, no split).
     """
 
     def __init__(self, fleet: Fleet | None = None, progress: Progress | None = None,
@@ -180,6 +181,7 @@ class FleetLoader:
         self.parsed = 0
         self.documents = 0
         self.fast_lane = 0
+        self.run_lane = 0
         self._cached_first = 0                   # first documents sent through the parse cache (MAX_CACHED_FIRST)
         #: Return ``(host, fingerprint)`` per document from the ``add_*`` methods (the inventory needs them;
         #: :func:`~qemu_evmcs.fleet.sources.load_fleet` reads only :attr:`fleet` and turns it off).
@@ -341,11 +343,12 @@ class FleetLoader:
           empty documents): a document the run lane accepts has none (its fixed texts come from a document
           checked on the usual way, its cut regions are lines of their own), so only documents on the usual
           way are searched, and what follows each ``---`` is checked where the next document starts.
-
         - Documents of one group come in runs. After :data:`RUN_MIN` documents of one trusted layout in a row,
-          the next ones are first matched against that layout (:func:`_run_pattern`): one match per document
-          that scans only its cut regions and short fixed texts, the long fixed texts compared in place. No
-          copy of the document, no split, no key is made; a document that does not match takes the usual way.
+          the next ones go through the **run lane**, a loop of its own: one match per document against that
+          layout (:func:`_run_pattern`), which scans only its cut regions and short fixed texts (the long ones
+          are compared in place) and also takes the name and the ``---`` line after it. No copy of the
+          document, no split, no key. A document it does not take (the text's last, one before an odd
+          marker, another layout, a name taken already, ...) takes the usual way.
         - The usual way: one C-level split on the cut regions, the key, and a dict look-up (spared when the
           key equals the previous one: a memcmp instead of hashing ~1 KB).
         - Lines are counted only for an error in a document that takes the full treatment; consecutive
@@ -366,79 +369,70 @@ class FleetLoader:
         startswith = t.startswith
         match_run = _match_run
         runs = self._runs
-        fast = 0
+        fast = lane = 0
         last_fp = ""
         last_key = "\x02"             # (no key starts so: the first document is looked up)
         last_entry: Layout = ("", 0, ())
         entry: Layout | None
         group: list[str] = []
         run: RunPattern | None = None
-        run_entry: Layout | None = None   # the layout the run lane matches against (that of run)
+        run_entry: Layout | None = None   # the layout of run
+        run_fp = ""                     # its fingerprint
         streak = 0                      # documents of last_entry in a row on the usual way
         a = 0                           # the document starts at t[a]
+        name: str | None
         while True:
-            entry = None
-            nxt = -1                    # where the next document starts, -1: this is the last one
-            odd = False                 # this document holds a directive or "..."
-            clean = False               # the "---" after it is a plain line followed by a document line
-            name: str | None = None     # the name, when the match took it (a plain one-line scalar)
-            name_block = ""             # else the name entry's rest, for _NAME_FAST
-            texts: Sequence[tuple[str, str]] = ()   # (kind, rest) of each notes/provenance entry
-            if run is not None:
-                # The run lane: is this document in the layout of the run, with other cut regions?
+            while run is not None:
+                # The run lane (see above). Its test for a free name is the usual way's; a name it leaves
+                # undecided (quoted, a YAML 1.1 word) or taken, like notes not yet known to be a string,
+                # leaves it for the usual way, which decides again.
                 m = match_run(t, a, run)
-                if m is not None:
-                    p = m.end()
-                    if m.lastindex == run.sep:
-                        nxt = p
-                        p -= 4
-                        clean = True
-                    elif startswith("\n---", p):
-                        nxt = p + 4
-                    elif p < n - 1 or (p == n - 1 and t[p] != "\n"):
-                        m = None        # more text after it (a blank line before "---"): the usual way
-                    if m is not None and p - a <= MAX_PROFILE_BYTES:
-                        entry = run_entry
-                        end = p
-                        name = m[run.plain]
-                        if name is None:
-                            name_block = m[run.name]
-                        if run.texts:
-                            texts = [(kind, m[g]) for g, kind in run.texts]
-            if entry is None:
-                b = t.find("\n---", a)
-                end = n if b < 0 else b
-                nxt = -1 if b < 0 else b + 4
-                seg = t[a:end]
-                odd = _ODD.search(seg) is not None
-                if seg[-1:] == "\n":
-                    seg = seg[:-1]            # (a document's last line break: same key as the others)
-                if len(seg) <= MAX_PROFILE_BYTES:
-                    parts = cut_split(seg)
-                    key = "\x00".join(parts[0::3]) + "\x01" + "|".join(parts[1::3])
-                    # Comparing with the previous key (a memcmp) spares hashing each new key for the dict.
-                    if key == last_key:
-                        entry = last_entry
-                        streak += 1
-                    else:
-                        streak = 1
-                        entry = layouts.get(key)
-                        if entry is None:
-                            entry = self._layout(key)
-                        if entry is not None:     # (an unknown key may become trusted by its first document)
-                            last_key, last_entry = key, entry
-                    if entry is not None:
-                        blocks = parts[2::3]
-                        name_block = blocks[entry[1]]
-                        if entry[2]:
-                            texts = [(kind, blocks[j]) for j, kind in entry[2]]
-                        if entry is not run_entry:
-                            got_run = runs.get(key)
-                            if got_run is None and streak >= RUN_MIN:
-                                got_run = runs[key] = _run_pattern(parts)
-                            if got_run is not None:
-                                run, run_entry = got_run, entry
-            if odd or nxt > 0 and not clean and (not startswith("\n", nxt) or startswith("\n---", nxt)):
+                if m is None or m.lastindex != run.sep or m.end() - 4 - a > MAX_PROFILE_BYTES:
+                    break
+                name = m[run.plain]
+                if name is None or name.lower() in words or (track and name in where):
+                    break
+                for g, _ in run.texts:
+                    if m[g] not in text_ok:
+                        name = None
+                        break
+                if name is None:
+                    break
+                if track:
+                    where[name] = path
+                    if run_fp != last_fp:
+                        got = members.get(run_fp)
+                        if got is None:
+                            got = members[run_fp] = []
+                        group, last_fp = got, run_fp
+                    group.append(name)
+                if collect:
+                    add((name, run_fp))
+                lane += 1
+                a = m.end()
+            b = t.find("\n---", a)
+            end = n if b < 0 else b
+            nxt = -1 if b < 0 else b + 4
+            seg = t[a:end]
+            odd = _ODD.search(seg) is not None     # this document holds a directive or "..."
+            if seg[-1:] == "\n":
+                seg = seg[:-1]            # (a document's last line break: same key as the others)
+            entry = None
+            if len(seg) <= MAX_PROFILE_BYTES:
+                parts = cut_split(seg)
+                key = "\x00".join(parts[0::3]) + "\x01" + "|".join(parts[1::3])
+                # Comparing with the previous key (a memcmp) spares hashing each new key for the dict.
+                if key == last_key:
+                    entry = last_entry
+                    streak += 1
+                else:
+                    streak = 1
+                    entry = layouts.get(key)
+                    if entry is None:
+                        entry = self._layout(key)
+                    if entry is not None:     # (an unknown key may become trusted by its first document)
+                        last_key, last_entry = key, entry
+            if odd or nxt > 0 and (not startswith("\n", nxt) or startswith("\n---", nxt)):
                 # This document holds a directive or "...", or the "---" after it is odd: "--- x", a "---"
                 # ending the text, or an empty document ("---" twice), which the general way reads with this
                 # document. This document and the rest of the text take the general way, which reads them as
@@ -451,20 +445,23 @@ class FleetLoader:
                     raise
                 break
             if entry is not None:
-                fp = entry[0]
+                fp, ni, tix = entry
+                blocks = parts[2::3]
+                if entry is not run_entry:
+                    got_run = runs.get(key)
+                    if got_run is None and streak >= RUN_MIN:
+                        got_run = runs[key] = _run_pattern(parts)
+                    if got_run is not None:
+                        run, run_entry, run_fp = got_run, entry, fp
                 # The name: a plain scalar that YAML 1.1 reads as a string (the common case), else quoted.
-                if name is None:
-                    nm = name_match(name_block)
-                    name = nm[1] if nm is not None else None
+                nm = name_match(blocks[ni])
+                name = nm[1] if nm is not None else None
                 if name is None or name.lower() in words:
-                    if not name_block:
-                        assert m is not None and run is not None
-                        name_block = m[run.name]
-                    name = self._fast_name(name_block)
+                    name = self._fast_name(blocks[ni])
                 ok = name is not None and (not track or name not in where)
                 if ok:
-                    for kind, block in texts:
-                        if block not in text_ok and not self._text_block_ok(kind, block):
+                    for j, kind in tix:
+                        if blocks[j] not in text_ok and not self._text_block_ok(kind, blocks[j]):
                             ok = False
                             break
                 if ok:
@@ -498,8 +495,9 @@ class FleetLoader:
             if nxt < 0:
                 break
             a = nxt
-        self.documents += fast
-        self.fast_lane += fast
+        self.documents += fast + lane
+        self.fast_lane += fast + lane
+        self.run_lane += lane
         return out
 
     def _single(self, t: str, path: str, line0: int) -> list[tuple[str, str]]:
