@@ -76,11 +76,11 @@ LONG_TEXT = 48
 _COMMENT_REST = r"[^\n]*"
 _ENTRY_REST = r"[ \t]*:(?=[ \t\n])[^\n]*(?:\n[ \t][^\n]*)*"
 _CUT = regex(r"\n(#|name|notes|provenance)((?<=#)" + _COMMENT_REST + "|" + _ENTRY_REST + ")")
-# A cut region's rest in a run-lane pattern (_run_pattern), per kind. A name's is preceded by a look-ahead that
-# captures the name when the entry is one line holding a plain scalar (what _NAME_FAST's first group takes).
 # A plain scalar YAML reads as a string (unless one of _YAML11_WORDS): a host name needing no quotes.
 _PLAIN_SCALAR = r"[A-Za-z_][A-Za-z0-9_.@/+-]*"
 _PLAIN_NAME = r"[ \t]*:[ \t]+(" + _PLAIN_SCALAR + r")[ \t]*"
+# A cut region's rest in a run-lane pattern (_run_pattern), per kind. A name's is preceded by a look-ahead that
+# captures the name when the entry is one line holding a plain scalar (what _NAME_FAST's first group takes).
 _REST_GROUP = {"#": "(" + _COMMENT_REST + ")", "notes": "(" + _ENTRY_REST + ")",
                "name": "(?:(?=" + _PLAIN_NAME + r"(?:\n(?![ \t])|\Z))|)(" + _ENTRY_REST + ")"}
 _REST_GROUP["provenance"] = _REST_GROUP["notes"]
@@ -88,8 +88,8 @@ _REST_GROUP["provenance"] = _REST_GROUP["notes"]
 _PLAIN_SEP = r"(\n---(?=\n)(?!\n---))?"
 # Segments holding any of these are parsed in full (explicit document end, directives, "--- x").
 _ODD = regex(r"\n(?:\.\.\.|%|---[^\n])")
-# Text with any of these takes the general path of add_text: directives, explicit ends, "---" followed by
-# anything but a newline, and "---" lines back to back (an empty document).
+# A text without "---" lines holding any of these takes the general path of add_text: directives, explicit
+# ends, "---" followed by anything but a newline, and "---" lines back to back (an empty document).
 _NOT_FAST = regex(r"\n(?:%|\.\.\.|---(?!\n)|---\n---)")
 # A segment that starts, after blank and comment lines, with another document marker, a directive or a
 # document end: the "---" line before it (taken by the split) started an empty document.
@@ -105,6 +105,8 @@ _UNSAFE = ""  # key cache value: "parse every document with this key in full"
 #: A trusted key's layout (:meth:`FleetLoader._layout`): the fingerprint, the index of the name among the
 #: document's cut regions, and the (index, kind) of its notes/provenance regions.
 Layout = tuple[str, int, tuple[tuple[int, str], ...]]
+
+
 class RunPattern:
     """The run lane's view of one layout (:func:`_run_pattern`). (A plain class: ``typing.NamedTuple`` would
     import ``typing`` at every start, 40 million instructions.)"""
@@ -115,8 +117,8 @@ class RunPattern:
                  rests: tuple[int, ...], name: int, plain: int, texts: tuple[tuple[int, str], ...], sep: int) -> None:
         self.match = match     #: matches a document of the layout at a position
         self.longs = longs     #: skipped fixed texts, each with the group after whose end it starts
-        self.rests = rests     #: the group of each cut region's rest, in order
-        self.name = name       #: the group of the name's rest
+        self.rests = rests     #: the group of each cut region's rest, in order (tests compare them with the split)
+        self.name = name       #: the group of the name's rest (likewise)
         self.plain = plain     #: the group of the name when it is a plain one-line scalar (else unmatched)
         self.texts = texts     #: (group, kind) of each notes/provenance rest
         self.sep = sep         #: the group of a plain "---" line after the document
