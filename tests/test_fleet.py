@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from qemu_evmcs.fleet import loader as fleet_mod
 from qemu_evmcs.fleet import parallel
@@ -415,6 +416,80 @@ def test_the_run_lane_finds_exactly_what_the_cut_split_finds() -> None:
             same_seen += same
             other_seen += not same
     assert same_seen > 400 and other_seen > 400     # both kinds of document were tried
+
+
+def _sound_reference(seg: str, node: yaml.Node) -> bool:
+    """``FleetLoader._sound`` as first written: every check by a search of all entries and quoted scalars, and
+    each region's line counted from the start (quadratic, but plainly right)."""
+    if not isinstance(node, yaml.MappingNode) or "&" in seg or "*" in seg:
+        return False
+    spans = []
+    for k, v in node.value:
+        end = v.end_mark.line if v.end_mark.column > 0 else v.end_mark.line - 1
+        spans.append((str(k.value), k.start_mark.line, max(end, k.start_mark.line), isinstance(v, yaml.ScalarNode)))
+    quoted = list(fleet_mod._multiline_quoted(node))
+    s2 = "\n" + seg
+    for m in fleet_mod._CUT.finditer(s2):
+        first = s2.count("\n", 0, m.start())
+        last = first + m.group(0).count("\n") - 1
+        if m.group(1) == "#":
+            if any(a < first <= b for a, b in quoted):
+                return False
+            continue
+        match = [sp for sp in spans if sp[1] == first]
+        if len(match) != 1 or match[0][0] != m.group(1) or not match[0][3] or match[0][2] > last:
+            return False
+        if any(first < a <= last for _, a, _, _ in spans):
+            return False
+    return True
+
+
+def test_the_soundness_check_of_a_key_agrees_with_its_first_form() -> None:
+    """``_sound`` decides in one pass over the cut regions, entries and quoted scalars (a document of many
+    comment lines took a minute to check); over randomly edited documents (comments moved into quoted
+    scalars and mappings, entries indented, flow mappings, names over two lines) it answers as the check
+    first written, which searched everything for every region."""
+    base = "# host a\n" + body("a", "notes: 'one\n  two'\nprovenance: 'p'\nzone: 1\n")
+    extra: list[Callable[[str], str]] = [
+        lambda d: d.replace("notes: 'one\n  two'", "notes: 'one\n# in\n  two'"),
+        lambda d: d.replace("vendor: GenuineIntel", "vendor: {a: 1, name: x}"),
+        lambda d: d.replace("family: 6", "family: 6\n# between\n"),
+        lambda d: "{name: a, notes: b}\n" if "msrs" in d else d,
+        lambda d: d.replace("provenance: 'p'", "provenance:\n  - p"),
+        lambda d: d.replace("family: 6", "family: 'six\n# in a quoted scalar\n  still'"),
+        lambda d: "{zone: 1,\nnotes: x,\n b: 2,\nname: n}\n" if "msrs" in d else d,   # an entry inside a region
+        lambda d: "{a: 'q\nname: x',\n name: y}\n" if "msrs" in d else d,   # a region where no entry starts
+    ]
+    rng = random.Random(9)
+    edits = _edits(rng) + extra
+    tried = {True: 0, False: 0}
+    for _ in range(400):
+        doc = base
+        for edit in rng.sample(edits, rng.randint(1, 3)):
+            doc = edit(doc)
+        try:
+            node = yaml.compose(doc, Loader=yaml.SafeLoader)
+        except yaml.YAMLError:
+            continue
+        if node is None:
+            continue
+        expected = _sound_reference(doc, node)
+        assert FleetLoader._sound(doc, node) == expected, doc
+        tried[expected] += 1
+    assert tried[True] > 50 and tried[False] > 50
+
+
+def test_a_layout_of_many_cut_regions_gets_no_run_pattern(tmp_path: Path) -> None:
+    """A run-lane pattern has a group per cut region, and compiling one grows with them: a layout with more
+    than MAX_RUN_REGIONS regions (here comment lines) is loaded the usual way, the same fleet as a full parse."""
+    own = len(fleet_mod._CUT.split("\n" + body("x"))[1::3])      # the sample's own regions (comment, name, ...)
+    for lines, runs in ((fleet_mod.MAX_RUN_REGIONS - own, 1), (fleet_mod.MAX_RUN_REGIONS - own + 1, 0)):
+        comments = "".join(f"# {k}\n" for k in range(lines))
+        path = write(tmp_path, "---\n".join(comments + body(f"h{i}") for i in range(12)), f"c{lines}.yaml")
+        loader = FleetLoader()
+        loader.add_file(path)
+        assert loader.fleet.members == reference([path])
+        assert len(loader._runs) == runs and (loader.run_lane > 0) == bool(runs)
 
 
 @pytest.mark.parametrize("run_min", [1, 8])

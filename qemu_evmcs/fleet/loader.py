@@ -68,6 +68,9 @@ MAX_CACHED_FIRST = 512
 #: A layout gets its run-lane pattern (:func:`_run_pattern`) once this many documents of it in a row took the
 #: usual way: a text of a few hosts never imports ``re`` (about 8 ms) or compiles a pattern (about 0.15 ms).
 RUN_MIN = 8
+#: Layouts with more cut regions than this get no run-lane pattern (a pattern's compilation grows with its
+#: groups: a document of 60,000 comment lines took seconds to compile); their documents take the usual way.
+MAX_RUN_REGIONS = 64
 #: Fixed texts longer than this are skipped by a run-lane pattern (an exact count of any characters, which the
 #: engine does in one step) and compared in place instead (``startswith``, a memcmp).
 LONG_TEXT = 48
@@ -454,7 +457,7 @@ class FleetLoader:
                 blocks = parts[2::3]
                 if entry is not run_entry:
                     got_run = runs.get(key)
-                    if got_run is None and streak >= RUN_MIN:
+                    if got_run is None and streak >= RUN_MIN and len(parts) <= 3 * MAX_RUN_REGIONS + 1:
                         got_run = runs[key] = _run_pattern(parts)
                     if got_run is not None:
                         run, run_entry, run_fp = got_run, entry, fp
@@ -664,19 +667,33 @@ class FleetLoader:
             spans.append((str(k.value), k.start_mark.line, max(end, k.start_mark.line),
                           isinstance(v, yaml.ScalarNode)))
         quoted = list(_multiline_quoted(node))
+        # Cut regions, entries and quoted scalars all come in document order, so one pass over each decides
+        # (a document of many comment lines, or entries, costs its length, not its length squared).
         s2 = "\n" + seg
+        line = pos = 0                 # s2's newlines before pos
+        si = qi = 0                    # the first entry / quoted scalar that may still matter
         for m in _CUT.finditer(s2):
-            first = s2.count("\n", 0, m.start())
+            line += s2.count("\n", pos, m.start())
+            pos = m.start()
+            first = line
             last = first + m.group(0).count("\n") - 1
             kind = m.group(1)
-            if kind == "#":
-                if any(a < first <= b for a, b in quoted):
+            if kind == "#":             # a comment line must not be inside a multi-line quoted scalar
+                while qi < len(quoted) and quoted[qi][1] < first:
+                    qi += 1
+                if qi < len(quoted) and quoted[qi][0] < first:
                     return False
                 continue
-            match = [s for s in spans if s[1] == first]
-            if len(match) != 1 or match[0][0] != kind or not match[0][3] or match[0][2] > last:
+            # Exactly one entry starts on the region's first line: this kind's, with a scalar value that ends
+            # within the region, and no other entry starts inside the region.
+            while si < len(spans) and spans[si][1] < first:
+                si += 1
+            if si == len(spans) or spans[si][1] != first:
                 return False
-            if any(first < a <= last for _, a, _, _ in spans):
+            key, _, end, scalar = spans[si]
+            if key != kind or not scalar or end > last:
+                return False
+            if si + 1 < len(spans) and spans[si + 1][1] <= last:
                 return False
         return True
 
