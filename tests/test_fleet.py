@@ -479,6 +479,17 @@ def test_the_soundness_check_of_a_key_agrees_with_its_first_form() -> None:
     assert tried[True] > 50 and tried[False] > 50
 
 
+def test_run_patterns_are_bounded_per_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_RUNS layouts with a pattern, a new layout's run takes the usual way: same fleet."""
+    monkeypatch.setattr(fleet_mod, "MAX_RUNS", 1)
+    docs = [body(f"a{i}") for i in range(10)] + [body(f"b{i}").replace("kernel: 6.3.0", "kernel: 6.3.1")
+                                                for i in range(10)]
+    path = write(tmp_path, "---\n".join(docs))
+    loader = FleetLoader()
+    loader.add_file(path)
+    assert loader.fleet.members == reference([path]) and len(loader._runs) == 1
+
+
 def test_a_layout_of_many_cut_regions_gets_no_run_pattern(tmp_path: Path) -> None:
     """A run-lane pattern has a group per cut region, and compiling one grows with them: a layout with more
     than MAX_RUN_REGIONS regions (here comment lines) is loaded the usual way, the same fleet as a full parse."""

@@ -71,6 +71,9 @@ RUN_MIN = 8
 #: Layouts with more cut regions than this get no run-lane pattern (a pattern's compilation grows with its
 #: groups: a document of 60,000 comment lines took seconds to compile); their documents take the usual way.
 MAX_RUN_REGIONS = 64
+#: At most this many layouts get a run-lane pattern per loader: each holds its compiled pattern, its long fixed
+#: texts and its key (a few KiB), so a fleet of many distinct texts (up to :data:`MAX_KEYS`) costs time, not memory.
+MAX_RUNS = 1024
 #: Fixed texts longer than this are skipped by a run-lane pattern (an exact count of any characters, which the
 #: engine does in one step) and compared in place instead (``startswith``, a memcmp).
 LONG_TEXT = 48
@@ -457,7 +460,8 @@ class FleetLoader:
                 blocks = parts[2::3]
                 if entry is not run_entry:
                     got_run = runs.get(key)
-                    if got_run is None and streak >= RUN_MIN and len(parts) <= 3 * MAX_RUN_REGIONS + 1:
+                    if (got_run is None and streak >= RUN_MIN and len(parts) <= 3 * MAX_RUN_REGIONS + 1
+                            and len(runs) < MAX_RUNS):
                         got_run = runs[key] = _run_pattern(parts)
                     if got_run is not None:
                         run, run_entry, run_fp = got_run, entry, fp
