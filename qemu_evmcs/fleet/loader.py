@@ -393,117 +393,107 @@ class FleetLoader:
         a = 0                           # the document starts at t[a]
         name: str | None
         while True:
-            while run is not None:
-                # The run lane (see above). Its test for a free name is the usual way's; a name it leaves
-                # undecided (quoted, a YAML 1.1 word) or taken, like notes not yet known to be a string,
-                # leaves it for the usual way, which decides again.
+            name = None
+            if run is not None:
+                # The run lane (see above). It takes this document only in the common case: its test for a
+                # free name is the usual way's, and a name it leaves undecided (quoted, a YAML 1.1 word) or
+                # taken, like notes not yet known to be strings, leaves the document to the usual way.
                 m = match_run(t, a, run)
-                if m is None or m.lastindex != run.sep or m.end() - 4 - a > MAX_PROFILE_BYTES:
-                    break
-                name = m[run.plain]
-                if name is None or name.lower() in words or (track and name in where):
-                    break
-                for g, _ in run.texts:
-                    if m[g] not in text_ok:
+                if m is not None and m.lastindex == run.sep and m.end() - 4 - a <= MAX_PROFILE_BYTES:
+                    name = m[run.plain]
+                    if name is not None and (name.lower() in words or (track and name in where)):
                         name = None
-                        break
-                if name is None:
-                    break
-                if track:
-                    where[name] = path
-                    if run_fp != last_fp:
-                        got = members.get(run_fp)
-                        if got is None:
-                            got = members[run_fp] = []
-                        group, last_fp = got, run_fp
-                    group.append(name)
-                if collect:
-                    add((name, run_fp))
+                    for g, _ in run.texts:
+                        if name is not None and m[g] not in text_ok:
+                            name = None
+            if name is not None:
+                assert m is not None
+                fp = run_fp
+                nxt = m.end()
                 lane += 1
-                a = m.end()
-            b = t.find("\n---", a)
-            end = n if b < 0 else b
-            nxt = -1 if b < 0 else b + 4
-            seg = t[a:end]
-            odd = _ODD.search(seg) is not None     # this document holds a directive or "..."
-            if seg[-1:] == "\n":
-                seg = seg[:-1]            # (a document's last line break: same key as the others)
-            entry = None
-            if len(seg) <= MAX_PROFILE_BYTES:
-                parts = cut_split(seg)
-                key = "\x00".join(parts[0::3]) + "\x01" + "|".join(parts[1::3])
-                # Comparing with the previous key (a memcmp) spares hashing each new key for the dict.
-                if key == last_key:
-                    entry = last_entry
-                    streak += 1
-                else:
-                    streak = 1
-                    entry = layouts.get(key)
-                    if entry is None:
-                        entry = self._layout(key)
-                    if entry is not None:     # (an unknown key may become trusted by its first document)
-                        last_key, last_entry = key, entry
-            if odd or nxt > 0 and (not startswith("\n", nxt) or startswith("\n---", nxt)):
-                # This document holds a directive or "...", or the "---" after it is odd: "--- x", a "---"
-                # ending the text, or an empty document ("---" twice), which the general way reads with this
-                # document. This document and the rest of the text take the general way, which reads them as
-                # it would have read them in the whole text (every "---" before them is a plain line).
-                try:
-                    out += self._general(t[a - 3:] if a else t[1:], path, 0)
-                except InputError as err:
-                    if err.line is not None:   # (lines before its "---" line, the added "\n" not counted)
-                        err.line += line0 + (t.count("\n", 0, a - 3) - 1 if a else 0)
-                    raise
-                break
-            if entry is not None:
-                fp, ni, tix = entry
-                blocks = parts[2::3]
-                if entry is not run_entry:
-                    got_run = runs.get(key)
-                    if (got_run is None and streak >= RUN_MIN and len(parts) <= 3 * MAX_RUN_REGIONS + 1
-                            and len(runs) < MAX_RUNS):
-                        got_run = runs[key] = _run_pattern(parts)
-                    if got_run is not None:
-                        run, run_entry, run_fp = got_run, entry, fp
-                # The name: a plain scalar that YAML 1.1 reads as a string (the common case), else quoted.
-                nm = name_match(blocks[ni])
-                name = nm[1] if nm is not None else None
-                if name is None or name.lower() in words:
-                    name = self._fast_name(blocks[ni])
-                ok = name is not None and (not track or name not in where)
-                if ok:
+            else:
+                b = t.find("\n---", a)
+                end = n if b < 0 else b
+                nxt = -1 if b < 0 else b + 4
+                seg = t[a:end]
+                odd = _ODD.search(seg) is not None     # this document holds a directive or "..."
+                if seg[-1:] == "\n":
+                    seg = seg[:-1]            # (a document's last line break: same key as the others)
+                entry = None
+                if len(seg) <= MAX_PROFILE_BYTES:
+                    parts = cut_split(seg)
+                    key = "\x00".join(parts[0::3]) + "\x01" + "|".join(parts[1::3])
+                    # Comparing with the previous key (a memcmp) spares hashing each new key for the dict.
+                    if key == last_key:
+                        entry = last_entry
+                        streak += 1
+                    else:
+                        streak = 1
+                        entry = layouts.get(key)
+                        if entry is None:
+                            entry = self._layout(key)
+                        if entry is not None:     # (an unknown key may become trusted by its first document)
+                            last_key, last_entry = key, entry
+                if odd or nxt > 0 and (not startswith("\n", nxt) or startswith("\n---", nxt)):
+                    # This document holds a directive or "...", or the "---" after it is odd: "--- x", a "---"
+                    # ending the text, or an empty document ("---" twice), which the general way reads with
+                    # this document. This document and the rest of the text take the general way, which reads
+                    # them as it would have read them in the whole text (every "---" before them is plain).
+                    try:
+                        out += self._general(t[a - 3:] if a else t[1:], path, 0)
+                    except InputError as err:
+                        if err.line is not None:   # (lines before its "---" line, the added "\n" not counted)
+                            err.line += line0 + (t.count("\n", 0, a - 3) - 1 if a else 0)
+                        raise
+                    break
+                if entry is not None:
+                    fp, ni, tix = entry
+                    blocks = parts[2::3]
+                    if entry is not run_entry:
+                        got_run = runs.get(key)
+                        if (got_run is None and streak >= RUN_MIN and len(parts) <= 3 * MAX_RUN_REGIONS + 1
+                                and len(runs) < MAX_RUNS):
+                            got_run = runs[key] = _run_pattern(parts)
+                        if got_run is not None:
+                            run, run_entry, run_fp = got_run, entry, fp
+                    # The name: a plain scalar that YAML 1.1 reads as a string (the common case), else quoted.
+                    nm = name_match(blocks[ni])
+                    name = nm[1] if nm is not None else None
+                    if name is None or name.lower() in words:
+                        name = self._fast_name(blocks[ni])
+                    if name is not None and track and name in where:
+                        name = None
                     for j, kind in tix:
-                        if blocks[j] not in text_ok and not self._text_block_ok(kind, blocks[j]):
-                            ok = False
-                            break
-                if ok:
-                    assert name is not None
-                    fast += 1
-                    if track:
-                        where[name] = path
-                        if fp != last_fp:
-                            got = members.get(fp)
-                            if got is None:
-                                got = members[fp] = []
-                            group, last_fp = got, fp
-                        group.append(name)
-                    if collect:
-                        add((name, fp))
+                        if name is not None and blocks[j] not in text_ok and not self._text_block_ok(kind, blocks[j]):
+                            name = None
+                if name is None:
+                    # The full treatment (first of its kind, odd name, duplicate, ...); its lines are counted
+                    # from the document, and made the text's only for an error (every line number is the first
+                    # line's plus one counted in the document).
+                    last_fp = ""              # the full treatment may have created or extended any group
+                    seg = t[a + 1:end]
+                    try:
+                        out += self._generic(seg[:-1] if seg[-1:] == "\n" else seg, path, 0, a > 0)
+                    except InputError as err:
+                        if err.line is not None:
+                            err.line += line0 + t.count("\n", 0, a + 1) - 1
+                        raise
                     if nxt < 0:
                         break
                     a = nxt
                     continue
-            # The full treatment (first of its kind, odd name, duplicate, ...); its lines are counted from
-            # the document, and made the text's only for an error (every line number is the first line's plus
-            # one counted in the document).
-            last_fp = ""                  # the full treatment may have created or extended any group
-            seg = t[a + 1:end]
-            try:
-                out += self._generic(seg[:-1] if seg[-1:] == "\n" else seg, path, 0, a > 0)
-            except InputError as err:
-                if err.line is not None:
-                    err.line += line0 + t.count("\n", 0, a + 1) - 1
-                raise
+                fast += 1
+            # A document taken, by either way.
+            if track:
+                where[name] = path
+                if fp != last_fp:
+                    got = members.get(fp)
+                    if got is None:
+                        got = members[fp] = []
+                    group, last_fp = got, fp
+                group.append(name)
+            if collect:
+                add((name, fp))
             if nxt < 0:
                 break
             a = nxt
