@@ -97,9 +97,6 @@ _REST_GROUP["provenance"] = _REST_GROUP["notes"]
 _PLAIN_SEP = r"(\n---(?=\n)(?!\n---))?"
 # Segments holding any of these are parsed in full (explicit document end, directives, "--- x").
 _ODD = regex(r"\n(?:\.\.\.|%|---[^\n])")
-# A text without "---" lines holding any of these takes the general path of add_text: directives, explicit
-# ends, "---" followed by anything but a newline, and "---" lines back to back (an empty document).
-_NOT_FAST = regex(r"\n(?:%|\.\.\.|---(?!\n)|---\n---)")
 # A segment that starts, after blank and comment lines, with another document marker, a directive or a
 # document end: the "---" line before it (taken by the split) started an empty document.
 _EMPTY_FIRST = regex(r"(?:[ \t]*(?:#[^\n]*)?\n)*(?:%|(?:---|\.\.\.)(?![^ \t\n]))")
@@ -176,7 +173,7 @@ class FleetLoader:
     in :attr:`fleet`. Host names must be unique across everything fed to one loader.
 
     :ivar parsed: how many documents were parsed in full (the rest took the fast path).
-    :ivar fast_lane: how many of those on the fast path took its per-chunk loop (:meth:`_fast_lane`).
+    :ivar fast_lane: how many of those on the fast path took its loop over a text's documents (:meth:`_fast_lane`).
     :ivar run_lane: how many of those the run lane took (one match, no split).
     """
 
@@ -288,12 +285,7 @@ class FleetLoader:
     def add_text(self, text: str, path: str, line0: int = 0) -> list[tuple[str, str]]:
         """Every document of ``text`` (which starts at 0-based line ``line0`` of ``path``)."""
         # Split on lines that are exactly "---"; the leading "\n" lets a first "---" line split too.
-        t = "\n" + text
-        if "\n---" in t:
-            return self._fast_lane(t, path, line0)
-        if _NOT_FAST.search(t) is None:
-            return self._single(t, path, line0)
-        return self._general(text, path, line0)
+        return self._fast_lane("\n" + text, path, line0)
 
     def _general(self, text: str, path: str, line0: int) -> list[tuple[str, str]]:
         """:meth:`add_text` for any text: directives, explicit document ends, ``--- x`` lines, empty documents."""
@@ -343,8 +335,8 @@ class FleetLoader:
         return []
 
     def _fast_lane(self, t: str, path: str, line0: int) -> list[tuple[str, str]]:
-        """:meth:`add_text` for a text with ``---`` lines, up to its first document marker that is not a plain
-        ``---`` line (the rest goes to :meth:`_general`).
+        """:meth:`add_text`, up to the text's first document marker that is not a plain ``---`` line (the rest goes
+        to :meth:`_general`); a text of one document without ``---`` (the one-host-per-file layout) included.
 
         ``t`` is the text with a ``"\\n"`` in front; its documents are the pieces between ``"\\n---"`` (each
         starts with the ``"\\n"`` that ends the line before it). This loop is most of the cost of loading a
@@ -502,24 +494,6 @@ class FleetLoader:
         self.run_lane += lane
         return out
 
-    def _single(self, t: str, path: str, line0: int) -> list[tuple[str, str]]:
-        """:meth:`_fast_lane` for a text of one document without ``---`` (the one-host-per-file layout)."""
-        seg = t[:-1] if t.endswith("\n") else t
-        if len(seg) <= MAX_PROFILE_BYTES:
-            parts = _CUT.split(seg)
-            key = "\x00".join(parts[0::3]) + "\x01" + "|".join(parts[1::3])
-            entry = self._layouts.get(key) or self._layout(key)
-            if entry is not None:
-                fp, ni, tix = entry
-                blocks = parts[2::3]
-                name = self._fast_name(blocks[ni])
-                if (name is not None
-                        and all(blocks[j] in self._text_ok or self._text_block_ok(kind, blocks[j]) for j, kind in tix)
-                        and self._member_fast(name, fp, path)):
-                    self.documents += 1
-                    return [(name, fp)]
-        return self._generic(seg[1:], path, line0, False)
-
     def _layout(self, key: str) -> Layout | None:
         """For a trusted key: (fingerprint, index of the name block, indexes and kinds of notes/provenance blocks)."""
         fp = self._keys.get(key)
@@ -530,16 +504,6 @@ class FleetLoader:
         entry = (fp, kinds.index("name"), tix)
         self._layouts[key] = entry
         return entry
-
-    def _member_fast(self, name: str, fp: str, path: str) -> bool:
-        """Add a host unless its name is taken (then ``False``: the caller reports it with a line)."""
-        if not self._track:
-            return True
-        if name in self._where:
-            return False
-        self._where[name] = path
-        self.fleet.members.setdefault(fp, []).append(name)
-        return True
 
     @staticmethod
     def _has_content_after_directive(seg: str) -> bool:
