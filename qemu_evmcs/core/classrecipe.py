@@ -50,6 +50,13 @@ _METHODS = frozenset({"__init__", "__repr__", "__eq__", "__lt__", "__le__", "__g
                       "__setattr__", "__delattr__", "__match_args__", "__post_init__"})
 _ABSENT = "<absent>"
 _MISSING_TEXT = "<MISSING>"
+#: A field's kind as a recipe writes it: letter -> the name of the ``dataclasses`` marker.
+_KINDS = {"F": "_FIELD", "C": "_FIELD_CLASSVAR", "I": "_FIELD_INITVAR"}
+#: The values a recipe may name besides a field's type, default and factory: name -> the expression that gives
+#: it in the generated code (:func:`_replay_source`: ``D`` is ``dataclasses``; ``MISSING`` and ``cls`` are its
+#: locals). Recording evaluates the same expressions (:func:`_environment`), so both read this one table.
+_FIXED = {"MISSING": "MISSING", "HDF": "D._HAS_DEFAULT_FACTORY", "object": "object", "cls": "cls",
+          "FIE": "D.FrozenInstanceError", "None": "None"}
 
 #: The private names of ``dataclasses`` this module relies on; without one of them it stays out of the way.
 _PRIVATE = ("_FIELD", "_FIELD_CLASSVAR", "_FIELD_INITVAR", "_HAS_DEFAULT_FACTORY", "_recursive_repr",
@@ -75,7 +82,10 @@ class Uncacheable(Exception):
 
 
 def _kind_text(value: object) -> str:
-    return "F" if value is dataclasses._FIELD else "C" if value is dataclasses._FIELD_CLASSVAR else "I"  # type: ignore[attr-defined]
+    for letter, marker in _KINDS.items():
+        if value is getattr(dataclasses, marker):
+            return letter
+    raise Uncacheable("field kind")
 
 
 def _describe(cls: type, name: str) -> tuple[Any, ...]:
@@ -119,10 +129,8 @@ def _environment(cls: type, fields: Iterable[tuple[str, object, object, object]]
 
     :param fields: ``(name, type, default, default_factory)`` of each field (``MISSING`` where there is none).
     """
-    env: dict[str, object] = {
-        "MISSING": dataclasses.MISSING, "HDF": dataclasses._HAS_DEFAULT_FACTORY,  # type: ignore[attr-defined]
-        "object": object, "cls": cls, "FIE": dataclasses.FrozenInstanceError, "None": None,
-    }
+    names = {"D": dataclasses, "MISSING": dataclasses.MISSING, "cls": cls, "__builtins__": {"object": object}}
+    env: dict[str, object] = {name: eval(expr, names) for name, expr in _FIXED.items()}  # noqa: S307 -- _FIXED's own
     for name, type_, default, factory in fields:
         env["t:" + name] = type_
         if default is not dataclasses.MISSING:
@@ -253,10 +261,8 @@ def _replay_source(field_recipes: list[tuple[Any, ...]], effects: list[tuple[Any
 
     def value(env_name: str) -> str:
         """The expression of an environment name of :func:`_environment` (guarded where a field may lack it)."""
-        fixed = {"MISSING": "MISSING", "HDF": "D._HAS_DEFAULT_FACTORY", "object": "object", "cls": "cls",
-                 "FIE": "D.FrozenInstanceError", "None": "None"}
-        if env_name in fixed:
-            return fixed[env_name]
+        if env_name in _FIXED:
+            return _FIXED[env_name]
         kind, _, field_name = env_name.partition(":")
         if field_name not in index or kind not in ("t", "d", "f"):
             raise Uncacheable(env_name)
@@ -320,11 +326,11 @@ def _replay_source(field_recipes: list[tuple[Any, ...]], effects: list[tuple[Any
     if names:
         lines.append("    " + ", ".join(names) + ", = values")
     for i, (name, kind, _, kw_only) in enumerate(field_recipes):
-        marker = {"F": "D._FIELD", "C": "D._FIELD_CLASSVAR", "I": "D._FIELD_INITVAR"}.get(kind)
+        marker = _KINDS.get(kind)
         if marker is None or (kw_only != _MISSING_TEXT and type(kw_only) is not bool):
             raise Uncacheable(name)
         lines.append(f"    f{i}.name, f{i}.type, f{i}._field_type, f{i}.kw_only = "
-                     f"{name!r}, t{i}, {marker}, {'D.MISSING' if kw_only == _MISSING_TEXT else kw_only}")
+                     f"{name!r}, t{i}, D.{marker}, {'D.MISSING' if kw_only == _MISSING_TEXT else kw_only}")
     for key, target in updates:
         lines.append(f"    del cls.{key}" if target is None else f"    cls.{key} = {target}")
     lines.append("    return None")
