@@ -230,12 +230,14 @@ def _save() -> None:
                 blobs[name] = (origin, mtime_ns, size, data)
     blobs.update(recorded)
     index: dict[str, tuple[str, int, int, int, int]] = {}
+    codes: list[bytes] = []
     offset = 0
     for name, (origin, mtime_ns, size, data) in sorted(blobs.items()):
         index[name] = (origin, mtime_ns, size, offset, len(data))
+        codes.append(data)
         offset += len(data)
     head = marshal.dumps((sys.version, sys.flags.optimize, index))
-    body = b"".join(blobs[name][3] for name in sorted(blobs))
+    body = b"".join(codes)
     if 8 + len(head) + len(body) <= MAX_ENTRY_BYTES:
         write_entry_bytes(_dir, _entry_path(_dir), len(head).to_bytes(8, "little") + head + body)
 

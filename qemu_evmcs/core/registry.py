@@ -130,14 +130,13 @@ class Registry:
         # msrs_of_word() is asked for every feature of every view (600 times for one explain): an index.
         self._by_word.update((w, tuple(ms)) for w, ms in by_word.items())
         # qemu_bits() is called for every property of every guest start: an index, not a scan of every bit.
+        features_of_word: dict[str, list[Feature]] = {}
         for feat in self.features.values():
             if feat.qemu:
                 self._by_qemu.setdefault(feat.qemu, []).append(feat)
+            features_of_word.setdefault(feat.word, []).append(feat)
         # Every guest start states each property with its bits (qemu_properties) and reads each word's features.
         self._props = tuple((q, frozenset(f.name for f in feats)) for q, feats in self._by_qemu.items())
-        features_of_word: dict[str, list[Feature]] = {}
-        for feat in self.features.values():
-            features_of_word.setdefault(feat.word, []).append(feat)
         self._features_of_word.update((w, tuple(sorted(fs, key=lambda f: f.bit))) for w, fs in features_of_word.items())
         for feat in self.features.values():
             self._by_alias.setdefault(feat.name, feat)

@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core import lazy
-
 from qemu_evmcs.core.msrval import hex64
 from qemu_evmcs.core.kernel import era_table
 from qemu_evmcs.core.errors import NegativeAnswer

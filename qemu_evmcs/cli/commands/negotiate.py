@@ -7,7 +7,6 @@ import sys
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core import lazy
-
 from qemu_evmcs.qemu.model_names import MODEL_HELP
 from qemu_evmcs.core.errors import EXIT_NEGATIVE, EXIT_OK, InputError
 from qemu_evmcs.qemu.models import read_text
