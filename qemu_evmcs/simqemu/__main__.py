@@ -2,7 +2,7 @@
 
 import sys
 
-from qemu_evmcs.simqemu.server import main
+from qemu_evmcs.simqemu.server import run
 
 
-sys.exit(main())
+sys.exit(run())

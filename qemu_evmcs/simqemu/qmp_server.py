@@ -977,13 +977,27 @@ def parse_msrs(raw: Mapping[str, Any]) -> dict[str, int]:
     return {str(k): int(v, 16) if isinstance(v, str) else int(v) for k, v in raw.items()}
 
 
-def register_signal_handlers(server: QmpServer) -> None:
-    """SIGTERM/SIGINT/SIGHUP end the VM like QEMU: a stderr line, SHUTDOWN (host-signal), exit 0."""
+#: The signals that end the VM like QEMU's ``termsig_handler``.
+TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def register_signal_handlers(server: QmpServer, pending: int | None = None) -> None:
+    """SIGTERM/SIGINT/SIGHUP end the VM like QEMU: a stderr line, SHUTDOWN (host-signal), exit 0.
+
+    One line, for the signal that started the shutdown (``qemu_kill_report`` runs once, when the main loop
+    sees the request); a signal while the VM is already shutting down is a request already made.
+    ``pending``: a signal that arrived before the loop ran (:func:`qemu_evmcs.simqemu.server.run`), served
+    at its first turn.
+    """
     loop = server.loop()
 
     def on_signal(signum: int) -> None:
+        if server.exit_code is not None:
+            return
         report(f"{PROG}: terminating on signal {signum}")
         server.shutdown("host-signal", 0)
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in TERMINATING_SIGNALS:
         loop.add_signal_handler(sig, on_signal)
+    if pending is not None:
+        loop.call_soon(lambda: on_signal(pending))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -25,7 +26,7 @@ from qemu_evmcs.core.profile import load_profile, resolve_profile_path
 from qemu_evmcs.qemu.cpu import list_models
 from qemu_evmcs.qemu.cpuspec import EXIT_ABORT, EXIT_ERROR, PROG, QemuError
 from qemu_evmcs.simqemu.cmdline import parse_args
-from qemu_evmcs.simqemu.qmp_server import QmpServer, register_signal_handlers
+from qemu_evmcs.simqemu.qmp_server import TERMINATING_SIGNALS, QmpServer, register_signal_handlers
 from qemu_evmcs.simqemu.reactor import report
 from qemu_evmcs.simqemu.startup import Machine, boot
 
@@ -68,6 +69,15 @@ def _abort() -> None:
     os.abort()
 
 
+#: The terminating signals this process received outside the main loop (before it runs, or after it ended).
+_received: list[int] = []
+
+
+def _note(signum: int, frame: object) -> None:
+    """QEMU's handler outside the main loop: remember the request (it is served once the loop runs)."""
+    _received.append(signum)
+
+
 def _serve(machine: Machine) -> int:
     server = QmpServer(machine, list(machine.config.qmp))
     try:
@@ -76,7 +86,7 @@ def _serve(machine: Machine) -> int:
         report(*err.lines())
         server.close()
         return err.status
-    register_signal_handlers(server)
+    register_signal_handlers(server, _received[0] if _received else None)
     return server.serve()
 
 
@@ -116,5 +126,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _serve(result.machine)
 
 
+def run() -> int:
+    """The process's entry point (``qemu-evmcs-sim``, ``python -m qemu_evmcs.simqemu``): :func:`main` with
+    QEMU's signal handling for the whole life of the process.
+
+    Why: QEMU installs its SIGTERM/SIGINT/SIGHUP handler early in start-up (``os_setup_signal_handling``) and
+    keeps it until exit, so a signal while it starts ends it once the main loop runs, and a second one during
+    the shutdown (Ctrl-C pressed twice reaches every process of the terminal's group, and the wrapper forwards
+    its own) is one more request. Python's default would raise ``KeyboardInterrupt`` wherever the process
+    is, with a traceback, even in an exit handler writing a cache entry. The main loop's own handlers
+    (:func:`~qemu_evmcs.simqemu.qmp_server.register_signal_handlers`) take over while it runs and give these
+    back when it ends. Once :func:`main` returns the VM is gone: the signals are ignored from there on, since
+    Python's finalization gives a Python handler back to the default action, which would kill the process
+    (status -2 instead of QEMU's 0) while it flushes its caches. :func:`main` alone (the tests call it in
+    their own process) leaves the handlers alone.
+    """
+    for sig in TERMINATING_SIGNALS:
+        signal.signal(sig, _note)
+    try:
+        return main()
+    finally:
+        for sig in TERMINATING_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(run())
