@@ -9,6 +9,7 @@ socket or runtime directory left behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -300,6 +301,36 @@ def test_wrapper_signal_in_every_phase(sig: signal.Signals, phase: str, tmp_path
     assert text.splitlines()[-1] == f"qemu-evmcs-launch: terminated by signal {int(sig)} ({sig.name})", text
     assert f"fake-qemu: terminating on signal {int(sig)}" in text  # the signal was forwarded
     assert "Traceback" not in text and "Unknown child process" not in text
+    assert wait_dead(pid)
+    assert os.listdir(xdg) == []
+
+
+@pytest.mark.parametrize("phase", ["before-qmp", "running"])
+def test_wrapper_signals_that_keep_coming(phase: str, tmp_path: Path) -> None:
+    # Ctrl-C pressed again while the wrapper shuts down: one more request, never KeyboardInterrupt's traceback
+    # in the middle of the clean-up or in an exit handler, nor death by the signal after Python's finalization
+    # gave the handler back (status -2 instead of 130).
+    fake, pidfile = make_fake(tmp_path, startup_delay=60) if phase == "before-qmp" else make_fake(tmp_path)
+    proc, xdg = _wrapper(tmp_path, fake)
+    err = b""
+    sent = 0
+    try:
+        pid = read_pid(pidfile)
+        if phase == "running":
+            err = read_until(proc, READY)
+        while proc.poll() is None and sent < 50000:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGINT)
+            sent += 1
+            time.sleep(0.0005)
+    finally:
+        err += _finish(proc)
+    text = err.decode(errors="replace")
+    assert sent > 1
+    assert "Traceback" not in text and "Exception ignored" not in text, text
+    assert proc.returncode == 128 + signal.SIGINT, text
+    assert text.splitlines()[-1] == "qemu-evmcs-launch: terminated by signal 2 (SIGINT)", text
+    assert text.count("terminated by signal") == 1, text
     assert wait_dead(pid)
     assert os.listdir(xdg) == []
 

@@ -1,7 +1,7 @@
 """Hostile input for every finished parser: only the documented ``error:`` line and exit code, never a traceback.
 
 Parsers covered: host profiles (YAML, through ``qemu-evmcs host show``), vmxcap text and rdmsr dumps
-(through ``host import``), ``-cpu`` strings (the wrapper's :func:`qemu_evmcs.launch.verify.parse_cpu_arg`, and the
+(through ``host import``), ``-cpu`` strings (the wrapper's :func:`qemu_evmcs.launch.cpuarg.parse_cpu_arg`, and the
 simulated QEMU's :mod:`qemu_evmcs.simqemu.cmdline` through start-up) and QEMU's feature warnings
 (:func:`qemu_evmcs.launch.warnings.parse_warnings`). Hostile QMP *clients* of the simulated QEMU's server are
 fuzzed in ``tests/test_load_simqemu.py``; a hostile QEMU's replies to the launcher in
@@ -32,7 +32,7 @@ from cli_helpers import Run, cli_runner
 from qemu_evmcs.hostio import rdmsr
 from qemu_evmcs.hostio import vmxcap
 from qemu_evmcs.core.errors import InputError
-from qemu_evmcs.launch.verify import parse_cpu_arg
+from qemu_evmcs.launch.cpuarg import parse_cpu_arg
 from qemu_evmcs.launch.warnings import parse_warnings
 from qemu_evmcs.core.profile import MAX_PROFILE_BYTES, bundled_profile_dir, load_profile, load_profile_text
 

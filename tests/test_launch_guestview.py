@@ -17,8 +17,10 @@ from pathlib import Path
 
 from test_json_schema import check, schemas
 
-from qemu_evmcs.launch.guestview import apply_guest_view, load_host
-from qemu_evmcs.launch.verify import STATUS_APPLIED, FeatureOutcome, LaunchReport, parse_cpu_arg
+from qemu_evmcs.core.profile import load_host_profile as load_host
+from qemu_evmcs.launch.guestview import apply_guest_view
+from qemu_evmcs.launch.cpuarg import parse_cpu_arg
+from qemu_evmcs.launch.verify import STATUS_APPLIED, FeatureOutcome, LaunchReport
 
 
 def _report(cpu: str) -> LaunchReport:

@@ -7,14 +7,13 @@ import json
 import pytest
 
 from qemu_evmcs.core.errors import InputError
+from qemu_evmcs.launch.cpuarg import find_cpu_arg, parse_cpu_arg
 from qemu_evmcs.launch.verify import (
     STATUS_DROPPED,
     STATUS_INEFFECTIVE,
     FeatureOutcome,
     LaunchReport,
     _classify,
-    find_cpu_arg,
-    parse_cpu_arg,
 )
 from qemu_evmcs.launch.warnings import KIND_DEPENDENCY, KIND_UNSUPPORTED, parse_warning, parse_warnings
 from qemu_evmcs.launch.wrapper import parse_wrapper_args

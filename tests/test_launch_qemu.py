@@ -21,7 +21,8 @@ from proc_helpers import PATIENCE, children_of, pid_alive, pid_exists, read_unti
 
 from qemu_evmcs.core.errors import InputError, LaunchError
 from qemu_evmcs.launch.qmp import EmulatorSession
-from qemu_evmcs.launch.verify import STATUS_APPLIED, STATUS_DROPPED, STATUS_INEFFECTIVE, parse_cpu_arg, verify_cpu
+from qemu_evmcs.launch.cpuarg import parse_cpu_arg
+from qemu_evmcs.launch.verify import STATUS_APPLIED, STATUS_DROPPED, STATUS_INEFFECTIVE, verify_cpu
 
 pytestmark = pytest.mark.qemu
 

@@ -24,7 +24,7 @@ from libvirt_helpers import QEMU, Session, cmdline, pid_alive, processes_of_gues
     wait_for
 
 from host_helpers import host_profiles
-from qemu_evmcs.launch.verify import parse_cpu_arg
+from qemu_evmcs.launch.cpuarg import parse_cpu_arg
 from qemu_evmcs.output.render import cpu_string, libvirt_xml
 from qemu_evmcs.qemu.models import load_snapshot
 from qemu_evmcs.policy.negotiate import Negotiation, negotiate

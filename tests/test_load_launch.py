@@ -14,7 +14,8 @@ from launch_helpers import qemu_argv
 from proc_helpers import PATIENCE, LeakCounter, pid_exists
 
 from qemu_evmcs.launch.qmp import EmulatorSession
-from qemu_evmcs.launch.verify import parse_cpu_arg, verify_cpu
+from qemu_evmcs.launch.cpuarg import parse_cpu_arg
+from qemu_evmcs.launch.verify import verify_cpu
 
 pytestmark = pytest.mark.qemu
 

@@ -323,7 +323,7 @@ def test_revision_forced_is_wrong_only_when_old_hosts_show_the_control() -> None
 def test_cpu_string_round_trips_through_the_launch_parser() -> None:
     """parse_cpu_arg(cpu_string) gives back the base, every vmx-* change, the hv-* flags and enforce; applied
     to the base model's defaults the vmx-* changes give exactly the negotiated set."""
-    from qemu_evmcs.launch.verify import parse_cpu_arg
+    from qemu_evmcs.launch.cpuarg import parse_cpu_arg
     from qemu_evmcs.qemu.models import load_model_features, qemu_props_to_features
     from qemu_evmcs.output.render import qemu_vmx_props
 

@@ -504,6 +504,14 @@ def resolve_profile_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def load_host_profile(name_or_path: str) -> HostProfile:
+    """The profile a command names with a file or a bundled name (``--host``, ``--simulate``).
+
+    :raise InputError: it cannot be read or is not a valid profile.
+    """
+    return load_profile(resolve_profile_path(name_or_path))
+
+
 def bundled_profile_names() -> list[str]:
     """Names of the bundled profiles (samples and real-CPU fleet: ``skylake-6.3``, ``ivybridge-5.10``...), sorted."""
     names: list[str] = []

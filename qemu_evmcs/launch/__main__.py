@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from qemu_evmcs.launch.wrapper import main
+from qemu_evmcs.launch.wrapper import run
 
-sys.exit(main())
+sys.exit(run())

@@ -14,20 +14,12 @@ Kept apart from :mod:`.verify` so that a launch without a profile never imports 
 from __future__ import annotations
 
 from qemu_evmcs.core.errors import NegativeAnswer
-from qemu_evmcs.core.profile import HostProfile, load_profile, resolve_profile_path
+from qemu_evmcs.core.profile import HostProfile
 from qemu_evmcs.core.registry import registry
 from qemu_evmcs.launch.verify import STATUS_APPLIED, STATUS_HIDDEN, LaunchReport
 from qemu_evmcs.qemu.cpuspec import CpuSpec
 from qemu_evmcs.policy.explain import explain_host
 from qemu_evmcs.qemu.features import PLUGIN_PERF_GLOBAL_CTRL
-
-
-def load_host(name_or_path: str) -> HostProfile:
-    """The profile of ``--host``/``--simulate`` (a file or a bundled name).
-
-    :raise InputError: it cannot be read.
-    """
-    return load_profile(resolve_profile_path(name_or_path))
 
 
 def apply_guest_view(report: LaunchReport, spec: CpuSpec, profile: HostProfile, *, variant: str = "shipped") -> None:

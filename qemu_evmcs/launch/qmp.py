@@ -24,15 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import select
 import shutil
 import signal
-import stat
-import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from enum import Enum
@@ -41,19 +37,25 @@ from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
 
-from qemu_evmcs.core import stale
 from qemu_evmcs.core.errors import InputError, LaunchError
+# The emulator process itself (its directory, its start, its status) is process.py's, which imports no asyncio;
+# these names are also this module's for its callers.
+from qemu_evmcs.launch.process import (RUNTIME_PREFIX, SOCKET_NAME, UNIX_PATH_MAX, Spawned, check_runtime_parent,
+                                       default_runtime_parent, describe_status, make_runtime_dir, shell_status,
+                                       spawn_emulator)
 
 if TYPE_CHECKING:
+    import subprocess
     from typing import IO, Any, Self
 
+__all__ = ["RUNTIME_PREFIX", "SOCKET_NAME", "UNIX_PATH_MAX", "EmulatorSession", "Runstate", "StateError",
+           "check_runtime_parent", "default_runtime_parent", "describe_status", "shell_status"]
+
 logger = logging.getLogger(__name__)
-
-#: Longest path ``sun_path`` accepts on Linux (108 bytes including the NUL).
-UNIX_PATH_MAX = 107
-
-#: Name of the socket inside the private runtime directory.
-SOCKET_NAME = "qmp.sock"
+# qemu.qmp logs connection retries (a session polls the socket while the emulator starts); with no handler
+# anywhere, Python's last-resort handler would print them on the wrapper's stderr. A handler that drops them
+# stops only that: an application that configured logging still gets them through the root logger.
+logging.getLogger("qemu.qmp").addHandler(logging.NullHandler())
 
 class Runstate(Enum):
     """Where an :class:`EmulatorSession` is in its life cycle (qemu.qmp's ``Runstate`` discipline).
@@ -105,28 +107,9 @@ async def cancel_and_reap(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-#: Name prefix of the private runtime directories (``qemu-evmcs-<random>``, owner file inside).
-RUNTIME_PREFIX = "qemu-evmcs-"
-
-
-def _socket_path_len(parent: str) -> int:
-    """Bytes of the socket path a runtime directory in ``parent`` gives (``mkdtemp`` adds 8 characters)."""
-    return len(os.path.join(parent, RUNTIME_PREFIX + "XXXXXXXX", SOCKET_NAME).encode())
-
 #: How much of the emulator's stderr a session keeps: the first bytes (start-up warnings) and the last ones.
 STDERR_HEAD = 1024 * 1024
 STDERR_TAIL = 64 * 1024
-
-
-def describe_status(returncode: int) -> str:
-    """``exited with status N`` or ``was killed by signal N (SIGNAME)`` for an asyncio return code."""
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = "?"
-        return f"was killed by signal {-returncode} ({name})"
-    return f"exited with status {returncode}"
 
 
 #: Socket polling while waiting for the emulator: every FAST_POLL_INTERVAL seconds during the first
@@ -142,58 +125,6 @@ def brief(obj: object, limit: int = MAX_DETAIL) -> str:
     """``str(obj)`` on one line, cut to ``limit`` characters: a hostile emulator controls these bytes."""
     text = " ".join(str(obj).split())
     return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
-
-
-def shell_status(returncode: int) -> int:
-    """The exit status a shell would report: the code itself, or 128+signal if killed by a signal."""
-    return 128 - returncode if returncode < 0 else returncode
-
-
-def check_runtime_parent(path: str) -> None:
-    """Refuse a user-given runtime directory that another user could tamper with.
-
-    The socket is created inside a fresh ``mkdtemp`` child (mode 0700), but if
-    the parent is group/world-writable (without being a sticky ``/tmp``-like
-    directory) or owned by someone else, another user could swap the child
-    between creation and use.
-
-    :raise InputError: the directory is missing, not a directory, owned by
-        another user, or group/world-writable.
-    """
-    try:
-        st = os.stat(path)
-    except OSError as err:
-        raise InputError(f"runtime directory {path}: {err.strerror}") from err
-    if not stat.S_ISDIR(st.st_mode):
-        raise InputError(f"runtime directory {path}: not a directory")
-    if st.st_uid != os.geteuid():
-        raise InputError(f"runtime directory {path}: owned by uid {st.st_uid}, not by uid {os.geteuid()}")
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise InputError(f"runtime directory {path}: group- or world-writable (mode {stat.S_IMODE(st.st_mode):04o})")
-
-
-def default_runtime_parent() -> str:
-    """``$XDG_RUNTIME_DIR`` when it is usable and ours, else the system temp dir (``/tmp``)."""
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg:
-        try:
-            check_runtime_parent(xdg)
-            return xdg
-        except InputError:
-            pass
-    return tempfile.gettempdir()
-
-
-def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGKILL the emulator if the launching thread dies (e.g. the wrapper is SIGKILLed).
-
-    Without it a ``kill -9`` of the wrapper would leave a running, unmanaged QEMU.
-    """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        pass
 
 
 class EmulatorSession:
@@ -223,6 +154,9 @@ class EmulatorSession:
         passes ``qemu-evmcs-sim`` for the simulator, which runs as ``python3 -m qemu_evmcs.simqemu``.
     :param pass_fds: descriptors the emulator inherits under the same numbers (libvirt's ``-chardev
         socket,fd=N``); every other descriptor of ours is closed in the child, as ``close_fds=True`` does.
+    :param spawned: an emulator already started by :func:`~qemu_evmcs.launch.process.spawn_emulator` with
+        this ``argv`` (the wrapper starts it before it imports asyncio): :meth:`spawn` takes it over instead of
+        starting one, and the session owns it from then on (``runtime_dir`` and ``pass_fds`` were the start's).
     """
 
     def __init__(
@@ -237,6 +171,7 @@ class EmulatorSession:
         name: str = "qemu-evmcs",
         program: str | None = None,
         pass_fds: Sequence[int] = (),
+        spawned: Spawned | None = None,
     ) -> None:
         if not argv:
             raise InputError("empty emulator command line")
@@ -256,7 +191,10 @@ class EmulatorSession:
         self._stderr = bytearray()
         self._stderr_tail = bytearray()
         self._stderr_omitted = 0
-        self._proc: asyncio.subprocess.Process | None = None
+        self._spawned = spawned
+        if spawned is not None:
+            spawned.taken = True
+        self._proc: subprocess.Popen[bytes] | None = None
         self._wait_task: asyncio.Task[int] | None = None
         self._stderr_task: asyncio.Task[None] | None = None
         self._stderr_fd: int | None = None
@@ -290,7 +228,7 @@ class EmulatorSession:
 
     @property
     def returncode(self) -> int | None:
-        """asyncio's return code once the emulator is reaped (negative = killed by that signal)."""
+        """The return code once the emulator is reaped (negative = killed by that signal), as ``Popen``'s."""
         return self._proc.returncode if self._proc is not None else None
 
     @property
@@ -340,74 +278,68 @@ class EmulatorSession:
         await self.close()
 
     def _make_runtime_dir(self) -> str:
-        """Create the private 0700 directory (``mkdtemp``: mode and uniqueness), named after its owner.
-
-        Leftovers of dead wrappers of this user in the same parent (a ``SIGKILL`` cannot be cleaned up after)
-        are swept first (:mod:`qemu_evmcs.core.stale`). When the default parent (``$XDG_RUNTIME_DIR``) is
-        too long for a unix socket path (107 bytes), the system temp dir is used instead, as when
-        ``$XDG_RUNTIME_DIR`` is unset; a parent given explicitly is never replaced.
-        """
-        if self._runtime_parent is not None:
-            check_runtime_parent(self._runtime_parent)
-            parents = [self._runtime_parent]
-        else:
-            parents = list(dict.fromkeys([default_runtime_parent(), tempfile.gettempdir()]))
-        parent = parents[0]
-        for parent in parents:
-            if _socket_path_len(parent) <= UNIX_PATH_MAX:
-                break
-        else:
-            raise InputError(f"runtime directory {parent}: too long for a unix socket path "
-                             f"({_socket_path_len(parent)} > {UNIX_PATH_MAX})")
-        stale.sweep(parent, RUNTIME_PREFIX)
-        try:
-            path = stale.make_owned_dir(parent, RUNTIME_PREFIX)
-        except OSError as err:
-            raise InputError(f"runtime directory {parent}: {err.strerror}") from err
-        os.chmod(path, 0o700)
-        return path
+        """The private runtime directory (:func:`~qemu_evmcs.launch.process.make_runtime_dir`) in this session's
+        parent."""
+        return make_runtime_dir(self._runtime_parent)
 
     async def spawn(self) -> None:
-        """Create the runtime directory and start the emulator (not yet connected).
+        """Start the emulator (or take over the one given as ``spawned``); not yet connected.
 
         :raise InputError: bad runtime directory.
         :raise LaunchError: the program cannot be executed.
         """
         self._require("spawn", Runstate.IDLE)
-        self.runtime_dir = self._make_runtime_dir()
-        self.socket_path = os.path.join(self.runtime_dir, SOCKET_NAME)
-        argv = self.argv + ["-qmp", f"unix:{self.socket_path},server=on,wait=off"]
-        self._t0 = time.monotonic()
-        # Our own pipe (not asyncio.subprocess.PIPE) so that settle_stderr() can poll the read end
-        # without consuming it: "is everything QEMU wrote before its greeting read yet?"
-        rfd, wfd = os.pipe()
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=None,
-                stdout=None,
-                stderr=wfd,
-                pass_fds=self.pass_fds,
-                preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None,
-            )
-        except OSError as err:
-            os.close(rfd)
-            raise LaunchError(f"cannot run {self.argv[0]}: {err.strerror}", layer="qemu") from err
-        finally:
-            os.close(wfd)
+        started = self._spawned
+        if started is None:
+            started = spawn_emulator(self.argv, runtime_parent=self._runtime_parent, pass_fds=self.pass_fds)
+        self._spawned = None
+        self._proc = started.popen
+        self.runtime_dir = started.runtime_dir
+        self.socket_path = started.socket_path
+        self._t0 = started.t0
+        rfd = started.stderr_fd
+        # The reaper first: from here on close() stops and reaps the process whatever fails next.
+        self._wait_task = asyncio.create_task(self._reap(started.popen), name="emulator-wait")
+        self._set_state(Runstate.SPAWNED)
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(loop=loop)
+        pipe = os.fdopen(rfd, "rb", buffering=0)
         try:
             transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop),
-                                                        os.fdopen(rfd, "rb", buffering=0))
+                                                        pipe)
         except BaseException:
-            os.close(rfd)
+            # The file object, not the number: a transport made before the failure closes the same object
+            # later (closing it twice is harmless; closing the number under it made that an EBADF).
+            pipe.close()
             raise
         self._stderr_fd = rfd
         self._stderr_transport = transport
         self._stderr_task = asyncio.create_task(self._pump_stderr(reader), name="emulator-stderr")
-        self._wait_task = asyncio.create_task(self._proc.wait(), name="emulator-wait")
-        self._set_state(Runstate.SPAWNED)
+
+    @staticmethod
+    async def _reap(popen: subprocess.Popen[bytes]) -> int:
+        """Wait for the emulator's exit and reap it; its return code.
+
+        A pidfd (Linux 5.3+) becomes readable when the process exits: the loop watches it like a socket, no
+        thread and no SIGCHLD handler (asyncio's child watchers need one or the other, and only for children
+        they started themselves). Without pidfds, ``Popen.wait`` runs in a thread.
+        """
+        try:
+            pidfd = os.pidfd_open(popen.pid)
+        except (AttributeError, OSError):
+            return await asyncio.to_thread(popen.wait)
+        loop = asyncio.get_running_loop()
+        readable = asyncio.Event()
+        loop.add_reader(pidfd, readable.set)
+        try:
+            while popen.poll() is None:
+                await readable.wait()
+                readable.clear()
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        assert popen.returncode is not None
+        return popen.returncode
 
     async def _pump_stderr(self, stream: asyncio.StreamReader) -> None:
         """Keep the whole stderr (for parsing) and echo it live (so the user sees QEMU's words verbatim)."""
@@ -530,8 +462,9 @@ class EmulatorSession:
                 delay = min(delay * 2, 0.05)
 
     async def start(self) -> None:
-        """:meth:`spawn` then :meth:`connect`."""
-        await self.spawn()
+        """:meth:`spawn` (unless the session has already) then :meth:`connect`."""
+        if self.runstate is Runstate.IDLE:
+            await self.spawn()
         await self.connect()
 
     # --------------------------------------------------------------- commands
@@ -626,10 +559,9 @@ class EmulatorSession:
     def send_signal(self, sig: int) -> None:
         """Signal the emulator if it still runs (ignores a process that is already gone).
 
-        ``os.kill``, not ``Process.send_signal``: the latter calls ``Popen.poll()`` first, which reaps a
-        child that has just exited behind asyncio's child watcher; the watcher then logs "Unknown child
-        process pid N, will report returncode 255" on stderr and the real exit status is lost. Until the
-        watcher reaps it the pid cannot be reused, so ``os.kill`` on it is safe (a zombie ignores it).
+        ``os.kill``, not ``Popen.send_signal``: the latter polls first, which would reap the child behind
+        :meth:`_reap`. Until :meth:`_reap` reaps it the pid cannot be reused, so ``os.kill`` on it is safe (a
+        zombie ignores it).
         """
         if self._proc is not None and self._proc.returncode is None and not self.exited:
             with contextlib.suppress(ProcessLookupError):
@@ -657,6 +589,9 @@ class EmulatorSession:
         return self._proc.returncode
 
     async def _close(self) -> None:
+        if self._spawned is not None:      # given to the session but never taken over by spawn()
+            started, self._spawned = self._spawned, None
+            started.abandon(self.term_timeout)
         try:
             await self.shutdown()
         finally:

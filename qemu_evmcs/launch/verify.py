@@ -22,10 +22,10 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
-from qemu_evmcs.core.errors import InputError, LaunchError
-from qemu_evmcs.qemu.cpuspec import CpuSpec, is_tracked, parse_cpu
+from qemu_evmcs.core.errors import LaunchError
+from qemu_evmcs.qemu.cpuspec import CpuSpec, is_tracked
 from qemu_evmcs.launch.qmp import EmulatorSession
 from qemu_evmcs.launch.warnings import FeatureWarning, parse_warnings, warnings_by_feature
 
@@ -36,47 +36,6 @@ STATUS_NOT_REMOVED = "not-removed"
 STATUS_UNKNOWN = "unknown"
 #: QEMU applied it, but KVM hides it from the L1 guest (known only with a host profile: :mod:`.guestview`).
 STATUS_HIDDEN = "hidden"
-
-
-def parse_cpu_arg(arg: str) -> CpuSpec:
-    """The user's ``-cpu`` as QEMU reads it (:func:`qemu_evmcs.qemu.cpuspec.parse_cpu`), refusing what QEMU
-    would refuse anyway before the wrapper starts anything: an empty model, feature or property name.
-
-    :raise InputError: empty model or empty feature name.
-    """
-    model = arg.partition(",")[0].strip()
-    if not model:
-        raise InputError(f"-cpu {arg!r}: empty CPU model name")
-    for item in arg.split(",")[1:]:
-        if item[:1] in ("+", "-") and not item[1:]:
-            raise InputError(f"-cpu {arg!r}: empty feature name in {item!r}")
-        if item and item[0] not in "+-" and not item.partition("=")[0]:
-            raise InputError(f"-cpu {arg!r}: empty property name in {item!r}")
-    return replace(parse_cpu(arg), model=model)
-
-
-def find_cpu_index(argv: Sequence[str]) -> int | None:
-    """Index in ``argv`` of the value of the last ``-cpu``/``--cpu`` option (QEMU keeps the last one), or None.
-
-    A ``-cpu`` that is itself the value of an earlier ``-cpu`` is that option's value, not a new option.
-    The one scan behind :func:`find_cpu_arg` (what is verified) and the wrapper's ``--negotiate`` (what is
-    replaced), so that both always mean the same argument.
-    """
-    found: int | None = None
-    i = 0
-    while i < len(argv):
-        if argv[i] in ("-cpu", "--cpu") and i + 1 < len(argv):
-            found = i + 1
-            i += 2
-            continue
-        i += 1
-    return found
-
-
-def find_cpu_arg(argv: Sequence[str]) -> str | None:
-    """The value of the last ``-cpu``/``--cpu`` option (QEMU keeps the last one), or None."""
-    idx = find_cpu_index(argv)
-    return None if idx is None else argv[idx]
 
 
 @dataclass

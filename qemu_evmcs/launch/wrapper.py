@@ -71,9 +71,7 @@ Exit status:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 import os
 import shutil
 import signal
@@ -84,24 +82,31 @@ from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu_evmcs.core.errors import EXIT_BAD_INPUT, EXIT_NEGATIVE, EvmcsError, InputError, LaunchError, NegativeAnswer
 from qemu_evmcs.launch.config import KEYS, Setting, expand_report_path, load_settings
+from qemu_evmcs.launch.cpuarg import find_cpu_arg, find_cpu_index, parse_cpu_arg
 from qemu_evmcs.launch.fds import inherited_fds
-from qemu_evmcs.launch.qmp import EmulatorSession, describe_status, shell_status
-from qemu_evmcs.launch.verify import LaunchReport, find_cpu_arg, find_cpu_index, parse_cpu_arg, verify_cpu
+from qemu_evmcs.launch.process import Spawned, describe_status, shell_status, spawn_emulator
 from qemu_evmcs.output.atomicio import check_output_target, write_text_file
-from qemu_evmcs.launch.capabilities import cpu_refusals, probe_cpu_capabilities
 from qemu_evmcs.qemu.cpuspec import CpuSpec
 from qemu_evmcs.core import lazy
 
 if TYPE_CHECKING:
+    import asyncio
+
     from qemu_evmcs.core import profile as profiles
     from qemu_evmcs.fleet import sources
-    from qemu_evmcs.launch import guestview
+    from qemu_evmcs.launch import capabilities, guestview, qmp, verify
+    from qemu_evmcs.launch.verify import LaunchReport
     from qemu_evmcs.output import render
     from qemu_evmcs.policy import negotiate
     from qemu_evmcs.simqemu import startup
 else:
-    # What only --negotiate, --design, --check/--simulate/--host or an error message need: a plain launch
-    # (QEMU, QMP, verification) imports none of it, which is most of the wrapper's start-up (core/lazy.py).
+    # The QMP client (asyncio, qemu.qmp: about 45 ms) is imported only once the emulator runs, so that both
+    # start together (launch/process.py). What only --negotiate, --design, --check/--simulate/--host or an
+    # error message need is not imported by a plain launch at all (core/lazy.py).
+    asyncio = lazy.proxy("asyncio")
+    qmp = lazy.proxy("qemu_evmcs.launch.qmp")
+    verify = lazy.proxy("qemu_evmcs.launch.verify")
+    capabilities = lazy.proxy("qemu_evmcs.launch.capabilities")
     profiles = lazy.proxy("qemu_evmcs.core.profile")
     sources = lazy.proxy("qemu_evmcs.fleet.sources")
     guestview = lazy.proxy("qemu_evmcs.launch.guestview")
@@ -347,7 +352,7 @@ def apply_negotiation(opts: WrapperOptions) -> str:
         # A real emulator is asked which CPU properties it has (-machine none, QMP qom-list-properties): the
         # answer uses exactly those, and this project's proposed options only if the binary has them.
         binary = emulator_argv(opts)[0]
-        caps = asyncio.run(probe_cpu_capabilities(binary, ["max"], qmp_timeout=opts.qmp_timeout))
+        caps = asyncio.run(capabilities.probe_cpu_capabilities(binary, ["max"], qmp_timeout=opts.qmp_timeout))
         properties = caps.properties.get(caps.models.get("max", ""))
     try:
         # The simulated QEMU has this project's proposed options; a real emulator gets only what it has.
@@ -364,7 +369,9 @@ def require_profiles(opts: WrapperOptions) -> None:
     file is bad input (exit 2, one line naming the file), caught before anything starts, whichever flag names it
     and with or without ``--check``. (An invalid ``--simulate`` profile was the simulated QEMU failing to start,
     exit 1; an invalid ``--host`` without ``--check`` only a warning after the launch.) The profile is loaded
-    here anyway later, for the guest-view judgement; the parse cache makes the second load cheap.
+    here anyway later, for the guest-view judgement; the parse cache makes the second load cheap. (Through
+    the profile module, not :mod:`.guestview`: that one imports the verification and with it asyncio, which the
+    wrapper imports only once the emulator runs.)
 
     :raise InputError: neither a file nor a bundled profile name, or not a valid profile.
     """
@@ -375,7 +382,7 @@ def require_profiles(opts: WrapperOptions) -> None:
             hint = profiles.bundled_name_hint(value)
             raise InputError(f"no such host profile {value!r} (neither a file nor a bundled profile name"
                              + (f"; {hint})" if hint else ")"), key=flag)
-        guestview.load_host(value)
+        profiles.load_host_profile(value)
 
 
 def emulator_argv(opts: WrapperOptions) -> list[str]:
@@ -403,8 +410,8 @@ def check_binary(binary: str, spec: CpuSpec | None, opts: WrapperOptions) -> Non
     """
     if spec is None or spec.is_probe:
         return
-    caps = asyncio.run(probe_cpu_capabilities(binary, [spec.model], qmp_timeout=opts.qmp_timeout))
-    refusals = cpu_refusals(spec, caps)
+    caps = asyncio.run(capabilities.probe_cpu_capabilities(binary, [spec.model], qmp_timeout=opts.qmp_timeout))
+    refusals = capabilities.cpu_refusals(spec, caps)
     if refusals:
         more = f" (and {len(refusals) - 1} more: {'; '.join(refusals[1:])})" if len(refusals) > 1 else ""
         raise NegativeAnswer(f"--check: {os.path.basename(binary)}"
@@ -471,7 +478,7 @@ def judge_guest_view(report: LaunchReport, spec: CpuSpec, opts: WrapperOptions) 
     if profile is None:
         return
     try:
-        guestview.apply_guest_view(report, spec, guestview.load_host(profile), variant=opts.variant or "shipped")
+        guestview.apply_guest_view(report, spec, profiles.load_host_profile(profile), variant=opts.variant or "shipped")
     except EvmcsError as err:
         _say(f"warning: guest view not judged: {err}")
 
@@ -487,7 +494,7 @@ def refuse_daemonize(qemu_args: Sequence[str]) -> None:
                          f"{PROG} itself in the background, or under libvirt or a service manager)")
 
 
-async def _supervise(session: EmulatorSession, spec: CpuSpec, opts: WrapperOptions) -> int:
+async def _supervise(session: qmp.EmulatorSession, spec: CpuSpec, opts: WrapperOptions) -> int:
     """Start, verify, report, then wait for the emulator; returns the wrapper's exit status."""
     try:
         await session.start()
@@ -503,7 +510,7 @@ async def _supervise(session: EmulatorSession, spec: CpuSpec, opts: WrapperOptio
         rc = session.returncode
         return shell_status(rc) if died_by_itself and rc is not None and rc != 0 else EXIT_NEGATIVE
     try:
-        report = await verify_cpu(session, spec)
+        report = await verify.verify_cpu(session, spec)
     except LaunchError as err:
         if session.exited:
             _say(f"verification stopped: {err}")
@@ -526,8 +533,9 @@ async def _supervise(session: EmulatorSession, spec: CpuSpec, opts: WrapperOptio
     return shell_status(rc)
 
 
-async def run_async(argv: list[str], spec: CpuSpec, opts: WrapperOptions) -> int:
-    """Run the emulator under supervision; SIGINT/SIGTERM/SIGHUP are forwarded and turn into 128+sig."""
+async def run_async(started: Spawned, spec: CpuSpec, opts: WrapperOptions) -> int:
+    """Supervise the started emulator; SIGINT/SIGTERM/SIGHUP are forwarded and turn into 128+sig (also one that
+    came between the start and this loop: :class:`_NotedSignals`)."""
     loop = asyncio.get_running_loop()
     got_signal: asyncio.Future[int] = loop.create_future()
 
@@ -538,11 +546,17 @@ async def run_async(argv: list[str], spec: CpuSpec, opts: WrapperOptions) -> int
     sigs = FORWARDED_SIGNALS
     for sig in sigs:
         loop.add_signal_handler(sig, on_signal, sig)
-    session = EmulatorSession(argv, qmp_timeout=opts.qmp_timeout, stderr_echo=sys.stderr.buffer, name=PROG,
-                              program=SIM_PROGRAM if opts.simulate is not None else None,
-                              pass_fds=opts.pass_fds)
-    main = asyncio.create_task(_supervise(session, spec, opts), name="supervise")
+    if _NotedSignals.received:
+        on_signal(_NotedSignals.received[0])
+    session = qmp.EmulatorSession(started.argv, qmp_timeout=opts.qmp_timeout, stderr_echo=sys.stderr.buffer,
+                                  name=PROG, program=SIM_PROGRAM if opts.simulate is not None else None,
+                                  pass_fds=opts.pass_fds, spawned=started)
+    main: asyncio.Task[int] | None = None
     try:
+        # Take the running emulator over first (its stderr relayed, its exit watched), so that a signal noted
+        # before this loop existed is forwarded to it like any other.
+        await session.spawn()
+        main = asyncio.create_task(_supervise(session, spec, opts), name="supervise")
         await asyncio.wait({main, got_signal}, return_when=asyncio.FIRST_COMPLETED)
         if got_signal.done() and not main.done():
             signum = got_signal.result()
@@ -557,14 +571,79 @@ async def run_async(argv: list[str], spec: CpuSpec, opts: WrapperOptions) -> int
             return 128 + signum
         return main.result()
     finally:
-        if not main.done():
+        if main is not None and not main.done():
             main.cancel()
             await asyncio.wait({main}, timeout=session.quit_timeout + session.term_timeout)
         await session.close()
-        if main.done() and not main.cancelled():
+        if main is not None and main.done() and not main.cancelled():
             main.exception()  # retrieved: never "exception was never retrieved" noise
-        for sig in sigs:
-            loop.remove_signal_handler(sig)
+        # asyncio leaves Python's default handlers behind, so the noting ones are put back until the wrapper
+        # ends; with the signals blocked meanwhile, one that comes now waits for them instead of raising
+        # KeyboardInterrupt (or killing the wrapper) in between.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+        try:
+            for sig in sigs:
+                loop.remove_signal_handler(sig)
+            _NotedSignals.install()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def _note_signal(signum: int, frame: object) -> None:
+    _NotedSignals.received.append(signum)
+
+
+class _NotedSignals:
+    """SIGINT/SIGTERM/SIGHUP noted, not acted on, from the emulator's start to the wrapper's end.
+
+    Why: the emulator starts before the event loop exists (:func:`qemu_evmcs.launch.process.spawn_emulator`),
+    and a signal in between must still be forwarded and end the wrapper with 128+N after the clean-up
+    (:func:`run_async` serves the first one noted). After the loop, a signal that keeps coming (Ctrl-C pressed
+    twice) must not raise ``KeyboardInterrupt`` in the clean-up or in an exit handler writing a cache entry,
+    nor end the wrapper by the default action once Python's finalization gives a Python handler back: in
+    the process of its own (:func:`run`) the wrapper ignores them on leaving, otherwise (a test calling
+    :func:`main`) the handlers found on entry are put back.
+    """
+
+    #: The signals noted since the start, in order.
+    received: list[int] = []
+
+    def __init__(self, *, process_exit: bool) -> None:
+        self.process_exit = process_exit
+        self.saved: dict[int, object] = {}
+
+    @staticmethod
+    def install() -> None:
+        for sig in FORWARDED_SIGNALS:
+            signal.signal(sig, _note_signal)
+
+    def __enter__(self) -> None:
+        _NotedSignals.received = []
+        self.saved = {sig: signal.getsignal(sig) for sig in FORWARDED_SIGNALS}
+        self.install()
+
+    def __exit__(self, *exc: object) -> None:
+        for sig in FORWARDED_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN if self.process_exit else self.saved[sig])  # type: ignore[arg-type]
+
+
+def _supervised(run_argv: list[str], spec: CpuSpec, opts: WrapperOptions, *, process_exit: bool) -> int:
+    """Start the emulator, then load the QMP client while it starts, then supervise it (:func:`run_async`).
+
+    The start comes first because the emulator's start and the wrapper's import of ``asyncio`` and
+    ``qemu.qmp`` then run at the same time (on two cores: the simulated QEMU is a second Python); and, with a
+    host profile, the guest-view judgement's modules are loaded in that time too. If anything fails before the
+    session takes the emulator over, it is stopped and its directory removed here.
+    """
+    with _NotedSignals(process_exit=process_exit):
+        started = spawn_emulator(run_argv, pass_fds=opts.pass_fds)
+        try:
+            if opts.host is not None or opts.simulate is not None:
+                lazy.module("qemu_evmcs.launch.guestview")
+            return asyncio.run(run_async(started, spec, opts))
+        finally:
+            if not started.taken:
+                started.abandon()
 
 
 def _help_hint() -> None:
@@ -589,13 +668,12 @@ def _exec(argv: list[str]) -> int:
     return 0  # pragma: no cover - execv does not return
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``qemu-evmcs-launch``; returns the exit status (see the module docstring)."""
+def main(argv: Sequence[str] | None = None, *, process_exit: bool = False) -> int:
+    """The wrapper; returns the exit status (see the module docstring). ``process_exit``: this is the
+    process's own entry point (:func:`run`), which ends when this returns (see :class:`_NotedSignals`)."""
     args = list(sys.argv[1:] if argv is None else argv)
     # First, before anything opens a descriptor: which ones did our parent (libvirt) hand us?
     inherited = inherited_fds()
-    # qemu.qmp logs connection retries; without a handler Python would print them on stderr.
-    logging.getLogger("qemu.qmp").addHandler(logging.NullHandler())
     try:
         opts = parse_wrapper_args(args)
         if opts.help:
@@ -629,7 +707,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 check_output_target(opts.report_json, force=opts.force)
             except InputError as err:
                 raise InputError(f"--report-json {opts.report_json}: {err.message}") from None
-        return asyncio.run(run_async(run_argv, spec, opts))
+        return _supervised(run_argv, spec, opts, process_exit=process_exit)
     except EvmcsError as err:
         _error(err)
         return err.exit_code
@@ -640,5 +718,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
 
 
+def run() -> int:
+    """The process's entry point (``qemu-evmcs-launch``, ``python -m qemu_evmcs.launch.wrapper``)."""
+    return main(process_exit=True)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())
