@@ -14,9 +14,7 @@ import ctypes
 import os
 import signal
 import stat
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 
@@ -26,7 +24,15 @@ from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import shutil
-else:   # only to remove a directory after a failed start (core/lazy.py)
+    import subprocess
+    import tempfile
+else:
+    # This module runs before the emulator starts, so what it imports delays the start (core/lazy.py).
+    # subprocess imports locale (and with it re) for text-mode pipes only; tempfile imports shutil (and with it
+    # bz2, lzma, fnmatch) for TemporaryDirectory's clean-up only: 25 million instructions, a third of this
+    # module's cost. shutil itself only removes a directory after a failed start.
+    subprocess = lazy.module_deferring("subprocess", "locale")
+    tempfile = lazy.module_deferring("tempfile", "shutil")
     shutil = lazy.proxy("shutil")
 
 #: Longest path ``sun_path`` accepts on Linux (108 bytes including the NUL).

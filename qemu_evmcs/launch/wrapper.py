@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -91,6 +90,7 @@ from qemu_evmcs.core import lazy
 
 if TYPE_CHECKING:
     import asyncio
+    import shutil
 
     from qemu_evmcs.core import profile as profiles
     from qemu_evmcs.fleet import sources
@@ -104,6 +104,7 @@ else:
     # start together (launch/process.py). What only --negotiate, --design, --check/--simulate/--host or an
     # error message need is not imported by a plain launch at all (core/lazy.py).
     asyncio = lazy.proxy("asyncio")
+    shutil = lazy.proxy("shutil")       # which(): a real emulator only
     qmp = lazy.proxy("qemu_evmcs.launch.qmp")
     verify = lazy.proxy("qemu_evmcs.launch.verify")
     capabilities = lazy.proxy("qemu_evmcs.launch.capabilities")
