@@ -27,7 +27,6 @@ import contextlib
 import logging
 import os
 import select
-import shutil
 import signal
 import time
 from collections.abc import Mapping, Sequence
@@ -37,6 +36,7 @@ from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
 from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
 
+from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import InputError, LaunchError
 # The emulator process itself (its directory, its start, its status) is process.py's, which imports no asyncio;
 # these names are also this module's for its callers.
@@ -45,8 +45,11 @@ from qemu_evmcs.launch.process import (RUNTIME_PREFIX, SOCKET_NAME, UNIX_PATH_MA
                                        spawn_emulator)
 
 if TYPE_CHECKING:
+    import shutil
     import subprocess
     from typing import IO, Any, Self
+else:   # rmtree at the end only: not on the way from the emulator's start to its verification (core/lazy.py)
+    shutil = lazy.proxy("shutil")
 
 __all__ = ["RUNTIME_PREFIX", "SOCKET_NAME", "UNIX_PATH_MAX", "EmulatorSession", "Runstate", "StateError",
            "check_runtime_parent", "default_runtime_parent", "describe_status", "shell_status"]
