@@ -183,15 +183,6 @@ def _log(cfg: dict[str, Any], line: str) -> None:
 
 def fake_main(cfg: dict[str, Any]) -> None:
     """Entry point of the fake emulator (runs in the child)."""
-    pidfile = cfg.get("pidfile")
-    if pidfile:
-        # Atomically (write aside, rename): tests take the file's existence as "the fake runs", and a fake
-        # killed between write_text's create and write left an empty file (test_startup_faults[no-socket]
-        # failed so under a loaded full-suite run: "fake-qemu.pid never written").
-        tmp = f"{pidfile}.{os.getpid()}.tmp"
-        Path(tmp).write_text(str(os.getpid()))
-        os.replace(tmp, pidfile)
-
     def on_signal(signum: int, frame: object) -> None:
         os.write(2, f"fake-qemu: terminating on signal {signum}\n".encode())
         os._exit(0)
@@ -201,6 +192,15 @@ def fake_main(cfg: dict[str, Any]) -> None:
     elif cfg.get("signals") != "default":        # "default": killed by the signal, like QEMU
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, on_signal)
+    pidfile = cfg.get("pidfile")
+    if pidfile:
+        # After the handlers: tests take the file's existence as "the fake runs and handles its signals" (a
+        # signal sent before that killed the Python fake without its "terminating" line). Atomically (write
+        # aside, rename): a fake killed between write_text's create and write left an empty file
+        # (test_startup_faults[no-socket] failed so under a loaded full-suite run: "fake-qemu.pid never written").
+        tmp = f"{pidfile}.{os.getpid()}.tmp"
+        Path(tmp).write_text(str(os.getpid()))
+        os.replace(tmp, pidfile)
     argv = sys.argv[1:]
     path = None
     for i, arg in enumerate(argv[:-1]):

@@ -60,12 +60,15 @@ def test_the_emulator_starts_before_asyncio_and_qemu_qmp_are_imported(tmp_path: 
 
 
 def test_a_signal_between_the_start_and_the_event_loop_is_forwarded(tmp_path: Path) -> None:
-    # SIGINT sent to the wrapper right after the emulator started, before asyncio is even imported: it is
-    # noted, then served by the loop like any other (forwarded, emulator reaped, directory removed, 130).
+    # SIGINT sent to the wrapper right after the emulator started (once the fake handles its own signals),
+    # before asyncio is even imported: it is noted, then served by the loop like any other (forwarded, the
+    # emulator's stderr relayed, emulator reaped, directory removed, 130).
     fake, pidfile = make_fake(tmp_path, startup_delay=60)
     hook = ("real = wrapper.spawn_emulator\n"
             "def spawn(*a, **k):\n"
             "    started = real(*a, **k)\n"
+            "    while not os.path.exists(os.environ['FAKE_PIDFILE']):\n"   # the fake handles its signals
+            "        signal.sigtimedwait([], 0.01)\n"
             "    os.kill(os.getpid(), signal.SIGINT)\n"
             "    return started\n"
             "wrapper.spawn_emulator = spawn\n")
