@@ -17,6 +17,7 @@ import stat
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from qemu_evmcs.core import lazy, stale
 from qemu_evmcs.core.errors import InputError, LaunchError
@@ -144,25 +145,22 @@ def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork a
         pass
 
 
+@dataclass
 class Spawned:
     """A started emulator that nothing watches yet: the process, the read end of its stderr pipe, and its
     private runtime directory with the QMP socket's path. An :class:`~.qmp.EmulatorSession` takes it over
     (``spawned=``) and from then on owns all of it; until then :meth:`abandon` is the clean-up."""
 
-    __slots__ = ("argv", "popen", "stderr_fd", "runtime_dir", "socket_path", "t0", "taken")
-
-    def __init__(self, argv: list[str], popen: subprocess.Popen[bytes], stderr_fd: int, runtime_dir: str,
-                 socket_path: str, t0: float) -> None:
-        #: The command line as given (without the private ``-qmp``).
-        self.argv = argv
-        self.popen = popen
-        self.stderr_fd = stderr_fd
-        self.runtime_dir = runtime_dir
-        self.socket_path = socket_path
-        #: ``time.monotonic()`` just before the start: the QMP timeout counts from here.
-        self.t0 = t0
-        #: A session took it over (and cleans up after it from then on).
-        self.taken = False
+    #: The command line as given (without the private ``-qmp``).
+    argv: list[str]
+    popen: subprocess.Popen[bytes]
+    stderr_fd: int
+    runtime_dir: str
+    socket_path: str
+    #: ``time.monotonic()`` just before the start: the QMP timeout counts from here.
+    t0: float
+    #: A session took it over (and cleans up after it from then on).
+    taken: bool = False
 
     def abandon(self, term_timeout: float = 3.0) -> None:
         """Stop (SIGTERM, then SIGKILL after ``term_timeout`` seconds), reap, close the pipe, remove the
