@@ -10,6 +10,7 @@ fake QEMU of ``fault_helpers``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -119,3 +120,27 @@ async def test_the_exit_status_is_reaped_with_or_without_pidfds(pidfd: bool, tmp
     assert s.returncode == 7
     assert wait_dead(read_pid(pidfile)) and os.listdir(run) == []
     assert descendants(os.getpid()) == []
+
+
+async def test_a_spawn_cancelled_while_its_stderr_pipe_is_set_up_closes_the_pipe_once(tmp_path: Path) -> None:
+    # Cancelled inside connect_read_pipe, the transport already made closes its pipe later: the session must
+    # close that same file object, not the descriptor under it (which gave EBADF in the transport's callback,
+    # or closed a descriptor number reused meanwhile).
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    fake, _ = make_fake(tmp_path)
+    session = EmulatorSession([fake], runtime_dir=str(run), qmp_timeout=PATIENCE, term_timeout=5)
+    task = asyncio.create_task(session.spawn())
+    await asyncio.sleep(0)      # the task runs up to the pipe's set-up, which waits for the next turn
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await session.close()
+    for _ in range(3):          # the transport's connection_lost callback
+        await asyncio.sleep(0)
+    assert errors == []
+    assert session.pid is not None and session.returncode is not None   # stopped and reaped by close()
+    assert wait_dead(session.pid) and os.listdir(run) == []
