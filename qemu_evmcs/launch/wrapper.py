@@ -79,6 +79,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from qemu_evmcs.core.typecheck import TYPE_CHECKING
 
+from qemu_evmcs.core.signals import NotedSignals
 from qemu_evmcs.core.errors import EXIT_BAD_INPUT, EXIT_NEGATIVE, EvmcsError, InputError, LaunchError, NegativeAnswer
 from qemu_evmcs.launch.config import KEYS, Setting, expand_report_path, load_settings
 from qemu_evmcs.launch.cpuarg import find_cpu_arg, find_cpu_index, parse_cpu_arg
@@ -534,9 +535,9 @@ async def _supervise(session: qmp.EmulatorSession, spec: CpuSpec, opts: WrapperO
     return shell_status(rc)
 
 
-async def run_async(started: Spawned, spec: CpuSpec, opts: WrapperOptions) -> int:
-    """Supervise the started emulator; SIGINT/SIGTERM/SIGHUP are forwarded and turn into 128+sig (also one that
-    came between the start and this loop: :class:`_NotedSignals`)."""
+async def run_async(started: Spawned, spec: CpuSpec, opts: WrapperOptions, noted: NotedSignals) -> int:
+    """Supervise the started emulator; SIGINT/SIGTERM/SIGHUP are forwarded and turn into 128+sig (also one
+    ``noted`` between the start and this loop); after the loop they are noted again."""
     loop = asyncio.get_running_loop()
     got_signal: asyncio.Future[int] = loop.create_future()
 
@@ -547,8 +548,8 @@ async def run_async(started: Spawned, spec: CpuSpec, opts: WrapperOptions) -> in
     sigs = FORWARDED_SIGNALS
     for sig in sigs:
         loop.add_signal_handler(sig, on_signal, sig)
-    if _NotedSignals.received:
-        on_signal(_NotedSignals.received[0])
+    if noted.received:
+        on_signal(noted.received[0])
     session = qmp.EmulatorSession(started.argv, qmp_timeout=opts.qmp_timeout, stderr_echo=sys.stderr.buffer,
                                   name=PROG, program=SIM_PROGRAM if opts.simulate is not None else None,
                                   pass_fds=opts.pass_fds, spawned=started)
@@ -578,54 +579,12 @@ async def run_async(started: Spawned, spec: CpuSpec, opts: WrapperOptions) -> in
         await session.close()
         if main is not None and main.done() and not main.cancelled():
             main.exception()  # retrieved: never "exception was never retrieved" noise
-        # asyncio leaves Python's default handlers behind, so the noting ones are put back until the wrapper
-        # ends; with the signals blocked meanwhile, one that comes now waits for them instead of raising
-        # KeyboardInterrupt (or killing the wrapper) in between.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-        try:
+
+        def release() -> None:
             for sig in sigs:
                 loop.remove_signal_handler(sig)
-            _NotedSignals.install()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
-
-def _note_signal(signum: int, frame: object) -> None:
-    _NotedSignals.received.append(signum)
-
-
-class _NotedSignals:
-    """SIGINT/SIGTERM/SIGHUP noted, not acted on, from the emulator's start to the wrapper's end.
-
-    Why: the emulator starts before the event loop exists (:func:`qemu_evmcs.launch.process.spawn_emulator`),
-    and a signal in between must still be forwarded and end the wrapper with 128+N after the clean-up
-    (:func:`run_async` serves the first one noted). After the loop, a signal that keeps coming (Ctrl-C pressed
-    twice) must not raise ``KeyboardInterrupt`` in the clean-up or in an exit handler writing a cache entry,
-    nor end the wrapper by the default action once Python's finalization gives a Python handler back: in
-    the process of its own (:func:`run`) the wrapper ignores them on leaving, otherwise (a test calling
-    :func:`main`) the handlers found on entry are put back.
-    """
-
-    #: The signals noted since the start, in order.
-    received: list[int] = []
-
-    def __init__(self, *, process_exit: bool) -> None:
-        self.process_exit = process_exit
-        self.saved: dict[int, object] = {}
-
-    @staticmethod
-    def install() -> None:
-        for sig in FORWARDED_SIGNALS:
-            signal.signal(sig, _note_signal)
-
-    def __enter__(self) -> None:
-        _NotedSignals.received = []
-        self.saved = {sig: signal.getsignal(sig) for sig in FORWARDED_SIGNALS}
-        self.install()
-
-    def __exit__(self, *exc: object) -> None:
-        for sig in FORWARDED_SIGNALS:
-            signal.signal(sig, signal.SIG_IGN if self.process_exit else self.saved[sig])  # type: ignore[arg-type]
+        noted.take_back(release)
 
 
 def _supervised(run_argv: list[str], spec: CpuSpec, opts: WrapperOptions, *, process_exit: bool) -> int:
@@ -635,13 +594,18 @@ def _supervised(run_argv: list[str], spec: CpuSpec, opts: WrapperOptions, *, pro
     ``qemu.qmp`` then run at the same time (on two cores: the simulated QEMU is a second Python); and, with a
     host profile, the guest-view judgement's modules are loaded in that time too. If anything fails before the
     session takes the emulator over, it is stopped and its directory removed here.
+
+    From the start on, the signals are noted (:class:`~qemu_evmcs.core.signals.NotedSignals`): one before the
+    event loop is forwarded once it runs; one after it (Ctrl-C pressed twice) changes nothing. In the process
+    of its own (:func:`run`) they are ignored on leaving, otherwise (a test calling :func:`main`) the handlers
+    found on entry come back.
     """
-    with _NotedSignals(process_exit=process_exit):
+    with NotedSignals(FORWARDED_SIGNALS, ignore_on_exit=process_exit) as noted:
         started = spawn_emulator(run_argv, pass_fds=opts.pass_fds)
         try:
             if opts.host is not None or opts.simulate is not None:
                 lazy.module("qemu_evmcs.launch.guestview")
-            return asyncio.run(run_async(started, spec, opts))
+            return asyncio.run(run_async(started, spec, opts, noted))
         finally:
             if not started.taken:
                 started.abandon()
@@ -671,7 +635,7 @@ def _exec(argv: list[str]) -> int:
 
 def main(argv: Sequence[str] | None = None, *, process_exit: bool = False) -> int:
     """The wrapper; returns the exit status (see the module docstring). ``process_exit``: this is the
-    process's own entry point (:func:`run`), which ends when this returns (see :class:`_NotedSignals`)."""
+    process's own entry point (:func:`run`), which ends when this returns (see :func:`_supervised`)."""
     args = list(sys.argv[1:] if argv is None else argv)
     # First, before anything opens a descriptor: which ones did our parent (libvirt) hand us?
     inherited = inherited_fds()

@@ -17,12 +17,12 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
-import signal
 import sys
 from collections.abc import Sequence
 
 from qemu_evmcs.core.errors import EvmcsError
 from qemu_evmcs.core.profile import load_profile, resolve_profile_path
+from qemu_evmcs.core.signals import NotedSignals
 from qemu_evmcs.qemu.cpu import list_models
 from qemu_evmcs.qemu.cpuspec import EXIT_ABORT, EXIT_ERROR, PROG, QemuError
 from qemu_evmcs.simqemu.cmdline import parse_args
@@ -69,16 +69,7 @@ def _abort() -> None:
     os.abort()
 
 
-#: The terminating signals this process received outside the main loop (before it runs, or after it ended).
-_received: list[int] = []
-
-
-def _note(signum: int, frame: object) -> None:
-    """QEMU's handler outside the main loop: remember the request (it is served once the loop runs)."""
-    _received.append(signum)
-
-
-def _serve(machine: Machine) -> int:
+def _serve(machine: Machine, noted: NotedSignals | None) -> int:
     server = QmpServer(machine, list(machine.config.qmp))
     try:
         server.start()
@@ -86,12 +77,13 @@ def _serve(machine: Machine) -> int:
         report(*err.lines())
         server.close()
         return err.status
-    register_signal_handlers(server, _received[0] if _received else None)
+    register_signal_handlers(server, noted.received[0] if noted is not None and noted.received else None)
     return server.serve()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (aborts the process for the MSR assertion)."""
+def main(argv: Sequence[str] | None = None, *, noted: NotedSignals | None = None) -> int:
+    """The simulated QEMU; returns the exit status (aborts the process for the MSR assertion). ``noted``: the
+    terminating signals noted since the process started (:func:`run`); the first is served by the main loop."""
     args: list[str] = list(sys.argv[1:] if argv is None else argv)
     try:
         config = parse_args(args)
@@ -123,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _abort()
     if not result.ok or result.machine is None:
         return result.exit_status
-    return _serve(result.machine)
+    return _serve(result.machine, noted)
 
 
 def run() -> int:
@@ -136,18 +128,13 @@ def run() -> int:
     its own) is one more request. Python's default would raise ``KeyboardInterrupt`` wherever the process
     is, with a traceback, even in an exit handler writing a cache entry. The main loop's own handlers
     (:func:`~qemu_evmcs.simqemu.qmp_server.register_signal_handlers`) take over while it runs and give these
-    back when it ends. Once :func:`main` returns the VM is gone: the signals are ignored from there on, since
-    Python's finalization gives a Python handler back to the default action, which would kill the process
-    (status -2 instead of QEMU's 0) while it flushes its caches. :func:`main` alone (the tests call it in
-    their own process) leaves the handlers alone.
+    back when it ends (the reactor restores what it found). Once :func:`main` returns the VM is gone: the
+    signals are ignored from there on (death by SIGINT, status -2, instead of QEMU's 0 otherwise:
+    :class:`~qemu_evmcs.core.signals.NotedSignals`). :func:`main` alone (the tests call it in their own
+    process) leaves the handlers alone.
     """
-    for sig in TERMINATING_SIGNALS:
-        signal.signal(sig, _note)
-    try:
-        return main()
-    finally:
-        for sig in TERMINATING_SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
+    with NotedSignals(TERMINATING_SIGNALS, ignore_on_exit=True) as noted:
+        return main(noted=noted)
 
 
 if __name__ == "__main__":  # pragma: no cover
