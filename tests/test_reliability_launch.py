@@ -24,7 +24,7 @@ from fault_helpers import make_fake, read_pid
 from proc_helpers import read_until, wait_dead
 
 from qemu_evmcs.core import stale
-from qemu_evmcs.launch.qmp import RUNTIME_PREFIX, SOCKET_NAME, UNIX_PATH_MAX, EmulatorSession
+from qemu_evmcs.launch.process import RUNTIME_PREFIX, SOCKET_NAME, UNIX_PATH_MAX, make_runtime_dir
 
 CPU = "qemu64,vmx=on,hv-evmcs=on,hv-vapic=on"
 MAKE_FLEET = Path(__file__).resolve().parent.parent / "scripts" / "make-fleet"
@@ -93,8 +93,7 @@ def test_long_xdg_runtime_dir_falls_back_to_a_private_tmp_dir(tmp_path: Path,
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))
     tmp = Path(tempfile.mkdtemp(prefix="qe-", dir="/tmp"))
     monkeypatch.setattr("tempfile.tempdir", str(tmp))
-    session = EmulatorSession(["true"])
-    path = session._make_runtime_dir()
+    path = make_runtime_dir(None)
     try:
         assert os.path.dirname(path) == str(tmp) and (os.stat(path).st_mode & 0o777) == 0o700
         assert len(os.path.join(path, SOCKET_NAME).encode()) <= UNIX_PATH_MAX
@@ -102,7 +101,7 @@ def test_long_xdg_runtime_dir_falls_back_to_a_private_tmp_dir(tmp_path: Path,
         shutil.rmtree(tmp)
     # An explicitly given runtime directory is never replaced: still refused.
     with pytest.raises(Exception, match="too long for a unix socket path"):
-        EmulatorSession(["true"], runtime_dir=str(xdg))._make_runtime_dir()
+        make_runtime_dir(str(xdg))
 
 
 def _dead_owner() -> str:

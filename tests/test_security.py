@@ -18,7 +18,8 @@ from proc_helpers import wait_dead
 import qemu_evmcs
 from qemu_evmcs.hostio import probe as probe_mod
 from qemu_evmcs.core.errors import InputError
-from qemu_evmcs.launch.qmp import EmulatorSession, check_runtime_parent, default_runtime_parent
+from qemu_evmcs.launch.process import check_runtime_parent, default_runtime_parent
+from qemu_evmcs.launch.qmp import EmulatorSession
 from qemu_evmcs.core.profile import bundled_profile_dir, load_profile
 
 PKG = Path(qemu_evmcs.__file__).parent

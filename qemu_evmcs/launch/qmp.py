@@ -38,11 +38,8 @@ from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
 
 from qemu_evmcs.core import lazy
 from qemu_evmcs.core.errors import InputError, LaunchError
-# The emulator process itself (its directory, its start, its status) is process.py's, which imports no asyncio;
-# these names are also this module's for its callers.
-from qemu_evmcs.launch.process import (RUNTIME_PREFIX, SOCKET_NAME, UNIX_PATH_MAX, Spawned, check_runtime_parent,
-                                       default_runtime_parent, describe_status, make_runtime_dir, shell_status,
-                                       spawn_emulator)
+# The emulator process itself (its directory, its start, its status) is process.py's, which imports no asyncio.
+from qemu_evmcs.launch.process import Spawned, describe_status, spawn_emulator
 
 if TYPE_CHECKING:
     import shutil
@@ -50,9 +47,6 @@ if TYPE_CHECKING:
     from typing import IO, Any, Self
 else:   # rmtree at the end only: not on the way from the emulator's start to its verification (core/lazy.py)
     shutil = lazy.proxy("shutil")
-
-__all__ = ["RUNTIME_PREFIX", "SOCKET_NAME", "UNIX_PATH_MAX", "EmulatorSession", "Runstate", "StateError",
-           "check_runtime_parent", "default_runtime_parent", "describe_status", "shell_status"]
 
 logger = logging.getLogger(__name__)
 # qemu.qmp logs connection retries (a session polls the socket while the emulator starts); with no handler
@@ -147,7 +141,7 @@ class EmulatorSession:
         and for each command.
     :param runtime_dir: parent of the private directory; default
         ``$XDG_RUNTIME_DIR`` or ``/tmp``. A user-given one is checked by
-        :func:`check_runtime_parent`.
+        :func:`~qemu_evmcs.launch.process.check_runtime_parent`.
     :param stderr_echo: a binary stream to copy the emulator's stderr to as it
         arrives (the wrapper passes ``sys.stderr.buffer``); ``None`` keeps it only in memory.
     :param quit_timeout: seconds to wait for the process after ``quit``.
@@ -279,11 +273,6 @@ class EmulatorSession:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-    def _make_runtime_dir(self) -> str:
-        """The private runtime directory (:func:`~qemu_evmcs.launch.process.make_runtime_dir`) in this session's
-        parent."""
-        return make_runtime_dir(self._runtime_parent)
 
     async def spawn(self) -> None:
         """Start the emulator (or take over the one given as ``spawned``); not yet connected.
