@@ -454,9 +454,8 @@ class EmulatorSession:
                 delay = min(delay * 2, 0.05)
 
     async def start(self) -> None:
-        """:meth:`spawn` (unless the session has already) then :meth:`connect`."""
-        if self.runstate is Runstate.IDLE:
-            await self.spawn()
+        """:meth:`spawn` then :meth:`connect`."""
+        await self.spawn()
         await self.connect()
 
     # --------------------------------------------------------------- commands

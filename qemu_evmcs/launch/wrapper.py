@@ -497,9 +497,10 @@ def refuse_daemonize(qemu_args: Sequence[str]) -> None:
 
 
 async def _supervise(session: qmp.EmulatorSession, spec: CpuSpec, opts: WrapperOptions) -> int:
-    """Start, verify, report, then wait for the emulator; returns the wrapper's exit status."""
+    """Connect to the emulator :func:`run_async` took over, verify, report, then wait for it; returns the
+    wrapper's exit status."""
     try:
-        await session.start()
+        await session.connect()
     except LaunchError as err:
         # Did the emulator end on its own (its status is the answer), or do we stop it (no greeting in
         # time: our SIGTERM must not become the exit status 143; the documented answer is 1)?
@@ -604,7 +605,7 @@ def _supervised(run_argv: list[str], spec: CpuSpec, opts: WrapperOptions, *, pro
         started = spawn_emulator(run_argv, pass_fds=opts.pass_fds)
         try:
             if opts.host is not None or opts.simulate is not None:
-                lazy.module("qemu_evmcs.launch.guestview")
+                lazy.module(guestview.__name__)   # the proxy's module, imported now
             return asyncio.run(run_async(started, spec, opts, noted))
         finally:
             if not started.taken:
