@@ -28,16 +28,17 @@ CPU = "qemu64,vmx=on,hv-evmcs=on"
 PATIENCE = 120.0
 
 
-def _drive(tmp_path: Path, fake: str, hook: str) -> tuple[int, str, Path]:
-    """Run the wrapper on ``fake`` in a fresh process, ``hook`` (Python, with ``wrapper`` imported) first."""
+def _drive(tmp_path: Path, fake: str, pidfile: Path, hook: str) -> tuple[int, str, Path]:
+    """Run the wrapper on ``fake`` in a fresh process, ``hook`` (Python, with ``wrapper`` imported) first; the
+    hook finds the fake's pid file in ``$FAKE_PIDFILE``."""
     xdg = tmp_path / "xdg"
     xdg.mkdir(mode=0o700, exist_ok=True)
-    env = dict(os.environ, XDG_RUNTIME_DIR=str(xdg), FAKE_PIDFILE=str(tmp_path / "fake-qemu.pid"))
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(xdg), FAKE_PIDFILE=str(pidfile))
     env.pop("QEMU_EVMCS_EMULATOR", None)
     code = ("import os, signal, sys\n"
             "from qemu_evmcs.launch import wrapper\n"
             f"{hook}\n"
-            f"sys.exit(wrapper.run())\n")
+            "sys.exit(wrapper.run())\n")
     proc = subprocess.run([sys.executable, "-c", code, "--emulator", fake, "--qmp-timeout", str(PATIENCE),
                            "-cpu", CPU], env=env, stdin=subprocess.DEVNULL, capture_output=True,
                           timeout=PATIENCE)
@@ -53,7 +54,7 @@ def test_the_emulator_starts_before_asyncio_and_qemu_qmp_are_imported(tmp_path: 
             "    sys.stderr.write(f'LOADED AT START {loaded}\\n')\n"
             "    return real(*a, **k)\n"
             "wrapper.spawn_emulator = spawn\n")
-    rc, err, xdg = _drive(tmp_path, fake, hook)
+    rc, err, xdg = _drive(tmp_path, fake, pidfile, hook)
     assert "LOADED AT START []" in err, err
     assert rc == 0 and "verification stopped: fake-qemu exited with status 0" in err, err
     assert wait_dead(read_pid(pidfile))
@@ -73,7 +74,7 @@ def test_a_signal_between_the_start_and_the_event_loop_is_forwarded(tmp_path: Pa
             "    os.kill(os.getpid(), signal.SIGINT)\n"
             "    return started\n"
             "wrapper.spawn_emulator = spawn\n")
-    rc, err, xdg = _drive(tmp_path, fake, hook)
+    rc, err, xdg = _drive(tmp_path, fake, pidfile, hook)
     assert rc == 128 + signal.SIGINT, err
     assert err.splitlines()[-1] == "qemu-evmcs-launch: terminated by signal 2 (SIGINT)", err
     assert "fake-qemu: terminating on signal 2" in err  # forwarded, and its stderr relayed
@@ -95,7 +96,7 @@ def test_a_failure_before_the_session_takes_the_emulator_over_stops_it(tmp_path:
             "            signal.sigtimedwait([], 0.01)\n"
             "        raise LaunchError('no event loop on purpose')\n"
             "wrapper.asyncio = NoLoop\n")
-    rc, err, xdg = _drive(tmp_path, fake, hook)
+    rc, err, xdg = _drive(tmp_path, fake, pidfile, hook)
     assert rc == 1, err
     assert err.splitlines()[-1] == "error: no event loop on purpose", err
     assert wait_dead(read_pid(pidfile))
